@@ -1,0 +1,55 @@
+// elementwise: y = op(a, b) over n f32 elements; entry points
+//   add:  y = a + b          mul:  y = a * b
+//   silu: y = a * sigmoid(a)  gelu_tanh: y = 0.5 a (1 + tanh(sqrt(2/pi) (a + 0.044715 a^3)))   (b unused)
+// a, b, y: [n]. 256 invocations per workgroup, one element each; a 2D grid past 65535 workgroups.
+// Dispatch: [min(ceil(n/256), 65535), ceil(ceil(n/256) / 65535), 1].
+
+struct Params {
+    n: u32,
+    row_pitch: u32, // elements per grid row = 256 * groups in x
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+fn index(gid: vec3<u32>) -> u32 {
+    return gid.y * p.row_pitch + gid.x;
+}
+
+@compute @workgroup_size(256)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i < p.n) { y[i] = a[i] + b[i]; }
+}
+
+@compute @workgroup_size(256)
+fn mul(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i < p.n) { y[i] = a[i] * b[i]; }
+}
+
+@compute @workgroup_size(256)
+fn silu(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i < p.n) { let x = a[i]; y[i] = x / (1.0 + exp(-x)); }
+}
+
+// tanh written through exp of a non-positive argument: no overflow for large |u|.
+fn tanh_stable(u: f32) -> f32 {
+    let e = exp(-2.0 * abs(u));
+    return sign(u) * (1.0 - e) / (1.0 + e);
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i < p.n) {
+        let x = a[i];
+        let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+        y[i] = 0.5 * x * (1.0 + tanh_stable(u));
+    }
+}

@@ -1,0 +1,143 @@
+//! Storage buffers: creation (checked against the adapter's limits), upload, download through
+//! reused staging buffers, and NaN poisoning for tests.
+
+use super::{gpu_err, Gpu};
+use crate::error::{Error, Result};
+
+/// A GPU storage buffer, always bound whole. Cheap to clone (reference counted).
+#[derive(Clone, Debug)]
+pub struct Buffer {
+    pub(super) inner: wgpu::Buffer,
+    pub(super) size: u64,
+}
+
+impl Buffer {
+    /// Size in bytes (a multiple of 4).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// Whether two handles name the same GPU buffer.
+    pub fn same(&self, other: &Buffer) -> bool {
+        self.inner == other.inner
+    }
+}
+
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+fn round4(n: u64) -> u64 {
+    n.div_ceil(4) * 4
+}
+
+impl Gpu {
+    /// Checks that `bytes` fits one storage binding on this adapter.
+    pub fn check_binding_size(&self, bytes: u64, what: &str) -> Result<()> {
+        let max = self.limits.max_storage_binding.min(self.limits.max_buffer);
+        if bytes > max {
+            return Err(Error::TooLarge(format!(
+                "{what} needs {bytes} bytes ({:.1} MiB) but {} binds at most {max} bytes ({:.1} MiB) per storage buffer; \
+                 split the tensor, store it in a narrower dtype (bf16/f16), or use a GPU with a larger binding limit",
+                bytes as f64 / 1048576.0,
+                self.report.name,
+                max as f64 / 1048576.0
+            )));
+        }
+        Ok(())
+    }
+
+    /// A zero-initialised storage buffer of at least `bytes` (rounded up to 4).
+    pub fn buffer(&self, bytes: u64, label: &str) -> Result<Buffer> {
+        let size = round4(bytes.max(4));
+        self.check_binding_size(size, label)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let inner = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: STORAGE,
+            mapped_at_creation: false,
+        });
+        if pollster::block_on(scope.pop()).is_some() {
+            return Err(Error::OutOfMemory(format!("allocating {label} ({size} bytes)")));
+        }
+        Ok(Buffer { inner, size })
+    }
+
+    /// A storage buffer holding `data` (padded with zeros to a multiple of 4 bytes).
+    pub fn upload(&self, data: &[u8], label: &str) -> Result<Buffer> {
+        let buf = self.buffer(data.len() as u64, label)?;
+        self.write(&buf, 0, data);
+        Ok(buf)
+    }
+
+    /// Writes `data` at byte `offset` (queued; visible to the next submission).
+    pub fn write(&self, buf: &Buffer, offset: u64, data: &[u8]) {
+        let padded;
+        let bytes = if data.len() % 4 == 0 {
+            data
+        } else {
+            let mut v = data.to_vec();
+            v.resize(round4(data.len() as u64) as usize, 0);
+            padded = v;
+            &padded
+        };
+        debug_assert!(offset + bytes.len() as u64 <= buf.size, "write past the end of {:?}", buf.inner);
+        self.queue.write_buffer(&buf.inner, offset, bytes);
+    }
+
+    /// Fills the buffer with 0xFF bytes: NaN as f32, f16 and bf16. Tests use it to prove that a
+    /// kernel writes every element of its output.
+    pub fn poison(&self, buf: &Buffer) {
+        self.queue.write_buffer(&buf.inner, 0, &vec![0xFFu8; buf.size as usize]);
+    }
+
+    /// Reads the whole buffer back (waits for all submitted work).
+    pub fn download(&self, buf: &Buffer) -> Result<Vec<u8>> {
+        let staging = self.take_staging(buf.size)?;
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&buf.inner, 0, &staging, 0, buf.size);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, 0..buf.size, move |r| {
+            let _ = tx.send(r);
+        });
+        self.sync()?;
+        rx.recv()
+            .map_err(|e| gpu_err("reading a buffer back", e))?
+            .map_err(|e| gpu_err("mapping a staging buffer", e))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(0..buf.size)
+                .map_err(|e| gpu_err("mapping a staging buffer", e))?;
+            view.to_vec()
+        };
+        staging.unmap();
+        self.staging.lock().unwrap_or_else(|p| p.into_inner()).push(staging);
+        Ok(out)
+    }
+
+    /// Downloads and decodes f32 values.
+    pub fn download_f32(&self, buf: &Buffer) -> Result<Vec<f32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.download(buf)?))
+    }
+
+    /// Reuses a staging buffer of at least `size` bytes, or makes one.
+    fn take_staging(&self, size: u64) -> Result<wgpu::Buffer> {
+        let mut pool = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = pool.iter().position(|b| b.size() >= size && b.size() <= size.saturating_mul(4)) {
+            return Ok(pool.swap_remove(i));
+        }
+        drop(pool);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if pollster::block_on(scope.pop()).is_some() {
+            return Err(Error::OutOfMemory(format!("allocating a {size}-byte staging buffer")));
+        }
+        Ok(b)
+    }
+}

@@ -1,0 +1,122 @@
+//! The GPU runtime: the only module that names wgpu types.
+//!
+//! - [`Gpu`]: one adapter + device + queue, its capabilities and limits, a pipeline cache and
+//!   reusable staging buffers.
+//! - [`Buffer`]: a storage buffer, always bound whole; creation checks the adapter's binding limit.
+//! - [`Kernel`]: a compute pipeline built from a registered WGSL shader (see `crate::shaders`),
+//!   with an explicit bind-group layout reflected from the shader by naga.
+//! - [`Launch`]: one dispatch request (kernel, params bytes, buffers, workgroups);
+//!   [`Bound`]: the same with its bind group and uniform buffer built, ready to re-encode.
+
+mod buffer;
+mod device;
+mod kernel;
+mod run;
+
+pub use buffer::Buffer;
+pub use device::{list_adapters, AdapterReport, Backend, GpuOptions};
+pub use kernel::{Access, Kernel};
+pub use run::{Bound, Launch};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Optional features the adapter offers (and, except `cooperative_matrix`, that the device enabled).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Caps {
+    pub shader_f16: bool,
+    pub subgroup: bool,
+    pub timestamp_query: bool,
+    pub timestamp_inside_passes: bool,
+    pub cooperative_matrix: bool,
+}
+
+/// The adapter limits wgdit cares about.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct DeviceLimits {
+    pub max_storage_binding: u64,
+    pub max_buffer: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations_per_workgroup: u32,
+    pub max_workgroups_per_dim: u32,
+    pub max_storage_buffers_per_stage: u32,
+}
+
+/// Key of the pipeline cache: shader name, entry point and override constants (as bits).
+type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+pub struct Gpu {
+    #[allow(dead_code)] // kept alive for the device's lifetime
+    adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    report: AdapterReport,
+    caps: Caps,
+    limits: DeviceLimits,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
+    staging: Mutex<Vec<wgpu::Buffer>>,
+    uncaptured: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gpu {
+    fn assemble(
+        adapter: wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        report: AdapterReport,
+        uncaptured: Arc<Mutex<Vec<String>>>,
+    ) -> Gpu {
+        Gpu {
+            caps: report.caps,
+            limits: report.limits,
+            adapter,
+            device,
+            queue,
+            report,
+            pipelines: Mutex::new(HashMap::new()),
+            staging: Mutex::new(Vec::new()),
+            uncaptured,
+        }
+    }
+
+    pub fn caps(&self) -> Caps {
+        self.caps
+    }
+    pub fn limits(&self) -> DeviceLimits {
+        self.limits
+    }
+    /// Adapter name, backend, driver.
+    pub fn info(&self) -> &AdapterReport {
+        &self.report
+    }
+    /// Whether the adapter is a CPU implementation (lavapipe, WARP, SwiftShader).
+    pub fn is_cpu(&self) -> bool {
+        self.report.device_type == "Cpu"
+    }
+
+    /// Waits for all submitted work.
+    pub fn sync(&self) -> crate::Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| gpu_err("waiting for the queue", e))?;
+        self.take_uncaptured("running GPU work")
+    }
+
+    /// Turns errors that no error scope caught (reported asynchronously) into a `Result`.
+    fn take_uncaptured(&self, context: &str) -> crate::Result<()> {
+        let mut v = self.uncaptured.lock().unwrap_or_else(|p| p.into_inner());
+        if v.is_empty() {
+            return Ok(());
+        }
+        let message = v.join("\n");
+        v.clear();
+        if message.to_lowercase().contains("out of memory") {
+            return Err(crate::Error::OutOfMemory(context.to_string()));
+        }
+        Err(crate::Error::Gpu { context: context.to_string(), message })
+    }
+}
+
+fn gpu_err(context: &str, e: impl std::fmt::Display) -> crate::Error {
+    crate::Error::Gpu { context: context.to_string(), message: e.to_string() }
+}

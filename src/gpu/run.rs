@@ -1,0 +1,152 @@
+//! Binding and encoding dispatches. A [`Launch`] is what a kernel launcher returns; the executor
+//! binds each launch once ([`Bound`]) and re-encodes the bound list on every run, updating only
+//! small uniform parameters in between.
+
+use super::{Access, Buffer, Gpu, Kernel};
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// One dispatch request: a kernel, its uniform parameter bytes (bound to the shader's
+/// `var<uniform>` if it has one), its storage buffers in binding order, and the workgroup grid.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub kernel: Arc<Kernel>,
+    pub params: Vec<u8>,
+    pub buffers: Vec<Buffer>,
+    pub groups: [u32; 3],
+}
+
+/// A launch with its bind group and uniform buffer built. Re-encode it as often as needed.
+#[derive(Debug)]
+pub struct Bound {
+    pub kernel: Arc<Kernel>,
+    pub groups: [u32; 3],
+    group: wgpu::BindGroup,
+    params: Option<wgpu::Buffer>,
+}
+
+impl Gpu {
+    /// Builds the bind group (and uniform buffer) of a launch.
+    pub fn bind(&self, l: &Launch) -> Result<Bound> {
+        let k = &l.kernel;
+        let max = self.limits.max_workgroups_per_dim;
+        assert!(
+            l.groups.iter().all(|&g| g <= max),
+            "kernel {}: grid {:?} exceeds {max} workgroups per dimension",
+            k.name,
+            l.groups
+        );
+        let params = k.bindings.iter().any(|b| b.1 == Access::Uniform).then(|| {
+            assert!(!l.params.is_empty(), "kernel {}: missing params", k.name);
+            let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(k.name),
+                size: (l.params.len() as u64).div_ceil(16) * 16,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.queue.write_buffer(&b, 0, &l.params);
+            b
+        });
+        let mut storage = l.buffers.iter();
+        let mut entries = Vec::with_capacity(k.bindings.len());
+        for &(binding, access) in &k.bindings {
+            let resource = match (access, &params) {
+                (Access::Uniform, Some(p)) => p.as_entire_binding(),
+                _ => match storage.next() {
+                    Some(b) => b.inner.as_entire_binding(),
+                    None => panic!("kernel {}::{}: too few buffers ({})", k.name, k.entry, l.buffers.len()),
+                },
+            };
+            entries.push(wgpu::BindGroupEntry { binding, resource });
+        }
+        assert!(storage.next().is_none(), "kernel {}: too many buffers ({})", k.name, l.buffers.len());
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(k.name),
+            layout: &k.layout,
+            entries: &entries,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu { context: format!("binding kernel {}", k.name), message: e.to_string() });
+        }
+        Ok(Bound { kernel: k.clone(), groups: l.groups, group, params })
+    }
+
+    /// Replaces the uniform parameters of a bound dispatch (queued before the next submission).
+    pub fn set_params(&self, b: &Bound, params: &[u8]) {
+        let p = b.params.as_ref().expect("set_params on a kernel without a uniform");
+        self.queue.write_buffer(p, 0, params);
+    }
+
+    /// Binds and submits the launches in one submission, without waiting.
+    pub fn run(&self, launches: &[Launch]) -> Result<()> {
+        let bound = launches.iter().map(|l| self.bind(l)).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Bound> = bound.iter().collect();
+        self.submit(&refs)
+    }
+
+    /// Encodes all dispatches into one compute pass and one submission.
+    pub fn submit(&self, dispatches: &[&Bound]) -> Result<()> {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for d in dispatches {
+                encode(&mut pass, d);
+            }
+        }
+        self.queue.submit([enc.finish()]);
+        self.take_uncaptured("submitting dispatches")
+    }
+
+    /// Runs the dispatches with a GPU timestamp around each and returns their durations in
+    /// nanoseconds, or `None` when the adapter lacks TIMESTAMP_QUERY. Waits for completion.
+    pub fn submit_timed(&self, dispatches: &[&Bound]) -> Result<Option<Vec<f64>>> {
+        if !self.caps.timestamp_query {
+            return Ok(None);
+        }
+        let period = self.queue.get_timestamp_period() as f64;
+        let mut out = Vec::with_capacity(dispatches.len());
+        // 2 queries per dispatch; query sets hold at most 4096 queries.
+        for chunk in dispatches.chunks(2048) {
+            let n = chunk.len() as u32 * 2;
+            let qs = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: n,
+            });
+            let resolve = self.buffer_with_usage(
+                n as u64 * 8,
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            );
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            for (i, d) in chunk.iter().enumerate() {
+                let w = wgpu::ComputePassTimestampWrites {
+                    query_set: &qs,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                };
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(d.kernel.name),
+                    timestamp_writes: Some(w),
+                });
+                encode(&mut pass, d);
+            }
+            enc.resolve_query_set(&qs, 0..n, &resolve, 0);
+            self.queue.submit([enc.finish()]);
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.download(&Buffer { inner: resolve, size: n as u64 * 8 })?);
+            out.extend(ticks.chunks(2).map(|t| t[1].saturating_sub(t[0]) as f64 * period));
+        }
+        Ok(Some(out))
+    }
+
+    fn buffer_with_usage(&self, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage, mapped_at_creation: false })
+    }
+}
+
+fn encode(pass: &mut wgpu::ComputePass<'_>, d: &Bound) {
+    pass.set_pipeline(&d.kernel.pipeline);
+    pass.set_bind_group(0, &d.group, &[]);
+    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+}
+

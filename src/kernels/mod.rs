@@ -1,0 +1,27 @@
+//! WGSL kernels. Each op is one stem: `shaders/<op>.wgsl`, the Rust launcher(s) here in
+//! `<op>.rs` (a `Params` struct mirroring the WGSL one, launchers that return a
+//! [`Launch`](crate::gpu::Launch)), and a naive CPU reference in `<op>::cpu`.
+//!
+//! Launchers only build launches; the caller runs them (`gpu.run(&[..])`) or the executor binds
+//! them once and replays them.
+
+pub mod elementwise;
+
+/// Splits `groups` workgroups into an (x, y) grid within the per-dimension limit (65535).
+pub fn grid_2d(groups: u32) -> [u32; 3] {
+    const MAX: u32 = 65535;
+    if groups <= MAX {
+        [groups.max(1), 1, 1]
+    } else {
+        [MAX, groups.div_ceil(MAX), 1]
+    }
+}
+
+/// Asserts at compile time that a Params struct is a whole number of 16-byte rows, as WGSL
+/// uniform layout requires.
+#[macro_export]
+macro_rules! assert_params {
+    ($t:ty) => {
+        const _: () = assert!(std::mem::size_of::<$t>() % 16 == 0, "Params must be padded to 16 bytes");
+    };
+}

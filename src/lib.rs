@@ -1,0 +1,23 @@
+//! wgdit: the Qwen-Image diffusion transformer on any GPU through wgpu and WGSL.
+//!
+//! Layers, bottom up (dependencies point down):
+//! - [`gpu`]: the only module that names wgpu types: adapter choice, buffers, pipelines built
+//!   from [`shaders`] with reflected layouts, dispatch binding/encoding, timestamps.
+//! - [`tensor`]: shape + storage dtype (f32, f16, bf16) over a GPU buffer; host dtype codecs.
+//! - [`kernels`]: one file per op: `Params`, launchers returning `gpu::Launch`, and a naive CPU
+//!   reference (`<op>::cpu`).
+//! - [`graph`]: an IR with no wgpu types: tensors, typed ops, a builder, saved-for-backward
+//!   declarations and checkpoint segments.
+//! - [`exec`]: graph → plan (buffers by liveness, bind groups built once, a dispatch list with
+//!   labels) → run; dispatch counts per op and per layer, GPU time per label.
+//! - `main.rs`: the `wgdit` CLI; it only parses, calls the library and prints.
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod rng;
+pub mod shaders;
+pub mod tensor;
+pub mod testing;
+
+pub use error::{Error, Result};
