@@ -13,7 +13,9 @@
 //! - `main.rs`: the `wgdit` CLI; it only parses, calls the library and prints.
 
 pub mod error;
+pub mod exec;
 pub mod gpu;
+pub mod graph;
 pub mod kernels;
 pub mod rng;
 pub mod shaders;

@@ -58,7 +58,9 @@ impl Gpu {
             mapped_at_creation: false,
         });
         if pollster::block_on(scope.pop()).is_some() {
-            return Err(Error::OutOfMemory(format!("allocating {label} ({size} bytes)")));
+            return Err(Error::OutOfMemory(format!(
+                "allocating {label} ({size} bytes)"
+            )));
         }
         Ok(Buffer { inner, size })
     }
@@ -81,14 +83,19 @@ impl Gpu {
             padded = v;
             &padded
         };
-        debug_assert!(offset + bytes.len() as u64 <= buf.size, "write past the end of {:?}", buf.inner);
+        debug_assert!(
+            offset + bytes.len() as u64 <= buf.size,
+            "write past the end of {:?}",
+            buf.inner
+        );
         self.queue.write_buffer(&buf.inner, offset, bytes);
     }
 
     /// Fills the buffer with 0xFF bytes: NaN as f32, f16 and bf16. Tests use it to prove that a
     /// kernel writes every element of its output.
     pub fn poison(&self, buf: &Buffer) {
-        self.queue.write_buffer(&buf.inner, 0, &vec![0xFFu8; buf.size as usize]);
+        self.queue
+            .write_buffer(&buf.inner, 0, &vec![0xFFu8; buf.size as usize]);
     }
 
     /// Reads the whole buffer back (waits for all submitted work).
@@ -112,7 +119,10 @@ impl Gpu {
             view.to_vec()
         };
         staging.unmap();
-        self.staging.lock().unwrap_or_else(|p| p.into_inner()).push(staging);
+        self.staging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(staging);
         Ok(out)
     }
 
@@ -124,7 +134,10 @@ impl Gpu {
     /// Reuses a staging buffer of at least `size` bytes, or makes one.
     fn take_staging(&self, size: u64) -> Result<wgpu::Buffer> {
         let mut pool = self.staging.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = pool.iter().position(|b| b.size() >= size && b.size() <= size.saturating_mul(4)) {
+        if let Some(i) = pool
+            .iter()
+            .position(|b| b.size() >= size && b.size() <= size.saturating_mul(4))
+        {
             return Ok(pool.swap_remove(i));
         }
         drop(pool);
@@ -136,7 +149,9 @@ impl Gpu {
             mapped_at_creation: false,
         });
         if pollster::block_on(scope.pop()).is_some() {
-            return Err(Error::OutOfMemory(format!("allocating a {size}-byte staging buffer")));
+            return Err(Error::OutOfMemory(format!(
+                "allocating a {size}-byte staging buffer"
+            )));
         }
         Ok(b)
     }

@@ -58,7 +58,9 @@ impl GpuOptions {
             }
         }
         if self.adapter.is_none() {
-            self.adapter = std::env::var("WGDIT_ADAPTER").ok().filter(|s| !s.is_empty());
+            self.adapter = std::env::var("WGDIT_ADAPTER")
+                .ok()
+                .filter(|s| !s.is_empty());
         }
         Ok(self)
     }
@@ -140,7 +142,11 @@ fn report(index: usize, a: &wgpu::Adapter) -> AdapterReport {
 pub fn list_adapters(backend: Option<Backend>) -> Vec<AdapterReport> {
     let inst = instance(backends_for(backend));
     let adapters = pollster::block_on(inst.enumerate_adapters(backends_for(backend)));
-    adapters.iter().enumerate().map(|(i, a)| report(i, a)).collect()
+    adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| report(i, a))
+        .collect()
 }
 
 fn pick_adapter(inst: &wgpu::Instance, opts: &GpuOptions) -> Result<wgpu::Adapter> {
@@ -202,7 +208,9 @@ impl Gpu {
             }
         }));
         let report = report(0, &adapter);
-        Ok(Arc::new(Gpu::assemble(adapter, device, queue, report, uncaptured)))
+        Ok(Arc::new(Gpu::assemble(
+            adapter, device, queue, report, uncaptured,
+        )))
     }
 
     /// The default adapter, honouring `WGDIT_BACKEND` / `WGDIT_ADAPTER`.

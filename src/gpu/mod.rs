@@ -113,10 +113,16 @@ impl Gpu {
         if message.to_lowercase().contains("out of memory") {
             return Err(crate::Error::OutOfMemory(context.to_string()));
         }
-        Err(crate::Error::Gpu { context: context.to_string(), message })
+        Err(crate::Error::Gpu {
+            context: context.to_string(),
+            message,
+        })
     }
 }
 
 fn gpu_err(context: &str, e: impl std::fmt::Display) -> crate::Error {
-    crate::Error::Gpu { context: context.to_string(), message: e.to_string() }
+    crate::Error::Gpu {
+        context: context.to_string(),
+        message: e.to_string(),
+    }
 }

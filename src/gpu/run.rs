@@ -54,12 +54,22 @@ impl Gpu {
                 (Access::Uniform, Some(p)) => p.as_entire_binding(),
                 _ => match storage.next() {
                     Some(b) => b.inner.as_entire_binding(),
-                    None => panic!("kernel {}::{}: too few buffers ({})", k.name, k.entry, l.buffers.len()),
+                    None => panic!(
+                        "kernel {}::{}: too few buffers ({})",
+                        k.name,
+                        k.entry,
+                        l.buffers.len()
+                    ),
                 },
             };
             entries.push(wgpu::BindGroupEntry { binding, resource });
         }
-        assert!(storage.next().is_none(), "kernel {}: too many buffers ({})", k.name, l.buffers.len());
+        assert!(
+            storage.next().is_none(),
+            "kernel {}: too many buffers ({})",
+            k.name,
+            l.buffers.len()
+        );
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(k.name),
@@ -67,20 +77,34 @@ impl Gpu {
             entries: &entries,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Gpu { context: format!("binding kernel {}", k.name), message: e.to_string() });
+            return Err(Error::Gpu {
+                context: format!("binding kernel {}", k.name),
+                message: e.to_string(),
+            });
         }
-        Ok(Bound { kernel: k.clone(), groups: l.groups, group, params })
+        Ok(Bound {
+            kernel: k.clone(),
+            groups: l.groups,
+            group,
+            params,
+        })
     }
 
     /// Replaces the uniform parameters of a bound dispatch (queued before the next submission).
     pub fn set_params(&self, b: &Bound, params: &[u8]) {
-        let p = b.params.as_ref().expect("set_params on a kernel without a uniform");
+        let p = b
+            .params
+            .as_ref()
+            .expect("set_params on a kernel without a uniform");
         self.queue.write_buffer(p, 0, params);
     }
 
     /// Binds and submits the launches in one submission, without waiting.
     pub fn run(&self, launches: &[Launch]) -> Result<()> {
-        let bound = launches.iter().map(|l| self.bind(l)).collect::<Result<Vec<_>>>()?;
+        let bound = launches
+            .iter()
+            .map(|l| self.bind(l))
+            .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&Bound> = bound.iter().collect();
         self.submit(&refs)
     }
@@ -133,14 +157,26 @@ impl Gpu {
             }
             enc.resolve_query_set(&qs, 0..n, &resolve, 0);
             self.queue.submit([enc.finish()]);
-            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.download(&Buffer { inner: resolve, size: n as u64 * 8 })?);
-            out.extend(ticks.chunks(2).map(|t| t[1].saturating_sub(t[0]) as f64 * period));
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.download(&Buffer {
+                inner: resolve,
+                size: n as u64 * 8,
+            })?);
+            out.extend(
+                ticks
+                    .chunks(2)
+                    .map(|t| t[1].saturating_sub(t[0]) as f64 * period),
+            );
         }
         Ok(Some(out))
     }
 
     fn buffer_with_usage(&self, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage, mapped_at_creation: false })
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
     }
 }
 
@@ -149,4 +185,3 @@ fn encode(pass: &mut wgpu::ComputePass<'_>, d: &Bound) {
     pass.set_bind_group(0, &d.group, &[]);
     pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
 }
-

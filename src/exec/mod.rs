@@ -1,0 +1,167 @@
+//! The executor: graph → plan → runs.
+//!
+//! `Plan::new` assigns activation storage by liveness ([`memory`]), allocates one GPU buffer per
+//! slot, lowers every node to kernel launches ([`lower`]) and binds them once. `Plan::run` then
+//! encodes all dispatches in one submission; between runs the caller only rewrites inputs
+//! (latents, timesteps) with `write_input`, so re-running costs no pipeline or bind-group work.
+
+pub mod lower;
+pub mod memory;
+pub mod report;
+
+pub use memory::MemoryPlan;
+pub use report::DispatchReport;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Bound, Buffer, Gpu};
+use crate::graph::{Graph, Label, TensorId, TensorKind};
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct Plan {
+    gpu: Arc<Gpu>,
+    tensors: Vec<Tensor>,
+    kinds: Vec<TensorKind>,
+    dispatches: Vec<Bound>,
+    labels: Vec<Label>,
+    slots: Vec<Buffer>,
+    pub memory: MemoryPlan,
+}
+
+impl Plan {
+    /// Plans and binds `g`. `params` maps every param tensor of the graph to its uploaded weight.
+    pub fn new(gpu: &Arc<Gpu>, g: &Graph, params: &HashMap<TensorId, Tensor>) -> Result<Plan> {
+        let memory = memory::plan(g);
+        let slots = memory
+            .slot_bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| gpu.buffer(b, &format!("slot {i}")))
+            .collect::<Result<Vec<_>>>()?;
+        let mut tensors = Vec::with_capacity(g.tensors.len());
+        for (t, info) in g.tensors.iter().enumerate() {
+            let tensor = match (info.kind, memory.slot_of[t]) {
+                (TensorKind::Param, _) => bind_param(params, t, info)?,
+                (_, Some(s)) => Tensor {
+                    buffer: slots[s].clone(),
+                    shape: info.shape.clone(),
+                    dtype: info.dtype,
+                },
+                // Written by nobody and read by nobody: give it a private buffer.
+                (_, None) => Tensor::zeros(gpu, &info.shape, info.dtype, &info.name)?,
+            };
+            tensors.push(tensor);
+        }
+        let mut dispatches = Vec::new();
+        let mut labels = Vec::new();
+        for n in &g.nodes {
+            let ins: Vec<&Tensor> = n.inputs.iter().map(|&t| &tensors[t]).collect();
+            let outs: Vec<&Tensor> = n.outputs.iter().map(|&t| &tensors[t]).collect();
+            let launches = lower::lower(gpu, &n.op, &ins, &outs)?;
+            assert_eq!(
+                launches.len(),
+                n.op.dispatches(),
+                "{}: lowering disagrees with the declared dispatch count",
+                n.label.op
+            );
+            for l in &launches {
+                dispatches.push(gpu.bind(l)?);
+                labels.push(n.label.clone());
+            }
+        }
+        let kinds = g.tensors.iter().map(|t| t.kind).collect();
+        Ok(Plan {
+            gpu: gpu.clone(),
+            tensors,
+            kinds,
+            dispatches,
+            labels,
+            slots,
+            memory,
+        })
+    }
+
+    /// The GPU tensor bound to graph tensor `t`.
+    pub fn tensor(&self, t: TensorId) -> &Tensor {
+        &self.tensors[t]
+    }
+
+    /// Writes an input tensor (f32 data, or encoded to its dtype).
+    pub fn write_input(&self, t: TensorId, data: &[f32]) {
+        let tensor = &self.tensors[t];
+        assert_eq!(
+            self.kinds[t],
+            TensorKind::Input,
+            "write_input on a non-input tensor"
+        );
+        assert_eq!(
+            data.len(),
+            tensor.numel(),
+            "write_input: {} values for shape {:?}",
+            data.len(),
+            tensor.shape
+        );
+        self.gpu
+            .write(&tensor.buffer, 0, &tensor.dtype.encode(data));
+    }
+
+    /// Fills every activation slot with NaN (tests use it to prove outputs are fully written).
+    pub fn poison_activations(&self) {
+        for s in &self.slots {
+            self.gpu.poison(s);
+        }
+    }
+
+    /// Encodes every dispatch in one submission (does not wait).
+    pub fn run(&self) -> Result<()> {
+        let refs: Vec<&Bound> = self.dispatches.iter().collect();
+        self.gpu.submit(&refs)
+    }
+
+    /// Runs with a timestamp around each dispatch and returns the report with GPU time per label
+    /// (counts only when the adapter lacks TIMESTAMP_QUERY).
+    pub fn run_timed(&self) -> Result<DispatchReport> {
+        let refs: Vec<&Bound> = self.dispatches.iter().collect();
+        let times = self.gpu.submit_timed(&refs)?;
+        Ok(DispatchReport::new(&self.labels, times.as_deref()))
+    }
+
+    /// Reads a tensor back as f32 (waits for the GPU).
+    pub fn read(&self, t: TensorId) -> Result<Vec<f32>> {
+        self.tensors[t].to_f32(&self.gpu)
+    }
+
+    /// Dispatch counts per op and per layer.
+    pub fn report(&self) -> DispatchReport {
+        DispatchReport::new(&self.labels, None)
+    }
+
+    pub fn labels(&self) -> &[Label] {
+        &self.labels
+    }
+}
+
+fn bind_param(
+    params: &HashMap<TensorId, Tensor>,
+    t: TensorId,
+    info: &crate::graph::TensorInfo,
+) -> Result<Tensor> {
+    let p = params.get(&t).ok_or_else(|| {
+        Error::input(format!(
+            "no weight bound for param `{}` {:?}",
+            info.name, info.shape
+        ))
+    })?;
+    if p.shape != info.shape || p.dtype != info.dtype {
+        return Err(Error::input(format!(
+            "weight `{}` is {:?} {} but the graph expects {:?} {}",
+            info.name,
+            p.shape,
+            p.dtype.name(),
+            info.shape,
+            info.dtype.name()
+        )));
+    }
+    Ok(p.clone())
+}

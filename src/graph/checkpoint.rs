@@ -1,0 +1,76 @@
+//! Gradient checkpointing as a graph rewrite. In a training graph (forward nodes, then backward
+//! nodes), every backward read of a tensor produced inside a checkpoint segment is redirected to a
+//! recomputed copy: the segment's forward nodes are cloned, with fresh output tensors, right before
+//! the first backward node that needs them. The originals then die at their last forward use, so
+//! the liveness planner reuses their memory; only segment inputs (e.g. block outputs) stay stored.
+
+use super::{Graph, Label, Node, TensorId};
+use std::collections::HashMap;
+
+/// Rewrites `g` in place. `first_backward` is the index of the first backward node; nodes before
+/// it are the forward. Returns the number of recomputed nodes.
+pub fn apply(g: &mut Graph, first_backward: usize) -> usize {
+    let forward: Vec<Node> = g.nodes[..first_backward].to_vec();
+    let mut backward: Vec<Node> = g.nodes[first_backward..].to_vec();
+    let mut inserts: Vec<(usize, Vec<Node>)> = Vec::new();
+    for seg in 0..g.segments.len() {
+        let members: Vec<&Node> = forward.iter().filter(|n| n.segment == Some(seg)).collect();
+        let produced: Vec<TensorId> = members
+            .iter()
+            .flat_map(|n| n.outputs.iter().copied())
+            .collect();
+        let Some(at) = backward
+            .iter()
+            .position(|n| n.inputs.iter().any(|t| produced.contains(t)))
+        else {
+            continue;
+        };
+        let mut remap: HashMap<TensorId, TensorId> = HashMap::new();
+        let mut clones = Vec::with_capacity(members.len());
+        for n in &members {
+            let inputs = n
+                .inputs
+                .iter()
+                .map(|t| *remap.get(t).unwrap_or(t))
+                .collect();
+            let outputs = n
+                .outputs
+                .iter()
+                .map(|&t| {
+                    let mut info = g.tensors[t].clone();
+                    info.name = format!("{} (recompute)", info.name);
+                    g.tensors.push(info);
+                    remap.insert(t, g.tensors.len() - 1);
+                    g.tensors.len() - 1
+                })
+                .collect();
+            let label = Label {
+                layer: n.label.layer,
+                op: format!("recompute/{}", n.label.op),
+            };
+            clones.push(Node {
+                op: n.op.clone(),
+                inputs,
+                outputs,
+                label,
+                segment: None,
+            });
+        }
+        for n in backward.iter_mut() {
+            for t in n.inputs.iter_mut() {
+                if let Some(&r) = remap.get(t) {
+                    *t = r;
+                }
+            }
+        }
+        inserts.push((at, clones));
+    }
+    let recomputed = inserts.iter().map(|(_, c)| c.len()).sum();
+    // Insert from the back so earlier positions stay valid.
+    inserts.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    for (at, clones) in inserts {
+        backward.splice(at..at, clones);
+    }
+    g.nodes = forward.into_iter().chain(backward).collect();
+    recomputed
+}
