@@ -20,19 +20,14 @@ pub enum Error {
     #[error("{0}")]
     TooLarge(String),
     /// The device ran out of memory.
-    #[error(
-        "out of GPU memory while {0}; try a smaller shape, fewer tokens, or a GPU with more memory"
-    )]
+    #[error("out of GPU memory while {0}; try a smaller shape, fewer tokens, or a GPU with more memory")]
     OutOfMemory(String),
     /// Any other error reported by the GPU runtime.
     #[error("GPU error while {context}: {message}")]
     Gpu { context: String, message: String },
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// A file exists but its content is wrong (bad header, missing or mis-shaped tensor, ...).
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
@@ -43,16 +38,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
     pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::File {
-            path: path.into(),
-            message: message.into(),
-        }
+        Error::File { path: path.into(), message: message.into() }
     }
     pub fn input(message: impl Into<String>) -> Self {
         Error::Input(message.into())

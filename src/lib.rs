@@ -17,6 +17,7 @@ pub mod exec;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
+pub mod model;
 pub mod rng;
 pub mod shaders;
 pub mod tensor;

@@ -5,11 +5,7 @@ use std::process::ExitCode;
 use wgdit::gpu::{self, Backend, GpuOptions};
 
 #[derive(Parser)]
-#[command(
-    name = "wgdit",
-    version,
-    about = "Qwen-Image DiT inference and LoRA training on any GPU via wgpu"
-)]
+#[command(name = "wgdit", version, about = "Qwen-Image DiT inference and LoRA training on any GPU via wgpu")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -28,10 +24,7 @@ struct GpuArgs {
 
 impl GpuArgs {
     fn options(&self) -> GpuOptions {
-        GpuOptions {
-            backend: self.backend,
-            adapter: self.adapter.clone(),
-        }
+        GpuOptions { backend: self.backend, adapter: self.adapter.clone() }
     }
 }
 
@@ -68,25 +61,20 @@ fn devices(opts: &GpuOptions, json: bool) -> wgdit::Result<()> {
     let opts = opts.clone().with_env()?;
     let list = gpu::list_adapters(opts.backend);
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).expect("cannot fail: plain data")
-        );
+        println!("{}", serde_json::to_string_pretty(&list).expect("cannot fail: plain data"));
         return Ok(());
     }
     if list.is_empty() {
         return Err(wgdit::Error::NoAdapter(
-            "no adapters found; install a GPU driver, or lavapipe: apt-get install mesa-vulkan-drivers libvulkan1".into(),
+            "no adapters found; install a GPU driver, or lavapipe: apt-get install mesa-vulkan-drivers libvulkan1"
+                .into(),
         ));
     }
     for a in &list {
         let c = &a.caps;
         let l = &a.limits;
         let mib = |b: u64| b as f64 / 1048576.0;
-        println!(
-            "[{}] {} ({}, {}) driver: {} {}",
-            a.index, a.name, a.backend, a.device_type, a.driver, a.driver_info
-        );
+        println!("[{}] {} ({}, {}) driver: {} {}", a.index, a.name, a.backend, a.device_type, a.driver, a.driver_info);
         println!(
             "    features: shader_f16={} subgroup={} timestamp_query={} timestamp_inside_passes={} cooperative_matrix={}",
             c.shader_f16, c.subgroup, c.timestamp_query, c.timestamp_inside_passes, c.cooperative_matrix

@@ -41,31 +41,16 @@ impl DType {
     pub fn encode(self, v: &[f32]) -> Vec<u8> {
         match self {
             DType::F32 => bytemuck::cast_slice(v).to_vec(),
-            DType::F16 => v
-                .iter()
-                .flat_map(|x| f16::from_f32(*x).to_le_bytes())
-                .collect(),
-            DType::BF16 => v
-                .iter()
-                .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
-                .collect(),
+            DType::F16 => v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
+            DType::BF16 => v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect(),
         }
     }
     /// Decodes little-endian bytes of this dtype to f32.
     pub fn decode(self, b: &[u8]) -> Vec<f32> {
         match self {
-            DType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            DType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         }
     }
     /// Rounds f32 values through this dtype (what the GPU sees after `encode`).
@@ -93,51 +78,19 @@ impl Tensor {
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let buffer = gpu.buffer((n * dtype.size()) as u64, label)?;
-        Ok(Tensor {
-            buffer,
-            shape: shape.to_vec(),
-            dtype,
-        })
+        Ok(Tensor { buffer, shape: shape.to_vec(), dtype })
     }
     /// Uploads f32 values, stored as `dtype`.
-    pub fn from_f32(
-        gpu: &Gpu,
-        v: &[f32],
-        shape: &[usize],
-        dtype: DType,
-        label: &str,
-    ) -> Result<Tensor> {
-        assert_eq!(
-            v.len(),
-            shape.iter().product::<usize>(),
-            "{label}: data does not match shape {shape:?}"
-        );
+    pub fn from_f32(gpu: &Gpu, v: &[f32], shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
+        assert_eq!(v.len(), shape.iter().product::<usize>(), "{label}: data does not match shape {shape:?}");
         let buffer = gpu.upload(&dtype.encode(v), label)?;
-        Ok(Tensor {
-            buffer,
-            shape: shape.to_vec(),
-            dtype,
-        })
+        Ok(Tensor { buffer, shape: shape.to_vec(), dtype })
     }
     /// Uploads raw little-endian bytes already in `dtype` (no widening on the host).
-    pub fn from_bytes(
-        gpu: &Gpu,
-        b: &[u8],
-        shape: &[usize],
-        dtype: DType,
-        label: &str,
-    ) -> Result<Tensor> {
-        assert_eq!(
-            b.len(),
-            shape.iter().product::<usize>() * dtype.size(),
-            "{label}: bytes do not match shape"
-        );
+    pub fn from_bytes(gpu: &Gpu, b: &[u8], shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
+        assert_eq!(b.len(), shape.iter().product::<usize>() * dtype.size(), "{label}: bytes do not match shape");
         let buffer = gpu.upload(b, label)?;
-        Ok(Tensor {
-            buffer,
-            shape: shape.to_vec(),
-            dtype,
-        })
+        Ok(Tensor { buffer, shape: shape.to_vec(), dtype })
     }
     /// Downloads and decodes to f32.
     pub fn to_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {

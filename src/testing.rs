@@ -17,19 +17,11 @@ impl Tol {
     /// f32 accumulation over `k` terms of O(1) values: the rounding error grows like sqrt(k)·eps.
     pub fn f32_dot(k: usize) -> Tol {
         let s = (k.max(1) as f64).sqrt();
-        Tol {
-            abs: 2e-6 * s,
-            rel: 1e-5,
-            rel_l2: 1e-5,
-        }
+        Tol { abs: 2e-6 * s, rel: 1e-5, rel_l2: 1e-5 }
     }
     /// Element-wise f32 math with transcendental functions (exp, tanh, sin/cos), whose GPU
     /// implementations may differ from libm by a few ulp.
-    pub const F32_ELEMENTWISE: Tol = Tol {
-        abs: 1e-5,
-        rel: 1e-5,
-        rel_l2: 1e-5,
-    };
+    pub const F32_ELEMENTWISE: Tol = Tol { abs: 1e-5, rel: 1e-5, rel_l2: 1e-5 };
 }
 
 /// Error statistics of one comparison.
@@ -53,22 +45,14 @@ pub fn stats(got: &[f32], want: &[f32]) -> Stats {
             worst = i;
         }
     }
-    Stats {
-        max_abs,
-        rel_l2: (num / den.max(1e-30)).sqrt(),
-        worst,
-    }
+    Stats { max_abs, rel_l2: (num / den.max(1e-30)).sqrt(), worst }
 }
 
 /// Compares and returns the statistics, or a message naming the worst index and the first
 /// mismatches.
 pub fn compare(name: &str, got: &[f32], want: &[f32], tol: Tol) -> Result<Stats, String> {
     if got.len() != want.len() {
-        return Err(format!(
-            "{name}: length {} vs expected {}",
-            got.len(),
-            want.len()
-        ));
+        return Err(format!("{name}: length {} vs expected {}", got.len(), want.len()));
     }
     let s = stats(got, want);
     let bad: Vec<usize> = (0..got.len())
@@ -80,11 +64,7 @@ pub fn compare(name: &str, got: &[f32], want: &[f32], tol: Tol) -> Result<Stats,
     if bad.is_empty() && s.rel_l2 <= tol.rel_l2 {
         return Ok(s);
     }
-    let first: Vec<String> = bad
-        .iter()
-        .take(8)
-        .map(|&i| format!("[{i}] got {} want {}", got[i], want[i]))
-        .collect();
+    let first: Vec<String> = bad.iter().take(8).map(|&i| format!("[{i}] got {} want {}", got[i], want[i])).collect();
     Err(format!(
         "{name}: {} of {} elements outside tolerance {tol:?}; rel_l2 {:.3e}, max_abs {:.3e} at [{}] (got {} want {}); first: {}",
         bad.len(),
@@ -112,6 +92,8 @@ pub fn assert_close(name: &str, got: &[f32], want: &[f32], tol: Tol) -> Stats {
 pub fn test_gpu() -> Arc<Gpu> {
     match Gpu::default_adapter() {
         Ok(g) => g,
-        Err(e) => panic!("tests need a GPU adapter (lavapipe is enough: apt-get install mesa-vulkan-drivers libvulkan1): {e}"),
+        Err(e) => {
+            panic!("tests need a GPU adapter (lavapipe is enough: apt-get install mesa-vulkan-drivers libvulkan1): {e}")
+        }
     }
 }

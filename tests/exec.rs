@@ -39,12 +39,7 @@ fn planner_reuses_dead_activations() {
     let m = memory::plan(&g);
     assert_eq!(m.naive_activation_bytes, 12 * 4000);
     // At most two activations are alive at once in this chain.
-    assert!(
-        m.peak_activation_bytes <= 2 * 4000,
-        "peak {} naive {}",
-        m.peak_activation_bytes,
-        m.naive_activation_bytes
-    );
+    assert!(m.peak_activation_bytes <= 2 * 4000, "peak {} naive {}", m.peak_activation_bytes, m.naive_activation_bytes);
 }
 
 #[test]
@@ -58,12 +53,7 @@ fn plan_reruns_with_new_inputs_and_counts_dispatches() {
         plan.poison_activations();
         plan.write_input(x, &xv);
         plan.run().unwrap();
-        assert_close(
-            "chain",
-            &plan.read(y).unwrap(),
-            &chain_cpu(4, &xv),
-            Tol::F32_ELEMENTWISE,
-        );
+        assert_close("chain", &plan.read(y).unwrap(), &chain_cpu(4, &xv), Tol::F32_ELEMENTWISE);
     }
     let r = plan.report();
     assert_eq!(r.total, 8);
@@ -133,10 +123,7 @@ fn checkpointing_recomputes_segments_with_less_memory_and_same_result() {
     };
     let (a, r0) = run(&g_plain, x0, y0);
     let (b, r1) = run(&g_ckpt, x1, y1);
-    assert_eq!(
-        a, b,
-        "recomputation must reproduce the stored activations exactly"
-    );
+    assert_eq!(a, b, "recomputation must reproduce the stored activations exactly");
     assert_eq!(r1.total, r0.total + 2 * depth);
     assert_eq!(r1.by_op["recompute/act"], depth);
 }

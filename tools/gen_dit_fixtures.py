@@ -19,7 +19,7 @@ Writes, under OUT (default tests/fixtures; see tests/fixtures/README.md for ever
 Run from the repository root (the reference env comes from /work/shared/tools/refenv.sh):
   LD_LIBRARY_PATH=/work/refenv/cudastub /work/refenv/bin/python tools/gen_dit_fixtures.py [--out tests/fixtures]
 Every written case is reloaded from disk and recomputed at the end (self-check); the script fails if anything
-differs. It deletes and rewrites OUT/dit and OUT/lora. Takes about a minute on two cores.
+differs. It deletes and rewrites OUT/dit and OUT/lora (nothing else). Takes about 30 s on one core.
 """
 import argparse
 import copy
@@ -55,8 +55,9 @@ LORA_STD = 0.3
 
 def linear_gain(module_name):
     """Std multiplier c in W ~ N(0, c²/fan_in). Chosen (by measuring every intermediate) so both streams stay
-    around rms 1-2, modulation shift/scale/gate have rms 0.5-0.7, and text (≈20%) and RoPE (≈15%) visibly move
-    the output; with c = 1 everywhere the gates were ≈0.2 and the text changed the output by only ≈8%."""
+    around rms 1-2, modulation shift/scale/gate have rms 0.5-0.7, and text, RoPE, mask and references visibly move
+    the output (check_every_path_matters prints by how much); with c = 1 everywhere the gates were ≈0.2 and new
+    text changed the output by only ≈8%."""
     if module_name.endswith(("img_mod.1", "txt_mod.1")) or module_name == "norm_out.linear":
         return 1.5
     if module_name.endswith(("to_out.0", "to_add_out", "timestep_embedder.linear_2")):
@@ -252,6 +253,33 @@ def write_cases(models, cases_dir):
         print(f"case {case:15s} model {model_name:12s} output {tuple(expected['output'].shape)} rms {rms:.3f}")
 
 
+def check_every_path_matters(models):
+    """The random weights must make each input visibly move the output (relative L2 change, asserted > 3%)."""
+    def change(inputs, other_inputs, model="tiny", other_model="tiny", tokens=slice(None)):
+        with torch.no_grad():
+            a = forward(models[model], inputs)[:, tokens]
+            b = forward(models[other_model], other_inputs)[:, tokens]
+        return rel_err(b, a)
+
+    g = torch.Generator().manual_seed(7)
+    odd, edit, masked, zero = (make_inputs(*CASES[c][1:]) for c in ("odd_grid", "edit_ref", "batch_mask", "zero_cond_t"))
+    new_refs = edit["hidden_states"].clone()
+    new_refs[:, 16:] = torch.randn(new_refs[:, 16:].shape, generator=g)
+    checks = {
+        "text": change(odd, {**odd, "encoder_hidden_states": torch.randn(1, 7, 24, generator=g)}),
+        "timestep": change(odd, {**odd, "timestep": torch.tensor([0.2])}),
+        "rope (3x5 -> 5x3)": change(odd, {**odd, "img_shapes": torch.tensor([[1, 5, 3]])}),
+        "mask": change(masked, {**masked, "encoder_hidden_states_mask": torch.ones(2, 7, dtype=torch.int64)}),
+        "reference tokens -> target": change(edit, {**edit, "hidden_states": new_refs}, tokens=slice(0, 16)),
+        "zero_cond_t": change(zero, zero, model="tiny-2511"),
+        "bf16 rounding of weights": change(masked, masked, model="tiny-bf16"),
+    }
+    for name, value in checks.items():
+        print(f"sanity: output change from {name:28s} {value:.3g}")
+    assert all(v > 0.03 for k, v in checks.items() if not k.startswith("bf16")), checks
+    assert checks["bf16 rounding of weights"] > 1e-4
+
+
 # ------------------------------------------------------------------------------------------------------ LoRA
 
 def lora_peft_model(base_sd):
@@ -290,9 +318,9 @@ def other_formats(pairs):
         diffsynth[f"{p}.lora_A.default.weight"] = a.clone()
         diffsynth[f"{p}.lora_B.default.weight"] = (b * scale).contiguous()  # no alpha -> scale 1: fold it in
         k = "lora_unet_" + p.replace(".", "_")
-        kohya[f"{k}.lora_down.weight"], kohya[f"{k}.lora_up.weight"], kohya[f"{k}.alpha"] = a.clone(), b.clone(), alpha.clone()
+        kohya.update({f"{k}.lora_down.weight": a.clone(), f"{k}.lora_up.weight": b.clone(), f"{k}.alpha": alpha.clone()})
         c = f"diffusion_model.{p}"
-        comfy[f"{c}.lora_A.weight"], comfy[f"{c}.lora_B.weight"], comfy[f"{c}.alpha"] = a.clone(), b.clone(), alpha.clone()
+        comfy.update({f"{c}.lora_A.weight": a.clone(), f"{c}.lora_B.weight": b.clone(), f"{c}.alpha": alpha.clone()})
     return {"diffsynth": diffsynth, "kohya": kohya, "comfy": comfy}
 
 
@@ -354,7 +382,10 @@ def write_lora(base_sd, out, batch_inputs):
     with torch.no_grad():
         want = forward(peft_model, batch_inputs)
         base = forward(tiny_from(base_sd), batch_inputs)
-    print(f"lora: output rms {want.pow(2).mean().sqrt():.3f}, |peft - base| / |base| = {rel_err(want, base):.3f}")
+        by_hand = forward(fused(base_sd, peft_sd, LORA_ALPHA / LORA_RANK), batch_inputs)
+    print(f"lora: output rms {want.pow(2).mean().sqrt():.3f}, |peft - base| / |base| = {rel_err(want, base):.3f}, "
+          f"|peft - fused by hand| / |peft| = {rel_err(want, by_hand):.2e}")
+    assert rel_err(want, by_hand) < 1e-5
     meta = {"model": "tiny", "inputs": "dit/cases/batch_mask.inputs.safetensors", "strength": "1.0"}
     for fmt in ("peft", "diffsynth", "kohya", "comfy"):
         with torch.no_grad():
@@ -384,22 +415,39 @@ def write_lora_half(base_sd, lora_dir, cases, batch_inputs, meta, pairs):
 
 
 def write_lora_merged(base_sd, lora_dir, cases, batch_inputs, meta, split):
-    """Expected output of peft-merged-qkv.safetensors = the split-equivalent LoRA loaded by diffusers."""
+    """Expected output of peft-merged-qkv.safetensors = the split-equivalent LoRA loaded by diffusers (with the
+    header metadata of peft.safetensors: same r and alpha, split target names)."""
     sd = {f"transformer.{k}": v for k, v in split.items()}
-    # Same header metadata (alpha 8, r 4) as the merged file; only target_modules differs, which the loader ignores.
-    _, metadata = QwenImagePipeline.lora_state_dict(lora_dir, weight_name="peft-merged-qkv.safetensors",
+    _, metadata = QwenImagePipeline.lora_state_dict(lora_dir, weight_name="peft.safetensors",
                                                     return_lora_metadata=True)
     model = tiny_from(base_sd)
     QwenImagePipeline.load_lora_into_transformer(sd, transformer=model, adapter_name="lora", metadata=metadata)
+    merged = load_file(lora_dir / "peft-merged-qkv.safetensors")
     with torch.no_grad():
         got = forward(model.eval(), batch_inputs)
+        ref = forward(fused(base_sd, merged, LORA_ALPHA / LORA_RANK, merged_layout=True), batch_inputs)
+    print(f"lora: merged-qkv (split, diffusers) rel err vs W_qkv + 2·B·A fused by hand {rel_err(got, ref):.2e}")
+    assert rel_err(got, ref) < 1e-5
     save_file({"output": got}, cases / "peft-merged-qkv.expected.safetensors",
               metadata={**meta, "lora": "peft-merged-qkv.safetensors"})
 
 
+def fused(base_sd, lora_sd, scale, merged_layout=False):
+    """Independent check of the LoRA semantics: a plain model with W + scale·B·A folded in by hand."""
+    sd = merge_qkv(base_sd) if merged_layout else dict(base_sd)
+    for key, a in lora_sd.items():
+        if key.endswith(".lora_A.weight"):
+            path = key.removesuffix(".lora_A.weight")
+            b = lora_sd[f"{path}.lora_B.weight"]
+            w = f"{path.removeprefix('transformer.')}.weight"
+            sd[w] = sd[w] + scale * (b @ a)
+    return tiny_from(split_qkv(sd) if merged_layout else sd)
+
+
 def lora_grads(model, inputs, dy):
     """d(sum(output·dy)) / d(every LoRA tensor), keyed like peft.safetensors (`transformer.P.lora_A.weight`).
-    A LoRA whose output never reaches the loss (last block's txt_mlp.net.2) gets an all-zero gradient."""
+    A LoRA whose output never reaches the loss gets an all-zero gradient: in the last block the text stream's
+    output is discarded, so its attn.add_q_proj, attn.to_add_out and txt_mlp.net.2 LoRAs are dead."""
     model.zero_grad(set_to_none=True)
     for name, p in model.named_parameters():
         p.requires_grad_(".lora_" in name)
@@ -415,10 +463,13 @@ def lora_grads(model, inputs, dy):
     return output.detach(), grads
 
 
+GRAD_CASES = (("edit_ref", "grad_peft.safetensors", 301), ("batch_mask", "grad_peft_batch_mask.safetensors", 302))
+
+
 def write_grads(peft_model, cases_dir, lora_cases):
-    for case, fname in (("edit_ref", "grad_peft.safetensors"), ("batch_mask", "grad_peft_batch_mask.safetensors")):
+    for case, fname, seed in GRAD_CASES:
         inputs = load_file(cases_dir / f"{case}.inputs.safetensors")
-        g = torch.Generator().manual_seed(300 + len(fname))
+        g = torch.Generator().manual_seed(seed)
         dy = torch.randn(inputs["hidden_states"].shape[:2] + (16,), generator=g)
         output, grads = lora_grads(peft_model, inputs, dy)
         assert len(grads) == 2 * len(LORA_TARGETS) * TINY["num_layers"]
@@ -431,6 +482,36 @@ def write_grads(peft_model, cases_dir, lora_cases):
 
 
 # ------------------------------------------------------------------------------------------------ self-check
+
+def canonicalise_header(path):
+    """Sort the `__metadata__` keys of a safetensors header in place. The safetensors writer keeps the metadata in
+    a hash map, so its key order (and the file's bytes) change from run to run; the tensor entries are already in
+    a fixed order. Same length, so the data offsets are untouched."""
+    raw = bytearray(path.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    text = raw[8:8 + n].decode("utf-8")
+    header = json.loads(text)
+    dump = lambda h: json.dumps(h, separators=(",", ":"), ensure_ascii=False)
+    assert dump(header) == text.rstrip(" "), f"{path}: unexpected header formatting"
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    new = dump(header).encode("utf-8")
+    raw[8:8 + n] = new + b" " * (n - len(new))
+    path.write_bytes(bytes(raw))
+
+
+def check_lora_extras(base_sd, lora_dir, inputs):
+    """Strength 0.5 reloaded; merged-QKV LoRA re-derived independently (folded into W_qkv by hand)."""
+    model = load_lora_with_diffusers(base_sd, lora_dir, "peft.safetensors")
+    model.set_adapters(["lora"], weights=[0.5])
+    merged = load_file(lora_dir / "peft-merged-qkv.safetensors")
+    with torch.no_grad():
+        half = forward(model, inputs)
+        by_hand = forward(fused(base_sd, merged, LORA_ALPHA / LORA_RANK, merged_layout=True), inputs)
+    assert torch.equal(half, load_file(lora_dir / "cases" / "peft_scale0.5.expected.safetensors")["output"])
+    want = load_file(lora_dir / "cases" / "peft-merged-qkv.expected.safetensors")["output"]
+    assert rel_err(by_hand, want) < 1e-5
+
 
 def self_check(out):
     """Reload every written file from disk and recompute with diffusers; everything must match exactly."""
@@ -450,7 +531,8 @@ def self_check(out):
         with torch.no_grad():
             got = forward(load_lora_with_diffusers(base_sd, lora_dir, f"{fmt}.safetensors"), inputs)
         assert torch.equal(got, load_file(lora_dir / "cases" / f"{fmt}.expected.safetensors")["output"]), fmt
-    for case, fname in (("edit_ref", "grad_peft.safetensors"), ("batch_mask", "grad_peft_batch_mask.safetensors")):
+    check_lora_extras(base_sd, lora_dir, inputs)
+    for case, fname, _ in GRAD_CASES:
         want = load_file(lora_dir / "cases" / fname)
         model = load_lora_with_diffusers(base_sd, lora_dir, "peft.safetensors")
         output, grads = lora_grads(model, load_file(dit / "cases" / f"{case}.inputs.safetensors"), want["dy"])
@@ -465,9 +547,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="tests/fixtures", type=Path)
     args = ap.parse_args()
+    # One thread: the CPU matmul's rounding depends on how the work is split between threads, so the bytes would
+    # otherwise depend on the core count (the values agree to ~1e-6 either way).
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
     diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
     out = args.out
     for sub in ("dit", "lora"):
         shutil.rmtree(out / sub, ignore_errors=True)
@@ -479,12 +565,15 @@ def main():
     write_models(model, out / "dit")
     models = {"tiny": model, "tiny-sharded": model, "tiny-comfy": model, "tiny-merged": model,
               "tiny-bf16": bf16_rounded(model), "tiny-2511": tiny_from(model.state_dict(), zero_cond_t=True)}
+    check_every_path_matters(models)
     write_cases(models, out / "dit" / "cases")
 
     base_sd = {k: v.clone() for k, v in model.state_dict().items()}
     batch_inputs = load_file(out / "dit" / "cases" / "batch_mask.inputs.safetensors")
     peft_model = write_lora(base_sd, out, batch_inputs)
     write_grads(peft_model, out / "dit" / "cases", out / "lora" / "cases")
+    for path in sorted([*(out / "dit").rglob("*.safetensors"), *(out / "lora").rglob("*.safetensors")]):
+        canonicalise_header(path)
     self_check(out)
 
 

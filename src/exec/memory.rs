@@ -19,11 +19,12 @@ pub struct MemoryPlan {
     pub input_bytes: u64,
 }
 
-/// Index of the last node reading each tensor (`usize::MAX` for graph outputs, `None` if unread).
+/// Index of the last node reading or writing each tensor (`usize::MAX` for graph outputs). A
+/// tensor may be written in parts by several nodes (row ranges), so writers count as uses too.
 fn last_uses(g: &Graph) -> Vec<Option<usize>> {
     let mut last = vec![None; g.tensors.len()];
     for (i, n) in g.nodes.iter().enumerate() {
-        for &t in &n.inputs {
+        for &t in n.inputs.iter().chain(&n.outputs) {
             last[t] = Some(i);
         }
     }
@@ -50,17 +51,16 @@ pub fn plan(g: &Graph) -> MemoryPlan {
     let mut naive = 0;
     for (i, n) in g.nodes.iter().enumerate() {
         for &o in &n.outputs {
+            if slot_of[o].is_some() {
+                continue; // a later partial write of an already placed tensor
+            }
             let need = g.tensors[o].bytes().max(4);
             naive += need;
             slot_of[o] = Some(take_slot(&mut free, &mut slot_bytes, need));
         }
-        // Free every activation whose last reader is this node (or that nobody reads).
+        // Free every activation whose last use is this node.
         for &t in n.inputs.iter().chain(&n.outputs) {
-            let dead = match last[t] {
-                Some(l) => l == i,
-                None => true,
-            };
-            if dead && g.tensors[t].kind == TensorKind::Activation {
+            if last[t] == Some(i) && g.tensors[t].kind == TensorKind::Activation {
                 if let Some(s) = slot_of[t] {
                     if !free.contains(&s) {
                         free.push(s);
@@ -70,22 +70,12 @@ pub fn plan(g: &Graph) -> MemoryPlan {
         }
     }
     let peak = slot_bytes[first_activation_slot..].iter().sum();
-    MemoryPlan {
-        slot_of,
-        slot_bytes,
-        peak_activation_bytes: peak,
-        naive_activation_bytes: naive,
-        input_bytes,
-    }
+    MemoryPlan { slot_of, slot_bytes, peak_activation_bytes: peak, naive_activation_bytes: naive, input_bytes }
 }
 
 /// Best fit among free slots; else grow the largest free slot; else a new slot.
 fn take_slot(free: &mut Vec<usize>, sizes: &mut Vec<u64>, need: u64) -> usize {
-    let fit = free
-        .iter()
-        .enumerate()
-        .filter(|(_, &s)| sizes[s] >= need)
-        .min_by_key(|(_, &s)| sizes[s]);
+    let fit = free.iter().enumerate().filter(|(_, &s)| sizes[s] >= need).min_by_key(|(_, &s)| sizes[s]);
     if let Some((i, _)) = fit {
         return free.swap_remove(i);
     }

@@ -43,11 +43,7 @@ impl Plan {
         for (t, info) in g.tensors.iter().enumerate() {
             let tensor = match (info.kind, memory.slot_of[t]) {
                 (TensorKind::Param, _) => bind_param(params, t, info)?,
-                (_, Some(s)) => Tensor {
-                    buffer: slots[s].clone(),
-                    shape: info.shape.clone(),
-                    dtype: info.dtype,
-                },
+                (_, Some(s)) => Tensor { buffer: slots[s].clone(), shape: info.shape.clone(), dtype: info.dtype },
                 // Written by nobody and read by nobody: give it a private buffer.
                 (_, None) => Tensor::zeros(gpu, &info.shape, info.dtype, &info.name)?,
             };
@@ -71,15 +67,7 @@ impl Plan {
             }
         }
         let kinds = g.tensors.iter().map(|t| t.kind).collect();
-        Ok(Plan {
-            gpu: gpu.clone(),
-            tensors,
-            kinds,
-            dispatches,
-            labels,
-            slots,
-            memory,
-        })
+        Ok(Plan { gpu: gpu.clone(), tensors, kinds, dispatches, labels, slots, memory })
     }
 
     /// The GPU tensor bound to graph tensor `t`.
@@ -90,20 +78,9 @@ impl Plan {
     /// Writes an input tensor (f32 data, or encoded to its dtype).
     pub fn write_input(&self, t: TensorId, data: &[f32]) {
         let tensor = &self.tensors[t];
-        assert_eq!(
-            self.kinds[t],
-            TensorKind::Input,
-            "write_input on a non-input tensor"
-        );
-        assert_eq!(
-            data.len(),
-            tensor.numel(),
-            "write_input: {} values for shape {:?}",
-            data.len(),
-            tensor.shape
-        );
-        self.gpu
-            .write(&tensor.buffer, 0, &tensor.dtype.encode(data));
+        assert_eq!(self.kinds[t], TensorKind::Input, "write_input on a non-input tensor");
+        assert_eq!(data.len(), tensor.numel(), "write_input: {} values for shape {:?}", data.len(), tensor.shape);
+        self.gpu.write(&tensor.buffer, 0, &tensor.dtype.encode(data));
     }
 
     /// Fills every activation slot with NaN (tests use it to prove outputs are fully written).
@@ -142,17 +119,10 @@ impl Plan {
     }
 }
 
-fn bind_param(
-    params: &HashMap<TensorId, Tensor>,
-    t: TensorId,
-    info: &crate::graph::TensorInfo,
-) -> Result<Tensor> {
-    let p = params.get(&t).ok_or_else(|| {
-        Error::input(format!(
-            "no weight bound for param `{}` {:?}",
-            info.name, info.shape
-        ))
-    })?;
+fn bind_param(params: &HashMap<TensorId, Tensor>, t: TensorId, info: &crate::graph::TensorInfo) -> Result<Tensor> {
+    let p = params
+        .get(&t)
+        .ok_or_else(|| Error::input(format!("no weight bound for param `{}` {:?}", info.name, info.shape)))?;
     if p.shape != info.shape || p.dtype != info.dtype {
         return Err(Error::input(format!(
             "weight `{}` is {:?} {} but the graph expects {:?} {}",

@@ -22,10 +22,7 @@ fn layer_key(l: Option<usize>) -> String {
 impl DispatchReport {
     /// Counts from the per-dispatch labels (and optional per-dispatch GPU times).
     pub fn new(labels: &[Label], times_ns: Option<&[f64]>) -> DispatchReport {
-        let mut r = DispatchReport {
-            total: labels.len(),
-            ..Default::default()
-        };
+        let mut r = DispatchReport { total: labels.len(), ..Default::default() };
         for (i, l) in labels.iter().enumerate() {
             *r.by_op.entry(l.op.clone()).or_default() += 1;
             *r.by_layer.entry(layer_key(l.layer)).or_default() += 1;
@@ -40,31 +37,13 @@ impl DispatchReport {
     pub fn table(&self) -> String {
         let mut s = String::new();
         let timed = !self.gpu_ns_by_op.is_empty();
-        s.push_str(&format!(
-            "{:<28} {:>10}{}\n",
-            "op",
-            "dispatches",
-            if timed { "   gpu time" } else { "" }
-        ));
+        s.push_str(&format!("{:<28} {:>10}{}\n", "op", "dispatches", if timed { "   gpu time" } else { "" }));
         for (op, n) in &self.by_op {
-            let t = self
-                .gpu_ns_by_op
-                .get(op)
-                .map_or(String::new(), |ns| format!(" {:>10.3} ms", ns / 1e6));
+            let t = self.gpu_ns_by_op.get(op).map_or(String::new(), |ns| format!(" {:>10.3} ms", ns / 1e6));
             s.push_str(&format!("{op:<28} {n:>10}{t}\n"));
         }
-        let total_t = timed.then(|| {
-            format!(
-                " {:>10.3} ms",
-                self.gpu_ns_by_op.values().sum::<f64>() / 1e6
-            )
-        });
-        s.push_str(&format!(
-            "{:<28} {:>10}{}\n",
-            "total",
-            self.total,
-            total_t.unwrap_or_default()
-        ));
+        let total_t = timed.then(|| format!(" {:>10.3} ms", self.gpu_ns_by_op.values().sum::<f64>() / 1e6));
+        s.push_str(&format!("{:<28} {:>10}{}\n", "total", self.total, total_t.unwrap_or_default()));
         s
     }
 }

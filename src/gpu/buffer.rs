@@ -22,9 +22,8 @@ impl Buffer {
     }
 }
 
-const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+const STORAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 fn round4(n: u64) -> u64 {
     n.div_ceil(4) * 4
@@ -58,9 +57,7 @@ impl Gpu {
             mapped_at_creation: false,
         });
         if pollster::block_on(scope.pop()).is_some() {
-            return Err(Error::OutOfMemory(format!(
-                "allocating {label} ({size} bytes)"
-            )));
+            return Err(Error::OutOfMemory(format!("allocating {label} ({size} bytes)")));
         }
         Ok(Buffer { inner, size })
     }
@@ -83,19 +80,14 @@ impl Gpu {
             padded = v;
             &padded
         };
-        debug_assert!(
-            offset + bytes.len() as u64 <= buf.size,
-            "write past the end of {:?}",
-            buf.inner
-        );
+        debug_assert!(offset + bytes.len() as u64 <= buf.size, "write past the end of {:?}", buf.inner);
         self.queue.write_buffer(&buf.inner, offset, bytes);
     }
 
     /// Fills the buffer with 0xFF bytes: NaN as f32, f16 and bf16. Tests use it to prove that a
     /// kernel writes every element of its output.
     pub fn poison(&self, buf: &Buffer) {
-        self.queue
-            .write_buffer(&buf.inner, 0, &vec![0xFFu8; buf.size as usize]);
+        self.queue.write_buffer(&buf.inner, 0, &vec![0xFFu8; buf.size as usize]);
     }
 
     /// Reads the whole buffer back (waits for all submitted work).
@@ -113,16 +105,11 @@ impl Gpu {
             .map_err(|e| gpu_err("reading a buffer back", e))?
             .map_err(|e| gpu_err("mapping a staging buffer", e))?;
         let out = {
-            let view = staging
-                .get_mapped_range(0..buf.size)
-                .map_err(|e| gpu_err("mapping a staging buffer", e))?;
+            let view = staging.get_mapped_range(0..buf.size).map_err(|e| gpu_err("mapping a staging buffer", e))?;
             view.to_vec()
         };
         staging.unmap();
-        self.staging
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(staging);
+        self.staging.lock().unwrap_or_else(|p| p.into_inner()).push(staging);
         Ok(out)
     }
 
@@ -134,10 +121,7 @@ impl Gpu {
     /// Reuses a staging buffer of at least `size` bytes, or makes one.
     fn take_staging(&self, size: u64) -> Result<wgpu::Buffer> {
         let mut pool = self.staging.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = pool
-            .iter()
-            .position(|b| b.size() >= size && b.size() <= size.saturating_mul(4))
-        {
+        if let Some(i) = pool.iter().position(|b| b.size() >= size && b.size() <= size.saturating_mul(4)) {
             return Ok(pool.swap_remove(i));
         }
         drop(pool);
@@ -149,9 +133,7 @@ impl Gpu {
             mapped_at_creation: false,
         });
         if pollster::block_on(scope.pop()).is_some() {
-            return Err(Error::OutOfMemory(format!(
-                "allocating a {size}-byte staging buffer"
-            )));
+            return Err(Error::OutOfMemory(format!("allocating a {size}-byte staging buffer")));
         }
         Ok(b)
     }

@@ -22,9 +22,7 @@ impl std::str::FromStr for Backend {
             "metal" | "mtl" => Ok(Backend::Metal),
             "dx12" | "d3d12" => Ok(Backend::Dx12),
             "gl" | "gles" | "opengl" => Ok(Backend::Gl),
-            other => Err(Error::input(format!(
-                "unknown backend `{other}`: use one of vulkan, metal, dx12, gl"
-            ))),
+            other => Err(Error::input(format!("unknown backend `{other}`: use one of vulkan, metal, dx12, gl"))),
         }
     }
 }
@@ -58,9 +56,7 @@ impl GpuOptions {
             }
         }
         if self.adapter.is_none() {
-            self.adapter = std::env::var("WGDIT_ADAPTER")
-                .ok()
-                .filter(|s| !s.is_empty());
+            self.adapter = std::env::var("WGDIT_ADAPTER").ok().filter(|s| !s.is_empty());
         }
         Ok(self)
     }
@@ -107,9 +103,7 @@ fn caps_of(features: wgpu::Features, adapter: &wgpu::Adapter) -> Caps {
         timestamp_inside_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
         // Reported, not enabled: the portable kernels do not use it yet and enabling it
         // requires the experimental-features opt-in.
-        cooperative_matrix: adapter
-            .features()
-            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+        cooperative_matrix: adapter.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
     }
 }
 
@@ -142,11 +136,7 @@ fn report(index: usize, a: &wgpu::Adapter) -> AdapterReport {
 pub fn list_adapters(backend: Option<Backend>) -> Vec<AdapterReport> {
     let inst = instance(backends_for(backend));
     let adapters = pollster::block_on(inst.enumerate_adapters(backends_for(backend)));
-    adapters
-        .iter()
-        .enumerate()
-        .map(|(i, a)| report(i, a))
-        .collect()
+    adapters.iter().enumerate().map(|(i, a)| report(i, a)).collect()
 }
 
 fn pick_adapter(inst: &wgpu::Instance, opts: &GpuOptions) -> Result<wgpu::Adapter> {
@@ -208,9 +198,7 @@ impl Gpu {
             }
         }));
         let report = report(0, &adapter);
-        Ok(Arc::new(Gpu::assemble(
-            adapter, device, queue, report, uncaptured,
-        )))
+        Ok(Arc::new(Gpu::assemble(adapter, device, queue, report, uncaptured)))
     }
 
     /// The default adapter, honouring `WGDIT_BACKEND` / `WGDIT_ADAPTER`.

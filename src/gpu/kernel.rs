@@ -30,18 +30,12 @@ pub struct Kernel {
 /// The group-0 bindings a WGSL module declares. Parses only (no validation), so it also works for
 /// shaders whose features the current device lacks.
 pub fn reflect_bindings(shader: &Shader) -> Result<Vec<(u32, Access)>> {
-    let module = naga::front::wgsl::parse_str(shader.source).map_err(|e| Error::Shader {
-        kernel: shader.name.to_string(),
-        message: e.emit_to_string(shader.source),
-    })?;
+    let module = naga::front::wgsl::parse_str(shader.source)
+        .map_err(|e| Error::Shader { kernel: shader.name.to_string(), message: e.emit_to_string(shader.source) })?;
     let mut out = Vec::new();
     for (_, var) in module.global_variables.iter() {
         let Some(rb) = &var.binding else { continue };
-        assert_eq!(
-            rb.group, 0,
-            "shader {}: wgdit kernels use bind group 0 only",
-            shader.name
-        );
+        assert_eq!(rb.group, 0, "shader {}: wgdit kernels use bind group 0 only", shader.name);
         let access = match var.space {
             naga::AddressSpace::Uniform => Access::Uniform,
             naga::AddressSpace::Storage { access } => {
@@ -51,10 +45,7 @@ pub fn reflect_bindings(shader: &Shader) -> Result<Vec<(u32, Access)>> {
                     Access::Read
                 }
             }
-            other => panic!(
-                "shader {}: unsupported binding space {other:?}",
-                shader.name
-            ),
+            other => panic!("shader {}: unsupported binding space {other:?}", shader.name),
         };
         out.push((rb.binding, access));
     }
@@ -71,11 +62,7 @@ fn layout_entry(binding: u32, access: Access) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
+        ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
         count: None,
     }
 }
@@ -89,83 +76,48 @@ impl Gpu {
         entry: &'static str,
         constants: &[(&'static str, f64)],
     ) -> Result<Arc<Kernel>> {
-        let key = (
-            shader.name,
-            entry,
-            constants
-                .iter()
-                .map(|(k, v)| (*k, v.to_bits()))
-                .collect::<Vec<_>>(),
-        );
-        if let Some(k) = self
-            .pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        let key = (shader.name, entry, constants.iter().map(|(k, v)| (*k, v.to_bits())).collect::<Vec<_>>());
+        if let Some(k) = self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(k.clone());
         }
         let k = Arc::new(self.build_kernel(shader, entry, constants)?);
-        self.pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, k.clone());
+        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, k.clone());
         Ok(k)
     }
 
-    fn build_kernel(
-        &self,
-        shader: &Shader,
-        entry: &'static str,
-        constants: &[(&'static str, f64)],
-    ) -> Result<Kernel> {
+    fn build_kernel(&self, shader: &Shader, entry: &'static str, constants: &[(&'static str, f64)]) -> Result<Kernel> {
         let bindings = reflect_bindings(shader)?;
         let entries: Vec<_> = bindings.iter().map(|&(b, a)| layout_entry(b, a)).collect();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.name),
-                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-            });
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader.name),
+            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+        });
         let layout = self
             .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(shader.name),
-                entries: &entries,
-            });
-        let pl = self
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(shader.name),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&pl),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(shader.name), entries: &entries });
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(shader.name),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader {
                 kernel: format!("{}::{entry} {constants:?}", shader.name),
                 message: e.to_string(),
             });
         }
-        Ok(Kernel {
-            name: shader.name,
-            entry,
-            bindings,
-            pipeline,
-            layout,
-        })
+        Ok(Kernel { name: shader.name, entry, bindings, pipeline, layout })
     }
 }

@@ -96,9 +96,7 @@ impl Gpu {
 
     /// Waits for all submitted work.
     pub fn sync(&self) -> crate::Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| gpu_err("waiting for the queue", e))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| gpu_err("waiting for the queue", e))?;
         self.take_uncaptured("running GPU work")
     }
 
@@ -113,16 +111,10 @@ impl Gpu {
         if message.to_lowercase().contains("out of memory") {
             return Err(crate::Error::OutOfMemory(context.to_string()));
         }
-        Err(crate::Error::Gpu {
-            context: context.to_string(),
-            message,
-        })
+        Err(crate::Error::Gpu { context: context.to_string(), message })
     }
 }
 
 fn gpu_err(context: &str, e: impl std::fmt::Display) -> crate::Error {
-    crate::Error::Gpu {
-        context: context.to_string(),
-        message: e.to_string(),
-    }
+    crate::Error::Gpu { context: context.to_string(), message: e.to_string() }
 }

@@ -54,22 +54,12 @@ impl Gpu {
                 (Access::Uniform, Some(p)) => p.as_entire_binding(),
                 _ => match storage.next() {
                     Some(b) => b.inner.as_entire_binding(),
-                    None => panic!(
-                        "kernel {}::{}: too few buffers ({})",
-                        k.name,
-                        k.entry,
-                        l.buffers.len()
-                    ),
+                    None => panic!("kernel {}::{}: too few buffers ({})", k.name, k.entry, l.buffers.len()),
                 },
             };
             entries.push(wgpu::BindGroupEntry { binding, resource });
         }
-        assert!(
-            storage.next().is_none(),
-            "kernel {}: too many buffers ({})",
-            k.name,
-            l.buffers.len()
-        );
+        assert!(storage.next().is_none(), "kernel {}: too many buffers ({})", k.name, l.buffers.len());
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(k.name),
@@ -77,34 +67,20 @@ impl Gpu {
             entries: &entries,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Gpu {
-                context: format!("binding kernel {}", k.name),
-                message: e.to_string(),
-            });
+            return Err(Error::Gpu { context: format!("binding kernel {}", k.name), message: e.to_string() });
         }
-        Ok(Bound {
-            kernel: k.clone(),
-            groups: l.groups,
-            group,
-            params,
-        })
+        Ok(Bound { kernel: k.clone(), groups: l.groups, group, params })
     }
 
     /// Replaces the uniform parameters of a bound dispatch (queued before the next submission).
     pub fn set_params(&self, b: &Bound, params: &[u8]) {
-        let p = b
-            .params
-            .as_ref()
-            .expect("set_params on a kernel without a uniform");
+        let p = b.params.as_ref().expect("set_params on a kernel without a uniform");
         self.queue.write_buffer(p, 0, params);
     }
 
     /// Binds and submits the launches in one submission, without waiting.
     pub fn run(&self, launches: &[Launch]) -> Result<()> {
-        let bound = launches
-            .iter()
-            .map(|l| self.bind(l))
-            .collect::<Result<Vec<_>>>()?;
+        let bound = launches.iter().map(|l| self.bind(l)).collect::<Result<Vec<_>>>()?;
         let refs: Vec<&Bound> = bound.iter().collect();
         self.submit(&refs)
     }
@@ -138,10 +114,8 @@ impl Gpu {
                 ty: wgpu::QueryType::Timestamp,
                 count: n,
             });
-            let resolve = self.buffer_with_usage(
-                n as u64 * 8,
-                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            );
+            let resolve =
+                self.buffer_with_usage(n as u64 * 8, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
             let mut enc = self.device.create_command_encoder(&Default::default());
             for (i, d) in chunk.iter().enumerate() {
                 let w = wgpu::ComputePassTimestampWrites {
@@ -157,26 +131,15 @@ impl Gpu {
             }
             enc.resolve_query_set(&qs, 0..n, &resolve, 0);
             self.queue.submit([enc.finish()]);
-            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.download(&Buffer {
-                inner: resolve,
-                size: n as u64 * 8,
-            })?);
-            out.extend(
-                ticks
-                    .chunks(2)
-                    .map(|t| t[1].saturating_sub(t[0]) as f64 * period),
-            );
+            let ticks: Vec<u64> =
+                bytemuck::pod_collect_to_vec(&self.download(&Buffer { inner: resolve, size: n as u64 * 8 })?);
+            out.extend(ticks.chunks(2).map(|t| t[1].saturating_sub(t[0]) as f64 * period));
         }
         Ok(Some(out))
     }
 
     fn buffer_with_usage(&self, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size,
-            usage,
-            mapped_at_creation: false,
-        })
+        self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage, mapped_at_creation: false })
     }
 }
 

@@ -15,28 +15,21 @@ pub fn apply(g: &mut Graph, first_backward: usize) -> usize {
     let mut inserts: Vec<(usize, Vec<Node>)> = Vec::new();
     for seg in 0..g.segments.len() {
         let members: Vec<&Node> = forward.iter().filter(|n| n.segment == Some(seg)).collect();
-        let produced: Vec<TensorId> = members
-            .iter()
-            .flat_map(|n| n.outputs.iter().copied())
-            .collect();
-        let Some(at) = backward
-            .iter()
-            .position(|n| n.inputs.iter().any(|t| produced.contains(t)))
-        else {
+        let produced: Vec<TensorId> = members.iter().flat_map(|n| n.outputs.iter().copied()).collect();
+        let Some(at) = backward.iter().position(|n| n.inputs.iter().any(|t| produced.contains(t))) else {
             continue;
         };
         let mut remap: HashMap<TensorId, TensorId> = HashMap::new();
         let mut clones = Vec::with_capacity(members.len());
         for n in &members {
-            let inputs = n
-                .inputs
-                .iter()
-                .map(|t| *remap.get(t).unwrap_or(t))
-                .collect();
+            let inputs = n.inputs.iter().map(|t| *remap.get(t).unwrap_or(t)).collect();
             let outputs = n
                 .outputs
                 .iter()
                 .map(|&t| {
+                    if let Some(&r) = remap.get(&t) {
+                        return r; // a further partial write of a recomputed tensor
+                    }
                     let mut info = g.tensors[t].clone();
                     info.name = format!("{} (recompute)", info.name);
                     g.tensors.push(info);
@@ -44,17 +37,8 @@ pub fn apply(g: &mut Graph, first_backward: usize) -> usize {
                     g.tensors.len() - 1
                 })
                 .collect();
-            let label = Label {
-                layer: n.label.layer,
-                op: format!("recompute/{}", n.label.op),
-            };
-            clones.push(Node {
-                op: n.op.clone(),
-                inputs,
-                outputs,
-                label,
-                segment: None,
-            });
+            let label = Label { layer: n.label.layer, op: format!("recompute/{}", n.label.op) };
+            clones.push(Node { op: n.op.clone(), inputs, outputs, label, segment: None });
         }
         for n in backward.iter_mut() {
             for t in n.inputs.iter_mut() {

@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod ops;
+mod ops_spec;
 
 pub use ops::Op;
 
@@ -83,12 +84,7 @@ impl Graph {
     }
 
     fn tensor(&mut self, name: &str, shape: &[usize], dtype: DType, kind: TensorKind) -> TensorId {
-        self.tensors.push(TensorInfo {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            dtype,
-            kind,
-        });
+        self.tensors.push(TensorInfo { name: name.to_string(), shape: shape.to_vec(), dtype, kind });
         self.tensors.len() - 1
     }
     /// A tensor the caller writes before each run.
@@ -123,42 +119,31 @@ impl Graph {
     /// Opens a checkpoint segment: nodes added until [`end_segment`](Self::end_segment) belong to it.
     pub fn begin_segment(&mut self, name: &str) {
         assert!(self.segment.is_none(), "segments do not nest");
-        self.segments.push(Segment {
-            name: name.to_string(),
-        });
+        self.segments.push(Segment { name: name.to_string() });
         self.segment = Some(self.segments.len() - 1);
     }
     pub fn end_segment(&mut self) {
         self.segment = None;
     }
 
-    /// Appends a node. Its shape contract is checked by `op.check`.
+    /// Appends a node that writes fresh tensors. Its shape contract is checked by `op.check`.
     pub fn push(&mut self, op: Op, inputs: &[TensorId], outputs: &[TensorId], label: &str) {
+        for &o in outputs {
+            assert!(self.producer(o).is_none(), "{label}: tensor {} written twice", self.tensors[o].name);
+        }
+        self.push_partial(op, inputs, outputs, label);
+    }
+
+    /// Appends a node that writes a part (a row range) of its outputs; other nodes write the rest
+    /// (e.g. the text and image rows of one joint tensor in the eager layout).
+    pub fn push_partial(&mut self, op: Op, inputs: &[TensorId], outputs: &[TensorId], label: &str) {
         op.check(self, inputs, outputs);
         for &o in outputs {
-            assert_eq!(
-                self.tensors[o].kind,
-                TensorKind::Activation,
-                "{label}: output {} is not an activation",
-                self.tensors[o].name
-            );
-            assert!(
-                self.producer(o).is_none(),
-                "{label}: tensor {} written twice",
-                self.tensors[o].name
-            );
+            let t = &self.tensors[o];
+            assert_eq!(t.kind, TensorKind::Activation, "{label}: output {} is not an activation", t.name);
         }
-        let label = Label {
-            layer: self.layer,
-            op: label.to_string(),
-        };
-        self.nodes.push(Node {
-            op,
-            inputs: inputs.to_vec(),
-            outputs: outputs.to_vec(),
-            label,
-            segment: self.segment,
-        });
+        let label = Label { layer: self.layer, op: label.to_string() };
+        self.nodes.push(Node { op, inputs: inputs.to_vec(), outputs: outputs.to_vec(), label, segment: self.segment });
     }
 
     /// The node that writes `t`, if any.

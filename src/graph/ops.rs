@@ -1,8 +1,8 @@
 //! Typed ops. Each variant holds its own parameters (no wgpu types) and declares, next to its
-//! shape check: how many dispatches it lowers to, which of its tensors its backward reads
-//! (`saves`), and whether its output may share its first input's storage (`in_place`).
-//! Lowering to kernels lives in `crate::exec::lower`.
+//! shape check: how many dispatches it lowers to and which of its tensors its backward reads
+//! (`saves`). Lowering to kernels lives in `crate::exec::lower`.
 
+pub use super::ops_spec::*;
 use super::{Graph, TensorId};
 use crate::kernels::elementwise::Op as Ew;
 use crate::tensor::DType;
@@ -18,62 +18,134 @@ pub struct Saves {
 pub enum Op {
     /// `y = a ∘ b` or `y = f(a)` (f32, same shape). Inputs [a] or [a, b]; outputs [y].
     Elementwise(Ew),
+    /// Grouped GEMM. Inputs [x, w, bias?, res?, gate_src?, lora_t?, lora_b?] (present per the
+    /// op's flags, in this order); outputs [y].
+    Gemm(GemmOp),
+    /// LoRA down-projection `t[:, col0..col0+r] = scale · x·Aᵀ` for the rows of each problem.
+    /// Inputs [x, a]; outputs [t].
+    LoraDown { k: usize, rank: usize, scale: f32, col0: usize, total_rank: usize, rows: Vec<(usize, usize)> },
+    /// LayerNorm + adaLN modulation. Inputs [x, modulation]; outputs [y].
+    LayerNormMod(LayerNormModOp),
+    /// RMSNorm with weight. Inputs [x, w]; outputs [y].
+    RmsNorm { cols: usize, eps: f32 },
+    /// QK-RMSNorm + RoPE + head-major Q, K, V. Inputs [qkv] (merged) or [q, k, v] (standard),
+    /// then [norm_weights [4, Dh], rope [S_joint, Dh/2, 2]]; outputs [q, k, v].
+    QkvPost { shape: JointShape, layout: QkvLayout },
+    /// Joint flash attention. Inputs [q, k, v, mask?]; outputs [o (joint rows), lse].
+    Attention { shape: JointShape, masked: bool },
+    /// The 256-channel sinusoid of σ·1000 (cos first). Inputs [t [B]]; outputs [emb [B, 256]].
+    TimestepEmbed,
 }
 
 impl Op {
-    /// The op's name for accounting when the builder gives no better label.
+    /// The op's name (the graph builder's label names the accounting category).
     pub fn name(&self) -> &'static str {
         match self {
-            Op::Elementwise(e) => match e {
-                Ew::Add => "add",
-                Ew::Mul => "mul",
-                Ew::Silu => "silu",
-                Ew::GeluTanh => "gelu",
-            },
+            Op::Elementwise(Ew::Add) => "add",
+            Op::Elementwise(Ew::Mul) => "mul",
+            Op::Elementwise(Ew::Silu) => "silu",
+            Op::Elementwise(Ew::GeluTanh) => "gelu",
+            Op::Gemm(_) => "gemm",
+            Op::LoraDown { .. } => "lora_down",
+            Op::LayerNormMod(_) => "layer_norm_mod",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::QkvPost { .. } => "qkv_post",
+            Op::Attention { .. } => "attention",
+            Op::TimestepEmbed => "timestep_embed",
         }
     }
 
     /// Dispatches this op lowers to (the executor asserts that lowering agrees).
     pub fn dispatches(&self) -> usize {
-        match self {
-            Op::Elementwise(_) => 1,
-        }
+        1
     }
 
     /// What the backward of this op reads.
     pub fn saves(&self) -> Saves {
+        let inputs = |v: &[usize]| Saves { inputs: v.to_vec(), outputs: vec![] };
         match self {
             // d(a+b) needs nothing; d(a*b) needs both; silu'/gelu' need the input.
             Op::Elementwise(Ew::Add) => Saves::default(),
-            Op::Elementwise(Ew::Mul) => Saves {
-                inputs: vec![0, 1],
-                outputs: vec![],
-            },
-            Op::Elementwise(_) => Saves {
-                inputs: vec![0],
-                outputs: vec![],
-            },
+            Op::Elementwise(Ew::Mul) => inputs(&[0, 1]),
+            Op::Elementwise(_) => inputs(&[0]),
+            // dx = dy·W needs only the (frozen) weight; GELU' needs the pre-activation, which the
+            // backward recomputes from x; LoRA dA needs x and dB needs t; gates need y.
+            Op::Gemm(_) => inputs(&[0, 1]),
+            Op::LoraDown { .. } => inputs(&[0, 1]),
+            Op::LayerNormMod(_) => inputs(&[0, 1]),
+            Op::RmsNorm { .. } => inputs(&[0, 1]),
+            Op::QkvPost { .. } => Saves { inputs: vec![0], outputs: vec![] },
+            Op::Attention { .. } => Saves { inputs: vec![0, 1, 2], outputs: vec![0, 1] },
+            Op::TimestepEmbed => Saves::default(),
         }
     }
 
     /// Panics with the op name when the tensors break the op's shape contract.
     pub fn check(&self, g: &Graph, inputs: &[TensorId], outputs: &[TensorId]) {
+        let name = self.name();
+        let numel = |t: TensorId| g.shape(t).iter().product::<usize>();
         match self {
             Op::Elementwise(e) => {
                 let want = if e.is_unary() { 1 } else { 2 };
-                assert_eq!(inputs.len(), want, "{}: inputs", self.name());
-                assert_eq!(outputs.len(), 1, "{}: outputs", self.name());
-                let n = g.shape(outputs[0]).iter().product::<usize>();
+                assert_eq!(inputs.len(), want, "{name}: inputs");
+                assert_eq!(outputs.len(), 1, "{name}: outputs");
                 for &t in inputs.iter().chain(outputs) {
-                    assert_eq!(g.info(t).dtype, DType::F32, "{}: f32 only", self.name());
-                    assert_eq!(
-                        g.shape(t).iter().product::<usize>(),
-                        n,
-                        "{}: element counts differ",
-                        self.name()
-                    );
+                    assert_eq!(g.info(t).dtype, DType::F32, "{name}: f32 only");
+                    assert_eq!(numel(t), numel(outputs[0]), "{name}: element counts differ");
                 }
             }
+            Op::Gemm(op) => check_gemm(g, op, inputs, outputs),
+            Op::LoraDown { k, rank, col0, total_rank, .. } => {
+                assert_eq!((inputs.len(), outputs.len()), (2, 1), "{name}: operands");
+                assert_eq!(g.shape(inputs[1]), &[*rank, *k], "{name}: A shape");
+                assert!(col0 + rank <= *total_rank, "{name}: columns");
+                assert_eq!(g.shape(outputs[0])[1], *total_rank, "{name}: t columns");
+            }
+            Op::LayerNormMod(op) => {
+                assert_eq!((inputs.len(), outputs.len()), (2, 1), "{name}: operands");
+                for p in &op.problems {
+                    assert!(p.x_row0 + p.rows <= g.shape(inputs[0])[0], "{name}: x rows");
+                    assert!(p.y_row0 + p.rows <= g.shape(outputs[0])[0], "{name}: y rows");
+                }
+            }
+            Op::RmsNorm { cols, .. } => {
+                assert_eq!((inputs.len(), outputs.len()), (2, 1), "{name}: operands");
+                assert_eq!(g.shape(inputs[1]), &[*cols], "{name}: weight");
+                assert_eq!(numel(inputs[0]), numel(outputs[0]), "{name}: shapes");
+            }
+            Op::QkvPost { shape, layout } => {
+                let n_in = if *layout == QkvLayout::Merged { 1 } else { 3 };
+                assert_eq!((inputs.len(), outputs.len()), (n_in + 2, 3), "{name}: operands");
+                let hm = [shape.batch, shape.heads, shape.s_txt + shape.s_img, shape.head_dim];
+                for &o in outputs {
+                    assert_eq!(g.shape(o), &hm, "{name}: head-major outputs");
+                }
+            }
+            Op::Attention { shape, masked } => {
+                assert_eq!(inputs.len(), 3 + *masked as usize, "{name}: inputs");
+                assert_eq!(g.shape(outputs[0]), &[shape.rows(), shape.hidden()], "{name}: output rows");
+            }
+            Op::TimestepEmbed => {
+                assert_eq!(g.shape(outputs[0]), &[numel(inputs[0]), 256], "{name}: [B, 256]");
+            }
         }
+    }
+}
+
+fn check_gemm(g: &Graph, op: &GemmOp, inputs: &[TensorId], outputs: &[TensorId]) {
+    let want = 2 + op.bias as usize + 2 * op.residual as usize + 2 * (op.lora_rank > 0) as usize;
+    assert_eq!(inputs.len(), want, "gemm: {} inputs for flags {op:?}", inputs.len());
+    assert_eq!(outputs.len(), 1, "gemm: outputs");
+    assert!(!op.problems.is_empty() && op.problems.len() <= 4, "gemm: 1..=4 problems");
+    let (x, w, y) = (g.shape(inputs[0]), g.info(inputs[1]), g.shape(outputs[0]));
+    assert_eq!(x[x.len() - 1], op.k, "gemm: x columns");
+    assert_eq!(y[y.len() - 1], op.n, "gemm: y columns");
+    let x_rows = g.shape(inputs[0]).iter().product::<usize>() / op.k;
+    let y_rows = y.iter().product::<usize>() / op.n;
+    let w_numel = w.shape.iter().product::<usize>();
+    for p in &op.problems {
+        assert!(p.x_row0 + p.rows <= x_rows, "gemm: x rows {p:?}");
+        assert!(p.y_row0 + p.rows <= y_rows, "gemm: y rows {p:?}");
+        assert!(p.w_offset + op.n * op.k <= w_numel, "gemm: weight {} too small for {p:?}", w.name);
     }
 }

@@ -40,23 +40,12 @@ impl Op {
 /// `y = op(a, b)` (for unary ops pass `b = None`). All f32, same element count.
 pub fn launch(gpu: &Gpu, op: Op, a: &Tensor, b: Option<&Tensor>, y: &Tensor) -> Result<Launch> {
     let n = a.numel();
-    assert!(
-        a.dtype == DType::F32 && y.dtype == DType::F32 && y.numel() == n,
-        "elementwise::{op:?}: shapes/dtypes"
-    );
-    assert_eq!(
-        b.is_none(),
-        op.is_unary(),
-        "elementwise::{op:?}: operand count"
-    );
+    assert!(a.dtype == DType::F32 && y.dtype == DType::F32 && y.numel() == n, "elementwise::{op:?}: shapes/dtypes");
+    assert_eq!(b.is_none(), op.is_unary(), "elementwise::{op:?}: operand count");
     let b = b.unwrap_or(a);
     assert_eq!(b.numel(), n, "elementwise::{op:?}: b shape");
     let groups = crate::kernels::grid_2d((n as u32).div_ceil(256));
-    let p = Params {
-        n: n as u32,
-        row_pitch: groups[0] * 256,
-        _pad: [0; 2],
-    };
+    let p = Params { n: n as u32, row_pitch: groups[0] * 256, _pad: [0; 2] };
     Ok(Launch {
         kernel: gpu.kernel(&ELEMENTWISE, op.entry(), &[])?,
         params: bytemuck::bytes_of(&p).to_vec(),

@@ -22,9 +22,6 @@ pub fn grid_2d(groups: u32) -> [u32; 3] {
 #[macro_export]
 macro_rules! assert_params {
     ($t:ty) => {
-        const _: () = assert!(
-            std::mem::size_of::<$t>() % 16 == 0,
-            "Params must be padded to 16 bytes"
-        );
+        const _: () = assert!(std::mem::size_of::<$t>() % 16 == 0, "Params must be padded to 16 bytes");
     };
 }

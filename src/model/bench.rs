@@ -1,0 +1,96 @@
+//! Dispatch accounting of the DiT graph (`wgdit bench dispatches`), computed from the graph
+//! itself: no GPU and no weights are needed to count.
+
+use crate::exec::memory;
+use crate::model::dit::{build_forward, BuildOptions, ForwardShape, QkvMode};
+use crate::model::DitConfig;
+use crate::tensor::DType;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DispatchSummary {
+    pub mode: String,
+    /// Dispatches of block 0 (every block but the last has the same graph).
+    pub dispatches_per_block: usize,
+    /// Dispatches of one whole forward (one denoising step without CFG).
+    pub dispatches_per_step: usize,
+    pub peak_activation_bytes: u64,
+    pub naive_activation_bytes: u64,
+    /// Block 0's dispatches by op category.
+    pub by_op: BTreeMap<String, usize>,
+    /// Dispatches outside the block stack, by op category.
+    pub outside_blocks: BTreeMap<String, usize>,
+    /// Mean wall time of one forward on the current adapter, when weights were given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_ms: Option<f64>,
+}
+
+/// The op categories every table shows, in order (zero when fused away).
+pub const CATEGORIES: &[&str] = &["modulation", "norm", "qkv", "qkv_post", "attention", "out_proj", "ffn", "residual"];
+
+pub fn summarize(
+    cfg: &DitConfig,
+    shape: &ForwardShape,
+    mode: QkvMode,
+    max_binding: u64,
+    wdtype: &dyn Fn(&str) -> DType,
+) -> DispatchSummary {
+    let opts = BuildOptions { mode, max_binding, keep_block_outputs: false };
+    let f = build_forward(cfg, shape, opts, wdtype);
+    let m = memory::plan(&f.graph);
+    let mut by_op: BTreeMap<String, usize> = CATEGORIES.iter().map(|c| (c.to_string(), 0)).collect();
+    let mut outside = BTreeMap::new();
+    for n in &f.graph.nodes {
+        match n.label.layer {
+            Some(0) => *by_op.entry(n.label.op.clone()).or_default() += n.op.dispatches(),
+            None => *outside.entry(n.label.op.clone()).or_default() += n.op.dispatches(),
+            _ => {}
+        }
+    }
+    DispatchSummary {
+        mode: mode.name().to_string(),
+        dispatches_per_block: by_op.values().sum(),
+        dispatches_per_step: f.graph.dispatch_count(),
+        peak_activation_bytes: m.peak_activation_bytes,
+        naive_activation_bytes: m.naive_activation_bytes,
+        by_op,
+        outside_blocks: outside,
+        forward_ms: None,
+    }
+}
+
+/// An image token grid for `tokens` tokens: the factor pair closest to square.
+pub fn grid_for(tokens: usize) -> [usize; 3] {
+    let mut h = (tokens as f64).sqrt() as usize;
+    while h > 1 && tokens % h != 0 {
+        h -= 1;
+    }
+    [1, h.max(1), tokens / h.max(1)]
+}
+
+/// A plain-text table with one column per mode.
+pub fn table(rows: &[DispatchSummary]) -> String {
+    let mut s = format!("{:<34}", "dispatches per block");
+    for r in rows {
+        s.push_str(&format!("{:>12}", r.mode));
+    }
+    s.push('\n');
+    let line = |s: &mut String, name: &str, f: &dyn Fn(&DispatchSummary) -> String| {
+        s.push_str(&format!("{name:<34}"));
+        for r in rows {
+            s.push_str(&format!("{:>12}", f(r)));
+        }
+        s.push('\n');
+    };
+    for c in CATEGORIES {
+        line(&mut s, &format!("  {c}"), &|r| r.by_op.get(*c).copied().unwrap_or(0).to_string());
+    }
+    line(&mut s, "  total per block", &|r| r.dispatches_per_block.to_string());
+    line(&mut s, "dispatches per forward step", &|r| r.dispatches_per_step.to_string());
+    line(&mut s, "planned peak activations (MiB)", &|r| format!("{:.1}", r.peak_activation_bytes as f64 / 1048576.0));
+    line(&mut s, "naive sum of activations (MiB)", &|r| format!("{:.1}", r.naive_activation_bytes as f64 / 1048576.0));
+    if rows.iter().any(|r| r.forward_ms.is_some()) {
+        line(&mut s, "wall time per forward (ms)", &|r| r.forward_ms.map_or("-".into(), |t| format!("{t:.2}")));
+    }
+    s
+}

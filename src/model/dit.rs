@@ -1,0 +1,623 @@
+//! The forward graph of `QwenImageTransformer2DModel` (diffusers transformer_qwenimage.py; spec
+//! qwen-image-dit.md §3), in three execution modes:
+//!
+//! - `standard`: the eager layout: six Q/K/V projections per block, every op per stream;
+//! - `merged`: the stacked `to_qkv` / `add_qkv_proj` projections (two per block), the rest eager;
+//! - `fused`: both streams grouped into one dispatch per op, QK-norm + RoPE + head-major layout
+//!   in one epilogue dispatch, GELU and gated residuals in GEMM epilogues, and the modulation
+//!   vectors of all blocks computed once per step before the block stack.
+//!
+//! Activations use the stream-major joint layout: one buffer of R = B·S_txt + B·S_img rows, the
+//! text rows of every sample first, then the image rows (`graph::ops::GemmProblem`).
+
+use crate::graph::ops::*;
+use crate::graph::{Graph, TensorId};
+use crate::kernels::elementwise::Op as Ew;
+use crate::model::DitConfig;
+use crate::tensor::DType;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum QkvMode {
+    Standard,
+    Merged,
+    Fused,
+}
+
+impl std::str::FromStr for QkvMode {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "standard" => Ok(QkvMode::Standard),
+            "merged" => Ok(QkvMode::Merged),
+            "fused" => Ok(QkvMode::Fused),
+            o => Err(crate::Error::input(format!("unknown --qkv mode `{o}`: use standard, merged or fused"))),
+        }
+    }
+}
+
+impl QkvMode {
+    pub const ALL: [QkvMode; 3] = [QkvMode::Standard, QkvMode::Merged, QkvMode::Fused];
+    pub fn name(self) -> &'static str {
+        match self {
+            QkvMode::Standard => "standard",
+            QkvMode::Merged => "merged",
+            QkvMode::Fused => "fused",
+        }
+    }
+}
+
+/// The shapes one forward graph is built for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardShape {
+    pub batch: usize,
+    pub s_txt: usize,
+    /// (frames, h, w) in patch units: the target first, then the reference images.
+    pub img_shapes: Vec<[usize; 3]>,
+    /// Whether a text key mask is given.
+    pub masked: bool,
+}
+
+impl ForwardShape {
+    pub fn s_img(&self) -> usize {
+        self.img_shapes.iter().map(|s| s[0] * s[1] * s[2]).sum()
+    }
+    /// Tokens of the target image (the first entry of `img_shapes`).
+    pub fn s_target(&self) -> usize {
+        let s = self.img_shapes[0];
+        s[0] * s[1] * s[2]
+    }
+}
+
+/// How a graph param is assembled from checkpoint tensors (named in the standard diffusers
+/// layout; the loader resolves them in merged checkpoints too): the parts' rows stacked in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSource {
+    pub parts: Vec<String>,
+    /// `None`: keep the stored dtype (weights); `Some(F32)`: widen (biases, norm weights: small).
+    pub dtype: Option<DType>,
+}
+
+/// The graph and the handles its caller needs.
+pub struct ForwardGraph {
+    pub graph: Graph,
+    /// [B·S_img, in_channels] packed latents (target then references), f32.
+    pub hidden: TensorId,
+    /// [B·S_txt, joint_attention_dim] text embeddings, f32.
+    pub text: TensorId,
+    /// [B, S_txt] key mask (nonzero = valid), f32, when `shape.masked`.
+    pub mask: Option<TensorId>,
+    /// [B] σ, or [2B] = [σ, 0] with zero_cond_t.
+    pub timestep: TensorId,
+    /// RoPE cos/sin table of every joint position (`kernels::rope`).
+    pub rope: TensorId,
+    /// [B·S_img, patch²·out_channels].
+    pub output: TensorId,
+    /// Every param of the graph and how to build it.
+    pub params: Vec<(TensorId, ParamSource)>,
+    /// Per block: the joint residual after the block ([R, D], text rows then image rows).
+    pub block_outputs: Vec<TensorId>,
+}
+
+/// Row ranges and modulation geometry shared by the block builders.
+#[derive(Clone, Copy)]
+struct Rows {
+    b: usize,
+    s_txt: usize,
+    s_img: usize,
+    /// Image tokens ≥ split take their modulation from rows b + alt (zero_cond_t).
+    img_split: usize,
+    alt: usize,
+}
+
+impl Rows {
+    fn r_txt(&self) -> usize {
+        self.b * self.s_txt
+    }
+    fn r_img(&self) -> usize {
+        self.b * self.s_img
+    }
+    fn total(&self) -> usize {
+        self.r_txt() + self.r_img()
+    }
+}
+
+/// Which stream a problem belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stream {
+    Txt,
+    Img,
+}
+
+struct Builder<'a> {
+    g: Graph,
+    cfg: &'a DitConfig,
+    rows: Rows,
+    mode: QkvMode,
+    params: Vec<(TensorId, ParamSource)>,
+    wdtype: &'a dyn Fn(&str) -> DType,
+    max_binding: u64,
+}
+
+/// The location of one stream's 6·D modulation vector [shift1, scale1, gate1, shift2, scale2, gate2].
+#[derive(Clone, Copy)]
+struct ModLoc {
+    tensor: TensorId,
+    offset: usize,
+    stride: usize,
+}
+
+/// Options of [`build_forward`].
+#[derive(Clone, Copy, Debug)]
+pub struct BuildOptions {
+    pub mode: QkvMode,
+    /// The largest buffer one param may take (the adapter's storage binding limit).
+    pub max_binding: u64,
+    /// Keep every block's output alive to the end (block-by-block parity checks).
+    pub keep_block_outputs: bool,
+}
+
+/// The modulation vectors of every block (and of `norm_out`), computed before the block stack.
+struct AllMods {
+    blocks: Vec<[ModLoc; 2]>,
+    norm_out: ModLoc,
+}
+
+/// Builds the forward graph. `wdtype` gives the stored dtype of a checkpoint weight (by its
+/// standard diffusers name).
+pub fn build_forward(
+    cfg: &DitConfig,
+    shape: &ForwardShape,
+    opts: BuildOptions,
+    wdtype: &dyn Fn(&str) -> DType,
+) -> ForwardGraph {
+    let rows = Rows {
+        b: shape.batch,
+        s_txt: shape.s_txt,
+        s_img: shape.s_img(),
+        img_split: if cfg.zero_cond_t { shape.s_target() } else { shape.s_img() },
+        alt: if cfg.zero_cond_t { shape.batch } else { 0 },
+    };
+    let bd = Builder {
+        g: Graph::new(),
+        cfg,
+        rows,
+        mode: opts.mode,
+        params: Vec::new(),
+        wdtype,
+        max_binding: opts.max_binding,
+    };
+    bd.forward(shape, opts.keep_block_outputs)
+}
+
+fn problem(
+    x_row0: usize,
+    y_row0: usize,
+    rows: usize,
+    rows_per_sample: usize,
+    w_offset: usize,
+    b_offset: usize,
+    gate: Option<ModRef>,
+) -> GemmProblem {
+    GemmProblem { x_row0, y_row0, rows, rows_per_sample, w_offset, b_offset, gate, lora_col0: 0, lora_b_offset: 0 }
+}
+
+fn block_name(i: usize) -> String {
+    format!("transformer_blocks.{i}")
+}
+
+impl<'a> Builder<'a> {
+    fn d(&self) -> usize {
+        self.cfg.hidden()
+    }
+    /// Rows of temb: B, or 2B with zero_cond_t (real t, then t = 0).
+    fn t_rows(&self) -> usize {
+        self.rows.b * if self.cfg.zero_cond_t { 2 } else { 1 }
+    }
+
+    fn param(&mut self, shape: &[usize], parts: Vec<String>, dtype: Option<DType>) -> TensorId {
+        let dt = dtype.unwrap_or_else(|| (self.wdtype)(&parts[0]));
+        let t = self.g.param(&parts.join("+"), shape, dt);
+        self.params.push((t, ParamSource { parts, dtype }));
+        t
+    }
+    /// A weight [n, k] stacked from `modules`' `.weight` (rows in order), in its stored dtype.
+    fn weight(&mut self, modules: &[String], n: usize, k: usize) -> TensorId {
+        self.param(&[n, k], modules.iter().map(|m| format!("{m}.weight")).collect(), None)
+    }
+    /// The biases of `modules` stacked, widened to f32.
+    fn bias(&mut self, modules: &[String], n: usize) -> TensorId {
+        self.param(&[n], modules.iter().map(|m| format!("{m}.bias")).collect(), Some(DType::F32))
+    }
+    fn act(&mut self, name: &str, shape: &[usize]) -> TensorId {
+        self.g.activation(name, shape, DType::F32)
+    }
+
+    /// A one-problem GEMM `y = act(x·Wᵀ + b)` over all rows of x.
+    fn linear(&mut self, x: TensorId, module: &str, n: usize, k: usize, act: Activation, label: &str) -> TensorId {
+        let rows = self.g.shape(x)[0];
+        let w = self.weight(&[module.to_string()], n, k);
+        let b = self.bias(&[module.to_string()], n);
+        let y = self.act(module, &[rows, n]);
+        let op = GemmOp {
+            n,
+            k,
+            problems: vec![problem(0, 0, rows, rows, 0, 0, None)],
+            bias: true,
+            act,
+            residual: false,
+            lora_rank: 0,
+        };
+        self.g.push(Op::Gemm(op), &[x, w, b], &[y], label);
+        y
+    }
+
+    fn unary(&mut self, op: Ew, x: TensorId, label: &str) -> TensorId {
+        let y = self.act(label, self.g.shape(x).to_vec().as_slice());
+        self.g.push(Op::Elementwise(op), &[x], &[y], label);
+        y
+    }
+
+    fn forward(mut self, shape: &ForwardShape, keep_blocks: bool) -> ForwardGraph {
+        let (cfg, r) = (self.cfg, self.rows);
+        let hidden = self.g.input("hidden_states", &[r.r_img(), cfg.in_channels], DType::F32);
+        let text = self.g.input("encoder_hidden_states", &[r.r_txt(), cfg.joint_attention_dim], DType::F32);
+        let mask = shape.masked.then(|| self.g.input("encoder_hidden_states_mask", &[r.b, r.s_txt], DType::F32));
+        let timestep = self.g.input("timestep", &[self.t_rows()], DType::F32);
+        let rope = self.g.input("rope", &[r.s_txt + r.s_img, cfg.attention_head_dim / 2, 2], DType::F32);
+
+        let silu_temb = self.time_embedding(timestep);
+        let mut x = self.embed_inputs(hidden, text);
+        let all = (self.mode == QkvMode::Fused).then(|| self.all_modulations(silu_temb));
+        let mut block_outputs = Vec::new();
+        for i in 0..cfg.num_layers {
+            self.g.set_layer(Some(i));
+            let m = match &all {
+                Some(a) => a.blocks[i],
+                None => self.block_modulation(silu_temb, i),
+            };
+            x = self.block(i, x, m, mask, rope);
+            block_outputs.push(x);
+        }
+        self.g.set_layer(None);
+        let out_mod = match &all {
+            Some(a) => a.norm_out,
+            None => {
+                let d = self.d();
+                let t = self.linear(silu_temb, "norm_out.linear", 2 * d, d, Activation::None, "modulation");
+                ModLoc { tensor: t, offset: 0, stride: 2 * d }
+            }
+        };
+        let output = self.final_layer(x, out_mod);
+        self.g.mark_output(output);
+        if keep_blocks {
+            for &t in &block_outputs {
+                self.g.mark_output(t);
+            }
+        }
+        ForwardGraph { graph: self.g, hidden, text, mask, timestep, rope, output, params: self.params, block_outputs }
+    }
+
+    /// temb = linear_2(SiLU(linear_1(sinusoid(σ)))); returns SiLU(temb), the input of every
+    /// modulation Linear (spec §3.4, §4).
+    fn time_embedding(&mut self, timestep: TensorId) -> TensorId {
+        let d = self.d();
+        let emb = self.act("t_sinusoid", &[self.t_rows(), 256]);
+        self.g.push(Op::TimestepEmbed, &[timestep], &[emb], "timestep");
+        let h = self.linear(emb, "time_text_embed.timestep_embedder.linear_1", d, 256, Activation::None, "timestep");
+        let h = self.unary(Ew::Silu, h, "timestep");
+        let temb = self.linear(h, "time_text_embed.timestep_embedder.linear_2", d, d, Activation::None, "timestep");
+        self.unary(Ew::Silu, temb, "timestep")
+    }
+
+    /// x0 = [txt_in(txt_norm(text)) ; img_in(hidden)] in the joint layout.
+    fn embed_inputs(&mut self, hidden: TensorId, text: TensorId) -> TensorId {
+        let (cfg, r, d) = (self.cfg, self.rows, self.d());
+        let j = cfg.joint_attention_dim;
+        let w = self.param(&[j], vec!["txt_norm.weight".into()], Some(DType::F32));
+        let tn = self.act("txt_norm", &[r.r_txt(), j]);
+        self.g.push(Op::RmsNorm { cols: j, eps: 1e-6 }, &[text, w], &[tn], "embed");
+        let x0 = self.act("x0", &[r.total(), d]);
+        for (x, module, k, y_row0, rows) in
+            [(tn, "txt_in", j, 0, r.r_txt()), (hidden, "img_in", cfg.in_channels, r.r_txt(), r.r_img())]
+        {
+            let w = self.weight(&[module.to_string()], d, k);
+            let b = self.bias(&[module.to_string()], d);
+            let op = GemmOp {
+                n: d,
+                k,
+                problems: vec![problem(0, y_row0, rows, rows, 0, 0, None)],
+                bias: true,
+                act: Activation::None,
+                residual: false,
+                lora_rank: 0,
+            };
+            self.g.push_partial(Op::Gemm(op), &[x, w, b], &[x0], "embed");
+        }
+        x0
+    }
+
+    /// Eager modulation of block `i`: img_mod and txt_mod, one GEMM each.
+    fn block_modulation(&mut self, silu_temb: TensorId, i: usize) -> [ModLoc; 2] {
+        let d = self.d();
+        let mut locs = [ModLoc { tensor: 0, offset: 0, stride: 6 * d }; 2];
+        for (s, m) in ["txt_mod.1", "img_mod.1"].iter().enumerate() {
+            let t = self.linear(silu_temb, &format!("{}.{m}", block_name(i)), 6 * d, d, Activation::None, "modulation");
+            locs[s] = ModLoc { tensor: t, offset: 0, stride: 6 * d };
+        }
+        locs
+    }
+
+    /// Fused mode: the modulation of every block and of norm_out, as few GEMMs over SiLU(temb)
+    /// as the binding limit allows (each block's txt_mod and img_mod weights stacked along N,
+    /// blocks packed into chunks of at most `max_binding` bytes).
+    fn all_modulations(&mut self, silu_temb: TensorId) -> AllMods {
+        let (d, layers) = (self.d(), self.cfg.num_layers);
+        // Units: per block [txt_mod.1, img_mod.1] (12·D rows), then norm_out.linear (2·D rows).
+        let mut units: Vec<(Vec<String>, usize)> = (0..layers)
+            .map(|i| (vec![format!("{}.txt_mod.1", block_name(i)), format!("{}.img_mod.1", block_name(i))], 12 * d))
+            .collect();
+        units.push((vec!["norm_out.linear".into()], 2 * d));
+        let bytes_per_row = (d * (self.wdtype)("norm_out.linear.weight").size()) as u64;
+        let mut blocks = Vec::with_capacity(layers);
+        let mut norm_out = None;
+        let mut start = 0;
+        while start < units.len() {
+            let mut end = start + 1;
+            let mut n = units[start].1;
+            while end < units.len() && ((n + units[end].1) as u64) * bytes_per_row <= self.max_binding {
+                n += units[end].1;
+                end += 1;
+            }
+            let modules: Vec<String> = units[start..end].iter().flat_map(|u| u.0.clone()).collect();
+            let w = self.weight(&modules, n, d);
+            let b = self.bias(&modules, n);
+            let y = self.act("modulation", &[self.t_rows(), n]);
+            let op = GemmOp {
+                n,
+                k: d,
+                problems: vec![problem(0, 0, self.t_rows(), self.t_rows(), 0, 0, None)],
+                bias: true,
+                act: Activation::None,
+                residual: false,
+                lora_rank: 0,
+            };
+            self.g.push(Op::Gemm(op), &[silu_temb, w, b], &[y], "modulation");
+            let mut col = 0;
+            for u in start..end {
+                if u < layers {
+                    let txt = ModLoc { tensor: y, offset: col, stride: n };
+                    blocks.push([txt, ModLoc { offset: col + 6 * d, ..txt }]);
+                } else {
+                    norm_out = Some(ModLoc { tensor: y, offset: col, stride: n });
+                }
+                col += units[u].1;
+            }
+            start = end;
+        }
+        AllMods { blocks, norm_out: norm_out.expect("cannot fail: norm_out is the last unit") }
+    }
+
+    /// The modulation reference of chunk `c` (0 shift1, 1 scale1, 2 gate1, 3 shift2, 4 scale2,
+    /// 5 gate2) for one stream.
+    fn mod_ref(&self, loc: ModLoc, stream: Stream, c: usize) -> ModRef {
+        let r = self.rows;
+        let (split, alt_shift) = match stream {
+            Stream::Txt => (r.s_txt, 0),
+            Stream::Img => (r.img_split, r.alt),
+        };
+        ModRef { offset: loc.offset + c * self.d(), sample_stride: loc.stride, split, alt_shift }
+    }
+
+    /// (row0, rows, rows_per_sample) of a stream in the joint layout.
+    fn stream_rows(&self, s: Stream) -> (usize, usize, usize) {
+        let r = self.rows;
+        match s {
+            Stream::Txt => (0, r.r_txt(), r.s_txt),
+            Stream::Img => (r.r_txt(), r.r_img(), r.s_img),
+        }
+    }
+}
+
+impl<'a> Builder<'a> {
+    /// Streams grouped per dispatch: fused mode runs both streams in one grouped op; the eager
+    /// layouts run one op per stream (image first, as diffusers does).
+    fn groups(&self, streams: &[Stream]) -> Vec<Vec<Stream>> {
+        match self.mode {
+            QkvMode::Fused => vec![streams.to_vec()],
+            _ => [Stream::Img, Stream::Txt].into_iter().filter(|s| streams.contains(s)).map(|s| vec![s]).collect(),
+        }
+    }
+
+    /// The modulation tensor shared by a group's streams.
+    fn group_mod(&self, m: &[ModLoc; 2], group: &[Stream]) -> TensorId {
+        let t = m[stream_index(group[0])].tensor;
+        assert!(
+            group.iter().all(|&s| m[stream_index(s)].tensor == t),
+            "grouped streams must share a modulation tensor"
+        );
+        t
+    }
+
+    /// LayerNorm + modulation (chunks `shift_c`, `shift_c + 1`) of `streams`, into a new joint tensor.
+    fn norm_mod(&mut self, x: TensorId, m: &[ModLoc; 2], streams: &[Stream], shift_c: usize, label: &str) -> TensorId {
+        let d = self.d();
+        let y = self.act(label, &[self.rows.total(), d]);
+        for group in self.groups(streams) {
+            let problems = group
+                .iter()
+                .map(|&s| {
+                    let (row0, rows, rps) = self.stream_rows(s);
+                    let loc = m[stream_index(s)];
+                    NormProblem {
+                        x_row0: row0,
+                        y_row0: row0,
+                        rows,
+                        rows_per_sample: rps,
+                        shift: self.mod_ref(loc, s, shift_c),
+                        scale: self.mod_ref(loc, s, shift_c + 1),
+                    }
+                })
+                .collect();
+            let mt = self.group_mod(m, &group);
+            self.g.push_partial(Op::LayerNormMod(LayerNormModOp { cols: d, problems }), &[x, mt], &[y], "norm");
+        }
+        y
+    }
+
+    /// A grouped projection: for each group one GEMM whose weight stacks the group's modules
+    /// (`module(stream)` gives each stream's module names, stacked along N within the stream).
+    #[allow(clippy::too_many_arguments)]
+    fn project(
+        &mut self,
+        x: TensorId,
+        y: TensorId,
+        streams: &[Stream],
+        modules: &dyn Fn(Stream) -> Vec<String>,
+        n: usize,
+        k: usize,
+        act: Activation,
+        gated: Option<(TensorId, &[ModLoc; 2], usize)>,
+        label: &str,
+    ) {
+        for group in self.groups(streams) {
+            let names: Vec<String> = group.iter().flat_map(|&s| modules(s)).collect();
+            let w = self.weight(&names, n * group.len(), k);
+            let b = self.bias(&names, n * group.len());
+            let problems = group
+                .iter()
+                .enumerate()
+                .map(|(gi, &s)| {
+                    let (row0, rows, rps) = self.stream_rows(s);
+                    let gate = gated.map(|(_, m, c)| self.mod_ref(m[stream_index(s)], s, c));
+                    problem(row0, row0, rows, rps, gi * n * k, gi * n, gate)
+                })
+                .collect();
+            let mut inputs = vec![x, w, b];
+            if let Some((res, m, _)) = gated {
+                inputs.extend([res, self.group_mod(m, &group)]);
+            }
+            let op = GemmOp { n, k, problems, bias: true, act, residual: gated.is_some(), lora_rank: 0 };
+            self.g.push_partial(Op::Gemm(op), &inputs, &[y], label);
+        }
+    }
+
+    /// One dual-stream block (spec §3.4). `m` = [txt, img] modulation locations.
+    fn block(&mut self, i: usize, x: TensorId, m: [ModLoc; 2], mask: Option<TensorId>, rope: TensorId) -> TensorId {
+        let (cfg, r, d) = (self.cfg, self.rows, self.d());
+        let both = [Stream::Txt, Stream::Img];
+        let p = block_name(i);
+        let xa = self.norm_mod(x, &m, &both, 0, "norm");
+        let (q, k, v) = self.qkv(i, xa, &m, rope);
+        let js = JointShape {
+            batch: r.b,
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.attention_head_dim,
+            s_txt: r.s_txt,
+            s_img: r.s_img,
+        };
+        let o = self.act("attn_out", &[r.total(), d]);
+        let lse = self.act("lse", &[r.b, js.heads, r.s_txt + r.s_img]);
+        let mut ins = vec![q, k, v];
+        ins.extend(mask);
+        self.g.push(Op::Attention { shape: js, masked: mask.is_some() }, &ins, &[o, lse], "attention");
+        let x1 = self.act("x_attn", &[r.total(), d]);
+        let out = |s: Stream| vec![format!("{p}.attn.{}", if s == Stream::Txt { "to_add_out" } else { "to_out.0" })];
+        self.project(o, x1, &both, &out, d, d, Activation::None, Some((x, &m, 2)), "out_proj");
+        // The last block's text FFN feeds nothing (only the image stream reaches the output).
+        let ffn_streams: &[Stream] = if i + 1 == cfg.num_layers { &[Stream::Img] } else { &both };
+        let xm = self.norm_mod(x1, &m, ffn_streams, 3, "norm");
+        let h = self.act("ffn_hidden", &[r.total(), 4 * d]);
+        let up = |s: Stream| vec![format!("{p}.{}_mlp.net.0.proj", stream_prefix(s))];
+        self.project(xm, h, ffn_streams, &up, 4 * d, d, Activation::GeluTanh, None, "ffn");
+        let x2 = self.act("x_out", &[r.total(), d]);
+        let down = |s: Stream| vec![format!("{p}.{}_mlp.net.2", stream_prefix(s))];
+        self.project(h, x2, ffn_streams, &down, d, 4 * d, Activation::None, Some((x1, &m, 5)), "ffn");
+        x2
+    }
+
+    /// The Q/K/V projections of the mode, then QK-norm + RoPE into head-major q, k, v.
+    fn qkv(&mut self, i: usize, xa: TensorId, m: &[ModLoc; 2], rope: TensorId) -> (TensorId, TensorId, TensorId) {
+        let _ = m;
+        let (cfg, r, d) = (self.cfg, self.rows, self.d());
+        let p = block_name(i);
+        let both = [Stream::Txt, Stream::Img];
+        let names = |s: Stream, which: &str| match (s, which) {
+            (Stream::Img, w) => format!("{p}.attn.to_{w}"),
+            (Stream::Txt, w) => format!("{p}.attn.add_{w}_proj"),
+        };
+        let (inputs, layout) = match self.mode {
+            QkvMode::Standard => {
+                let mut outs = Vec::new();
+                for which in ["q", "k", "v"] {
+                    let y = self.act(which, &[r.total(), d]);
+                    self.project(xa, y, &both, &|s| vec![names(s, which)], d, d, Activation::None, None, "qkv");
+                    outs.push(y);
+                }
+                (outs, QkvLayout::Standard)
+            }
+            QkvMode::Merged | QkvMode::Fused => {
+                let y = self.act("qkv", &[r.total(), 3 * d]);
+                let stacked = |s: Stream| ["q", "k", "v"].iter().map(|w| names(s, w)).collect();
+                self.project(xa, y, &both, &stacked, 3 * d, d, Activation::None, None, "qkv");
+                (vec![y], QkvLayout::Merged)
+            }
+        };
+        let dh = cfg.attention_head_dim;
+        let norms = ["norm_q", "norm_k", "norm_added_q", "norm_added_k"]
+            .iter()
+            .map(|n| format!("{p}.attn.{n}.weight"))
+            .collect();
+        let nw = self.param(&[4, dh], norms, Some(DType::F32));
+        let js =
+            JointShape { batch: r.b, heads: cfg.num_attention_heads, head_dim: dh, s_txt: r.s_txt, s_img: r.s_img };
+        let hm = [r.b, js.heads, r.s_txt + r.s_img, dh];
+        let (q, k, v) = (self.act("q_heads", &hm), self.act("k_heads", &hm), self.act("v_heads", &hm));
+        let mut ins = inputs;
+        ins.extend([nw, rope]);
+        self.g.push(Op::QkvPost { shape: js, layout }, &ins, &[q, k, v], "qkv_post");
+        (q, k, v)
+    }
+
+    /// norm_out (LayerNorm + (scale, shift) modulation, spec §3.3) on the image rows, then proj_out.
+    fn final_layer(&mut self, x: TensorId, out_mod: ModLoc) -> TensorId {
+        let (r, d) = (self.rows, self.d());
+        // norm_out uses temb[:B] for every image token, also with zero_cond_t (spec §5.4).
+        let at = |c: usize| ModRef {
+            offset: out_mod.offset + c * d,
+            sample_stride: out_mod.stride,
+            split: r.s_img,
+            alt_shift: 0,
+        };
+        let problem = NormProblem {
+            x_row0: r.r_txt(),
+            y_row0: 0,
+            rows: r.r_img(),
+            rows_per_sample: r.s_img,
+            shift: at(1),
+            scale: at(0),
+        };
+        let xo = self.act("norm_out", &[r.r_img(), d]);
+        self.g.push(
+            Op::LayerNormMod(LayerNormModOp { cols: d, problems: vec![problem] }),
+            &[x, out_mod.tensor],
+            &[xo],
+            "final",
+        );
+        let n = self.cfg.out_features();
+        self.linear(xo, "proj_out", n, d, Activation::None, "final")
+    }
+}
+
+fn stream_index(s: Stream) -> usize {
+    match s {
+        Stream::Txt => 0,
+        Stream::Img => 1,
+    }
+}
+
+fn stream_prefix(s: Stream) -> &'static str {
+    match s {
+        Stream::Txt => "txt",
+        Stream::Img => "img",
+    }
+}
