@@ -262,7 +262,8 @@ def check_every_path_matters(models):
         return rel_err(b, a)
 
     g = torch.Generator().manual_seed(7)
-    odd, edit, masked, zero = (make_inputs(*CASES[c][1:]) for c in ("odd_grid", "edit_ref", "batch_mask", "zero_cond_t"))
+    odd, edit, masked, zero = (make_inputs(*CASES[c][1:])
+                               for c in ("odd_grid", "edit_ref", "batch_mask", "zero_cond_t"))
     new_refs = edit["hidden_states"].clone()
     new_refs[:, 16:] = torch.randn(new_refs[:, 16:].shape, generator=g)
     checks = {
@@ -318,7 +319,8 @@ def other_formats(pairs):
         diffsynth[f"{p}.lora_A.default.weight"] = a.clone()
         diffsynth[f"{p}.lora_B.default.weight"] = (b * scale).contiguous()  # no alpha -> scale 1: fold it in
         k = "lora_unet_" + p.replace(".", "_")
-        kohya.update({f"{k}.lora_down.weight": a.clone(), f"{k}.lora_up.weight": b.clone(), f"{k}.alpha": alpha.clone()})
+        kohya.update({f"{k}.lora_down.weight": a.clone(), f"{k}.lora_up.weight": b.clone(),
+                      f"{k}.alpha": alpha.clone()})
         c = f"diffusion_model.{p}"
         comfy.update({f"{c}.lora_A.weight": a.clone(), f"{c}.lora_B.weight": b.clone(), f"{c}.alpha": alpha.clone()})
     return {"diffsynth": diffsynth, "kohya": kohya, "comfy": comfy}
@@ -393,7 +395,8 @@ def write_lora(base_sd, out, batch_inputs):
         err = rel_err(got, want)
         print(f"lora: diffusers loads {fmt:9s} rel err vs peft model {err:.2e}")
         assert err < 1e-6, fmt
-        save_file({"output": got}, cases / f"{fmt}.expected.safetensors", metadata={**meta, "lora": f"{fmt}.safetensors"})
+        save_file({"output": got}, cases / f"{fmt}.expected.safetensors",
+                  metadata={**meta, "lora": f"{fmt}.safetensors"})
     write_lora_half(base_sd, lora_dir, cases, batch_inputs, meta, pairs)
     write_lora_merged(base_sd, lora_dir, cases, batch_inputs, meta, split)
     return peft_model
@@ -478,7 +481,7 @@ def write_grads(peft_model, cases_dir, lora_cases):
         save_file({"dy": dy, "output": output, **grads}, lora_cases / fname,
                   metadata={"model": "tiny", "lora": "peft.safetensors", "strength": "1.0",
                             "inputs": f"dit/cases/{case}.inputs.safetensors",
-                            "loss": "sum(output * dy) over the full output (reference tokens included)"})
+                            "loss": "sum(output * dy) over the full output, all image tokens"})
 
 
 # ------------------------------------------------------------------------------------------------ self-check
