@@ -9,13 +9,17 @@
 //   standard = three [rows, D] buffers, offsets 0, stride D.   (All in vec4 units below.)
 //   norm_w: [4, Dh] = (image q, image k, text q, text k).  rope: [S_txt + S_img, Dh/2, 2] (cos, sin).
 // Outputs: q, k, v: [B, H, S_txt + S_img, Dh] (head-major, text first); rstd: [2, rows, H] (q, then k).
-// Geometry: a unit = (row, head), served by Dh/4 lanes holding one vec4 (2 rotary pairs) each; a
-// 256-invocation workgroup serves 256 / (Dh/4) units (8 at Dh = 128) and reduces each unit's sum of
-// squares through workgroup memory (one barrier). Units are row-major (unit = row * H + h), so a
-// workgroup reads contiguous columns of one row and each head writes Dh contiguous floats.
+// Geometry: a unit = (row, head), served by lanes = Dh / (4 * PER_LANE) invocations; lane l holds
+// the vec4s (2 rotary pairs each) l, l + lanes, .. of the head, so each load instruction of the lanes
+// covers contiguous memory. A 256-invocation workgroup serves 256 / lanes units (32 at Dh = 128,
+// PER_LANE = 4) and reduces each unit's sums of squares through workgroup memory (one barrier).
+// Units are row-major (unit = row * H + h): a workgroup reads contiguous columns of one row or more,
+// and each head writes Dh contiguous floats.
 // Dispatch: grid_2d(ceil(rows * H / units_per_group)).  Needs Dh % 4 == 0, Dh <= 1024.
 
 override HEAD_DIM: u32 = 128u;
+override PER_LANE: u32 = 4u;    // vec4 per lane: 1, 2 or 4, dividing HEAD_DIM / 4
+const MAX_PER_LANE: u32 = 4u;
 const WG: u32 = 256u;
 
 struct Params {
@@ -72,7 +76,7 @@ fn rotate(x: vec4<f32>, cs: vec4<f32>) -> vec4<f32> {
 @compute @workgroup_size(256)
 fn qkv_post(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) li: u32) {
-    let lanes = HEAD_DIM / 4u;
+    let lanes = HEAD_DIM / (4u * PER_LANE);
     let per_group = WG / lanes;
     let slot = li / lanes;
     let lane = li % lanes;
@@ -82,11 +86,20 @@ fn qkv_post(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let u = select(0u, unit, live);
     let row = u / p.heads;
     let h = u % p.heads;
-    let base = row * p.in_stride4 + h * lanes + lane;
-    let xq = x_q[base + p.q_off4];
-    let xk = x_k[base + p.k_off4];
-    part_q[li] = dot(xq, xq);
-    part_k[li] = dot(xk, xk);
+    let v4 = HEAD_DIM / 4u; // vec4 per head
+    let base = row * p.in_stride4 + h * v4 + lane;
+    var xq: array<vec4<f32>, MAX_PER_LANE>;
+    var xk: array<vec4<f32>, MAX_PER_LANE>;
+    var pq = 0.0;
+    var pk = 0.0;
+    for (var i = 0u; i < PER_LANE; i++) {
+        xq[i] = x_q[base + p.q_off4 + i * lanes];
+        xk[i] = x_k[base + p.k_off4 + i * lanes];
+        pq += dot(xq[i], xq[i]);
+        pk += dot(xk[i], xk[i]);
+    }
+    part_q[li] = pq;
+    part_k[li] = pk;
     workgroupBarrier();
     if (!live) {
         return;
@@ -101,13 +114,14 @@ fn qkv_post(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let rk = 1.0 / sqrt(sk / f32(HEAD_DIM) + p.eps);
     let t = token(row);
     let w0 = select(0u, 2u, t.txt); // norm_w row of this stream's q weight; +1 for k
-    let wq = norm_w[w0 * lanes + lane];
-    let wk = norm_w[(w0 + 1u) * lanes + lane];
-    let cs = rope[t.s * lanes + lane];
-    let o = ((t.b * p.heads + h) * (p.s_txt + p.s_img) + t.s) * lanes + lane;
-    q[o] = rotate(xq * rq * wq, cs);
-    k[o] = rotate(xk * rk * wk, cs);
-    v[o] = x_v[base + p.v_off4];
+    let o = ((t.b * p.heads + h) * (p.s_txt + p.s_img) + t.s) * v4 + lane;
+    for (var i = 0u; i < PER_LANE; i++) {
+        let e = lane + i * lanes; // vec4 index within the head
+        let cs = rope[t.s * v4 + e];
+        q[o + i * lanes] = rotate(xq[i] * rq * norm_w[w0 * v4 + e], cs);
+        k[o + i * lanes] = rotate(xk[i] * rk * norm_w[(w0 + 1u) * v4 + e], cs);
+        v[o + i * lanes] = x_v[base + p.v_off4 + i * lanes];
+    }
     if (lane == 0u) {
         rstd[u] = rq;
         rstd[p.units + u] = rk;

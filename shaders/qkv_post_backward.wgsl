@@ -7,10 +7,12 @@
 //   layouts/params as qkv_post); norm_w [4, Dh]; rope [S_joint, Dh/2, 2]; rstd [2, rows, H] saved by qkv_post.
 // Outputs: dx_q, dx_k, dx_v: element (row, c) at row * in_stride + off + c, the layout of the forward
 //   input (merged: one [rows, 3D] buffer bound three times; standard: three [rows, D] buffers).
-// Geometry as qkv_post: Dh/4 lanes (one vec4 each) per (row, head) unit, 256 / (Dh/4) units per
-// 256-invocation workgroup, one barrier for the two dot products. Dispatch: grid_2d(ceil(rows * H / units_per_group)).
+// Geometry as qkv_post: Dh / (4 * PER_LANE) lanes per (row, head) unit, lane l holding vec4s l, l + lanes, ..;
+// 256 / lanes units per 256-invocation workgroup; one barrier for the two dot products. Dispatch: grid_2d(ceil(rows * H / units_per_group)).
 
 override HEAD_DIM: u32 = 128u;
+override PER_LANE: u32 = 4u;    // vec4 per lane: 1, 2 or 4, dividing HEAD_DIM / 4
+const MAX_PER_LANE: u32 = 4u;
 const WG: u32 = 256u;
 
 struct Params {
@@ -68,7 +70,7 @@ fn unrotate(d: vec4<f32>, cs: vec4<f32>) -> vec4<f32> {
 @compute @workgroup_size(256)
 fn qkv_post_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) li: u32) {
-    let lanes = HEAD_DIM / 4u;
+    let lanes = HEAD_DIM / (4u * PER_LANE);
     let per_group = WG / lanes;
     let slot = li / lanes;
     let lane = li % lanes;
@@ -79,18 +81,30 @@ fn qkv_post_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let row = u / p.heads;
     let h = u % p.heads;
     let t = token(row);
-    let cs = rope[t.s * lanes + lane];
-    let o = ((t.b * p.heads + h) * (p.s_txt + p.s_img) + t.s) * lanes + lane;
+    let v4 = HEAD_DIM / 4u;
+    let o = ((t.b * p.heads + h) * (p.s_txt + p.s_img) + t.s) * v4 + lane;
     let w0 = select(0u, 2u, t.txt);
-    let wgq = norm_w[w0 * lanes + lane] * unrotate(dq[o], cs);
-    let wgk = norm_w[(w0 + 1u) * lanes + lane] * unrotate(dk[o], cs);
     let rq = rstd[u];
     let rk = rstd[p.units + u];
-    let base = row * p.in_stride4 + h * lanes + lane;
-    let xhq = x_q[base + p.q_off4] * rq;
-    let xhk = x_k[base + p.k_off4] * rk;
-    part_q[li] = dot(wgq, xhq);
-    part_k[li] = dot(wgk, xhk);
+    let base = row * p.in_stride4 + h * v4 + lane;
+    var wgq: array<vec4<f32>, MAX_PER_LANE>;
+    var wgk: array<vec4<f32>, MAX_PER_LANE>;
+    var xhq: array<vec4<f32>, MAX_PER_LANE>;
+    var xhk: array<vec4<f32>, MAX_PER_LANE>;
+    var pq = 0.0;
+    var pk = 0.0;
+    for (var i = 0u; i < PER_LANE; i++) {
+        let e = lane + i * lanes; // vec4 index within the head
+        let cs = rope[t.s * v4 + e];
+        wgq[i] = norm_w[w0 * v4 + e] * unrotate(dq[o + i * lanes], cs);
+        wgk[i] = norm_w[(w0 + 1u) * v4 + e] * unrotate(dk[o + i * lanes], cs);
+        xhq[i] = x_q[base + p.q_off4 + i * lanes] * rq;
+        xhk[i] = x_k[base + p.k_off4 + i * lanes] * rk;
+        pq += dot(wgq[i], xhq[i]);
+        pk += dot(wgk[i], xhk[i]);
+    }
+    part_q[li] = pq;
+    part_k[li] = pk;
     workgroupBarrier();
     if (!live) {
         return;
@@ -103,7 +117,9 @@ fn qkv_post_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
     let mq = sq / f32(HEAD_DIM);
     let mk = sk / f32(HEAD_DIM);
-    dx_q[base + p.q_off4] = rq * (wgq - xhq * mq);
-    dx_k[base + p.k_off4] = rk * (wgk - xhk * mk);
-    dx_v[base + p.v_off4] = dv[o];
+    for (var i = 0u; i < PER_LANE; i++) {
+        dx_q[base + p.q_off4 + i * lanes] = rq * (wgq[i] - xhq[i] * mq);
+        dx_k[base + p.k_off4 + i * lanes] = rk * (wgk[i] - xhk[i] * mk);
+        dx_v[base + p.v_off4 + i * lanes] = dv[o + i * lanes];
+    }
 }

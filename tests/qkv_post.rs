@@ -40,8 +40,10 @@ fn img_shapes(s_img: usize) -> Vec<(usize, usize, usize)> {
 fn axes(head_dim: usize) -> [usize; 3] {
     match head_dim {
         16 => [8, 4, 4],
+        24 => [12, 6, 6],
+        36 => [12, 12, 12],
         128 => [16, 56, 56],
-        d => [d / 2, d / 4, d / 4],
+        d => panic!("no RoPE axes for head_dim {d}"),
     }
 }
 
@@ -120,6 +122,9 @@ fn shapes() -> Vec<QkvShape> {
             }
         }
     }
+    // Heads of 6 and 9 vec4 (2 and 1 vec4 per lane): workgroups with idle invocations.
+    v.push(QkvShape { batch: 2, heads: 3, head_dim: 24, s_txt: 5, s_img: 15 });
+    v.push(QkvShape { batch: 1, heads: 2, head_dim: 36, s_txt: 1, s_img: 31 });
     v
 }
 
@@ -169,8 +174,8 @@ fn check_backward(gpu: &Arc<Gpu>, c: &Case, layout: QkvLayout, seed: u64) -> [(f
     let got: Vec<Vec<f32>> = din.iter().map(|t| t.to_f32(gpu).unwrap()).collect();
     let got = if layout == QkvLayout::Merged { cpu::split_merged(&s, &got[0]).to_vec() } else { got };
     let mut worst = (0f64, 0f64);
-    for j in 0..3 {
-        let st = assert_close(&format!("dx[{j}] {s:?} {layout:?}"), &got[j], &to32(&want.dx[j]), BWD_TOL);
+    for (j, (g, w)) in got.iter().zip(&want.dx).enumerate() {
+        let st = assert_close(&format!("dx[{j}] {s:?} {layout:?}"), g, &to32(w), BWD_TOL);
         worst = (worst.0.max(st.max_abs), worst.1.max(st.rel_l2));
     }
     let want_dw: Vec<f32> = dw0.iter().zip(&want.dw).map(|(a, b)| (*a as f64 + b) as f32).collect();
@@ -191,6 +196,16 @@ fn backward_matches_cpu_reference_for_both_layouts_at_awkward_shapes() {
         }
     }
     eprintln!("backward vs CPU f64: dx worst max_abs {:.2e} rel_l2 {:.2e}; dw worst max_abs {:.2e} rel_l2 {:.2e}", dx.0, dx.1, dw.0, dw.1);
+}
+
+#[test]
+fn norm_weight_gradient_sums_partials_over_several_chunks() {
+    // 800 image units at Dh = 128 span two 512-unit partial-sum chunks; text units fit in one.
+    let gpu = test_gpu();
+    let c = case(QkvShape { batch: 1, heads: 8, head_dim: 128, s_txt: 5, s_img: 100 }, 11);
+    for layout in [QkvLayout::Merged, QkvLayout::Standard] {
+        check_backward(&gpu, &c, layout, 12);
+    }
 }
 
 /// L = Σ q·dq + k·dk + v·dv of the CPU forward.
@@ -254,7 +269,38 @@ fn text_and_image_rows_use_their_own_stream_weights_and_positions() {
         (0..16).map(|e| x[e] as f64 * r * c.norm_w[2 * 16 + e] as f64).collect()
     };
     rope::cpu::rotate(&mut y, &rope::table(&[8, 4, 4], &[(1, 1, 3)], 1)[..16], false);
-    for e in 0..16 {
-        assert!((f.q[e] - y[e]).abs() < 1e-6, "text q[{e}] uses norm_added_q and position max_vid_index");
+    for (e, (a, b)) in f.q[..16].iter().zip(&y).enumerate() {
+        assert!((a - b).abs() < 1e-6, "text q[{e}] uses norm_added_q and position max_vid_index");
+    }
+}
+
+/// Throughput at a DiT block shape (bytes moved / GPU time, best of 5 after a warm-up). Ignored:
+/// run with `cargo test --test qkv_post -- --ignored --nocapture`. Roofline: the forward moves
+/// 6·rows·D·4 bytes (read q,k,v, write Q,K,V), the backward 8·rows·D·4; at 3.35 TB/s (H100) a
+/// 1024² step (rows 4352, D 3072) is ≈ 96 µs forward.
+#[test]
+#[ignore]
+fn throughput_at_a_dit_block_shape() {
+    let gpu = test_gpu();
+    let (s_txt, s_img) = if gpu.is_cpu() { (64, 1024) } else { (256, 4096) };
+    let s = QkvShape { batch: 1, heads: 24, head_dim: 128, s_txt, s_img };
+    let mut rng = Rng::new(1);
+    let n = s.rows() * s.dim();
+    let (hm, w) = (s.head_major_len(), upload(&gpu, &rng.vec_uniform(4 * 128, 0.5, 1.5), "w"));
+    let table = rope::table(&[16, 56, 56], &[(1, 1, s_img)], s_txt);
+    let t = upload(&gpu, &table, "rope");
+    let new = |n| Tensor::zeros(&gpu, &[n], DType::F32, "t").unwrap();
+    let (qkv, dqkv) = (upload(&gpu, &rng.vec_normal(3 * n, 1.0), "qkv"), new(3 * n));
+    let (q, k, v, saved) = (new(hm), new(hm), new(hm), new(2 * s.units()));
+    let fwd = qkv_post::launch(&gpu, s, QkvLayout::Merged, &[&qkv], &w, &t, &q, &k, &v, &saved).unwrap();
+    let bwd = qkv_post::launch_backward(&gpu, s, QkvLayout::Merged, &[&qkv], &w, &t, &saved, &q, &k, &v, &[&dqkv], None).unwrap();
+    for (name, l, bytes) in [("forward", &fwd, 6 * n * 4), ("backward", &bwd[0], 8 * n * 4)] {
+        let b = gpu.bind(l).unwrap();
+        let mut best = f64::INFINITY;
+        for _ in 0..6 {
+            let ns = gpu.submit_timed(&[&b]).unwrap().expect("timestamp queries")[0];
+            best = best.min(ns);
+        }
+        eprintln!("qkv_post {name} {s:?} on {}: {:.1} us, {:.2} GB/s", gpu.info().name, best / 1e3, bytes as f64 / best);
     }
 }

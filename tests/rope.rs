@@ -100,9 +100,12 @@ fn tiny_table_matches_diffusers_qwen_embed_rope() {
 /// Positions up to 400 (every text start of the real model) stay within 1e-6.
 const LARGE_P_TOL: Tol = Tol { abs: 1e-5, rel: 0.0, rel_l2: 1e-5 };
 
+/// (position, our table row, diffusers' row).
+type Row = (f32, Vec<f32>, Vec<f32>);
+
 /// (position, table row [128]) pairs of diffusers' `pos_freqs` ("pos") or `neg_freqs` ("neg") rows
 /// in the fixture, with our table's matching row; neg rows compare the width axis (pairs 36..64) only.
-fn real_rows(st: &safetensors::SafeTensors, sign: &str, table: &[f32]) -> Vec<(f32, Vec<f32>, Vec<f32>)> {
+fn real_rows(st: &safetensors::SafeTensors, sign: &str, table: &[f32]) -> Vec<Row> {
     let idx = tensor(st, &format!("real_{sign}_index"));
     let want = interleave(&tensor(st, &format!("real_{sign}_cos")), &tensor(st, &format!("real_{sign}_sin")));
     let span = if sign == "pos" { 0..128 } else { 72..128 };
@@ -128,7 +131,7 @@ fn real_axes_match_diffusers_at_large_positive_and_negative_positions() {
     for (sign, table) in [("pos", &pos_table), ("neg", &wide)] {
         let rows = real_rows(&st, sign, table);
         for (limit, tol) in [(400.0, TABLE_TOL), (f32::INFINITY, LARGE_P_TOL)] {
-            let pick = |f: fn(&(f32, Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Vec<f32> {
+            let pick = |f: fn(&Row) -> &Vec<f32>| -> Vec<f32> {
                 rows.iter().filter(|r| r.0.abs() <= limit).flat_map(|r| f(r).clone()).collect()
             };
             let name = format!("{sign}_freqs |p| <= {limit} vs diffusers");

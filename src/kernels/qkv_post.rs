@@ -1,5 +1,5 @@
-//! The fused QKV epilogue (`shaders/qkv_post.wgsl`): split + per-head QK-RMSNorm + interleaved RoPE
-//! + head-major write, in one dispatch for both streams; and its backward
+//! The fused QKV epilogue (`shaders/qkv_post.wgsl`): split, per-head QK-RMSNorm, interleaved RoPE
+//! and head-major write, in one dispatch for both streams; and its backward
 //! (`shaders/qkv_post_backward.wgsl`, `shaders/qkv_post_norm_grad.wgsl`).
 //! Reference: diffusers `transformer_qwenimage.py`, `QwenDoubleStreamAttnProcessor2_0`.
 //!
@@ -74,8 +74,15 @@ impl QkvShape {
         assert!(dh % 4 == 0 && dh <= 1024 && dh > 0, "qkv_post: head_dim {dh} must be a multiple of 4 in 4..=1024");
         assert!(self.batch > 0 && self.heads > 0, "qkv_post: empty shape {self:?}");
     }
+    /// vec4s per lane of the forward/backward shaders: 4 (16 floats) when the head allows it.
+    fn per_lane(&self) -> usize {
+        [4, 2, 1].into_iter().find(|k| (self.head_dim / 4) % k == 0).unwrap_or(1)
+    }
+    fn lanes(&self) -> usize {
+        self.head_dim / (4 * self.per_lane())
+    }
     fn units_per_group(&self) -> usize {
-        WG / (self.head_dim / 4)
+        WG / self.lanes()
     }
 }
 
@@ -184,6 +191,10 @@ fn head_dim_const(shape: &QkvShape) -> [(&'static str, f64); 1] {
     [("HEAD_DIM", shape.head_dim as f64)]
 }
 
+fn lane_consts(shape: &QkvShape) -> [(&'static str, f64); 2] {
+    [("HEAD_DIM", shape.head_dim as f64), ("PER_LANE", shape.per_lane() as f64)]
+}
+
 /// The forward epilogue: see the module docs.
 #[allow(clippy::too_many_arguments)]
 pub fn launch(
@@ -205,7 +216,7 @@ pub fn launch(
     }
     let p = params(&shape, layout);
     Ok(Launch {
-        kernel: gpu.kernel(&QKV_POST, "qkv_post", &head_dim_const(&shape))?,
+        kernel: gpu.kernel(&QKV_POST, "qkv_post", &lane_consts(&shape))?,
         params: bytemuck::bytes_of(&p).to_vec(),
         buffers: [xq, xk, xv, norm_weights, rope_table, q, k, v, saved].iter().map(|t| t.buffer.clone()).collect(),
         groups: crate::kernels::grid_2d(shape.units().div_ceil(shape.units_per_group()) as u32),
@@ -268,7 +279,7 @@ pub fn launch_backward(
     }
     let p = params(&shape, layout);
     let mut out = vec![Launch {
-        kernel: gpu.kernel(&QKV_POST_BACKWARD, "qkv_post_backward", &head_dim_const(&shape))?,
+        kernel: gpu.kernel(&QKV_POST_BACKWARD, "qkv_post_backward", &lane_consts(&shape))?,
         params: bytemuck::bytes_of(&p).to_vec(),
         buffers: [dq, dk, dv, xq, xk, norm_weights, rope_table, saved, gq, gk, gv]
             .iter()
@@ -283,10 +294,10 @@ pub fn launch_backward(
     Ok(out)
 }
 
-/// Units per partial-sum workgroup of the norm-weight gradient: each of the workgroup's sub-rows
-/// walks 64 units.
+/// Units per partial-sum workgroup of the norm-weight gradient (whose sub-rows hold one vec4 per
+/// lane): each of the workgroup's 256 / (Dh/4) sub-rows walks 64 units.
 fn chunk_units(shape: &QkvShape) -> usize {
-    shape.units_per_group() * 64
+    WG / (shape.head_dim / 4) * 64
 }
 
 /// The two dispatches of `dw += Σ g·x̂`: per-chunk partial sums into a scratch buffer, then the sum.
