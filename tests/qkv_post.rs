@@ -101,7 +101,8 @@ fn inputs(gpu: &Gpu, c: &Case, layout: QkvLayout) -> Vec<Tensor> {
 fn gpu_forward(gpu: &Arc<Gpu>, c: &Case, layout: QkvLayout, ins: &[Tensor]) -> [Tensor; 4] {
     let s = c.shape;
     let hm = s.head_major_len();
-    let out = [poisoned(gpu, hm, "q"), poisoned(gpu, hm, "k"), poisoned(gpu, hm, "v"), poisoned(gpu, 2 * s.units(), "rstd")];
+    let out =
+        [poisoned(gpu, hm, "q"), poisoned(gpu, hm, "k"), poisoned(gpu, hm, "v"), poisoned(gpu, 2 * s.units(), "rstd")];
     let refs: Vec<&Tensor> = ins.iter().collect();
     let (w, t) = (upload(gpu, &c.norm_w, "norm_w"), upload(gpu, &c.table, "rope"));
     let l = qkv_post::launch(gpu, s, layout, &refs, &w, &t, &out[0], &out[1], &out[2], &out[3]).unwrap();
@@ -138,7 +139,12 @@ fn forward_matches_cpu_reference_for_both_layouts_at_awkward_shapes() {
         for layout in [QkvLayout::Merged, QkvLayout::Standard] {
             let ins = inputs(&gpu, &c, layout);
             let out = gpu_forward(&gpu, &c, layout, &ins);
-            for (t, w, n) in [(&out[0], &want.q, "q"), (&out[1], &want.k, "k"), (&out[2], &want.v, "v"), (&out[3], &want.rstd, "rstd")] {
+            for (t, w, n) in [
+                (&out[0], &want.q, "q"),
+                (&out[1], &want.k, "k"),
+                (&out[2], &want.v, "v"),
+                (&out[3], &want.rstd, "rstd"),
+            ] {
                 let name = format!("{n} {shape:?} {layout:?}");
                 // rstd spans 1e-3..1e2 (row scales); compare it relatively.
                 let tol = if n == "rstd" { Tol { abs: 0.0, rel: 1e-6, rel_l2: 1e-6 } } else { FWD_TOL };
@@ -166,7 +172,8 @@ fn check_backward(gpu: &Arc<Gpu>, c: &Case, layout: QkvLayout, seed: u64) -> [(f
     let dw = upload(gpu, &dw0, "dw");
     let (w, t) = (upload(gpu, &c.norm_w, "norm_w"), upload(gpu, &c.table, "rope"));
     let (ir, dr): (Vec<&Tensor>, Vec<&Tensor>) = (ins.iter().collect(), din.iter().collect());
-    let l = qkv_post::launch_backward(gpu, s, layout, &ir, &w, &t, &fwd[3], &dyt[0], &dyt[1], &dyt[2], &dr, Some(&dw)).unwrap();
+    let l = qkv_post::launch_backward(gpu, s, layout, &ir, &w, &t, &fwd[3], &dyt[0], &dyt[1], &dyt[2], &dr, Some(&dw))
+        .unwrap();
     gpu.run(&l).unwrap();
     let x64 = [to64(&c.x[0]), to64(&c.x[1])];
     let dy64: Vec<Vec<f64>> = dy.iter().map(|v| to64(v)).collect();
@@ -195,7 +202,10 @@ fn backward_matches_cpu_reference_for_both_layouts_at_awkward_shapes() {
             dw = (dw.0.max(b.0), dw.1.max(b.1));
         }
     }
-    eprintln!("backward vs CPU f64: dx worst max_abs {:.2e} rel_l2 {:.2e}; dw worst max_abs {:.2e} rel_l2 {:.2e}", dx.0, dx.1, dw.0, dw.1);
+    eprintln!(
+        "backward vs CPU f64: dx worst max_abs {:.2e} rel_l2 {:.2e}; dw worst max_abs {:.2e} rel_l2 {:.2e}",
+        dx.0, dx.1, dw.0, dw.1
+    );
 }
 
 #[test]
@@ -211,7 +221,10 @@ fn norm_weight_gradient_sums_partials_over_several_chunks() {
 /// L = Σ q·dq + k·dk + v·dv of the CPU forward.
 fn loss(s: &QkvShape, x: &[Vec<f64>; 3], w: &[f64], table: &[f32], dy: &[Vec<f64>; 3]) -> f64 {
     let f = cpu::forward(s, [&x[0], &x[1], &x[2]], w, table);
-    [(&f.q, &dy[0]), (&f.k, &dy[1]), (&f.v, &dy[2])].iter().map(|(a, b)| a.iter().zip(b.iter()).map(|(p, q)| p * q).sum::<f64>()).sum()
+    [(&f.q, &dy[0]), (&f.k, &dy[1]), (&f.v, &dy[2])]
+        .iter()
+        .map(|(a, b)| a.iter().zip(b.iter()).map(|(p, q)| p * q).sum::<f64>())
+        .sum()
 }
 
 #[test]
@@ -250,7 +263,11 @@ fn cpu_backward_matches_central_finite_differences() {
         let lm = loss(&s, &x, &w, &c.table, &dy);
         w[i] = w0;
         let fd = (lp - lm) / 2e-6;
-        assert!((fd - bw.dw[i]).abs() < 1e-6 * (1.0 + fd.abs()), "dw[{i}]: finite difference {fd} vs backward {}", bw.dw[i]);
+        assert!(
+            (fd - bw.dw[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+            "dw[{i}]: finite difference {fd} vs backward {}",
+            bw.dw[i]
+        );
     }
     eprintln!("CPU backward vs finite differences: worst relative error {worst:.2e}");
 }
@@ -293,7 +310,9 @@ fn throughput_at_a_dit_block_shape() {
     let (qkv, dqkv) = (upload(&gpu, &rng.vec_normal(3 * n, 1.0), "qkv"), new(3 * n));
     let (q, k, v, saved) = (new(hm), new(hm), new(hm), new(2 * s.units()));
     let fwd = qkv_post::launch(&gpu, s, QkvLayout::Merged, &[&qkv], &w, &t, &q, &k, &v, &saved).unwrap();
-    let bwd = qkv_post::launch_backward(&gpu, s, QkvLayout::Merged, &[&qkv], &w, &t, &saved, &q, &k, &v, &[&dqkv], None).unwrap();
+    let bwd =
+        qkv_post::launch_backward(&gpu, s, QkvLayout::Merged, &[&qkv], &w, &t, &saved, &q, &k, &v, &[&dqkv], None)
+            .unwrap();
     for (name, l, bytes) in [("forward", &fwd, 6 * n * 4), ("backward", &bwd[0], 8 * n * 4)] {
         let b = gpu.bind(l).unwrap();
         let mut best = f64::INFINITY;
@@ -301,6 +320,11 @@ fn throughput_at_a_dit_block_shape() {
             let ns = gpu.submit_timed(&[&b]).unwrap().expect("timestamp queries")[0];
             best = best.min(ns);
         }
-        eprintln!("qkv_post {name} {s:?} on {}: {:.1} us, {:.2} GB/s", gpu.info().name, best / 1e3, bytes as f64 / best);
+        eprintln!(
+            "qkv_post {name} {s:?} on {}: {:.1} us, {:.2} GB/s",
+            gpu.info().name,
+            best / 1e3,
+            bytes as f64 / best
+        );
     }
 }

@@ -153,3 +153,18 @@ fn cpu_rotation_inverse_undoes_the_rotation() {
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");
     }
 }
+
+#[test]
+fn cpu_apply_rotates_every_head_by_its_token_row() {
+    let t = rope::table(&[8, 4, 4], &[(1, 1, 3)], 2);
+    let x: Vec<f64> = (0..5 * 32).map(|i| (i as f64 * 0.11).cos()).collect();
+    let mut y = x.clone();
+    rope::cpu::apply(&mut y, &t, 16);
+    for s in 0..5 {
+        for h in 0..2 {
+            let mut want = x[s * 32 + h * 16..s * 32 + h * 16 + 16].to_vec();
+            rope::cpu::rotate(&mut want, &t[s * 16..s * 16 + 16], false);
+            assert_eq!(&y[s * 32 + h * 16..s * 32 + h * 16 + 16], &want[..], "token {s} head {h}");
+        }
+    }
+}

@@ -117,7 +117,11 @@ impl QkvLayout {
                 }
                 [a, b, c]
             }
-            _ => panic!("qkv_post: layout {self:?} needs {} {what} tensors, got {}", if self == QkvLayout::Merged { 1 } else { 3 }, t.len()),
+            _ => panic!(
+                "qkv_post: layout {self:?} needs {} {what} tensors, got {}",
+                if self == QkvLayout::Merged { 1 } else { 3 },
+                t.len()
+            ),
         }
     }
 }
@@ -176,7 +180,12 @@ fn params(shape: &QkvShape, layout: QkvLayout) -> Params {
 }
 
 fn check_f32(t: &Tensor, n: usize, what: &str) {
-    assert!(t.dtype == DType::F32 && t.numel() == n, "qkv_post: {what} must be f32 with {n} elements, got {:?} {:?}", t.dtype, t.shape);
+    assert!(
+        t.dtype == DType::F32 && t.numel() == n,
+        "qkv_post: {what} must be f32 with {n} elements, got {:?} {:?}",
+        t.dtype,
+        t.shape
+    );
 }
 
 /// Checks the side tensors shared by forward and backward.

@@ -83,4 +83,17 @@ pub mod cpu {
             x[2 * i + 1] = a * s + b * c;
         }
     }
+
+    /// Rotates every head of `x` `[S_joint, H·Dh]` (joint positions in table order, text first) by
+    /// its row of `table` `[S_joint, Dh/2, 2]`.
+    pub fn apply(x: &mut [f64], table: &[f32], head_dim: usize) {
+        let rows = table.len() / head_dim;
+        assert_eq!(x.len() % rows, 0, "rope::cpu::apply: x rows vs table rows");
+        let width = x.len() / rows;
+        for (s, row) in x.chunks_mut(width).enumerate() {
+            for head in row.chunks_mut(head_dim) {
+                rotate(head, &table[s * head_dim..(s + 1) * head_dim], false);
+            }
+        }
+    }
 }
