@@ -19,6 +19,12 @@
 //!   `None` in LoRA training, where the norm weights are frozen).
 //! - [`forward`]: a convenience that allocates the outputs and runs.
 //!
+//! The input layout is a uniform (row stride + q/k/v column offsets), not an override constant:
+//! one pipeline per head_dim serves both layouts, and a merged buffer is simply bound three times
+//! (read-only in the forward, read-write in the backward; wgpu allows both). One RoPE table serves
+//! every sample (diffusers builds it from `img_shapes[0]`). The norm-weight gradient allocates its
+//! partial-sum scratch when the launches are built; the returned launches hold it.
+//!
 //! Constraints: head_dim % 4 == 0 and head_dim <= 1024. All buffers f32.
 
 use crate::gpu::{Gpu, Launch};
