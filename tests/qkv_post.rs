@@ -126,6 +126,8 @@ fn shapes() -> Vec<QkvShape> {
     // Heads of 6 and 9 vec4 (2 and 1 vec4 per lane): workgroups with idle invocations.
     v.push(QkvShape { batch: 2, heads: 3, head_dim: 24, s_txt: 5, s_img: 15 });
     v.push(QkvShape { batch: 1, heads: 2, head_dim: 36, s_txt: 1, s_img: 31 });
+    // The real head count and size (D = 3072) on an edit layout.
+    v.push(QkvShape { batch: 2, heads: 24, head_dim: 128, s_txt: 7, s_img: 31 });
     v
 }
 
