@@ -18,4 +18,7 @@ macro_rules! shaders {
 
 shaders! {
     ELEMENTWISE => "elementwise",
+    QKV_POST => "qkv_post",
+    QKV_POST_BACKWARD => "qkv_post_backward",
+    QKV_POST_NORM_GRAD => "qkv_post_norm_grad",
 }
