@@ -21,4 +21,6 @@ shaders! {
     LAYER_NORM_MOD => "layer_norm_mod",
     LAYER_NORM_MOD_BACKWARD => "layer_norm_mod_backward",
     REDUCE_ROWS => "reduce_rows",
+    RMS_NORM => "rms_norm",
+    RMS_NORM_BACKWARD => "rms_norm_backward",
 }
