@@ -23,4 +23,5 @@ shaders! {
     REDUCE_ROWS => "reduce_rows",
     RMS_NORM => "rms_norm",
     RMS_NORM_BACKWARD => "rms_norm_backward",
+    TIMESTEP_EMBED => "timestep_embed",
 }

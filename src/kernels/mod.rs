@@ -9,6 +9,7 @@ pub mod elementwise;
 pub mod layer_norm_mod;
 pub mod reduce_rows;
 pub mod rms_norm;
+pub mod timestep_embed;
 
 /// Splits `groups` workgroups into an (x, y) grid within the per-dimension limit (65535).
 pub fn grid_2d(groups: u32) -> [u32; 3] {
