@@ -18,6 +18,7 @@ macro_rules! shaders {
 
 shaders! {
     ELEMENTWISE => "elementwise",
+    ELEMENTWISE_BACKWARD => "elementwise_backward",
     LAYER_NORM_MOD => "layer_norm_mod",
     LAYER_NORM_MOD_BACKWARD => "layer_norm_mod_backward",
     REDUCE_ROWS => "reduce_rows",

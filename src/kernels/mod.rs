@@ -6,6 +6,7 @@
 //! them once and replays them.
 
 pub mod elementwise;
+pub mod elementwise_backward;
 pub mod layer_norm_mod;
 pub mod reduce_rows;
 pub mod rms_norm;
