@@ -17,6 +17,7 @@ macro_rules! shaders {
 }
 
 shaders! {
+    ADAMW => "adamw",
     ELEMENTWISE => "elementwise",
     ELEMENTWISE_BACKWARD => "elementwise_backward",
     LAYER_NORM_MOD => "layer_norm_mod",
@@ -24,5 +25,6 @@ shaders! {
     REDUCE_ROWS => "reduce_rows",
     RMS_NORM => "rms_norm",
     RMS_NORM_BACKWARD => "rms_norm_backward",
+    SQ_NORM => "sq_norm",
     TIMESTEP_EMBED => "timestep_embed",
 }

@@ -5,11 +5,13 @@
 //! Launchers only build launches; the caller runs them (`gpu.run(&[..])`) or the executor binds
 //! them once and replays them.
 
+pub mod adamw;
 pub mod elementwise;
 pub mod elementwise_backward;
 pub mod layer_norm_mod;
 pub mod reduce_rows;
 pub mod rms_norm;
+pub mod sq_norm;
 pub mod timestep_embed;
 
 /// Splits `groups` workgroups into an (x, y) grid within the per-dimension limit (65535).
