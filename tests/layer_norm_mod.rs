@@ -148,3 +148,23 @@ fn layer_norm_mod_cpu_backward_matches_finite_differences() {
     let em = fd_check("dmod", &modv, &dmod, 60, &mut rng, loss_m);
     eprintln!("finite differences: dx worst rel {ex:.1e}, dmod worst rel {em:.1e}");
 }
+
+#[test]
+#[ignore = "throughput figure, not a check: cargo test --test layer_norm_mod -- --ignored --nocapture"]
+fn layer_norm_mod_throughput_at_dit_width() {
+    let gpu = test_gpu();
+    let s = single_setup(1024, 3072);
+    let mut rng = Rng::new(50);
+    let x = up(&gpu, &normal(&mut rng, s.rows * s.cols, 1.0), &[s.rows, s.cols]);
+    let m = up(&gpu, &normal(&mut rng, s.mod_len, 0.5), &[s.mod_len]);
+    let (y, mean, rstd) = (poisoned(&gpu, &[s.rows, s.cols]), poisoned(&gpu, &[s.rows]), poisoned(&gpu, &[s.rows]));
+    let a = layer_norm_mod::Args { x: &x, modv: Some(&m), groups: &s.groups, eps: EPS, y: &y, mean: &mean, rstd: &rstd };
+    let b = gpu.bind(&layer_norm_mod::launch(&gpu, &a).unwrap()).unwrap();
+    gpu.submit(&[&b]).unwrap();
+    gpu.sync().unwrap();
+    let ns = gpu.submit_timed(&[&b, &b, &b]).unwrap().expect("timestamp queries");
+    let best = ns.iter().cloned().fold(f64::INFINITY, f64::min);
+    // roofline: one read of x + one write of y (the other two reads of x hit cache on real GPUs)
+    let bytes = 2.0 * (s.rows * s.cols * 4) as f64;
+    eprintln!("layer_norm_mod {}x{} on {}: {:.2} ms, {:.2} GB/s (read x + write y)", s.rows, s.cols, gpu.info().name, best / 1e6, bytes / best);
+}

@@ -27,11 +27,11 @@ fn timestep_embedding_matches_f64_sinusoid_up_to_1000_radians() {
 fn timestep_frequencies_follow_diffusers_formula() {
     let f = freqs();
     assert_eq!(f[0], 1.0);
-    for k in 0..128 {
+    for (k, &fk) in f.iter().enumerate() {
         let want = (-(10000f64.ln()) * k as f64 / 128.0).exp();
         // the exponent is formed in f32 (as diffusers does): |−ln(1e4)·k| ≤ 1170 carries up to
         // 6e-5 absolute rounding, /128 → ≤ 5e-7 relative in freq
-        assert!((f[k] as f64 - want).abs() <= 1e-6 * want, "freq[{k}] {} vs {want}", f[k]);
+        assert!((fk as f64 - want).abs() <= 1e-6 * want, "freq[{k}] {fk} vs {want}");
     }
     // bit patterns of torch 2.15 `torch.exp(-math.log(10000) * arange(128, float32) / 128)`
     // (torch's exp is 1 ulp off the correctly rounded value at k = 12 and 106 only)

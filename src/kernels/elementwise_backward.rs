@@ -6,6 +6,7 @@
 //! - `mul_backward(gpu, a, b, dy, da, db) -> Result<[Launch; 2]>`: `y = a·b` ⇒ `da = dy·b`,
 //!   `db = dy·a`, two `elementwise::Op::Mul` launches (nothing new to compile).
 //! - `cpu::derivative`: f64 f'(x).
+//!
 //! Gated residual `d_gate[b] += Σ_rows dy·y` is `reduce_rows::Mode::Product`.
 
 use super::elementwise::{self, Op};

@@ -8,6 +8,7 @@
 //! - `backward(gpu, &BackwardArgs) -> Result<Vec<Launch>>`: dx (`=`), and with `dw` also
 //!   dw (`+=`, f32, through `reduce_rows::Mode::RmsProduct`).
 //! - `cpu::{forward, backward}`: f64 references.
+//!
 //! The weight may be stored f32, f16 or bf16 (`Tensor::dtype`); activations are f32.
 
 use super::reduce_rows::{self, SampleRows, Target};
