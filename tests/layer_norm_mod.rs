@@ -162,9 +162,17 @@ fn layer_norm_mod_throughput_at_dit_width() {
     let b = gpu.bind(&layer_norm_mod::launch(&gpu, &a).unwrap()).unwrap();
     gpu.submit(&[&b]).unwrap();
     gpu.sync().unwrap();
-    let ns = gpu.submit_timed(&[&b, &b, &b]).unwrap().expect("timestamp queries");
-    let best = ns.iter().cloned().fold(f64::INFINITY, f64::min);
+    let best = best_ns(&gpu, &b);
+    // baseline on the same machine and load: the template's element-wise add over the same size
+    let add = wgdit::kernels::elementwise::launch(&gpu, wgdit::kernels::elementwise::Op::Add, &x, Some(&x), &y).unwrap();
+    let add_ns = best_ns(&gpu, &gpu.bind(&add).unwrap());
+    eprintln!("elementwise add baseline: {:.2} ms", add_ns / 1e6);
     // roofline: one read of x + one write of y (the other two reads of x hit cache on real GPUs)
     let bytes = 2.0 * (s.rows * s.cols * 4) as f64;
     eprintln!("layer_norm_mod {}x{} on {}: {:.2} ms, {:.2} GB/s (read x + write y)", s.rows, s.cols, gpu.info().name, best / 1e6, bytes / best);
+}
+
+fn best_ns(gpu: &Gpu, b: &wgdit::gpu::Bound) -> f64 {
+    let ns = gpu.submit_timed(&[b, b, b]).unwrap().expect("timestamp queries");
+    ns.iter().cloned().fold(f64::INFINITY, f64::min)
 }
