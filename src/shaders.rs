@@ -20,6 +20,7 @@ shaders! {
     ADAMW => "adamw",
     ELEMENTWISE => "elementwise",
     ELEMENTWISE_BACKWARD => "elementwise_backward",
+    GATED_RESIDUAL => "gated_residual",
     LAYER_NORM_MOD => "layer_norm_mod",
     LAYER_NORM_MOD_BACKWARD => "layer_norm_mod_backward",
     REDUCE_ROWS => "reduce_rows",

@@ -8,6 +8,7 @@
 pub mod adamw;
 pub mod elementwise;
 pub mod elementwise_backward;
+pub mod gated_residual;
 pub mod layer_norm_mod;
 pub mod reduce_rows;
 pub mod rms_norm;
