@@ -224,6 +224,9 @@ pub mod cpu {
         targets: &[Target],
         out: &mut [f64],
     ) {
+        let c = || c.expect("reduce_rows::cpu: this mode needs c");
+        let mean = || mean.expect("reduce_rows::cpu: LayerNormProduct needs mean");
+        let rstd = || rstd.expect("reduce_rows::cpu: this mode needs rstd");
         for t in targets {
             for l in 0..t.rows.rows() {
                 let r = t.rows.row0 + l;
@@ -232,9 +235,9 @@ pub mod cpu {
                     let i = r * cols + col;
                     let v = match mode {
                         Mode::Sum => a[i],
-                        Mode::Product => a[i] * c.unwrap()[i],
-                        Mode::LayerNormProduct => a[i] * (c.unwrap()[i] - mean.unwrap()[r]) * rstd.unwrap()[r],
-                        Mode::RmsProduct => a[i] * c.unwrap()[i] * rstd.unwrap()[r],
+                        Mode::Product => a[i] * c()[i],
+                        Mode::LayerNormProduct => a[i] * (c()[i] - mean()[r]) * rstd()[r],
+                        Mode::RmsProduct => a[i] * c()[i] * rstd()[r],
                     };
                     out[o + col] += v;
                 }
