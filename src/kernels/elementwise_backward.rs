@@ -2,7 +2,8 @@
 //! `dx = dy·f'(x)` for SiLU and tanh-GELU (forward: `kernels::elementwise`), dx written (`=`).
 //!
 //! Public API:
-//! - `launch(gpu, Op, x, dy, dx) -> Result<Launch>` for `Op::Silu` / `Op::GeluTanh`.
+//! - `launch(gpu, Op, x, dy, dx) -> Result<Launch>` for `Op::Silu` / `Op::GeluTanh`;
+//!   `apply(gpu, op, x, dy)` → a new dx.
 //! - `mul_backward(gpu, a, b, dy, da, db) -> Result<[Launch; 2]>`: `y = a·b` ⇒ `da = dy·b`,
 //!   `db = dy·a`, two `elementwise::Op::Mul` launches (nothing new to compile).
 //! - `cpu::derivative`: f64 f'(x).
@@ -14,6 +15,7 @@ use crate::gpu::{Gpu, Launch};
 use crate::shaders::ELEMENTWISE_BACKWARD;
 use crate::tensor::{DType, Tensor};
 use crate::Result;
+use std::sync::Arc;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -46,6 +48,13 @@ pub fn launch(gpu: &Gpu, op: Op, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Result
         buffers: vec![x.buffer.clone(), dy.buffer.clone(), dx.buffer.clone()],
         groups,
     })
+}
+
+/// Convenience for tests and one-off use: returns a new dx.
+pub fn apply(gpu: &Arc<Gpu>, op: Op, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let dx = Tensor::zeros(gpu, &x.shape, DType::F32, entry(op))?;
+    gpu.run(&[launch(gpu, op, x, dy, &dx)?])?;
+    Ok(dx)
 }
 
 // forward: y = a·b   =>   da = dy·b;  db = dy·a

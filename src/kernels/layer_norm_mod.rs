@@ -4,7 +4,8 @@
 //! (`_modulate`) and `AdaLayerNormContinuous` (norm_out), spec qwen-image-dit.md §3.4, §3.8.
 //!
 //! Public API:
-//! - `launch(gpu, &Args) -> Result<Launch>`: y, and mean/rstd [rows] saved for the backward.
+//! - `launch(gpu, &Args) -> Result<Launch>`: y, and mean/rstd [rows] saved for the backward;
+//!   `apply(gpu, x, modv, groups)` runs it into new tensors (tests, one-off use).
 //! - `backward(gpu, &BackwardArgs) -> Result<Vec<Launch>>`: dx (`=`); with `dmod`, also
 //!   d_shift and d_scale (`+=`, per sample, through `reduce_rows`, no float atomics).
 //! - `cpu::{forward, backward}`: f64 references.
@@ -19,6 +20,7 @@ use crate::gpu::{Gpu, Launch};
 use crate::shaders::{LAYER_NORM_MOD, LAYER_NORM_MOD_BACKWARD};
 use crate::tensor::{DType, Tensor};
 use crate::Result;
+use std::sync::Arc;
 
 /// diffusers `nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)`.
 pub const EPS: f32 = 1e-6;
@@ -132,6 +134,16 @@ pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
         ],
         groups: super::grid_2d(total_rows(a.groups)),
     })
+}
+
+/// Convenience for tests and one-off use: runs the forward and returns (y, mean, rstd).
+pub fn apply(gpu: &Arc<Gpu>, x: &Tensor, modv: Option<&Tensor>, groups: &[Group]) -> Result<(Tensor, Tensor, Tensor)> {
+    let y = Tensor::zeros(gpu, &x.shape, DType::F32, "layer_norm_mod.y")?;
+    let mean = Tensor::zeros(gpu, &x.shape[..1], DType::F32, "layer_norm_mod.mean")?;
+    let rstd = Tensor::zeros(gpu, &x.shape[..1], DType::F32, "layer_norm_mod.rstd")?;
+    let a = Args { x, modv, groups, eps: EPS, y: &y, mean: &mean, rstd: &rstd };
+    gpu.run(&[launch(gpu, &a)?])?;
+    Ok((y, mean, rstd))
 }
 
 /// The reduce_rows targets of d_shift and d_scale.

@@ -4,7 +4,8 @@
 //! before the multiply).
 //!
 //! Public API:
-//! - `launch(gpu, &Args) -> Result<Launch>`: y and the saved rstd [rows].
+//! - `launch(gpu, &Args) -> Result<Launch>`: y and the saved rstd [rows]; `apply(gpu, x, weight)`
+//!   runs it into new tensors.
 //! - `backward(gpu, &BackwardArgs) -> Result<Vec<Launch>>`: dx (`=`), and with `dw` also
 //!   dw (`+=`, f32, through `reduce_rows::Mode::RmsProduct`).
 //! - `cpu::{forward, backward}`: f64 references.
@@ -16,6 +17,7 @@ use crate::gpu::{Gpu, Launch};
 use crate::shaders::{RMS_NORM, RMS_NORM_BACKWARD};
 use crate::tensor::{DType, Tensor};
 use crate::Result;
+use std::sync::Arc;
 
 /// diffusers RMSNorm eps used everywhere in Qwen-Image.
 pub const EPS: f32 = 1e-6;
@@ -71,6 +73,14 @@ pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
         buffers: vec![a.x.buffer.clone(), a.weight.buffer.clone(), a.y.buffer.clone(), a.rstd.buffer.clone()],
         groups: super::grid_2d(rows as u32),
     })
+}
+
+/// Convenience for tests and one-off use: runs the forward and returns (y, rstd).
+pub fn apply(gpu: &Arc<Gpu>, x: &Tensor, weight: &Tensor) -> Result<(Tensor, Tensor)> {
+    let y = Tensor::zeros(gpu, &x.shape, DType::F32, "rms_norm.y")?;
+    let rstd = Tensor::zeros(gpu, &x.shape[..1], DType::F32, "rms_norm.rstd")?;
+    gpu.run(&[launch(gpu, &Args { x, weight, eps: EPS, y: &y, rstd: &rstd })?])?;
+    Ok((y, rstd))
 }
 
 fn dw_target(rows: usize) -> [Target; 1] {

@@ -3,7 +3,8 @@
 //! buffer, then one finish pass; no float atomics. `adamw` reads the result on the device.
 //!
 //! Public API:
-//! - `launch(gpu, &Args) -> Result<Vec<Launch>>`: `out[0] = Σ_tensors Σ x²` (written, `=`).
+//! - `launch(gpu, &Args) -> Result<Vec<Launch>>`: `out[0] = Σ_tensors Σ x²` (written, `=`);
+//!   `apply(gpu, tensors)` runs it and reads the value back.
 //! - [`partials`]: the f32 size of the partials buffer for a list of tensor lengths.
 //! - `cpu::sq_norm`: f64 reference.
 
@@ -11,6 +12,7 @@ use crate::gpu::{Gpu, Launch};
 use crate::shaders::SQ_NORM;
 use crate::tensor::{DType, Tensor};
 use crate::Result;
+use std::sync::Arc;
 
 /// Elements summed by one workgroup of the partial pass (the WGSL `PER_GROUP`).
 pub const PER_GROUP: usize = 4096;
@@ -65,6 +67,15 @@ pub fn launch(gpu: &Gpu, a: &Args) -> Result<Vec<Launch>> {
         groups: [1, 1, 1],
     });
     Ok(out)
+}
+
+/// Convenience for tests and one-off use: Σ x² over the tensors, read back to the host.
+pub fn apply(gpu: &Arc<Gpu>, tensors: &[&Tensor]) -> Result<f32> {
+    let lens: Vec<usize> = tensors.iter().map(|t| t.numel()).collect();
+    let partials = Tensor::zeros(gpu, &[partials(&lens)], DType::F32, "sq_norm.partials")?;
+    let out = Tensor::zeros(gpu, &[1], DType::F32, "sq_norm.out")?;
+    gpu.run(&launch(gpu, &Args { tensors, partials: &partials, out: &out })?)?;
+    Ok(out.to_f32(gpu)?[0])
 }
 
 pub mod cpu {

@@ -5,7 +5,7 @@
 //!
 //! Public API:
 //! - `launch(gpu, &Args) -> Result<Launch>`: t [B] f32 → emb [B, 256] f32. t is a storage buffer,
-//!   so a plan updates timesteps by writing it, without rebinding.
+//!   so a plan updates timesteps by writing it, without rebinding. `apply(gpu, t)` → a new emb.
 //! - [`freqs`]: the f32 frequency table the uniform carries; `cpu::embed`: the f64 reference.
 //!
 //! Numerics: `freq[k] = f32(exp(f32(−ln 10000 · k) / 128))` correctly rounded on the host (torch's
@@ -19,6 +19,7 @@ use crate::gpu::{Gpu, Launch};
 use crate::shaders::TIMESTEP_EMBED;
 use crate::tensor::{DType, Tensor};
 use crate::Result;
+use std::sync::Arc;
 
 pub const DIM: usize = 256;
 pub const HALF: usize = 128;
@@ -56,6 +57,13 @@ pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
         buffers: vec![a.t.buffer.clone(), a.emb.buffer.clone()],
         groups: [b as u32, 1, 1],
     })
+}
+
+/// Convenience for tests and one-off use: t [B] → a new emb [B, 256].
+pub fn apply(gpu: &Arc<Gpu>, t: &Tensor) -> Result<Tensor> {
+    let emb = Tensor::zeros(gpu, &[t.numel(), DIM], DType::F32, "timestep_embed.emb")?;
+    gpu.run(&[launch(gpu, &Args { t, emb: &emb })?])?;
+    Ok(emb)
 }
 
 pub mod cpu {
