@@ -79,3 +79,21 @@ fn gated_residual_cpu_backward_matches_finite_differences() {
     fd_check("d_branch", &y, &d_branch, 40, &mut rng, |yp| loss(yp, &modv));
     fd_check("d_gate", &modv, &d_gate, 40, &mut rng, |mp| loss(&y, mp));
 }
+
+#[test]
+fn gated_residual_covers_more_workgroups_than_one_grid_dimension() {
+    // 70002 rows × 1 column tile > 65535 workgroups: the launcher folds them into a 2-D grid
+    // (the same folding as layer_norm_mod / rms_norm, whose barriers make this size too slow here).
+    let gpu = test_gpu();
+    let (b, s_img, cols) = (2, 35000, 4);
+    let (gs, mod_len) = groups(b, 1, s_img, 30000, cols);
+    let rows = b * (1 + s_img);
+    let mut rng = Rng::new(9);
+    let (y, modv) = (normal(&mut rng, rows * cols, 1.0), normal(&mut rng, mod_len, 0.5));
+    let out = poisoned(&gpu, &[rows, cols]);
+    let a = gated_residual::Args { a: &up(&gpu, &y, &[rows, cols]), modv: &up(&gpu, &modv, &[mod_len]), groups: &gs, write: Write::Assign, out: &out };
+    gpu.run(&[gated_residual::launch(&gpu, &a).unwrap()]).unwrap();
+    let mut want = vec![f64::NAN; rows * cols];
+    cpu::apply(&f64s(&y), cols, &f64s(&modv), &gs, Write::Assign, &mut want);
+    assert_close("gate·a, 70002 rows", &out.to_f32(&gpu).unwrap(), &f32s(&want), TOL);
+}
