@@ -83,13 +83,13 @@ pub fn params(groups: &[Group], cols: usize, write: Write) -> Params {
     assert!(!groups.is_empty() && groups.len() <= reduce_rows::MAX_PROBLEMS, "gated_residual: 1..=4 groups");
     let mut problems = [Problem::default(); reduce_rows::MAX_PROBLEMS];
     for (q, g) in problems.iter_mut().zip(groups) {
-        let r = &g.rows;
+        let [row0, samples, rows_per_sample, split, alt_rows] = g.rows.wgsl_fields();
         *q = Problem {
-            row0: r.row0 as u32,
-            samples: r.samples as u32,
-            rows_per_sample: r.rows_per_sample as u32,
-            split: r.split_eff() as u32,
-            alt_rows: r.alt_rows as u32,
+            row0,
+            samples,
+            rows_per_sample,
+            split,
+            alt_rows,
             sample_stride: g.sample_stride as u32,
             gate_offset: g.gate_offset as u32,
             _pad: 0,

@@ -51,6 +51,11 @@ impl SampleRows {
         let (b, j) = (l / self.rows_per_sample, l % self.rows_per_sample);
         if j >= self.split { b + self.alt_rows } else { b }
     }
+    /// The leading WGSL `Problem` fields every grouped kernel shares:
+    /// `[row0, samples, rows_per_sample, split (clamped), alt_rows]`.
+    pub fn wgsl_fields(&self) -> [u32; 5] {
+        [self.row0, self.samples, self.rows_per_sample, self.split_eff(), self.alt_rows].map(|v| v as u32)
+    }
     fn chunks_per_sample(&self) -> usize {
         let s = self.split_eff();
         s.div_ceil(CHUNK_ROWS) + (self.rows_per_sample - s).div_ceil(CHUNK_ROWS)
@@ -133,12 +138,13 @@ pub fn params(mode: Mode, targets: &[Target], cols: usize) -> Params {
     for (q, t) in problems.iter_mut().zip(targets) {
         let r = &t.rows;
         assert!(r.rows_per_sample > 0 && r.samples > 0, "reduce_rows: empty problem {r:?}");
+        let [row0, samples, rows_per_sample, split, alt_rows] = r.wgsl_fields();
         *q = Problem {
-            row0: r.row0 as u32,
-            samples: r.samples as u32,
-            rows_per_sample: r.rows_per_sample as u32,
-            split: r.split_eff() as u32,
-            alt_rows: r.alt_rows as u32,
+            row0,
+            samples,
+            rows_per_sample,
+            split,
+            alt_rows,
             out_offset: t.out_offset as u32,
             out_stride: t.out_stride as u32,
             chunk0: chunk0 as u32,
