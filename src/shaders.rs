@@ -17,8 +17,18 @@ macro_rules! shaders {
 }
 
 shaders! {
+    ADAMW => "adamw",
     ELEMENTWISE => "elementwise",
+    ELEMENTWISE_BACKWARD => "elementwise_backward",
+    GATED_RESIDUAL => "gated_residual",
+    LAYER_NORM_MOD => "layer_norm_mod",
+    LAYER_NORM_MOD_BACKWARD => "layer_norm_mod_backward",
     QKV_POST => "qkv_post",
     QKV_POST_BACKWARD => "qkv_post_backward",
     QKV_POST_NORM_GRAD => "qkv_post_norm_grad",
+    REDUCE_ROWS => "reduce_rows",
+    RMS_NORM => "rms_norm",
+    RMS_NORM_BACKWARD => "rms_norm_backward",
+    SQ_NORM => "sq_norm",
+    TIMESTEP_EMBED => "timestep_embed",
 }

@@ -5,9 +5,17 @@
 //! Launchers only build launches; the caller runs them (`gpu.run(&[..])`) or the executor binds
 //! them once and replays them.
 
+pub mod adamw;
 pub mod elementwise;
+pub mod elementwise_backward;
+pub mod gated_residual;
+pub mod layer_norm_mod;
 pub mod qkv_post;
+pub mod reduce_rows;
+pub mod rms_norm;
 pub mod rope;
+pub mod sq_norm;
+pub mod timestep_embed;
 
 /// Splits `groups` workgroups into an (x, y) grid within the per-dimension limit (65535).
 pub fn grid_2d(groups: u32) -> [u32; 3] {

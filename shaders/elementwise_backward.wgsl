@@ -1,0 +1,47 @@
+// elementwise_backward: dx = dy * f'(x) over n f32 elements (dx written, `=`); entry points
+//   silu_backward:      f = x * s, s = sigmoid(x)          f' = s * (1 + x * (1 - s))
+//   gelu_tanh_backward: f = 0.5 x (1 + tanh(u)), u = k (x + 0.044715 x^3), k = sqrt(2/pi)
+//                       f' = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 * 0.044715 x^2)
+// x, dy, dx: [n]. 256 invocations per workgroup, one element each; a 2D grid past 65535 workgroups.
+// Dispatch: [min(ceil(n/256), 65535), ceil(ceil(n/256) / 65535), 1].
+
+struct Params {
+    n: u32,
+    row_pitch: u32, // elements per grid row = 256 * groups in x
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+
+fn index(gid: vec3<u32>) -> u32 {
+    return gid.y * p.row_pitch + gid.x;
+}
+
+@compute @workgroup_size(256)
+fn silu_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= p.n) { return; }
+    let v = x[i];
+    let s = 1.0 / (1.0 + exp(-v)); // exp overflow -> s = 0 -> f' = 0: fine
+    dx[i] = dy[i] * (s * (1.0 + v * (1.0 - s)));
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = index(gid);
+    if (i >= p.n) { return; }
+    let v = x[i];
+    let k = 0.7978845608028654;
+    let u = k * (v + 0.044715 * v * v * v);
+    // tanh and sech^2 through exp of a non-positive argument: no overflow for large |u|
+    let e = exp(-2.0 * abs(u));
+    let t = sign(u) * (1.0 - e) / (1.0 + e);
+    let sech2 = 4.0 * e / ((1.0 + e) * (1.0 + e));
+    // past |x| = 20 sech^2 underflows to 0 while x^3 may overflow (0 * inf): drop the term
+    let inner = select(0.0, 0.5 * v * sech2 * k * (1.0 + 0.134145 * v * v), abs(v) < 20.0);
+    dx[i] = dy[i] * (0.5 * (1.0 + t) + inner);
+}
