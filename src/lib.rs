@@ -10,8 +10,12 @@
 //!   declarations and checkpoint segments.
 //! - [`exec`]: graph → plan (buffers by liveness, bind groups built once, a dispatch list with
 //!   labels) → run; dispatch counts per op and per layer, GPU time per label.
+//! - [`weights`]: memory-mapped safetensors checkpoints (files, diffusers folders, ComfyUI
+//!   prefixes, merged q/k/v layout) and LoRA files in every common format.
+//! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`).
 //! - `main.rs`: the `wgdit` CLI; it only parses, calls the library and prints.
 
+pub mod convert;
 pub mod error;
 pub mod exec;
 pub mod gpu;
@@ -22,5 +26,6 @@ pub mod rng;
 pub mod shaders;
 pub mod tensor;
 pub mod testing;
+pub mod weights;
 
 pub use error::{Error, Result};

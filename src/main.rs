@@ -38,6 +38,34 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Convert a checkpoint or LoRA between the standard and merged q/k/v layouts (exact, streaming).
+    Convert(ConvertArgs),
+}
+
+/// `wgdit convert`: see docs/convert.md.
+#[derive(Args)]
+struct ConvertArgs {
+    /// Checkpoint file, diffusers model folder, or LoRA file.
+    #[arg(long)]
+    input: std::path::PathBuf,
+    /// Output file, or folder (for a folder input or with --shard-size).
+    #[arg(long)]
+    output: std::path::PathBuf,
+    /// Target layout: merged (attn.to_qkv, attn.add_qkv_proj) or standard (to_q/to_k/to_v, ...).
+    #[arg(long, value_parser = ["merged", "standard"])]
+    to: String,
+    /// Output key format: diffusers (default for LoRAs), comfyui, diffsynth, kohya (LoRAs only).
+    #[arg(long)]
+    format: Option<String>,
+    /// Output dtype: keep, bf16, f16 or f32.
+    #[arg(long, default_value = "keep")]
+    dtype: String,
+    /// Maximum shard size, e.g. 5GB (a folder input defaults to 5GB).
+    #[arg(long)]
+    shard_size: Option<String>,
+    /// List what would be merged, split and copied; write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn main() -> ExitCode {
@@ -54,7 +82,24 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> wgdit::Result<()> {
     match cli.cmd {
         Cmd::Devices { gpu, json } => devices(&gpu.options(), json),
+        Cmd::Convert(args) => convert(args),
     }
+}
+
+fn convert(a: ConvertArgs) -> wgdit::Result<()> {
+    use wgdit::convert::{self, ConvertOptions, DtypeChoice, Format, Target};
+    let opts = ConvertOptions {
+        input: a.input,
+        output: a.output,
+        to: if a.to == "merged" { Target::Merged } else { Target::Standard },
+        format: a.format.as_deref().map(Format::parse).transpose()?,
+        dtype: DtypeChoice::parse(&a.dtype)?,
+        shard_size: a.shard_size.as_deref().map(convert::parse_size).transpose()?,
+        dry_run: a.dry_run,
+        progress: true,
+    };
+    println!("{}", convert::convert(&opts)?);
+    Ok(())
 }
 
 fn devices(opts: &GpuOptions, json: bool) -> wgdit::Result<()> {

@@ -1,0 +1,178 @@
+//! A base checkpoint: one safetensors file or a diffusers folder (single or sharded with its
+//! `.index.json`), memory-mapped, with key prefixes normalised to canonical diffusers names.
+
+use super::names::{self, BASE_PREFIXES};
+use super::safetensors::{SafeFile, TensorInfo, TensorView};
+use crate::{Error, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// diffusers' weight file names inside a model folder.
+pub const SINGLE_NAME: &str = "diffusion_pytorch_model.safetensors";
+pub const INDEX_NAME: &str = "diffusion_pytorch_model.safetensors.index.json";
+
+/// Whether q/k/v projections are stored separately (diffusers) or fused (`attn.to_qkv`,
+/// `attn.add_qkv_proj`, rows stacked q, k, v).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Standard,
+    Merged,
+    /// No q/k/v projection at all (a partial file).
+    Neither,
+}
+
+/// One tensor of the checkpoint.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The key as stored in the file.
+    pub key: String,
+    /// The canonical diffusers name (prefix removed); equal to `key` for foreign keys.
+    pub name: String,
+    /// A key outside the detected prefix (e.g. a VAE tensor in a ComfyUI full checkpoint).
+    pub foreign: bool,
+    pub file: usize,
+    pub tensor: usize,
+}
+
+pub struct Checkpoint {
+    /// What the user passed: a file or a folder.
+    pub path: PathBuf,
+    pub is_folder: bool,
+    pub files: Vec<SafeFile>,
+    /// The key prefix stripped from canonical names ("" for diffusers names).
+    pub prefix: String,
+    /// All tensors in storage order (file by file, ascending offsets).
+    pub entries: Vec<Entry>,
+    by_name: HashMap<String, usize>,
+    /// `__metadata__` of the first file.
+    pub metadata: BTreeMap<String, String>,
+    /// `config.json` next to the weights (folders only).
+    pub config: Option<PathBuf>,
+}
+
+impl Checkpoint {
+    /// Opens a `.safetensors` file or a diffusers model folder.
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        let (files, is_folder) = if path.is_dir() { (open_folder(path)?, true) } else { (vec![SafeFile::open(path)?], false) };
+        let prefix = detect_prefix(files.iter().flat_map(|f| f.tensors.iter().map(|t| t.name.as_str())));
+        let mut entries = Vec::new();
+        let mut by_name = HashMap::new();
+        for (fi, f) in files.iter().enumerate() {
+            for (ti, t) in f.tensors.iter().enumerate() {
+                let (name, foreign) = match t.name.strip_prefix(prefix) {
+                    Some(n) => (n.to_string(), false),
+                    None => (t.name.clone(), !prefix.is_empty()),
+                };
+                if by_name.insert(name.clone(), entries.len()).is_some() {
+                    return Err(Error::file(&f.path, format!("tensor {name} appears twice in {}", path.display())));
+                }
+                entries.push(Entry { key: t.name.clone(), name, foreign, file: fi, tensor: ti });
+            }
+        }
+        let metadata = files[0].metadata.clone();
+        let config = Some(path.join("config.json")).filter(|p| is_folder && p.is_file());
+        Ok(Checkpoint { path: path.to_path_buf(), is_folder, files, prefix: prefix.to_string(), entries, by_name, metadata, config })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.by_name.get(name).map(|&i| &self.entries[i])
+    }
+
+    pub fn info(&self, e: &Entry) -> &TensorInfo {
+        &self.files[e.file].tensors[e.tensor]
+    }
+
+    /// A typed view of a tensor by canonical name.
+    pub fn view(&self, name: &str) -> Result<TensorView<'_>> {
+        let e = self.get(name).ok_or_else(|| Error::file(&self.path, format!("tensor {name} missing (is this a Qwen-Image DiT checkpoint?)")))?;
+        self.view_entry(e)
+    }
+
+    pub fn view_entry(&self, e: &Entry) -> Result<TensorView<'_>> {
+        let f = &self.files[e.file];
+        f.view(&f.tensors[e.tensor])
+    }
+
+    /// Standard or merged q/k/v layout; a checkpoint holding both is an error.
+    pub fn layout(&self) -> Result<Layout> {
+        let (mut std, mut merged) = (None, None);
+        for e in self.entries.iter().filter(|e| !e.foreign) {
+            let module = e.name.rsplit_once('.').map_or("", |(m, _)| m);
+            match names::qkv_role(module) {
+                Some((_, _, Some(_))) => std = std.or(Some(&e.name)),
+                Some((_, _, None)) => merged = merged.or(Some(&e.name)),
+                None => {}
+            }
+        }
+        match (std, merged) {
+            (Some(s), Some(m)) => Err(Error::file(&self.path, format!("mixed layout: holds both {s} (standard) and {m} (merged)"))),
+            (Some(_), None) => Ok(Layout::Standard),
+            (None, Some(_)) => Ok(Layout::Merged),
+            (None, None) => Ok(Layout::Neither),
+        }
+    }
+
+    /// Sum of all tensor bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.data_len() as u64).sum()
+    }
+}
+
+/// Whether a set of keys looks like a LoRA file rather than a base checkpoint.
+pub fn looks_like_lora<'a>(keys: impl IntoIterator<Item = &'a str>) -> bool {
+    keys.into_iter().any(|k| k.starts_with("lora_unet_") || k.contains(".lora_") || k.ends_with(".alpha"))
+}
+
+/// The ComfyUI prefix shared by the DiT keys, or "" for diffusers names. ComfyUI itself detects
+/// Qwen-Image by its `txt_norm.weight` key (`comfy/model_detection.py`).
+fn detect_prefix<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> &'static str {
+    for p in BASE_PREFIXES {
+        if keys.clone().any(|k| k.starts_with(p)) {
+            return p;
+        }
+    }
+    ""
+}
+
+/// The weight files of a diffusers folder: the shards listed by the index, or the single file.
+fn open_folder(dir: &Path) -> Result<Vec<SafeFile>> {
+    let index = dir.join(INDEX_NAME);
+    if index.is_file() {
+        return open_sharded(dir, &index);
+    }
+    let single = dir.join(SINGLE_NAME);
+    if single.is_file() {
+        return Ok(vec![SafeFile::open(&single)?]);
+    }
+    Err(Error::file(dir, format!("no {SINGLE_NAME} or {INDEX_NAME} here (for a pipeline folder, pass its transformer/ subfolder)")))
+}
+
+fn open_sharded(dir: &Path, index: &Path) -> Result<Vec<SafeFile>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(index, format!("bad index JSON: {e}")))?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(index, "no weight_map object"))?;
+    let mut shard_names: Vec<&str> = Vec::new();
+    for (k, v) in map {
+        let s = v.as_str().ok_or_else(|| Error::file(index, format!("weight_map[{k}] is not a file name")))?;
+        if s.contains('/') || s.contains("..") {
+            return Err(Error::file(index, format!("weight_map[{k}] = {s} is not a file in this folder")));
+        }
+        if !shard_names.contains(&s) {
+            shard_names.push(s);
+        }
+    }
+    shard_names.sort_unstable();
+    let files: Vec<SafeFile> = shard_names.iter().map(|s| SafeFile::open(&dir.join(s))).collect::<Result<_>>()?;
+    // Every key of the index must be in the shard the index names, and every tensor indexed.
+    for (k, v) in map {
+        let f = &files[shard_names.iter().position(|s| s == &v.as_str().unwrap_or_default()).expect("cannot fail: collected above")];
+        if !f.tensors.iter().any(|t| &t.name == k) {
+            return Err(Error::file(index, format!("weight_map says {k} is in {} but that file has no such tensor", f.path.display())));
+        }
+    }
+    let listed: usize = files.iter().map(|f| f.tensors.len()).sum();
+    if listed != map.len() {
+        return Err(Error::file(index, format!("the shards hold {listed} tensors but weight_map lists {}", map.len())));
+    }
+    Ok(files)
+}

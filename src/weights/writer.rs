@@ -1,0 +1,204 @@
+//! Streaming safetensors writer and atomic outputs.
+//!
+//! The header is computed from shapes and dtypes alone, written first, then each tensor is streamed
+//! from its sources (memory-mapped byte ranges or small host buffers) through a buffered writer,
+//! converting dtype chunk by chunk. At most one chunk of one tensor is held in host memory, and
+//! the pages of each mapped source are released after use.
+
+use super::safetensors::{dtype_str, SafeFile, TensorInfo};
+use crate::tensor::DType;
+use crate::{Error, Result};
+use indicatif::ProgressBar;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Elements converted per chunk (4 MiB of f32).
+const CHUNK: usize = 1 << 20;
+
+/// A byte range of one mapped tensor.
+#[derive(Clone, Copy)]
+pub struct Piece<'a> {
+    pub file: &'a SafeFile,
+    pub info: &'a TensorInfo,
+    /// Byte range inside the tensor.
+    pub begin: usize,
+    pub end: usize,
+}
+
+impl<'a> Piece<'a> {
+    pub fn whole(file: &'a SafeFile, info: &'a TensorInfo) -> Piece<'a> {
+        Piece { file, info, begin: 0, end: info.end - info.begin }
+    }
+    fn bytes(&self) -> &'a [u8] {
+        &self.file.bytes(self.info)[self.begin..self.end]
+    }
+}
+
+/// Where an output tensor's bytes come from.
+pub enum Source<'a> {
+    /// Mapped pieces of one source dtype, concatenated (a copy is one piece, a q/k/v merge three,
+    /// a split one sub-range).
+    Mapped { dtype: DType, pieces: Vec<Piece<'a>> },
+    /// Host values (LoRA factors), encoded to the output dtype on write.
+    Host(Cow<'a, [f32]>),
+}
+
+/// One tensor of an output file.
+pub struct OutTensor<'a> {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub source: Source<'a>,
+}
+
+impl OutTensor<'_> {
+    pub fn nbytes(&self) -> u64 {
+        (self.shape.iter().product::<usize>() * self.dtype.size()) as u64
+    }
+}
+
+/// The safetensors header for `tensors` written in order, padded with spaces to 8 bytes.
+pub fn header_bytes(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut s = String::from("{");
+    if !metadata.is_empty() {
+        s += &format!("\"__metadata__\":{}", serde_json::to_string(metadata).expect("cannot fail: string map"));
+    }
+    let mut off = 0u64;
+    for t in tensors {
+        let end = off + t.nbytes();
+        if s.len() > 1 {
+            s.push(',');
+        }
+        let name = serde_json::to_string(&t.name).expect("cannot fail: string");
+        s += &format!("{name}:{{\"dtype\":\"{}\",\"shape\":{:?},\"data_offsets\":[{off},{end}]}}", dtype_str(t.dtype), t.shape);
+        off = end;
+    }
+    s.push('}');
+    while s.len() % 8 != 0 {
+        s.push(' ');
+    }
+    let mut out = (s.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// Writes one safetensors file; returns the bytes written. `progress` advances by tensor bytes.
+pub fn write_safetensors(path: &Path, tensors: &[OutTensor], metadata: &BTreeMap<String, String>, progress: &ProgressBar) -> Result<u64> {
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = BufWriter::with_capacity(8 << 20, file);
+    let io = |e| Error::io(path, e);
+    let header = header_bytes(tensors, metadata);
+    w.write_all(&header).map_err(io)?;
+    let mut total = header.len() as u64;
+    let mut buf = Vec::new();
+    for t in tensors {
+        let n = write_tensor(&mut w, t, &mut buf).map_err(io)?;
+        debug_assert_eq!(n, t.nbytes(), "writer: {} wrote {n} bytes for a {}-byte tensor", t.name, t.nbytes());
+        total += n;
+        progress.inc(n);
+    }
+    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok(total)
+}
+
+fn write_tensor(w: &mut impl Write, t: &OutTensor, buf: &mut Vec<u8>) -> std::io::Result<u64> {
+    let mut n = 0u64;
+    match &t.source {
+        Source::Host(v) => {
+            for c in v.chunks(CHUNK) {
+                buf.clear();
+                encode_into(c, t.dtype, buf);
+                w.write_all(buf)?;
+                n += buf.len() as u64;
+            }
+        }
+        Source::Mapped { dtype, pieces } => {
+            for p in pieces {
+                n += write_converted(w, p.bytes(), *dtype, t.dtype, buf)?;
+                release(p);
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Copies `src` (little-endian `from` values) as `to` values: raw when the dtypes agree, else
+/// through f32 chunk by chunk (exact widening; narrowing rounds to nearest even).
+fn write_converted(w: &mut impl Write, src: &[u8], from: DType, to: DType, buf: &mut Vec<u8>) -> std::io::Result<u64> {
+    if from == to {
+        w.write_all(src)?;
+        return Ok(src.len() as u64);
+    }
+    let mut n = 0;
+    for c in src.chunks(CHUNK * from.size()) {
+        buf.clear();
+        encode_into(&from.decode(c), to, buf);
+        w.write_all(buf)?;
+        n += buf.len() as u64;
+    }
+    Ok(n)
+}
+
+fn encode_into(v: &[f32], to: DType, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&to.encode(v));
+}
+
+/// Drops the mapped pages of a piece once written (whole pages strictly inside it).
+fn release(p: &Piece) {
+    if p.begin == 0 && p.end == p.info.end - p.info.begin {
+        p.file.release(p.info);
+    } else {
+        let sub = TensorInfo { begin: p.info.begin + p.begin, end: p.info.begin + p.end, ..p.info.clone() };
+        p.file.release(&sub);
+    }
+}
+
+/// A temporary output next to its final path (`<name>.tmp-<pid>`), removed on drop unless
+/// committed by an atomic rename.
+pub struct TempOutput {
+    pub tmp: PathBuf,
+    pub dest: PathBuf,
+    done: bool,
+}
+
+impl TempOutput {
+    /// For a folder output, the temporary folder is created here.
+    pub fn new(dest: &Path, folder: bool) -> Result<TempOutput> {
+        let name = dest.file_name().ok_or_else(|| Error::input(format!("output {} has no file name", dest.display())))?;
+        let tmp = dest.with_file_name(format!("{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        let out = TempOutput { tmp, dest: dest.to_path_buf(), done: false };
+        out.remove_tmp();
+        if folder {
+            std::fs::create_dir(&out.tmp).map_err(|e| Error::io(&out.tmp, e))?;
+        }
+        Ok(out)
+    }
+
+    /// Renames the temporary output onto its destination. An existing destination file is
+    /// replaced atomically; an existing non-empty folder is refused (before any work, by the caller).
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        self.done = true;
+        Ok(())
+    }
+
+    fn remove_tmp(&self) {
+        if self.tmp.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        } else if self.tmp.exists() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.done {
+            self.remove_tmp();
+        }
+    }
+}
