@@ -275,3 +275,41 @@ fn shard_sizes_parse_like_huggingface_hub() {
     assert_eq!(parse_size("512").unwrap(), 512);
     assert!(parse_size("5 parsecs").is_err());
 }
+
+/// Fixtures written by torch/diffusers (tests/fixtures/README.md).
+fn fixture(p: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dit").join(p)
+}
+
+#[test]
+fn the_diffusers_tiny_model_converts_to_exactly_the_torch_cat_merged_fixture() {
+    let dir = tmpdir("fixture-merge");
+    let want = read_st(&fixture("tiny-merged.safetensors"));
+    for (i, input) in ["tiny", "tiny-sharded"].iter().enumerate() {
+        let out = dir.join(format!("merged{i}"));
+        run(&opts(&fixture(input), &out, Target::Merged));
+        assert_same(&read_folder(&out), &want);
+        assert_eq!(std::fs::read(out.join("config.json")).unwrap(), std::fs::read(fixture("tiny/config.json")).unwrap());
+    }
+    // A file input gives a file output; the ComfyUI prefix is dropped on request.
+    let out = dir.join("comfy-merged.safetensors");
+    let mut o = opts(&fixture("tiny-comfy.safetensors"), &out, Target::Merged);
+    o.format = Some(Format::Diffusers);
+    run(&o);
+    assert_same(&read_st(&out), &want);
+}
+
+#[test]
+fn the_torch_merged_fixture_splits_back_to_the_diffusers_tiny_model_bit_for_bit() {
+    let dir = tmpdir("fixture-split");
+    let out = dir.join("std.safetensors");
+    run(&opts(&fixture("tiny-merged.safetensors"), &out, Target::Standard));
+    assert_same(&read_st(&out), &read_st(&fixture("tiny/diffusion_pytorch_model.safetensors")));
+    // Sharding the tiny model like diffusers' max_shard_size="150KB" gives its 3 shards and index.
+    let sharded = dir.join("sharded");
+    let mut o = opts(&out, &sharded, Target::Standard);
+    o.shard_size = Some(parse_size("150KB").unwrap());
+    run(&o);
+    check_index(&sharded);
+    assert_same(&read_folder(&sharded), &read_folder(&fixture("tiny-sharded")));
+}

@@ -259,3 +259,54 @@ fn missing_partners_unknown_keys_and_missing_factors_are_errors_that_leave_nothi
     assert!(e.contains("proj_out") && e.contains("no up (B)"), "{e}");
     assert_eq!(listing(&dir), ["nok.safetensors", "noup.safetensors", "unknown.safetensors"]);
 }
+
+/// LoRA fixtures written by diffusers/peft (tests/fixtures/README.md): rank 4, scale 2.
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora").join(name)
+}
+
+#[test]
+fn the_four_fixture_formats_written_by_diffusers_and_peft_give_the_same_delta() {
+    let peft = read_lora(&fixture("peft.safetensors")).unwrap();
+    assert_eq!((peft.format, peft.modules.len()), (LoraFormat::Diffusers, 24));
+    assert!(peft.modules.values().all(|m| m.rank() == 4 && m.scale() == 2.0), "peft header: r 4, lora_alpha 8");
+    for (f, name) in [(LoraFormat::DiffSynth, "diffsynth"), (LoraFormat::Kohya, "kohya"), (LoraFormat::ComfyUI, "comfy")] {
+        let l = read_lora(&fixture(&format!("{name}.safetensors"))).unwrap();
+        assert_eq!(l.format, f);
+        assert_eq!(l.modules.keys().collect::<Vec<_>>(), peft.modules.keys().collect::<Vec<_>>(), "{name}");
+        for (p, m) in &peft.modules {
+            // DiffSynth stores 2·B with scale 1: the same ΔW exactly (a power of two).
+            assert_eq!(delta(&l.modules[p]), delta(m), "{name} {p}");
+        }
+    }
+}
+
+#[test]
+fn the_peft_fixture_converted_to_merged_and_back_is_bit_identical() {
+    let dir = tmpdir("lora-fixture");
+    let (merged, back) = (dir.join("merged.safetensors"), dir.join("back.safetensors"));
+    let orig = read_lora(&fixture("peft.safetensors")).unwrap();
+    run(&opts(&fixture("peft.safetensors"), &merged, Target::Merged));
+    let m = read_lora(&merged).unwrap();
+    check_merged_deltas(&m, &orig, 3 * R, 1e-12);
+    run(&opts(&merged, &back, Target::Standard));
+    let b = read_lora(&back).unwrap();
+    assert_eq!(b.modules, orig.modules);
+    // The tensors are bit-identical to the ones peft saved.
+    let (got, want) = (read_st(&back), read_st(&fixture("peft.safetensors")));
+    assert_eq!(got, want);
+}
+
+#[test]
+fn the_synthesised_merged_qkv_fixture_splits_into_shared_a_loras_with_the_same_delta() {
+    let dir = tmpdir("lora-fixture-split");
+    let out = dir.join("std.safetensors");
+    let merged = read_lora(&fixture("peft-merged-qkv.safetensors")).unwrap();
+    run(&opts(&fixture("peft-merged-qkv.safetensors"), &out, Target::Standard));
+    let std = read_lora(&out).unwrap();
+    check_merged_deltas(&merged, &std, R, 1e-12);
+    let peft = read_lora(&fixture("peft.safetensors")).unwrap();
+    for (p, m) in peft.modules.iter().filter(|(p, _)| !QKV.iter().any(|q| p.ends_with(q))) {
+        assert_eq!(&std.modules[p], m, "{p} is not a q/k/v module and must be unchanged");
+    }
+}
