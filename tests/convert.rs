@@ -47,7 +47,10 @@ fn standard_to_merged_to_standard_is_bit_identical_in_f32_bf16_and_f16() {
         let r = run(&opts(&src, &merged, Target::Merged));
         assert_eq!(r.count(), (2 * BLOCKS * 2, 0, model.len() - 2 * BLOCKS * 6), "{r}");
         let m = read_st(&merged);
-        assert!(m.keys().all(|k| !k.contains("attn.to_q.") && !k.contains("add_k_proj")), "standard names left in the merged file");
+        assert!(
+            m.keys().all(|k| !k.contains("attn.to_q.") && !k.contains("add_k_proj")),
+            "standard names left in the merged file"
+        );
         assert_eq!(m["transformer_blocks.1.attn.to_qkv.weight"].shape, vec![3 * D, D]);
         assert_eq!(m["transformer_blocks.0.attn.add_qkv_proj.bias"].shape, vec![3 * D]);
         assert_eq!(read_meta(&merged).get("format").map(String::as_str), Some("pt"), "__metadata__ not carried over");
@@ -65,10 +68,13 @@ fn merged_tensors_equal_row_stacking_of_q_k_v() {
     run(&opts(&src, &merged, Target::Merged));
     let m = read_st(&merged);
     for b in 0..BLOCKS {
-        for (parts, fused) in [(["to_q", "to_k", "to_v"], "to_qkv"), (["add_q_proj", "add_k_proj", "add_v_proj"], "add_qkv_proj")] {
+        for (parts, fused) in
+            [(["to_q", "to_k", "to_v"], "to_qkv"), (["add_q_proj", "add_k_proj", "add_v_proj"], "add_qkv_proj")]
+        {
             for s in ["weight", "bias"] {
                 // torch.cat([q, k, v], dim=0), element by element through f32.
-                let want: Vec<f32> = parts.iter().flat_map(|p| model[&format!("transformer_blocks.{b}.attn.{p}.{s}")].f32s()).collect();
+                let want: Vec<f32> =
+                    parts.iter().flat_map(|p| model[&format!("transformer_blocks.{b}.attn.{p}.{s}")].f32s()).collect();
                 let got = m[&format!("transformer_blocks.{b}.attn.{fused}.{s}")].f32s();
                 assert_eq!(got, want, "block {b} {fused}.{s}");
             }
@@ -83,11 +89,14 @@ fn sharded_folder_round_trip_is_bit_identical_with_a_correct_index() {
     std::fs::create_dir(&src).unwrap();
     let model = tiny_model(DType::BF16, "", 3);
     // Input: two shards with their index, as diffusers writes them.
-    let (a, b): (BTreeMap<_, _>, BTreeMap<_, _>) = model.clone().into_iter().partition(|(k, _)| !k.starts_with("transformer_blocks.1"));
-    let names = ["diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"];
+    let (a, b): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        model.clone().into_iter().partition(|(k, _)| !k.starts_with("transformer_blocks.1"));
+    let names =
+        ["diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"];
     write_st(&src.join(names[0]), &a, None);
     write_st(&src.join(names[1]), &b, None);
-    let wm: BTreeMap<_, _> = a.keys().map(|k| (k.clone(), names[0])).chain(b.keys().map(|k| (k.clone(), names[1]))).collect();
+    let wm: BTreeMap<_, _> =
+        a.keys().map(|k| (k.clone(), names[0])).chain(b.keys().map(|k| (k.clone(), names[1]))).collect();
     let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": wm});
     std::fs::write(src.join("diffusion_pytorch_model.safetensors.index.json"), index.to_string()).unwrap();
     std::fs::write(src.join("config.json"), "{\"num_layers\": 2}").unwrap();
@@ -107,7 +116,10 @@ fn sharded_folder_round_trip_is_bit_identical_with_a_correct_index() {
 
 /// The index lists every tensor in the shard that holds it, and total_size is the tensor bytes.
 fn check_index(dir: &Path) {
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("diffusion_pytorch_model.safetensors.index.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("diffusion_pytorch_model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
     let mut total = 0;
     let mut listed = 0;
     for f in listing(dir).iter().filter(|f| f.ends_with(".safetensors")) {
@@ -128,7 +140,10 @@ fn comfyui_prefixes_are_kept_unless_the_format_changes_them() {
     let src = dir.join("comfy.safetensors");
     let mut model = tiny_model(DType::F16, "model.diffusion_model.", 4);
     // A foreign tensor (e.g. a VAE key of a full checkpoint) is copied untouched.
-    model.insert("first_stage_model.x".into(), Raw { dtype: safetensors::Dtype::F32, shape: vec![2], bytes: vec![0; 8] });
+    model.insert(
+        "first_stage_model.x".into(),
+        Raw { dtype: safetensors::Dtype::F32, shape: vec![2], bytes: vec![0; 8] },
+    );
     write_st(&src, &model, None);
     let merged = dir.join("merged.safetensors");
     run(&opts(&src, &merged, Target::Merged));
@@ -164,7 +179,8 @@ fn dtype_conversion_rounds_to_nearest_even_exactly() {
     let src = dir.join("f32.safetensors");
     let mut model = tiny_model(DType::F32, "", 5);
     // Ties and near-ties in to_q: 1 + 2^-8 (tie, to even: 1), 1 + 3·2^-8 (tie, up), 1 + 2^-8 + 2^-20.
-    let specials = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 1.0 + 2f32.powi(-8) + 2f32.powi(-20), -2.5e-39, 3.0e38];
+    let specials =
+        [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 1.0 + 2f32.powi(-8) + 2f32.powi(-20), -2.5e-39, 3.0e38];
     let q = model.get_mut("transformer_blocks.0.attn.to_q.weight").unwrap();
     let mut v = q.f32s();
     v[..specials.len()].copy_from_slice(&specials);
@@ -180,7 +196,10 @@ fn dtype_conversion_rounds_to_nearest_even_exactly() {
             assert_eq!(r.dtype, st_dtype(target), "{k}");
         }
         let got = &m["transformer_blocks.0.attn.to_qkv.weight"].bytes;
-        let want: Vec<f32> = ["to_q", "to_k", "to_v"].iter().flat_map(|p| model[&format!("transformer_blocks.0.attn.{p}.weight")].f32s()).collect();
+        let want: Vec<f32> = ["to_q", "to_k", "to_v"]
+            .iter()
+            .flat_map(|p| model[&format!("transformer_blocks.0.attn.{p}.weight")].f32s())
+            .collect();
         let want_bytes: Vec<u8> = match target {
             DType::BF16 => want.iter().flat_map(|x| bf16_rne(*x).to_le_bytes()).collect(),
             _ => want.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
@@ -209,7 +228,8 @@ fn truncated_file_and_bad_header_are_clear_errors_that_leave_nothing_behind() {
     std::fs::write(dir.join("tiny.safetensors"), [1u8, 2, 3]).unwrap();
     for (input, needle) in [("trunc", "truncated"), ("badhdr", "bad safetensors header"), ("tiny", "truncated")] {
         let out = dir.join("out.safetensors");
-        let e = convert(&opts(&dir.join(format!("{input}.safetensors")), &out, Target::Merged)).unwrap_err().to_string();
+        let e =
+            convert(&opts(&dir.join(format!("{input}.safetensors")), &out, Target::Merged)).unwrap_err().to_string();
         assert!(e.contains(needle) && e.contains(input), "{input}: {e}");
     }
     assert_nothing_left(&dir, &["badhdr.safetensors", "good.safetensors", "tiny.safetensors", "trunc.safetensors"]);
@@ -221,14 +241,18 @@ fn q_without_k_and_mismatched_shapes_are_errors_that_leave_nothing_behind() {
     let mut model = tiny_model(DType::F32, "", 7);
     model.remove("transformer_blocks.1.attn.to_k.weight");
     write_st(&dir.join("nok.safetensors"), &model, None);
-    let e = convert(&opts(&dir.join("nok.safetensors"), &dir.join("o.safetensors"), Target::Merged)).unwrap_err().to_string();
+    let e = convert(&opts(&dir.join("nok.safetensors"), &dir.join("o.safetensors"), Target::Merged))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("transformer_blocks.1.attn.to_k.weight"), "{e}");
 
     let mut model = tiny_model(DType::F32, "", 7);
     model.get_mut("transformer_blocks.0.attn.add_v_proj.bias").unwrap().shape = vec![D / 2];
     model.get_mut("transformer_blocks.0.attn.add_v_proj.bias").unwrap().bytes.truncate(D / 2 * 4);
     write_st(&dir.join("shape.safetensors"), &model, None);
-    let e = convert(&opts(&dir.join("shape.safetensors"), &dir.join("o.safetensors"), Target::Merged)).unwrap_err().to_string();
+    let e = convert(&opts(&dir.join("shape.safetensors"), &dir.join("o.safetensors"), Target::Merged))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("add_v_proj.bias") && e.contains("must agree"), "{e}");
     assert_nothing_left(&dir, &["nok.safetensors", "shape.safetensors"]);
 }
@@ -243,7 +267,9 @@ fn output_equal_to_input_is_refused_through_any_path() {
     std::fs::hard_link(&src, dir.join("hard.safetensors")).unwrap();
     let sub = dir.join("sub");
     std::fs::create_dir(&sub).unwrap();
-    for out in [src.clone(), dir.join("sub/../m.safetensors"), dir.join("link.safetensors"), dir.join("hard.safetensors")] {
+    for out in
+        [src.clone(), dir.join("sub/../m.safetensors"), dir.join("link.safetensors"), dir.join("hard.safetensors")]
+    {
         let e = convert(&opts(&src, &out, Target::Merged)).unwrap_err().to_string();
         assert!(e.contains("never overwritten"), "{}: {e}", out.display());
     }
@@ -264,7 +290,10 @@ fn dry_run_lists_merges_and_copies_and_writes_nothing() {
         to: "transformer_blocks.1.attn.to_qkv.weight".into(),
     }));
     let text = r.to_string();
-    assert!(text.contains("merge  transformer_blocks.0.attn.add_q_proj.bias") && text.contains("copy   img_in.weight"), "{text}");
+    assert!(
+        text.contains("merge  transformer_blocks.0.attn.add_q_proj.bias") && text.contains("copy   img_in.weight"),
+        "{text}"
+    );
     assert_nothing_left(&dir, &["m.safetensors"]);
 }
 
@@ -289,7 +318,10 @@ fn the_diffusers_tiny_model_converts_to_exactly_the_torch_cat_merged_fixture() {
         let out = dir.join(format!("merged{i}"));
         run(&opts(&fixture(input), &out, Target::Merged));
         assert_same(&read_folder(&out), &want);
-        assert_eq!(std::fs::read(out.join("config.json")).unwrap(), std::fs::read(fixture("tiny/config.json")).unwrap());
+        assert_eq!(
+            std::fs::read(out.join("config.json")).unwrap(),
+            std::fs::read(fixture("tiny/config.json")).unwrap()
+        );
     }
     // A file input gives a file output; the ComfyUI prefix is dropped on request.
     let out = dir.join("comfy-merged.safetensors");

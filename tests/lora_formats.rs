@@ -96,7 +96,11 @@ fn assert_close(got: &[f64], want: &[f64], rel: f64, what: &str) {
 const FORMATS: [LoraFormat; 4] = [LoraFormat::Diffusers, LoraFormat::DiffSynth, LoraFormat::Kohya, LoraFormat::ComfyUI];
 
 fn alpha_varied(p: &str) -> f32 {
-    if p.contains("img_mlp") { 2.0 } else { 8.0 }
+    if p.contains("img_mlp") {
+        2.0
+    } else {
+        8.0
+    }
 }
 
 #[test]
@@ -159,7 +163,15 @@ fn merge_and_split_reproduce_every_delta_and_round_trip_bit_for_bit_in_every_for
 #[test]
 fn different_q_k_v_scales_are_folded_into_b_exactly() {
     let dir = tmpdir("lora-scales");
-    let s = synth(13, |p| if p.ends_with("to_k") { 3.0 } else if p.ends_with("to_v") { 16.0 } else { 4.0 });
+    let s = synth(13, |p| {
+        if p.ends_with("to_k") {
+            3.0
+        } else if p.ends_with("to_v") {
+            16.0
+        } else {
+            4.0
+        }
+    });
     let (src, merged, back) = (dir.join("k.safetensors"), dir.join("m.safetensors"), dir.join("b.safetensors"));
     write_format(&src, &s, LoraFormat::Kohya, DType::BF16);
     let orig = read_lora(&src).unwrap();
@@ -182,10 +194,19 @@ fn a_dense_merged_lora_splits_into_three_loras_sharing_a() {
     let mut rng = Rng::new(14);
     let mut t = BTreeMap::new();
     for m in ["to_qkv", "add_qkv_proj"] {
-        t.insert(format!("transformer.transformer_blocks.0.attn.{m}.lora_A.weight"), raw(&rng.vec_normal(R * D, 1.0), vec![R, D], DType::F32));
-        t.insert(format!("transformer.transformer_blocks.0.attn.{m}.lora_B.weight"), raw(&rng.vec_normal(3 * D * R, 1.0), vec![3 * D, R], DType::F32));
+        t.insert(
+            format!("transformer.transformer_blocks.0.attn.{m}.lora_A.weight"),
+            raw(&rng.vec_normal(R * D, 1.0), vec![R, D], DType::F32),
+        );
+        t.insert(
+            format!("transformer.transformer_blocks.0.attn.{m}.lora_B.weight"),
+            raw(&rng.vec_normal(3 * D * R, 1.0), vec![3 * D, R], DType::F32),
+        );
     }
-    let meta = HashMap::from([("lora_adapter_metadata".to_string(), r#"{"transformer.r": 4, "transformer.lora_alpha": 2}"#.to_string())]);
+    let meta = HashMap::from([(
+        "lora_adapter_metadata".to_string(),
+        r#"{"transformer.r": 4, "transformer.lora_alpha": 2}"#.to_string(),
+    )]);
     let (src, out) = (dir.join("merged.safetensors"), dir.join("std.safetensors"));
     write_st(&src, &t, Some(meta));
     let merged = read_lora(&src).unwrap();
@@ -242,20 +263,26 @@ fn missing_partners_unknown_keys_and_missing_factors_are_errors_that_leave_nothi
     let mut s = synth(17, |_| 8.0);
     s.remove("transformer_blocks.1.attn.add_k_proj");
     write_format(&dir.join("nok.safetensors"), &s, LoraFormat::Kohya, DType::F32);
-    let e = convert(&opts(&dir.join("nok.safetensors"), &dir.join("o.safetensors"), Target::Merged)).unwrap_err().to_string();
+    let e = convert(&opts(&dir.join("nok.safetensors"), &dir.join("o.safetensors"), Target::Merged))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("transformer_blocks.1.attn.add_k_proj is missing"), "{e}");
 
     let mut t = read_st(&dir.join("nok.safetensors"));
     t.insert("lora_unet_transformer_blocks_0_attn_to_q.dora_scale".into(), raw(&[1.0], vec![1], DType::F32));
     t.insert("lora_unet_transformer_blocks_0_attn_to_zz.lora_up.weight".into(), raw(&[1.0], vec![1, 1], DType::F32));
     write_st(&dir.join("unknown.safetensors"), &t, None);
-    let e = convert(&opts(&dir.join("unknown.safetensors"), &dir.join("o.safetensors"), Target::Merged)).unwrap_err().to_string();
+    let e = convert(&opts(&dir.join("unknown.safetensors"), &dir.join("o.safetensors"), Target::Merged))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("2 keys") && e.contains("dora_scale") && e.contains("to_zz"), "{e}");
 
     let mut t = read_st(&dir.join("nok.safetensors"));
     t.remove("lora_unet_proj_out.lora_up.weight");
     write_st(&dir.join("noup.safetensors"), &t, None);
-    let e = convert(&opts(&dir.join("noup.safetensors"), &dir.join("o.safetensors"), Target::Standard)).unwrap_err().to_string();
+    let e = convert(&opts(&dir.join("noup.safetensors"), &dir.join("o.safetensors"), Target::Standard))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("proj_out") && e.contains("no up (B)"), "{e}");
     assert_eq!(listing(&dir), ["nok.safetensors", "noup.safetensors", "unknown.safetensors"]);
 }
@@ -270,7 +297,9 @@ fn the_four_fixture_formats_written_by_diffusers_and_peft_give_the_same_delta() 
     let peft = read_lora(&fixture("peft.safetensors")).unwrap();
     assert_eq!((peft.format, peft.modules.len()), (LoraFormat::Diffusers, 24));
     assert!(peft.modules.values().all(|m| m.rank() == 4 && m.scale() == 2.0), "peft header: r 4, lora_alpha 8");
-    for (f, name) in [(LoraFormat::DiffSynth, "diffsynth"), (LoraFormat::Kohya, "kohya"), (LoraFormat::ComfyUI, "comfy")] {
+    for (f, name) in
+        [(LoraFormat::DiffSynth, "diffsynth"), (LoraFormat::Kohya, "kohya"), (LoraFormat::ComfyUI, "comfy")]
+    {
         let l = read_lora(&fixture(&format!("{name}.safetensors"))).unwrap();
         assert_eq!(l.format, f);
         assert_eq!(l.modules.keys().collect::<Vec<_>>(), peft.modules.keys().collect::<Vec<_>>(), "{name}");

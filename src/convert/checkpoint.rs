@@ -24,11 +24,16 @@ pub fn convert_checkpoint(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Repo
     let prefix = output_prefix(ck, opts.format)?;
     let (tensors, actions) = plan(ck, opts, &prefix)?;
     let folder = ck.is_folder || opts.shard_size.is_some();
-    let shards = if folder { split_shards(&tensors, opts.shard_size.unwrap_or(DEFAULT_SHARD)) } else { std::iter::once(0..tensors.len()).collect() };
+    let shards = if folder {
+        split_shards(&tensors, opts.shard_size.unwrap_or(DEFAULT_SHARD))
+    } else {
+        std::iter::once(0..tensors.len()).collect()
+    };
     let mut report = Report {
         input_kind: format!("checkpoint ({layout:?} layout, {} file(s), key prefix {:?})", ck.files.len(), ck.prefix),
         actions,
         dry_run: opts.dry_run,
+        output: opts.output.clone(),
         ..Report::default()
     };
     if layout == target_layout(opts.to) {
@@ -38,13 +43,19 @@ pub fn convert_checkpoint(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Repo
         report.notes.push("no q/k/v projections found: tensors are copied".into());
     }
     if opts.dry_run {
-        report.bytes_written = shards.iter().map(|r| header_bytes(&tensors[r.clone()], &ck.metadata).len() as u64).sum::<u64>()
-            + tensors.iter().map(|t| t.nbytes()).sum::<u64>();
+        report.bytes_written =
+            shards.iter().map(|r| header_bytes(&tensors[r.clone()], &ck.metadata).len() as u64).sum::<u64>()
+                + tensors.iter().map(|t| t.nbytes()).sum::<u64>();
         return Ok(report);
     }
     let start = Instant::now();
+    ck.files.iter().for_each(|f| f.advise_sequential());
     let pb = progress_bar(opts.progress, tensors.iter().map(|t| t.nbytes()).sum());
-    let (files, bytes) = if folder { write_folder(ck, &opts.output, &tensors, &shards, &pb)? } else { write_file(ck, &opts.output, &tensors, &pb)? };
+    let (files, bytes) = if folder {
+        write_folder(ck, &opts.output, &tensors, &shards, &pb)?
+    } else {
+        write_file(ck, &opts.output, &tensors, &pb)?
+    };
     pb.finish_and_clear();
     report.files = files;
     report.bytes_written = bytes;
@@ -65,7 +76,11 @@ fn output_prefix(ck: &Checkpoint, format: Option<Format>) -> Result<String> {
         Some(Format::Diffusers | Format::DiffSynth) => String::new(),
         Some(Format::ComfyUI) if ck.prefix.is_empty() => COMFY_PREFIX.to_string(),
         Some(Format::ComfyUI) => ck.prefix.clone(),
-        Some(Format::Kohya) => return Err(Error::input("--format kohya is a LoRA format; a base checkpoint can be diffusers, comfyui or diffsynth")),
+        Some(Format::Kohya) => {
+            return Err(Error::input(
+                "--format kohya is a LoRA format; a base checkpoint can be diffusers, comfyui or diffsynth",
+            ))
+        }
     })
 }
 
@@ -74,7 +89,10 @@ fn plan<'a>(ck: &'a Checkpoint, opts: &ConvertOptions, prefix: &str) -> Result<(
     let mut out = Vec::new();
     let mut actions = Vec::new();
     for e in &ck.entries {
-        let role = (!e.foreign).then(|| e.name.rsplit_once('.')).flatten().and_then(|(m, s)| names::qkv_role(m).map(|r| (r, s)));
+        let role = (!e.foreign)
+            .then(|| e.name.rsplit_once('.'))
+            .flatten()
+            .and_then(|(m, s)| names::qkv_role(m).map(|r| (r, s)));
         match (opts.to, role) {
             (Target::Merged, Some(((block, g, Some(0)), suffix))) => {
                 let (t, a) = merge(ck, opts, prefix, block, g, suffix)?;
@@ -84,7 +102,9 @@ fn plan<'a>(ck: &'a Checkpoint, opts: &ConvertOptions, prefix: &str) -> Result<(
             (Target::Merged, Some(((block, g, Some(_)), suffix))) => {
                 // Written together with its q; a k or v without a q is an error.
                 let q = part_name(block, g.parts[0], suffix);
-                ck.get(&q).ok_or_else(|| Error::file(&ck.path, format!("tensor {} has no partner {q}: cannot merge", e.name)))?;
+                ck.get(&q).ok_or_else(|| {
+                    Error::file(&ck.path, format!("tensor {} has no partner {q}: cannot merge", e.name))
+                })?;
             }
             (Target::Standard, Some(((block, g, None), suffix))) => {
                 let (ts, a) = split(ck, opts, prefix, e, block, g, suffix)?;
@@ -100,7 +120,10 @@ fn plan<'a>(ck: &'a Checkpoint, opts: &ConvertOptions, prefix: &str) -> Result<(
     }
     let mut seen = HashSet::new();
     if let Some(dup) = out.iter().find(|t| !seen.insert(t.name.as_str())) {
-        return Err(Error::file(&ck.path, format!("two output tensors would be named {} (does the input hold both layouts?)", dup.name)));
+        return Err(Error::file(
+            &ck.path,
+            format!("two output tensors would be named {} (does the input hold both layouts?)", dup.name),
+        ));
     }
     Ok((out, actions))
 }
@@ -131,20 +154,37 @@ fn copy<'a>(ck: &'a Checkpoint, opts: &ConvertOptions, prefix: &str, e: &'a Entr
 }
 
 /// `to_q`, `to_k`, `to_v` (weight [D, in] or bias [D]) → `to_qkv` [3D, in] / [3D].
-fn merge<'a>(ck: &'a Checkpoint, opts: &ConvertOptions, prefix: &str, block: usize, g: QkvGroup, suffix: &str) -> Result<(OutTensor<'a>, Action)> {
+fn merge<'a>(
+    ck: &'a Checkpoint,
+    opts: &ConvertOptions,
+    prefix: &str,
+    block: usize,
+    g: QkvGroup,
+    suffix: &str,
+) -> Result<(OutTensor<'a>, Action)> {
     let names: [String; 3] = g.parts.map(|p| part_name(block, p, suffix));
     let mut entries = Vec::with_capacity(3);
     for n in &names {
-        let e = ck.get(n).ok_or_else(|| Error::file(&ck.path, format!("tensor {} has no partner {n}: cannot merge", names[0])))?;
+        let e = ck
+            .get(n)
+            .ok_or_else(|| Error::file(&ck.path, format!("tensor {} has no partner {n}: cannot merge", names[0])))?;
         entries.push(e);
     }
     let views = entries.iter().map(|e| ck.view_entry(e)).collect::<Result<Vec<_>>>()?;
     for v in &views[1..] {
         if v.dtype != views[0].dtype || v.shape != views[0].shape {
-            return Err(Error::file(&ck.path, format!(
-                "cannot merge {} ({:?} {}) with {} ({:?} {}): shapes and dtypes must agree",
-                views[0].name, views[0].shape, views[0].dtype.name(), v.name, v.shape, v.dtype.name()
-            )));
+            return Err(Error::file(
+                &ck.path,
+                format!(
+                    "cannot merge {} ({:?} {}) with {} ({:?} {}): shapes and dtypes must agree",
+                    views[0].name,
+                    views[0].shape,
+                    views[0].dtype.name(),
+                    v.name,
+                    v.shape,
+                    v.dtype.name()
+                ),
+            ));
         }
     }
     let mut shape = views[0].shape.to_vec();
@@ -154,18 +194,33 @@ fn merge<'a>(ck: &'a Checkpoint, opts: &ConvertOptions, prefix: &str, block: usi
         name: format!("{prefix}{merged}"),
         dtype: opts.dtype.apply(views[0].dtype),
         shape,
-        source: Source::Mapped { dtype: views[0].dtype, pieces: entries.iter().map(|e| Piece::whole(&ck.files[e.file], ck.info(e))).collect() },
+        source: Source::Mapped {
+            dtype: views[0].dtype,
+            pieces: entries.iter().map(|e| Piece::whole(&ck.files[e.file], ck.info(e))).collect(),
+        },
     };
-    let from = entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>().try_into().expect("cannot fail: three entries");
+    let from =
+        entries.iter().map(|e| e.key.clone()).collect::<Vec<_>>().try_into().expect("cannot fail: three entries");
     let to = t.name.clone();
     Ok((t, Action::Merge { from, to }))
 }
 
 /// `to_qkv` [3D, ...] → three row ranges `to_q`, `to_k`, `to_v` [D, ...].
-fn split<'a>(ck: &'a Checkpoint, opts: &ConvertOptions, prefix: &str, e: &'a Entry, block: usize, g: QkvGroup, suffix: &str) -> Result<(Vec<OutTensor<'a>>, Action)> {
+fn split<'a>(
+    ck: &'a Checkpoint,
+    opts: &ConvertOptions,
+    prefix: &str,
+    e: &'a Entry,
+    block: usize,
+    g: QkvGroup,
+    suffix: &str,
+) -> Result<(Vec<OutTensor<'a>>, Action)> {
     let v = ck.view_entry(e)?;
     if v.shape.is_empty() || v.shape[0] % 3 != 0 {
-        return Err(Error::file(&ck.path, format!("cannot split {}: shape {:?} has no leading dimension divisible by 3", e.name, v.shape)));
+        return Err(Error::file(
+            &ck.path,
+            format!("cannot split {}: shape {:?} has no leading dimension divisible by 3", e.name, v.shape),
+        ));
     }
     let mut shape = v.shape.to_vec();
     shape[0] /= 3;
@@ -206,7 +261,8 @@ fn progress_bar(show: bool, total: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(total);
-    let style = ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("cannot fail: fixed template");
+    let style = ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .expect("cannot fail: fixed template");
     pb.set_style(style);
     pb
 }
@@ -220,14 +276,24 @@ fn write_file(ck: &Checkpoint, dest: &Path, tensors: &[OutTensor], pb: &Progress
 
 /// A diffusers folder: one file, or shards named `diffusion_pytorch_model-0000i-of-0000n` with an
 /// index (`metadata.total_size` = tensor bytes, `weight_map`), plus the input's config.json.
-fn write_folder(ck: &Checkpoint, dest: &Path, tensors: &[OutTensor], shards: &[Range<usize>], pb: &ProgressBar) -> Result<(Vec<PathBuf>, u64)> {
+fn write_folder(
+    ck: &Checkpoint,
+    dest: &Path,
+    tensors: &[OutTensor],
+    shards: &[Range<usize>],
+    pb: &ProgressBar,
+) -> Result<(Vec<PathBuf>, u64)> {
     let tmp = TempOutput::new(dest, true)?;
     let n = shards.len();
     let mut bytes = 0;
     let mut weight_map = BTreeMap::new();
     let mut files = Vec::new();
     for (i, r) in shards.iter().enumerate() {
-        let name = if n == 1 { SINGLE_NAME.to_string() } else { format!("diffusion_pytorch_model-{:05}-of-{n:05}.safetensors", i + 1) };
+        let name = if n == 1 {
+            SINGLE_NAME.to_string()
+        } else {
+            format!("diffusion_pytorch_model-{:05}-of-{n:05}.safetensors", i + 1)
+        };
         bytes += write_safetensors(&tmp.tmp.join(&name), &tensors[r.clone()], &ck.metadata, pb)?;
         for t in &tensors[r.clone()] {
             weight_map.insert(t.name.clone(), name.clone());

@@ -34,9 +34,20 @@ pub fn convert_lora(opts: &ConvertOptions) -> Result<Report> {
         DtypeChoice::Keep => None,
         DtypeChoice::To(d) => Some(d),
     };
-    let mut report = Report { input_kind: format!("LoRA ({}, {} modules)", lora.format.name(), lora.modules.len()), actions, notes, dry_run: opts.dry_run, ..Report::default() };
+    let mut report = Report {
+        input_kind: format!("LoRA ({}, {} modules)", lora.format.name(), lora.modules.len()),
+        actions,
+        notes,
+        dry_run: opts.dry_run,
+        output: opts.output.clone(),
+        ..Report::default()
+    };
     if opts.dry_run {
-        report.bytes_written = out.modules.values().map(|m| ((m.a.data.len() + m.b.data.len()) * dtype.unwrap_or(m.a.dtype).size()) as u64).sum();
+        report.bytes_written = out
+            .modules
+            .values()
+            .map(|m| ((m.a.data.len() + m.b.data.len()) * dtype.unwrap_or(m.a.dtype).size()) as u64)
+            .sum();
         return Ok(report);
     }
     report.bytes_written = write_lora(&opts.output, &out, format, dtype)?;
@@ -82,7 +93,11 @@ pub fn merge_lora(lora: &Lora) -> Result<Converted> {
         qkv_ranks.insert(merged.clone(), [parts[0].rank(), parts[1].rank(), parts[2].rank()]);
         actions.push(Action::Merge { from: paths, to: merged });
     }
-    Ok((Lora { modules: out, format: lora.format, extra_metadata: lora.extra_metadata.clone(), qkv_ranks }, actions, notes))
+    Ok((
+        Lora { modules: out, format: lora.format, extra_metadata: lora.extra_metadata.clone(), qkv_ranks },
+        actions,
+        notes,
+    ))
 }
 
 /// One dtype for a concatenation: the common one, else f32.
@@ -99,7 +114,8 @@ fn fuse(merged: &str, p: [&LoraModule; 3]) -> Result<(LoraModule, Option<String>
     if let Some(bad) = p.iter().find(|m| m.in_features() != din || m.out_features() != dout) {
         return Err(Error::input(format!(
             "cannot merge into {merged}: parts map {din} -> {dout} and {} -> {} (shapes must agree)",
-            bad.in_features(), bad.out_features()
+            bad.in_features(),
+            bad.out_features()
         )));
     }
     let ranks = p.map(|m| m.rank());
@@ -131,7 +147,10 @@ fn fuse(merged: &str, p: [&LoraModule; 3]) -> Result<(LoraModule, Option<String>
         col += ranks[i];
     }
     if !same_scale {
-        note = Some(format!("{merged}: q/k/v scales {scales:?} differ; folded into B relative to q ({} B)", b_dtype.name()));
+        note = Some(format!(
+            "{merged}: q/k/v scales {scales:?} differ; folded into B relative to q ({} B)",
+            b_dtype.name()
+        ));
     }
     let a = HostTensor { data: a, shape: vec![big_r, din], dtype: common(p.map(|m| m.a.dtype)) };
     let b = HostTensor { data: b, shape: vec![3 * dout, big_r], dtype: b_dtype };
@@ -150,7 +169,10 @@ pub fn split_lora(lora: &Lora) -> Result<Converted> {
             continue;
         };
         if m.out_features() % 3 != 0 {
-            return Err(Error::input(format!("cannot split the LoRA on {p}: B has {} rows, not divisible by 3", m.out_features())));
+            return Err(Error::input(format!(
+                "cannot split the LoRA on {p}: B has {} rows, not divisible by 3",
+                m.out_features()
+            )));
         }
         let ranks = qkv_ranks.remove(p).filter(|r| is_block_diagonal(m, r));
         let paths = g.parts.map(|q| format!("transformer_blocks.{block}.{q}"));
@@ -159,12 +181,18 @@ pub fn split_lora(lora: &Lora) -> Result<Converted> {
         }
         actions.push(Action::Split { from: p.clone(), to: paths });
     }
-    Ok((Lora { modules: out, format: lora.format, extra_metadata: lora.extra_metadata.clone(), qkv_ranks }, actions, Vec::new()))
+    Ok((
+        Lora { modules: out, format: lora.format, extra_metadata: lora.extra_metadata.clone(), qkv_ranks },
+        actions,
+        Vec::new(),
+    ))
 }
 
 fn insert(out: &mut BTreeMap<String, LoraModule>, p: String, m: LoraModule) -> Result<()> {
     match out.insert(p.clone(), m) {
-        Some(_) => Err(Error::input(format!("the LoRA has a module {p} both directly and inside its merged q/k/v module"))),
+        Some(_) => {
+            Err(Error::input(format!("the LoRA has a module {p} both directly and inside its merged q/k/v module")))
+        }
         None => Ok(()),
     }
 }

@@ -136,6 +136,8 @@ pub struct Report {
     pub actions: Vec<Action>,
     pub notes: Vec<String>,
     pub dry_run: bool,
+    /// The output path (file or folder) and the weight files written into it.
+    pub output: PathBuf,
     pub files: Vec<PathBuf>,
     pub bytes_written: u64,
     pub seconds: f64,
@@ -155,7 +157,9 @@ impl fmt::Display for Report {
         if self.dry_run {
             for a in &self.actions {
                 match a {
-                    Action::Merge { from, to } => writeln!(f, "merge  {} + {} + {} -> {to}", from[0], from[1], from[2])?,
+                    Action::Merge { from, to } => {
+                        writeln!(f, "merge  {} + {} + {} -> {to}", from[0], from[1], from[2])?
+                    }
                     Action::Split { from, to } => writeln!(f, "split  {from} -> {} + {} + {}", to[0], to[1], to[2])?,
                     Action::Copy { from, to } if from == to => writeln!(f, "copy   {from}")?,
                     Action::Copy { from, to } => writeln!(f, "copy   {from} -> {to}")?,
@@ -170,7 +174,7 @@ impl fmt::Display for Report {
         write!(f, "{m} merged, {s} split, {c} copied; {verb} {:.1} MB", self.bytes_written as f64 / 1e6)?;
         if !self.dry_run {
             let rate = self.bytes_written as f64 / 1e6 / self.seconds.max(1e-9);
-            write!(f, " to {} in {:.2} s ({rate:.0} MB/s)", self.files.first().map_or(String::new(), |p| p.display().to_string()), self.seconds)?;
+            write!(f, " to {} in {:.2} s ({rate:.0} MB/s)", self.output.display(), self.seconds)?;
         }
         Ok(())
     }
@@ -209,10 +213,17 @@ fn check_paths(input: &Path, output: &Path) -> Result<()> {
         inputs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
     }
     if let Some(hit) = inputs.iter().find(|p| same(p, output)) {
-        return Err(Error::input(format!("output {} is the input {} (the input is never overwritten; choose another output)", output.display(), hit.display())));
+        return Err(Error::input(format!(
+            "output {} is the input {} (the input is never overwritten; choose another output)",
+            output.display(),
+            hit.display()
+        )));
     }
     if output.is_dir() && std::fs::read_dir(output).map_err(|e| Error::io(output, e))?.next().is_some() {
-        return Err(Error::input(format!("output folder {} exists and is not empty; remove it or choose another output", output.display())));
+        return Err(Error::input(format!(
+            "output folder {} exists and is not empty; remove it or choose another output",
+            output.display()
+        )));
     }
     Ok(())
 }

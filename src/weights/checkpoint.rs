@@ -53,7 +53,8 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Opens a `.safetensors` file or a diffusers model folder.
     pub fn open(path: &Path) -> Result<Checkpoint> {
-        let (files, is_folder) = if path.is_dir() { (open_folder(path)?, true) } else { (vec![SafeFile::open(path)?], false) };
+        let (files, is_folder) =
+            if path.is_dir() { (open_folder(path)?, true) } else { (vec![SafeFile::open(path)?], false) };
         let prefix = detect_prefix(files.iter().flat_map(|f| f.tensors.iter().map(|t| t.name.as_str())));
         let mut entries = Vec::new();
         let mut by_name = HashMap::new();
@@ -71,7 +72,16 @@ impl Checkpoint {
         }
         let metadata = files[0].metadata.clone();
         let config = Some(path.join("config.json")).filter(|p| is_folder && p.is_file());
-        Ok(Checkpoint { path: path.to_path_buf(), is_folder, files, prefix: prefix.to_string(), entries, by_name, metadata, config })
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            is_folder,
+            files,
+            prefix: prefix.to_string(),
+            entries,
+            by_name,
+            metadata,
+            config,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Entry> {
@@ -84,7 +94,9 @@ impl Checkpoint {
 
     /// A typed view of a tensor by canonical name.
     pub fn view(&self, name: &str) -> Result<TensorView<'_>> {
-        let e = self.get(name).ok_or_else(|| Error::file(&self.path, format!("tensor {name} missing (is this a Qwen-Image DiT checkpoint?)")))?;
+        let e = self.get(name).ok_or_else(|| {
+            Error::file(&self.path, format!("tensor {name} missing (is this a Qwen-Image DiT checkpoint?)"))
+        })?;
         self.view_entry(e)
     }
 
@@ -105,7 +117,9 @@ impl Checkpoint {
             }
         }
         match (std, merged) {
-            (Some(s), Some(m)) => Err(Error::file(&self.path, format!("mixed layout: holds both {s} (standard) and {m} (merged)"))),
+            (Some(s), Some(m)) => {
+                Err(Error::file(&self.path, format!("mixed layout: holds both {s} (standard) and {m} (merged)")))
+            }
             (Some(_), None) => Ok(Layout::Standard),
             (None, Some(_)) => Ok(Layout::Merged),
             (None, None) => Ok(Layout::Neither),
@@ -144,13 +158,18 @@ fn open_folder(dir: &Path) -> Result<Vec<SafeFile>> {
     if single.is_file() {
         return Ok(vec![SafeFile::open(&single)?]);
     }
-    Err(Error::file(dir, format!("no {SINGLE_NAME} or {INDEX_NAME} here (for a pipeline folder, pass its transformer/ subfolder)")))
+    Err(Error::file(
+        dir,
+        format!("no {SINGLE_NAME} or {INDEX_NAME} here (for a pipeline folder, pass its transformer/ subfolder)"),
+    ))
 }
 
 fn open_sharded(dir: &Path, index: &Path) -> Result<Vec<SafeFile>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(index, format!("bad index JSON: {e}")))?;
-    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(index, "no weight_map object"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::file(index, format!("bad index JSON: {e}")))?;
+    let map =
+        json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(index, "no weight_map object"))?;
     let mut shard_names: Vec<&str> = Vec::new();
     for (k, v) in map {
         let s = v.as_str().ok_or_else(|| Error::file(index, format!("weight_map[{k}] is not a file name")))?;
@@ -165,9 +184,15 @@ fn open_sharded(dir: &Path, index: &Path) -> Result<Vec<SafeFile>> {
     let files: Vec<SafeFile> = shard_names.iter().map(|s| SafeFile::open(&dir.join(s))).collect::<Result<_>>()?;
     // Every key of the index must be in the shard the index names, and every tensor indexed.
     for (k, v) in map {
-        let f = &files[shard_names.iter().position(|s| s == &v.as_str().unwrap_or_default()).expect("cannot fail: collected above")];
+        let f = &files[shard_names
+            .iter()
+            .position(|s| s == &v.as_str().unwrap_or_default())
+            .expect("cannot fail: collected above")];
         if !f.tensors.iter().any(|t| &t.name == k) {
-            return Err(Error::file(index, format!("weight_map says {k} is in {} but that file has no such tensor", f.path.display())));
+            return Err(Error::file(
+                index,
+                format!("weight_map says {k} is in {} but that file has no such tensor", f.path.display()),
+            ));
         }
     }
     let listed: usize = files.iter().map(|f| f.tensors.len()).sum();

@@ -151,7 +151,10 @@ pub fn detect_format<'a>(path: &Path, keys: impl IntoIterator<Item = &'a str>) -
     }
     if !unknown.is_empty() {
         let list = unknown.iter().take(20).copied().collect::<Vec<_>>().join(", ");
-        return Err(Error::file(path, format!("{} keys are not LoRA factors of Qwen-Image DiT linear modules: {list}", unknown.len())));
+        return Err(Error::file(
+            path,
+            format!("{} keys are not LoRA factors of Qwen-Image DiT linear modules: {list}", unknown.len()),
+        ));
     }
     match seen.as_slice() {
         [] => Err(Error::file(path, "no LoRA tensors in this file")),
@@ -174,7 +177,10 @@ pub fn read_lora(path: &Path) -> Result<Lora> {
         let host = HostTensor { data: v.to_f32(), shape: t.shape.clone(), dtype: v.dtype };
         let slot = &mut parts.entry(module).or_default()[role as usize];
         if slot.replace(host).is_some() {
-            return Err(Error::file(path, format!("tensor {} duplicates another key of the same module and role", t.name)));
+            return Err(Error::file(
+                path,
+                format!("tensor {} duplicates another key of the same module and role", t.name),
+            ));
         }
     }
     let meta = AdapterMeta::parse(path, &file.metadata, format)?;
@@ -184,14 +190,28 @@ pub fn read_lora(path: &Path) -> Result<Lora> {
         modules.insert(module, m);
     }
     let qkv_ranks = match file.metadata.get(QKV_RANKS_KEY) {
-        Some(s) => serde_json::from_str(s).map_err(|e| Error::file(path, format!("bad {QKV_RANKS_KEY} header: {e}")))?,
+        Some(s) => {
+            serde_json::from_str(s).map_err(|e| Error::file(path, format!("bad {QKV_RANKS_KEY} header: {e}")))?
+        }
         None => BTreeMap::new(),
     };
-    let extra_metadata = file.metadata.iter().filter(|(k, _)| *k != ADAPTER_METADATA_KEY && *k != QKV_RANKS_KEY).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let extra_metadata = file
+        .metadata
+        .iter()
+        .filter(|(k, _)| *k != ADAPTER_METADATA_KEY && *k != QKV_RANKS_KEY)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     Ok(Lora { modules, format, extra_metadata, qkv_ranks })
 }
 
-fn assemble(path: &Path, module: &str, a: Option<HostTensor>, b: Option<HostTensor>, alpha: Option<HostTensor>, meta: Option<&AdapterMeta>) -> Result<LoraModule> {
+fn assemble(
+    path: &Path,
+    module: &str,
+    a: Option<HostTensor>,
+    b: Option<HostTensor>,
+    alpha: Option<HostTensor>,
+    meta: Option<&AdapterMeta>,
+) -> Result<LoraModule> {
     let err = |m: String| Error::file(path, format!("LoRA module {module}: {m}"));
     let a = a.ok_or_else(|| err("has an up (B) matrix but no down (A) matrix".into()))?;
     let b = b.ok_or_else(|| err("has a down (A) matrix but no up (B) matrix".into()))?;
@@ -219,9 +239,12 @@ struct AdapterMeta {
 
 impl AdapterMeta {
     fn parse(path: &Path, md: &BTreeMap<String, String>, format: LoraFormat) -> Result<Option<AdapterMeta>> {
-        let Some(raw) = md.get(ADAPTER_METADATA_KEY).filter(|_| format == LoraFormat::Diffusers) else { return Ok(None) };
+        let Some(raw) = md.get(ADAPTER_METADATA_KEY).filter(|_| format == LoraFormat::Diffusers) else {
+            return Ok(None);
+        };
         let bad = |m: String| Error::file(path, format!("bad {ADAPTER_METADATA_KEY} header: {m}"));
-        let json: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+        let json: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
         let get = |k: &str| json.get(&format!("transformer.{k}")).or_else(|| json.get(k));
         if get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
             return Err(bad("DoRA adapters are not supported".into()));
@@ -229,7 +252,8 @@ impl AdapterMeta {
         let obj = |k: &str| get(k).and_then(|v| v.as_object()).cloned().unwrap_or_default();
         let mut rank_pattern = BTreeMap::new();
         for (k, v) in obj("rank_pattern") {
-            rank_pattern.insert(k, v.as_u64().ok_or_else(|| bad(format!("rank_pattern[{}] is not an integer", v)))? as usize);
+            rank_pattern
+                .insert(k, v.as_u64().ok_or_else(|| bad(format!("rank_pattern[{}] is not an integer", v)))? as usize);
         }
         let mut alpha_pattern = BTreeMap::new();
         for (k, v) in obj("alpha_pattern") {

@@ -35,11 +35,19 @@ pub fn write_lora(path: &Path, lora: &Lora, format: LoraFormat, dtype: Option<DT
     Ok(n)
 }
 
-fn push_module<'a>(out: &mut Vec<OutTensor<'a>>, path: &str, m: &'a LoraModule, format: LoraFormat, dtype: Option<DType>) {
+fn push_module<'a>(
+    out: &mut Vec<OutTensor<'a>>,
+    path: &str,
+    m: &'a LoraModule,
+    format: LoraFormat,
+    dtype: Option<DType>,
+) {
     let (stem, a, b) = match format {
         LoraFormat::Diffusers => (format!("transformer.{path}"), "lora_A.weight", "lora_B.weight"),
         LoraFormat::DiffSynth => (path.to_string(), "lora_A.default.weight", "lora_B.default.weight"),
-        LoraFormat::Kohya => (format!("lora_unet_{}", names::path_to_kohya(path)), "lora_down.weight", "lora_up.weight"),
+        LoraFormat::Kohya => {
+            (format!("lora_unet_{}", names::path_to_kohya(path)), "lora_down.weight", "lora_up.weight")
+        }
         LoraFormat::ComfyUI => (format!("diffusion_model.{path}"), "lora_A.weight", "lora_B.weight"),
     };
     let host = |name: String, t: &'a super::lora::HostTensor| OutTensor {
@@ -59,7 +67,12 @@ fn push_module<'a>(out: &mut Vec<OutTensor<'a>>, path: &str, m: &'a LoraModule, 
     };
     if alpha_tensor {
         let v = Cow::Owned(vec![m.alpha as f32]);
-        out.push(OutTensor { name: format!("{stem}.alpha"), dtype: DType::F32, shape: vec![], source: Source::Host(v) });
+        out.push(OutTensor {
+            name: format!("{stem}.alpha"),
+            dtype: DType::F32,
+            shape: vec![],
+            source: Source::Host(v),
+        });
     }
 }
 

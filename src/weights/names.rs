@@ -90,7 +90,8 @@ pub fn kohya_to_path(flat: &str) -> Option<String> {
     let tail = flat.strip_prefix("transformer_blocks_")?;
     let (idx, rest) = tail.split_once('_')?;
     let block: usize = idx.parse().ok()?;
-    let all = BLOCK_LINEARS.iter().copied().chain(QKV_GROUPS.iter().flat_map(|g| g.parts.into_iter().chain([g.merged])));
+    let all =
+        BLOCK_LINEARS.iter().copied().chain(QKV_GROUPS.iter().flat_map(|g| g.parts.into_iter().chain([g.merged])));
     all.into_iter().find(|s| s.replace('.', "_") == rest).map(|s| format!("transformer_blocks.{block}.{s}"))
 }
 

@@ -136,14 +136,21 @@ impl SafeFile {
     /// Tells the kernel that the pages of a tensor are no longer needed, so that streaming
     /// through a file larger than RAM does not keep it resident.
     pub fn release(&self, t: &TensorInfo) {
-        // Only whole pages strictly inside the range are dropped.
+        self.release_range(t.begin, t.end);
+    }
+
+    /// Drops the mapped pages covering data bytes `begin..end` from this process's resident set.
+    /// Rounded outwards to whole pages: a neighbour's page that is dropped too is simply faulted
+    /// in again from the page cache if it is still needed.
+    pub fn release_range(&self, begin: usize, end: usize) {
         let page = 4096;
-        let start = (self.data_start + t.begin).div_ceil(page) * page;
-        let end = (self.data_start + t.end) / page * page;
-        if end > start {
+        let start = (self.data_start + begin) / page * page;
+        let stop = ((self.data_start + end).div_ceil(page) * page).min(self.mmap.len());
+        if stop > start {
             // SAFETY: the map is a read-only, file-backed mapping: MADV_DONTNEED only drops clean
-            // pages, which are re-read from the file if touched again; no content changes.
-            let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            // pages, which are re-read from the file when touched again; no content changes.
+            let _ =
+                unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, stop - start) };
         }
     }
 
@@ -156,7 +163,8 @@ impl SafeFile {
 type Header = (Vec<TensorInfo>, BTreeMap<String, String>);
 
 fn parse_header(raw: &[u8]) -> std::result::Result<Header, String> {
-    let text = std::str::from_utf8(raw).map_err(|_| "bad safetensors header: not UTF-8 (truncated or not a safetensors file)".to_string())?;
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| "bad safetensors header: not UTF-8 (truncated or not a safetensors file)".to_string())?;
     let json: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text.trim_end())
         .map_err(|e| format!("bad safetensors header: {e} (truncated or not a safetensors file)"))?;
     let mut tensors = Vec::with_capacity(json.len());
@@ -165,7 +173,8 @@ fn parse_header(raw: &[u8]) -> std::result::Result<Header, String> {
         if name == "__metadata__" {
             let m = v.as_object().ok_or("bad safetensors header: __metadata__ is not an object")?;
             for (k, v) in m {
-                let s = v.as_str().ok_or_else(|| format!("bad safetensors header: __metadata__.{k} is not a string"))?;
+                let s =
+                    v.as_str().ok_or_else(|| format!("bad safetensors header: __metadata__.{k} is not a string"))?;
                 metadata.insert(k.clone(), s.to_string());
             }
             continue;
@@ -181,7 +190,9 @@ fn parse_entry(name: String, v: &serde_json::Value) -> std::result::Result<Tenso
     let dtype = v.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("missing dtype"))?.to_string();
     let nums = |key: &str| -> std::result::Result<Vec<usize>, String> {
         let arr = v.get(key).and_then(|a| a.as_array()).ok_or_else(|| bad(&format!("missing {key}")))?;
-        arr.iter().map(|x| x.as_u64().map(|u| u as usize).ok_or_else(|| bad(&format!("{key} is not a list of integers")))).collect()
+        arr.iter()
+            .map(|x| x.as_u64().map(|u| u as usize).ok_or_else(|| bad(&format!("{key} is not a list of integers"))))
+            .collect()
     };
     let shape = nums("shape")?;
     let offs = nums("data_offsets")?;
@@ -191,7 +202,11 @@ fn parse_entry(name: String, v: &serde_json::Value) -> std::result::Result<Tenso
     let size = dtype_bytes(&dtype).ok_or_else(|| bad(&format!("unknown dtype {dtype}")))?;
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("shape overflows"))?;
     if numel.checked_mul(size) != Some(offs[1] - offs[0]) {
-        return Err(bad(&format!("shape {shape:?} of {dtype} needs {} bytes but data_offsets span {}", numel * size, offs[1] - offs[0])));
+        return Err(bad(&format!(
+            "shape {shape:?} of {dtype} needs {} bytes but data_offsets span {}",
+            numel * size,
+            offs[1] - offs[0]
+        )));
     }
     Ok(TensorInfo { name, dtype, shape, begin: offs[0], end: offs[1] })
 }
@@ -207,7 +222,9 @@ fn validate_layout(tensors: &[TensorInfo], data_len: usize) -> std::result::Resu
     }
     if pos > data_len {
         let last = &tensors[tensors.len() - 1].name;
-        return Err(format!("file is truncated: tensor {last} ends at data byte {pos} but the file holds only {data_len} data bytes"));
+        return Err(format!(
+            "file is truncated: tensor {last} ends at data byte {pos} but the file holds only {data_len} data bytes"
+        ));
     }
     if pos < data_len {
         return Err(format!("bad safetensors file: {} trailing bytes after the last tensor", data_len - pos));

@@ -32,7 +32,16 @@ pub fn tiny_shapes() -> Vec<(String, Vec<usize>)> {
         for m in ["img_mod.1", "txt_mod.1"] {
             v.extend(lin(&p(m), 6 * D, D));
         }
-        for m in ["attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_out.0", "attn.to_add_out"] {
+        for m in [
+            "attn.to_q",
+            "attn.to_k",
+            "attn.to_v",
+            "attn.add_q_proj",
+            "attn.add_k_proj",
+            "attn.add_v_proj",
+            "attn.to_out.0",
+            "attn.to_add_out",
+        ] {
             v.extend(lin(&p(m), D, D));
         }
         for n in ["attn.norm_q", "attn.norm_k", "attn.norm_added_q", "attn.norm_added_k"] {
@@ -97,7 +106,10 @@ pub fn write_st(path: &Path, tensors: &BTreeMap<String, Raw>, metadata: Option<H
 pub fn read_st(path: &Path) -> BTreeMap<String, Raw> {
     let bytes = std::fs::read(path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    st.tensors().into_iter().map(|(n, v)| (n, Raw { dtype: v.dtype(), shape: v.shape().to_vec(), bytes: v.data().to_vec() })).collect()
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, Raw { dtype: v.dtype(), shape: v.shape().to_vec(), bytes: v.data().to_vec() }))
+        .collect()
 }
 
 pub fn read_meta(path: &Path) -> HashMap<String, String> {
@@ -133,7 +145,8 @@ pub fn run(o: &ConvertOptions) -> Report {
 
 /// File names in a folder, sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
