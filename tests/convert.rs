@@ -345,3 +345,36 @@ fn the_torch_merged_fixture_splits_back_to_the_diffusers_tiny_model_bit_for_bit(
     check_index(&sharded);
     assert_same(&read_folder(&sharded), &read_folder(&fixture("tiny-sharded")));
 }
+
+#[test]
+fn the_cli_follows_its_contract_and_fails_with_a_message_on_bad_input() {
+    let dir = tmpdir("cli");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wgdit")).arg("convert").args(args).output().unwrap()
+    };
+    let (input, out) = (fixture("tiny"), dir.join("merged"));
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let dry = cli(&["--input", i, "--output", o, "--to", "merged", "--dry-run"]);
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success() && text.contains("8 merged, 0 split, 53 copied; would write"), "{text}");
+    assert!(!out.exists());
+    let args = [
+        "--input",
+        i,
+        "--output",
+        o,
+        "--to",
+        "merged",
+        "--format",
+        "diffusers",
+        "--dtype",
+        "bf16",
+        "--shard-size",
+        "100KB",
+    ];
+    let run = cli(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(listing(&out).len() == 4 && read_folder(&out).values().all(|r| r.dtype == safetensors::Dtype::BF16));
+    let fail = cli(&["--input", i, "--output", i, "--to", "standard"]);
+    assert!(!fail.status.success() && String::from_utf8_lossy(&fail.stderr).contains("never overwritten"));
+}
