@@ -378,3 +378,28 @@ fn the_cli_follows_its_contract_and_fails_with_a_message_on_bad_input() {
     let fail = cli(&["--input", i, "--output", i, "--to", "standard"]);
     assert!(!fail.status.success() && String::from_utf8_lossy(&fail.stderr).contains("never overwritten"));
 }
+
+#[test]
+fn the_weights_api_hands_out_typed_views_of_the_map_under_canonical_names() {
+    use wgdit::weights::{Checkpoint, Layout};
+    let comfy = Checkpoint::open(&fixture("tiny-comfy.safetensors")).unwrap();
+    assert_eq!((comfy.prefix.as_str(), comfy.layout().unwrap()), ("model.diffusion_model.", Layout::Standard));
+    let v = comfy.view("img_in.weight").unwrap();
+    assert_eq!((v.dtype, v.shape, v.bytes.len()), (DType::F32, &[32usize, 16][..], 32 * 16 * 4));
+    let plain = Checkpoint::open(&fixture("tiny")).unwrap();
+    assert_eq!(v.bytes, plain.view("img_in.weight").unwrap().bytes, "the same bytes under the canonical name");
+    assert_eq!(Checkpoint::open(&fixture("tiny-sharded")).unwrap().files.len(), 3);
+    assert_eq!(Checkpoint::open(&fixture("tiny-merged.safetensors")).unwrap().layout().unwrap(), Layout::Merged);
+    let e = plain.view("transformer_blocks.7.attn.to_q.weight").unwrap_err().to_string();
+    assert!(e.contains("transformer_blocks.7.attn.to_q.weight missing"), "{e}");
+    // Dtypes other than F32/F16/BF16 are refused by name.
+    let dir = tmpdir("api");
+    let mut m = BTreeMap::new();
+    m.insert(
+        "img_in.weight".to_string(),
+        Raw { dtype: safetensors::Dtype::F8_E4M3, shape: vec![4], bytes: vec![0; 4] },
+    );
+    write_st(&dir.join("fp8.safetensors"), &m, None);
+    let e = Checkpoint::open(&dir.join("fp8.safetensors")).unwrap().view("img_in.weight").unwrap_err().to_string();
+    assert!(e.contains("img_in.weight has dtype F8_E4M3"), "{e}");
+}
