@@ -339,3 +339,41 @@ fn the_synthesised_merged_qkv_fixture_splits_into_shared_a_loras_with_the_same_d
         assert_eq!(&std.modules[p], m, "{p} is not a q/k/v module and must be unchanged");
     }
 }
+
+#[test]
+fn unprefixed_keys_take_the_format_of_the_rest_of_the_file() {
+    let dir = tmpdir("lora-bare");
+    let a = raw(&[0.5; 2 * D], vec![2, D], DType::F32);
+    let b = raw(&[0.25; 32], vec![16, 2], DType::F32);
+    let alpha = raw(&[6.0], vec![], DType::F32);
+    let file = |name: &str, keys: &[(&str, &Raw)]| {
+        let t: BTreeMap<String, Raw> = keys.iter().map(|(k, r)| (k.to_string(), (*r).clone())).collect();
+        write_st(&dir.join(name), &t, None);
+        read_lora(&dir.join(name))
+    };
+    let bare = file(
+        "bare.safetensors",
+        &[("proj_out.lora_A.weight", &a), ("proj_out.lora_B.weight", &b), ("proj_out.alpha", &alpha)],
+    );
+    let bare = bare.unwrap();
+    assert_eq!((bare.format, bare.modules["proj_out"].scale()), (LoraFormat::Diffusers, 3.0));
+    let ds = file(
+        "ds.safetensors",
+        &[
+            ("img_in.lora_A.default.weight", &a),
+            ("img_in.lora_B.default.weight", &raw(&[1.0; 64], vec![32, 2], DType::F32)),
+            ("img_in.alpha", &alpha),
+        ],
+    );
+    assert_eq!(ds.unwrap().format, LoraFormat::DiffSynth);
+    let mixed = file(
+        "mixed.safetensors",
+        &[
+            ("lora_unet_proj_out.lora_down.weight", &a),
+            ("lora_unet_proj_out.lora_up.weight", &b),
+            ("img_in.alpha", &alpha),
+        ],
+    );
+    let e = mixed.unwrap_err().to_string();
+    assert!(e.contains("mixed LoRA formats") && e.contains("img_in.alpha"), "{e}");
+}

@@ -111,8 +111,10 @@ enum Role {
     Alpha,
 }
 
-/// Splits a key into (format, module path, role), or None for an unknown key.
-fn parse_key(key: &str) -> Option<(LoraFormat, String, Role)> {
+/// Splits a key into (format, module path, role), or None for an unknown key. Unprefixed keys
+/// without `.default.` (a bare `P.lora_A.weight` or `P.alpha`) have no format of their own:
+/// `None`, settled by the other keys of the file.
+fn parse_key(key: &str) -> Option<(Option<LoraFormat>, String, Role)> {
     const SUFFIXES: [(&str, Role); 7] = [
         (".lora_A.default.weight", Role::A),
         (".lora_B.default.weight", Role::B),
@@ -124,16 +126,15 @@ fn parse_key(key: &str) -> Option<(LoraFormat, String, Role)> {
     ];
     let (stem, role) = SUFFIXES.iter().find_map(|(s, r)| key.strip_suffix(s).map(|stem| (stem, *r)))?;
     let (format, path) = if let Some(flat) = stem.strip_prefix("lora_unet_") {
-        (LoraFormat::Kohya, names::kohya_to_path(flat)?)
+        (Some(LoraFormat::Kohya), names::kohya_to_path(flat)?)
     } else if let Some(p) = stem.strip_prefix("diffusion_model.") {
-        (LoraFormat::ComfyUI, p.to_string())
+        (Some(LoraFormat::ComfyUI), p.to_string())
     } else if let Some(p) = stem.strip_prefix("transformer.").or_else(|| stem.strip_prefix("base_model.model.")) {
-        (LoraFormat::Diffusers, p.to_string())
-    } else if key.contains(".default.") || role == Role::Alpha {
-        (LoraFormat::DiffSynth, stem.to_string())
+        (Some(LoraFormat::Diffusers), p.to_string())
+    } else if key.contains(".default.") {
+        (Some(LoraFormat::DiffSynth), stem.to_string())
     } else {
-        // Bare `P.lora_A.weight`: a PEFT state dict without the pipeline prefix.
-        (LoraFormat::Diffusers, stem.to_string())
+        (None, stem.to_string())
     };
     names::is_linear_module(&path).then_some((format, path, role))
 }
@@ -141,10 +142,12 @@ fn parse_key(key: &str) -> Option<(LoraFormat, String, Role)> {
 /// Detects the format of a set of keys; unknown keys and mixed formats are errors listing them.
 pub fn detect_format<'a>(path: &Path, keys: impl IntoIterator<Item = &'a str>) -> Result<LoraFormat> {
     let mut seen: Vec<(LoraFormat, &str)> = Vec::new();
+    let mut bare = None;
     let mut unknown = Vec::new();
     for k in keys {
         match parse_key(k) {
-            Some((f, _, _)) if !seen.iter().any(|(g, _)| *g == f) => seen.push((f, k)),
+            Some((Some(f), _, _)) if !seen.iter().any(|(g, _)| *g == f) => seen.push((f, k)),
+            Some((None, _, _)) => bare = bare.or(Some(k)),
             Some(_) => {}
             None => unknown.push(k),
         }
@@ -156,9 +159,15 @@ pub fn detect_format<'a>(path: &Path, keys: impl IntoIterator<Item = &'a str>) -
             format!("{} keys are not LoRA factors of Qwen-Image DiT linear modules: {list}", unknown.len()),
         ));
     }
-    match seen.as_slice() {
-        [] => Err(Error::file(path, "no LoRA tensors in this file")),
-        [(f, _)] => Ok(*f),
+    match (seen.as_slice(), bare) {
+        ([], None) => Err(Error::file(path, "no LoRA tensors in this file")),
+        // A PEFT state dict without the pipeline prefix (ComfyUI accepts bare `P` keys too).
+        ([], Some(_)) => Ok(LoraFormat::Diffusers),
+        // DiffSynth's optional `P.alpha` is unprefixed.
+        ([(f, _)], None) | ([(f @ LoraFormat::DiffSynth, _)], Some(_)) => Ok(*f),
+        ([(f, k)], Some(b)) => {
+            Err(Error::file(path, format!("mixed LoRA formats in one file: {} ({k}) and unprefixed ({b})", f.name())))
+        }
         _ => {
             let eg = seen.iter().map(|(f, k)| format!("{} ({k})", f.name())).collect::<Vec<_>>().join(", ");
             Err(Error::file(path, format!("mixed LoRA formats in one file: {eg}")))
