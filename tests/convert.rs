@@ -385,7 +385,11 @@ fn the_weights_api_hands_out_typed_views_of_the_map_under_canonical_names() {
     let comfy = Checkpoint::open(&fixture("tiny-comfy.safetensors")).unwrap();
     assert_eq!((comfy.prefix.as_str(), comfy.layout().unwrap()), ("model.diffusion_model.", Layout::Standard));
     let v = comfy.view("img_in.weight").unwrap();
-    assert_eq!((v.dtype, v.shape, v.bytes.len()), (DType::F32, &[32usize, 16][..], 32 * 16 * 4));
+    assert_eq!(
+        (v.name, v.dtype, v.shape, v.bytes.len()),
+        ("img_in.weight", DType::F32, &[32usize, 16][..], 32 * 16 * 4)
+    );
+    assert_eq!(comfy.views().count(), 77);
     let plain = Checkpoint::open(&fixture("tiny")).unwrap();
     assert_eq!(v.bytes, plain.view("img_in.weight").unwrap().bytes, "the same bytes under the canonical name");
     assert_eq!(Checkpoint::open(&fixture("tiny-sharded")).unwrap().files.len(), 3);

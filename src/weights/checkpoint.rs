@@ -100,9 +100,16 @@ impl Checkpoint {
         self.view_entry(e)
     }
 
-    pub fn view_entry(&self, e: &Entry) -> Result<TensorView<'_>> {
+    /// A typed view of an entry; its `name` is the canonical name (prefix removed).
+    pub fn view_entry<'a>(&'a self, e: &'a Entry) -> Result<TensorView<'a>> {
         let f = &self.files[e.file];
-        f.view(&f.tensors[e.tensor])
+        Ok(TensorView { name: &e.name, ..f.view(&f.tensors[e.tensor])? })
+    }
+
+    /// Every DiT tensor (foreign keys excluded) as a view of the map, in storage order: what a
+    /// loader uploads without widening or copying.
+    pub fn views(&self) -> impl Iterator<Item = Result<TensorView<'_>>> {
+        self.entries.iter().filter(|e| !e.foreign).map(|e| self.view_entry(e))
     }
 
     /// Standard or merged q/k/v layout; a checkpoint holding both is an error.

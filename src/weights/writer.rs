@@ -105,7 +105,7 @@ pub fn write_safetensors(
     let mut buf = Vec::new();
     for t in tensors {
         let n = write_tensor(&mut w, t, &mut buf).map_err(io)?;
-        debug_assert_eq!(n, t.nbytes(), "writer: {} wrote {n} bytes for a {}-byte tensor", t.name, t.nbytes());
+        assert_eq!(n, t.nbytes(), "writer: {} wrote {n} bytes for a {}-byte tensor", t.name, t.nbytes());
         total += n;
         progress.inc(n);
     }
