@@ -407,3 +407,16 @@ fn the_weights_api_hands_out_typed_views_of_the_map_under_canonical_names() {
     let e = Checkpoint::open(&dir.join("fp8.safetensors")).unwrap().view("img_in.weight").unwrap_err().to_string();
     assert!(e.contains("img_in.weight has dtype F8_E4M3"), "{e}");
 }
+
+#[test]
+fn a_file_output_onto_a_folder_and_a_folder_output_onto_a_file_are_refused_before_writing() {
+    let dir = tmpdir("kinds");
+    std::fs::create_dir(dir.join("empty")).unwrap();
+    std::fs::write(dir.join("file"), b"x").unwrap();
+    let e = convert(&opts(&fixture("tiny-merged.safetensors"), &dir.join("empty"), Target::Standard)).unwrap_err();
+    assert!(e.to_string().contains("is a folder"), "{e}");
+    let e = convert(&opts(&fixture("tiny"), &dir.join("file"), Target::Merged)).unwrap_err();
+    assert!(e.to_string().contains("is a file"), "{e}");
+    assert_nothing_left(&dir, &["empty", "file"]);
+    assert!(listing(&dir.join("empty")).is_empty());
+}

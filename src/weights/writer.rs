@@ -180,6 +180,15 @@ pub struct TempOutput {
 impl TempOutput {
     /// For a folder output, the temporary folder is created here.
     pub fn new(dest: &Path, folder: bool) -> Result<TempOutput> {
+        if !folder && dest.is_dir() {
+            return Err(Error::input(format!("output {} is a folder; give a file name", dest.display())));
+        }
+        if folder && dest.is_file() {
+            return Err(Error::input(format!(
+                "output {} is a file, but this conversion writes a folder",
+                dest.display()
+            )));
+        }
         let name =
             dest.file_name().ok_or_else(|| Error::input(format!("output {} has no file name", dest.display())))?;
         let tmp = dest.with_file_name(format!("{}.tmp-{}", name.to_string_lossy(), std::process::id()));
