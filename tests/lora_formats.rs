@@ -377,3 +377,16 @@ fn unprefixed_keys_take_the_format_of_the_rest_of_the_file() {
     let e = mixed.unwrap_err().to_string();
     assert!(e.contains("mixed LoRA formats") && e.contains("img_in.alpha"), "{e}");
 }
+
+#[test]
+fn q_k_v_loras_of_different_shapes_are_refused_by_the_merge() {
+    let dir = tmpdir("lora-shapes");
+    let mut s = synth(18, |_| 8.0);
+    let k = s.get_mut("transformer_blocks.0.attn.to_k").unwrap();
+    k.0.truncate(R * D / 2); // A [4, 16]: a k LoRA for a 16-wide input
+    k.2 = D / 2;
+    write_format(&dir.join("bad.safetensors"), &s, LoraFormat::Diffusers, DType::F32);
+    let e = convert(&opts(&dir.join("bad.safetensors"), &dir.join("o.safetensors"), Target::Merged)).unwrap_err();
+    assert!(e.to_string().contains("transformer_blocks.0.attn.to_qkv") && e.to_string().contains("must agree"), "{e}");
+    assert_eq!(listing(&dir), ["bad.safetensors"]);
+}
