@@ -18,4 +18,7 @@ macro_rules! shaders {
 
 shaders! {
     ELEMENTWISE => "elementwise",
+    GEMM => "gemm",
+    GEMM_DX => "gemm_dx",
+    GEMM_DW => "gemm_dw",
 }

@@ -6,6 +6,8 @@
 //! them once and replays them.
 
 pub mod elementwise;
+pub mod gemm;
+pub mod gemm_backward;
 
 /// Splits `groups` workgroups into an (x, y) grid within the per-dimension limit (65535).
 pub fn grid_2d(groups: u32) -> [u32; 3] {

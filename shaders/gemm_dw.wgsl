@@ -1,0 +1,81 @@
+// gemm_dw: the parameter gradients of y = x·Wᵀ + b, per row-range problem (ACCUMULATED: +=):
+//   dw[w_off + n·K + k] += alpha · Σ_{rows m of p} dy[m, n] · x[m, k]
+//   db[bias_off + n]    += alpha · Σ_{rows m of p} dy[m, n]          (HAS_BIAS)
+//   dy: [M, N] f32   x: [M, K] f32   dw, db: f32, laid out like the parameters they belong to.
+// Each invocation owns a 4x4 block of dw (4 n x 4 k) and sums outer products over the problem's
+// rows; the invocations of the first k block also sum db. 8x8 invocations per workgroup =
+// a 32x32 tile of dw, no workgroup memory, no atomics (each dw element has one owner per problem;
+// problems of one dispatch must use disjoint dw/db ranges).
+// Dispatch: [ceil(K/32), ceil(N/32), problems].
+
+override HAS_BIAS: bool = false;
+
+struct Problem {
+    row0: u32,
+    rows: u32,
+    w_off: u32,     // element offset of this problem's dw [N, K]
+    bias_off: u32,  // element offset of its db [N]
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct Params {
+    n: u32,   // columns of dy = rows of dw
+    k: u32,   // columns of x = columns of dw
+    problems: u32,
+    _pad: u32,
+    prob: array<Problem, 4>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(4) var<storage, read_write> db: array<f32>;
+
+@compute @workgroup_size(8, 8, 1)
+fn gemm_dw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let pr = p.prob[wid.z];
+    let c0 = gid.x * 4u;
+    let n0 = gid.y * 4u;
+    let K = p.k;
+    let N = p.n;
+    if (c0 >= K || n0 >= N) { return; }
+    // Clamped indices: edge invocations compute duplicates and skip their stores.
+    let n1 = min(n0 + 1u, N - 1u);
+    let n2 = min(n0 + 2u, N - 1u);
+    let n3 = min(n0 + 3u, N - 1u);
+    let c1 = min(c0 + 1u, K - 1u);
+    let c2 = min(c0 + 2u, K - 1u);
+    let c3 = min(c0 + 3u, K - 1u);
+    var acc0 = vec4<f32>(0.0);  // row n0 of dw, columns c0..c0+3
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var bsum = vec4<f32>(0.0);  // db[n0..n0+3]
+    for (var m = pr.row0; m < pr.row0 + pr.rows; m += 1u) {
+        let d = vec4<f32>(dy[m * N + n0], dy[m * N + n1], dy[m * N + n2], dy[m * N + n3]);
+        let xv = vec4<f32>(x[m * K + c0], x[m * K + c1], x[m * K + c2], x[m * K + c3]);
+        acc0 += d.x * xv;
+        acc1 += d.y * xv;
+        acc2 += d.z * xv;
+        acc3 += d.w * xv;
+        bsum += d;
+    }
+    for (var j = 0u; j < 4u; j += 1u) {
+        let c = c0 + j;
+        if (c < K) {
+            dw[pr.w_off + n0 * K + c] += pr.alpha * acc0[j];
+            if (n0 + 1u < N) { dw[pr.w_off + (n0 + 1u) * K + c] += pr.alpha * acc1[j]; }
+            if (n0 + 2u < N) { dw[pr.w_off + (n0 + 2u) * K + c] += pr.alpha * acc2[j]; }
+            if (n0 + 3u < N) { dw[pr.w_off + (n0 + 3u) * K + c] += pr.alpha * acc3[j]; }
+        }
+    }
+    if (HAS_BIAS && c0 == 0u) {
+        for (var j = 0u; j < 4u; j += 1u) {
+            if (n0 + j < N) { db[pr.bias_off + n0 + j] += pr.alpha * bsum[j]; }
+        }
+    }
+}
