@@ -6,10 +6,13 @@
 //   gate: row [N] of the row's sample: gate[gate_off + srow·gate_stride + n], srow = b + (j >= split ? alt : 0)
 //   y, res: element (m, n) at m·ldy + y_col0 + n. RESIDUAL 1: y = res + g·acc; 2: y += g·acc (in place).
 // Problem p owns rows [row0, row0 + rows); rows outside every problem are not touched.
-// Each invocation computes a 4x4 block of y in registers (no workgroup memory): 8x8 invocations
-// per workgroup = a 32x32 tile. Half-type weights: vec4 loads need an even K and w_off; otherwise
-// the kernel falls back to scalar loads (any K works).
-// Dispatch: [ceil(N/32), ceil(max_rows/32), problems].
+// Two entry points, same bindings, same results up to f32 summation order:
+//   gemm: each invocation computes a 4x4 block of y in registers (no workgroup memory), 8x8
+//     invocations per workgroup = a 32x32 tile (the fast path on CPU Vulkan: lavapipe).
+//     Dispatch: [ceil(N/32), ceil(max_rows/32), problems].
+//   gemm_tiled: 64x64 tiles staged through workgroup memory (discrete GPUs), see below.
+//     Dispatch: [ceil(N/64), ceil(max_rows/64), problems].
+// Half-type weights in `gemm`: vec4 loads need an even K and w_off; otherwise scalar loads (any K works).
 
 override DTYPE: u32 = 0u;     // weight storage: 0 f32, 1 f16, 2 bf16 (DType::code)
 override HAS_BIAS: bool = false;
@@ -180,6 +183,91 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
             if (r0 + 1u < pr.rows) { store(pr, m + 1u, n, acc1[j], l1[j]); }
             if (r0 + 2u < pr.rows) { store(pr, m + 2u, n, acc2[j], l2[j]); }
             if (r0 + 3u < pr.rows) { store(pr, m + 3u, n, acc3[j], l3[j]); }
+        }
+    }
+}
+
+// ---- gemm_tiled: the same computation through workgroup memory, for discrete GPUs ----------
+// 16x16 invocations per workgroup own a 64x64 tile of y; each K step stages a 64x16 slab of x
+// and of W (decoded to f32) in workgroup memory with coalesced loads (16 consecutive k per row),
+// then every invocation accumulates rows ty + 16i, columns tx + 16j (i, j < 4) from it.
+// (On lavapipe barriers and workgroup memory are ~10x slower: the launcher picks `gemm` there.)
+// Dispatch: [ceil(N/64), ceil(max_rows/64), problems].
+
+const TB: u32 = 64u;   // tile rows = tile columns
+const TK: u32 = 16u;   // K step
+const LD: u32 = 17u;   // padded slab row: conflict-free reads of ws across tx
+
+var<workgroup> xs: array<f32, 1088>;  // [TB][LD]: x rows of the tile, k slab
+var<workgroup> ws: array<f32, 1088>;  // [TB][LD]: W rows (= y columns) of the tile, k slab
+
+@compute @workgroup_size(16, 16, 1)
+fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let pr = p.prob[wid.z];
+    let rb = wid.y * TB;   // first tile row, relative to row0
+    let cb = wid.x * TB;   // first tile column
+    if (rb >= pr.rows) { return; }  // uniform across the workgroup
+    let K = p.k;
+    let tx = lid.x;
+    let ty = lid.y;
+    let tid = ty * 16u + tx;
+    var acc0 = vec4<f32>(0.0);  // row ty, columns tx + 16j
+    var acc1 = vec4<f32>(0.0);  // row ty + 16
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < K; k0 += TK) {
+        for (var q = 0u; q < 4u; q += 1u) {
+            let e = tid + 256u * q;
+            let r = e / TK;
+            let kk = e % TK;
+            let kg = k0 + kk;
+            var xv = 0.0;
+            if (rb + r < pr.rows && kg < K) { xv = x[(pr.row0 + rb + r) * K + kg]; }
+            xs[r * LD + kk] = xv;
+            var wv = 0.0;
+            if (cb + r < p.n && kg < K) { wv = load_w1(pr.w_off + (cb + r) * K + kg); }
+            ws[r * LD + kk] = wv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk += 1u) {
+            let a = vec4<f32>(xs[ty * LD + kk], xs[(ty + 16u) * LD + kk],
+                              xs[(ty + 32u) * LD + kk], xs[(ty + 48u) * LD + kk]);
+            let b = vec4<f32>(ws[tx * LD + kk], ws[(tx + 16u) * LD + kk],
+                              ws[(tx + 32u) * LD + kk], ws[(tx + 48u) * LD + kk]);
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+        workgroupBarrier();
+    }
+    let last_r = pr.rows - 1u;
+    let last_c = p.n - 1u;
+    var l0 = vec4<f32>(0.0);
+    var l1 = vec4<f32>(0.0);
+    var l2 = vec4<f32>(0.0);
+    var l3 = vec4<f32>(0.0);
+    if (LORA) {
+        let R = p.rank;
+        for (var r = 0u; r < R; r += 1u) {
+            let bv = vec4<f32>(lora_b[pr.lora_off + min(cb + tx, last_c) * R + r],
+                               lora_b[pr.lora_off + min(cb + tx + 16u, last_c) * R + r],
+                               lora_b[pr.lora_off + min(cb + tx + 32u, last_c) * R + r],
+                               lora_b[pr.lora_off + min(cb + tx + 48u, last_c) * R + r]);
+            l0 += lora_t[(pr.row0 + min(rb + ty, last_r)) * R + r] * bv;
+            l1 += lora_t[(pr.row0 + min(rb + ty + 16u, last_r)) * R + r] * bv;
+            l2 += lora_t[(pr.row0 + min(rb + ty + 32u, last_r)) * R + r] * bv;
+            l3 += lora_t[(pr.row0 + min(rb + ty + 48u, last_r)) * R + r] * bv;
+        }
+    }
+    for (var j = 0u; j < 4u; j += 1u) {
+        let n = cb + tx + 16u * j;
+        if (n < p.n) {
+            let r = rb + ty;
+            if (r < pr.rows) { store(pr, pr.row0 + r, n, acc0[j], l0[j]); }
+            if (r + 16u < pr.rows) { store(pr, pr.row0 + r + 16u, n, acc1[j], l1[j]); }
+            if (r + 32u < pr.rows) { store(pr, pr.row0 + r + 32u, n, acc2[j], l2[j]); }
+            if (r + 48u < pr.rows) { store(pr, pr.row0 + r + 48u, n, acc3[j], l3[j]); }
         }
     }
 }

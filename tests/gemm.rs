@@ -2,12 +2,13 @@
 //! outputs poisoned before every run. Backward kernels: tests/gemm_backward.rs.
 
 use wgdit::gpu::Gpu;
-use wgdit::kernels::gemm::{self, cpu, Epilogue, GateRows, GemmArgs, GemmProblem, Lora, LoraProblem, Residual};
+use wgdit::kernels::gemm::{self, cpu, Epilogue, GateRows, GemmArgs, GemmProblem, Lora, LoraProblem, Residual, Variant};
 use wgdit::rng::Rng;
 use wgdit::tensor::{DType, Tensor};
 use wgdit::testing::{assert_close, test_gpu, Tol};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+const VARIANTS: [Variant; 2] = [Variant::Registers, Variant::Workgroup];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Res {
@@ -84,7 +85,7 @@ fn f64s(v: &[f32]) -> Vec<f64> {
 }
 
 /// Runs the case on the GPU as one launch per entry of `groups` (problem index lists).
-fn gpu_forward(gpu: &Gpu, c: &Case, d: &Data, groups: &[Vec<usize>]) -> Vec<f32> {
+fn gpu_forward(gpu: &Gpu, c: &Case, d: &Data, groups: &[Vec<usize>], v: Variant) -> Vec<f32> {
     let x = Tensor::from_f32(gpu, &d.x, &[c.m, c.k], DType::F32, "x").unwrap();
     let w = up(gpu, &d.w, c.dtype, "w");
     let (bias, gate, lb) = (up(gpu, &d.bias, DType::F32, "b"), up(gpu, &d.gate, DType::F32, "g"), up(gpu, &d.lb, DType::F32, "B"));
@@ -110,7 +111,7 @@ fn gpu_forward(gpu: &Gpu, c: &Case, d: &Data, groups: &[Vec<usize>]) -> Vec<f32>
         .map(|g| {
             let problems: Vec<_> = g.iter().map(|&i| c.problems[i]).collect();
             let args = GemmArgs { x: &x, weight: &w, n: c.n, problems: &problems, epilogue, y: &y, y_col0: 0 };
-            gemm::launch(gpu, &args).unwrap()
+            gemm::launch_variant(gpu, &args, v).unwrap()
         })
         .collect();
     gpu.run(&launches).unwrap();
@@ -138,13 +139,20 @@ fn cpu_forward(c: &Case, d: &Data) -> Vec<f32> {
     y.iter().map(|&v| v as f32).collect()
 }
 
-/// GPU (all problems in one launch) vs the reference; returns the GPU output.
-fn check(gpu: &Gpu, rng: &mut Rng, c: &Case) -> (Vec<f32>, Data) {
+/// GPU (all problems in one launch, each variant) vs the reference; returns the inputs.
+fn check(gpu: &Gpu, rng: &mut Rng, c: &Case) -> Data {
     let d = data(rng, c);
-    let got = gpu_forward(gpu, c, &d, &[(0..c.problems.len()).collect()]);
-    let s = assert_close(&c.name(), &got, &cpu_forward(c, &d), Tol::f32_dot(c.k + c.rank));
-    eprintln!("{}: max_abs {:.2e} rel_l2 {:.2e}", c.name(), s.max_abs, s.rel_l2);
-    (got, d)
+    check_with(gpu, c, &d);
+    d
+}
+
+fn check_with(gpu: &Gpu, c: &Case, d: &Data) {
+    let want = cpu_forward(c, d);
+    for v in VARIANTS {
+        let got = gpu_forward(gpu, c, d, &[(0..c.problems.len()).collect()], v);
+        let s = assert_close(&format!("{} {v:?}", c.name()), &got, &want, Tol::f32_dot(c.k + c.rank));
+        eprintln!("{} {v:?}: max_abs {:.2e} rel_l2 {:.2e}", c.name(), s.max_abs, s.rel_l2);
+    }
 }
 
 /// The scaled-down DiT layout: txt 2 samples x 16 tokens, then img 2 samples x 32 tokens (M = 96);
@@ -197,9 +205,13 @@ fn grouped_dit_epilogues_match_reference_and_separate_launches() {
     for dtype in DTYPES {
         for combo in &combos {
             let c = Case { dtype, problems: dit_problems(n, k, combo.rank, 32), ..combo.clone() };
-            let (grouped, d) = check(&gpu, &mut rng, &c);
-            let separate = gpu_forward(&gpu, &c, &d, &[vec![0], vec![1]]);
-            assert!(grouped.iter().zip(&separate).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: grouped != separate", c.name());
+            let d = check(&gpu, &mut rng, &c);
+            for v in VARIANTS {
+                let grouped = gpu_forward(&gpu, &c, &d, &[vec![0, 1]], v);
+                let separate = gpu_forward(&gpu, &c, &d, &[vec![0], vec![1]], v);
+                let same = grouped.iter().zip(&separate).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{} {v:?}: grouped != separate launches", c.name());
+            }
         }
     }
 }
@@ -210,7 +222,7 @@ fn zero_cond_t_split_gates_read_the_t0_rows_for_reference_tokens() {
     let mut rng = Rng::new(14);
     let (m, n, k) = (96, 40, 24);
     let c = Case { problems: dit_problems(n, k, 0, 20), bias: true, gate: true, res: Res::From, ..Case::plain(m, n, k, DType::BF16) };
-    let (_, d) = check(&gpu, &mut rng, &c);
+    let d = check(&gpu, &mut rng, &c);
     // The split must matter: without it the reference tokens (img rows j >= 20) differ.
     let plain = Case { problems: dit_problems(n, k, 0, 32), ..c.clone() };
     let (want, want_plain) = (cpu_forward(&c, &d), cpu_forward(&plain, &d));
@@ -255,8 +267,7 @@ fn two_stacked_loras_match_reference_through_lora_down_and_side_path() {
     let c = Case { dtype: DType::F16, problems: dit_problems(n, k, r, 32), bias: true, rank: r, ..Case::plain(m, n, k, DType::F16) };
     let mut d = data(&mut rng, &c);
     d.t = got_t;
-    let got = gpu_forward(&gpu, &c, &d, &[vec![0, 1]]);
-    assert_close(&c.name(), &got, &cpu_forward(&c, &d), Tol::f32_dot(k + r));
+    check_with(&gpu, &c, &d);
 }
 
 #[test]
@@ -266,8 +277,10 @@ fn gelu_epilogue_stays_finite_for_large_activations() {
     let c = Case { gelu: true, ..Case::plain(9, 7, 5, DType::F32) };
     let mut d = data(&mut rng, &c);
     d.x.iter_mut().for_each(|v| *v *= 4e3); // |pre-activation| up to ~2e4: exp(2u) would overflow
-    let got = gpu_forward(&gpu, &c, &d, &[vec![0]]);
-    // Values reach 1e4: scale the absolute tolerance with them (f32 dot of 5 terms).
-    let tol = Tol { abs: 1e-6 * 2e4, ..Tol::f32_dot(5) };
-    assert_close("gelu large", &got, &cpu_forward(&c, &d), tol);
+    for v in VARIANTS {
+        let got = gpu_forward(&gpu, &c, &d, &[vec![0]], v);
+        // Values reach 1e4: scale the absolute tolerance with them (f32 dot of 5 terms).
+        let tol = Tol { abs: 1e-6 * 2e4, ..Tol::f32_dot(5) };
+        assert_close(&format!("gelu large {v:?}"), &got, &cpu_forward(&c, &d), tol);
+    }
 }

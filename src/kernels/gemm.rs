@@ -6,7 +6,8 @@
 //!   own weight/bias/LoRA-B element offsets, `alpha` and [`GateRows`] (per-sample gate rows with
 //!   the Edit-2511 `zero_cond_t` split). All problems of a dispatch share N and K and the buffers.
 //! - [`GemmArgs`] + [`Epilogue`] (bias, [`Lora`] side path, GELU, gate, [`Residual`]) →
-//!   [`launch`]: one dispatch.
+//!   [`launch`]: one dispatch ([`launch_variant`] picks the register-tiled or the
+//!   workgroup-memory entry point explicitly; `launch` chooses by adapter type).
 //! - [`LoraProblem`] → [`launch_lora_down`]: `t = s·x·Aᵀ`, the LoRA down-projection (same kernel).
 //! - Backward in [`super::gemm_backward`]: `launch_dx`, `launch_dw`, `launch_lora_grads`.
 //! - [`cpu`]: f64 references for all of it.
@@ -21,8 +22,22 @@ use crate::Result;
 
 /// Most problems per dispatch (the size of the Params problem table).
 pub const MAX_PROBLEMS: usize = 4;
-/// Output tile of one workgroup (8x8 invocations, 4x4 outputs each).
+/// Output tile of one `gemm` workgroup (8x8 invocations, 4x4 outputs each).
 pub const TILE: u32 = 32;
+/// Output tile of one `gemm_tiled` workgroup (16x16 invocations, 4x4 outputs each).
+pub const TILE_WG: u32 = 64;
+
+/// Which entry point of `shaders/gemm.wgsl` runs a GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `Registers` on CPU adapters (lavapipe: barriers and workgroup memory are ~10x slower
+    /// there, field-notes §2), `Workgroup` elsewhere.
+    Auto,
+    /// `gemm`: register tiling only.
+    Registers,
+    /// `gemm_tiled`: 64x64 tiles staged through workgroup memory with coalesced loads.
+    Workgroup,
+}
 
 /// Where a problem reads its per-sample gate rows: row `b` of sample `b` at
 /// `offset + b·sample_stride`, except that tokens `j >= split` (Edit-2511 reference tokens) read
@@ -212,11 +227,11 @@ fn problem_params(p: &GemmProblem) -> ProblemParams {
 }
 
 /// Workgroup grid for output columns `cols` and the problems' largest row count.
-pub(crate) fn grid(cols: usize, problems: &[GemmProblem], name: &str) -> [u32; 3] {
+pub(crate) fn grid(cols: usize, problems: &[GemmProblem], tile: u32, name: &str) -> [u32; 3] {
     let rows = problems.iter().map(|p| p.rows).max().unwrap_or(0);
-    let gy = (rows as u32).div_ceil(TILE).max(1);
+    let gy = (rows as u32).div_ceil(tile).max(1);
     assert!(gy <= 65535, "{name}: {rows} rows per problem exceed the grid");
-    [(cols as u32).div_ceil(TILE).max(1), gy, problems.len() as u32]
+    [(cols as u32).div_ceil(tile).max(1), gy, problems.len() as u32]
 }
 
 fn check(a: &GemmArgs) {
@@ -248,7 +263,18 @@ fn check(a: &GemmArgs) {
 
 /// `y = epilogue(alpha·x·Wᵀ + b + t·Bᵀ)` per problem (see [`Epilogue`] for the order).
 pub fn launch(gpu: &Gpu, a: &GemmArgs) -> Result<Launch> {
+    launch_variant(gpu, a, Variant::Auto)
+}
+
+/// [`launch`] with an explicit choice of entry point.
+pub fn launch_variant(gpu: &Gpu, a: &GemmArgs, variant: Variant) -> Result<Launch> {
     check(a);
+    let tiled = match variant {
+        Variant::Auto => !gpu.is_cpu(),
+        Variant::Registers => false,
+        Variant::Workgroup => true,
+    };
+    let (entry, tile) = if tiled { ("gemm_tiled", TILE_WG) } else { ("gemm", TILE) };
     let e = &a.epilogue;
     let residual = match e.residual {
         Residual::None => 0.0,
@@ -258,7 +284,7 @@ pub fn launch(gpu: &Gpu, a: &GemmArgs) -> Result<Launch> {
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let kernel = gpu.kernel(
         &GEMM,
-        "gemm",
+        entry,
         &[
             ("DTYPE", a.weight.dtype.code()),
             ("HAS_BIAS", flag(e.bias.is_some())),
@@ -301,7 +327,7 @@ pub fn launch(gpu: &Gpu, a: &GemmArgs) -> Result<Launch> {
             or_x(e.lora.map(|l| l.b)),
             a.y.buffer.clone(),
         ],
-        groups: grid(a.n, a.problems, "gemm"),
+        groups: grid(a.n, a.problems, tile, entry),
     })
 }
 

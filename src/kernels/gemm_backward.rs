@@ -6,7 +6,7 @@
 //! Accumulation rule: parameter gradients `+=` (micro-batches add up); activation gradients `=`
 //! (`dx` may opt into `+=` where residual branches add up).
 
-use super::gemm::{grid, u32_of, GemmProblem, LoraProblem, MAX_PROBLEMS};
+use super::gemm::{grid, u32_of, GemmProblem, LoraProblem, MAX_PROBLEMS, TILE};
 use crate::gpu::{Gpu, Launch};
 use crate::shaders::{GEMM_DW, GEMM_DX};
 use crate::tensor::{DType, Tensor};
@@ -85,7 +85,7 @@ pub fn launch_dx(gpu: &Gpu, a: &DxArgs) -> Result<Launch> {
         kernel: gpu.kernel(&GEMM_DX, "gemm_dx", &[("DTYPE", a.weight.dtype.code()), ("ACCUMULATE", flag)])?,
         params: bytemuck::bytes_of(&p).to_vec(),
         buffers: vec![a.dy.buffer.clone(), a.weight.buffer.clone(), a.dx.buffer.clone()],
-        groups: grid(k, a.problems, "gemm_dx"),
+        groups: grid(k, a.problems, TILE, "gemm_dx"),
     })
 }
 
@@ -134,7 +134,7 @@ pub fn launch_dw(gpu: &Gpu, a: &DwArgs) -> Result<Launch> {
         kernel: gpu.kernel(&GEMM_DW, "gemm_dw", &[("HAS_BIAS", flag)])?,
         params: bytemuck::bytes_of(&p).to_vec(),
         buffers: vec![a.dy.buffer.clone(), a.x.buffer.clone(), a.dw.buffer.clone(), db],
-        groups: grid(k, &probs, "gemm_dw"),
+        groups: grid(k, &probs, TILE, "gemm_dw"),
     })
 }
 
