@@ -219,7 +219,8 @@ fn backward_references_match_central_finite_differences_in_f64() {
     cpu::dw(&dy, n, &p.x, k, &lin, &mut dw, Some(&mut db));
     let (mut da, mut dbm) = (vec![0.0; p.a.len()], vec![0.0; p.bm.len()]);
     cpu::lora_grads(&p.x, k, &dy, n, &fd_t(&p), &p.a, &p.bm, r, &lora, &mut da, &mut dbm, Some(&mut dx));
-    let fields: [(&str, &Vec<f64>, fn(&mut Lin) -> &mut Vec<f64>); 5] = [
+    type Pick = fn(&mut Lin) -> &mut Vec<f64>;
+    let fields: [(&str, &Vec<f64>, Pick); 5] = [
         ("dx", &dx, |q| &mut q.x),
         ("dW", &dw, |q| &mut q.w),
         ("db", &db, |q| &mut q.b),
