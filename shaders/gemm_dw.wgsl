@@ -1,6 +1,6 @@
-// gemm_dw: the parameter gradients of y = x·Wᵀ + b, per row-range problem (ACCUMULATED: +=):
+// gemm_dw: the parameter gradients of y = alpha·x·Wᵀ + b, per row-range problem (ACCUMULATED: +=):
 //   dw[w_off + n·K + k] += alpha · Σ_{rows m of p} dy[m, n] · x[m, k]
-//   db[bias_off + n]    += alpha · Σ_{rows m of p} dy[m, n]          (HAS_BIAS)
+//   db[bias_off + n]    += Σ_{rows m of p} dy[m, n]   (HAS_BIAS; the forward does not scale b)
 //   dy: [M, N] f32   x: [M, K] f32   dw, db: f32, laid out like the parameters they belong to.
 // A workgroup of 8x8x4 invocations owns a 32x32 tile of dw: each invocation sums outer products
 // for a 4x4 block (4 n x 4 k) over every 4th row of the problem (rows split 4 ways along z, for
@@ -105,7 +105,7 @@ fn gemm_dw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id)
     }
     if (HAS_BIAS && c0 == 0u) {
         for (var j = 0u; j < 4u; j += 1u) {
-            if (n0 + j < N) { db[pr.bias_off + n0 + j] += pr.alpha * bsum[j]; }
+            if (n0 + j < N) { db[pr.bias_off + n0 + j] += bsum[j]; }
         }
     }
 }

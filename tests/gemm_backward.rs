@@ -164,7 +164,8 @@ fn fd_problems() -> (Vec<GemmProblem>, Vec<LoraProblem>) {
         LoraProblem { row0: 0, rows: 3, a_offset: 0, b_offset: 0, scale: 0.7 },
         LoraProblem { row0: 3, rows: 4, a_offset: r * k, b_offset: n * r, scale: -1.3 },
     ];
-    let lin = lora.iter().enumerate().map(|(i, p)| GemmProblem::rows(p.row0, p.rows).weight(i * n * k).bias(i * n).lora(p.b_offset)).collect();
+    let alpha = [0.8, 1.1];
+    let lin = lora.iter().enumerate().map(|(i, p)| GemmProblem::rows(p.row0, p.rows).weight(i * n * k).bias(i * n).lora(p.b_offset).alpha(alpha[i])).collect();
     (lin, lora)
 }
 

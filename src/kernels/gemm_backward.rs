@@ -197,7 +197,7 @@ pub mod cpu {
         }
     }
 
-    /// dw[off + n·k + c] += alpha·Σ_m dy[m, n]·x[m, c];  db[boff + n] += alpha·Σ_m dy[m, n].
+    /// dw[off + n·k + c] += alpha·Σ_m dy[m, n]·x[m, c];  db[boff + n] += Σ_m dy[m, n].
     pub fn dw(dy: &[f64], n: usize, x: &[f64], k: usize, problems: &[GemmProblem], dw: &mut [f64], mut db: Option<&mut [f64]>) {
         for p in problems {
             let rows = p.row0..p.row0 + p.rows;
@@ -208,7 +208,7 @@ pub mod cpu {
                     dw[p.weight_offset + j * k + c] += alpha * s;
                 }
                 if let Some(db) = db.as_deref_mut() {
-                    db[p.bias_offset + j] += alpha * rows.clone().map(|m| dy[m * n + j]).sum::<f64>();
+                    db[p.bias_offset + j] += rows.clone().map(|m| dy[m * n + j]).sum::<f64>();
                 }
             }
         }
