@@ -190,16 +190,17 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
 // ---- gemm_tiled: the same computation through workgroup memory, for discrete GPUs ----------
 // 16x16 invocations per workgroup own a 64x64 tile of y; each K step stages a 64x16 slab of x
 // and of W (decoded to f32) in workgroup memory with coalesced loads (16 consecutive k per row),
-// then every invocation accumulates rows ty + 16i, columns tx + 16j (i, j < 4) from it.
+// stored k-major so that invocation (tx, ty) reads its 4 rows (4ty..4ty+3) and its 4 columns
+// (4tx..4tx+3) as one vec4 each: 16 FMAs per 2 workgroup-memory loads.
 // (On lavapipe barriers and workgroup memory are ~10x slower: the launcher picks `gemm` there.)
 // Dispatch: [ceil(N/64), ceil(max_rows/64), problems].
 
 const TB: u32 = 64u;   // tile rows = tile columns
 const TK: u32 = 16u;   // K step
-const LD: u32 = 17u;   // padded slab row: conflict-free reads of ws across tx
+const LDV: u32 = 17u;  // vec4s per slab row: 64 values + 4 padding (fewer bank conflicts on stores)
 
-var<workgroup> xs: array<f32, 1088>;  // [TB][LD]: x rows of the tile, k slab
-var<workgroup> ws: array<f32, 1088>;  // [TB][LD]: W rows (= y columns) of the tile, k slab
+var<workgroup> xs: array<vec4<f32>, 272>;  // [TK][LDV]: xs[kk][r/4][r%4] = x(tile row r, k0 + kk)
+var<workgroup> ws: array<vec4<f32>, 272>;  // [TK][LDV]: W(tile column c, k0 + kk)
 
 @compute @workgroup_size(16, 16, 1)
 fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -211,8 +212,8 @@ fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     let tx = lid.x;
     let ty = lid.y;
     let tid = ty * 16u + tx;
-    var acc0 = vec4<f32>(0.0);  // row ty, columns tx + 16j
-    var acc1 = vec4<f32>(0.0);  // row ty + 16
+    var acc0 = vec4<f32>(0.0);  // row 4ty, columns 4tx..4tx+3
+    var acc1 = vec4<f32>(0.0);  // row 4ty + 1
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < K; k0 += TK) {
@@ -223,17 +224,15 @@ fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
             let kg = k0 + kk;
             var xv = 0.0;
             if (rb + r < pr.rows && kg < K) { xv = x[(pr.row0 + rb + r) * K + kg]; }
-            xs[r * LD + kk] = xv;
+            xs[kk * LDV + r / 4u][r % 4u] = xv;
             var wv = 0.0;
             if (cb + r < p.n && kg < K) { wv = load_w1(pr.w_off + (cb + r) * K + kg); }
-            ws[r * LD + kk] = wv;
+            ws[kk * LDV + r / 4u][r % 4u] = wv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk += 1u) {
-            let a = vec4<f32>(xs[ty * LD + kk], xs[(ty + 16u) * LD + kk],
-                              xs[(ty + 32u) * LD + kk], xs[(ty + 48u) * LD + kk]);
-            let b = vec4<f32>(ws[tx * LD + kk], ws[(tx + 16u) * LD + kk],
-                              ws[(tx + 32u) * LD + kk], ws[(tx + 48u) * LD + kk]);
+            let a = xs[kk * LDV + ty];
+            let b = ws[kk * LDV + tx];
             acc0 += a.x * b;
             acc1 += a.y * b;
             acc2 += a.z * b;
@@ -241,6 +240,9 @@ fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
         }
         workgroupBarrier();
     }
+    let r0 = rb + 4u * ty;   // relative to row0
+    let n0 = cb + 4u * tx;
+    if (r0 >= pr.rows || n0 >= p.n) { return; }
     let last_r = pr.rows - 1u;
     let last_c = p.n - 1u;
     var l0 = vec4<f32>(0.0);
@@ -250,24 +252,24 @@ fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     if (LORA) {
         let R = p.rank;
         for (var r = 0u; r < R; r += 1u) {
-            let bv = vec4<f32>(lora_b[pr.lora_off + min(cb + tx, last_c) * R + r],
-                               lora_b[pr.lora_off + min(cb + tx + 16u, last_c) * R + r],
-                               lora_b[pr.lora_off + min(cb + tx + 32u, last_c) * R + r],
-                               lora_b[pr.lora_off + min(cb + tx + 48u, last_c) * R + r]);
-            l0 += lora_t[(pr.row0 + min(rb + ty, last_r)) * R + r] * bv;
-            l1 += lora_t[(pr.row0 + min(rb + ty + 16u, last_r)) * R + r] * bv;
-            l2 += lora_t[(pr.row0 + min(rb + ty + 32u, last_r)) * R + r] * bv;
-            l3 += lora_t[(pr.row0 + min(rb + ty + 48u, last_r)) * R + r] * bv;
+            let bv = vec4<f32>(lora_b[pr.lora_off + n0 * R + r],
+                               lora_b[pr.lora_off + min(n0 + 1u, last_c) * R + r],
+                               lora_b[pr.lora_off + min(n0 + 2u, last_c) * R + r],
+                               lora_b[pr.lora_off + min(n0 + 3u, last_c) * R + r]);
+            l0 += lora_t[(pr.row0 + r0) * R + r] * bv;
+            l1 += lora_t[(pr.row0 + min(r0 + 1u, last_r)) * R + r] * bv;
+            l2 += lora_t[(pr.row0 + min(r0 + 2u, last_r)) * R + r] * bv;
+            l3 += lora_t[(pr.row0 + min(r0 + 3u, last_r)) * R + r] * bv;
         }
     }
+    let m = pr.row0 + r0;
     for (var j = 0u; j < 4u; j += 1u) {
-        let n = cb + tx + 16u * j;
+        let n = n0 + j;
         if (n < p.n) {
-            let r = rb + ty;
-            if (r < pr.rows) { store(pr, pr.row0 + r, n, acc0[j], l0[j]); }
-            if (r + 16u < pr.rows) { store(pr, pr.row0 + r + 16u, n, acc1[j], l1[j]); }
-            if (r + 32u < pr.rows) { store(pr, pr.row0 + r + 32u, n, acc2[j], l2[j]); }
-            if (r + 48u < pr.rows) { store(pr, pr.row0 + r + 48u, n, acc3[j], l3[j]); }
+            store(pr, m, n, acc0[j], l0[j]);
+            if (r0 + 1u < pr.rows) { store(pr, m + 1u, n, acc1[j], l1[j]); }
+            if (r0 + 2u < pr.rows) { store(pr, m + 2u, n, acc2[j], l2[j]); }
+            if (r0 + 3u < pr.rows) { store(pr, m + 3u, n, acc3[j], l3[j]); }
         }
     }
 }
