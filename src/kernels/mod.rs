@@ -9,6 +9,8 @@ pub mod adamw;
 pub mod elementwise;
 pub mod elementwise_backward;
 pub mod gated_residual;
+pub mod gemm;
+pub mod gemm_backward;
 pub mod layer_norm_mod;
 pub mod qkv_post;
 pub mod reduce_rows;

@@ -1,0 +1,275 @@
+// gemm: y = epilogue(alpha·x·Wᵀ + b + t·Bᵀ) for up to 4 row-range problems in one dispatch.
+//   x: [M, K] f32 (row stride K)   W: problem p's [N, K] block at element w_off in `weight`
+//   (f32, or f16/bf16 packed 2 per u32, low half first: DTYPE)   bias: [N] at bias_off
+//   LoRA side path: t [M, R] f32 (already scaled), B: [N, R] f32 at lora_off; R = p.rank
+//   epilogue, in this order: acc = alpha·x·Wᵀ (+ b) (+ t·Bᵀ); (GELU tanh); (·gate); (+ residual)
+//   gate: row [N] of the row's sample: gate[gate_off + srow·gate_stride + n], srow = b + (j >= split ? alt : 0)
+//   y, res: element (m, n) at m·ldy + y_col0 + n. RESIDUAL 1: y = res + g·acc; 2: y += g·acc (in place).
+// Problem p owns rows [row0, row0 + rows); rows outside every problem are not touched.
+// Two entry points, same bindings, same results up to f32 summation order:
+//   gemm: each invocation computes a 4x4 block of y in registers (no workgroup memory), 8x8
+//     invocations per workgroup = a 32x32 tile (the fast path on CPU Vulkan: lavapipe).
+//     Dispatch: [ceil(N/32), ceil(max_rows/32), problems].
+//   gemm_tiled: 64x64 tiles staged through workgroup memory (discrete GPUs), see below.
+//     Dispatch: [ceil(N/64), ceil(max_rows/64), problems].
+// Half-type weights in `gemm`: vec4 loads need an even K and w_off; otherwise scalar loads (any K works).
+
+override DTYPE: u32 = 0u;     // weight storage: 0 f32, 1 f16, 2 bf16 (DType::code)
+override HAS_BIAS: bool = false;
+override LORA: bool = false;
+override GELU: bool = false;
+override GATE: bool = false;
+override RESIDUAL: u32 = 0u;  // 0 none, 1 from `res`, 2 in place (reads y)
+
+struct Problem {
+    row0: u32,
+    rows: u32,
+    w_off: u32,           // element offset of this problem's W [N, K]
+    bias_off: u32,        // element offset of its bias [N]
+    lora_off: u32,        // element offset of its LoRA B [N, R]
+    rows_per_sample: u32, // S: row r belongs to sample (r - row0) / S, token (r - row0) % S
+    gate_off: u32,        // element offset of sample 0's gate row
+    gate_stride: u32,     // elements between samples' gate rows
+    gate_split: u32,      // tokens j >= split read sample row b + gate_alt (zero_cond_t)
+    gate_alt: u32,
+    alpha: f32,           // scale of x·Wᵀ (1 for a plain linear; s for a LoRA down-projection)
+    _pad: u32,
+}
+
+struct Params {
+    n: u32,
+    k: u32,
+    rank: u32,      // LoRA R (columns of t and B)
+    problems: u32,
+    ldy: u32,       // row stride of y and res
+    y_col0: u32,    // first column of y written
+    _pad0: u32,
+    _pad1: u32,
+    prob: array<Problem, 4>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> res: array<f32>;
+@group(0) @binding(5) var<storage, read> gate: array<f32>;
+@group(0) @binding(6) var<storage, read> lora_t: array<f32>;
+@group(0) @binding(7) var<storage, read> lora_b: array<f32>;
+@group(0) @binding(8) var<storage, read_write> y: array<f32>;
+
+// One weight element at element index i (any alignment).
+fn load_w1(i: u32) -> f32 {
+    if (DTYPE == 0u) { return bitcast<f32>(weight[i]); }
+    let w = weight[i >> 1u];
+    let hi = (i & 1u) == 1u;
+    if (DTYPE == 1u) { let h = unpack2x16float(w); return select(h.x, h.y, hi); }
+    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, hi));
+}
+
+// Four weight elements from element index i (i even for half types).
+fn load_w4(i: u32) -> vec4<f32> {
+    if (DTYPE == 0u) {
+        return vec4<f32>(bitcast<f32>(weight[i]), bitcast<f32>(weight[i + 1u]),
+                         bitcast<f32>(weight[i + 2u]), bitcast<f32>(weight[i + 3u]));
+    }
+    let a = weight[i >> 1u];
+    let b = weight[(i >> 1u) + 1u];
+    if (DTYPE == 1u) { return vec4<f32>(unpack2x16float(a), unpack2x16float(b)); }
+    return vec4<f32>(bitcast<f32>(a << 16u), bitcast<f32>(a & 0xffff0000u),
+                     bitcast<f32>(b << 16u), bitcast<f32>(b & 0xffff0000u));
+}
+
+fn load_x4(i: u32) -> vec4<f32> {
+    return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+}
+
+// tanh written through exp of a non-positive argument: no overflow for large |u|.
+fn gelu_tanh(v: f32) -> f32 {
+    let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+    let e = exp(-2.0 * abs(u));
+    return 0.5 * v * (1.0 + sign(u) * (1.0 - e) / (1.0 + e));
+}
+
+fn gate_index(pr: Problem, m: u32, n: u32) -> u32 {
+    let local = m - pr.row0;
+    let j = local % pr.rows_per_sample;
+    let srow = local / pr.rows_per_sample + select(0u, pr.gate_alt, j >= pr.gate_split);
+    return pr.gate_off + srow * pr.gate_stride + n;
+}
+
+// Writes one output element: v = alpha·(x·Wᵀ)[m, n], l = (t·Bᵀ)[m, n].
+fn store(pr: Problem, m: u32, n: u32, v: f32, l: f32) {
+    var a = pr.alpha * v;
+    if (HAS_BIAS) { a += bias[pr.bias_off + n]; }
+    if (LORA) { a += l; }
+    if (GELU) { a = gelu_tanh(a); }
+    if (GATE) { a *= gate[gate_index(pr, m, n)]; }
+    let yi = m * p.ldy + p.y_col0 + n;
+    if (RESIDUAL == 1u) { a += res[yi]; }
+    if (RESIDUAL == 2u) { a += y[yi]; }
+    y[yi] = a;
+}
+
+@compute @workgroup_size(8, 8, 1)
+fn gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let pr = p.prob[wid.z];
+    let n0 = gid.x * 4u;
+    let r0 = gid.y * 4u;
+    if (n0 >= p.n || r0 >= pr.rows) { return; }
+    let K = p.k;
+    // Clamped rows/columns: edge invocations compute duplicates and skip their stores.
+    let last_r = pr.rows - 1u;
+    let xb0 = (pr.row0 + r0) * K;
+    let xb1 = (pr.row0 + min(r0 + 1u, last_r)) * K;
+    let xb2 = (pr.row0 + min(r0 + 2u, last_r)) * K;
+    let xb3 = (pr.row0 + min(r0 + 3u, last_r)) * K;
+    let wb0 = pr.w_off + n0 * K;
+    let wb1 = pr.w_off + min(n0 + 1u, p.n - 1u) * K;
+    let wb2 = pr.w_off + min(n0 + 2u, p.n - 1u) * K;
+    let wb3 = pr.w_off + min(n0 + 3u, p.n - 1u) * K;
+    // acc_i holds row i, columns n0..n0+3.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    let odd = ((K | pr.w_off) & 1u) == 1u;
+    let kv = select(K & ~3u, 0u, DTYPE != 0u && odd);
+    for (var k = 0u; k < kv; k += 4u) {
+        let w0 = load_w4(wb0 + k);
+        let w1 = load_w4(wb1 + k);
+        let w2 = load_w4(wb2 + k);
+        let w3 = load_w4(wb3 + k);
+        let x0 = load_x4(xb0 + k);
+        let x1 = load_x4(xb1 + k);
+        let x2 = load_x4(xb2 + k);
+        let x3 = load_x4(xb3 + k);
+        acc0 += vec4<f32>(dot(x0, w0), dot(x0, w1), dot(x0, w2), dot(x0, w3));
+        acc1 += vec4<f32>(dot(x1, w0), dot(x1, w1), dot(x1, w2), dot(x1, w3));
+        acc2 += vec4<f32>(dot(x2, w0), dot(x2, w1), dot(x2, w2), dot(x2, w3));
+        acc3 += vec4<f32>(dot(x3, w0), dot(x3, w1), dot(x3, w2), dot(x3, w3));
+    }
+    for (var k = kv; k < K; k += 1u) {
+        let w = vec4<f32>(load_w1(wb0 + k), load_w1(wb1 + k), load_w1(wb2 + k), load_w1(wb3 + k));
+        acc0 += x[xb0 + k] * w;
+        acc1 += x[xb1 + k] * w;
+        acc2 += x[xb2 + k] * w;
+        acc3 += x[xb3 + k] * w;
+    }
+    // LoRA side path: a rank-R update of the same 4x4 block, kept apart because alpha scales x·Wᵀ only.
+    var l0 = vec4<f32>(0.0);
+    var l1 = vec4<f32>(0.0);
+    var l2 = vec4<f32>(0.0);
+    var l3 = vec4<f32>(0.0);
+    if (LORA) {
+        let R = p.rank;
+        let tb = (pr.row0 + r0) * R;
+        for (var r = 0u; r < R; r += 1u) {
+            let bv = vec4<f32>(lora_b[pr.lora_off + n0 * R + r],
+                               lora_b[pr.lora_off + min(n0 + 1u, p.n - 1u) * R + r],
+                               lora_b[pr.lora_off + min(n0 + 2u, p.n - 1u) * R + r],
+                               lora_b[pr.lora_off + min(n0 + 3u, p.n - 1u) * R + r]);
+            l0 += lora_t[tb + r] * bv;
+            l1 += lora_t[(pr.row0 + min(r0 + 1u, last_r)) * R + r] * bv;
+            l2 += lora_t[(pr.row0 + min(r0 + 2u, last_r)) * R + r] * bv;
+            l3 += lora_t[(pr.row0 + min(r0 + 3u, last_r)) * R + r] * bv;
+        }
+    }
+    let m = pr.row0 + r0;
+    for (var j = 0u; j < 4u; j += 1u) {
+        let n = n0 + j;
+        if (n < p.n) {
+            store(pr, m, n, acc0[j], l0[j]);
+            if (r0 + 1u < pr.rows) { store(pr, m + 1u, n, acc1[j], l1[j]); }
+            if (r0 + 2u < pr.rows) { store(pr, m + 2u, n, acc2[j], l2[j]); }
+            if (r0 + 3u < pr.rows) { store(pr, m + 3u, n, acc3[j], l3[j]); }
+        }
+    }
+}
+
+// ---- gemm_tiled: the same computation through workgroup memory, for discrete GPUs ----------
+// 16x16 invocations per workgroup own a 64x64 tile of y; each K step stages a 64x16 slab of x
+// and of W (decoded to f32) in workgroup memory with coalesced loads (16 consecutive k per row),
+// stored k-major so that invocation (tx, ty) reads its 4 rows (4ty..4ty+3) and its 4 columns
+// (4tx..4tx+3) as one vec4 each: 16 FMAs per 2 workgroup-memory loads.
+// (On lavapipe barriers and workgroup memory are ~10x slower: the launcher picks `gemm` there.)
+// Dispatch: [ceil(N/64), ceil(max_rows/64), problems].
+
+const TB: u32 = 64u;   // tile rows = tile columns
+const TK: u32 = 16u;   // K step
+const LDV: u32 = 17u;  // vec4s per slab row: 64 values + 4 padding (fewer bank conflicts on stores)
+
+var<workgroup> xs: array<vec4<f32>, 272>;  // [TK][LDV]: xs[kk][r/4][r%4] = x(tile row r, k0 + kk)
+var<workgroup> ws: array<vec4<f32>, 272>;  // [TK][LDV]: W(tile column c, k0 + kk)
+
+@compute @workgroup_size(16, 16, 1)
+fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let pr = p.prob[wid.z];
+    let rb = wid.y * TB;   // first tile row, relative to row0
+    let cb = wid.x * TB;   // first tile column
+    if (rb >= pr.rows) { return; }  // uniform across the workgroup
+    let K = p.k;
+    let tx = lid.x;
+    let ty = lid.y;
+    let tid = ty * 16u + tx;
+    var acc0 = vec4<f32>(0.0);  // row 4ty, columns 4tx..4tx+3
+    var acc1 = vec4<f32>(0.0);  // row 4ty + 1
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < K; k0 += TK) {
+        for (var q = 0u; q < 4u; q += 1u) {
+            let e = tid + 256u * q;
+            let r = e / TK;
+            let kk = e % TK;
+            let kg = k0 + kk;
+            var xv = 0.0;
+            if (rb + r < pr.rows && kg < K) { xv = x[(pr.row0 + rb + r) * K + kg]; }
+            xs[kk * LDV + r / 4u][r % 4u] = xv;
+            var wv = 0.0;
+            if (cb + r < p.n && kg < K) { wv = load_w1(pr.w_off + (cb + r) * K + kg); }
+            ws[kk * LDV + r / 4u][r % 4u] = wv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk += 1u) {
+            let a = xs[kk * LDV + ty];
+            let b = ws[kk * LDV + tx];
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+        workgroupBarrier();
+    }
+    let r0 = rb + 4u * ty;   // relative to row0
+    let n0 = cb + 4u * tx;
+    if (r0 >= pr.rows || n0 >= p.n) { return; }
+    let last_r = pr.rows - 1u;
+    let last_c = p.n - 1u;
+    var l0 = vec4<f32>(0.0);
+    var l1 = vec4<f32>(0.0);
+    var l2 = vec4<f32>(0.0);
+    var l3 = vec4<f32>(0.0);
+    if (LORA) {
+        let R = p.rank;
+        for (var r = 0u; r < R; r += 1u) {
+            let bv = vec4<f32>(lora_b[pr.lora_off + n0 * R + r],
+                               lora_b[pr.lora_off + min(n0 + 1u, last_c) * R + r],
+                               lora_b[pr.lora_off + min(n0 + 2u, last_c) * R + r],
+                               lora_b[pr.lora_off + min(n0 + 3u, last_c) * R + r]);
+            l0 += lora_t[(pr.row0 + r0) * R + r] * bv;
+            l1 += lora_t[(pr.row0 + min(r0 + 1u, last_r)) * R + r] * bv;
+            l2 += lora_t[(pr.row0 + min(r0 + 2u, last_r)) * R + r] * bv;
+            l3 += lora_t[(pr.row0 + min(r0 + 3u, last_r)) * R + r] * bv;
+        }
+    }
+    let m = pr.row0 + r0;
+    for (var j = 0u; j < 4u; j += 1u) {
+        let n = n0 + j;
+        if (n < p.n) {
+            store(pr, m, n, acc0[j], l0[j]);
+            if (r0 + 1u < pr.rows) { store(pr, m + 1u, n, acc1[j], l1[j]); }
+            if (r0 + 2u < pr.rows) { store(pr, m + 2u, n, acc2[j], l2[j]); }
+            if (r0 + 3u < pr.rows) { store(pr, m + 3u, n, acc3[j], l3[j]); }
+        }
+    }
+}

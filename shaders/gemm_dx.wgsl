@@ -1,0 +1,106 @@
+// gemm_dx: the input gradient of y = x·Wᵀ: dx (= or +=) alpha · dy·W, per row-range problem.
+//   dy: [M, N] f32   W: problem p's [N, K] block at element w_off in `weight` (f32, or f16/bf16
+//   packed 2 per u32: DTYPE)   dx: [M, K] f32. ACCUMULATE: dx += ... (residual branches add up).
+//   Problem p owns rows [row0, row0 + rows); other rows of dx are not touched.
+// Each invocation computes a 4x4 block of dx (4 rows x 4 columns) as a sum of outer products
+// over n (W rows are contiguous in k: one vec4 load per n). 8x8 invocations per workgroup = a
+// 32x32 tile, no workgroup memory. Half-type vec4 loads need an even K and w_off; otherwise
+// scalar loads (any K works).
+// Dispatch: [ceil(K/32), ceil(max_rows/32), problems].
+
+override DTYPE: u32 = 0u;     // weight storage: 0 f32, 1 f16, 2 bf16 (DType::code)
+override ACCUMULATE: bool = false;
+
+struct Problem {
+    row0: u32,
+    rows: u32,
+    w_off: u32,   // element offset of this problem's W [N, K]
+    alpha: f32,
+}
+
+struct Params {
+    n: u32,       // reduction length (columns of dy, rows of W)
+    k: u32,       // columns of dx
+    problems: u32,
+    _pad: u32,
+    prob: array<Problem, 4>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<u32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+
+fn load_w1(i: u32) -> f32 {
+    if (DTYPE == 0u) { return bitcast<f32>(weight[i]); }
+    let w = weight[i >> 1u];
+    let hi = (i & 1u) == 1u;
+    if (DTYPE == 1u) { let h = unpack2x16float(w); return select(h.x, h.y, hi); }
+    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, hi));
+}
+
+// Four weight elements from element index i (i even for half types).
+fn load_w4(i: u32) -> vec4<f32> {
+    if (DTYPE == 0u) {
+        return vec4<f32>(bitcast<f32>(weight[i]), bitcast<f32>(weight[i + 1u]),
+                         bitcast<f32>(weight[i + 2u]), bitcast<f32>(weight[i + 3u]));
+    }
+    let a = weight[i >> 1u];
+    let b = weight[(i >> 1u) + 1u];
+    if (DTYPE == 1u) { return vec4<f32>(unpack2x16float(a), unpack2x16float(b)); }
+    return vec4<f32>(bitcast<f32>(a << 16u), bitcast<f32>(a & 0xffff0000u),
+                     bitcast<f32>(b << 16u), bitcast<f32>(b & 0xffff0000u));
+}
+
+fn store(m: u32, c: u32, v: f32) {
+    let i = m * p.k + c;
+    if (ACCUMULATE) { dx[i] += v; } else { dx[i] = v; }
+}
+
+@compute @workgroup_size(8, 8, 1)
+fn gemm_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let pr = p.prob[wid.z];
+    let c0 = gid.x * 4u;
+    let r0 = gid.y * 4u;
+    let K = p.k;
+    if (c0 >= K || r0 >= pr.rows) { return; }
+    let N = p.n;
+    let last_r = pr.rows - 1u;
+    let db0 = (pr.row0 + r0) * N;
+    let db1 = (pr.row0 + min(r0 + 1u, last_r)) * N;
+    let db2 = (pr.row0 + min(r0 + 2u, last_r)) * N;
+    let db3 = (pr.row0 + min(r0 + 3u, last_r)) * N;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    let odd = ((K | pr.w_off) & 1u) == 1u;
+    let vec_ok = c0 + 3u < K && !(DTYPE != 0u && odd);
+    // Clamped columns for the scalar path: edge invocations compute duplicates, skip their stores.
+    let c1 = min(c0 + 1u, K - 1u);
+    let c2 = min(c0 + 2u, K - 1u);
+    let c3 = min(c0 + 3u, K - 1u);
+    for (var n = 0u; n < N; n += 1u) {
+        let wb = pr.w_off + n * K;
+        var w: vec4<f32>;
+        if (vec_ok) {
+            w = load_w4(wb + c0);
+        } else {
+            w = vec4<f32>(load_w1(wb + c0), load_w1(wb + c1), load_w1(wb + c2), load_w1(wb + c3));
+        }
+        acc0 += dy[db0 + n] * w;
+        acc1 += dy[db1 + n] * w;
+        acc2 += dy[db2 + n] * w;
+        acc3 += dy[db3 + n] * w;
+    }
+    let m = pr.row0 + r0;
+    for (var j = 0u; j < 4u; j += 1u) {
+        let c = c0 + j;
+        if (c < K) {
+            store(m, c, pr.alpha * acc0[j]);
+            if (r0 + 1u < pr.rows) { store(m + 1u, c, pr.alpha * acc1[j]); }
+            if (r0 + 2u < pr.rows) { store(m + 2u, c, pr.alpha * acc2[j]); }
+            if (r0 + 3u < pr.rows) { store(m + 3u, c, pr.alpha * acc3[j]); }
+        }
+    }
+}
