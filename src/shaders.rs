@@ -18,4 +18,6 @@ macro_rules! shaders {
 
 shaders! {
     ELEMENTWISE => "elementwise",
+    ATTENTION => "attention",
+    ATTENTION_BACKWARD => "attention_backward",
 }

@@ -5,6 +5,7 @@
 //! Launchers only build launches; the caller runs them (`gpu.run(&[..])`) or the executor binds
 //! them once and replays them.
 
+pub mod attention;
 pub mod elementwise;
 
 /// Splits `groups` workgroups into an (x, y) grid within the per-dimension limit (65535).
