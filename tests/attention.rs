@@ -152,6 +152,7 @@ fn attention_matches_cpu_reference_across_shapes_and_masks() {
     let cases = [
         (shape(1, 1, 16, 1, 1), None),
         (shape(1, 1, 16, 0, 16), None),
+        (shape(2, 1, 16, 0, 17), AllValid), // a mask over zero text tokens
         (shape(2, 3, 16, 5, 31), Padded),
         (shape(1, 3, 16, 7, 65), NonContiguous),
         (shape(2, 1, 64, 7, 16), NonContiguous),
