@@ -18,6 +18,8 @@ macro_rules! shaders {
 
 shaders! {
     ADAMW => "adamw",
+    ATTENTION => "attention",
+    ATTENTION_BACKWARD => "attention_backward",
     ELEMENTWISE => "elementwise",
     ELEMENTWISE_BACKWARD => "elementwise_backward",
     GATED_RESIDUAL => "gated_residual",

@@ -6,6 +6,7 @@
 //! them once and replays them.
 
 pub mod adamw;
+pub mod attention;
 pub mod elementwise;
 pub mod elementwise_backward;
 pub mod gated_residual;

@@ -1,0 +1,115 @@
+// attention: joint flash attention forward (diffusers QwenDoubleStreamAttnProcessor2_0, non-causal):
+//   O = softmax(Q Kᵀ · scale + maskbias) V,   lse = log Σ_j exp(Q Kᵀ · scale + maskbias)   (natural log)
+// with scale = 1/sqrt(Dh); a masked text key (mask[b, j] == 0 while has_mask != 0) gets −∞; image keys
+// (j >= s_txt) are always valid. Online softmax (running max m and sum l) in f32; no S×S buffer.
+// q, k, v: [B, H, S, Dh] head-major, S = s_txt + s_img (text first)   mask: [B, s_txt] (any buffer if
+// has_mask == 0)   o: [B·S, H·Dh] in stream-major joint rows (row(b, s) = s < s_txt ? b·s_txt + s
+// : B·s_txt + b·s_img + s − s_txt)   lse: [B, H, S].
+// One workgroup of 64 invocations per (64 query rows, b·H + h), one query row per invocation (q and the
+// output accumulator live in registers); K/V tiles of BK keys staged in workgroup memory, two barriers
+// per tile. Dispatch: [ceil(S / 64), B·H, 1].
+
+struct Params {
+    batch: u32,
+    heads: u32,
+    s_txt: u32,
+    s_img: u32,
+    has_mask: u32, // 0: every key valid (mask binding unused)
+    scale: f32,    // 1 / sqrt(Dh)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+override DH4: u32 = 4u; // head_dim / 4 (vec4 per row); at most MAX_DH4
+override BK: u32 = 16u; // keys per staged tile; BK <= MAX_BK and BK * DH4 <= TILE
+
+const WG: u32 = 64u;
+const MAX_DH4: u32 = 32u; // head_dim <= 128
+const MAX_BK: u32 = 32u;
+const TILE: u32 = 512u; // vec4 per staged tile (8 KiB): 16 keys at Dh 128, 32 at Dh <= 64
+const NEG_BIG: f32 = -3.0e38; // finite stand-in for −∞: exp(NEG_BIG − finite) == 0, no inf − inf
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> mask: array<f32>;
+@group(0) @binding(5) var<storage, read_write> o: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> lse: array<f32>;
+
+var<workgroup> k_tile: array<vec4<f32>, TILE>;
+var<workgroup> v_tile: array<vec4<f32>, TILE>;
+var<workgroup> key_ok: array<f32, MAX_BK>; // 1 valid key, 0 masked or past the end
+
+// Row of token s of sample b in the stream-major joint layout.
+fn joint_row(b: u32, s: u32) -> u32 {
+    if (s < p.s_txt) { return b * p.s_txt + s; }
+    return p.batch * p.s_txt + b * p.s_img + (s - p.s_txt);
+}
+
+fn key_valid(b: u32, j: u32, s_all: u32) -> f32 {
+    if (j >= s_all) { return 0.0; }
+    if (p.has_mask != 0u && j < p.s_txt && mask[b * p.s_txt + j] == 0.0) { return 0.0; }
+    return 1.0;
+}
+
+// Stages keys [j0, j0 + BK) of head `base` (first row of (b, h)); rows past the end are clamped
+// copies and are excluded through key_ok.
+fn stage_kv(base: u32, j0: u32, s_all: u32, b: u32, lid: u32) {
+    for (var t = lid; t < BK * DH4; t += WG) {
+        let j = min(j0 + t / DH4, s_all - 1u);
+        let src = (base + j) * DH4 + t % DH4;
+        k_tile[t] = k[src];
+        v_tile[t] = v[src];
+    }
+    if (lid < BK) { key_ok[lid] = key_valid(b, j0 + lid, s_all); }
+}
+
+@compute @workgroup_size(64)
+fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let s_all = p.s_txt + p.s_img;
+    let bh = wg.y;
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let i = wg.x * WG + lid;
+    let base = bh * s_all;
+    let qi = min(i, s_all - 1u); // idle lanes of the last tile still help stage and hit the barriers
+    var qr: array<vec4<f32>, MAX_DH4>;
+    var acc: array<vec4<f32>, MAX_DH4>;
+    for (var d = 0u; d < DH4; d++) {
+        qr[d] = q[(base + qi) * DH4 + d] * p.scale;
+        acc[d] = vec4<f32>(0.0);
+    }
+    var m = NEG_BIG;
+    var l = 0.0;
+    var sc: array<f32, MAX_BK>;
+    for (var j0 = 0u; j0 < s_all; j0 += BK) {
+        workgroupBarrier(); // the previous tile is consumed
+        stage_kv(base, j0, s_all, b, lid);
+        workgroupBarrier();
+        var mt = m;
+        for (var jj = 0u; jj < BK; jj++) {
+            var a4 = vec4<f32>(0.0);
+            for (var d = 0u; d < DH4; d++) { a4 = fma(qr[d], k_tile[jj * DH4 + d], a4); }
+            let s = (a4.x + a4.y) + (a4.z + a4.w);
+            sc[jj] = s;
+            if (key_ok[jj] != 0.0) { mt = max(mt, s); }
+        }
+        let alpha = exp(m - mt); // 0 on the first valid tile, 1 while nothing valid was seen
+        l *= alpha;
+        for (var d = 0u; d < DH4; d++) { acc[d] *= alpha; }
+        for (var jj = 0u; jj < BK; jj++) {
+            let pj = select(0.0, exp(sc[jj] - mt), key_ok[jj] != 0.0);
+            l += pj;
+            for (var d = 0u; d < DH4; d++) { acc[d] = fma(vec4<f32>(pj), v_tile[jj * DH4 + d], acc[d]); }
+        }
+        m = mt;
+    }
+    if (i < s_all) {
+        // every row has a valid key (s_img >= 1, checked by the launcher), so l >= 1
+        let inv = 1.0 / l;
+        let orow = (joint_row(b, i) * p.heads + h) * DH4;
+        for (var d = 0u; d < DH4; d++) { o[orow + d] = acc[d] * inv; }
+        lse[base + i] = m + log(l);
+    }
+}
