@@ -33,10 +33,23 @@ fn bench(c: &mut Criterion) {
     let sh = AttentionShape { batch: 1, heads, head_dim: 128, s_txt: 0, s_img: s };
     let mut rng = Rng::new(7);
     let n = sh.qkv_len();
-    let [q, k, v, o, d_o, dq, dk, dv] = ["q", "k", "v", "o", "do", "dq", "dk", "dv"].map(|name| tensor(&gpu, &mut rng, n, name));
+    let [q, k, v, o, d_o, dq, dk, dv] =
+        ["q", "k", "v", "o", "do", "dq", "dk", "dv"].map(|name| tensor(&gpu, &mut rng, n, name));
     let [lse, delta] = ["lse", "delta"].map(|name| tensor(&gpu, &mut rng, sh.lse_len(), name));
     let fwd = launch_forward(&gpu, &sh, &q, &k, &v, None, &o, &lse).expect("forward launch");
-    let args = BackwardArgs { q: &q, k: &k, v: &v, mask: None, o: &o, lse: &lse, d_o: &d_o, delta: &delta, dq: &dq, dk: &dk, dv: &dv };
+    let args = BackwardArgs {
+        q: &q,
+        k: &k,
+        v: &v,
+        mask: None,
+        o: &o,
+        lse: &lse,
+        d_o: &d_o,
+        delta: &delta,
+        dq: &dq,
+        dk: &dk,
+        dv: &dv,
+    };
     let bwd = launch_backward(&gpu, &sh, &args).expect("backward launch");
     let flop = (sh.batch * sh.heads * s * s * sh.head_dim) as u64;
     // Roofline: fp32 CUDA cores (no tensor cores in WGSL): H100 67 TFLOP/s ≈ 16 µs per GFLOP; at S ≥ 1k

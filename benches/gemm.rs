@@ -33,7 +33,13 @@ fn setup(gpu: &Gpu, (m, k, n): (usize, usize, usize), dtype: DType, fused: bool,
     let y = t(m * n, &[m, n], DType::F32);
     let problem = GemmProblem::rows(0, m).gate(GateRows::per_sample(2 * n, 3 * n));
     let epilogue = if fused {
-        Epilogue { bias: Some(&bias), lora: Some(Lora { t: &lt, b: &lb, rank: r }), gate: Some(&gate), residual: Residual::InPlace, gelu: false }
+        Epilogue {
+            bias: Some(&bias),
+            lora: Some(Lora { t: &lt, b: &lb, rank: r }),
+            gate: Some(&gate),
+            residual: Residual::InPlace,
+            gelu: false,
+        }
     } else {
         Epilogue { bias: Some(&bias), ..Default::default() }
     };

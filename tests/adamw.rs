@@ -33,8 +33,13 @@ impl Fixture {
     }
     fn hyper(&self, cfg: &str) -> Hyper {
         let st = safetensors::SafeTensors::deserialize(&self.0).expect("fixture parses");
-        let h: Vec<f64> = st.tensor(&format!("{cfg}.hyper")).expect("hyper").data().chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        let h: Vec<f64> = st
+            .tensor(&format!("{cfg}.hyper"))
+            .expect("hyper")
+            .data()
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
         Hyper { lr: h[0], beta1: h[1], beta2: h[2], eps: h[3], weight_decay: h[4] }
     }
     fn grads(&self) -> [Vec<f32>; 3] {
@@ -44,7 +49,11 @@ impl Fixture {
 
 /// (grad_scale, max_norm) of a fixture config.
 fn clip_of(cfg: &str) -> (f32, f32) {
-    if cfg == "b" { (GRAD_SCALE, MAX_NORM) } else { (1.0, 0.0) }
+    if cfg == "b" {
+        (GRAD_SCALE, MAX_NORM)
+    } else {
+        (1.0, 0.0)
+    }
 }
 
 #[test]
@@ -67,7 +76,15 @@ fn cpu_adamw_reproduces_torch_on_three_steps_with_and_without_clipping() {
 }
 
 /// Runs `steps` GPU AdamW steps (with the squared-norm passes when clipping) and returns (p, m, v).
-fn gpu_steps(gpu: &Gpu, h: &Hyper, p0: &[f32], grads: &[Vec<f32>], scale: f32, max_norm: f32, first_step: u32) -> [Vec<f32>; 3] {
+fn gpu_steps(
+    gpu: &Gpu,
+    h: &Hyper,
+    p0: &[f32],
+    grads: &[Vec<f32>],
+    scale: f32,
+    max_norm: f32,
+    first_step: u32,
+) -> [Vec<f32>; 3] {
     let n = p0.len();
     let (p, m, v) = (up(gpu, p0, &[n]), up(gpu, &vec![0.0; n], &[n]), up(gpu, &vec![0.0; n], &[n]));
     let partials = poisoned(gpu, &[sq_norm::partials(&[n])]);
@@ -80,7 +97,9 @@ fn gpu_steps(gpu: &Gpu, h: &Hyper, p0: &[f32], grads: &[Vec<f32>], scale: f32, m
         }
         let params = adamw::params(n, h, first_step + i as u32, scale, max_norm);
         let sqn = (max_norm > 0.0).then_some(&sq);
-        launches.push(adamw::launch(gpu, &adamw::Args { params, grad: &tg, sq_norm: sqn, param: &p, m: &m, v: &v }).unwrap());
+        launches.push(
+            adamw::launch(gpu, &adamw::Args { params, grad: &tg, sq_norm: sqn, param: &p, m: &m, v: &v }).unwrap(),
+        );
         gpu.run(&launches).unwrap();
     }
     [&p, &m, &v].map(|t: &Tensor| t.to_f32(gpu).unwrap())
@@ -132,10 +151,16 @@ fn squared_norm_sums_several_tensors_without_atomics() {
     let ts: Vec<Tensor> = data.iter().map(|d| up(&gpu, d, &[d.len()])).collect();
     let refs: Vec<&Tensor> = ts.iter().collect();
     let (partials, out) = (poisoned(&gpu, &[sq_norm::partials(&lens)]), poisoned(&gpu, &[1]));
-    gpu.run(&sq_norm::launch(&gpu, &sq_norm::Args { tensors: &refs, partials: &partials, out: &out }).unwrap()).unwrap();
+    gpu.run(&sq_norm::launch(&gpu, &sq_norm::Args { tensors: &refs, partials: &partials, out: &out }).unwrap())
+        .unwrap();
     let want = sq_norm::cpu::sq_norm(&data.iter().map(|d| &d[..]).collect::<Vec<_>>());
     // f32 tree sums of ~78k positive terms: relative error ~ log2(n)·eps
-    let s = assert_close("sq_norm", &out.to_f32(&gpu).unwrap(), &[want as f32], Tol { abs: 0.0, rel: 1e-5, rel_l2: 1e-5 });
-    assert_eq!(sq_norm::apply(&gpu, &refs).unwrap().to_bits(), out.to_f32(&gpu).unwrap()[0].to_bits(), "apply = launch");
+    let s =
+        assert_close("sq_norm", &out.to_f32(&gpu).unwrap(), &[want as f32], Tol { abs: 0.0, rel: 1e-5, rel_l2: 1e-5 });
+    assert_eq!(
+        sq_norm::apply(&gpu, &refs).unwrap().to_bits(),
+        out.to_f32(&gpu).unwrap()[0].to_bits(),
+        "apply = launch"
+    );
     eprintln!("sq_norm of {} values: rel err {:.2e}", lens.iter().sum::<usize>(), s.rel_l2);
 }

@@ -20,8 +20,8 @@ const TOL_GRAD: Tol = Tol { abs: 1e-5, rel: 1e-4, rel_l2: 1e-5 };
 enum MaskKind {
     None,
     AllValid,
-    Padded,         // trailing zeros: the last third of the text tokens of the last sample
-    NonContiguous,  // [1,0,1,0,1,1,0] repeated, every sample
+    Padded,        // trailing zeros: the last third of the text tokens of the last sample
+    NonContiguous, // [1,0,1,0,1,1,0] repeated, every sample
 }
 
 struct Case {
@@ -95,13 +95,27 @@ struct GpuRun {
 
 /// Runs forward then backward on the GPU (the backward consumes the GPU's own O and lse).
 fn run_gpu(gpu: &Gpu, sh: &AttentionShape, x: &Inputs) -> GpuRun {
-    let (q, k, v, d_o) = (upload(gpu, &x.q, "q"), upload(gpu, &x.k, "k"), upload(gpu, &x.v, "v"), upload(gpu, &x.d_o, "do"));
+    let (q, k, v, d_o) =
+        (upload(gpu, &x.q, "q"), upload(gpu, &x.k, "k"), upload(gpu, &x.v, "v"), upload(gpu, &x.d_o, "do"));
     let mask = x.mask.as_ref().map(|m| upload(gpu, m, "mask"));
     let (n, nl) = (sh.qkv_len(), sh.lse_len());
     let (o, lse) = (poisoned(gpu, n, "o"), poisoned(gpu, nl, "lse"));
     gpu.run(&[attention::launch_forward(gpu, sh, &q, &k, &v, mask.as_ref(), &o, &lse).unwrap()]).unwrap();
-    let (dq, dk, dv, delta) = (poisoned(gpu, n, "dq"), poisoned(gpu, n, "dk"), poisoned(gpu, n, "dv"), poisoned(gpu, nl, "delta"));
-    let args = BackwardArgs { q: &q, k: &k, v: &v, mask: mask.as_ref(), o: &o, lse: &lse, d_o: &d_o, delta: &delta, dq: &dq, dk: &dk, dv: &dv };
+    let (dq, dk, dv, delta) =
+        (poisoned(gpu, n, "dq"), poisoned(gpu, n, "dk"), poisoned(gpu, n, "dv"), poisoned(gpu, nl, "delta"));
+    let args = BackwardArgs {
+        q: &q,
+        k: &k,
+        v: &v,
+        mask: mask.as_ref(),
+        o: &o,
+        lse: &lse,
+        d_o: &d_o,
+        delta: &delta,
+        dq: &dq,
+        dk: &dk,
+        dv: &dv,
+    };
     gpu.run(&attention::launch_backward(gpu, sh, &args).unwrap()).unwrap();
     let get = |t: &Tensor| t.to_f32(gpu).unwrap();
     GpuRun { o: get(&o), lse: get(&lse), grads: [get(&dq), get(&dk), get(&dv)] }
@@ -141,7 +155,8 @@ fn assert_masked_keys_have_zero_gradient(sh: &AttentionShape, mask: Option<&[f32
 
 fn report(label: &str, s: &[Stats; 5]) {
     let names = ["O", "lse", "dQ", "dK", "dV"];
-    let parts: Vec<String> = names.iter().zip(s).map(|(n, s)| format!("{n} max_abs {:.2e} rel_l2 {:.2e}", s.max_abs, s.rel_l2)).collect();
+    let parts: Vec<String> =
+        names.iter().zip(s).map(|(n, s)| format!("{n} max_abs {:.2e} rel_l2 {:.2e}", s.max_abs, s.rel_l2)).collect();
     println!("{label}: {}", parts.join("; "));
 }
 
@@ -233,7 +248,11 @@ fn cpu_backward_matches_central_finite_differences() {
                 qkv[t][e] = x0;
                 let fd = (lp - lm) / (2.0 * h);
                 // central differences: truncation O(h²) ~ 1e-10, rounding ~ 1e-16 / h ~ 1e-11
-                assert!((fd - analytic[t][e]).abs() <= 1e-7 * (1.0 + fd.abs()), "{sh:?} tensor {t} [{e}]: fd {fd} vs analytic {}", analytic[t][e]);
+                assert!(
+                    (fd - analytic[t][e]).abs() <= 1e-7 * (1.0 + fd.abs()),
+                    "{sh:?} tensor {t} [{e}]: fd {fd} vs analytic {}",
+                    analytic[t][e]
+                );
             }
         }
     }

@@ -20,7 +20,12 @@ fn activation_backward_matches_reference_at_awkward_sizes() {
         for op in [Op::Silu, Op::GeluTanh] {
             let dx = poisoned(&gpu, &[n]);
             gpu.run(&[elementwise_backward::launch(&gpu, op, &tx, &tdy, &dx).unwrap()]).unwrap();
-            let s = assert_close(&format!("{op:?}' n={n}"), &dx.to_f32(&gpu).unwrap(), &cpu::backward(op, &x, &dy), Tol::F32_ELEMENTWISE);
+            let s = assert_close(
+                &format!("{op:?}' n={n}"),
+                &dx.to_f32(&gpu).unwrap(),
+                &cpu::backward(op, &x, &dy),
+                Tol::F32_ELEMENTWISE,
+            );
             if n == 4099 {
                 eprintln!("{op:?}': max_abs {:.2e} rel_l2 {:.2e}", s.max_abs, s.rel_l2);
             }

@@ -18,7 +18,11 @@ fn groups(b: usize, s_txt: usize, s_img: usize, split: usize, cols: usize) -> (V
     let stride = 6 * cols;
     let g = vec![
         Group { rows: SampleRows::plain(0, b, s_txt), gate_offset: 2 * b * stride + 5 * cols, sample_stride: stride },
-        Group { rows: SampleRows { row0: b * s_txt, samples: b, rows_per_sample: s_img, split, alt_rows: b }, gate_offset: 2 * cols, sample_stride: stride },
+        Group {
+            rows: SampleRows { row0: b * s_txt, samples: b, rows_per_sample: s_img, split, alt_rows: b },
+            gate_offset: 2 * cols,
+            sample_stride: stride,
+        },
     ];
     (g, 3 * b * stride)
 }
@@ -30,18 +34,36 @@ fn targets(groups: &[Group]) -> Vec<Target> {
 #[test]
 fn gated_residual_forward_and_backward_match_reference_with_zero_cond_split() {
     let gpu = test_gpu();
-    for (i, &(b, s_txt, s_img, split, cols)) in [(2, 3, 17, 12, 64), (1, 1, 65, 65, 300), (3, 17, 40, 33, 16)].iter().enumerate() {
+    for (i, &(b, s_txt, s_img, split, cols)) in
+        [(2, 3, 17, 12, 64), (1, 1, 65, 65, 300), (3, 17, 40, 33, 16)].iter().enumerate()
+    {
         let (gs, mod_len) = groups(b, s_txt, s_img, split, cols);
         let rows = b * (s_txt + s_img);
         let mut rng = Rng::new(i as u64);
-        let (x, y, dx) = (normal(&mut rng, rows * cols, 1.0), normal(&mut rng, rows * cols, 1.0), normal(&mut rng, rows * cols, 1.0));
+        let (x, y, dx) = (
+            normal(&mut rng, rows * cols, 1.0),
+            normal(&mut rng, rows * cols, 1.0),
+            normal(&mut rng, rows * cols, 1.0),
+        );
         let (modv, dmod0) = (normal(&mut rng, mod_len, 0.5), normal(&mut rng, mod_len, 1.0));
-        let (tx, ty, tdx, tm) = (up(&gpu, &x, &[rows, cols]), up(&gpu, &y, &[rows, cols]), up(&gpu, &dx, &[rows, cols]), up(&gpu, &modv, &[mod_len]));
+        let (tx, ty, tdx, tm) = (
+            up(&gpu, &x, &[rows, cols]),
+            up(&gpu, &y, &[rows, cols]),
+            up(&gpu, &dx, &[rows, cols]),
+            up(&gpu, &modv, &[mod_len]),
+        );
         let (db, dmod) = (poisoned(&gpu, &[rows, cols]), up(&gpu, &dmod0, &[mod_len]));
         let scratch = poisoned(&gpu, &[gated_residual::scratch_elems(&gs, cols)]);
         let fwd = gated_residual::Args { a: &ty, modv: &tm, groups: &gs, write: Write::Accumulate, out: &tx };
         let mut l = vec![gated_residual::launch(&gpu, &fwd).unwrap()];
-        let bwd = BackwardArgs { branch: &ty, modv: &tm, groups: &gs, dx: &tdx, d_branch: &db, d_gate: Some((&dmod, &scratch)) };
+        let bwd = BackwardArgs {
+            branch: &ty,
+            modv: &tm,
+            groups: &gs,
+            dx: &tdx,
+            d_branch: &db,
+            d_gate: Some((&dmod, &scratch)),
+        };
         l.extend(gated_residual::backward(&gpu, &bwd).unwrap());
         gpu.run(&l).unwrap();
         let (y64, m64, dx64) = (f64s(&y), f64s(&modv), f64s(&dx));
@@ -65,7 +87,11 @@ fn gated_residual_cpu_backward_matches_finite_differences() {
     let (gs, mod_len) = groups(b, s_txt, s_img, split, cols);
     let rows = b * (s_txt + s_img);
     let mut rng = Rng::new(7);
-    let (x, y, dy) = (f64s(&normal(&mut rng, rows * cols, 1.0)), f64s(&normal(&mut rng, rows * cols, 1.0)), f64s(&normal(&mut rng, rows * cols, 1.0)));
+    let (x, y, dy) = (
+        f64s(&normal(&mut rng, rows * cols, 1.0)),
+        f64s(&normal(&mut rng, rows * cols, 1.0)),
+        f64s(&normal(&mut rng, rows * cols, 1.0)),
+    );
     let modv = f64s(&normal(&mut rng, mod_len, 0.5));
     let loss = |yp: &[f64], mp: &[f64]| {
         let mut o = x.clone();
@@ -91,7 +117,13 @@ fn gated_residual_covers_more_workgroups_than_one_grid_dimension() {
     let mut rng = Rng::new(9);
     let (y, modv) = (normal(&mut rng, rows * cols, 1.0), normal(&mut rng, mod_len, 0.5));
     let out = poisoned(&gpu, &[rows, cols]);
-    let a = gated_residual::Args { a: &up(&gpu, &y, &[rows, cols]), modv: &up(&gpu, &modv, &[mod_len]), groups: &gs, write: Write::Assign, out: &out };
+    let a = gated_residual::Args {
+        a: &up(&gpu, &y, &[rows, cols]),
+        modv: &up(&gpu, &modv, &[mod_len]),
+        groups: &gs,
+        write: Write::Assign,
+        out: &out,
+    };
     gpu.run(&[gated_residual::launch(&gpu, &a).unwrap()]).unwrap();
     let mut want = vec![f64::NAN; rows * cols];
     cpu::apply(&f64s(&y), cols, &f64s(&modv), &gs, Write::Assign, &mut want);

@@ -2,7 +2,9 @@
 //! outputs poisoned before every run. Backward kernels: tests/gemm_backward.rs.
 
 use wgdit::gpu::Gpu;
-use wgdit::kernels::gemm::{self, cpu, Epilogue, GateRows, GemmArgs, GemmProblem, Lora, LoraProblem, Residual, Variant};
+use wgdit::kernels::gemm::{
+    self, cpu, Epilogue, GateRows, GemmArgs, GemmProblem, Lora, LoraProblem, Residual, Variant,
+};
 use wgdit::rng::Rng;
 use wgdit::tensor::{DType, Tensor};
 use wgdit::testing::{assert_close, test_gpu, Tol};
@@ -40,7 +42,16 @@ impl Case {
     fn name(&self) -> String {
         format!(
             "gemm {}x{}x{} {} problems={} bias={} gelu={} rank={} gate={} res={:?}",
-            self.m, self.n, self.k, self.dtype.name(), self.problems.len(), self.bias, self.gelu, self.rank, self.gate, self.res
+            self.m,
+            self.n,
+            self.k,
+            self.dtype.name(),
+            self.problems.len(),
+            self.bias,
+            self.gelu,
+            self.rank,
+            self.gate,
+            self.res
         )
     }
 }
@@ -88,7 +99,8 @@ fn f64s(v: &[f32]) -> Vec<f64> {
 fn gpu_forward(gpu: &Gpu, c: &Case, d: &Data, groups: &[Vec<usize>], v: Variant) -> Vec<f32> {
     let x = Tensor::from_f32(gpu, &d.x, &[c.m, c.k], DType::F32, "x").unwrap();
     let w = up(gpu, &d.w, c.dtype, "w");
-    let (bias, gate, lb) = (up(gpu, &d.bias, DType::F32, "b"), up(gpu, &d.gate, DType::F32, "g"), up(gpu, &d.lb, DType::F32, "B"));
+    let (bias, gate, lb) =
+        (up(gpu, &d.bias, DType::F32, "b"), up(gpu, &d.gate, DType::F32, "g"), up(gpu, &d.lb, DType::F32, "B"));
     let res = Tensor::from_f32(gpu, &d.res, &[c.m, c.n], DType::F32, "res").unwrap();
     let t = Tensor::from_f32(gpu, &d.t, &[c.m, c.rank], DType::F32, "t").unwrap();
     let y = if c.res == Res::InPlace { res.clone() } else { Tensor::zeros(gpu, &[c.m, c.n], DType::F32, "y").unwrap() };
@@ -119,7 +131,8 @@ fn gpu_forward(gpu: &Gpu, c: &Case, d: &Data, groups: &[Vec<usize>], v: Variant)
 }
 
 fn cpu_forward(c: &Case, d: &Data) -> Vec<f32> {
-    let (x, w, bias, gate, res, t, lb) = (f64s(&d.x), f64s(&d.w), f64s(&d.bias), f64s(&d.gate), f64s(&d.res), f64s(&d.t), f64s(&d.lb));
+    let (x, w, bias, gate, res, t, lb) =
+        (f64s(&d.x), f64s(&d.w), f64s(&d.bias), f64s(&d.gate), f64s(&d.res), f64s(&d.t), f64s(&d.lb));
     let g = cpu::Gemm {
         x: &x,
         k: c.k,
@@ -221,7 +234,13 @@ fn zero_cond_t_split_gates_read_the_t0_rows_for_reference_tokens() {
     let gpu = test_gpu();
     let mut rng = Rng::new(14);
     let (m, n, k) = (96, 40, 24);
-    let c = Case { problems: dit_problems(n, k, 0, 20), bias: true, gate: true, res: Res::From, ..Case::plain(m, n, k, DType::BF16) };
+    let c = Case {
+        problems: dit_problems(n, k, 0, 20),
+        bias: true,
+        gate: true,
+        res: Res::From,
+        ..Case::plain(m, n, k, DType::BF16)
+    };
     let d = check(&gpu, &mut rng, &c);
     // The split must matter: without it the reference tokens (img rows j >= 20) differ.
     let plain = Case { problems: dit_problems(n, k, 0, 32), ..c.clone() };
@@ -245,8 +264,10 @@ fn two_stacked_loras_match_reference_through_lora_down_and_side_path() {
     let t = Tensor::zeros(&gpu, &[m, r], DType::F32, "t").unwrap();
     gpu.poison(&t.buffer);
     let lp = |rank: usize, s: [f32; 2]| {
-        [LoraProblem { row0: 0, rows: 32, a_offset: 0, b_offset: 0, scale: s[0] },
-         LoraProblem { row0: 32, rows: 64, a_offset: rank * k, b_offset: 0, scale: s[1] }]
+        [
+            LoraProblem { row0: 0, rows: 32, a_offset: 0, b_offset: 0, scale: s[0] },
+            LoraProblem { row0: 32, rows: 64, a_offset: rank * k, b_offset: 0, scale: s[1] },
+        ]
     };
     let (p1, p2) = (lp(r1, [0.5, 1.5]), lp(r2, [2.0, -0.25]));
     let l1 = gemm::launch_lora_down(&gpu, &xt, &up(&gpu, &a1, DType::F32, "A1"), r1, &p1, &t, 0).unwrap();
@@ -256,15 +277,35 @@ fn two_stacked_loras_match_reference_through_lora_down_and_side_path() {
     // Reference t, column block by column block.
     let mut want_t = vec![0.0f64; m * r];
     for (a, ps, col0, rank) in [(&a1, &p1, 0, r1), (&a2, &p2, r1, r2)] {
-        let probs: Vec<_> = ps.iter().map(|p| GemmProblem::rows(p.row0, p.rows).weight(p.a_offset).alpha(p.scale)).collect();
+        let probs: Vec<_> =
+            ps.iter().map(|p| GemmProblem::rows(p.row0, p.rows).weight(p.a_offset).alpha(p.scale)).collect();
         let (xf, af) = (f64s(&x), f64s(a));
-        let g = cpu::Gemm { x: &xf, k, weight: &af, n: rank, problems: &probs, bias: None, lora: None, gelu: false, gate: None, residual: None, ldy: r, y_col0: col0 };
+        let g = cpu::Gemm {
+            x: &xf,
+            k,
+            weight: &af,
+            n: rank,
+            problems: &probs,
+            bias: None,
+            lora: None,
+            gelu: false,
+            gate: None,
+            residual: None,
+            ldy: r,
+            y_col0: col0,
+        };
         cpu::gemm(&g, &mut want_t);
     }
     let want_t: Vec<f32> = want_t.iter().map(|&v| v as f32).collect();
     assert_close("stacked lora down t", &got_t, &want_t, Tol::f32_dot(k));
     // Side path with the GPU's t: the generic forward case, rank R = r1 + r2.
-    let c = Case { dtype: DType::F16, problems: dit_problems(n, k, r, 32), bias: true, rank: r, ..Case::plain(m, n, k, DType::F16) };
+    let c = Case {
+        dtype: DType::F16,
+        problems: dit_problems(n, k, r, 32),
+        bias: true,
+        rank: r,
+        ..Case::plain(m, n, k, DType::F16)
+    };
     let mut d = data(&mut rng, &c);
     d.t = got_t;
     check_with(&gpu, &c, &d);

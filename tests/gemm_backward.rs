@@ -30,10 +30,7 @@ fn two_problems(m: usize, n: usize, k: usize) -> Vec<GemmProblem> {
         return vec![GemmProblem::rows(0, m).alpha(0.75)];
     }
     let a = m / 3 + 1;
-    vec![
-        GemmProblem::rows(0, a).alpha(0.75),
-        GemmProblem::rows(a, m - a).weight(n * k + 2).bias(n + 1).alpha(-1.25),
-    ]
+    vec![GemmProblem::rows(0, a).alpha(0.75), GemmProblem::rows(a, m - a).weight(n * k + 2).bias(n + 1).alpha(-1.25)]
 }
 
 fn weight_len(problems: &[GemmProblem], n: usize, k: usize) -> usize {
@@ -112,9 +109,11 @@ fn lora_grads_match_reference_on_two_stream_problems() {
     let (m, n, k, r) = (96, 48, 65, 8);
     let problems = lora_problems(n, k, r);
     let u = |rng: &mut Rng, len| rng.vec_uniform(len, -1.0, 1.0);
-    let (x, dy, t, a, b) = (u(&mut rng, m * k), u(&mut rng, m * n), u(&mut rng, m * r), u(&mut rng, 2 * r * k), u(&mut rng, 2 * n * r));
+    let (x, dy, t, a, b) =
+        (u(&mut rng, m * k), u(&mut rng, m * n), u(&mut rng, m * r), u(&mut rng, 2 * r * k), u(&mut rng, 2 * n * r));
     let (da0, db0, dx0) = (u(&mut rng, 2 * r * k), u(&mut rng, 2 * n * r), u(&mut rng, m * k));
-    let (da, db, dx) = (t1(&gpu, &da0, DType::F32, "dA"), t1(&gpu, &db0, DType::F32, "dB"), t2(&gpu, &dx0, m, k, DType::F32, "dx"));
+    let (da, db, dx) =
+        (t1(&gpu, &da0, DType::F32, "dA"), t1(&gpu, &db0, DType::F32, "dB"), t2(&gpu, &dx0, m, k, DType::F32, "dx"));
     let dt = Tensor::zeros(&gpu, &[m, r], DType::F32, "dt").unwrap();
     gpu.poison(&dt.buffer);
     let args = LoraGradArgs {
@@ -132,7 +131,20 @@ fn lora_grads_match_reference_on_two_stream_problems() {
     };
     gpu.run(&bwd::launch_lora_grads(&gpu, &args).unwrap()).unwrap();
     let (mut wa, mut wb, mut wx) = (f64s(&da0), f64s(&db0), f64s(&dx0));
-    let wt = cpu::lora_grads(&f64s(&x), k, &f64s(&dy), n, &f64s(&t), &f64s(&a), &f64s(&b), r, &problems, &mut wa, &mut wb, Some(&mut wx));
+    let wt = cpu::lora_grads(
+        &f64s(&x),
+        k,
+        &f64s(&dy),
+        n,
+        &f64s(&t),
+        &f64s(&a),
+        &f64s(&b),
+        r,
+        &problems,
+        &mut wa,
+        &mut wb,
+        Some(&mut wx),
+    );
     // dt: a length-n dot; dA, dB: sums over 64 rows of such terms (the inputs of dA already carry
     // dt's rounding, relative 1e-6 · sqrt(n)); dx adds a length-r dot of dt.
     for (name, buf, want, tol) in [
@@ -165,7 +177,11 @@ fn fd_problems() -> (Vec<GemmProblem>, Vec<LoraProblem>) {
         LoraProblem { row0: 3, rows: 4, a_offset: r * k, b_offset: n * r, scale: -1.3 },
     ];
     let alpha = [0.8, 1.1];
-    let lin = lora.iter().enumerate().map(|(i, p)| GemmProblem::rows(p.row0, p.rows).weight(i * n * k).bias(i * n).lora(p.b_offset).alpha(alpha[i])).collect();
+    let lin = lora
+        .iter()
+        .enumerate()
+        .map(|(i, p)| GemmProblem::rows(p.row0, p.rows).weight(i * n * k).bias(i * n).lora(p.b_offset).alpha(alpha[i]))
+        .collect();
     (lin, lora)
 }
 
@@ -173,9 +189,23 @@ fn fd_problems() -> (Vec<GemmProblem>, Vec<LoraProblem>) {
 fn fd_t(p: &Lin) -> Vec<f64> {
     let (m, _, k, r) = FD;
     let (_, lora) = fd_problems();
-    let probs: Vec<_> = lora.iter().map(|q| GemmProblem::rows(q.row0, q.rows).weight(q.a_offset).alpha(q.scale)).collect();
+    let probs: Vec<_> =
+        lora.iter().map(|q| GemmProblem::rows(q.row0, q.rows).weight(q.a_offset).alpha(q.scale)).collect();
     let mut t = vec![0.0; m * r];
-    let g = fwd::Gemm { x: &p.x, k, weight: &p.a, n: r, problems: &probs, bias: None, lora: None, gelu: false, gate: None, residual: None, ldy: r, y_col0: 0 };
+    let g = fwd::Gemm {
+        x: &p.x,
+        k,
+        weight: &p.a,
+        n: r,
+        problems: &probs,
+        bias: None,
+        lora: None,
+        gelu: false,
+        gate: None,
+        residual: None,
+        ldy: r,
+        y_col0: 0,
+    };
     fwd::gemm(&g, &mut t);
     t
 }
@@ -186,7 +216,20 @@ fn fd_loss(p: &Lin, dy: &[f64]) -> f64 {
     let (lin, _) = fd_problems();
     let t = fd_t(p);
     let mut y = vec![0.0; m * n];
-    let g = fwd::Gemm { x: &p.x, k, weight: &p.w, n, problems: &lin, bias: Some(&p.b), lora: Some((&t, &p.bm, r)), gelu: false, gate: None, residual: None, ldy: n, y_col0: 0 };
+    let g = fwd::Gemm {
+        x: &p.x,
+        k,
+        weight: &p.w,
+        n,
+        problems: &lin,
+        bias: Some(&p.b),
+        lora: Some((&t, &p.bm, r)),
+        gelu: false,
+        gate: None,
+        residual: None,
+        ldy: n,
+        y_col0: 0,
+    };
     fwd::gemm(&g, &mut y);
     y.iter().zip(dy).map(|(a, b)| a * b).sum()
 }

@@ -30,7 +30,12 @@ fn joint_setup(b: usize, s_txt: usize, s_img: usize, split: usize, cols: usize) 
     let txt_base = 2 * b * stride;
     let groups = vec![
         // text stream uses mod2 (chunks 3, 4) of txt_mod, no split
-        Group { rows: SampleRows::plain(0, b, s_txt), shift_offset: txt_base + 3 * cols, scale_offset: txt_base + 4 * cols, sample_stride: stride },
+        Group {
+            rows: SampleRows::plain(0, b, s_txt),
+            shift_offset: txt_base + 3 * cols,
+            scale_offset: txt_base + 4 * cols,
+            sample_stride: stride,
+        },
         // image stream uses mod1 (chunks 0, 1) of img_mod; reference tokens read rows b + B
         Group {
             rows: SampleRows { row0: b * s_txt, samples: b, rows_per_sample: s_img, split, alt_rows: b },
@@ -44,7 +49,12 @@ fn joint_setup(b: usize, s_txt: usize, s_img: usize, split: usize, cols: usize) 
 
 fn single_setup(rows: usize, cols: usize) -> Setup {
     // norm_out order: scale = chunk 0, shift = chunk 1 of a [1, 2·cols] vector
-    let groups = vec![Group { rows: SampleRows::plain(0, 1, rows), shift_offset: cols, scale_offset: 0, sample_stride: 2 * cols }];
+    let groups = vec![Group {
+        rows: SampleRows::plain(0, 1, rows),
+        shift_offset: cols,
+        scale_offset: 0,
+        sample_stride: 2 * cols,
+    }];
     Setup { cols, rows, groups, mod_len: 2 * cols }
 }
 
@@ -60,7 +70,15 @@ fn run_gpu(gpu: &Gpu, s: &Setup, x: &[f32], modv: Option<&[f32]>, dy: &[f32], dm
     let tx = up(gpu, x, &[s.rows, s.cols]);
     let tm = modv.map(|m| up(gpu, m, &[m.len()]));
     let (y, mean, rstd) = (poisoned(gpu, &[s.rows, s.cols]), poisoned(gpu, &[s.rows]), poisoned(gpu, &[s.rows]));
-    let fwd = layer_norm_mod::Args { x: &tx, modv: tm.as_ref(), groups: &s.groups, eps: EPS, y: &y, mean: &mean, rstd: &rstd };
+    let fwd = layer_norm_mod::Args {
+        x: &tx,
+        modv: tm.as_ref(),
+        groups: &s.groups,
+        eps: EPS,
+        y: &y,
+        mean: &mean,
+        rstd: &rstd,
+    };
     gpu.run(&[layer_norm_mod::launch(gpu, &fwd).unwrap()]).unwrap();
     let (tdy, dx) = (up(gpu, dy, &[s.rows, s.cols]), poisoned(gpu, &[s.rows, s.cols]));
     let dmod = up(gpu, dmod0, &[dmod0.len()]);
@@ -103,13 +121,17 @@ fn check(gpu: &Gpu, s: &Setup, seed: u64, x_mean: f32, x_std: f32, modulate: boo
     if modulate {
         assert_close(&format!("dmod {name}"), &got.dmod, &f32s(&dmod), BWD);
     }
-    eprintln!("{name}: y max_abs {:.2e} rel_l2 {:.2e}; dx max_abs {:.2e} rel_l2 {:.2e}", st.max_abs, st.rel_l2, sdx.max_abs, sdx.rel_l2);
+    eprintln!(
+        "{name}: y max_abs {:.2e} rel_l2 {:.2e}; dx max_abs {:.2e} rel_l2 {:.2e}",
+        st.max_abs, st.rel_l2, sdx.max_abs, sdx.rel_l2
+    );
 }
 
 #[test]
 fn layer_norm_mod_matches_reference_on_joint_text_image_rows_with_zero_cond_split() {
     let gpu = test_gpu();
-    for (b, s_txt, s_img, split, cols) in [(2, 3, 17, 12, 64), (1, 1, 65, 65, 16), (3, 17, 5, 0, 48), (2, 1, 3, 1, 300)] {
+    for (b, s_txt, s_img, split, cols) in [(2, 3, 17, 12, 64), (1, 1, 65, 65, 16), (3, 17, 5, 0, 48), (2, 1, 3, 1, 300)]
+    {
         check(&gpu, &joint_setup(b, s_txt, s_img, split, cols), 1, 0.0, 1.0, true);
     }
 }
@@ -158,18 +180,27 @@ fn layer_norm_mod_throughput_at_dit_width() {
     let x = up(&gpu, &normal(&mut rng, s.rows * s.cols, 1.0), &[s.rows, s.cols]);
     let m = up(&gpu, &normal(&mut rng, s.mod_len, 0.5), &[s.mod_len]);
     let (y, mean, rstd) = (poisoned(&gpu, &[s.rows, s.cols]), poisoned(&gpu, &[s.rows]), poisoned(&gpu, &[s.rows]));
-    let a = layer_norm_mod::Args { x: &x, modv: Some(&m), groups: &s.groups, eps: EPS, y: &y, mean: &mean, rstd: &rstd };
+    let a =
+        layer_norm_mod::Args { x: &x, modv: Some(&m), groups: &s.groups, eps: EPS, y: &y, mean: &mean, rstd: &rstd };
     let b = gpu.bind(&layer_norm_mod::launch(&gpu, &a).unwrap()).unwrap();
     gpu.submit(&[&b]).unwrap();
     gpu.sync().unwrap();
     let best = best_ns(&gpu, &b);
     // baseline on the same machine and load: the template's element-wise add over the same size
-    let add = wgdit::kernels::elementwise::launch(&gpu, wgdit::kernels::elementwise::Op::Add, &x, Some(&x), &y).unwrap();
+    let add =
+        wgdit::kernels::elementwise::launch(&gpu, wgdit::kernels::elementwise::Op::Add, &x, Some(&x), &y).unwrap();
     let add_ns = best_ns(&gpu, &gpu.bind(&add).unwrap());
     eprintln!("elementwise add baseline: {:.2} ms", add_ns / 1e6);
     // roofline: one read of x + one write of y (the other two reads of x hit cache on real GPUs)
     let bytes = 2.0 * (s.rows * s.cols * 4) as f64;
-    eprintln!("layer_norm_mod {}x{} on {}: {:.2} ms, {:.2} GB/s (read x + write y)", s.rows, s.cols, gpu.info().name, best / 1e6, bytes / best);
+    eprintln!(
+        "layer_norm_mod {}x{} on {}: {:.2} ms, {:.2} GB/s (read x + write y)",
+        s.rows,
+        s.cols,
+        gpu.info().name,
+        best / 1e6,
+        bytes / best
+    );
 }
 
 fn best_ns(gpu: &Gpu, b: &wgdit::gpu::Bound) -> f64 {

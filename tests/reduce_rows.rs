@@ -20,7 +20,16 @@ fn check(gpu: &wgdit::gpu::Gpu, mode: Mode, cols: usize, rows: usize, targets: &
     let (ta, tc) = (up(gpu, &a, &[rows, cols]), up(gpu, &c, &[rows, cols]));
     let (tm, tr, out) = (up(gpu, &mean, &[rows]), up(gpu, &rstd, &[rows]), up(gpu, &out0, &[out_len]));
     let scratch = poisoned(gpu, &[reduce_rows::scratch_elems(targets, cols)]);
-    let args = reduce_rows::Args { mode, a: &ta, c: Some(&tc), mean: Some(&tm), rstd: Some(&tr), targets, scratch: &scratch, out: &out };
+    let args = reduce_rows::Args {
+        mode,
+        a: &ta,
+        c: Some(&tc),
+        mean: Some(&tm),
+        rstd: Some(&tr),
+        targets,
+        scratch: &scratch,
+        out: &out,
+    };
     gpu.run(&reduce_rows::launch(gpu, &args).unwrap()).unwrap();
     let mut want = f64s(&out0);
     let (a64, c64, m64, r64) = (f64s(&a), f64s(&c), f64s(&mean), f64s(&rstd));
@@ -38,7 +47,17 @@ fn reduce_rows_matches_reference_in_every_mode_with_split_and_two_problems() {
     let targets = [
         Target { rows: SampleRows::plain(0, b, s_txt), out_offset: 2 * b * stride + 2 * cols, out_stride: stride },
         // split inside the second chunk; reference tokens go to rows b + B
-        Target { rows: SampleRows { row0: b * s_txt, samples: b, rows_per_sample: s_img, split: CHUNK_ROWS + 7, alt_rows: b }, out_offset: 2 * cols, out_stride: stride },
+        Target {
+            rows: SampleRows {
+                row0: b * s_txt,
+                samples: b,
+                rows_per_sample: s_img,
+                split: CHUNK_ROWS + 7,
+                alt_rows: b,
+            },
+            out_offset: 2 * cols,
+            out_stride: stride,
+        },
     ];
     for (i, mode) in [Mode::Sum, Mode::Product, Mode::LayerNormProduct, Mode::RmsProduct].into_iter().enumerate() {
         check(&gpu, mode, cols, b * (s_txt + s_img), &targets, 3 * b * stride, i as u64);
@@ -55,10 +74,13 @@ fn reduce_rows_handles_awkward_row_and_column_counts() {
         }
     }
     // split = 0 (every token takes the alternate row) and one problem per sample of three
-    let t = [Target { rows: SampleRows { row0: 0, samples: 3, rows_per_sample: 17, split: 0, alt_rows: 3 }, out_offset: 0, out_stride: 16 }];
+    let t = [Target {
+        rows: SampleRows { row0: 0, samples: 3, rows_per_sample: 17, split: 0, alt_rows: 3 },
+        out_offset: 0,
+        out_stride: 16,
+    }];
     check(&gpu, Mode::Sum, 16, 51, &t, 6 * 16, 20);
-    let t: Vec<Target> = (0..4)
-        .map(|q| Target { rows: SampleRows::plain(q * 5, 1, 5), out_offset: q * 16, out_stride: 16 })
-        .collect();
+    let t: Vec<Target> =
+        (0..4).map(|q| Target { rows: SampleRows::plain(q * 5, 1, 5), out_offset: q * 16, out_stride: 16 }).collect();
     check(&gpu, Mode::LayerNormProduct, 16, 20, &t, 64, 21);
 }

@@ -24,7 +24,8 @@ fn check(gpu: &wgdit::gpu::Gpu, rows: usize, cols: usize, wdt: DType, seed: u64)
     let tw = Tensor::from_f32(gpu, &w, &[cols], wdt, "weight").unwrap();
     let (y, rstd, dx) = (poisoned(gpu, &[rows, cols]), poisoned(gpu, &[rows]), poisoned(gpu, &[rows, cols]));
     let (dw, scratch) = (up(gpu, &dw0, &[cols]), poisoned(gpu, &[rms_norm::scratch_elems(rows, cols)]));
-    let mut launches = vec![rms_norm::launch(gpu, &rms_norm::Args { x: &tx, weight: &tw, eps: EPS, y: &y, rstd: &rstd }).unwrap()];
+    let mut launches =
+        vec![rms_norm::launch(gpu, &rms_norm::Args { x: &tx, weight: &tw, eps: EPS, y: &y, rstd: &rstd }).unwrap()];
     let b = BackwardArgs { x: &tx, weight: &tw, rstd: &rstd, dy: &tdy, dx: &dx, dw: Some((&dw, &scratch)) };
     launches.extend(rms_norm::backward(gpu, &b).unwrap());
     gpu.run(&launches).unwrap();
@@ -37,7 +38,10 @@ fn check(gpu: &wgdit::gpu::Gpu, rows: usize, cols: usize, wdt: DType, seed: u64)
     assert_close(&format!("rstd {name}"), &rstd.to_f32(gpu).unwrap(), &f32s(&rr), FWD);
     let sd = assert_close(&format!("dx {name}"), &dx.to_f32(gpu).unwrap(), &f32s(&rdx), BWD);
     let sw = assert_close(&format!("dw {name}"), &dw.to_f32(gpu).unwrap(), &f32s(&rdw), BWD);
-    eprintln!("{name}: y {:.1e}/{:.1e} dx {:.1e}/{:.1e} dw {:.1e}/{:.1e} (max_abs/rel_l2)", s.max_abs, s.rel_l2, sd.max_abs, sd.rel_l2, sw.max_abs, sw.rel_l2);
+    eprintln!(
+        "{name}: y {:.1e}/{:.1e} dx {:.1e}/{:.1e} dw {:.1e}/{:.1e} (max_abs/rel_l2)",
+        s.max_abs, s.rel_l2, sd.max_abs, sd.rel_l2, sw.max_abs, sw.rel_l2
+    );
 }
 
 #[test]

@@ -24,12 +24,12 @@ pub enum Op {
     /// LoRA down-projection `t[:, col0..col0+r] = scale · x·Aᵀ` for the rows of each problem.
     /// Inputs [x, a]; outputs [t].
     LoraDown { k: usize, rank: usize, scale: f32, col0: usize, total_rank: usize, rows: Vec<(usize, usize)> },
-    /// LayerNorm + adaLN modulation. Inputs [x, modulation]; outputs [y].
+    /// LayerNorm + adaLN modulation. Inputs [x, modulation]; outputs [y, mean [rows], rstd [rows]].
     LayerNormMod(LayerNormModOp),
-    /// RMSNorm with weight. Inputs [x, w]; outputs [y].
+    /// RMSNorm with weight. Inputs [x, w]; outputs [y, rstd [rows]].
     RmsNorm { cols: usize, eps: f32 },
     /// QK-RMSNorm + RoPE + head-major Q, K, V. Inputs [qkv] (merged) or [q, k, v] (standard),
-    /// then [norm_weights [4, Dh], rope [S_joint, Dh/2, 2]]; outputs [q, k, v].
+    /// then [norm_weights [4, Dh], rope [S_joint, Dh/2, 2]]; outputs [q, k, v, saved [2, rows, H]].
     QkvPost { shape: JointShape, layout: QkvLayout },
     /// Joint flash attention. Inputs [q, k, v, mask?]; outputs [o (joint rows), lse].
     Attention { shape: JointShape, masked: bool },
@@ -102,22 +102,21 @@ impl Op {
                 assert_eq!(g.shape(outputs[0])[1], *total_rank, "{name}: t columns");
             }
             Op::LayerNormMod(op) => {
-                assert_eq!((inputs.len(), outputs.len()), (2, 1), "{name}: operands");
+                assert_eq!((inputs.len(), outputs.len()), (2, 3), "{name}: operands");
                 for p in &op.problems {
-                    assert!(p.x_row0 + p.rows <= g.shape(inputs[0])[0], "{name}: x rows");
-                    assert!(p.y_row0 + p.rows <= g.shape(outputs[0])[0], "{name}: y rows");
+                    assert!(p.row0 + p.rows <= g.shape(inputs[0])[0].min(g.shape(outputs[0])[0]), "{name}: rows");
                 }
             }
             Op::RmsNorm { cols, .. } => {
-                assert_eq!((inputs.len(), outputs.len()), (2, 1), "{name}: operands");
+                assert_eq!((inputs.len(), outputs.len()), (2, 2), "{name}: operands");
                 assert_eq!(g.shape(inputs[1]), &[*cols], "{name}: weight");
                 assert_eq!(numel(inputs[0]), numel(outputs[0]), "{name}: shapes");
             }
             Op::QkvPost { shape, layout } => {
                 let n_in = if *layout == QkvLayout::Merged { 1 } else { 3 };
-                assert_eq!((inputs.len(), outputs.len()), (n_in + 2, 3), "{name}: operands");
+                assert_eq!((inputs.len(), outputs.len()), (n_in + 2, 4), "{name}: operands");
                 let hm = [shape.batch, shape.heads, shape.s_txt + shape.s_img, shape.head_dim];
-                for &o in outputs {
+                for &o in &outputs[..3] {
                     assert_eq!(g.shape(o), &hm, "{name}: head-major outputs");
                 }
             }
@@ -144,8 +143,7 @@ fn check_gemm(g: &Graph, op: &GemmOp, inputs: &[TensorId], outputs: &[TensorId])
     let y_rows = y.iter().product::<usize>() / op.n;
     let w_numel = w.shape.iter().product::<usize>();
     for p in &op.problems {
-        assert!(p.x_row0 + p.rows <= x_rows, "gemm: x rows {p:?}");
-        assert!(p.y_row0 + p.rows <= y_rows, "gemm: y rows {p:?}");
+        assert!(p.row0 + p.rows <= x_rows.min(y_rows), "gemm: rows {p:?}");
         assert!(p.w_offset + op.n * op.k <= w_numel, "gemm: weight {} too small for {p:?}", w.name);
     }
 }

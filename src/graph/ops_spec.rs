@@ -25,12 +25,11 @@ impl ModRef {
     }
 }
 
-/// One problem of a grouped GEMM: rows `x_row0 .. x_row0 + rows` of x produce rows
-/// `y_row0 .. y_row0 + rows` of y with the weight at element `w_offset` ([n, k] row-major).
+/// One problem of a grouped GEMM: rows `row0 .. row0 + rows` of x produce the same rows of y
+/// with the weight at element `w_offset` ([n, k] row-major).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GemmProblem {
-    pub x_row0: usize,
-    pub y_row0: usize,
+    pub row0: usize,
     pub rows: usize,
     pub rows_per_sample: usize,
     pub w_offset: usize,
@@ -62,11 +61,10 @@ pub struct GemmOp {
     pub lora_rank: usize,
 }
 
-/// One problem of a row-wise norm: rows `x_row0 ..` of x → rows `y_row0 ..` of y.
+/// One problem of a row-wise norm: rows `row0 .. row0 + rows` of x → the same rows of y.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NormProblem {
-    pub x_row0: usize,
-    pub y_row0: usize,
+    pub row0: usize,
     pub rows: usize,
     pub rows_per_sample: usize,
     pub shift: ModRef,

@@ -120,7 +120,12 @@ pub struct Params {
 crate::assert_params!(Params);
 
 fn check_f32(who: &str, name: &str, t: &Tensor, len: usize) {
-    assert!(t.dtype == DType::F32 && t.numel() == len, "{who}: {name} must be f32 with {len} elements, got {:?} {:?}", t.dtype, t.shape);
+    assert!(
+        t.dtype == DType::F32 && t.numel() == len,
+        "{who}: {name} must be f32 with {len} elements, got {:?} {:?}",
+        t.dtype,
+        t.shape
+    );
 }
 
 /// The mask buffer, or `fallback` (a read-only input, never read: has_mask = 0) when there is none.
@@ -193,7 +198,9 @@ pub struct BackwardArgs<'a> {
 pub fn launch_backward(gpu: &Gpu, shape: &AttentionShape, a: &BackwardArgs) -> Result<Vec<Launch>> {
     const WHO: &str = "attention::launch_backward";
     shape.check(WHO);
-    for (n, t) in [("q", a.q), ("k", a.k), ("v", a.v), ("o", a.o), ("d_o", a.d_o), ("dq", a.dq), ("dk", a.dk), ("dv", a.dv)] {
+    for (n, t) in
+        [("q", a.q), ("k", a.k), ("v", a.v), ("o", a.o), ("d_o", a.d_o), ("dq", a.dq), ("dk", a.dk), ("dv", a.dv)]
+    {
         check_f32(WHO, n, t, shape.qkv_len());
     }
     check_f32(WHO, "lse", a.lse, shape.lse_len());
@@ -268,7 +275,14 @@ pub mod cpu {
     use super::AttentionShape;
 
     /// Softmax probabilities P [S, S] of head (b, h) and the lse per query, in f64.
-    pub fn probs(sh: &AttentionShape, q: &[f64], k: &[f64], mask: Option<&[f32]>, b: usize, h: usize) -> (Vec<f64>, Vec<f64>) {
+    pub fn probs(
+        sh: &AttentionShape,
+        q: &[f64],
+        k: &[f64],
+        mask: Option<&[f32]>,
+        b: usize,
+        h: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
         let (s, dh) = (sh.seq(), sh.head_dim);
         let base = (b * sh.heads + h) * s * dh;
         let scale = 1.0 / (dh as f64).sqrt();
@@ -314,7 +328,14 @@ pub mod cpu {
     }
 
     /// Backward in f64 (recomputes P): (dq, dk, dv) head-major, from `d_o` in stream-major rows.
-    pub fn backward(sh: &AttentionShape, q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f32]>, d_o: &[f64]) -> [Vec<f64>; 3] {
+    pub fn backward(
+        sh: &AttentionShape,
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        mask: Option<&[f32]>,
+        d_o: &[f64],
+    ) -> [Vec<f64>; 3] {
         let (s, dh, hd) = (sh.seq(), sh.head_dim, sh.heads * sh.head_dim);
         let scale = 1.0 / (dh as f64).sqrt();
         let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
@@ -324,7 +345,8 @@ pub mod cpu {
                 let (p, _) = probs(sh, q, k, mask, b, h);
                 let gout = |i: usize, d: usize| d_o[sh.joint_row(b, i) * hd + h * dh + d];
                 for i in 0..s {
-                    let dp: Vec<f64> = (0..s).map(|j| (0..dh).map(|d| gout(i, d) * v[base + j * dh + d]).sum()).collect();
+                    let dp: Vec<f64> =
+                        (0..s).map(|j| (0..dh).map(|d| gout(i, d) * v[base + j * dh + d]).sum()).collect();
                     let dsum: f64 = (0..s).map(|j| p[i * s + j] * dp[j]).sum(); // = rowsum(dO ⊙ O)
                     for j in 0..s {
                         let pij = p[i * s + j];

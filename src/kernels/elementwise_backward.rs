@@ -59,10 +59,7 @@ pub fn apply(gpu: &Arc<Gpu>, op: Op, x: &Tensor, dy: &Tensor) -> Result<Tensor> 
 
 // forward: y = a·b   =>   da = dy·b;  db = dy·a
 pub fn mul_backward(gpu: &Gpu, a: &Tensor, b: &Tensor, dy: &Tensor, da: &Tensor, db: &Tensor) -> Result<[Launch; 2]> {
-    Ok([
-        elementwise::launch(gpu, Op::Mul, dy, Some(b), da)?,
-        elementwise::launch(gpu, Op::Mul, dy, Some(a), db)?,
-    ])
+    Ok([elementwise::launch(gpu, Op::Mul, dy, Some(b), da)?, elementwise::launch(gpu, Op::Mul, dy, Some(a), db)?])
 }
 
 pub mod cpu {

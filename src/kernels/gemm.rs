@@ -257,7 +257,10 @@ fn check(a: &GemmArgs) {
         }
     }
     if let Residual::From(r) = e.residual {
-        assert!(r.shape == a.y.shape && !r.buffer.same(&a.y.buffer), "gemm: residual must match y, in another buffer (else InPlace)");
+        assert!(
+            r.shape == a.y.shape && !r.buffer.same(&a.y.buffer),
+            "gemm: residual must match y, in another buffer (else InPlace)"
+        );
     }
 }
 
@@ -354,11 +357,10 @@ pub fn launch_lora_down(
     t_col0: usize,
 ) -> Result<Launch> {
     assert_eq!(a.dtype, DType::F32, "gemm::launch_lora_down: A must be f32");
-    let probs: Vec<GemmProblem> = problems
-        .iter()
-        .map(|p| GemmProblem::rows(p.row0, p.rows).weight(p.a_offset).alpha(p.scale))
-        .collect();
-    let args = GemmArgs { x, weight: a, n: rank, problems: &probs, epilogue: Epilogue::default(), y: t, y_col0: t_col0 };
+    let probs: Vec<GemmProblem> =
+        problems.iter().map(|p| GemmProblem::rows(p.row0, p.rows).weight(p.a_offset).alpha(p.scale)).collect();
+    let args =
+        GemmArgs { x, weight: a, n: rank, problems: &probs, epilogue: Epilogue::default(), y: t, y_col0: t_col0 };
     launch(gpu, &args)
 }
 

@@ -163,7 +163,10 @@ pub struct LoraGradArgs<'a> {
 //   dA += dtᵀ·x;                      dx += dt·A.
 // Four launches, in this order (dt feeds the last two).
 pub fn launch_lora_grads(gpu: &Gpu, a: &LoraGradArgs) -> Result<Vec<Launch>> {
-    assert!(a.t.shape.len() == 2 && a.t.shape[1] == a.rank && a.dt.shape == a.t.shape, "gemm::lora_grads: t, dt must be [M, R]");
+    assert!(
+        a.t.shape.len() == 2 && a.t.shape[1] == a.rank && a.dt.shape == a.t.shape,
+        "gemm::lora_grads: t, dt must be [M, R]"
+    );
     let on_b = |p: &LoraProblem, alpha: f32| GemmProblem::rows(p.row0, p.rows).weight(p.b_offset).alpha(alpha);
     let on_a = |p: &LoraProblem| GemmProblem::rows(p.row0, p.rows).weight(p.a_offset);
     let pb1: Vec<_> = a.problems.iter().map(|p| on_b(p, 1.0)).collect();
@@ -185,7 +188,15 @@ pub mod cpu {
     use crate::kernels::gemm::{GemmProblem, LoraProblem};
 
     /// dx[m, 0..k] (= | +=) alpha·Σ_n dy[m, n]·W[off + n·k + ..] over the problems' rows.
-    pub fn dx(dy: &[f64], n: usize, weight: &[f64], k: usize, problems: &[GemmProblem], dx: &mut [f64], accumulate: bool) {
+    pub fn dx(
+        dy: &[f64],
+        n: usize,
+        weight: &[f64],
+        k: usize,
+        problems: &[GemmProblem],
+        dx: &mut [f64],
+        accumulate: bool,
+    ) {
         for p in problems {
             for m in p.row0..p.row0 + p.rows {
                 for c in 0..k {
@@ -198,7 +209,15 @@ pub mod cpu {
     }
 
     /// dw[off + n·k + c] += alpha·Σ_m dy[m, n]·x[m, c];  db[boff + n] += Σ_m dy[m, n].
-    pub fn dw(dy: &[f64], n: usize, x: &[f64], k: usize, problems: &[GemmProblem], dw: &mut [f64], mut db: Option<&mut [f64]>) {
+    pub fn dw(
+        dy: &[f64],
+        n: usize,
+        x: &[f64],
+        k: usize,
+        problems: &[GemmProblem],
+        dw: &mut [f64],
+        mut db: Option<&mut [f64]>,
+    ) {
         for p in problems {
             let rows = p.row0..p.row0 + p.rows;
             let alpha = p.alpha as f64;
@@ -217,8 +236,18 @@ pub mod cpu {
     /// The LoRA gradients of [`super::launch_lora_grads`]: returns dt; updates da, db, dx.
     #[allow(clippy::too_many_arguments)]
     pub fn lora_grads(
-        x: &[f64], k: usize, dy: &[f64], n: usize, t: &[f64], a: &[f64], b: &[f64], rank: usize,
-        problems: &[LoraProblem], da: &mut [f64], db: &mut [f64], dx: Option<&mut [f64]>,
+        x: &[f64],
+        k: usize,
+        dy: &[f64],
+        n: usize,
+        t: &[f64],
+        a: &[f64],
+        b: &[f64],
+        rank: usize,
+        problems: &[LoraProblem],
+        da: &mut [f64],
+        db: &mut [f64],
+        dx: Option<&mut [f64]>,
     ) -> Vec<f64> {
         let m = x.len() / k;
         let on_b = |p: &LoraProblem, s: f32| GemmProblem::rows(p.row0, p.rows).weight(p.b_offset).alpha(s);

@@ -212,7 +212,13 @@ pub mod cpu {
     }
 
     /// f64 reference: returns (y, mean, rstd) over all rows of `x` (rows outside every group: 0).
-    pub fn forward(x: &[f64], cols: usize, modv: Option<&[f64]>, groups: &[Group], eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    pub fn forward(
+        x: &[f64],
+        cols: usize,
+        modv: Option<&[f64]>,
+        groups: &[Group],
+        eps: f64,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let rows = x.len() / cols;
         let (mut y, mut mean, mut rstd) = (vec![0.0; x.len()], vec![0.0; rows], vec![0.0; rows]);
         for g in groups {

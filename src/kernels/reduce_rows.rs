@@ -49,7 +49,11 @@ impl SampleRows {
     /// The per-sample vector row of local row `l` (0-based inside this range).
     pub fn vec_row(&self, l: usize) -> usize {
         let (b, j) = (l / self.rows_per_sample, l % self.rows_per_sample);
-        if j >= self.split { b + self.alt_rows } else { b }
+        if j >= self.split {
+            b + self.alt_rows
+        } else {
+            b
+        }
     }
     /// The leading WGSL `Problem` fields every grouped kernel shares:
     /// `[row0, samples, rows_per_sample, split (clamped), alt_rows]`.
@@ -188,7 +192,10 @@ pub fn launch(gpu: &Gpu, args: &Args) -> Result<Vec<Launch>> {
     let chunks = scratch_elems(args.targets, cols) / cols.max(1);
     let samples: usize = args.targets.iter().map(|t| t.rows.samples).sum();
     assert!(args.scratch.numel() >= chunks * cols, "reduce_rows: scratch too small");
-    assert!(chunks <= 65535 && samples <= 65535, "reduce_rows: {chunks} chunks / {samples} samples exceed a grid dimension");
+    assert!(
+        chunks <= 65535 && samples <= 65535,
+        "reduce_rows: {chunks} chunks / {samples} samples exceed a grid dimension"
+    );
     let buffers = vec![
         args.a.buffer.clone(),
         c.buffer.clone(),

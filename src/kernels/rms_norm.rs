@@ -130,10 +130,8 @@ pub mod cpu {
     pub fn forward(x: &[f64], w: &[f64], eps: f64) -> (Vec<f64>, Vec<f64>) {
         let cols = w.len();
         let mut y = vec![0.0; x.len()];
-        let rstd: Vec<f64> = x
-            .chunks(cols)
-            .map(|r| 1.0 / (r.iter().map(|v| v * v).sum::<f64>() / cols as f64 + eps).sqrt())
-            .collect();
+        let rstd: Vec<f64> =
+            x.chunks(cols).map(|r| 1.0 / (r.iter().map(|v| v * v).sum::<f64>() / cols as f64 + eps).sqrt()).collect();
         for (i, v) in y.iter_mut().enumerate() {
             *v = x[i] * rstd[i / cols] * w[i % cols];
         }

@@ -80,7 +80,8 @@ pub struct ParamSource {
 /// The graph and the handles its caller needs.
 pub struct ForwardGraph {
     pub graph: Graph,
-    /// [B·S_img, in_channels] packed latents (target then references), f32.
+    /// [R, in_channels] packed latents (target then references) in the image rows of the joint
+    /// layout (rows B·S_txt ..); the text rows are unused, so that img_in writes x0 row for row.
     pub hidden: TensorId,
     /// [B·S_txt, joint_attention_dim] text embeddings, f32.
     pub text: TensorId,
@@ -90,7 +91,7 @@ pub struct ForwardGraph {
     pub timestep: TensorId,
     /// RoPE cos/sin table of every joint position (`kernels::rope`).
     pub rope: TensorId,
-    /// [B·S_img, patch²·out_channels].
+    /// [R, patch²·out_channels]: the image rows (B·S_txt ..) hold the model output.
     pub output: TensorId,
     /// Every param of the graph and how to build it.
     pub params: Vec<(TensorId, ParamSource)>,
@@ -190,15 +191,14 @@ pub fn build_forward(
 }
 
 fn problem(
-    x_row0: usize,
-    y_row0: usize,
+    row0: usize,
     rows: usize,
     rows_per_sample: usize,
     w_offset: usize,
     b_offset: usize,
     gate: Option<ModRef>,
 ) -> GemmProblem {
-    GemmProblem { x_row0, y_row0, rows, rows_per_sample, w_offset, b_offset, gate, lora_col0: 0, lora_b_offset: 0 }
+    GemmProblem { row0, rows, rows_per_sample, w_offset, b_offset, gate, lora_col0: 0, lora_b_offset: 0 }
 }
 
 fn block_name(i: usize) -> String {
@@ -241,7 +241,7 @@ impl<'a> Builder<'a> {
         let op = GemmOp {
             n,
             k,
-            problems: vec![problem(0, 0, rows, rows, 0, 0, None)],
+            problems: vec![problem(0, rows, rows, 0, 0, None)],
             bias: true,
             act,
             residual: false,
@@ -259,7 +259,7 @@ impl<'a> Builder<'a> {
 
     fn forward(mut self, shape: &ForwardShape, keep_blocks: bool) -> ForwardGraph {
         let (cfg, r) = (self.cfg, self.rows);
-        let hidden = self.g.input("hidden_states", &[r.r_img(), cfg.in_channels], DType::F32);
+        let hidden = self.g.input("hidden_states", &[r.total(), cfg.in_channels], DType::F32);
         let text = self.g.input("encoder_hidden_states", &[r.r_txt(), cfg.joint_attention_dim], DType::F32);
         let mask = shape.masked.then(|| self.g.input("encoder_hidden_states_mask", &[r.b, r.s_txt], DType::F32));
         let timestep = self.g.input("timestep", &[self.t_rows()], DType::F32);
@@ -315,22 +315,16 @@ impl<'a> Builder<'a> {
         let j = cfg.joint_attention_dim;
         let w = self.param(&[j], vec!["txt_norm.weight".into()], Some(DType::F32));
         let tn = self.act("txt_norm", &[r.r_txt(), j]);
-        self.g.push(Op::RmsNorm { cols: j, eps: 1e-6 }, &[text, w], &[tn], "embed");
+        let rstd = self.act("txt_norm_rstd", &[r.r_txt()]);
+        self.g.push(Op::RmsNorm { cols: j, eps: 1e-6 }, &[text, w], &[tn, rstd], "embed");
         let x0 = self.act("x0", &[r.total(), d]);
-        for (x, module, k, y_row0, rows) in
+        for (x, module, k, row0, rows) in
             [(tn, "txt_in", j, 0, r.r_txt()), (hidden, "img_in", cfg.in_channels, r.r_txt(), r.r_img())]
         {
             let w = self.weight(&[module.to_string()], d, k);
             let b = self.bias(&[module.to_string()], d);
-            let op = GemmOp {
-                n: d,
-                k,
-                problems: vec![problem(0, y_row0, rows, rows, 0, 0, None)],
-                bias: true,
-                act: Activation::None,
-                residual: false,
-                lora_rank: 0,
-            };
+            let problems = vec![problem(row0, rows, rows, 0, 0, None)];
+            let op = GemmOp { n: d, k, problems, bias: true, act: Activation::None, residual: false, lora_rank: 0 };
             self.g.push_partial(Op::Gemm(op), &[x, w, b], &[x0], "embed");
         }
         x0
@@ -375,7 +369,7 @@ impl<'a> Builder<'a> {
             let op = GemmOp {
                 n,
                 k: d,
-                problems: vec![problem(0, 0, self.t_rows(), self.t_rows(), 0, 0, None)],
+                problems: vec![problem(0, self.t_rows(), self.t_rows(), 0, 0, None)],
                 bias: true,
                 act: Activation::None,
                 residual: false,
@@ -441,7 +435,8 @@ impl<'a> Builder<'a> {
     /// LayerNorm + modulation (chunks `shift_c`, `shift_c + 1`) of `streams`, into a new joint tensor.
     fn norm_mod(&mut self, x: TensorId, m: &[ModLoc; 2], streams: &[Stream], shift_c: usize, label: &str) -> TensorId {
         let d = self.d();
-        let y = self.act(label, &[self.rows.total(), d]);
+        let rows = self.rows.total();
+        let (y, mean, rstd) = (self.act(label, &[rows, d]), self.act("ln_mean", &[rows]), self.act("ln_rstd", &[rows]));
         for group in self.groups(streams) {
             let problems = group
                 .iter()
@@ -449,8 +444,7 @@ impl<'a> Builder<'a> {
                     let (row0, rows, rps) = self.stream_rows(s);
                     let loc = m[stream_index(s)];
                     NormProblem {
-                        x_row0: row0,
-                        y_row0: row0,
+                        row0,
                         rows,
                         rows_per_sample: rps,
                         shift: self.mod_ref(loc, s, shift_c),
@@ -459,7 +453,12 @@ impl<'a> Builder<'a> {
                 })
                 .collect();
             let mt = self.group_mod(m, &group);
-            self.g.push_partial(Op::LayerNormMod(LayerNormModOp { cols: d, problems }), &[x, mt], &[y], "norm");
+            self.g.push_partial(
+                Op::LayerNormMod(LayerNormModOp { cols: d, problems }),
+                &[x, mt],
+                &[y, mean, rstd],
+                "norm",
+            );
         }
         y
     }
@@ -489,7 +488,7 @@ impl<'a> Builder<'a> {
                 .map(|(gi, &s)| {
                     let (row0, rows, rps) = self.stream_rows(s);
                     let gate = gated.map(|(_, m, c)| self.mod_ref(m[stream_index(s)], s, c));
-                    problem(row0, row0, rows, rps, gi * n * k, gi * n, gate)
+                    problem(row0, rows, rps, gi * n * k, gi * n, gate)
                 })
                 .collect();
             let mut inputs = vec![x, w, b];
@@ -572,13 +571,15 @@ impl<'a> Builder<'a> {
             JointShape { batch: r.b, heads: cfg.num_attention_heads, head_dim: dh, s_txt: r.s_txt, s_img: r.s_img };
         let hm = [r.b, js.heads, r.s_txt + r.s_img, dh];
         let (q, k, v) = (self.act("q_heads", &hm), self.act("k_heads", &hm), self.act("v_heads", &hm));
+        let saved = self.act("qk_rstd", &[2, r.total(), js.heads]);
         let mut ins = inputs;
         ins.extend([nw, rope]);
-        self.g.push(Op::QkvPost { shape: js, layout }, &ins, &[q, k, v], "qkv_post");
+        self.g.push(Op::QkvPost { shape: js, layout }, &ins, &[q, k, v, saved], "qkv_post");
         (q, k, v)
     }
 
-    /// norm_out (LayerNorm + (scale, shift) modulation, spec §3.3) on the image rows, then proj_out.
+    /// norm_out (LayerNorm + (scale, shift) modulation, spec §3.3) on the image rows, then
+    /// proj_out; the output keeps the joint row layout (image rows hold the result).
     fn final_layer(&mut self, x: TensorId, out_mod: ModLoc) -> TensorId {
         let (r, d) = (self.rows, self.d());
         // norm_out uses temb[:B] for every image token, also with zero_cond_t (spec §5.4).
@@ -588,23 +589,21 @@ impl<'a> Builder<'a> {
             split: r.s_img,
             alt_shift: 0,
         };
-        let problem = NormProblem {
-            x_row0: r.r_txt(),
-            y_row0: 0,
-            rows: r.r_img(),
-            rows_per_sample: r.s_img,
-            shift: at(1),
-            scale: at(0),
-        };
-        let xo = self.act("norm_out", &[r.r_img(), d]);
-        self.g.push(
-            Op::LayerNormMod(LayerNormModOp { cols: d, problems: vec![problem] }),
-            &[x, out_mod.tensor],
-            &[xo],
-            "final",
-        );
+        let problem_n =
+            NormProblem { row0: r.r_txt(), rows: r.r_img(), rows_per_sample: r.s_img, shift: at(1), scale: at(0) };
+        let rows = r.total();
+        let (xo, mean, rstd) =
+            (self.act("norm_out", &[rows, d]), self.act("ln_mean", &[rows]), self.act("ln_rstd", &[rows]));
+        let op = LayerNormModOp { cols: d, problems: vec![problem_n] };
+        self.g.push(Op::LayerNormMod(op), &[x, out_mod.tensor], &[xo, mean, rstd], "final");
         let n = self.cfg.out_features();
-        self.linear(xo, "proj_out", n, d, Activation::None, "final")
+        let w = self.weight(&["proj_out".to_string()], n, d);
+        let b = self.bias(&["proj_out".to_string()], n);
+        let y = self.act("proj_out", &[rows, n]);
+        let problems = vec![problem(r.r_txt(), r.r_img(), r.s_img, 0, 0, None)];
+        let op = GemmOp { n, k: d, problems, bias: true, act: Activation::None, residual: false, lora_rank: 0 };
+        self.g.push(Op::Gemm(op), &[xo, w, b], &[y], "final");
+        y
     }
 }
 

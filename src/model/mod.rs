@@ -6,7 +6,10 @@ pub mod bench;
 pub mod config;
 pub mod dit;
 pub mod inputs;
+pub mod load;
 pub mod names;
+pub mod open;
+pub mod runtime;
 
 pub use config::DitConfig;
 pub use dit::{build_forward, ForwardShape, QkvMode};

@@ -8,7 +8,7 @@ pub fn expected_tensors(cfg: &DitConfig) -> Vec<(String, Vec<usize>)> {
     let d = cfg.hidden();
     let dh = cfg.attention_head_dim;
     let mut v: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut linear = |v: &mut Vec<(String, Vec<usize>)>, name: &str, n: usize, k: usize| {
+    let linear = |v: &mut Vec<(String, Vec<usize>)>, name: &str, n: usize, k: usize| {
         v.push((format!("{name}.weight"), vec![n, k]));
         v.push((format!("{name}.bias"), vec![n]));
     };

@@ -28,7 +28,14 @@ pub fn f32s(v: &[f64]) -> Vec<f32> {
 /// Central finite differences of `loss` at `x` along `probes` random coordinates, compared with
 /// `grad` (the analytic gradient of the CPU reference). Everything in f64; returns the worst
 /// relative error (against max(|fd|, 1)·1e0 scale).
-pub fn fd_check(name: &str, x: &[f64], grad: &[f64], probes: usize, rng: &mut Rng, loss: impl Fn(&[f64]) -> f64) -> f64 {
+pub fn fd_check(
+    name: &str,
+    x: &[f64],
+    grad: &[f64],
+    probes: usize,
+    rng: &mut Rng,
+    loss: impl Fn(&[f64]) -> f64,
+) -> f64 {
     let mut worst = 0f64;
     let mut xp = x.to_vec();
     for _ in 0..probes {
