@@ -1,8 +1,11 @@
 //! The `wgdit` command line. Thin: parse, call the library, print; errors become exit code 1.
 
 use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use wgdit::gpu::{self, Backend, GpuOptions};
+use wgdit::model::task::{run_forward, ForwardTask};
+use wgdit::model::{DitConfig, QkvMode};
 
 #[derive(Parser)]
 #[command(name = "wgdit", version, about = "Qwen-Image DiT inference and LoRA training on any GPU via wgpu")]
@@ -38,11 +41,74 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run the DiT once on an inputs file and write `output` (see README: CLI contract).
+    Forward(ForwardArgs),
+    /// Benchmarks: `bench dispatches` counts (and times) the DiT graph per execution mode.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Convert a checkpoint or LoRA between the standard and merged q/k/v layouts (exact, streaming).
     Convert(ConvertArgs),
 }
 
 /// `wgdit convert`: see docs/convert.md.
+#[derive(Args)]
+struct ForwardArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// A diffusers model folder, or a single .safetensors file (then --config).
+    #[arg(long)]
+    model: PathBuf,
+    /// The transformer's config.json (default: the model folder's, or one beside the file).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// hidden_states, encoder_hidden_states, [encoder_hidden_states_mask], timestep, img_shapes.
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Where to write `output` [B, S_img, patch²·out_channels] (f32 safetensors).
+    #[arg(long)]
+    output: PathBuf,
+    /// Execution mode: standard (6 Q/K/V projections per block), merged (2) or fused.
+    #[arg(long, default_value = "fused")]
+    qkv: QkvMode,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Dispatches per block and per step, planned peak activations and (with --model) wall time per forward.
+    Dispatches(DispatchArgs),
+}
+
+#[derive(Args)]
+struct DispatchArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// Model folder or file: also measures wall time per forward on the adapter.
+    #[arg(long, conflicts_with = "preset", required_unless_present = "preset")]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A built-in config (qwen-image, qwen-image-edit-2511, ...): counts without weights or GPU.
+    #[arg(long)]
+    preset: Option<String>,
+    /// standard, merged, fused, or all.
+    #[arg(long, default_value = "all")]
+    qkv: String,
+    /// Image tokens (target grid chosen as close to square as possible).
+    #[arg(long, default_value_t = 4096)]
+    tokens: usize,
+    /// Text tokens.
+    #[arg(long, default_value_t = 128)]
+    text_tokens: usize,
+    /// One JSON object per mode, one per line.
+    #[arg(long)]
+    json: bool,
+    /// Timed forwards per mode (with --model).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
 #[derive(Args)]
 struct ConvertArgs {
     /// Checkpoint file, diffusers model folder, or LoRA file.
@@ -83,7 +149,48 @@ fn run(cli: Cli) -> wgdit::Result<()> {
     match cli.cmd {
         Cmd::Devices { gpu, json } => devices(&gpu.options(), json),
         Cmd::Convert(args) => convert(args),
+        Cmd::Forward(args) => forward(args),
+        Cmd::Bench { what: BenchCmd::Dispatches(args) } => bench_dispatches(args),
     }
+}
+
+fn forward(a: ForwardArgs) -> wgdit::Result<()> {
+    let gpu = gpu::Gpu::new(&a.gpu.options())?;
+    let task =
+        ForwardTask { model: a.model, config: a.config, inputs: a.inputs, output: a.output.clone(), mode: a.qkv };
+    let r = run_forward(&gpu, &task)?;
+    eprintln!(
+        "wrote {} output {:?} ({} mode, {} dispatches, plan {:.1} ms, run {:.1} ms, weights {:.1} MiB, activations {:.1} MiB) on {}",
+        a.output.display(),
+        r.output_shape,
+        a.qkv.name(),
+        r.dispatches,
+        r.plan_ms,
+        r.run_ms,
+        r.weight_bytes as f64 / 1048576.0,
+        r.peak_activation_bytes as f64 / 1048576.0,
+        gpu.info().name
+    );
+    Ok(())
+}
+
+fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
+    use wgdit::model::bench::{self, DispatchBench};
+    let modes: Vec<QkvMode> = if a.qkv == "all" { QkvMode::ALL.to_vec() } else { vec![a.qkv.parse()?] };
+    let b = DispatchBench { tokens: a.tokens, text_tokens: a.text_tokens, runs: a.runs };
+    let rows = match (&a.preset, &a.model) {
+        (Some(p), _) => bench::count_preset(&DitConfig::preset(p)?, &b, &modes),
+        (None, Some(m)) => bench::measure_model(&gpu::Gpu::new(&a.gpu.options())?, m, a.config.as_deref(), &b, &modes)?,
+        (None, None) => unreachable!("clap requires --model or --preset"),
+    };
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).expect("cannot fail: plain data"));
+        }
+    } else {
+        print!("{}", bench::table(&rows));
+    }
+    Ok(())
 }
 
 fn convert(a: ConvertArgs) -> wgdit::Result<()> {

@@ -36,7 +36,11 @@ pub fn summarize(
     wdtype: &dyn Fn(&str) -> DType,
 ) -> DispatchSummary {
     let opts = BuildOptions { mode, max_binding, keep_block_outputs: false };
-    let f = build_forward(cfg, shape, opts, wdtype);
+    summarize_graph(mode, &build_forward(cfg, shape, opts, wdtype))
+}
+
+/// Counts of one built forward graph.
+pub fn summarize_graph(mode: QkvMode, f: &crate::model::dit::ForwardGraph) -> DispatchSummary {
     let m = memory::plan(&f.graph);
     let mut by_op: BTreeMap<String, usize> = CATEGORIES.iter().map(|c| (c.to_string(), 0)).collect();
     let mut outside = BTreeMap::new();
@@ -93,4 +97,82 @@ pub fn table(rows: &[DispatchSummary]) -> String {
         line(&mut s, "wall time per forward (ms)", &|r| r.forward_ms.map_or("-".into(), |t| format!("{t:.2}")));
     }
     s
+}
+
+/// Sizes of a dispatch bench.
+pub struct DispatchBench {
+    pub tokens: usize,
+    pub text_tokens: usize,
+    pub runs: usize,
+}
+
+impl DispatchBench {
+    pub fn shape(&self) -> ForwardShape {
+        ForwardShape { batch: 1, s_txt: self.text_tokens, img_shapes: vec![grid_for(self.tokens)], masked: false }
+    }
+}
+
+/// wgpu caps one storage binding at i32::MAX bytes on every backend (field notes §3), so that is
+/// what the fused mode packs modulation weights into on a real GPU.
+pub const REAL_GPU_MAX_BINDING: u64 = i32::MAX as u64;
+
+/// Counts a preset's graph per mode (bf16 weights, as released), with no weights and no GPU.
+pub fn count_preset(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode]) -> Vec<DispatchSummary> {
+    modes.iter().map(|&m| summarize(cfg, &b.shape(), m, REAL_GPU_MAX_BINDING, &|_| DType::BF16)).collect()
+}
+
+/// Counts and times a real checkpoint per mode on `gpu`, all modes in one run.
+pub fn measure_model(
+    gpu: &std::sync::Arc<crate::gpu::Gpu>,
+    model: &std::path::Path,
+    config: Option<&std::path::Path>,
+    b: &DispatchBench,
+    modes: &[QkvMode],
+) -> crate::Result<Vec<DispatchSummary>> {
+    let shape = b.shape();
+    let mut out = Vec::new();
+    for &mode in modes {
+        let (cfg, ckpt) = crate::model::open::open(model, config)?;
+        let inputs = random_inputs(&cfg, &shape, 0);
+        let mut dit = crate::model::runtime::Dit::new(gpu, cfg.clone(), Box::new(ckpt), mode)?;
+        let ms = time_forward(gpu, &mut dit, &inputs, b.runs)?;
+        let mut s = summarize_graph(mode, &dit.graph(&shape, false));
+        s.forward_ms = Some(ms);
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Mean wall time (ms) of `runs` forwards after one warm-up, with a queue sync in the timed region.
+pub fn time_forward(
+    gpu: &crate::gpu::Gpu,
+    dit: &mut crate::model::runtime::Dit,
+    inputs: &crate::model::inputs::ForwardInputs,
+    runs: usize,
+) -> crate::Result<f64> {
+    let plan = dit.plan(&inputs.shape(), false)?;
+    plan.write_inputs(inputs);
+    plan.plan.run()?;
+    gpu.sync()?;
+    let t0 = std::time::Instant::now();
+    for _ in 0..runs.max(1) {
+        plan.plan.run()?;
+        gpu.sync()?;
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1e3 / runs.max(1) as f64)
+}
+
+/// Seeded random inputs of a shape (latents and text ~ N(0, 1), σ = 0.5).
+pub fn random_inputs(cfg: &DitConfig, shape: &ForwardShape, seed: u64) -> crate::model::inputs::ForwardInputs {
+    let mut rng = crate::rng::Rng::new(seed);
+    let b = shape.batch;
+    crate::model::inputs::ForwardInputs {
+        batch: b,
+        hidden: rng.vec_normal(b * shape.s_img() * cfg.in_channels, 1.0),
+        text: rng.vec_normal(b * shape.s_txt * cfg.joint_attention_dim, 1.0),
+        s_txt: shape.s_txt,
+        mask: shape.masked.then(|| vec![1.0; b * shape.s_txt]),
+        timestep: vec![0.5; b],
+        img_shapes: shape.img_shapes.clone(),
+    }
 }

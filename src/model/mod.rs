@@ -10,6 +10,7 @@ pub mod load;
 pub mod names;
 pub mod open;
 pub mod runtime;
+pub mod task;
 
 pub use config::DitConfig;
 pub use dit::{build_forward, ForwardShape, QkvMode};
