@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use wgdit::gpu::{self, Backend, GpuOptions};
+use wgdit::model::lora::parse_lora_arg;
 use wgdit::model::task::{run_forward, ForwardTask};
 use wgdit::model::{DitConfig, QkvMode};
 
@@ -72,6 +73,10 @@ struct ForwardArgs {
     /// Execution mode: standard (6 Q/K/V projections per block), merged (2) or fused.
     #[arg(long, default_value = "fused")]
     qkv: QkvMode,
+    /// A LoRA file (diffusers/PEFT, DiffSynth, kohya/musubi or ComfyUI keys), optionally with a
+    /// strength: `--lora style.safetensors:0.8`. Repeatable; the base weights are not modified.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    loras: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -156,8 +161,9 @@ fn run(cli: Cli) -> wgdit::Result<()> {
 
 fn forward(a: ForwardArgs) -> wgdit::Result<()> {
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
-    let task =
-        ForwardTask { model: a.model, config: a.config, inputs: a.inputs, output: a.output.clone(), mode: a.qkv };
+    let loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
+    let output = a.output.clone();
+    let task = ForwardTask { model: a.model, config: a.config, inputs: a.inputs, output, mode: a.qkv, loras };
     let r = run_forward(&gpu, &task)?;
     eprintln!(
         "wrote {} output {:?} ({} mode, {} dispatches, plan {:.1} ms, run {:.1} ms, weights {:.1} MiB, activations {:.1} MiB) on {}",

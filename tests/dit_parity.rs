@@ -1,58 +1,20 @@
 //! Parity of the DiT forward with diffusers 0.42.1 in float32 (fixtures made by
 //! tools/gen_dit_fixtures.py), in all three execution modes, and block-by-block agreement.
 
-use std::path::{Path, PathBuf};
-use wgdit::model::inputs::ForwardInputs;
-use wgdit::model::open::open;
-use wgdit::model::runtime::{Dit, DitPlan};
+mod dit_common;
+
+use dit_common::{fixtures, model_paths, run_model, Fixture};
+use wgdit::model::runtime::DitPlan;
 use wgdit::model::QkvMode;
-use wgdit::testing::{stats, test_gpu};
+use wgdit::testing::stats;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dit")
-}
-
-/// (model path, config path) of a fixture model name (the `model` metadata of a case).
-fn model_paths(name: &str) -> (PathBuf, Option<PathBuf>) {
-    let f = fixtures();
-    match name {
-        "tiny-comfy" | "tiny-merged" => (f.join(format!("{name}.safetensors")), Some(f.join("tiny/config.json"))),
-        "tiny-2511" => (f.join("tiny/diffusion_pytorch_model.safetensors"), Some(f.join("tiny-2511/config.json"))),
-        dir => (f.join(dir), None),
-    }
-}
-
-fn read_case(case: &str) -> (String, safetensors_owned::Owned, PathBuf) {
-    let inputs = fixtures().join(format!("cases/{case}.inputs.safetensors"));
-    let bytes = std::fs::read(&inputs).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let model = meta.metadata().as_ref().and_then(|m| m.get("model").cloned()).expect("case names its model");
-    let expected = std::fs::read(fixtures().join(format!("cases/{case}.expected.safetensors"))).unwrap();
-    (model, safetensors_owned::Owned(expected), inputs)
-}
-
-mod safetensors_owned {
-    pub struct Owned(pub Vec<u8>);
-    impl Owned {
-        pub fn get(&self, name: &str) -> Vec<f32> {
-            let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
-            let t = st.tensor(name).unwrap_or_else(|_| panic!("expected tensor {name}"));
-            bytemuck::pod_collect_to_vec(t.data())
-        }
-    }
-}
-
-/// Runs one case in one mode; returns (plan, inputs) for further checks.
-fn run(case: &str, mode: QkvMode) -> (DitPlan, Vec<f32>, safetensors_owned::Owned) {
-    let gpu = test_gpu();
-    let (model, expected, inputs_path) = read_case(case);
+/// Runs one case in one mode: (plan, output, expected).
+fn run(case: &str, mode: QkvMode) -> (DitPlan, Vec<f32>, Fixture) {
+    let inputs = fixtures().join(format!("dit/cases/{case}.inputs.safetensors"));
+    let model = Fixture::read(&inputs).meta("model");
+    let expected = Fixture::read(&fixtures().join(format!("dit/cases/{case}.expected.safetensors")));
     let (mp, cp) = model_paths(&model);
-    let (cfg, ckpt) = open(&mp, cp.as_deref()).unwrap();
-    let inputs = ForwardInputs::from_file(&inputs_path, &cfg).unwrap();
-    let mut dit = Dit::new(&gpu, cfg, Box::new(ckpt), mode).unwrap();
-    let plan = dit.plan(&inputs.shape(), true).unwrap();
-    plan.plan.poison_activations();
-    let out = plan.forward(&inputs).unwrap();
+    let (plan, out) = run_model(&mp, cp.as_deref(), &inputs, mode, Default::default());
     (plan, out, expected)
 }
 

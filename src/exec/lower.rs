@@ -15,12 +15,12 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
     match op {
         Op::Elementwise(e) => one(elementwise::launch(gpu, *e, inputs[0], inputs.get(1).copied(), outputs[0])?),
         Op::Gemm(g) => one(lower_gemm(gpu, g, inputs, outputs[0])?),
-        Op::LoraDown { rank, scale, col0, rows, .. } => {
-            let problems: Vec<LoraProblem> = rows
+        Op::LoraDown { rank, problems, .. } => {
+            let problems: Vec<LoraProblem> = problems
                 .iter()
-                .map(|&(row0, n)| LoraProblem { row0, rows: n, a_offset: 0, b_offset: 0, scale: *scale })
+                .map(|&(row0, rows, a_offset)| LoraProblem { row0, rows, a_offset, b_offset: 0, scale: 1.0 })
                 .collect();
-            one(gemm::launch_lora_down(gpu, inputs[0], inputs[1], *rank, &problems, outputs[0], *col0)?)
+            one(gemm::launch_lora_down(gpu, inputs[0], inputs[1], *rank, &problems, outputs[0], 0)?)
         }
         Op::LayerNormMod(l) => one(lower_layer_norm(gpu, l, inputs, outputs)?),
         Op::RmsNorm { eps, .. } => {
@@ -89,7 +89,12 @@ fn lower_gemm(gpu: &Gpu, g: &GemmOp, inputs: &[&Tensor], y: &Tensor) -> Result<L
         })
         .collect();
     // The graph is SSA: a residual is always another tensor; the planner never aliases it with y.
-    let residual = res.map_or(Residual::None, Residual::From);
+    let residual = match (res, g.accumulate) {
+        (Some(r), false) => Residual::From(r),
+        (None, true) => Residual::InPlace,
+        (None, false) => Residual::None,
+        (Some(_), true) => panic!("gemm: a residual input and accumulate are exclusive"),
+    };
     let epilogue = Epilogue { bias, lora, gelu: g.act == Activation::GeluTanh, gate, residual };
     let x2;
     let x = if inputs[0].shape.len() == 2 {
@@ -99,7 +104,7 @@ fn lower_gemm(gpu: &Gpu, g: &GemmOp, inputs: &[&Tensor], y: &Tensor) -> Result<L
         x2 = Tensor { shape: vec![rows, g.k], ..inputs[0].clone() };
         &x2
     };
-    gemm::launch(gpu, &GemmArgs { x, weight: inputs[1], n: g.n, problems: &problems, epilogue, y, y_col0: 0 })
+    gemm::launch(gpu, &GemmArgs { x, weight: inputs[1], n: g.n, problems: &problems, epilogue, y, y_col0: g.y_col0 })
 }
 
 fn lower_layer_norm(gpu: &Gpu, l: &LayerNormModOp, inputs: &[&Tensor], outputs: &[&Tensor]) -> Result<Launch> {

@@ -21,9 +21,9 @@ pub enum Op {
     /// Grouped GEMM. Inputs [x, w, bias?, res?, gate_src?, lora_t?, lora_b?] (present per the
     /// op's flags, in this order); outputs [y].
     Gemm(GemmOp),
-    /// LoRA down-projection `t[:, col0..col0+r] = scale · x·Aᵀ` for the rows of each problem.
-    /// Inputs [x, a]; outputs [t].
-    LoraDown { k: usize, rank: usize, scale: f32, col0: usize, total_rank: usize, rows: Vec<(usize, usize)> },
+    /// LoRA down-projection `t = x·Aᵀ` (scale folded into A) for the rows of each problem
+    /// `(row0, rows, a_offset)`, A [rank, k] at `a_offset`. Inputs [x, a]; outputs [t [rows, rank]].
+    LoraDown { k: usize, rank: usize, problems: Vec<(usize, usize, usize)> },
     /// LayerNorm + adaLN modulation. Inputs [x, modulation]; outputs [y, mean [rows], rstd [rows]].
     LayerNormMod(LayerNormModOp),
     /// RMSNorm with weight. Inputs [x, w]; outputs [y, rstd [rows]].
@@ -95,11 +95,12 @@ impl Op {
                 }
             }
             Op::Gemm(op) => check_gemm(g, op, inputs, outputs),
-            Op::LoraDown { k, rank, col0, total_rank, .. } => {
+            Op::LoraDown { k, rank, problems } => {
                 assert_eq!((inputs.len(), outputs.len()), (2, 1), "{name}: operands");
-                assert_eq!(g.shape(inputs[1]), &[*rank, *k], "{name}: A shape");
-                assert!(col0 + rank <= *total_rank, "{name}: columns");
-                assert_eq!(g.shape(outputs[0])[1], *total_rank, "{name}: t columns");
+                for &(_, _, a_off) in problems {
+                    assert!(a_off + rank * k <= numel(inputs[1]), "{name}: A too small");
+                }
+                assert_eq!(g.shape(outputs[0])[1], *rank, "{name}: t columns");
             }
             Op::LayerNormMod(op) => {
                 assert_eq!((inputs.len(), outputs.len()), (2, 3), "{name}: operands");
@@ -138,9 +139,9 @@ fn check_gemm(g: &Graph, op: &GemmOp, inputs: &[TensorId], outputs: &[TensorId])
     assert!(!op.problems.is_empty() && op.problems.len() <= 4, "gemm: 1..=4 problems");
     let (x, w, y) = (g.shape(inputs[0]), g.info(inputs[1]), g.shape(outputs[0]));
     assert_eq!(x[x.len() - 1], op.k, "gemm: x columns");
-    assert_eq!(y[y.len() - 1], op.n, "gemm: y columns");
+    assert!(op.y_col0 + op.n <= y[y.len() - 1], "gemm: y columns");
     let x_rows = g.shape(inputs[0]).iter().product::<usize>() / op.k;
-    let y_rows = y.iter().product::<usize>() / op.n;
+    let y_rows = y.iter().product::<usize>() / y[y.len() - 1];
     let w_numel = w.shape.iter().product::<usize>();
     for p in &op.problems {
         assert!(p.row0 + p.rows <= x_rows.min(y_rows), "gemm: rows {p:?}");

@@ -59,6 +59,10 @@ pub struct GemmOp {
     pub residual: bool,
     /// Total LoRA rank (columns of t); 0 = no LoRA.
     pub lora_rank: usize,
+    /// First column of y written (y may be wider than n).
+    pub y_col0: usize,
+    /// `y += …` instead of `y = …` (y is read and written; not listed as an input).
+    pub accumulate: bool,
 }
 
 /// One problem of a row-wise norm: rows `row0 .. row0 + rows` of x → the same rows of y.

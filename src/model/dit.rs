@@ -13,6 +13,7 @@
 use crate::graph::ops::*;
 use crate::graph::{Graph, TensorId};
 use crate::kernels::elementwise::Op as Ew;
+use crate::model::lora::{LoraPart, LoraSet};
 use crate::model::DitConfig;
 use crate::tensor::DType;
 
@@ -95,6 +96,8 @@ pub struct ForwardGraph {
     pub output: TensorId,
     /// Every param of the graph and how to build it.
     pub params: Vec<(TensorId, ParamSource)>,
+    /// Params made on the host (LoRA factors), f32.
+    pub host_params: Vec<(TensorId, Vec<f32>)>,
     /// Per block: the joint residual after the block ([R, D], text rows then image rows).
     pub block_outputs: Vec<TensorId>,
 }
@@ -137,6 +140,10 @@ struct Builder<'a> {
     params: Vec<(TensorId, ParamSource)>,
     wdtype: &'a dyn Fn(&str) -> DType,
     max_binding: u64,
+    lora: Option<&'a LoraSet>,
+    host_params: Vec<(TensorId, Vec<f32>)>,
+    /// Output rows of every Linear module (for the stacked-module LoRA path).
+    out_rows: std::collections::HashMap<String, usize>,
 }
 
 /// The location of one stream's 6·D modulation vector [shift1, scale1, gate1, shift2, scale2, gate2].
@@ -149,7 +156,9 @@ struct ModLoc {
 
 /// Options of [`build_forward`].
 #[derive(Clone, Copy, Debug)]
-pub struct BuildOptions {
+pub struct BuildOptions<'l> {
+    /// Runtime LoRAs applied through the GEMMs' side paths (base weights untouched).
+    pub lora: Option<&'l LoraSet>,
     pub mode: QkvMode,
     /// The largest buffer one param may take (the adapter's storage binding limit).
     pub max_binding: u64,
@@ -165,11 +174,11 @@ struct AllMods {
 
 /// Builds the forward graph. `wdtype` gives the stored dtype of a checkpoint weight (by its
 /// standard diffusers name).
-pub fn build_forward(
-    cfg: &DitConfig,
+pub fn build_forward<'a>(
+    cfg: &'a DitConfig,
     shape: &ForwardShape,
-    opts: BuildOptions,
-    wdtype: &dyn Fn(&str) -> DType,
+    opts: BuildOptions<'a>,
+    wdtype: &'a dyn Fn(&str) -> DType,
 ) -> ForwardGraph {
     let rows = Rows {
         b: shape.batch,
@@ -186,6 +195,12 @@ pub fn build_forward(
         params: Vec::new(),
         wdtype,
         max_binding: opts.max_binding,
+        lora: opts.lora,
+        host_params: Vec::new(),
+        out_rows: crate::model::names::expected_tensors(cfg)
+            .into_iter()
+            .filter_map(|(n, s)| n.strip_suffix(".weight").filter(|_| s.len() == 2).map(|m| (m.to_string(), s[0])))
+            .collect(),
     };
     bd.forward(shape, opts.keep_block_outputs)
 }
@@ -235,19 +250,9 @@ impl<'a> Builder<'a> {
     /// A one-problem GEMM `y = act(x·Wᵀ + b)` over all rows of x.
     fn linear(&mut self, x: TensorId, module: &str, n: usize, k: usize, act: Activation, label: &str) -> TensorId {
         let rows = self.g.shape(x)[0];
-        let w = self.weight(&[module.to_string()], n, k);
-        let b = self.bias(&[module.to_string()], n);
         let y = self.act(module, &[rows, n]);
-        let op = GemmOp {
-            n,
-            k,
-            problems: vec![problem(0, rows, rows, 0, 0, None)],
-            bias: true,
-            act,
-            residual: false,
-            lora_rank: 0,
-        };
-        self.g.push(Op::Gemm(op), &[x, w, b], &[y], label);
+        let problems = vec![problem(0, rows, rows, 0, 0, None)];
+        self.emit_gemm(Emit { x, y, n, k, problems, modules: vec![vec![module.to_string()]], act, gated: None, label });
         y
     }
 
@@ -294,7 +299,18 @@ impl<'a> Builder<'a> {
                 self.g.mark_output(t);
             }
         }
-        ForwardGraph { graph: self.g, hidden, text, mask, timestep, rope, output, params: self.params, block_outputs }
+        ForwardGraph {
+            graph: self.g,
+            hidden,
+            text,
+            mask,
+            timestep,
+            rope,
+            output,
+            params: self.params,
+            host_params: self.host_params,
+            block_outputs,
+        }
     }
 
     /// temb = linear_2(SiLU(linear_1(sinusoid(σ)))); returns SiLU(temb), the input of every
@@ -321,11 +337,19 @@ impl<'a> Builder<'a> {
         for (x, module, k, row0, rows) in
             [(tn, "txt_in", j, 0, r.r_txt()), (hidden, "img_in", cfg.in_channels, r.r_txt(), r.r_img())]
         {
-            let w = self.weight(&[module.to_string()], d, k);
-            let b = self.bias(&[module.to_string()], d);
             let problems = vec![problem(row0, rows, rows, 0, 0, None)];
-            let op = GemmOp { n: d, k, problems, bias: true, act: Activation::None, residual: false, lora_rank: 0 };
-            self.g.push_partial(Op::Gemm(op), &[x, w, b], &[x0], "embed");
+            let modules = vec![vec![module.to_string()]];
+            self.emit_gemm(Emit {
+                x,
+                y: x0,
+                n: d,
+                k,
+                problems,
+                modules,
+                act: Activation::None,
+                gated: None,
+                label: "embed",
+            });
         }
         x0
     }
@@ -363,19 +387,20 @@ impl<'a> Builder<'a> {
                 end += 1;
             }
             let modules: Vec<String> = units[start..end].iter().flat_map(|u| u.0.clone()).collect();
-            let w = self.weight(&modules, n, d);
-            let b = self.bias(&modules, n);
             let y = self.act("modulation", &[self.t_rows(), n]);
-            let op = GemmOp {
+            let problems = vec![problem(0, self.t_rows(), self.t_rows(), 0, 0, None)];
+            let e = Emit {
+                x: silu_temb,
+                y,
                 n,
                 k: d,
-                problems: vec![problem(0, self.t_rows(), self.t_rows(), 0, 0, None)],
-                bias: true,
+                problems,
+                modules: vec![modules],
                 act: Activation::None,
-                residual: false,
-                lora_rank: 0,
+                gated: None,
+                label: "modulation",
             };
-            self.g.push(Op::Gemm(op), &[silu_temb, w, b], &[y], "modulation");
+            self.emit_gemm(e);
             let mut col = 0;
             for u in start..end {
                 if u < layers {
@@ -479,24 +504,17 @@ impl<'a> Builder<'a> {
         label: &str,
     ) {
         for group in self.groups(streams) {
-            let names: Vec<String> = group.iter().flat_map(|&s| modules(s)).collect();
-            let w = self.weight(&names, n * group.len(), k);
-            let b = self.bias(&names, n * group.len());
             let problems = group
                 .iter()
-                .enumerate()
-                .map(|(gi, &s)| {
+                .map(|&s| {
                     let (row0, rows, rps) = self.stream_rows(s);
                     let gate = gated.map(|(_, m, c)| self.mod_ref(m[stream_index(s)], s, c));
-                    problem(row0, rows, rps, gi * n * k, gi * n, gate)
+                    problem(row0, rows, rps, 0, 0, gate)
                 })
                 .collect();
-            let mut inputs = vec![x, w, b];
-            if let Some((res, m, _)) = gated {
-                inputs.extend([res, self.group_mod(m, &group)]);
-            }
-            let op = GemmOp { n, k, problems, bias: true, act, residual: gated.is_some(), lora_rank: 0 };
-            self.g.push_partial(Op::Gemm(op), &inputs, &[y], label);
+            let gated_inputs = gated.map(|(res, m, _)| (res, self.group_mod(m, &group)));
+            let modules = group.iter().map(|&s| modules(s)).collect();
+            self.emit_gemm(Emit { x, y, n, k, problems, modules, act, gated: gated_inputs, label });
         }
     }
 
@@ -597,12 +615,20 @@ impl<'a> Builder<'a> {
         let op = LayerNormModOp { cols: d, problems: vec![problem_n] };
         self.g.push(Op::LayerNormMod(op), &[x, out_mod.tensor], &[xo, mean, rstd], "final");
         let n = self.cfg.out_features();
-        let w = self.weight(&["proj_out".to_string()], n, d);
-        let b = self.bias(&["proj_out".to_string()], n);
         let y = self.act("proj_out", &[rows, n]);
         let problems = vec![problem(r.r_txt(), r.r_img(), r.s_img, 0, 0, None)];
-        let op = GemmOp { n, k: d, problems, bias: true, act: Activation::None, residual: false, lora_rank: 0 };
-        self.g.push(Op::Gemm(op), &[xo, w, b], &[y], "final");
+        let modules = vec![vec!["proj_out".to_string()]];
+        self.emit_gemm(Emit {
+            x: xo,
+            y,
+            n,
+            k: d,
+            problems,
+            modules,
+            act: Activation::None,
+            gated: None,
+            label: "final",
+        });
         y
     }
 }
@@ -618,5 +644,161 @@ fn stream_prefix(s: Stream) -> &'static str {
     match s {
         Stream::Txt => "txt",
         Stream::Img => "img",
+    }
+}
+
+/// One GEMM dispatch to emit: problem p computes `modules[p]` (stacked along N, `n` rows in all).
+struct Emit<'l> {
+    x: TensorId,
+    y: TensorId,
+    n: usize,
+    k: usize,
+    problems: Vec<GemmProblem>,
+    modules: Vec<Vec<String>>,
+    act: Activation,
+    /// (residual, gate source) of a gated residual epilogue.
+    gated: Option<(TensorId, TensorId)>,
+    label: &'l str,
+}
+
+/// Stacks of at most this many modules per problem (q, k, v) take their LoRAs through the GEMM's
+/// side path (one dense B per problem); longer stacks (the fused modulation chunks) get one
+/// accumulating up-projection per LoRA'd module instead, so B stays the size of the LoRA.
+const MAX_EPILOGUE_STACK: usize = 3;
+
+impl<'a> Builder<'a> {
+    /// Emits the weights, the LoRA side path of any LoRA'd module, and the GEMM (a partial write:
+    /// the problems cover only their rows of y).
+    fn emit_gemm(&mut self, mut e: Emit) {
+        let p_count = e.problems.len();
+        let names: Vec<String> = e.modules.concat();
+        let w = self.weight(&names, e.n * p_count, e.k);
+        let b = self.bias(&names, e.n * p_count);
+        for (p, pr) in e.problems.iter_mut().enumerate() {
+            pr.w_offset = p * e.n * e.k;
+            pr.b_offset = p * e.n;
+        }
+        let has_lora = names.iter().any(|m| !self.lora_parts(m).is_empty());
+        let epilogue = has_lora && e.modules.iter().all(|m| m.len() <= MAX_EPILOGUE_STACK);
+        let mut inputs = vec![e.x, w, b];
+        if let Some((res, gate)) = e.gated {
+            inputs.extend([res, gate]);
+        }
+        let mut lora_rank = 0;
+        if epilogue {
+            let (rank, t, bt) = self.lora_side_path(&e);
+            lora_rank = rank;
+            for (p, pr) in e.problems.iter_mut().enumerate() {
+                pr.lora_b_offset = p * e.n * rank;
+            }
+            inputs.extend([t, bt]);
+        }
+        let op = GemmOp {
+            n: e.n,
+            k: e.k,
+            problems: e.problems.clone(),
+            bias: true,
+            act: e.act,
+            residual: e.gated.is_some(),
+            lora_rank,
+            y_col0: 0,
+            accumulate: false,
+        };
+        self.g.push_partial(Op::Gemm(op), &inputs, &[e.y], e.label);
+        if has_lora && !epilogue {
+            self.lora_accumulate(&e);
+        }
+    }
+
+    fn lora_parts(&self, module: &str) -> &'a [LoraPart] {
+        self.lora.map_or(&[], |l| l.parts(module))
+    }
+
+    fn host_param(&mut self, name: &str, shape: &[usize], data: Vec<f32>) -> TensorId {
+        let t = self.g.param(name, shape, DType::F32);
+        self.host_params.push((t, data));
+        t
+    }
+
+    /// The LoRA side path of a GEMM: per problem, A = the module parts' A stacked (zero rows up
+    /// to the common rank R) and B = their B placed at the module's rows and the part's columns.
+    /// Emits t = x·Aᵀ (one dispatch) and returns (R, t, B).
+    fn lora_side_path(&mut self, e: &Emit) -> (usize, TensorId, TensorId) {
+        let ranks: Vec<usize> =
+            e.modules.iter().map(|ms| ms.iter().flat_map(|m| self.lora_parts(m)).map(|p| p.rank).sum()).collect();
+        let rank = ranks.iter().copied().max().unwrap_or(0);
+        let (n, k, pc) = (e.n, e.k, e.problems.len());
+        let (mut a, mut bm) = (vec![0f32; pc * rank * k], vec![0f32; pc * n * rank]);
+        for (p, ms) in e.modules.iter().enumerate() {
+            let per = n / ms.len();
+            let mut col = 0;
+            for (mi, m) in ms.iter().enumerate() {
+                for part in self.lora_parts(m) {
+                    let a0 = (p * rank + col) * k;
+                    a[a0..a0 + part.rank * k].copy_from_slice(&part.a);
+                    for row in 0..per {
+                        let dst = p * n * rank + (mi * per + row) * rank + col;
+                        bm[dst..dst + part.rank].copy_from_slice(&part.b[row * part.rank..(row + 1) * part.rank]);
+                    }
+                    col += part.rank;
+                }
+            }
+        }
+        let label = e.modules.concat().join("+");
+        let at = self.host_param(&format!("lora_A[{label}]"), &[pc * rank, k], a);
+        let bt = self.host_param(&format!("lora_B[{label}]"), &[pc * n, rank], bm);
+        let x_rows = self.g.shape(e.x)[0];
+        let t = self.act("lora_t", &[x_rows, rank]);
+        let problems = e.problems.iter().enumerate().map(|(p, pr)| (pr.row0, pr.rows, p * rank * k)).collect();
+        self.g.push(Op::LoraDown { k, rank, problems }, &[e.x, at], &[t], "lora");
+        (rank, t, bt)
+    }
+
+    /// LoRAs of a long module stack: per LoRA'd module, t = x·Aᵀ, then y[:, col..] += t·Bᵀ.
+    fn lora_accumulate(&mut self, e: &Emit) {
+        assert_eq!(e.problems.len(), 1, "stacked-module LoRA path takes one problem");
+        let pr = e.problems[0].clone();
+        let mut col = 0;
+        for m in e.modules.concat() {
+            let rows = self.out_rows[&m];
+            let parts = self.lora_parts(&m);
+            if !parts.is_empty() {
+                let rank: usize = parts.iter().map(|p| p.rank).sum();
+                let a: Vec<f32> = parts.iter().flat_map(|p| p.a.iter().copied()).collect();
+                let mut bm = vec![0f32; rows * rank];
+                let mut c0 = 0;
+                for part in parts {
+                    for row in 0..rows {
+                        bm[row * rank + c0..row * rank + c0 + part.rank]
+                            .copy_from_slice(&part.b[row * part.rank..(row + 1) * part.rank]);
+                    }
+                    c0 += part.rank;
+                }
+                let at = self.host_param(&format!("lora_A[{m}]"), &[rank, e.k], a);
+                let bt = self.host_param(&format!("lora_B[{m}]"), &[rows, rank], bm);
+                let t = self.act("lora_t", &[self.g.shape(e.x)[0], rank]);
+                self.g.push(
+                    Op::LoraDown { k: e.k, rank, problems: vec![(pr.row0, pr.rows, 0)] },
+                    &[e.x, at],
+                    &[t],
+                    "lora",
+                );
+                let up =
+                    GemmProblem { w_offset: 0, b_offset: 0, gate: None, lora_col0: 0, lora_b_offset: 0, ..pr.clone() };
+                let op = GemmOp {
+                    n: rows,
+                    k: rank,
+                    problems: vec![up],
+                    bias: false,
+                    act: Activation::None,
+                    residual: false,
+                    lora_rank: 0,
+                    y_col0: col,
+                    accumulate: true,
+                };
+                self.g.push_partial(Op::Gemm(op), &[t, bt], &[e.y], "lora");
+            }
+            col += rows;
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dit;
 pub mod inputs;
 pub mod load;
+pub mod lora;
 pub mod names;
 pub mod open;
 pub mod runtime;

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::model::load::TensorSource;
 use crate::model::DitConfig;
 use crate::tensor::DType;
-use crate::weights::checkpoint::Checkpoint;
+use crate::weights::checkpoint::{looks_like_lora, Checkpoint};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
@@ -48,5 +48,8 @@ pub fn config_path(model: &Path, config: Option<&Path>) -> Result<PathBuf> {
 pub fn open(model: &Path, config: Option<&Path>) -> Result<(DitConfig, Checkpoint)> {
     let cfg = DitConfig::from_file(&config_path(model, config)?)?;
     let ckpt = Checkpoint::open(model)?;
+    if looks_like_lora(ckpt.entries.iter().map(|e| e.key.as_str())) {
+        return Err(Error::file(model, "this is a LoRA file, not a model checkpoint: pass it with --lora"));
+    }
     Ok((cfg, ckpt))
 }

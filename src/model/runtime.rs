@@ -8,7 +8,9 @@ use crate::kernels::rope;
 use crate::model::dit::{build_forward, BuildOptions, ForwardGraph, ForwardShape, QkvMode};
 use crate::model::inputs::ForwardInputs;
 use crate::model::load::{stored_dtype, validate, TensorSource, WeightCache};
+use crate::model::lora::LoraSet;
 use crate::model::DitConfig;
+use crate::tensor::{DType, Tensor};
 use std::sync::Arc;
 
 pub struct Dit {
@@ -17,19 +19,29 @@ pub struct Dit {
     pub mode: QkvMode,
     source: Box<dyn TensorSource>,
     cache: WeightCache,
+    lora: LoraSet,
 }
 
 impl Dit {
     /// Validates the source against the config; weights upload lazily with the first plan.
     pub fn new(gpu: &Arc<Gpu>, cfg: DitConfig, source: Box<dyn TensorSource>, mode: QkvMode) -> Result<Dit> {
         validate(&cfg, source.as_ref())?;
-        Ok(Dit { gpu: gpu.clone(), cfg, mode, source, cache: WeightCache::default() })
+        Ok(Dit { gpu: gpu.clone(), cfg, mode, source, cache: WeightCache::default(), lora: LoraSet::default() })
+    }
+
+    /// Applies runtime LoRAs (replacing any set before) to the plans made from now on.
+    pub fn set_loras(&mut self, lora: LoraSet) {
+        self.lora = lora;
     }
 
     /// The forward graph for `shape` (no GPU work).
     pub fn graph(&self, shape: &ForwardShape, keep_block_outputs: bool) -> ForwardGraph {
-        let opts =
-            BuildOptions { mode: self.mode, max_binding: self.gpu.limits().max_storage_binding, keep_block_outputs };
+        let opts = BuildOptions {
+            lora: (!self.lora.is_empty()).then_some(&self.lora),
+            mode: self.mode,
+            max_binding: self.gpu.limits().max_storage_binding,
+            keep_block_outputs,
+        };
         let src = self.source.as_ref();
         build_forward(&self.cfg, shape, opts, &|name| stored_dtype(src, name))
     }
@@ -37,7 +49,11 @@ impl Dit {
     /// Plans (and binds) the forward for `shape`, uploading weights not yet on the GPU.
     pub fn plan(&mut self, shape: &ForwardShape, keep_block_outputs: bool) -> Result<DitPlan> {
         let graph = self.graph(shape, keep_block_outputs);
-        let params = self.cache.bind(&self.gpu, self.source.as_ref(), &graph.params, &graph.graph)?;
+        let mut params = self.cache.bind(&self.gpu, self.source.as_ref(), &graph.params, &graph.graph)?;
+        for (t, data) in &graph.host_params {
+            let info = graph.graph.info(*t);
+            params.insert(*t, Tensor::from_f32(&self.gpu, data, &info.shape, DType::F32, &info.name)?);
+        }
         let plan = Plan::new(&self.gpu, &graph.graph, &params)?;
         Ok(DitPlan { plan, graph, shape: shape.clone(), cfg: self.cfg.clone() })
     }

@@ -3,6 +3,7 @@
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::model::inputs::ForwardInputs;
+use crate::model::lora::LoraSet;
 use crate::model::open::open;
 use crate::model::runtime::Dit;
 use crate::model::QkvMode;
@@ -19,6 +20,8 @@ pub struct ForwardTask {
     pub inputs: PathBuf,
     pub output: PathBuf,
     pub mode: QkvMode,
+    /// Runtime LoRAs: (file, strength).
+    pub loras: Vec<(PathBuf, f32)>,
 }
 
 /// What a forward did, for the CLI to print.
@@ -36,7 +39,9 @@ pub fn run_forward(gpu: &Arc<Gpu>, t: &ForwardTask) -> Result<ForwardReport> {
     let inputs = ForwardInputs::from_file(&t.inputs, &cfg)?;
     let out_features = cfg.out_features();
     let t0 = std::time::Instant::now();
+    let loras = LoraSet::load(&t.loras, &cfg)?;
     let mut dit = Dit::new(gpu, cfg, Box::new(ckpt), t.mode)?;
+    dit.set_loras(loras);
     let plan = dit.plan(&inputs.shape(), false)?;
     gpu.sync()?;
     let t1 = std::time::Instant::now();
