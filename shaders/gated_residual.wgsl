@@ -1,10 +1,11 @@
 // gated_residual: a per-sample gated product over grouped rows, for the block's gated residuals:
 //   accumulate = 1 (forward):   out[r, c] += gate[vr, c] * a[r, c]      (x = x + gate * branch)
 //   accumulate = 0 (backward):  out[r, c]  = gate[vr, c] * a[r, c]      (d_branch = gate * dx)
+//   accumulate = 2 (training):  out[r, c]  = res[r, c] + gate[vr, c] * a[r, c]   (out is a new tensor)
 // (d_gate += sum_rows dx * branch is kernels::reduce_rows, Mode::Product.)
 // gate[vr, c] = modv[gate_offset + vr * sample_stride + c]; for local row l = b * rows_per_sample + j
 // of a problem, vr = b (j < split) or b + alt_rows (j >= split, Edit-2511 zero_cond_t).
-// a, out: [rows, cols]. Up to 4 problems. One workgroup of 256 per (row, 256-column tile), rows in
+// a, res, out: [rows, cols] (res is bound but unread unless accumulate = 2). Up to 4 problems. One workgroup of 256 per (row, 256-column tile), rows in
 // problem order. Dispatch: grid_2d(total problem rows * ceil(cols / 256)).
 
 struct Problem {
@@ -30,6 +31,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> modv: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> res: array<f32>;
 
 fn locate(v: u32) -> vec2<u32> {
     var rest = v;
@@ -54,5 +56,11 @@ fn gated_residual(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let vr = select(b, b + q.alt_rows, loc.y % q.rows_per_sample >= q.split);
     let i = (q.row0 + loc.y) * p.cols + c;
     let v = modv[q.gate_offset + vr * q.sample_stride + c] * a[i];
-    if (p.accumulate != 0u) { out[i] += v; } else { out[i] = v; }
+    if (p.accumulate == 2u) {
+        out[i] = res[i] + v;
+    } else if (p.accumulate == 1u) {
+        out[i] += v;
+    } else {
+        out[i] = v;
+    }
 }

@@ -27,7 +27,11 @@ struct Params {
     n: u32,   // columns of dy = rows of dw
     k: u32,   // columns of x = columns of dw
     problems: u32,
-    _pad: u32,
+    ldy: u32,      // row stride of dy
+    dy_col0: u32,  // first dy column used (y was a column slice of a wider output)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     prob: array<Problem, 4>,
 }
 
@@ -66,7 +70,8 @@ fn gemm_dw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id)
     var bsum = vec4<f32>(0.0);  // db[n0..n0+3]
     if (inside) {
         for (var m = pr.row0 + lid.z; m < pr.row0 + pr.rows; m += SLICES) {
-            let d = vec4<f32>(dy[m * N + n0], dy[m * N + n1], dy[m * N + n2], dy[m * N + n3]);
+            let dr = m * p.ldy + p.dy_col0;
+            let d = vec4<f32>(dy[dr + n0], dy[dr + n1], dy[dr + n2], dy[dr + n3]);
             let xv = vec4<f32>(x[m * K + c0], x[m * K + c1], x[m * K + c2], x[m * K + c3]);
             acc0 += d.x * xv;
             acc1 += d.y * xv;

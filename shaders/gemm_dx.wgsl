@@ -22,7 +22,11 @@ struct Params {
     n: u32,       // reduction length (columns of dy, rows of W)
     k: u32,       // columns of dx
     problems: u32,
-    _pad: u32,
+    ldy: u32,      // row stride of dy
+    dy_col0: u32,  // first dy column used (y was a column slice of a wider output)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     prob: array<Problem, 4>,
 }
 
@@ -66,10 +70,10 @@ fn gemm_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id)
     if (c0 >= K || r0 >= pr.rows) { return; }
     let N = p.n;
     let last_r = pr.rows - 1u;
-    let db0 = (pr.row0 + r0) * N;
-    let db1 = (pr.row0 + min(r0 + 1u, last_r)) * N;
-    let db2 = (pr.row0 + min(r0 + 2u, last_r)) * N;
-    let db3 = (pr.row0 + min(r0 + 3u, last_r)) * N;
+    let db0 = (pr.row0 + r0) * p.ldy + p.dy_col0;
+    let db1 = (pr.row0 + min(r0 + 1u, last_r)) * p.ldy + p.dy_col0;
+    let db2 = (pr.row0 + min(r0 + 2u, last_r)) * p.ldy + p.dy_col0;
+    let db3 = (pr.row0 + min(r0 + 3u, last_r)) * p.ldy + p.dy_col0;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);

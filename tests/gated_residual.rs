@@ -54,8 +54,19 @@ fn gated_residual_forward_and_backward_match_reference_with_zero_cond_split() {
         );
         let (db, dmod) = (poisoned(&gpu, &[rows, cols]), up(&gpu, &dmod0, &[mod_len]));
         let scratch = poisoned(&gpu, &[gated_residual::scratch_elems(&gs, cols)]);
-        let fwd = gated_residual::Args { a: &ty, modv: &tm, groups: &gs, write: Write::Accumulate, out: &tx };
-        let mut l = vec![gated_residual::launch(&gpu, &fwd).unwrap()];
+        // out = x + gate·y into a fresh tensor (training graphs), before x is updated in place.
+        let fresh = poisoned(&gpu, &[rows, cols]);
+        let from_res = gated_residual::Args {
+            a: &ty,
+            modv: &tm,
+            groups: &gs,
+            write: Write::FromResidual,
+            res: Some(&tx),
+            out: &fresh,
+        };
+        let fwd =
+            gated_residual::Args { a: &ty, modv: &tm, groups: &gs, write: Write::Accumulate, res: None, out: &tx };
+        let mut l = vec![gated_residual::launch(&gpu, &from_res).unwrap(), gated_residual::launch(&gpu, &fwd).unwrap()];
         let bwd = BackwardArgs {
             branch: &ty,
             modv: &tm,
@@ -75,6 +86,9 @@ fn gated_residual_forward_and_backward_match_reference_with_zero_cond_split() {
         rcpu::reduce_rows(Mode::Product, &dx64, Some(&y64), None, None, cols, &targets(&gs), &mut want_dm);
         let name = format!("B={b} txt={s_txt} img={s_img} split={split} cols={cols}");
         assert_close(&format!("x {name}"), &tx.to_f32(&gpu).unwrap(), &f32s(&want_x), TOL);
+        if gs.iter().map(|g| g.rows.rows()).sum::<usize>() == rows {
+            assert_close(&format!("res + gate·a {name}"), &fresh.to_f32(&gpu).unwrap(), &f32s(&want_x), TOL);
+        }
         assert_close(&format!("d_branch {name}"), &db.to_f32(&gpu).unwrap(), &f32s(&want_db), TOL);
         let s = assert_close(&format!("d_gate {name}"), &dmod.to_f32(&gpu).unwrap(), &f32s(&want_dm), TOL);
         eprintln!("{name}: d_gate max_abs {:.2e} rel_l2 {:.2e}", s.max_abs, s.rel_l2);
@@ -122,6 +136,7 @@ fn gated_residual_covers_more_workgroups_than_one_grid_dimension() {
         modv: &up(&gpu, &modv, &[mod_len]),
         groups: &gs,
         write: Write::Assign,
+        res: None,
         out: &out,
     };
     gpu.run(&[gated_residual::launch(&gpu, &a).unwrap()]).unwrap();

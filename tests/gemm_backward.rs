@@ -54,7 +54,7 @@ fn dx_matches_reference_for_all_weight_dtypes_written_and_accumulated() {
                 if !accumulate {
                     gpu.poison(&dx.buffer);
                 }
-                let args = DxArgs { dy: &tdy, weight: &tw, problems: &problems, dx: &dx, accumulate };
+                let args = DxArgs { dy: &tdy, dy_cols: None, weight: &tw, problems: &problems, dx: &dx, accumulate };
                 gpu.run(&[bwd::launch_dx(&gpu, &args).unwrap()]).unwrap();
                 let mut want = f64s(&dx0);
                 cpu::dx(&f64s(&dy), n, &f64s(&w), k, &problems, &mut want, accumulate);
@@ -78,6 +78,7 @@ fn dw_and_db_accumulate_over_each_problems_rows() {
         let db0 = rng.vec_uniform(2 * n + 1, -1.0, 1.0);
         let (dw, db) = (t1(&gpu, &dw0, DType::F32, "dw"), t1(&gpu, &db0, DType::F32, "db"));
         let args = DwArgs {
+            dy_cols: None,
             dy: &t2(&gpu, &dy, m, n, DType::F32, "dy"),
             x: &t2(&gpu, &x, m, k, DType::F32, "x"),
             problems: &problems,
@@ -117,6 +118,7 @@ fn lora_grads_match_reference_on_two_stream_problems() {
     let dt = Tensor::zeros(&gpu, &[m, r], DType::F32, "dt").unwrap();
     gpu.poison(&dt.buffer);
     let args = LoraGradArgs {
+        dy_cols: None,
         x: &t2(&gpu, &x, m, k, DType::F32, "x"),
         dy: &t2(&gpu, &dy, m, n, DType::F32, "dy"),
         t: &t2(&gpu, &t, m, r, DType::F32, "t"),

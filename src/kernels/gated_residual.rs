@@ -53,6 +53,8 @@ pub enum Write {
     Accumulate,
     /// `out = gate·a`
     Assign,
+    /// `out = res + gate·a` (`Args::res`; out is a fresh tensor, as a training graph needs).
+    FromResidual,
 }
 
 pub struct Args<'a> {
@@ -62,6 +64,8 @@ pub struct Args<'a> {
     pub modv: &'a Tensor,
     pub groups: &'a [Group],
     pub write: Write,
+    /// [rows, cols] f32: the residual of `Write::FromResidual`, else `None`.
+    pub res: Option<&'a Tensor>,
     /// [rows, cols] f32
     pub out: &'a Tensor,
 }
@@ -95,13 +99,18 @@ pub fn params(groups: &[Group], cols: usize, write: Write) -> Params {
             _pad: 0,
         };
     }
-    let accumulate = (write == Write::Accumulate) as u32;
+    let accumulate = match write {
+        Write::Assign => 0,
+        Write::Accumulate => 1,
+        Write::FromResidual => 2,
+    };
     Params { cols: cols as u32, n_problems: groups.len() as u32, accumulate, _pad: 0, problems }
 }
 
 pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
     assert!(a.a.dtype == DType::F32 && a.a.shape.len() == 2, "gated_residual: a must be f32 [rows, cols]");
     assert_eq!(a.a.shape, a.out.shape, "gated_residual: out shape");
+    assert_eq!(a.res.is_some(), a.write == Write::FromResidual, "gated_residual: res goes with Write::FromResidual");
     let cols = a.a.shape[1];
     for g in a.groups {
         assert!(g.rows.row0 + g.rows.rows() <= a.a.shape[0], "gated_residual: group {g:?} past the rows");
@@ -111,7 +120,12 @@ pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
     Ok(Launch {
         kernel: gpu.kernel(&GATED_RESIDUAL, "gated_residual", &[])?,
         params: bytemuck::bytes_of(&p).to_vec(),
-        buffers: vec![a.a.buffer.clone(), a.modv.buffer.clone(), a.out.buffer.clone()],
+        buffers: vec![
+            a.a.buffer.clone(),
+            a.modv.buffer.clone(),
+            a.out.buffer.clone(),
+            a.res.unwrap_or(a.a).buffer.clone(),
+        ],
         groups: super::grid_2d((rows * cols.div_ceil(256)) as u32),
     })
 }
@@ -127,7 +141,7 @@ pub fn scratch_elems(groups: &[Group], cols: usize) -> usize {
 
 // forward: x_out = x + gate·branch   =>   d_branch = gate·dx;  d_gate[vr] += Σ_rows dx·branch;  dx_in = dx
 pub fn backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
-    let fwd = Args { a: a.dx, modv: a.modv, groups: a.groups, write: Write::Assign, out: a.d_branch };
+    let fwd = Args { a: a.dx, modv: a.modv, groups: a.groups, write: Write::Assign, res: None, out: a.d_branch };
     let mut out = vec![launch(gpu, &fwd)?];
     if let Some((d_gate, scratch)) = a.d_gate {
         out.extend(reduce_rows::launch(
@@ -161,6 +175,8 @@ pub mod cpu {
                     match write {
                         Write::Accumulate => out[r * cols + c] += v,
                         Write::Assign => out[r * cols + c] = v,
+                        // out = res + gate·a: the caller passes a copy of res as `out`.
+                        Write::FromResidual => out[r * cols + c] += v,
                     }
                 }
             }

@@ -28,7 +28,10 @@ pub struct DxParams {
     pub n: u32,
     pub k: u32,
     pub problems: u32,
-    pub _pad: u32,
+    /// Row stride of dy and the first dy column used (a column slice of a wider output).
+    pub ldy: u32,
+    pub dy_col0: u32,
+    pub _pad: [u32; 3],
     pub prob: [DxProblemParams; MAX_PROBLEMS],
 }
 crate::assert_params!(DxParams);
@@ -51,7 +54,10 @@ pub struct DwParams {
     pub n: u32,
     pub k: u32,
     pub problems: u32,
-    pub _pad: u32,
+    /// Row stride of dy and the first dy column used (a column slice of a wider output).
+    pub ldy: u32,
+    pub dy_col0: u32,
+    pub _pad: [u32; 3],
     pub prob: [DwProblemParams; MAX_PROBLEMS],
 }
 crate::assert_params!(DwParams);
@@ -60,6 +66,8 @@ crate::assert_params!(DwParams);
 #[derive(Clone, Copy, Debug)]
 pub struct DxArgs<'a> {
     pub dy: &'a Tensor,
+    /// `Some((col0, n))`: only dy columns `col0 .. col0 + n` (y was a column slice); `None`: all.
+    pub dy_cols: Option<(usize, usize)>,
     pub weight: &'a Tensor,
     pub problems: &'a [GemmProblem],
     pub dx: &'a Tensor,
@@ -69,7 +77,9 @@ pub struct DxArgs<'a> {
 
 // forward: y = alpha·x·Wᵀ + b   =>   dx (= | +=) alpha·dy·W
 pub fn launch_dx(gpu: &Gpu, a: &DxArgs) -> Result<Launch> {
-    let (m, n, k) = (a.dy.shape[0], a.dy.shape[1], a.dx.shape[1]);
+    let (m, k) = (a.dy.shape[0], a.dx.shape[1]);
+    let (col0, n) = a.dy_cols.unwrap_or((0, a.dy.shape[1]));
+    assert!(col0 + n <= a.dy.shape[1], "gemm_dx: dy columns {col0}+{n} past {}", a.dy.shape[1]);
     assert!(a.dy.dtype == DType::F32 && a.dx.dtype == DType::F32, "gemm_dx: dy, dx must be f32");
     assert!((1..=MAX_PROBLEMS).contains(&a.problems.len()), "gemm_dx: 1 to {MAX_PROBLEMS} problems");
     let mut prob = [DxProblemParams::default(); MAX_PROBLEMS];
@@ -79,7 +89,15 @@ pub fn launch_dx(gpu: &Gpu, a: &DxArgs) -> Result<Launch> {
         let (row0, rows) = (u32_of(p.row0, "row0"), u32_of(p.rows, "rows"));
         *d = DxProblemParams { row0, rows, w_off: u32_of(p.weight_offset, "weight offset"), alpha: p.alpha };
     }
-    let p = DxParams { n: u32_of(n, "n"), k: u32_of(k, "k"), problems: a.problems.len() as u32, _pad: 0, prob };
+    let p = DxParams {
+        n: u32_of(n, "n"),
+        k: u32_of(k, "k"),
+        problems: a.problems.len() as u32,
+        ldy: u32_of(a.dy.shape[1], "ldy"),
+        dy_col0: u32_of(col0, "dy_col0"),
+        _pad: [0; 3],
+        prob,
+    };
     let flag = if a.accumulate { 1.0 } else { 0.0 };
     Ok(Launch {
         kernel: gpu.kernel(&GEMM_DX, "gemm_dx", &[("DTYPE", a.weight.dtype.code()), ("ACCUMULATE", flag)])?,
@@ -94,6 +112,8 @@ pub fn launch_dx(gpu: &Gpu, a: &DxArgs) -> Result<Launch> {
 #[derive(Clone, Copy, Debug)]
 pub struct DwArgs<'a> {
     pub dy: &'a Tensor,
+    /// As in [`DxArgs::dy_cols`].
+    pub dy_cols: Option<(usize, usize)>,
     pub x: &'a Tensor,
     pub problems: &'a [GemmProblem],
     pub dw: &'a Tensor,
@@ -102,7 +122,9 @@ pub struct DwArgs<'a> {
 
 // forward: y = alpha·x·Wᵀ + b   =>   dW += alpha·dyᵀ·x;   db += Σ_rows dy
 pub fn launch_dw(gpu: &Gpu, a: &DwArgs) -> Result<Launch> {
-    let (m, n, k) = (a.dy.shape[0], a.dy.shape[1], a.x.shape[1]);
+    let (m, k) = (a.dy.shape[0], a.x.shape[1]);
+    let (col0, n) = a.dy_cols.unwrap_or((0, a.dy.shape[1]));
+    assert!(col0 + n <= a.dy.shape[1], "gemm_dw: dy columns {col0}+{n} past {}", a.dy.shape[1]);
     assert!(a.dy.dtype == DType::F32 && a.x.dtype == DType::F32 && a.dw.dtype == DType::F32, "gemm_dw: f32 only");
     assert!((1..=MAX_PROBLEMS).contains(&a.problems.len()), "gemm_dw: 1 to {MAX_PROBLEMS} problems");
     let mut prob = [DwProblemParams::default(); MAX_PROBLEMS];
@@ -121,7 +143,15 @@ pub fn launch_dw(gpu: &Gpu, a: &DwArgs) -> Result<Launch> {
             _pad: [0; 3],
         };
     }
-    let p = DwParams { n: u32_of(n, "n"), k: u32_of(k, "k"), problems: a.problems.len() as u32, _pad: 0, prob };
+    let p = DwParams {
+        n: u32_of(n, "n"),
+        k: u32_of(k, "k"),
+        problems: a.problems.len() as u32,
+        ldy: u32_of(a.dy.shape[1], "ldy"),
+        dy_col0: u32_of(col0, "dy_col0"),
+        _pad: [0; 3],
+        prob,
+    };
     // The db binding is read-write, so without a bias it gets a 4-byte scratch buffer.
     let db = match a.db {
         Some(t) => t.buffer.clone(),
@@ -145,6 +175,8 @@ pub fn launch_dw(gpu: &Gpu, a: &DwArgs) -> Result<Launch> {
 pub struct LoraGradArgs<'a> {
     pub x: &'a Tensor,
     pub dy: &'a Tensor,
+    /// As in [`DxArgs::dy_cols`]: the LoRA's output columns inside dy.
+    pub dy_cols: Option<(usize, usize)>,
     /// The forward's scaled down-projection s·x·Aᵀ [M, R].
     pub t: &'a Tensor,
     pub a: &'a Tensor,
@@ -173,12 +205,18 @@ pub fn launch_lora_grads(gpu: &Gpu, a: &LoraGradArgs) -> Result<Vec<Launch>> {
     let pbs: Vec<_> = a.problems.iter().map(|p| on_b(p, p.scale)).collect();
     let pa: Vec<_> = a.problems.iter().map(on_a).collect();
     let mut out = vec![
-        launch_dw(gpu, &DwArgs { dy: a.dy, x: a.t, problems: &pb1, dw: a.db, db: None })?,
-        launch_dx(gpu, &DxArgs { dy: a.dy, weight: a.b, problems: &pbs, dx: a.dt, accumulate: false })?,
-        launch_dw(gpu, &DwArgs { dy: a.dt, x: a.x, problems: &pa, dw: a.da, db: None })?,
+        launch_dw(gpu, &DwArgs { dy: a.dy, dy_cols: a.dy_cols, x: a.t, problems: &pb1, dw: a.db, db: None })?,
+        launch_dx(
+            gpu,
+            &DxArgs { dy: a.dy, dy_cols: a.dy_cols, weight: a.b, problems: &pbs, dx: a.dt, accumulate: false },
+        )?,
+        launch_dw(gpu, &DwArgs { dy: a.dt, dy_cols: None, x: a.x, problems: &pa, dw: a.da, db: None })?,
     ];
     if let Some(dx) = a.dx {
-        out.push(launch_dx(gpu, &DxArgs { dy: a.dt, weight: a.a, problems: &pa, dx, accumulate: true })?);
+        out.push(launch_dx(
+            gpu,
+            &DxArgs { dy: a.dt, dy_cols: None, weight: a.a, problems: &pa, dx, accumulate: true },
+        )?);
     }
     Ok(out)
 }
