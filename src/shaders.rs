@@ -22,6 +22,7 @@ shaders! {
     ATTENTION_BACKWARD => "attention_backward",
     ELEMENTWISE => "elementwise",
     ELEMENTWISE_BACKWARD => "elementwise_backward",
+    FILL => "fill",
     GATED_RESIDUAL => "gated_residual",
     GEMM => "gemm",
     GEMM_DW => "gemm_dw",

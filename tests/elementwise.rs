@@ -34,3 +34,15 @@ fn gelu_tanh_stays_finite_for_large_inputs() {
     let y = elementwise::apply(&gpu, Op::GeluTanh, &t, None).unwrap().to_f32(&gpu).unwrap();
     assert_close("gelu large", &y, &cpu::apply(Op::GeluTanh, &a, None), Tol::F32_ELEMENTWISE);
 }
+
+#[test]
+fn fill_writes_every_element_past_one_grid_row() {
+    let gpu = test_gpu();
+    for &n in &[1usize, 257, 256 * 65535 + 3] {
+        let y = Tensor::zeros(&gpu, &[n], DType::F32, "y").unwrap();
+        gpu.poison(&y.buffer);
+        gpu.run(&[wgdit::kernels::fill::launch(&gpu, &y, 0.25).unwrap()]).unwrap();
+        let got = y.to_f32(&gpu).unwrap();
+        assert!(got.iter().all(|&v| v == 0.25), "fill n={n}: not every element written");
+    }
+}

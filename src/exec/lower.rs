@@ -1,12 +1,15 @@
 //! Lowering: one graph node → its kernel launches. The only place that maps ops to kernels.
 
 use crate::gpu::{Gpu, Launch};
-use crate::graph::ops::{self, Activation, GemmOp, LayerNormModOp, ModRef, Op};
+use crate::graph::ops::{self, Activation, GateProblem, GemmOp, LayerNormModOp, LoraApplyOp, ModRef, Op};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::gemm::{self, Epilogue, GateRows, GemmArgs, GemmProblem, LoraProblem, Residual};
+use crate::kernels::gemm_backward::{self, DxArgs, LoraGradArgs};
 use crate::kernels::qkv_post::{self, QkvShape};
 use crate::kernels::reduce_rows::SampleRows;
-use crate::kernels::{elementwise, layer_norm_mod, rms_norm, timestep_embed};
+use crate::kernels::{
+    elementwise, elementwise_backward, fill, gated_residual, layer_norm_mod, rms_norm, timestep_embed,
+};
 use crate::tensor::Tensor;
 use crate::Result;
 
@@ -55,7 +58,157 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
             one(attention::launch_forward(gpu, &s, inputs[0], inputs[1], inputs[2], mask, outputs[0], outputs[1])?)
         }
         Op::TimestepEmbed => one(timestep_embed::launch(gpu, &timestep_embed::Args { t: inputs[0], emb: outputs[0] })?),
+        Op::Fill(v) => one(fill::launch(gpu, outputs[0], *v)?),
+        Op::GatedResidual { problems, .. } => {
+            let groups = gate_groups(problems);
+            let a = gated_residual::Args {
+                a: inputs[1],
+                modv: inputs[2],
+                groups: &groups,
+                write: gated_residual::Write::FromResidual,
+                res: Some(inputs[0]),
+                out: outputs[0],
+            };
+            one(gated_residual::launch(gpu, &a)?)
+        }
+        Op::LoraApply(l) => lower_lora_apply(gpu, l, inputs, outputs),
+        Op::GemmDx { gemm: g } => {
+            let problems = gemm_problems(g);
+            let dy_cols = Some((g.y_col0, g.n));
+            let a = DxArgs {
+                dy: inputs[0],
+                dy_cols,
+                weight: inputs[1],
+                problems: &problems,
+                dx: outputs[0],
+                accumulate: true,
+            };
+            one(gemm_backward::launch_dx(gpu, &a)?)
+        }
+        Op::LoraGrads { lora: l, .. } => {
+            let problems = lora_problems(l);
+            let a = LoraGradArgs {
+                x: inputs[0],
+                dy: inputs[1],
+                dy_cols: Some((l.y_col0, l.n)),
+                t: inputs[2],
+                a: inputs[3],
+                b: inputs[4],
+                rank: l.rank,
+                problems: &problems,
+                da: outputs[0],
+                db: outputs[1],
+                dt: outputs[2],
+                dx: outputs.get(3).copied(),
+            };
+            gemm_backward::launch_lora_grads(gpu, &a)
+        }
+        Op::ElementwiseBackward(e) => one(elementwise_backward::launch(gpu, *e, inputs[0], inputs[1], outputs[0])?),
+        Op::GatedResidualBackward { problems, d_gate, .. } => {
+            let groups = gate_groups(problems);
+            let a = gated_residual::BackwardArgs {
+                branch: inputs[1],
+                modv: inputs[2],
+                groups: &groups,
+                dx: inputs[0],
+                d_branch: outputs[0],
+                d_gate: d_gate.then(|| (outputs[1], outputs[2])),
+            };
+            gated_residual::backward(gpu, &a)
+        }
+        Op::LayerNormModBackward { op, d_mod } => {
+            let groups = norm_groups(op);
+            let a = layer_norm_mod::BackwardArgs {
+                x: inputs[0],
+                modv: Some(inputs[1]),
+                groups: &groups,
+                mean: inputs[2],
+                rstd: inputs[3],
+                dy: inputs[4],
+                dx: outputs[0],
+                dmod: d_mod.then(|| (outputs[1], outputs[2])),
+            };
+            layer_norm_mod::backward(gpu, &a)
+        }
+        Op::QkvPostBackward { shape, layout } => {
+            let n_in = if *layout == ops::QkvLayout::Merged { 1 } else { 3 };
+            let s = QkvShape {
+                batch: shape.batch,
+                heads: shape.heads,
+                head_dim: shape.head_dim,
+                s_txt: shape.s_txt,
+                s_img: shape.s_img,
+            };
+            let (x, rest) = inputs.split_at(n_in);
+            let (nw, rope, saved, dq, dk, dv) = (rest[0], rest[1], rest[2], rest[3], rest[4], rest[5]);
+            qkv_post::launch_backward(gpu, s, qkv_layout(*layout), x, nw, rope, saved, dq, dk, dv, outputs, None)
+        }
+        Op::AttentionBackward { shape, masked } => {
+            let s = AttentionShape {
+                batch: shape.batch,
+                heads: shape.heads,
+                head_dim: shape.head_dim,
+                s_txt: shape.s_txt,
+                s_img: shape.s_img,
+            };
+            let mask = masked.then(|| inputs[3]);
+            let o = 3 + *masked as usize;
+            let a = attention::BackwardArgs {
+                q: inputs[0],
+                k: inputs[1],
+                v: inputs[2],
+                mask,
+                o: inputs[o],
+                lse: inputs[o + 1],
+                d_o: inputs[o + 2],
+                delta: outputs[3],
+                dq: outputs[0],
+                dk: outputs[1],
+                dv: outputs[2],
+            };
+            attention::launch_backward(gpu, &s, &a)
+        }
     }
+}
+
+fn qkv_layout(l: ops::QkvLayout) -> qkv_post::QkvLayout {
+    match l {
+        ops::QkvLayout::Merged => qkv_post::QkvLayout::Merged,
+        ops::QkvLayout::Standard => qkv_post::QkvLayout::Standard,
+    }
+}
+
+fn sample_rows(row0: usize, rows: usize, rows_per_sample: usize, m: &ModRef) -> SampleRows {
+    SampleRows { row0, samples: rows / rows_per_sample, rows_per_sample, split: m.split, alt_rows: m.alt_shift }
+}
+
+fn gate_groups(problems: &[GateProblem]) -> Vec<gated_residual::Group> {
+    problems
+        .iter()
+        .map(|p| gated_residual::Group {
+            rows: sample_rows(p.row0, p.rows, p.rows_per_sample, &p.gate),
+            gate_offset: p.gate.offset,
+            sample_stride: p.gate.sample_stride,
+        })
+        .collect()
+}
+
+fn lora_problems(l: &LoraApplyOp) -> Vec<LoraProblem> {
+    l.problems
+        .iter()
+        .map(|&(row0, rows)| LoraProblem { row0, rows, a_offset: 0, b_offset: 0, scale: l.scale })
+        .collect()
+}
+
+/// t = s·x·Aᵀ over the problems' rows, then y[:, col0..col0+n] += t·Bᵀ.
+fn lower_lora_apply(gpu: &Gpu, l: &LoraApplyOp, inputs: &[&Tensor], outputs: &[&Tensor]) -> Result<Vec<Launch>> {
+    let (x, a, b, t, y) = (inputs[0], inputs[1], inputs[2], outputs[0], outputs[1]);
+    let down = gemm::launch_lora_down(gpu, x, a, l.rank, &lora_problems(l), t, 0)?;
+    let problems: Vec<GemmProblem> = l.problems.iter().map(|&(row0, rows)| GemmProblem::rows(row0, rows)).collect();
+    let epilogue = Epilogue { residual: Residual::InPlace, ..Default::default() };
+    let up =
+        gemm::launch(gpu, &GemmArgs { x: t, weight: b, n: l.n, problems: &problems, epilogue, y, y_col0: l.y_col0 })?;
+    Ok(vec![down, up])
 }
 
 fn gate_rows(m: &ModRef) -> GateRows {
@@ -105,6 +258,35 @@ fn lower_gemm(gpu: &Gpu, g: &GemmOp, inputs: &[&Tensor], y: &Tensor) -> Result<L
         &x2
     };
     gemm::launch(gpu, &GemmArgs { x, weight: inputs[1], n: g.n, problems: &problems, epilogue, y, y_col0: g.y_col0 })
+}
+
+fn gemm_problems(g: &GemmOp) -> Vec<GemmProblem> {
+    g.problems
+        .iter()
+        .map(|p| {
+            let q = GemmProblem::rows(p.row0, p.rows)
+                .samples(p.rows_per_sample)
+                .weight(p.w_offset)
+                .bias(p.b_offset)
+                .lora(p.lora_b_offset);
+            match &p.gate {
+                Some(m) => q.gate(gate_rows(m)),
+                None => q,
+            }
+        })
+        .collect()
+}
+
+fn norm_groups(l: &LayerNormModOp) -> Vec<layer_norm_mod::Group> {
+    l.problems
+        .iter()
+        .map(|p| layer_norm_mod::Group {
+            rows: sample_rows(p.row0, p.rows, p.rows_per_sample, &p.shift),
+            shift_offset: p.shift.offset,
+            scale_offset: p.scale.offset,
+            sample_stride: p.shift.sample_stride,
+        })
+        .collect()
 }
 
 fn lower_layer_norm(gpu: &Gpu, l: &LayerNormModOp, inputs: &[&Tensor], outputs: &[&Tensor]) -> Result<Launch> {

@@ -7,6 +7,7 @@
 //! [`Segment`]: in a training graph the segment's internal activations are dropped after the
 //! forward and recomputed before its backward (see [`checkpoint`]).
 
+pub mod autodiff;
 pub mod checkpoint;
 pub mod ops;
 mod ops_spec;

@@ -35,6 +35,31 @@ pub enum Op {
     Attention { shape: JointShape, masked: bool },
     /// The 256-channel sinusoid of σ·1000 (cos first). Inputs [t [B]]; outputs [emb [B, 256]].
     TimestepEmbed,
+    /// `y = value` over the whole tensor. Inputs []; outputs [y].
+    Fill(f32),
+    /// `out = res + gate ⊙ branch` per problem rows. Inputs [res, branch, modulation]; outputs [out].
+    GatedResidual { cols: usize, problems: Vec<GateProblem> },
+    /// Trainable LoRA (two dispatches: down, then accumulate into y). Inputs [x, a, b];
+    /// outputs [t, y] (y accumulated).
+    LoraApply(LoraApplyOp),
+
+    // ---- backward ops (built by `graph::autodiff`) ----
+    /// `dx += dy[:, cols]·W` per problem. Inputs [dy, w]; outputs [dx].
+    GemmDx { gemm: GemmOp },
+    /// LoRA gradients: inputs [x, dy, t, a, b]; outputs [da (+=), db (+=), dt (scratch), dx (+=)?].
+    LoraGrads { lora: LoraApplyOp, dx: bool },
+    /// dx = f'(x)·dy. Inputs [x, dy]; outputs [dx].
+    ElementwiseBackward(Ew),
+    /// d_branch = gate·d_out (=); d_gate += Σ d_out·branch. Inputs [d_out, branch, modulation];
+    /// outputs [d_branch] or [d_branch, d_modulation, scratch].
+    GatedResidualBackward { cols: usize, problems: Vec<GateProblem>, d_gate: bool },
+    /// LayerNorm+modulation backward. Inputs [x, modulation, mean, rstd, dy]; outputs [dx (rows
+    /// of the problems, =)] or [dx, d_modulation (+=), scratch].
+    LayerNormModBackward { op: LayerNormModOp, d_mod: bool },
+    /// Inputs [qkv | q, k, v, norm_weights, rope, saved, dq, dk, dv]; outputs [d_qkv | dq, dk, dv] (=).
+    QkvPostBackward { shape: JointShape, layout: QkvLayout },
+    /// Inputs [q, k, v, mask?, o, lse, d_o]; outputs [dq, dk, dv, delta (scratch)] (=).
+    AttentionBackward { shape: JointShape, masked: bool },
 }
 
 impl Op {
@@ -52,12 +77,32 @@ impl Op {
             Op::QkvPost { .. } => "qkv_post",
             Op::Attention { .. } => "attention",
             Op::TimestepEmbed => "timestep_embed",
+            Op::Fill(_) => "fill",
+            Op::GatedResidual { .. } => "gated_residual",
+            Op::LoraApply(_) => "lora",
+            Op::GemmDx { .. } => "gemm_dx",
+            Op::LoraGrads { .. } => "lora_grads",
+            Op::ElementwiseBackward(_) => "elementwise_backward",
+            Op::GatedResidualBackward { .. } => "gated_residual_backward",
+            Op::LayerNormModBackward { .. } => "layer_norm_mod_backward",
+            Op::QkvPostBackward { .. } => "qkv_post_backward",
+            Op::AttentionBackward { .. } => "attention_backward",
         }
     }
 
     /// Dispatches this op lowers to (the executor asserts that lowering agrees).
     pub fn dispatches(&self) -> usize {
-        1
+        match self {
+            Op::LoraApply(_) => 2,
+            // dB, dt, dA (+ dx): gemm_backward::launch_lora_grads.
+            Op::LoraGrads { dx, .. } => 3 + *dx as usize,
+            Op::AttentionBackward { .. } => 2,
+            // d_branch, then the two passes of reduce_rows for d_gate.
+            Op::GatedResidualBackward { d_gate, .. } => 1 + 2 * *d_gate as usize,
+            // dx, then two reduce_rows passes each for d_shift and d_scale.
+            Op::LayerNormModBackward { d_mod, .. } => 1 + 4 * *d_mod as usize,
+            _ => 1,
+        }
     }
 
     /// What the backward of this op reads.
@@ -77,6 +122,13 @@ impl Op {
             Op::QkvPost { .. } => Saves { inputs: vec![0], outputs: vec![] },
             Op::Attention { .. } => Saves { inputs: vec![0, 1, 2], outputs: vec![0, 1] },
             Op::TimestepEmbed => Saves::default(),
+            Op::Fill(_) => Saves::default(),
+            // d_gate needs the branch; d_branch needs the (input) gate.
+            Op::GatedResidual { .. } => inputs(&[1, 2]),
+            // dA needs x, dB needs t, dt needs B, dx needs A.
+            Op::LoraApply(_) => Saves { inputs: vec![0, 1, 2], outputs: vec![0] },
+            // Backward ops are not differentiated again.
+            _ => Saves::default(),
         }
     }
 
@@ -84,6 +136,7 @@ impl Op {
     pub fn check(&self, g: &Graph, inputs: &[TensorId], outputs: &[TensorId]) {
         let name = self.name();
         let numel = |t: TensorId| g.shape(t).iter().product::<usize>();
+        let _ = numel;
         match self {
             Op::Elementwise(e) => {
                 let want = if e.is_unary() { 1 } else { 2 };
@@ -128,6 +181,14 @@ impl Op {
             Op::TimestepEmbed => {
                 assert_eq!(g.shape(outputs[0]), &[numel(inputs[0]), 256], "{name}: [B, 256]");
             }
+            Op::Fill(_) => assert_eq!((inputs.len(), outputs.len()), (0, 1), "{name}: operands"),
+            Op::GatedResidual { .. } => assert_eq!((inputs.len(), outputs.len()), (3, 1), "{name}: operands"),
+            Op::LoraApply(l) => {
+                assert_eq!((inputs.len(), outputs.len()), (3, 2), "{name}: operands");
+                assert_eq!(g.shape(inputs[1]), &[l.rank, l.k], "{name}: A");
+                assert_eq!(g.shape(inputs[2]), &[l.n, l.rank], "{name}: B");
+            }
+            _ => {}
         }
     }
 }

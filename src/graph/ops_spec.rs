@@ -108,3 +108,24 @@ pub enum QkvLayout {
     /// Three [rows, D] tensors.
     Standard,
 }
+
+/// One problem of a gated residual `out = res + gate ⊙ branch` (rows `row0 ..`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateProblem {
+    pub row0: usize,
+    pub rows: usize,
+    pub rows_per_sample: usize,
+    pub gate: ModRef,
+}
+
+/// A trainable LoRA on columns `y_col0 .. y_col0 + n` of a GEMM output, for the rows of each
+/// problem `(row0, rows)`: `t = scale·x·Aᵀ`, `y += t·Bᵀ`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraApplyOp {
+    pub k: usize,
+    pub n: usize,
+    pub rank: usize,
+    pub scale: f32,
+    pub y_col0: usize,
+    pub problems: Vec<(usize, usize)>,
+}

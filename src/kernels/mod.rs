@@ -9,6 +9,7 @@ pub mod adamw;
 pub mod attention;
 pub mod elementwise;
 pub mod elementwise_backward;
+pub mod fill;
 pub mod gated_residual;
 pub mod gemm;
 pub mod gemm_backward;

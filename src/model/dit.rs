@@ -100,6 +100,10 @@ pub struct ForwardGraph {
     pub host_params: Vec<(TensorId, Vec<f32>)>,
     /// Per block: the joint residual after the block ([R, D], text rows then image rows).
     pub block_outputs: Vec<TensorId>,
+    /// Training graphs: (module, A [rank, in], B [out, rank]) of every trainable LoRA.
+    pub trainable: Vec<(String, TensorId, TensorId)>,
+    /// The shape this graph was built for.
+    pub shape: ForwardShape,
 }
 
 /// Row ranges and modulation geometry shared by the block builders.
@@ -141,6 +145,8 @@ struct Builder<'a> {
     wdtype: &'a dyn Fn(&str) -> DType,
     max_binding: u64,
     lora: Option<&'a LoraSet>,
+    train: Option<&'a TrainLora>,
+    trainable: Vec<(String, TensorId, TensorId)>,
     host_params: Vec<(TensorId, Vec<f32>)>,
     /// Output rows of every Linear module (for the stacked-module LoRA path).
     out_rows: std::collections::HashMap<String, usize>,
@@ -164,6 +170,17 @@ pub struct BuildOptions<'l> {
     pub max_binding: u64,
     /// Keep every block's output alive to the end (block-by-block parity checks).
     pub keep_block_outputs: bool,
+    /// A training graph: trainable LoRAs on these modules, and no fused epilogues whose
+    /// intermediates a backward needs (GELU input, gated branch).
+    pub train: Option<&'l TrainLora>,
+}
+
+/// Trainable LoRAs: standard module paths, rank, and scale = alpha / rank.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainLora {
+    pub modules: Vec<String>,
+    pub rank: usize,
+    pub scale: f32,
 }
 
 /// The modulation vectors of every block (and of `norm_out`), computed before the block stack.
@@ -196,6 +213,8 @@ pub fn build_forward<'a>(
         wdtype,
         max_binding: opts.max_binding,
         lora: opts.lora,
+        train: opts.train,
+        trainable: Vec::new(),
         host_params: Vec::new(),
         out_rows: crate::model::names::expected_tensors(cfg)
             .into_iter()
@@ -310,6 +329,8 @@ impl<'a> Builder<'a> {
             params: self.params,
             host_params: self.host_params,
             block_outputs,
+            trainable: self.trainable,
+            shape: shape.clone(),
         }
     }
 
@@ -503,6 +524,9 @@ impl<'a> Builder<'a> {
         gated: Option<(TensorId, &[ModLoc; 2], usize)>,
         label: &str,
     ) {
+        if self.train.is_some() && (act != Activation::None || gated.is_some()) {
+            return self.project_unfused(x, y, streams, modules, n, k, act, gated, label);
+        }
         for group in self.groups(streams) {
             let problems = group
                 .iter()
@@ -515,6 +539,48 @@ impl<'a> Builder<'a> {
             let gated_inputs = gated.map(|(res, m, _)| (res, self.group_mod(m, &group)));
             let modules = group.iter().map(|&s| modules(s)).collect();
             self.emit_gemm(Emit { x, y, n, k, problems, modules, act, gated: gated_inputs, label });
+        }
+    }
+
+    /// Training form of [`project`](Self::project): the GEMM writes the pre-activation (or the
+    /// branch), then GELU and the gated residual run as their own ops, so that the backward has
+    /// the tensors it needs.
+    #[allow(clippy::too_many_arguments)]
+    fn project_unfused(
+        &mut self,
+        x: TensorId,
+        y: TensorId,
+        streams: &[Stream],
+        modules: &dyn Fn(Stream) -> Vec<String>,
+        n: usize,
+        k: usize,
+        act: Activation,
+        gated: Option<(TensorId, &[ModLoc; 2], usize)>,
+        label: &str,
+    ) {
+        let rows = self.rows.total();
+        let z = self.act(if gated.is_some() { "branch" } else { "pre_activation" }, &[rows, n]);
+        let covered: usize = streams.iter().map(|&s| self.stream_rows(s).1).sum();
+        if act != Activation::None && covered < rows {
+            // GELU runs over the whole tensor: give rows no stream writes a defined value.
+            self.g.push(Op::Fill(0.0), &[], &[z], label);
+        }
+        self.project(x, z, streams, modules, n, k, Activation::None, None, label);
+        if act == Activation::GeluTanh {
+            self.g.push(Op::Elementwise(Ew::GeluTanh), &[z], &[y], label);
+        }
+        if let Some((res, m, c)) = gated {
+            for group in self.groups(streams) {
+                let problems = group
+                    .iter()
+                    .map(|&s| {
+                        let (row0, rows, rps) = self.stream_rows(s);
+                        GateProblem { row0, rows, rows_per_sample: rps, gate: self.mod_ref(m[stream_index(s)], s, c) }
+                    })
+                    .collect();
+                let mt = self.group_mod(m, &group);
+                self.g.push_partial(Op::GatedResidual { cols: n, problems }, &[res, z, mt], &[y], label);
+            }
         }
     }
 
@@ -670,6 +736,9 @@ impl<'a> Builder<'a> {
     /// Emits the weights, the LoRA side path of any LoRA'd module, and the GEMM (a partial write:
     /// the problems cover only their rows of y).
     fn emit_gemm(&mut self, mut e: Emit) {
+        if self.train.is_some() {
+            return self.emit_gemm_train(e);
+        }
         let p_count = e.problems.len();
         let names: Vec<String> = e.modules.concat();
         let w = self.weight(&names, e.n * p_count, e.k);
@@ -799,6 +868,58 @@ impl<'a> Builder<'a> {
                 self.g.push_partial(Op::Gemm(op), &[t, bt], &[e.y], "lora");
             }
             col += rows;
+        }
+    }
+}
+
+impl<'a> Builder<'a> {
+    /// Training GEMM: the plain GEMM, then one trainable LoRA (down + accumulating up) per
+    /// targeted module on its columns and its problem's rows.
+    fn emit_gemm_train(&mut self, mut e: Emit) {
+        assert!(e.act == Activation::None && e.gated.is_none(), "training graphs do not fuse epilogues");
+        let train = self.train.expect("cannot fail: training graph");
+        let names: Vec<String> = e.modules.concat();
+        let w = self.weight(&names, e.n * e.problems.len(), e.k);
+        let b = self.bias(&names, e.n * e.problems.len());
+        for (p, pr) in e.problems.iter_mut().enumerate() {
+            pr.w_offset = p * e.n * e.k;
+            pr.b_offset = p * e.n;
+        }
+        let op = GemmOp {
+            n: e.n,
+            k: e.k,
+            problems: e.problems.clone(),
+            bias: true,
+            act: Activation::None,
+            residual: false,
+            lora_rank: 0,
+            y_col0: 0,
+            accumulate: false,
+        };
+        self.g.push_partial(Op::Gemm(op), &[e.x, w, b], &[e.y], e.label);
+        let x_rows = self.g.shape(e.x)[0];
+        for (pr, ms) in e.problems.iter().zip(&e.modules) {
+            let mut col = 0;
+            for m in ms {
+                let rows = self.out_rows[m];
+                if train.modules.contains(m) {
+                    let r = train.rank;
+                    let a = self.g.param(&format!("{m}.lora_A"), &[r, e.k], DType::F32);
+                    let bm = self.g.param(&format!("{m}.lora_B"), &[rows, r], DType::F32);
+                    self.trainable.push((m.clone(), a, bm));
+                    let t = self.act("lora_t", &[x_rows, r]);
+                    let l = LoraApplyOp {
+                        k: e.k,
+                        n: rows,
+                        rank: r,
+                        scale: train.scale,
+                        y_col0: col,
+                        problems: vec![(pr.row0, pr.rows)],
+                    };
+                    self.g.push_partial(Op::LoraApply(l), &[e.x, a, bm], &[t, e.y], "lora");
+                }
+                col += rows;
+            }
         }
     }
 }

@@ -4,13 +4,15 @@
 use crate::error::Result;
 use crate::exec::Plan;
 use crate::gpu::Gpu;
+use crate::graph::TensorId;
 use crate::kernels::rope;
-use crate::model::dit::{build_forward, BuildOptions, ForwardGraph, ForwardShape, QkvMode};
+use crate::model::dit::{build_forward, BuildOptions, ForwardGraph, ForwardShape, QkvMode, TrainLora};
 use crate::model::inputs::ForwardInputs;
 use crate::model::load::{stored_dtype, validate, TensorSource, WeightCache};
 use crate::model::lora::LoraSet;
 use crate::model::DitConfig;
 use crate::tensor::{DType, Tensor};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct Dit {
@@ -37,6 +39,7 @@ impl Dit {
     /// The forward graph for `shape` (no GPU work).
     pub fn graph(&self, shape: &ForwardShape, keep_block_outputs: bool) -> ForwardGraph {
         let opts = BuildOptions {
+            train: None,
             lora: (!self.lora.is_empty()).then_some(&self.lora),
             mode: self.mode,
             max_binding: self.gpu.limits().max_storage_binding,
@@ -49,13 +52,35 @@ impl Dit {
     /// Plans (and binds) the forward for `shape`, uploading weights not yet on the GPU.
     pub fn plan(&mut self, shape: &ForwardShape, keep_block_outputs: bool) -> Result<DitPlan> {
         let graph = self.graph(shape, keep_block_outputs);
+        self.plan_graph(graph, HashMap::new())
+    }
+
+    /// The training graph for `shape` (forward without fused epilogues, trainable LoRAs on
+    /// `train.modules`); the caller appends the backward (`graph::autodiff`).
+    pub fn training_graph(&self, shape: &ForwardShape, train: &TrainLora) -> ForwardGraph {
+        let opts = BuildOptions {
+            train: Some(train),
+            lora: None,
+            mode: self.mode,
+            max_binding: self.gpu.limits().max_storage_binding,
+            keep_block_outputs: false,
+        };
+        let src = self.source.as_ref();
+        build_forward(&self.cfg, shape, opts, &|name| stored_dtype(src, name))
+    }
+
+    /// Plans a graph built from this model: checkpoint params from the weight cache, host params
+    /// uploaded, and `extra` params (e.g. trainable LoRA tensors) bound as given.
+    pub fn plan_graph(&mut self, graph: ForwardGraph, extra: HashMap<TensorId, Tensor>) -> Result<DitPlan> {
+        let shape = graph_shape(&graph);
         let mut params = self.cache.bind(&self.gpu, self.source.as_ref(), &graph.params, &graph.graph)?;
         for (t, data) in &graph.host_params {
             let info = graph.graph.info(*t);
             params.insert(*t, Tensor::from_f32(&self.gpu, data, &info.shape, DType::F32, &info.name)?);
         }
+        params.extend(extra);
         let plan = Plan::new(&self.gpu, &graph.graph, &params)?;
-        Ok(DitPlan { plan, graph, shape: shape.clone(), cfg: self.cfg.clone() })
+        Ok(DitPlan { plan, graph, shape, cfg: self.cfg.clone() })
     }
 
     /// Bytes of weights uploaded so far.
@@ -115,4 +140,9 @@ impl DitPlan {
         let cols = all.len() / (self.shape.batch * (self.shape.s_txt + self.shape.s_img()));
         Ok(all[..self.shape.batch * self.shape.s_txt * cols].to_vec())
     }
+}
+
+/// The shape a built graph was made for.
+fn graph_shape(g: &ForwardGraph) -> ForwardShape {
+    g.shape.clone()
 }

@@ -1,0 +1,29 @@
+//! `y = value` over a whole f32 tensor (`shaders/fill.wgsl`): zeroes gradient accumulators.
+
+use crate::gpu::{Gpu, Launch};
+use crate::shaders::FILL;
+use crate::tensor::{DType, Tensor};
+use crate::Result;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub n: u32,
+    pub row_pitch: u32,
+    pub value: f32,
+    pub _pad: u32,
+}
+crate::assert_params!(Params);
+
+pub fn launch(gpu: &Gpu, y: &Tensor, value: f32) -> Result<Launch> {
+    assert_eq!(y.dtype, DType::F32, "fill: f32 only");
+    let n = y.numel();
+    let groups = crate::kernels::grid_2d((n as u32).div_ceil(256));
+    let p = Params { n: n as u32, row_pitch: groups[0] * 256, value, _pad: 0 };
+    Ok(Launch {
+        kernel: gpu.kernel(&FILL, "fill", &[])?,
+        params: bytemuck::bytes_of(&p).to_vec(),
+        buffers: vec![y.buffer.clone()],
+        groups,
+    })
+}
