@@ -15,6 +15,8 @@ pub struct MemoryPlan {
     pub peak_activation_bytes: u64,
     /// Σ sizes of all activations: what allocating every tensor separately would take.
     pub naive_activation_bytes: u64,
+    /// The most activation bytes alive at once: the lower bound any slot assignment can reach.
+    pub live_activation_bytes: u64,
     /// Σ sizes of inputs.
     pub input_bytes: u64,
 }
@@ -38,7 +40,6 @@ pub fn plan(g: &Graph) -> MemoryPlan {
     let last = last_uses(g);
     let mut slot_of = vec![None; g.tensors.len()];
     let mut slot_bytes: Vec<u64> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
     let mut input_bytes = 0;
     for (t, info) in g.tensors.iter().enumerate() {
         if info.kind == TensorKind::Input {
@@ -47,43 +48,59 @@ pub fn plan(g: &Graph) -> MemoryPlan {
             input_bytes += info.bytes();
         }
     }
-    let first_activation_slot = slot_bytes.len();
-    let mut naive = 0;
+    // Lifetime [first write, last use] of every activation a node writes.
+    let mut first = vec![None; g.tensors.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         for &o in &n.outputs {
-            if slot_of[o].is_some() {
-                continue; // a later partial write of an already placed tensor
-            }
-            let need = g.tensors[o].bytes().max(4);
-            naive += need;
-            slot_of[o] = Some(take_slot(&mut free, &mut slot_bytes, need));
+            first[o].get_or_insert(i);
         }
-        // Free every activation whose last use is this node.
-        for &t in n.inputs.iter().chain(&n.outputs) {
-            if last[t] == Some(i) && g.tensors[t].kind == TensorKind::Activation {
-                if let Some(s) = slot_of[t] {
-                    if !free.contains(&s) {
-                        free.push(s);
-                    }
-                }
+    }
+    let mut acts: Vec<(usize, u64, usize, usize)> = (0..g.tensors.len())
+        .filter(|&t| g.tensors[t].kind == TensorKind::Activation)
+        .filter_map(|t| Some((t, g.tensors[t].bytes().max(4), first[t]?, last[t]?)))
+        .collect();
+    let naive = acts.iter().map(|a| a.1).sum();
+    let live = live_peak(&acts, g.nodes.len());
+    // Greedy by size (largest first): a tensor takes the first slot whose tenants' lifetimes
+    // do not overlap its own; slots are never smaller than later (smaller) tenants.
+    acts.sort_by_key(|a| (std::cmp::Reverse(a.1), a.2));
+    let first_activation_slot = slot_bytes.len();
+    let mut tenants: Vec<Vec<(usize, usize)>> = Vec::new();
+    for &(t, bytes, from, to) in &acts {
+        let free = tenants.iter().position(|iv| iv.iter().all(|&(a, b)| to < a || b < from));
+        let s = match free {
+            Some(k) => k,
+            None => {
+                tenants.push(Vec::new());
+                slot_bytes.push(bytes);
+                tenants.len() - 1
             }
-        }
+        };
+        tenants[s].push((from, to));
+        slot_of[t] = Some(first_activation_slot + s);
     }
     let peak = slot_bytes[first_activation_slot..].iter().sum();
-    MemoryPlan { slot_of, slot_bytes, peak_activation_bytes: peak, naive_activation_bytes: naive, input_bytes }
+    MemoryPlan {
+        slot_of,
+        slot_bytes,
+        peak_activation_bytes: peak,
+        naive_activation_bytes: naive,
+        live_activation_bytes: live,
+        input_bytes,
+    }
 }
 
-/// Best fit among free slots; else grow the largest free slot; else a new slot.
-fn take_slot(free: &mut Vec<usize>, sizes: &mut Vec<u64>, need: u64) -> usize {
-    let fit = free.iter().enumerate().filter(|(_, &s)| sizes[s] >= need).min_by_key(|(_, &s)| sizes[s]);
-    if let Some((i, _)) = fit {
-        return free.swap_remove(i);
+/// The most bytes alive at once over the node sequence.
+fn live_peak(acts: &[(usize, u64, usize, usize)], nodes: usize) -> u64 {
+    let mut delta = vec![0i64; nodes + 1];
+    for &(_, bytes, from, to) in acts {
+        delta[from] += bytes as i64;
+        delta[to.min(nodes - 1) + 1] -= bytes as i64;
     }
-    if let Some((i, _)) = free.iter().enumerate().max_by_key(|(_, &s)| sizes[s]) {
-        let s = free.swap_remove(i);
-        sizes[s] = need;
-        return s;
+    let (mut cur, mut best) = (0i64, 0i64);
+    for d in delta {
+        cur += d;
+        best = best.max(cur);
     }
-    sizes.push(need);
-    sizes.len() - 1
+    best as u64
 }

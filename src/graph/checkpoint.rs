@@ -5,7 +5,7 @@
 //! the liveness planner reuses their memory; only segment inputs (e.g. block outputs) stay stored.
 
 use super::{Graph, Label, Node, TensorId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Rewrites `g` in place. `first_backward` is the index of the first backward node; nodes before
 /// it are the forward. Returns the number of recomputed nodes.
@@ -15,7 +15,15 @@ pub fn apply(g: &mut Graph, first_backward: usize) -> usize {
     let mut inserts: Vec<(usize, Vec<Node>)> = Vec::new();
     for seg in 0..g.segments.len() {
         let members: Vec<&Node> = forward.iter().filter(|n| n.segment == Some(seg)).collect();
-        let produced: Vec<TensorId> = members.iter().flat_map(|n| n.outputs.iter().copied()).collect();
+        // The segment's internal tensors: produced inside and read by no forward node outside it
+        // (its outputs, e.g. the block output, stay stored: the next segment starts from them).
+        let read_outside: HashSet<TensorId> =
+            forward.iter().filter(|n| n.segment != Some(seg)).flat_map(|n| n.inputs.iter().copied()).collect();
+        let produced: Vec<TensorId> = members
+            .iter()
+            .flat_map(|n| n.outputs.iter().copied())
+            .filter(|t| !read_outside.contains(t) && !g.outputs.contains(t))
+            .collect();
         let Some(at) = backward.iter().position(|n| n.inputs.iter().any(|t| produced.contains(t))) else {
             continue;
         };
@@ -40,9 +48,11 @@ pub fn apply(g: &mut Graph, first_backward: usize) -> usize {
             let label = Label { layer: n.label.layer, op: format!("recompute/{}", n.label.op) };
             clones.push(Node { op: n.op.clone(), inputs, outputs, label, segment: None });
         }
+        // Only internal tensors are redirected: the segment's outputs are stored, and a later
+        // segment's backward (which runs before this recompute) reads them.
         for n in backward.iter_mut() {
             for t in n.inputs.iter_mut() {
-                if let Some(&r) = remap.get(t) {
+                if let Some(&r) = remap.get(t).filter(|_| produced.contains(t)) {
                     *t = r;
                 }
             }

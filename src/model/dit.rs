@@ -181,6 +181,8 @@ pub struct TrainLora {
     pub modules: Vec<String>,
     pub rank: usize,
     pub scale: f32,
+    /// Each block is a checkpoint segment: recomputed before its backward instead of stored.
+    pub checkpointing: bool,
 }
 
 /// The modulation vectors of every block (and of `norm_out`), computed before the block stack.
@@ -299,7 +301,14 @@ impl<'a> Builder<'a> {
                 Some(a) => a.blocks[i],
                 None => self.block_modulation(silu_temb, i),
             };
+            let segment = self.train.is_some_and(|t| t.checkpointing);
+            if segment {
+                self.g.begin_segment(&block_name(i));
+            }
             x = self.block(i, x, m, mask, rope);
+            if segment {
+                self.g.end_segment();
+            }
             block_outputs.push(x);
         }
         self.g.set_layer(None);

@@ -12,6 +12,7 @@ pub mod names;
 pub mod open;
 pub mod runtime;
 pub mod task;
+pub mod training;
 
 pub use config::DitConfig;
 pub use dit::{build_forward, ForwardShape, QkvMode};

@@ -1,0 +1,36 @@
+//! The training graph of a LoRA fine-tune: the forward without fused epilogues, with trainable
+//! LoRAs, then its reverse-mode backward (`graph::autodiff`) from dL/d(output), with per-block
+//! gradient checkpointing when asked (`graph::checkpoint`).
+
+use crate::graph::{autodiff, checkpoint, TensorId};
+use crate::model::dit::{ForwardGraph, ForwardShape, TrainLora};
+use crate::model::runtime::Dit;
+use crate::tensor::DType;
+
+pub struct TrainGraph {
+    /// Forward and backward nodes; `fg.trainable` lists the LoRA params.
+    pub fg: ForwardGraph,
+    /// Input: dL/d(output), [R, out] in the joint layout (zero on the text rows).
+    pub d_output: TensorId,
+    /// (module, dA, dB) for every trainable LoRA, zeroed and accumulated on every run.
+    pub grads: Vec<(String, TensorId, TensorId)>,
+    /// Forward nodes recomputed by checkpointing.
+    pub recomputed: usize,
+}
+
+pub fn build(dit: &Dit, shape: &ForwardShape, train: &TrainLora) -> TrainGraph {
+    let mut fg = dit.training_graph(shape, train);
+    let rows = fg.graph.shape(fg.output)[0];
+    let d_output = fg.graph.input("d_output", &[rows, dit.cfg.out_features()], DType::F32);
+    let wrt: Vec<TensorId> = fg.trainable.iter().flat_map(|&(_, a, b)| [a, b]).collect();
+    let first_backward = fg.graph.nodes.len();
+    let g = autodiff::backward(&mut fg.graph, &[(fg.output, d_output)], &wrt);
+    let grads: Vec<(String, TensorId, TensorId)> =
+        fg.trainable.iter().map(|(m, a, b)| (m.clone(), g[a], g[b])).collect();
+    for (_, da, db) in &grads {
+        fg.graph.mark_output(*da);
+        fg.graph.mark_output(*db);
+    }
+    let recomputed = if train.checkpointing { checkpoint::apply(&mut fg.graph, first_backward) } else { 0 };
+    TrainGraph { fg, d_output, grads, recomputed }
+}
