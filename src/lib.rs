@@ -26,6 +26,7 @@ pub mod rng;
 pub mod shaders;
 pub mod tensor;
 pub mod testing;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
