@@ -192,6 +192,7 @@ pub struct LossRow {
 }
 
 /// `loss.csv`: header `step,loss,sigma,lr,step_ms`, one row per step, flushed as written.
+#[derive(Debug)]
 pub struct LossLog {
     path: PathBuf,
     file: std::fs::File,
