@@ -113,3 +113,10 @@ fn uniform_draws_are_in_zero_one_with_unit_weight() {
     let mean = draws.iter().map(|d| d.sigma as f64).sum::<f64>() / 2000.0;
     assert!((mean - 0.5).abs() < 0.03, "mean σ {mean}");
 }
+
+#[test]
+fn add_noise_interpolates_and_the_target_is_noise_minus_x0() {
+    let (xt, v) = wgdit::train::schedule::noisy_and_target(&[1.0, -2.0], &[0.5, 4.0], 0.25);
+    assert_eq!(xt, [0.875, -0.5]);
+    assert_eq!(v, [-0.5, 6.0]);
+}

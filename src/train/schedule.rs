@@ -141,3 +141,12 @@ pub fn training_weights(sigmas: &[f32]) -> Vec<f32> {
     let k = 1000.0 / sum;
     shifted.iter().map(|v| v * k).collect()
 }
+
+/// `add_noise` and `training_target` of DiffSynth's scheduler on host data:
+/// x_t = (1 − σ)·x0 + σ·noise (target latents only; references stay clean) and v = noise − x0.
+pub fn noisy_and_target(x0: &[f32], noise: &[f32], sigma: f32) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(x0.len(), noise.len(), "add_noise: x0 and noise differ in size");
+    let xt = x0.iter().zip(noise).map(|(x, n)| (1.0 - sigma) * x + sigma * n).collect();
+    let v = x0.iter().zip(noise).map(|(x, n)| n - x).collect();
+    (xt, v)
+}
