@@ -97,7 +97,19 @@ fn every_bad_sample_is_reported_by_name_and_reason_in_one_error() {
         ("embdim.safetensors", sample(4, 4, 3, vec![("prompt_embeds", raw(DType::F32, &[3, 7], &mut rng))], &mut rng)),
         ("masklen.safetensors", sample(4, 4, 3, vec![("prompt_mask", mask_i64(&[1, 1]))], &mut rng)),
         ("dtype.safetensors", sample(4, 4, 3, vec![("latents", i32_latents)], &mut rng)),
-        ("gap.safetensors", sample(4, 4, 3, vec![("ref_latents.0", raw(DType::F32, &[4, 2, 2], &mut rng)), ("ref_latents.2", raw(DType::F32, &[4, 2, 2], &mut rng))], &mut rng)),
+        (
+            "gap.safetensors",
+            sample(
+                4,
+                4,
+                3,
+                vec![
+                    ("ref_latents.0", raw(DType::F32, &[4, 2, 2], &mut rng)),
+                    ("ref_latents.2", raw(DType::F32, &[4, 2, 2], &mut rng)),
+                ],
+                &mut rng,
+            ),
+        ),
     ];
     write_dataset(&dir, &bad, &["{\"file\": \"missing.safetensors\"}", "{\"caption\": \"no file\"}", "not json"]);
     std::fs::write(dir.join("garbage.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\xffnope").unwrap();
@@ -134,7 +146,11 @@ fn load_decodes_half_precision_and_masks_of_any_dtype() {
     let mut rng = Rng::new(3);
     let lat = raw(DType::BF16, &[4, 2, 4], &mut rng);
     let mask_bool = Raw { dtype: Dtype::BOOL, shape: vec![3], bytes: vec![1, 0, 1] };
-    let mask_f = Raw { dtype: Dtype::F32, shape: vec![3], bytes: [1.0f32, -0.0, 0.5].iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let mask_f = Raw {
+        dtype: Dtype::F32,
+        shape: vec![3],
+        bytes: [1.0f32, -0.0, 0.5].iter().flat_map(|x| x.to_le_bytes()).collect(),
+    };
     let samples = vec![
         ("b.safetensors", sample(2, 4, 3, vec![("latents", lat.clone()), ("prompt_mask", mask_bool)], &mut rng)),
         ("f.safetensors", sample(2, 4, 3, vec![("prompt_mask", mask_f)], &mut rng)),

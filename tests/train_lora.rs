@@ -78,7 +78,11 @@ fn peft_init_draws_a_from_kaiming_uniform_and_zeroes_b() {
         assert!(m.a.iter().all(|x| x.abs() <= bound) && m.b.iter().all(|&x| x == 0.0), "{}", m.module.path);
     }
     // variance of U(−b, b) is b²/3 (img_mlp.net.2 has in = 128: bound² = 1/128)
-    let all_a: Vec<f64> = p.params.iter().flat_map(|m| m.a.iter().map(move |&x| x as f64 * (m.module.in_features as f64).sqrt())).collect();
+    let all_a: Vec<f64> = p
+        .params
+        .iter()
+        .flat_map(|m| m.a.iter().map(move |&x| x as f64 * (m.module.in_features as f64).sqrt()))
+        .collect();
     let var = all_a.iter().map(|x| x * x).sum::<f64>() / all_a.len() as f64;
     assert!((var - 1.0 / 3.0).abs() < 0.02, "normalised variance {var}");
     assert_eq!(p, LoraParams::init(&cfg, &conf, &mut Rng::new(5)).unwrap(), "seeded");
@@ -115,14 +119,19 @@ fn peft_export_has_transformer_keys_and_adapter_metadata() {
     let back = read_lora(&path).unwrap();
     let m = &back.modules["transformer_blocks.0.attn.to_q"];
     assert_eq!(m.scale(), 2.0);
-    assert_eq!(m.b.data, DType::BF16.round(&p.params.iter().find(|x| x.module.path.ends_with("0.attn.to_q")).unwrap().b));
+    assert_eq!(
+        m.b.data,
+        DType::BF16.round(&p.params.iter().find(|x| x.module.path.ends_with("0.attn.to_q")).unwrap().b)
+    );
 }
 
 #[test]
 fn every_format_round_trips_the_parameters() {
     let dir = tmpdir("train-lora-formats");
     let p = trained(3.0);
-    for (i, f) in [LoraFormat::Diffusers, LoraFormat::DiffSynth, LoraFormat::Kohya, LoraFormat::ComfyUI].into_iter().enumerate() {
+    for (i, f) in
+        [LoraFormat::Diffusers, LoraFormat::DiffSynth, LoraFormat::Kohya, LoraFormat::ComfyUI].into_iter().enumerate()
+    {
         let path = dir.join(format!("l{i}.safetensors"));
         p.save(&path, f, DType::F32).unwrap();
         let back = read_lora(&path).unwrap();

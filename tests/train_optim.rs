@@ -22,8 +22,16 @@ const SHAPES: [&[usize]; 4] = [&[1], &[17], &[3, 65], &[4099]];
 #[test]
 fn diffsynth_lr_is_a_third_for_five_steps_as_torch_constant_lr() {
     // torch.optim.lr_scheduler.ConstantLR(AdamW(lr=1e-4)), lr seen by optimizer steps 1..8
-    let torch = [3.3333333333333335e-05, 3.3333333333333335e-05, 3.3333333333333335e-05, 3.3333333333333335e-05,
-        3.3333333333333335e-05, 1e-4, 1e-4, 1e-4];
+    let torch = [
+        3.3333333333333335e-05,
+        3.3333333333333335e-05,
+        3.3333333333333335e-05,
+        3.3333333333333335e-05,
+        3.3333333333333335e-05,
+        1e-4,
+        1e-4,
+        1e-4,
+    ];
     for (i, want) in torch.iter().enumerate() {
         let got = LrSchedule::DiffSynth.lr(1e-4, i as u64 + 1);
         assert!((got - want).abs() <= 1e-20, "step {}: {got} vs {want}", i + 1);
@@ -114,7 +122,10 @@ fn compare(seed: u64, scale: f32, max_norm: f32, steps: u32) {
             }
         }
     }
-    println!("adamw scale {scale} max_norm {max_norm}: worst max_abs {:.2e}, rel_l2 {:.2e} over {steps} steps", worst.0, worst.1);
+    println!(
+        "adamw scale {scale} max_norm {max_norm}: worst max_abs {:.2e}, rel_l2 {:.2e} over {steps} steps",
+        worst.0, worst.1
+    );
     assert_eq!(run.opt.dispatches(), SHAPES.len() + if max_norm > 0.0 { SHAPES.len() + 1 } else { 0 });
 }
 

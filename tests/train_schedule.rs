@@ -49,7 +49,10 @@ fn sigma_and_timestep_tables_match_diffsynth() {
     let st = assert_close("sigmas", &s.sigmas, &f.f32s("sigmas"), TABLE);
     let tt = assert_close("timesteps", &s.timesteps, &f.f32s("timesteps"), TABLE);
     let exact = s.sigmas.iter().zip(f.f32s("sigmas")).filter(|(a, b)| **a == *b).count();
-    println!("sigmas: max_abs {:.3e} rel_l2 {:.3e}, {exact}/1000 bit-exact; timesteps max_abs {:.3e}", st.max_abs, st.rel_l2, tt.max_abs);
+    println!(
+        "sigmas: max_abs {:.3e} rel_l2 {:.3e}, {exact}/1000 bit-exact; timesteps max_abs {:.3e}",
+        st.max_abs, st.rel_l2, tt.max_abs
+    );
     // spec §7.1 reference values
     for (i, want) in [(0, 1.0), (100, 0.9533), (500, 0.6955), (750, 0.4361), (999, 0.02)] {
         assert!((s.sigmas[i] - want).abs() < 5e-5, "sigma[{i}] = {} (spec {want})", s.sigmas[i]);

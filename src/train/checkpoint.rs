@@ -78,7 +78,12 @@ impl Checkpoint {
         assert!(self.m.len() == n && self.v.len() == n, "checkpoint: one m and one v per LoRA tensor");
         let tmp = TempOutput::new(&dest, true)?;
         self.lora.save(&tmp.tmp.join(LORA_FILE), LoraFormat::Diffusers, DType::F32)?;
-        write_safetensors(&tmp.tmp.join(OPTIMIZER_FILE), &self.moment_tensors(), &BTreeMap::new(), &indicatif::ProgressBar::hidden())?;
+        write_safetensors(
+            &tmp.tmp.join(OPTIMIZER_FILE),
+            &self.moment_tensors(),
+            &BTreeMap::new(),
+            &indicatif::ProgressBar::hidden(),
+        )?;
         let json = serde_json::to_string_pretty(&self.state).expect("cannot fail: plain data");
         let state = tmp.tmp.join(STATE_FILE);
         std::fs::write(&state, json).map_err(|e| Error::io(&state, e))?;
@@ -144,13 +149,19 @@ fn read_moments(path: &Path, lora: &LoraParams) -> Result<(Vec<Vec<f32>>, Vec<Ve
                 Error::file(path, format!("moment {key} missing (the optimizer state does not match the LoRA)"))
             })?;
             if t.shape != shape || t.dtype != "F32" {
-                return Err(Error::file(path, format!("moment {key} is {} {:?}; expected F32 {shape:?}", t.dtype, t.shape)));
+                return Err(Error::file(
+                    path,
+                    format!("moment {key} is {} {:?}; expected F32 {shape:?}", t.dtype, t.shape),
+                ));
             }
             out.push(f.view(t)?.to_f32());
         }
     }
     if f.tensors.len() != 2 * lora.tensors().len() {
-        return Err(Error::file(path, format!("{} moments for {} LoRA tensors", f.tensors.len(), lora.tensors().len())));
+        return Err(Error::file(
+            path,
+            format!("{} moments for {} LoRA tensors", f.tensors.len(), lora.tensors().len()),
+        ));
     }
     Ok((m, v))
 }

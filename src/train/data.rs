@@ -183,7 +183,10 @@ fn inspect(dir: &Path, name: &str, cfg: &DitConfig) -> std::result::Result<Sampl
     let has_mask = match find(&f, "prompt_mask") {
         None => false,
         Some(m) if m.shape != [txt_len] => {
-            return Err(format!("prompt_mask has shape {:?}; expected [{txt_len}] (the length of prompt_embeds)", m.shape))
+            return Err(format!(
+                "prompt_mask has shape {:?}; expected [{txt_len}] (the length of prompt_embeds)",
+                m.shape
+            ))
         }
         Some(m) if mask_width(&m.dtype).is_none() => {
             return Err(format!("prompt_mask has unsupported dtype {}", m.dtype))

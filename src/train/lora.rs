@@ -61,7 +61,8 @@ pub fn parse_targets(list: &str) -> Vec<String> {
 
 /// PEFT: the full name equals the pattern or ends with `.` + pattern.
 pub fn matches(path: &str, pattern: &str) -> bool {
-    path == pattern || (path.len() > pattern.len() && path.ends_with(pattern) && path[..path.len() - pattern.len()].ends_with('.'))
+    path == pattern
+        || (path.len() > pattern.len() && path.ends_with(pattern) && path[..path.len() - pattern.len()].ends_with('.'))
 }
 
 /// The Linears matched by `patterns`. A pattern that matches nothing, or a selection holding
@@ -80,13 +81,12 @@ pub fn select(cfg: &DitConfig, patterns: &[String]) -> Result<Vec<LinearModule>>
         )));
     }
     let chosen: Vec<LinearModule> = all.into_iter().filter(|m| patterns.iter().any(|p| matches(&m.path, p))).collect();
-    let merged: Vec<(usize, &str)> = chosen
+    let merged: Vec<(usize, &str)> =
+        chosen.iter().filter_map(|m| qkv_role(&m.path).filter(|r| r.2.is_none()).map(|r| (r.0, r.1.merged))).collect();
+    if let Some(m) = chosen
         .iter()
-        .filter_map(|m| qkv_role(&m.path).filter(|r| r.2.is_none()).map(|r| (r.0, r.1.merged)))
-        .collect();
-    if let Some(m) = chosen.iter().find(|m| {
-        qkv_role(&m.path).is_some_and(|(b, g, part)| part.is_some() && merged.contains(&(b, g.merged)))
-    }) {
+        .find(|m| qkv_role(&m.path).is_some_and(|(b, g, part)| part.is_some() && merged.contains(&(b, g.merged))))
+    {
         return Err(Error::input(format!(
             "LoRA targets select both {} and its merged q/k/v module; target one layout only",
             m.path
@@ -206,7 +206,8 @@ impl LoraParams {
             )));
         }
         for m in want {
-            let l = lora.modules.get(&m.path).ok_or_else(|| Error::input(format!("the LoRA lacks module {}", m.path)))?;
+            let l =
+                lora.modules.get(&m.path).ok_or_else(|| Error::input(format!("the LoRA lacks module {}", m.path)))?;
             if l.a.shape != [r, m.in_features] || l.b.shape != [m.out_features, r] || l.alpha != config.alpha {
                 return Err(Error::input(format!(
                     "LoRA module {}: A {:?}, B {:?}, alpha {}; expected A [{r}, {}], B [{}, {r}], alpha {}",
