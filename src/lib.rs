@@ -13,6 +13,8 @@
 //! - [`weights`]: memory-mapped safetensors checkpoints (files, diffusers folders, ComfyUI
 //!   prefixes, merged q/k/v layout) and LoRA files in every common format.
 //! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`).
+//! - [`train`]: host side of LoRA training: dataset, noise schedule, LoRA parameters, AdamW
+//!   bookkeeping, checkpoints (docs/training.md).
 //! - `main.rs`: the `wgdit` CLI; it only parses, calls the library and prints.
 
 pub mod convert;
