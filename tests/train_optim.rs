@@ -77,9 +77,9 @@ impl Host {
     fn step(&mut self, h: &Hyper, step: u32, grads: &[Vec<f32>], scale: f32, max_norm: f32) {
         let refs: Vec<&[f32]> = grads.iter().map(|g| &g[..]).collect();
         let sq = wgdit::kernels::sq_norm::cpu::sq_norm(&refs) as f32;
-        for i in 0..grads.len() {
-            let p = params(grads[i].len(), h, step, scale, max_norm);
-            cpu::step(&p, sq, &grads[i], &mut self.p[i], &mut self.m[i], &mut self.v[i]);
+        for (i, g) in grads.iter().enumerate() {
+            let p = params(g.len(), h, step, scale, max_norm);
+            cpu::step(&p, sq, g, &mut self.p[i], &mut self.m[i], &mut self.v[i]);
         }
     }
 }

@@ -12,6 +12,7 @@
 
 use super::data::BatcherState;
 use super::lora::{LoraConfig, LoraParams};
+use super::optim::Moments;
 use crate::model::DitConfig;
 use crate::rng::Rng;
 use crate::tensor::DType;
@@ -139,7 +140,7 @@ impl Checkpoint {
 }
 
 /// Moments of every LoRA tensor, with their shapes checked.
-fn read_moments(path: &Path, lora: &LoraParams) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+fn read_moments(path: &Path, lora: &LoraParams) -> Result<Moments> {
     let f = SafeFile::open(path)?;
     let (mut m, mut v) = (Vec::new(), Vec::new());
     for (name, shape, _) in lora.tensors() {

@@ -7,6 +7,7 @@
 //! - optional `prompt_mask` [S_txt] (nonzero = valid; any integer, bool or float dtype);
 //! - optional `ref_latents.0`, `ref_latents.1`, ... [C, h_k, w_k] (edit references, numbered
 //!   without gaps);
+//!
 //! each f32, f16 or bf16. [`Dataset::open`] validates every sample before training and reports
 //! every bad one in a single error; samples are read lazily (memory-mapped) by [`Dataset::load`].
 //! [`pack`]/[`unpack`] are diffusers' `_pack_latents`/`_unpack_latents` (spec §3.2); [`Batcher`]

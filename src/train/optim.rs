@@ -12,6 +12,9 @@ use crate::tensor::{DType, Tensor};
 use crate::Result;
 use std::sync::Arc;
 
+/// The AdamW moments (m, v) of every parameter, in parameter order.
+pub type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 /// How the learning rate moves over the optimizer steps.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -120,7 +123,7 @@ impl AdamW {
     }
 
     /// The moments (m, v) of every parameter, in order (waits for the GPU).
-    pub fn moments(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    pub fn moments(&self) -> Result<Moments> {
         let m = self.slots.iter().map(|s| s.m.to_f32(&self.gpu)).collect::<Result<_>>()?;
         let v = self.slots.iter().map(|s| s.v.to_f32(&self.gpu)).collect::<Result<_>>()?;
         Ok((m, v))
