@@ -238,3 +238,34 @@ fn batcher_resumed_from_a_saved_position_continues_identically() {
     let mut b = Batcher::from_groups(groups(), 2, 9);
     assert!(b.resume(BatcherState { epoch: 0, position: 99 }).is_err());
 }
+
+#[test]
+fn collate_packs_a_batch_and_puts_references_after_each_target() {
+    let dir = tmpdir("train-data-collate");
+    let mut rng = Rng::new(6);
+    let mut samples = Vec::new();
+    for (i, mask) in [(0, Some(mask_i64(&[1, 0, 1]))), (1, None)] {
+        let r = raw(DType::F32, &[4, 2, 4], &mut rng);
+        let mut extra = vec![("ref_latents.0", r)];
+        if let Some(m) = mask {
+            extra.push(("prompt_mask", m));
+        }
+        samples.push((["s0.safetensors", "s1.safetensors"][i], sample(4, 2, 3, extra, &mut rng)));
+    }
+    write_dataset(&dir, &samples, &[]);
+    let ds = Dataset::open(&dir, &cfg()).unwrap();
+    let c = ds.collate(&[1, 0]).unwrap();
+    assert_eq!((c.batch, c.s_target, c.s_ref, c.s_txt), (2, 2, 2, 3));
+    assert_eq!(c.img_shapes, vec![[1, 2, 1], [1, 1, 2]]);
+    let s1 = ds.load(1).unwrap();
+    assert_eq!(c.x0[..32], pack(&s1.latents, [4, 4, 2], 2)[..]);
+    assert_eq!(c.refs[..32], pack(&s1.refs[0], [4, 2, 4], 2)[..]);
+    assert_eq!(c.mask, Some(vec![1., 1., 1., 1., 0., 1.]), "unmasked sample: all valid");
+    let x_t: Vec<f32> = (0..64).map(|v| v as f32).collect();
+    let fi = c.forward_inputs(&x_t, &[0.5, 0.25]);
+    assert_eq!(fi.hidden.len(), 2 * 4 * 16);
+    assert_eq!(fi.hidden[..32], x_t[..32]);
+    assert_eq!(fi.hidden[32..64], c.refs[..32]);
+    assert_eq!(fi.hidden[64..96], x_t[32..]);
+    assert_eq!(fi.shape().img_shapes, c.img_shapes);
+}

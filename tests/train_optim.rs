@@ -183,3 +183,37 @@ fn moments_restored_into_a_new_optimizer_continue_identically() {
         assert_eq!(a.params[i].to_f32(&gpu).unwrap(), b.params[i].to_f32(&gpu).unwrap(), "tensor {i}");
     }
 }
+
+#[test]
+fn lora_parameters_upload_train_and_download() {
+    use wgdit::train::lora::{parse_targets, LoraConfig, LoraParams};
+    let cfg = wgdit::model::DitConfig {
+        patch_size: 2,
+        in_channels: 16,
+        out_channels: 4,
+        num_layers: 1,
+        attention_head_dim: 8,
+        num_attention_heads: 2,
+        joint_attention_dim: 8,
+        axes_dims_rope: [2, 3, 3],
+        zero_cond_t: false,
+    };
+    let gpu = test_gpu();
+    let conf = LoraConfig { rank: 2, alpha: 2.0, targets: parse_targets("to_q,img_mod.1") };
+    let mut lora = LoraParams::init(&cfg, &conf, &mut Rng::new(1)).unwrap();
+    let before = lora.clone();
+    let params = lora.upload(&gpu).unwrap();
+    let grads: Vec<Tensor> = params.iter().map(|p| Tensor::zeros(&gpu, &p.shape, DType::F32, "g").unwrap()).collect();
+    let pairs: Vec<(Tensor, Tensor)> = params.iter().cloned().zip(grads.iter().cloned()).collect();
+    let opt = AdamW::new(&gpu, &pairs, AdamWOptions::default()).unwrap();
+    for g in &grads {
+        gpu.write(&g.buffer, 0, bytemuck::cast_slice(&vec![1.0f32; g.numel()]));
+    }
+    opt.step(1, 1e-3, 1.0).unwrap();
+    lora.download(&gpu, &params).unwrap();
+    // step 1 with g = 1: p·(1 − lr·wd) − lr·m̂/(√v̂ + eps) ≈ p − 1e-3 for every element
+    for (b, a) in before.params.iter().zip(&lora.params) {
+        assert!(b.b.iter().zip(&a.b).all(|(x, y)| (x - y - 1e-3).abs() < 1e-6), "{}", a.module.path);
+        assert!(b.a.iter().zip(&a.a).all(|(x, y)| ((x * (1.0 - 1e-5) - y) - 1e-3).abs() < 1e-6));
+    }
+}

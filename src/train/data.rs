@@ -10,6 +10,7 @@
 //!
 //! each f32, f16 or bf16. [`Dataset::open`] validates every sample before training and reports
 //! every bad one in a single error; samples are read lazily (memory-mapped) by [`Dataset::load`].
+//! [`Dataset::collate`] packs a batch for the model.
 //! [`pack`]/[`unpack`] are diffusers' `_pack_latents`/`_unpack_latents` (spec §3.2); [`Batcher`]
 //! yields batches of identically shaped samples in a seeded order, resumable from a position.
 
@@ -271,6 +272,86 @@ fn decode_mask(bytes: &[u8], dtype: &str) -> Option<Vec<bool>> {
         }
     };
     Some(bytes.chunks_exact(w).map(|c| !zero_bits(c)).collect())
+}
+
+/// One batch ready for the model: packed clean targets, packed references, text, mask.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Collated {
+    pub batch: usize,
+    /// Target tokens per sample (h/p · w/p).
+    pub s_target: usize,
+    /// Reference tokens per sample (all references together).
+    pub s_ref: usize,
+    pub s_txt: usize,
+    /// [B, s_target, in_channels] packed clean target latents x0.
+    pub x0: Vec<f32>,
+    /// [B, s_ref, in_channels] packed references (they stay clean).
+    pub refs: Vec<f32>,
+    /// [B, s_txt, joint_attention_dim]
+    pub text: Vec<f32>,
+    /// [B, s_txt], 1 = valid; `None` when no sample of the batch has a mask.
+    pub mask: Option<Vec<f32>>,
+    /// diffusers `img_shapes` (frames, h/p, w/p): target first, then each reference.
+    pub img_shapes: Vec<[usize; 3]>,
+}
+
+impl Dataset {
+    /// Loads and packs the samples of one batch (all of one shape group).
+    pub fn collate(&self, samples: &[usize]) -> Result<Collated> {
+        assert!(!samples.is_empty(), "collate: empty batch");
+        let info = &self.samples[samples[0]];
+        let key = info.shape_key();
+        assert!(samples.iter().all(|&i| self.samples[i].shape_key() == key), "collate: mixed shapes in a batch");
+        let p = self.patch_size;
+        let tokens = |s: &[usize; 3]| (s[1] / p) * (s[2] / p);
+        let mut c = Collated {
+            batch: samples.len(),
+            s_target: tokens(&info.latents),
+            s_ref: info.refs.iter().map(tokens).sum(),
+            s_txt: info.txt_len,
+            x0: Vec::new(),
+            refs: Vec::new(),
+            text: Vec::new(),
+            mask: samples.iter().any(|&i| self.samples[i].has_mask).then(Vec::new),
+            img_shapes: info.img_shapes(p).into_iter().map(|(f, h, w)| [f, h, w]).collect(),
+        };
+        for &i in samples {
+            let s = self.load(i)?;
+            c.x0.extend(pack(&s.latents, info.latents, p));
+            for (r, shape) in s.refs.iter().zip(&info.refs) {
+                c.refs.extend(pack(r, *shape, p));
+            }
+            c.text.extend_from_slice(&s.prompt_embeds);
+            if let Some(m) = c.mask.as_mut() {
+                m.extend(s.prompt_mask.iter().map(|&v| v as u8 as f32));
+            }
+        }
+        Ok(c)
+    }
+}
+
+impl Collated {
+    /// The model inputs for noisy targets `x_t` [B, s_target, in_channels] at `timestep` [B]
+    /// (σ in [0, 1], i.e. DiffSynth's t / 1000): per sample, the target tokens then the reference tokens.
+    pub fn forward_inputs(&self, x_t: &[f32], timestep: &[f32]) -> crate::model::inputs::ForwardInputs {
+        let k = self.x0.len() / (self.batch * self.s_target);
+        assert_eq!(x_t.len(), self.x0.len(), "forward_inputs: x_t does not match the targets");
+        assert_eq!(timestep.len(), self.batch, "forward_inputs: one timestep per sample");
+        let mut hidden = Vec::with_capacity(x_t.len() + self.refs.len());
+        for b in 0..self.batch {
+            hidden.extend_from_slice(&x_t[b * self.s_target * k..(b + 1) * self.s_target * k]);
+            hidden.extend_from_slice(&self.refs[b * self.s_ref * k..(b + 1) * self.s_ref * k]);
+        }
+        crate::model::inputs::ForwardInputs {
+            batch: self.batch,
+            hidden,
+            text: self.text.clone(),
+            s_txt: self.s_txt,
+            mask: self.mask.clone(),
+            timestep: timestep.to_vec(),
+            img_shapes: self.img_shapes.clone(),
+        }
+    }
 }
 
 /// diffusers `_pack_latents`: [C, h, w] → [(h/p)·(w/p), C·p·p]; token = row-major over the

@@ -6,10 +6,11 @@
 //! equals a pattern or ends with `.` + pattern. Init (`init_lora_weights=True`):
 //! A [r, in] ~ kaiming_uniform(a=√5) = U(−1/√in, 1/√in), B [out, r] = 0.
 
+use crate::gpu::Gpu;
 use crate::model::names::{expected_tensors, QKV_MERGED};
 use crate::model::DitConfig;
 use crate::rng::Rng;
-use crate::tensor::DType;
+use crate::tensor::{DType, Tensor};
 use crate::weights::lora::{write_lora, HostTensor, Lora, LoraFormat, LoraModule};
 use crate::weights::names::qkv_role;
 use crate::{Error, Result};
@@ -166,6 +167,22 @@ impl LoraParams {
     /// Mutable data of the tensors in [`LoraParams::tensors`] order (to copy trained values back).
     pub fn tensors_mut(&mut self) -> Vec<&mut Vec<f32>> {
         self.params.iter_mut().flat_map(|p| [&mut p.a, &mut p.b]).collect()
+    }
+
+    /// Uploads the tensors (f32, [`LoraParams::tensors`] order) as trainable GPU parameters.
+    pub fn upload(&self, gpu: &Gpu) -> Result<Vec<Tensor>> {
+        self.tensors().iter().map(|(n, s, d)| Tensor::from_f32(gpu, d, s, DType::F32, n)).collect()
+    }
+
+    /// Copies trained values back from tensors made by [`LoraParams::upload`] (waits for the GPU).
+    pub fn download(&mut self, gpu: &Gpu, tensors: &[Tensor]) -> Result<()> {
+        let slots = self.tensors_mut();
+        assert_eq!(slots.len(), tensors.len(), "lora download: one tensor per LoRA matrix");
+        for (dst, t) in slots.into_iter().zip(tensors) {
+            assert_eq!(dst.len(), t.numel(), "lora download: size mismatch");
+            *dst = t.to_f32(gpu)?;
+        }
+        Ok(())
     }
 
     /// The canonical LoRA (stored as `dtype` when written).
