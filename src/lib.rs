@@ -19,6 +19,8 @@
 //!   prefixes, merged q/k/v layout) and LoRA files in every common format.
 //! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`).
 //! - [`testing`]: scale-aware tolerances shared by the tests; [`rng`]: the seeded generator.
+//! - [`train`]: host side of LoRA training: dataset, noise schedule, LoRA parameters, AdamW
+//!   bookkeeping, checkpoints (docs/training.md).
 //! - `main.rs`: the `wgdit` CLI; it only parses, calls the library and prints.
 
 pub mod convert;
@@ -32,6 +34,7 @@ pub mod rng;
 pub mod shaders;
 pub mod tensor;
 pub mod testing;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

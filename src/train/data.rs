@@ -1,0 +1,493 @@
+//! The dataset of `wgdit train --data <dir>`: `metadata.jsonl` lists one safetensors sample per
+//! line (`{"file": "a.safetensors", "caption": ...}`; other keys and blank lines are ignored).
+//! A sample holds
+//! - `latents` [C, h, w]: normalised VAE latents of the target (C = in_channels / patch², h and w
+//!   multiples of the patch size);
+//! - `prompt_embeds` [S_txt, joint_attention_dim];
+//! - optional `prompt_mask` [S_txt] (nonzero = valid; any integer, bool or float dtype);
+//! - optional `ref_latents.0`, `ref_latents.1`, ... [C, h_k, w_k] (edit references, numbered
+//!   without gaps);
+//!
+//! each f32, f16 or bf16. [`Dataset::open`] validates every sample before training and reports
+//! every bad one in a single error; samples are read lazily (memory-mapped) by [`Dataset::load`].
+//! [`Dataset::collate`] packs a batch for the model.
+//! [`pack`]/[`unpack`] are diffusers' `_pack_latents`/`_unpack_latents` (spec §3.2); [`Batcher`]
+//! yields batches of identically shaped samples in a seeded order, resumable from a position.
+
+use crate::model::DitConfig;
+use crate::rng::Rng;
+use crate::weights::safetensors::{dtype_from_str, SafeFile, TensorInfo};
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const METADATA: &str = "metadata.jsonl";
+
+/// The validated shapes of one sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleInfo {
+    /// The `file` entry of metadata.jsonl.
+    pub name: String,
+    pub path: PathBuf,
+    /// Target latents [C, h, w].
+    pub latents: [usize; 3],
+    /// S_txt.
+    pub txt_len: usize,
+    pub has_mask: bool,
+    /// Reference latents [C, h_k, w_k], in order.
+    pub refs: Vec<[usize; 3]>,
+}
+
+impl SampleInfo {
+    /// Samples with equal keys can share a batch.
+    pub fn shape_key(&self) -> ShapeKey {
+        ShapeKey { latents: self.latents, refs: self.refs.clone(), txt_len: self.txt_len }
+    }
+    /// diffusers `img_shapes` of this sample: (frames, h/p, w/p) of the target, then of each reference.
+    pub fn img_shapes(&self, patch: usize) -> Vec<(usize, usize, usize)> {
+        std::iter::once(&self.latents).chain(&self.refs).map(|s| (1, s[1] / patch, s[2] / patch)).collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShapeKey {
+    pub latents: [usize; 3],
+    pub refs: Vec<[usize; 3]>,
+    pub txt_len: usize,
+}
+
+/// One sample decoded to f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// [C, h, w]
+    pub latents: Vec<f32>,
+    /// [S_txt, joint_attention_dim]
+    pub prompt_embeds: Vec<f32>,
+    /// [S_txt], true = valid (all true when the file has no mask)
+    pub prompt_mask: Vec<bool>,
+    /// [C, h_k, w_k] each
+    pub refs: Vec<Vec<f32>>,
+}
+
+/// A validated dataset folder.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub samples: Vec<SampleInfo>,
+    pub patch_size: usize,
+}
+
+impl Dataset {
+    /// Reads `<dir>/metadata.jsonl` and validates every sample against `cfg`; one error lists
+    /// every bad line and sample with its reason.
+    pub fn open(dir: &Path, cfg: &DitConfig) -> Result<Dataset> {
+        let meta = dir.join(METADATA);
+        let text = std::fs::read_to_string(&meta).map_err(|e| Error::io(&meta, e))?;
+        let mut samples = Vec::new();
+        let mut bad = Vec::new();
+        for (line_no, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let name = match file_entry(line) {
+                Ok(n) => n,
+                Err(m) => {
+                    bad.push(format!("line {}: {m}", line_no + 1));
+                    continue;
+                }
+            };
+            match inspect(dir, &name, cfg) {
+                Ok(s) => samples.push(s),
+                Err(m) => bad.push(format!("{name} (line {}): {m}", line_no + 1)),
+            }
+        }
+        if !bad.is_empty() {
+            let n = bad.len();
+            return Err(Error::file(meta, format!("{n} bad sample(s):\n  {}", bad.join("\n  "))));
+        }
+        if samples.is_empty() {
+            return Err(Error::file(meta, "no samples: add one {\"file\": \"x.safetensors\"} line per sample"));
+        }
+        Ok(Dataset { root: dir.to_path_buf(), samples, patch_size: cfg.patch_size })
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Reads sample `i` (memory-mapped, decoded to f32; the map is dropped on return).
+    pub fn load(&self, i: usize) -> Result<Sample> {
+        let info = &self.samples[i];
+        let f = SafeFile::open(&info.path)?;
+        let get = |name: &str| -> Result<Vec<f32>> {
+            let t = find(&f, name).ok_or_else(|| Error::file(&info.path, format!("tensor {name} disappeared")))?;
+            Ok(f.view(t)?.to_f32())
+        };
+        let latents = get("latents")?;
+        let prompt_embeds = get("prompt_embeds")?;
+        let prompt_mask = match find(&f, "prompt_mask") {
+            Some(t) => decode_mask(f.bytes(t), &t.dtype).ok_or_else(|| Error::file(&info.path, "bad prompt_mask"))?,
+            None => vec![true; info.txt_len],
+        };
+        let refs = (0..info.refs.len()).map(|k| get(&format!("ref_latents.{k}"))).collect::<Result<_>>()?;
+        Ok(Sample { latents, prompt_embeds, prompt_mask, refs })
+    }
+
+    /// Batches of up to `max_batch` samples of identical shapes, in dataset order (groups in the
+    /// order their first sample appears).
+    pub fn groups(&self) -> Vec<Vec<usize>> {
+        let mut order: Vec<ShapeKey> = Vec::new();
+        let mut by_key: BTreeMap<ShapeKey, Vec<usize>> = BTreeMap::new();
+        for (i, s) in self.samples.iter().enumerate() {
+            let k = s.shape_key();
+            if !by_key.contains_key(&k) {
+                order.push(k.clone());
+            }
+            by_key.entry(k).or_default().push(i);
+        }
+        order.into_iter().map(|k| by_key.remove(&k).expect("cannot fail: key inserted above")).collect()
+    }
+}
+
+/// The `file` value of one metadata line.
+fn file_entry(line: &str) -> std::result::Result<String, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+    let file = v.get("file").ok_or("no \"file\" key")?;
+    file.as_str().map(str::to_string).ok_or_else(|| "\"file\" is not a string".to_string())
+}
+
+fn find<'a>(f: &'a SafeFile, name: &str) -> Option<&'a TensorInfo> {
+    f.tensors.iter().find(|t| t.name == name)
+}
+
+/// Validates one sample file; the message says what is wrong.
+fn inspect(dir: &Path, name: &str, cfg: &DitConfig) -> std::result::Result<SampleInfo, String> {
+    let path = dir.join(name);
+    if !path.is_file() {
+        return Err(format!("file not found: {}", path.display()));
+    }
+    let f = SafeFile::open(&path).map_err(|e| format!("bad header: {e}"))?;
+    let p = cfg.patch_size;
+    let c = cfg.in_channels / (p * p);
+    let latents = latent_shape(&f, "latents", c, p)?.ok_or("missing tensor `latents`")?;
+    let emb = find(&f, "prompt_embeds").ok_or("missing tensor `prompt_embeds`")?;
+    float_dtype(emb)?;
+    if emb.shape.len() != 2 || emb.shape[0] == 0 || emb.shape[1] != cfg.joint_attention_dim {
+        return Err(format!(
+            "prompt_embeds has shape {:?}; expected [S_txt > 0, {}] (joint_attention_dim)",
+            emb.shape, cfg.joint_attention_dim
+        ));
+    }
+    let txt_len = emb.shape[0];
+    let has_mask = match find(&f, "prompt_mask") {
+        None => false,
+        Some(m) if m.shape != [txt_len] => {
+            return Err(format!(
+                "prompt_mask has shape {:?}; expected [{txt_len}] (the length of prompt_embeds)",
+                m.shape
+            ))
+        }
+        Some(m) if mask_width(&m.dtype).is_none() => {
+            return Err(format!("prompt_mask has unsupported dtype {}", m.dtype))
+        }
+        Some(_) => true,
+    };
+    let refs = ref_shapes(&f, c, p)?;
+    Ok(SampleInfo { name: name.to_string(), path, latents, txt_len, has_mask, refs })
+}
+
+fn float_dtype(t: &TensorInfo) -> std::result::Result<(), String> {
+    match dtype_from_str(&t.dtype) {
+        Some(_) => Ok(()),
+        None => Err(format!("{} has unsupported dtype {} (use F32, F16 or BF16)", t.name, t.dtype)),
+    }
+}
+
+/// The [C, h, w] shape of a latent tensor, or None when absent.
+fn latent_shape(f: &SafeFile, name: &str, c: usize, p: usize) -> std::result::Result<Option<[usize; 3]>, String> {
+    let Some(t) = find(f, name) else { return Ok(None) };
+    float_dtype(t)?;
+    let s = &t.shape;
+    if s.len() != 3 {
+        return Err(format!("{name} has rank {} (shape {s:?}); expected [C, h, w]", s.len()));
+    }
+    if s[0] != c {
+        return Err(format!("{name} has {} channels; expected {c} (in_channels / patch_size²)", s[0]));
+    }
+    if s[1] == 0 || s[2] == 0 || s[1] % p != 0 || s[2] % p != 0 {
+        return Err(format!("{name} is {}×{}; h and w must be nonzero multiples of the patch size {p}", s[1], s[2]));
+    }
+    Ok(Some([s[0], s[1], s[2]]))
+}
+
+/// `ref_latents.0..n`: numbered without gaps.
+fn ref_shapes(f: &SafeFile, c: usize, p: usize) -> std::result::Result<Vec<[usize; 3]>, String> {
+    let mut ids = Vec::new();
+    for t in &f.tensors {
+        if let Some(k) = t.name.strip_prefix("ref_latents.") {
+            ids.push(k.parse::<usize>().map_err(|_| format!("tensor {}: reference index is not a number", t.name))?);
+        }
+    }
+    ids.sort_unstable();
+    if let Some(gap) = ids.iter().enumerate().find(|(i, k)| *i != **k) {
+        return Err(format!(
+            "ref_latents are numbered {ids:?}; expected 0..{} without gaps (ref_latents.{} is missing)",
+            ids.len(),
+            gap.0
+        ));
+    }
+    (0..ids.len())
+        .map(|k| Ok(latent_shape(f, &format!("ref_latents.{k}"), c, p)?.expect("cannot fail: listed above")))
+        .collect()
+}
+
+/// Bytes per element of a mask dtype (any integer, bool or float).
+fn mask_width(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" => 1,
+        "I16" | "U16" | "F16" | "BF16" => 2,
+        "I32" | "U32" | "F32" => 4,
+        "I64" | "U64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// Mask bytes → valid flags (nonzero = valid; a float −0.0 counts as zero).
+fn decode_mask(bytes: &[u8], dtype: &str) -> Option<Vec<bool>> {
+    let w = mask_width(dtype)?;
+    let zero_bits = |c: &[u8]| -> bool {
+        let mut v = 0u64;
+        for (i, b) in c.iter().enumerate() {
+            v |= (*b as u64) << (8 * i);
+        }
+        match dtype {
+            // clear the sign bit so -0.0 is zero
+            "F16" | "BF16" => v & 0x7fff == 0,
+            "F32" => v & 0x7fff_ffff == 0,
+            "F64" => v & 0x7fff_ffff_ffff_ffff == 0,
+            _ => v == 0,
+        }
+    };
+    Some(bytes.chunks_exact(w).map(|c| !zero_bits(c)).collect())
+}
+
+/// One batch ready for the model: packed clean targets, packed references, text, mask.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Collated {
+    pub batch: usize,
+    /// Target tokens per sample (h/p · w/p).
+    pub s_target: usize,
+    /// Reference tokens per sample (all references together).
+    pub s_ref: usize,
+    pub s_txt: usize,
+    /// [B, s_target, in_channels] packed clean target latents x0.
+    pub x0: Vec<f32>,
+    /// [B, s_ref, in_channels] packed references (they stay clean).
+    pub refs: Vec<f32>,
+    /// [B, s_txt, joint_attention_dim]
+    pub text: Vec<f32>,
+    /// [B, s_txt], 1 = valid; `None` when no sample of the batch has a mask.
+    pub mask: Option<Vec<f32>>,
+    /// diffusers `img_shapes` (frames, h/p, w/p): target first, then each reference.
+    pub img_shapes: Vec<[usize; 3]>,
+}
+
+impl Dataset {
+    /// Loads and packs the samples of one batch (all of one shape group).
+    pub fn collate(&self, samples: &[usize]) -> Result<Collated> {
+        assert!(!samples.is_empty(), "collate: empty batch");
+        let info = &self.samples[samples[0]];
+        let key = info.shape_key();
+        assert!(samples.iter().all(|&i| self.samples[i].shape_key() == key), "collate: mixed shapes in a batch");
+        let p = self.patch_size;
+        let tokens = |s: &[usize; 3]| (s[1] / p) * (s[2] / p);
+        let mut c = Collated {
+            batch: samples.len(),
+            s_target: tokens(&info.latents),
+            s_ref: info.refs.iter().map(tokens).sum(),
+            s_txt: info.txt_len,
+            x0: Vec::new(),
+            refs: Vec::new(),
+            text: Vec::new(),
+            mask: samples.iter().any(|&i| self.samples[i].has_mask).then(Vec::new),
+            img_shapes: info.img_shapes(p).into_iter().map(|(f, h, w)| [f, h, w]).collect(),
+        };
+        for &i in samples {
+            let s = self.load(i)?;
+            c.x0.extend(pack(&s.latents, info.latents, p));
+            for (r, shape) in s.refs.iter().zip(&info.refs) {
+                c.refs.extend(pack(r, *shape, p));
+            }
+            c.text.extend_from_slice(&s.prompt_embeds);
+            if let Some(m) = c.mask.as_mut() {
+                m.extend(s.prompt_mask.iter().map(|&v| v as u8 as f32));
+            }
+        }
+        Ok(c)
+    }
+}
+
+impl Collated {
+    /// The model inputs for noisy targets `x_t` [B, s_target, in_channels] at `timestep` [B]
+    /// (σ in [0, 1], i.e. DiffSynth's t / 1000): per sample, the target tokens then the reference tokens.
+    pub fn forward_inputs(&self, x_t: &[f32], timestep: &[f32]) -> crate::model::inputs::ForwardInputs {
+        let k = self.x0.len() / (self.batch * self.s_target);
+        assert_eq!(x_t.len(), self.x0.len(), "forward_inputs: x_t does not match the targets");
+        assert_eq!(timestep.len(), self.batch, "forward_inputs: one timestep per sample");
+        let mut hidden = Vec::with_capacity(x_t.len() + self.refs.len());
+        for b in 0..self.batch {
+            hidden.extend_from_slice(&x_t[b * self.s_target * k..(b + 1) * self.s_target * k]);
+            hidden.extend_from_slice(&self.refs[b * self.s_ref * k..(b + 1) * self.s_ref * k]);
+        }
+        crate::model::inputs::ForwardInputs {
+            batch: self.batch,
+            hidden,
+            text: self.text.clone(),
+            s_txt: self.s_txt,
+            mask: self.mask.clone(),
+            timestep: timestep.to_vec(),
+            img_shapes: self.img_shapes.clone(),
+        }
+    }
+}
+
+/// diffusers `_pack_latents`: [C, h, w] → [(h/p)·(w/p), C·p·p]; token = row-major over the
+/// (h/p, w/p) grid, channel = c·p² + dy·p + dx (spec §3.2).
+pub fn pack(x: &[f32], shape: [usize; 3], p: usize) -> Vec<f32> {
+    let [c, h, w] = shape;
+    assert_eq!(x.len(), c * h * w, "pack: data does not match {shape:?}");
+    let (gh, gw, k) = (h / p, w / p, c * p * p);
+    let mut out = vec![0f32; gh * gw * k];
+    for ch in 0..c {
+        for y in 0..h {
+            for xx in 0..w {
+                let tok = (y / p) * gw + xx / p;
+                let col = ch * p * p + (y % p) * p + xx % p;
+                out[tok * k + col] = x[(ch * h + y) * w + xx];
+            }
+        }
+    }
+    out
+}
+
+/// diffusers `_unpack_latents`: the inverse of [`pack`].
+pub fn unpack(tokens: &[f32], shape: [usize; 3], p: usize) -> Vec<f32> {
+    let [c, h, w] = shape;
+    assert_eq!(tokens.len(), c * h * w, "unpack: data does not match {shape:?}");
+    let (gw, k) = (w / p, c * p * p);
+    let mut out = vec![0f32; c * h * w];
+    for ch in 0..c {
+        for y in 0..h {
+            for xx in 0..w {
+                let tok = (y / p) * gw + xx / p;
+                out[(ch * h + y) * w + xx] = tokens[tok * k + ch * p * p + (y % p) * p + xx % p];
+            }
+        }
+    }
+    out
+}
+
+/// Where a [`Batcher`] stands: the next batch is number `position` of epoch `epoch`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatcherState {
+    pub epoch: u64,
+    pub position: usize,
+}
+
+/// One batch: sample indices of identical shapes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub epoch: u64,
+    pub position: usize,
+    pub samples: Vec<usize>,
+}
+
+/// Yields batches of up to `max_batch` identically shaped samples. Each epoch shuffles the
+/// samples inside each shape group, cuts the groups into batches and shuffles the batch order,
+/// all from an `Rng` seeded by (seed, epoch) alone, so any (epoch, position) can be resumed.
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    groups: Vec<Vec<usize>>,
+    max_batch: usize,
+    seed: u64,
+    state: BatcherState,
+    order: Vec<Vec<usize>>,
+}
+
+impl Batcher {
+    pub fn new(dataset: &Dataset, max_batch: usize, seed: u64) -> Batcher {
+        Batcher::from_groups(dataset.groups(), max_batch, seed)
+    }
+
+    /// From explicit shape groups (sample indices), e.g. for tests.
+    pub fn from_groups(groups: Vec<Vec<usize>>, max_batch: usize, seed: u64) -> Batcher {
+        assert!(max_batch >= 1, "batcher: batch size must be at least 1");
+        let mut b = Batcher { groups, max_batch, seed, state: BatcherState::default(), order: Vec::new() };
+        b.order = b.epoch_order(0);
+        b
+    }
+
+    /// Batches per epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.groups.iter().map(|g| g.len().div_ceil(self.max_batch)).sum()
+    }
+
+    pub fn state(&self) -> BatcherState {
+        self.state
+    }
+
+    /// Continues from a saved position.
+    pub fn resume(&mut self, state: BatcherState) -> Result<()> {
+        if state.position > self.batches_per_epoch() {
+            return Err(Error::input(format!(
+                "data position {} is past the {} batches of an epoch (was the dataset or batch size changed?)",
+                state.position,
+                self.batches_per_epoch()
+            )));
+        }
+        self.state = state;
+        self.order = self.epoch_order(state.epoch);
+        Ok(())
+    }
+
+    /// The batch order of one epoch.
+    pub fn epoch_order(&self, epoch: u64) -> Vec<Vec<usize>> {
+        let mut rng = Rng::new(self.seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03).rotate_left(17));
+        let mut batches = Vec::new();
+        for g in &self.groups {
+            let mut g = g.clone();
+            shuffle(&mut g, &mut rng);
+            batches.extend(g.chunks(self.max_batch).map(<[usize]>::to_vec));
+        }
+        shuffle(&mut batches, &mut rng);
+        batches
+    }
+}
+
+impl Iterator for Batcher {
+    type Item = Batch;
+    /// Never ends (epochs follow each other); `None` only for an empty dataset.
+    fn next(&mut self) -> Option<Batch> {
+        if self.order.is_empty() {
+            return None;
+        }
+        if self.state.position >= self.order.len() {
+            self.state = BatcherState { epoch: self.state.epoch + 1, position: 0 };
+            self.order = self.epoch_order(self.state.epoch);
+        }
+        let s = self.state;
+        self.state.position += 1;
+        Some(Batch { epoch: s.epoch, position: s.position, samples: self.order[s.position].clone() })
+    }
+}
+
+/// Fisher–Yates.
+fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        v.swap(i, j);
+    }
+}

@@ -1,0 +1,12 @@
+//! Host-side LoRA training infrastructure (spec qwen-image-dit.md §7; docs/training.md):
+//! - [`data`]: the `metadata.jsonl` + safetensors dataset, validation, latent packing, batching;
+//! - [`schedule`]: DiffSynth's training timesteps, the bf16 snap and the loss weights;
+//! - [`lora`]: LoRA targets (PEFT rule), PEFT init, export in every LoRA format;
+//! - [`optim`]: lr schedules and AdamW over many GPU tensors, bound once;
+//! - [`checkpoint`]: atomic `checkpoint-<step>/` folders and `loss.csv`.
+
+pub mod checkpoint;
+pub mod data;
+pub mod lora;
+pub mod optim;
+pub mod schedule;
