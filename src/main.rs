@@ -49,6 +49,8 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// Fine-tune a LoRA on cached latents and text embeddings (see docs/training.md).
+    Train(TrainArgs),
     /// Convert a checkpoint or LoRA between the standard and merged q/k/v layouts (exact, streaming).
     Convert(ConvertArgs),
 }
@@ -77,6 +79,66 @@ struct ForwardArgs {
     /// strength: `--lora style.safetensors:0.8`. Repeatable; the base weights are not modified.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
     loras: Vec<String>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// A diffusers model folder, or a single .safetensors file (then --config).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Dataset folder: metadata.jsonl + one .safetensors sample per line (docs/training.md).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder: lora.safetensors, loss.csv, checkpoint-<step>/.
+    #[arg(long)]
+    output: PathBuf,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: u64,
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    /// LoRA alpha (default: the rank, so scale 1, as DiffSynth).
+    #[arg(long)]
+    alpha: Option<f64>,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Comma-separated module patterns (PEFT rule); default DiffSynth's 12 per block.
+    #[arg(long, default_value = wgdit::train::lora::DIFFSYNTH_TARGETS)]
+    targets: String,
+    #[arg(long, default_value = "fused")]
+    qkv: QkvMode,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Save checkpoint-<step>/ every K steps (0: only the final LoRA).
+    #[arg(long, default_value_t = 0)]
+    save_every: u64,
+    /// Continue from a checkpoint-<step>/ folder.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Recompute each block in the backward instead of storing its activations.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    checkpointing: String,
+    #[arg(long, default_value = "diffsynth", value_parser = ["diffsynth", "uniform"])]
+    timestep_sampling: String,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Linear lr warmup steps.
+    #[arg(long, default_value_t = 0)]
+    warmup: u32,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    max_grad_norm: f32,
+    /// Format of the exported lora.safetensors: diffusers (PEFT), diffsynth, kohya or comfyui.
+    #[arg(long, default_value = "diffusers")]
+    format: String,
 }
 
 #[derive(Subcommand)]
@@ -155,6 +217,7 @@ fn run(cli: Cli) -> wgdit::Result<()> {
         Cmd::Devices { gpu, json } => devices(&gpu.options(), json),
         Cmd::Convert(args) => convert(args),
         Cmd::Forward(args) => forward(args),
+        Cmd::Train(args) => train(args),
         Cmd::Bench { what: BenchCmd::Dispatches(args) } => bench_dispatches(args),
     }
 }
@@ -174,6 +237,48 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
         r.plan_ms,
         r.run_ms,
         r.weight_bytes as f64 / 1048576.0,
+        r.peak_activation_bytes as f64 / 1048576.0,
+        gpu.info().name
+    );
+    Ok(())
+}
+
+fn train(a: TrainArgs) -> wgdit::Result<()> {
+    use wgdit::train::run::{train, TrainOptions};
+    use wgdit::train::schedule::Sampling;
+    let gpu = gpu::Gpu::new(&a.gpu.options())?;
+    let o = TrainOptions {
+        model: a.model,
+        config: a.config,
+        data: a.data,
+        output: a.output,
+        steps: a.steps,
+        rank: a.rank,
+        alpha: a.alpha.unwrap_or(a.rank as f64),
+        lr: a.lr,
+        targets: a.targets,
+        qkv: a.qkv,
+        seed: a.seed,
+        batch_size: a.batch_size,
+        grad_accum: a.grad_accum,
+        save_every: a.save_every,
+        resume: a.resume,
+        checkpointing: a.checkpointing == "on",
+        sampling: if a.timestep_sampling == "uniform" { Sampling::Uniform } else { Sampling::DiffSynth },
+        weight_decay: a.weight_decay,
+        warmup: a.warmup,
+        max_grad_norm: a.max_grad_norm,
+        format: wgdit::convert::Format::parse(&a.format)?.lora(),
+        progress: true,
+    };
+    let r = train(&gpu, &o)?;
+    let (first, last) = (r.losses.first().copied().unwrap_or(0.0), r.losses.last().copied().unwrap_or(0.0));
+    eprintln!(
+        "wrote {} ({} steps, loss {first:.4} -> {last:.4}, {:.0} ms/step, {} dispatches/step, peak activations {:.1} MiB) on {}",
+        r.lora_file.display(),
+        r.losses.len(),
+        r.mean_step_ms,
+        r.dispatches_per_step,
         r.peak_activation_bytes as f64 / 1048576.0,
         gpu.info().name
     );

@@ -43,6 +43,7 @@ fn run(case: &str, mode: QkvMode, checkpointing: bool) -> (f64, f64, Vec<Vec<f32
         extra.insert(*b, Tensor::from_f32(&gpu, &l.b.data, &l.b.shape, DType::F32, "B").unwrap());
     }
     let (grads, d_out) = (tg.grads.clone(), tg.d_output);
+    zero_grads(&gpu, &tg, &mut extra);
     let plan = dit.plan_graph(tg.fg, extra).unwrap();
     plan.plan.poison_activations();
     plan.write_inputs(&inputs);
@@ -112,6 +113,7 @@ fn deep_run(checkpointing: bool) -> (Vec<Vec<f32>>, (u64, u64)) {
         }
     }
     let (grads, d_out) = (tg.grads.clone(), tg.d_output);
+    zero_grads(&gpu, &tg, &mut extra);
     let rows = tg.fg.graph.shape(d_out).iter().product();
     let plan = dit.plan_graph(tg.fg, extra).unwrap();
     plan.plan.poison_activations();
@@ -148,5 +150,15 @@ fn lora_gradients_match_autograd_on_edit_inputs_in_merged_and_fused_modes() {
 fn lora_gradients_match_autograd_on_a_masked_batch_in_every_mode() {
     for mode in QkvMode::ALL {
         check("grad_peft_batch_mask", mode);
+    }
+}
+
+/// Binds a zeroed buffer to every parameter gradient of the training graph.
+fn zero_grads(gpu: &std::sync::Arc<wgdit::gpu::Gpu>, tg: &training::TrainGraph, extra: &mut HashMap<usize, Tensor>) {
+    for &(_, da, db) in &tg.grads {
+        for t in [da, db] {
+            let shape = tg.fg.graph.shape(t).to_vec();
+            extra.insert(t, Tensor::zeros(gpu, &shape, DType::F32, "grad").unwrap());
+        }
     }
 }

@@ -25,6 +25,8 @@ pub struct Plan {
     kinds: Vec<TensorKind>,
     dispatches: Vec<Bound>,
     labels: Vec<Label>,
+    /// Index of the first dispatch of each node (plus the total at the end).
+    node_starts: Vec<usize>,
     slots: Vec<Buffer>,
     pub memory: MemoryPlan,
 }
@@ -42,7 +44,7 @@ impl Plan {
         let mut tensors = Vec::with_capacity(g.tensors.len());
         for (t, info) in g.tensors.iter().enumerate() {
             let tensor = match (info.kind, memory.slot_of[t]) {
-                (TensorKind::Param, _) => bind_param(params, t, info)?,
+                (TensorKind::Param | TensorKind::Accumulator, _) => bind_param(params, t, info)?,
                 (_, Some(s)) => Tensor { buffer: slots[s].clone(), shape: info.shape.clone(), dtype: info.dtype },
                 // Written by nobody and read by nobody: give it a private buffer.
                 (_, None) => Tensor::zeros(gpu, &info.shape, info.dtype, &info.name)?,
@@ -51,7 +53,9 @@ impl Plan {
         }
         let mut dispatches = Vec::new();
         let mut labels = Vec::new();
+        let mut node_starts = Vec::with_capacity(g.nodes.len() + 1);
         for n in &g.nodes {
+            node_starts.push(dispatches.len());
             let ins: Vec<&Tensor> = n.inputs.iter().map(|&t| &tensors[t]).collect();
             let outs: Vec<&Tensor> = n.outputs.iter().map(|&t| &tensors[t]).collect();
             let launches = lower::lower(gpu, &n.op, &ins, &outs)?;
@@ -66,8 +70,9 @@ impl Plan {
                 labels.push(n.label.clone());
             }
         }
+        node_starts.push(dispatches.len());
         let kinds = g.tensors.iter().map(|t| t.kind).collect();
-        Ok(Plan { gpu: gpu.clone(), tensors, kinds, dispatches, labels, slots, memory })
+        Ok(Plan { gpu: gpu.clone(), tensors, kinds, dispatches, labels, node_starts, slots, memory })
     }
 
     /// The GPU tensor bound to graph tensor `t`.
@@ -94,6 +99,19 @@ impl Plan {
     pub fn run(&self) -> Result<()> {
         let refs: Vec<&Bound> = self.dispatches.iter().collect();
         self.gpu.submit(&refs)
+    }
+
+    /// Encodes the dispatches of graph nodes `nodes` in one submission (does not wait): e.g. the
+    /// forward of a training graph, then (after the host computed the loss gradient) its backward.
+    pub fn run_nodes(&self, nodes: std::ops::Range<usize>) -> Result<()> {
+        let range = self.node_starts[nodes.start]..self.node_starts[nodes.end];
+        let refs: Vec<&Bound> = self.dispatches[range].iter().collect();
+        self.gpu.submit(&refs)
+    }
+
+    /// Number of graph nodes.
+    pub fn nodes(&self) -> usize {
+        self.node_starts.len() - 1
     }
 
     /// Runs with a timestamp around each dispatch and returns the report with GPU time per label

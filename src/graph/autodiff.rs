@@ -6,7 +6,7 @@
 //! accumulate (`+=`: GEMM dx, LoRA dA/dB/dx, d_modulation) write into it, after a zero fill when
 //! it is first created; kernels that assign (`=`) write a fresh tensor, which becomes the gradient
 //! when it is the first contribution and covers every row, and is otherwise added to it. Param
-//! gradients are zeroed by the graph itself on every run (one run = one micro-batch).
+//! gradients are external buffers that only accumulate (see [`backward`]).
 
 use super::ops::*;
 use super::{Graph, TensorId, TensorKind};
@@ -23,7 +23,9 @@ struct Diff<'g> {
 }
 
 /// Appends the backward of `g`'s nodes to `g`. `seeds` = (tensor, its gradient tensor);
-/// returns the gradient of every `wrt` tensor (zero-filled where nothing reaches it).
+/// returns the gradient of every `wrt` tensor. Those gradients are graph params (bound from
+/// outside): the backward only adds to them (`+=`), so micro-batches accumulate until the caller
+/// zeroes them (after each optimizer step).
 pub fn backward(g: &mut Graph, seeds: &[(TensorId, TensorId)], wrt: &[TensorId]) -> HashMap<TensorId, TensorId> {
     let forward = g.nodes.clone();
     let mut needs = vec![false; g.tensors.len()];
@@ -37,7 +39,12 @@ pub fn backward(g: &mut Graph, seeds: &[(TensorId, TensorId)], wrt: &[TensorId])
             }
         }
     }
-    let mut d = Diff { g, needs, grads: seeds.iter().copied().collect(), residual_done: HashSet::new() };
+    let mut grads: HashMap<TensorId, TensorId> = seeds.iter().copied().collect();
+    for &t in wrt {
+        let info = g.info(t).clone();
+        grads.insert(t, g.accumulator(&format!("grad:{}", info.name), &info.shape, DType::F32));
+    }
+    let mut d = Diff { g, needs, grads, residual_done: HashSet::new() };
     for n in forward.iter().rev() {
         if !n.outputs.iter().any(|o| d.grads.contains_key(o)) || !n.inputs.iter().any(|&t| d.needs[t]) {
             continue;
@@ -46,7 +53,7 @@ pub fn backward(g: &mut Graph, seeds: &[(TensorId, TensorId)], wrt: &[TensorId])
         d.rule(&n.op, &n.inputs, &n.outputs);
     }
     d.g.set_layer(None);
-    wrt.iter().map(|&t| (t, d.acc(t, "param grad"))).collect()
+    wrt.iter().map(|&t| (t, d.grads[&t])).collect()
 }
 
 impl Diff<'_> {

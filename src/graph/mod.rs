@@ -27,6 +27,9 @@ pub enum TensorKind {
     Param,
     /// Produced by a node; storage assigned by the planner.
     Activation,
+    /// Bound from outside like a param, but written by the graph, which only adds to it
+    /// (parameter gradients accumulating over micro-batches).
+    Accumulator,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +99,10 @@ impl Graph {
     pub fn param(&mut self, name: &str, shape: &[usize], dtype: DType) -> TensorId {
         self.tensor(name, shape, dtype, TensorKind::Param)
     }
+    /// An external buffer the graph adds to (a parameter gradient).
+    pub fn accumulator(&mut self, name: &str, shape: &[usize], dtype: DType) -> TensorId {
+        self.tensor(name, shape, dtype, TensorKind::Accumulator)
+    }
     /// A fresh activation, to be written by the next node added.
     pub fn activation(&mut self, name: &str, shape: &[usize], dtype: DType) -> TensorId {
         self.tensor(name, shape, dtype, TensorKind::Activation)
@@ -141,7 +148,11 @@ impl Graph {
         op.check(self, inputs, outputs);
         for &o in outputs {
             let t = &self.tensors[o];
-            assert_eq!(t.kind, TensorKind::Activation, "{label}: output {} is not an activation", t.name);
+            assert!(
+                matches!(t.kind, TensorKind::Activation | TensorKind::Accumulator),
+                "{label}: output {} is not an activation or accumulator",
+                t.name
+            );
         }
         let label = Label { layer: self.layer, op: label.to_string() };
         self.nodes.push(Node { op, inputs: inputs.to_vec(), outputs: outputs.to_vec(), label, segment: self.segment });

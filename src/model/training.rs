@@ -12,8 +12,12 @@ pub struct TrainGraph {
     pub fg: ForwardGraph,
     /// Input: dL/d(output), [R, out] in the joint layout (zero on the text rows).
     pub d_output: TensorId,
-    /// (module, dA, dB) for every trainable LoRA, zeroed and accumulated on every run.
+    /// (module, dA, dB) for every trainable LoRA: params of the graph (bind zeroed f32 buffers),
+    /// accumulated (`+=`) by every run.
     pub grads: Vec<(String, TensorId, TensorId)>,
+    /// Dispatches of the forward part (the backward follows; run them apart to compute the loss
+    /// gradient from the forward's output in between).
+    pub forward_nodes: usize,
     /// Forward nodes recomputed by checkpointing.
     pub recomputed: usize,
 }
@@ -27,10 +31,6 @@ pub fn build(dit: &Dit, shape: &ForwardShape, train: &TrainLora) -> TrainGraph {
     let g = autodiff::backward(&mut fg.graph, &[(fg.output, d_output)], &wrt);
     let grads: Vec<(String, TensorId, TensorId)> =
         fg.trainable.iter().map(|(m, a, b)| (m.clone(), g[a], g[b])).collect();
-    for (_, da, db) in &grads {
-        fg.graph.mark_output(*da);
-        fg.graph.mark_output(*db);
-    }
     let recomputed = if train.checkpointing { checkpoint::apply(&mut fg.graph, first_backward) } else { 0 };
-    TrainGraph { fg, d_output, grads, recomputed }
+    TrainGraph { fg, d_output, grads, recomputed, forward_nodes: first_backward }
 }

@@ -3,10 +3,12 @@
 //! - [`schedule`]: DiffSynth's training timesteps, the bf16 snap and the loss weights;
 //! - [`lora`]: LoRA targets (PEFT rule), PEFT init, export in every LoRA format;
 //! - [`optim`]: lr schedules and AdamW over many GPU tensors, bound once;
-//! - [`checkpoint`]: atomic `checkpoint-<step>/` folders and `loss.csv`.
+//! - [`checkpoint`]: atomic `checkpoint-<step>/` folders and `loss.csv`;
+//! - [`run`]: the training loop of `wgdit train`.
 
 pub mod checkpoint;
 pub mod data;
 pub mod lora;
 pub mod optim;
+pub mod run;
 pub mod schedule;

@@ -1,0 +1,340 @@
+//! `wgdit train`: the LoRA fine-tuning loop (DiffSynth-Studio's recipe, spec §7.1).
+//!
+//! Per optimizer step, for each of `grad_accum` micro-batches: draw σ per sample (DiffSynth's
+//! shifted table and Gaussian weight, or uniform), noise ~ N(0, I),
+//! x_t = (1 − σ)·x0 + σ·noise, target = noise − x0; run the training graph's forward, compute the
+//! weighted MSE on the target tokens and its gradient on the host, run the backward (LoRA
+//! gradients accumulate on the GPU). Then one AdamW step with grad scale 1/grad_accum, and the
+//! gradients are zeroed. One plan per batch shape, all sharing the LoRA and gradient buffers.
+
+use super::checkpoint::{checkpoint_dir, Checkpoint, LossLog, LossRow, TrainState};
+use super::data::{Batcher, Collated, Dataset, ShapeKey};
+use super::lora::{parse_targets, select, LoraConfig, LoraParams};
+use super::optim::{AdamW, AdamWOptions, LrSchedule};
+use super::schedule::{noisy_and_target, Sampling, TrainSchedule};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::adamw::Hyper;
+use crate::model::dit::{QkvMode, TrainLora};
+use crate::model::open::open;
+use crate::model::runtime::{Dit, DitPlan};
+use crate::model::training;
+use crate::rng::Rng;
+use crate::tensor::{DType, Tensor};
+use crate::weights::lora::LoraFormat;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything `wgdit train` takes.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub model: PathBuf,
+    pub config: Option<PathBuf>,
+    pub data: PathBuf,
+    pub output: PathBuf,
+    pub steps: u64,
+    pub rank: usize,
+    pub alpha: f64,
+    pub lr: f64,
+    pub targets: String,
+    pub qkv: QkvMode,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub save_every: u64,
+    pub resume: Option<PathBuf>,
+    pub checkpointing: bool,
+    pub sampling: Sampling,
+    pub weight_decay: f64,
+    pub warmup: u32,
+    /// Clip the global gradient norm (0: off, DiffSynth's default).
+    pub max_grad_norm: f32,
+    pub format: LoraFormat,
+    pub progress: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub losses: Vec<f64>,
+    pub mean_step_ms: f64,
+    pub dispatches_per_step: usize,
+    pub peak_activation_bytes: u64,
+    pub lora_file: PathBuf,
+}
+
+/// One shape's training plan and its graph handles.
+struct ShapePlan {
+    plan: DitPlan,
+    d_output: crate::graph::TensorId,
+    forward_nodes: usize,
+}
+
+/// The per-run state shared by every shape plan.
+struct Trainer {
+    gpu: Arc<Gpu>,
+    dit: Dit,
+    train: TrainLora,
+    /// module → (A, B) and (dA, dB), in `lora.params` order.
+    params: Vec<(String, [Tensor; 2], [Tensor; 2])>,
+    plans: HashMap<ShapeKey, ShapePlan>,
+    out_features: usize,
+}
+
+impl Trainer {
+    fn plan(&mut self, key: &ShapeKey, c: &Collated) -> Result<&ShapePlan> {
+        if !self.plans.contains_key(key) {
+            let inputs = c.forward_inputs(&c.x0, &vec![0.0; c.batch]);
+            let tg = training::build(&self.dit, &inputs.shape(), &self.train);
+            let mut extra = HashMap::new();
+            let by_module: HashMap<&str, (crate::graph::TensorId, crate::graph::TensorId)> =
+                tg.fg.trainable.iter().map(|(m, a, b)| (m.as_str(), (*a, *b))).collect();
+            let grads: HashMap<&str, (crate::graph::TensorId, crate::graph::TensorId)> =
+                tg.grads.iter().map(|(m, a, b)| (m.as_str(), (*a, *b))).collect();
+            for (m, [a, b], [da, db]) in &self.params {
+                // A module the graph does not use (the last block's text FFN) keeps its values.
+                if let (Some(&(ta, tb)), Some(&(tda, tdb))) = (by_module.get(m.as_str()), grads.get(m.as_str())) {
+                    extra.extend([(ta, a.clone()), (tb, b.clone()), (tda, da.clone()), (tdb, db.clone())]);
+                }
+            }
+            let (d_output, forward_nodes) = (tg.d_output, tg.forward_nodes);
+            let plan = self.dit.plan_graph(tg.fg, extra)?;
+            self.plans.insert(key.clone(), ShapePlan { plan, d_output, forward_nodes });
+        }
+        Ok(&self.plans[key])
+    }
+
+    /// Forward, host loss, backward for one micro-batch; returns (loss, mean σ).
+    fn micro_batch(
+        &mut self,
+        key: &ShapeKey,
+        c: &Collated,
+        sched: &TrainSchedule,
+        rng: &mut Rng,
+        sampling: Sampling,
+    ) -> Result<(f64, f32)> {
+        let k = c.x0.len() / (c.batch * c.s_target);
+        let per = c.s_target * k;
+        let (mut x_t, mut target) = (Vec::with_capacity(c.x0.len()), Vec::with_capacity(c.x0.len()));
+        let (mut timesteps, mut weights, mut sigmas) = (Vec::new(), Vec::new(), Vec::new());
+        for b in 0..c.batch {
+            let draw = sched.sample(rng, sampling);
+            let noise = rng.vec_normal(per, 1.0);
+            let (xt, tg) = noisy_and_target(&c.x0[b * per..(b + 1) * per], &noise, draw.sigma);
+            x_t.extend(xt);
+            target.extend(tg);
+            // The transformer takes t/1000 (σ-like, in [0, 1]).
+            timesteps.push(draw.timestep / 1000.0);
+            weights.push(draw.weight as f64);
+            sigmas.push(draw.sigma);
+        }
+        let inputs = c.forward_inputs(&x_t, &timesteps);
+        let out_features = self.out_features;
+        let sp = self.plan(key, c)?;
+        sp.plan.write_inputs(&inputs);
+        sp.plan.plan.run_nodes(0..sp.forward_nodes)?;
+        let pred = sp.plan.image_rows(sp.plan.graph.output)?;
+        // loss = mean_b w_b · mean((pred − target)²) over the target tokens; d/dpred on the host.
+        let s_img = inputs.shape().s_img();
+        let mut d_out = vec![0f32; c.batch * c.s_txt * out_features];
+        d_out.resize(d_out.len() + c.batch * s_img * out_features, 0.0);
+        let base = c.batch * c.s_txt * out_features;
+        let mut loss = 0f64;
+        for b in 0..c.batch {
+            let (mut sq, n) = (0f64, per as f64);
+            for i in 0..per {
+                let diff = pred[b * s_img * out_features + i] as f64 - target[b * per + i] as f64;
+                sq += diff * diff;
+                d_out[base + b * s_img * out_features + i] = (2.0 * weights[b] * diff / n / c.batch as f64) as f32;
+            }
+            loss += weights[b] * sq / n / c.batch as f64;
+        }
+        sp.plan.plan.write_input(sp.d_output, &d_out);
+        sp.plan.plan.run_nodes(sp.forward_nodes..sp.plan.plan.nodes())?;
+        Ok((loss, sigmas.iter().sum::<f32>() / sigmas.len() as f32))
+    }
+}
+
+/// Runs a training job to completion.
+pub fn train(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<TrainReport> {
+    let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
+    let dataset = Dataset::open(&o.data, &cfg)?;
+    if dataset.is_empty() {
+        return Err(Error::input(format!("dataset {} has no samples", o.data.display())));
+    }
+    let conf = LoraConfig { rank: o.rank, alpha: o.alpha, targets: parse_targets(&o.targets) };
+    let modules = select(&cfg, &conf.targets)?;
+    if modules.iter().any(|m| m.path.ends_with("qkv") || m.path.ends_with("qkv_proj")) {
+        return Err(Error::input("training a LoRA on a merged to_qkv/add_qkv_proj module is not supported yet: target to_q,to_k,to_v (they run on the slices of the merged projection in --qkv merged|fused)"));
+    }
+    let hyper = hyper_json(o);
+    let (mut lora, mut state, resumed) = match &o.resume {
+        Some(dir) => {
+            let c = Checkpoint::load(dir, &cfg)?;
+            (c.lora.clone(), c.state.clone(), Some(c))
+        }
+        None => {
+            let mut rng = Rng::new(o.seed);
+            let lora = LoraParams::init(&cfg, &conf, &mut rng)?;
+            let data = Default::default();
+            (lora, TrainState { version: 1, step: 0, rng, data, lora: conf.clone(), hyper: hyper.clone() }, None)
+        }
+    };
+    let uploaded = lora.upload(gpu)?;
+    let mut params = Vec::new();
+    for (p, ab) in lora.params.iter().zip(uploaded.chunks(2)) {
+        let zeros = |t: &Tensor| Tensor::zeros(gpu, &t.shape, DType::F32, "grad");
+        params.push((p.module.path.clone(), [ab[0].clone(), ab[1].clone()], [zeros(&ab[0])?, zeros(&ab[1])?]));
+    }
+    let pairs: Vec<(Tensor, Tensor)> =
+        params.iter().flat_map(|(_, p, g)| [(p[0].clone(), g[0].clone()), (p[1].clone(), g[1].clone())]).collect();
+    let opts = AdamWOptions {
+        hyper: Hyper { lr: o.lr, weight_decay: o.weight_decay, ..Hyper::default() },
+        max_norm: o.max_grad_norm,
+    };
+    let adamw = AdamW::new(gpu, &pairs, opts)?;
+    if let Some(c) = &resumed {
+        adamw.set_moments(&c.m, &c.v);
+    }
+    let train = TrainLora {
+        modules: lora.params.iter().map(|p| p.module.path.clone()).collect(),
+        rank: o.rank,
+        scale: lora.config.scale() as f32,
+        checkpointing: o.checkpointing,
+    };
+    let dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
+    let mut tr =
+        Trainer { gpu: gpu.clone(), dit, train, params, plans: HashMap::new(), out_features: cfg.out_features() };
+    let mut batcher = Batcher::new(&dataset, o.batch_size.max(1), o.seed);
+    batcher.resume(state.data.clone())?;
+    std::fs::create_dir_all(&o.output).map_err(|e| Error::io(&o.output, e))?;
+    let loss_path = o.output.join("loss.csv");
+    let mut log =
+        if resumed.is_some() { LossLog::resume(&loss_path, state.step)? } else { LossLog::create(&loss_path)? };
+    let sched = TrainSchedule::qwen_image();
+    let lr_sched = LrSchedule::Constant { warmup: o.warmup };
+    let bar = progress_bar(o.progress, o.steps, state.step);
+    let (mut losses, mut total_ms) = (Vec::new(), 0.0);
+    while state.step < o.steps {
+        let t0 = std::time::Instant::now();
+        let (mut loss, mut sigma) = (0.0, 0.0);
+        for _ in 0..o.grad_accum.max(1) {
+            let batch = batcher.next().ok_or_else(|| Error::input("dataset yielded no batch"))?;
+            let c = dataset.collate(&batch.samples)?;
+            let key = dataset_key(&dataset, &batch.samples);
+            let (l, s) = tr.micro_batch(&key, &c, &sched, &mut state.rng, o.sampling)?;
+            loss += l / o.grad_accum.max(1) as f64;
+            sigma += s / o.grad_accum.max(1) as f32;
+        }
+        state.step += 1;
+        let lr = lr_sched.lr(o.lr, state.step);
+        adamw.step(state.step as u32, lr, 1.0 / o.grad_accum.max(1) as f32)?;
+        adamw.zero_grads();
+        gpu.sync()?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        total_ms += ms;
+        state.data = batcher.state();
+        log.append(&LossRow { step: state.step, loss, sigma, lr, step_ms: ms })?;
+        losses.push(loss);
+        bar.set_message(format!("loss {loss:.4}  {ms:.0} ms/step  {:.2} it/s", 1e3 / ms));
+        bar.inc(1);
+        if o.save_every > 0 && state.step % o.save_every == 0 {
+            save_checkpoint(&tr, &adamw, &mut lora, &state, &o.output)?;
+        }
+    }
+    bar.finish();
+    download_lora(&tr, &mut lora)?;
+    let lora_file = o.output.join("lora.safetensors");
+    lora.save(&lora_file, o.format, DType::F32)?;
+    let (dispatches, peak) = tr
+        .plans
+        .values()
+        .next()
+        .map_or((0, 0), |p| (p.plan.plan.report().total, p.plan.plan.memory.peak_activation_bytes));
+    Ok(TrainReport {
+        mean_step_ms: total_ms / losses.len().max(1) as f64,
+        losses,
+        dispatches_per_step: dispatches * o.grad_accum.max(1),
+        peak_activation_bytes: peak,
+        lora_file,
+    })
+}
+
+fn dataset_key(d: &Dataset, samples: &[usize]) -> ShapeKey {
+    d.samples[samples[0]].shape_key()
+}
+
+fn download_lora(tr: &Trainer, lora: &mut LoraParams) -> Result<()> {
+    let tensors: Vec<Tensor> = tr.params.iter().flat_map(|(_, p, _)| p.clone()).collect();
+    lora.download(&tr.gpu, &tensors)
+}
+
+fn save_checkpoint(
+    tr: &Trainer,
+    adamw: &AdamW,
+    lora: &mut LoraParams,
+    state: &TrainState,
+    out: &std::path::Path,
+) -> Result<()> {
+    download_lora(tr, lora)?;
+    let (m, v) = adamw.moments()?;
+    let c = Checkpoint { state: state.clone(), lora: lora.clone(), m, v };
+    let dir = c.save(out)?;
+    debug_assert_eq!(dir, checkpoint_dir(out, state.step));
+    Ok(())
+}
+
+fn hyper_json(o: &TrainOptions) -> serde_json::Value {
+    serde_json::json!({
+        "lr": o.lr, "weight_decay": o.weight_decay, "warmup": o.warmup, "batch_size": o.batch_size,
+        "grad_accum": o.grad_accum, "seed": o.seed, "qkv": o.qkv.name(), "checkpointing": o.checkpointing,
+        "sampling": format!("{:?}", o.sampling), "max_grad_norm": o.max_grad_norm,
+    })
+}
+
+fn progress_bar(show: bool, steps: u64, done: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(steps);
+    bar.set_position(done);
+    let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
+
+/// The flow-matching loss of a model (optionally with a LoRA file applied at strength 1) over
+/// every sample of a dataset at fixed noise levels `sigmas`, with noise drawn from `seed`: the
+/// same draws for every call, so two calls compare models, not samples.
+pub fn eval_loss(
+    gpu: &Arc<Gpu>,
+    o: &TrainOptions,
+    lora: Option<&std::path::Path>,
+    sigmas: &[f32],
+    seed: u64,
+) -> Result<f64> {
+    let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
+    let dataset = Dataset::open(&o.data, &cfg)?;
+    let mut dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
+    if let Some(path) = lora {
+        dit.set_loras(crate::model::lora::LoraSet::load(&[(path.to_path_buf(), 1.0)], &cfg)?);
+    }
+    let mut rng = Rng::new(seed);
+    let (mut total, mut count) = (0f64, 0usize);
+    for i in 0..dataset.len() {
+        let c = dataset.collate(&[i])?;
+        let per = c.x0.len();
+        let plan = dit.plan(&c.forward_inputs(&c.x0, &[0.0]).shape(), false)?;
+        for &sigma in sigmas {
+            let noise = rng.vec_normal(per, 1.0);
+            let (x_t, target) = noisy_and_target(&c.x0, &noise, sigma);
+            let pred = plan.forward(&c.forward_inputs(&x_t, &[sigma]))?;
+            let sq: f64 = (0..per).map(|j| (pred[j] as f64 - target[j] as f64).powi(2)).sum();
+            total += sq / per as f64;
+            count += 1;
+        }
+    }
+    Ok(total / count as f64)
+}
