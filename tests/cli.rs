@@ -1,0 +1,118 @@
+//! The `wgdit` command line: contracts and clear errors on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn wgdit(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wgdit")).args(args).env("NODEVICE_SELECT", "1").output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn fixture(p: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p).display().to_string()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("wgdit-cli-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn forward_writes_the_output_tensor_and_matches_diffusers() {
+    let out = tmp("out.safetensors");
+    let (ok, log) = wgdit(&[
+        "forward",
+        "--model",
+        &fixture("dit/tiny"),
+        "--inputs",
+        &fixture("dit/cases/odd_grid.inputs.safetensors"),
+        "--output",
+        out.to_str().unwrap(),
+        "--qkv",
+        "merged",
+    ]);
+    assert!(ok, "{log}");
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("output").unwrap();
+    assert_eq!(t.shape(), [1, 15, 16]);
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+    let exp = std::fs::read(fixture("dit/cases/odd_grid.expected.safetensors")).unwrap();
+    let exp = safetensors::SafeTensors::deserialize(&exp).unwrap();
+    let want: Vec<f32> = bytemuck::pod_collect_to_vec(exp.tensor("output").unwrap().data());
+    assert!(wgdit::testing::stats(&got, &want).rel_l2 < 1e-4);
+    std::fs::remove_file(out).ok();
+}
+
+#[test]
+fn forward_refuses_inputs_that_disagree_with_the_model_and_writes_nothing() {
+    // Only a (mis-shaped) hidden_states: the first problem found is reported by name.
+    let inputs = tmp("bad.safetensors");
+    let hs = vec![0f32; 15 * 8];
+    let views = vec![(
+        "hidden_states",
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 15, 8], bytemuck::cast_slice(&hs))
+            .unwrap(),
+    )];
+    safetensors::serialize_to_file(views, None, &inputs).unwrap();
+    let out = tmp("never.safetensors");
+    let (ok, log) = wgdit(&[
+        "forward",
+        "--model",
+        &fixture("dit/tiny"),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "a bad input must fail");
+    assert!(log.contains("tensor `encoder_hidden_states` missing"), "unclear error: {log}");
+    assert!(!out.exists(), "no output may be left behind");
+    std::fs::remove_file(inputs).ok();
+}
+
+#[test]
+fn forward_names_a_lora_passed_as_the_model() {
+    let (ok, log) = wgdit(&[
+        "forward",
+        "--model",
+        &fixture("lora/peft.safetensors"),
+        "--config",
+        &fixture("dit/tiny/config.json"),
+        "--inputs",
+        &fixture("dit/cases/odd_grid.inputs.safetensors"),
+        "--output",
+        tmp("x.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!ok && log.contains("pass it with --lora"), "{log}");
+}
+
+#[test]
+fn bench_dispatches_prints_one_json_object_per_mode_for_the_preset() {
+    let (ok, log) = wgdit(&["bench", "dispatches", "--preset", "qwen-image", "--json"]);
+    assert!(ok, "{log}");
+    let rows: Vec<serde_json::Value> =
+        log.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 3);
+    let per_block: Vec<u64> = rows.iter().map(|r| r["dispatches_per_block"].as_u64().unwrap()).collect();
+    assert_eq!(per_block, [20, 16, 8]);
+    for r in &rows {
+        for key in ["mode", "dispatches_per_step", "peak_activation_bytes", "by_op"] {
+            assert!(!r[key].is_null(), "missing {key} in {r}");
+        }
+    }
+}
+
+#[test]
+fn devices_lists_the_adapter_with_features_and_limits() {
+    let (ok, log) = wgdit(&["devices"]);
+    assert!(ok, "{log}");
+    assert!(log.contains("features:") && log.contains("storage binding"), "{log}");
+}
+
+#[test]
+fn a_tensor_larger_than_one_binding_is_refused_with_a_clear_error() {
+    let gpu = wgdit::testing::test_gpu();
+    let too_big = gpu.limits().max_storage_binding + 4;
+    let e = gpu.buffer(too_big, "transformer_blocks.0.img_mlp.net.0.proj.weight").unwrap_err().to_string();
+    assert!(e.contains("img_mlp.net.0.proj.weight") && e.contains("binds at most"), "{e}");
+}
