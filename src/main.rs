@@ -174,6 +174,9 @@ struct DispatchArgs {
     /// Timed forwards per mode (with --model).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// With --preset: count a LoRA training step (DiffSynth targets at this rank) instead.
+    #[arg(long)]
+    train_rank: Option<usize>,
 }
 
 #[derive(Args)]
@@ -289,6 +292,20 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
     use wgdit::model::bench::{self, DispatchBench};
     let modes: Vec<QkvMode> = if a.qkv == "all" { QkvMode::ALL.to_vec() } else { vec![a.qkv.parse()?] };
     let b = DispatchBench { tokens: a.tokens, text_tokens: a.text_tokens, runs: a.runs };
+    if let (Some(p), Some(rank)) = (&a.preset, a.train_rank) {
+        for r in bench::count_training(&DitConfig::preset(p)?, &b, &modes, rank) {
+            if a.json {
+                println!("{}", serde_json::to_string(&r).expect("cannot fail: plain data"));
+            } else {
+                println!(
+                    "{:<8} checkpointing {:<5}  {:>4} dispatches/block  {:>6} dispatches/step  peak activations {:>9.1} MiB  {} LoRA params",
+                    r.mode, r.checkpointing, r.dispatches_per_block, r.dispatches_per_step,
+                    r.peak_activation_bytes as f64 / 1048576.0, r.lora_parameters
+                );
+            }
+        }
+        return Ok(());
+    }
     let rows = match (&a.preset, &a.model) {
         (Some(p), _) => bench::count_preset(&DitConfig::preset(p)?, &b, &modes),
         (None, Some(m)) => bench::measure_model(&gpu::Gpu::new(&a.gpu.options())?, m, a.config.as_deref(), &b, &modes)?,

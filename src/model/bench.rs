@@ -176,3 +176,63 @@ pub fn random_inputs(cfg: &DitConfig, shape: &ForwardShape, seed: u64) -> crate:
         img_shapes: shape.img_shapes.clone(),
     }
 }
+
+/// Counts of one LoRA training step (forward + backward, batch 1) on a preset, without weights:
+/// DiffSynth's targets at `rank`, with and without per-block checkpointing.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainSummary {
+    pub mode: String,
+    pub checkpointing: bool,
+    pub dispatches_per_block: usize,
+    pub dispatches_per_step: usize,
+    pub peak_activation_bytes: u64,
+    pub lora_parameters: usize,
+}
+
+pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], rank: usize) -> Vec<TrainSummary> {
+    let suffixes = [
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_out.0",
+        "attn.to_add_out",
+        "img_mlp.net.2",
+        "img_mod.1",
+        "txt_mlp.net.2",
+        "txt_mod.1",
+    ];
+    let modules: Vec<String> =
+        (0..cfg.num_layers).flat_map(|i| suffixes.map(|s| format!("transformer_blocks.{i}.{s}"))).collect();
+    let mut out = Vec::new();
+    for &mode in modes {
+        for checkpointing in [false, true] {
+            let train = crate::model::dit::TrainLora { modules: modules.clone(), rank, scale: 1.0, checkpointing };
+            let tg =
+                crate::model::training::build_unloaded(cfg, &b.shape(), mode, &train, REAL_GPU_MAX_BINDING, &|_| {
+                    DType::BF16
+                });
+            let g = &tg.fg.graph;
+            let per_block = g.nodes.iter().filter(|n| n.label.layer == Some(0)).map(|n| n.op.dispatches()).sum();
+            let lora_parameters = tg
+                .fg
+                .trainable
+                .iter()
+                .map(|&(_, a, bm)| {
+                    g.info(a).shape.iter().product::<usize>() + g.info(bm).shape.iter().product::<usize>()
+                })
+                .sum();
+            out.push(TrainSummary {
+                mode: mode.name().into(),
+                checkpointing,
+                dispatches_per_block: per_block,
+                dispatches_per_step: g.dispatch_count(),
+                peak_activation_bytes: memory::plan(g).peak_activation_bytes,
+                lora_parameters,
+            });
+        }
+    }
+    out
+}

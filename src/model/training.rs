@@ -3,8 +3,9 @@
 //! gradient checkpointing when asked (`graph::checkpoint`).
 
 use crate::graph::{autodiff, checkpoint, TensorId};
-use crate::model::dit::{ForwardGraph, ForwardShape, TrainLora};
+use crate::model::dit::{build_forward, BuildOptions, ForwardGraph, ForwardShape, QkvMode, TrainLora};
 use crate::model::runtime::Dit;
+use crate::model::DitConfig;
 use crate::tensor::DType;
 
 pub struct TrainGraph {
@@ -23,9 +24,26 @@ pub struct TrainGraph {
 }
 
 pub fn build(dit: &Dit, shape: &ForwardShape, train: &TrainLora) -> TrainGraph {
-    let mut fg = dit.training_graph(shape, train);
+    finish(dit.training_graph(shape, train), dit.cfg.out_features(), train)
+}
+
+/// The same without a loaded model (counts and memory plans of a preset): `wdtype` gives each
+/// weight's stored dtype.
+pub fn build_unloaded(
+    cfg: &DitConfig,
+    shape: &ForwardShape,
+    mode: QkvMode,
+    train: &TrainLora,
+    max_binding: u64,
+    wdtype: &dyn Fn(&str) -> DType,
+) -> TrainGraph {
+    let opts = BuildOptions { train: Some(train), lora: None, mode, max_binding, keep_block_outputs: false };
+    finish(build_forward(cfg, shape, opts, wdtype), cfg.out_features(), train)
+}
+
+fn finish(mut fg: ForwardGraph, out_features: usize, train: &TrainLora) -> TrainGraph {
     let rows = fg.graph.shape(fg.output)[0];
-    let d_output = fg.graph.input("d_output", &[rows, dit.cfg.out_features()], DType::F32);
+    let d_output = fg.graph.input("d_output", &[rows, out_features], DType::F32);
     let wrt: Vec<TensorId> = fg.trainable.iter().flat_map(|&(_, a, b)| [a, b]).collect();
     let first_backward = fg.graph.nodes.len();
     let g = autodiff::backward(&mut fg.graph, &[(fg.output, d_output)], &wrt);
