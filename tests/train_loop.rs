@@ -5,7 +5,6 @@ mod dit_common;
 use dit_common::model_paths;
 use std::path::Path;
 use wgdit::model::QkvMode;
-use wgdit::rng::Rng;
 use wgdit::testing::test_gpu;
 use wgdit::train::run::{train, TrainOptions};
 use wgdit::train::schedule::Sampling;
@@ -13,28 +12,8 @@ use wgdit::weights::lora::LoraFormat;
 
 /// Writes `n` samples (latents [4, 8, 8], prompt_embeds [5, 24]) and metadata.jsonl.
 pub fn write_dataset(dir: &Path, n: usize, seed: u64) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut rng = Rng::new(seed);
-    let mut meta = String::new();
-    for i in 0..n {
-        let lat = rng.vec_normal(4 * 8 * 8, 1.0);
-        let txt = rng.vec_normal(5 * 24, 1.0);
-        let tensors = [("latents", vec![4usize, 8, 8], lat), ("prompt_embeds", vec![5, 24], txt)];
-        let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
-            .iter()
-            .map(|(k, s, v)| {
-                (
-                    *k,
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), bytemuck::cast_slice(v))
-                        .unwrap(),
-                )
-            })
-            .collect();
-        let name = format!("s{i}.safetensors");
-        safetensors::serialize_to_file(views, None, &dir.join(&name)).unwrap();
-        meta += &format!("{{\"file\": \"{name}\", \"caption\": \"sample {i}\"}}\n");
-    }
-    std::fs::write(dir.join("metadata.jsonl"), meta).unwrap();
+    let cfg = wgdit::model::DitConfig::from_file(&model_paths("tiny").0.join("config.json")).unwrap();
+    wgdit::train::data::write_synthetic(dir, &cfg, n, [8, 8], 5, seed).unwrap();
 }
 
 pub fn options(data: &Path, out: &Path, steps: u64) -> TrainOptions {

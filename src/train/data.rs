@@ -491,3 +491,33 @@ fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
         v.swap(i, j);
     }
 }
+
+/// Writes a synthetic dataset of `n` cached samples for `cfg` (latents [C, h, w] and
+/// prompt_embeds [s_txt, joint_attention_dim] ~ N(0, 1), seeded) plus its metadata.jsonl: the
+/// built-in data of the training example and tests.
+pub fn write_synthetic(dir: &Path, cfg: &DitConfig, n: usize, hw: [usize; 2], s_txt: usize, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let c = cfg.in_channels / (cfg.patch_size * cfg.patch_size);
+    let mut rng = crate::rng::Rng::new(seed);
+    let mut meta = String::new();
+    for i in 0..n {
+        let lat = rng.vec_normal(c * hw[0] * hw[1], 1.0);
+        let txt = rng.vec_normal(s_txt * cfg.joint_attention_dim, 1.0);
+        let tensors =
+            [("latents", vec![c, hw[0], hw[1]], lat), ("prompt_embeds", vec![s_txt, cfg.joint_attention_dim], txt)];
+        let views = tensors
+            .iter()
+            .map(|(k, s, v)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), bytemuck::cast_slice(v))
+                    .map(|t| (*k, t))
+                    .map_err(|e| Error::input(format!("synthetic sample: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let name = format!("sample{i:03}.safetensors");
+        let path = dir.join(&name);
+        safetensors::serialize_to_file(views, None, &path).map_err(|e| Error::file(&path, e.to_string()))?;
+        meta += &format!("{{\"file\": \"{name}\", \"caption\": \"synthetic sample {i}\"}}\n");
+    }
+    let m = dir.join("metadata.jsonl");
+    std::fs::write(&m, meta).map_err(|e| Error::io(&m, e))
+}
