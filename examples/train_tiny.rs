@@ -9,7 +9,6 @@ use wgdit::gpu::Gpu;
 use wgdit::model::{DitConfig, QkvMode};
 use wgdit::train::run::{eval_loss, train, TrainOptions};
 use wgdit::train::schedule::Sampling;
-use wgdit::weights::lora::LoraFormat;
 
 fn main() -> wgdit::Result<()> {
     let steps: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(200);
@@ -21,30 +20,9 @@ fn main() -> wgdit::Result<()> {
     println!("adapter: {}; {steps} steps per mode, 4 samples of 16 image + 5 text tokens", gpu.info().name);
     let mut times = Vec::new();
     for mode in QkvMode::ALL {
-        let o = TrainOptions {
-            model: model.clone(),
-            config: None,
-            data: dir.join("data"),
-            output: dir.join(mode.name()),
-            steps,
-            rank: 8,
-            alpha: 8.0,
-            lr: 1e-2,
-            targets: wgdit::train::lora::DIFFSYNTH_TARGETS.into(),
-            qkv: mode,
-            seed: 1,
-            batch_size: 1,
-            grad_accum: 1,
-            save_every: 0,
-            resume: None,
-            checkpointing: true,
-            sampling: Sampling::Uniform,
-            weight_decay: 0.0,
-            warmup: 0,
-            max_grad_norm: 0.0,
-            format: LoraFormat::Diffusers,
-            progress: false,
-        };
+        let mut o = TrainOptions::new(model.clone(), dir.join("data"), dir.join(mode.name()), steps);
+        (o.rank, o.alpha, o.lr, o.qkv, o.seed, o.sampling, o.weight_decay) =
+            (8, 8.0, 1e-2, mode, 1, Sampling::Uniform, 0.0);
         let sigmas = [0.2, 0.4, 0.6, 0.8];
         let before = eval_loss(&gpu, &o, None, &sigmas, 7)?;
         let r = train(&gpu, &o)?;

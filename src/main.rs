@@ -250,30 +250,16 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     use wgdit::train::run::{train, TrainOptions};
     use wgdit::train::schedule::Sampling;
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
-    let o = TrainOptions {
-        model: a.model,
-        config: a.config,
-        data: a.data,
-        output: a.output,
-        steps: a.steps,
-        rank: a.rank,
-        alpha: a.alpha.unwrap_or(a.rank as f64),
-        lr: a.lr,
-        targets: a.targets,
-        qkv: a.qkv,
-        seed: a.seed,
-        batch_size: a.batch_size,
-        grad_accum: a.grad_accum,
-        save_every: a.save_every,
-        resume: a.resume,
-        checkpointing: a.checkpointing == "on",
-        sampling: if a.timestep_sampling == "uniform" { Sampling::Uniform } else { Sampling::DiffSynth },
-        weight_decay: a.weight_decay,
-        warmup: a.warmup,
-        max_grad_norm: a.max_grad_norm,
-        format: wgdit::convert::Format::parse(&a.format)?.lora(),
-        progress: true,
-    };
+    let mut o = TrainOptions::new(a.model, a.data, a.output, a.steps);
+    o.config = a.config;
+    (o.rank, o.alpha, o.lr, o.targets, o.qkv, o.seed) =
+        (a.rank, a.alpha.unwrap_or(a.rank as f64), a.lr, a.targets, a.qkv, a.seed);
+    (o.batch_size, o.grad_accum, o.save_every, o.resume) = (a.batch_size, a.grad_accum, a.save_every, a.resume);
+    o.checkpointing = a.checkpointing == "on";
+    o.sampling = if a.timestep_sampling == "uniform" { Sampling::Uniform } else { Sampling::DiffSynth };
+    (o.weight_decay, o.warmup, o.max_grad_norm) = (a.weight_decay, a.warmup, a.max_grad_norm);
+    o.format = wgdit::convert::Format::parse(&a.format)?.lora();
+    o.progress = true;
     let r = train(&gpu, &o)?;
     let (first, last) = (r.losses.first().copied().unwrap_or(0.0), r.losses.last().copied().unwrap_or(0.0));
     eprintln!(

@@ -4,11 +4,9 @@ mod dit_common;
 
 use dit_common::model_paths;
 use std::path::Path;
-use wgdit::model::QkvMode;
 use wgdit::testing::test_gpu;
 use wgdit::train::run::{train, TrainOptions};
 use wgdit::train::schedule::Sampling;
-use wgdit::weights::lora::LoraFormat;
 
 /// Writes `n` samples (latents [4, 8, 8], prompt_embeds [5, 24]) and metadata.jsonl.
 pub fn write_dataset(dir: &Path, n: usize, seed: u64) {
@@ -17,30 +15,9 @@ pub fn write_dataset(dir: &Path, n: usize, seed: u64) {
 }
 
 pub fn options(data: &Path, out: &Path, steps: u64) -> TrainOptions {
-    TrainOptions {
-        model: model_paths("tiny").0,
-        config: None,
-        data: data.to_path_buf(),
-        output: out.to_path_buf(),
-        steps,
-        rank: 4,
-        alpha: 4.0,
-        lr: 3e-3,
-        targets: wgdit::train::lora::DIFFSYNTH_TARGETS.to_string(),
-        qkv: QkvMode::Fused,
-        seed: 1,
-        batch_size: 1,
-        grad_accum: 1,
-        save_every: 0,
-        resume: None,
-        checkpointing: true,
-        sampling: Sampling::Uniform,
-        weight_decay: 0.0,
-        warmup: 0,
-        max_grad_norm: 0.0,
-        format: LoraFormat::Diffusers,
-        progress: false,
-    }
+    let mut o = TrainOptions::new(model_paths("tiny").0, data.to_path_buf(), out.to_path_buf(), steps);
+    (o.rank, o.alpha, o.lr, o.seed, o.sampling, o.weight_decay) = (4, 4.0, 3e-3, 1, Sampling::Uniform, 0.0);
+    o
 }
 
 fn mean(v: &[f64]) -> f64 {

@@ -32,28 +32,13 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
         }
         Op::QkvPost { shape, layout } => {
             let n_in = if *layout == ops::QkvLayout::Merged { 1 } else { 3 };
-            let layout = match layout {
-                ops::QkvLayout::Merged => qkv_post::QkvLayout::Merged,
-                ops::QkvLayout::Standard => qkv_post::QkvLayout::Standard,
-            };
-            let s = QkvShape {
-                batch: shape.batch,
-                heads: shape.heads,
-                head_dim: shape.head_dim,
-                s_txt: shape.s_txt,
-                s_img: shape.s_img,
-            };
+            let layout = qkv_layout(*layout);
+            let s = qkv_shape(shape);
             let (x, rest) = inputs.split_at(n_in);
             one(qkv_post::launch(gpu, s, layout, x, rest[0], rest[1], outputs[0], outputs[1], outputs[2], outputs[3])?)
         }
         Op::Attention { shape, masked } => {
-            let s = AttentionShape {
-                batch: shape.batch,
-                heads: shape.heads,
-                head_dim: shape.head_dim,
-                s_txt: shape.s_txt,
-                s_img: shape.s_img,
-            };
+            let s = attention_shape(shape);
             let mask = masked.then(|| inputs[3]);
             one(attention::launch_forward(gpu, &s, inputs[0], inputs[1], inputs[2], mask, outputs[0], outputs[1])?)
         }
@@ -132,25 +117,13 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
         }
         Op::QkvPostBackward { shape, layout } => {
             let n_in = if *layout == ops::QkvLayout::Merged { 1 } else { 3 };
-            let s = QkvShape {
-                batch: shape.batch,
-                heads: shape.heads,
-                head_dim: shape.head_dim,
-                s_txt: shape.s_txt,
-                s_img: shape.s_img,
-            };
+            let s = qkv_shape(shape);
             let (x, rest) = inputs.split_at(n_in);
             let (nw, rope, saved, dq, dk, dv) = (rest[0], rest[1], rest[2], rest[3], rest[4], rest[5]);
             qkv_post::launch_backward(gpu, s, qkv_layout(*layout), x, nw, rope, saved, dq, dk, dv, outputs, None)
         }
         Op::AttentionBackward { shape, masked } => {
-            let s = AttentionShape {
-                batch: shape.batch,
-                heads: shape.heads,
-                head_dim: shape.head_dim,
-                s_txt: shape.s_txt,
-                s_img: shape.s_img,
-            };
+            let s = attention_shape(shape);
             let mask = masked.then(|| inputs[3]);
             let o = 3 + *masked as usize;
             let a = attention::BackwardArgs {
@@ -169,6 +142,14 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
             attention::launch_backward(gpu, &s, &a)
         }
     }
+}
+
+fn attention_shape(s: &ops::JointShape) -> AttentionShape {
+    AttentionShape { batch: s.batch, heads: s.heads, head_dim: s.head_dim, s_txt: s.s_txt, s_img: s.s_img }
+}
+
+fn qkv_shape(s: &ops::JointShape) -> QkvShape {
+    QkvShape { batch: s.batch, heads: s.heads, head_dim: s.head_dim, s_txt: s.s_txt, s_img: s.s_img }
 }
 
 fn qkv_layout(l: ops::QkvLayout) -> qkv_post::QkvLayout {
@@ -277,9 +258,16 @@ fn gemm_problems(g: &GemmOp) -> Vec<GemmProblem> {
         .collect()
 }
 
+/// Shift and scale share one sample stride and zero_cond_t rule (they come from one vector).
 fn norm_groups(l: &LayerNormModOp) -> Vec<layer_norm_mod::Group> {
     l.problems
         .iter()
+        .inspect(|p| {
+            debug_assert_eq!(
+                (p.shift.sample_stride, p.shift.split, p.shift.alt_shift),
+                (p.scale.sample_stride, p.scale.split, p.scale.alt_shift)
+            )
+        })
         .map(|p| layer_norm_mod::Group {
             rows: sample_rows(p.row0, p.rows, p.rows_per_sample, &p.shift),
             shift_offset: p.shift.offset,
@@ -290,29 +278,7 @@ fn norm_groups(l: &LayerNormModOp) -> Vec<layer_norm_mod::Group> {
 }
 
 fn lower_layer_norm(gpu: &Gpu, l: &LayerNormModOp, inputs: &[&Tensor], outputs: &[&Tensor]) -> Result<Launch> {
-    let groups: Vec<layer_norm_mod::Group> = l
-        .problems
-        .iter()
-        .map(|p| {
-            debug_assert_eq!(
-                (p.shift.sample_stride, p.shift.split, p.shift.alt_shift),
-                (p.scale.sample_stride, p.scale.split, p.scale.alt_shift)
-            );
-            let rows = SampleRows {
-                row0: p.row0,
-                samples: p.rows / p.rows_per_sample,
-                rows_per_sample: p.rows_per_sample,
-                split: p.shift.split,
-                alt_rows: p.shift.alt_shift,
-            };
-            layer_norm_mod::Group {
-                rows,
-                shift_offset: p.shift.offset,
-                scale_offset: p.scale.offset,
-                sample_stride: p.shift.sample_stride,
-            }
-        })
-        .collect();
+    let groups = norm_groups(l);
     let a = layer_norm_mod::Args {
         x: inputs[0],
         modv: Some(inputs[1]),

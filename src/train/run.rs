@@ -54,6 +54,37 @@ pub struct TrainOptions {
     pub progress: bool,
 }
 
+impl TrainOptions {
+    /// DiffSynth-Studio's defaults (rank 32, alpha = rank, lr 1e-4, weight decay 0.01, its 12
+    /// targets per block, its timestep sampling), fused mode, checkpointing on, PEFT export.
+    pub fn new(model: PathBuf, data: PathBuf, output: PathBuf, steps: u64) -> TrainOptions {
+        TrainOptions {
+            model,
+            config: None,
+            data,
+            output,
+            steps,
+            rank: 32,
+            alpha: 32.0,
+            lr: 1e-4,
+            targets: super::lora::DIFFSYNTH_TARGETS.to_string(),
+            qkv: QkvMode::Fused,
+            seed: 0,
+            batch_size: 1,
+            grad_accum: 1,
+            save_every: 0,
+            resume: None,
+            checkpointing: true,
+            sampling: Sampling::DiffSynth,
+            weight_decay: 0.01,
+            warmup: 0,
+            max_grad_norm: 0.0,
+            format: LoraFormat::Diffusers,
+            progress: false,
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Clone, Debug)]
 pub struct TrainReport {
