@@ -58,7 +58,8 @@ pub fn compare(name: &str, got: &[f32], want: &[f32], tol: Tol) -> Result<Stats,
     let bad: Vec<usize> = (0..got.len())
         .filter(|&i| {
             let d = (got[i] as f64 - want[i] as f64).abs();
-            !(d <= tol.abs + tol.rel * (want[i] as f64).abs())
+            // NaN fails: a NaN difference is not "within" any tolerance.
+            d.is_nan() || d > tol.abs + tol.rel * (want[i] as f64).abs()
         })
         .collect();
     if bad.is_empty() && s.rel_l2 <= tol.rel_l2 {

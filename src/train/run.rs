@@ -238,7 +238,7 @@ pub fn train(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<TrainReport> {
     let mut tr =
         Trainer { gpu: gpu.clone(), dit, train, params, plans: HashMap::new(), out_features: cfg.out_features() };
     let mut batcher = Batcher::new(&dataset, o.batch_size.max(1), o.seed);
-    batcher.resume(state.data.clone())?;
+    batcher.resume(state.data)?;
     std::fs::create_dir_all(&o.output).map_err(|e| Error::io(&o.output, e))?;
     let loss_path = o.output.join("loss.csv");
     let mut log =
