@@ -92,3 +92,19 @@ fn converted_lora_and_checkpoint_twins_give_the_same_forward() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_lora_written_by_wgdit_train_loads_in_diffusers_with_the_same_output() {
+    // tools/gen_trained_lora_fixture.py: diffusers' loader applied the file that `wgdit train` wrote.
+    let exp = Fixture::read(&fixtures().join("train/wgdit_trained_lora.expected.safetensors"));
+    let set = lora(&fixtures().join(exp.meta("lora")), 1.0);
+    let inputs = fixtures().join(exp.meta("inputs"));
+    let base = Fixture::read(&fixtures().join("dit/cases/batch_mask.expected.safetensors")).get("output");
+    let want = exp.get("output");
+    assert!(stats(&want, &base).rel_l2 > 1e-3, "the trained LoRA must visibly change the output");
+    for mode in QkvMode::ALL {
+        let (_, out) = run_model(&model_paths("tiny").0, None, &inputs, mode, set.clone());
+        let s = stats(&out, &want);
+        assert!(s.rel_l2 <= REL_L2, "{mode:?}: rel_l2 {:.3e} vs diffusers with wgdit's LoRA", s.rel_l2);
+    }
+}
