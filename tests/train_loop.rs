@@ -92,3 +92,28 @@ fn a_resumed_run_continues_the_same_loss_curve() {
     assert_eq!(csv.lines().count(), 9, "loss.csv keeps steps 1..4 and appends 5..8: {csv}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_lora_on_the_merged_qkv_projection_trains_and_exports_merged_keys() {
+    let gpu = test_gpu();
+    let dir = std::env::temp_dir().join(format!("wgdit-merged-{}", std::process::id()));
+    write_dataset(&dir.join("data"), 2, 6);
+    let mut o = options(&dir.join("data"), &dir.join("out"), 40);
+    o.lr = 1e-2;
+    o.targets = "to_qkv,add_qkv_proj,to_out.0,img_mod.1".into();
+    o.qkv = wgdit::model::QkvMode::Merged;
+    let sigmas = [0.3, 0.5, 0.7, 0.9];
+    let before = wgdit::train::run::eval_loss(&gpu, &o, None, &sigmas, 11).unwrap();
+    let r = train(&gpu, &o).unwrap();
+    let after = wgdit::train::run::eval_loss(&gpu, &o, Some(&r.lora_file), &sigmas, 11).unwrap();
+    let lora = wgdit::weights::lora::read_lora(&r.lora_file).unwrap();
+    assert!(lora.modules.contains_key("transformer_blocks.0.attn.to_qkv"), "{:?}", lora.modules.keys());
+    assert_eq!(lora.modules["transformer_blocks.1.attn.add_qkv_proj"].b.shape, [96, 4]);
+    println!("merged-QKV LoRA: held-out loss {before:.4} → {after:.4}");
+    assert!(after < 0.9 * before, "held-out loss did not drop: {before:.4} → {after:.4}");
+    // Standard mode has no merged projection to put it on: a clear refusal.
+    o.qkv = wgdit::model::QkvMode::Standard;
+    let e = train(&gpu, &o).unwrap_err().to_string();
+    assert!(e.contains("--qkv merged or fused"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

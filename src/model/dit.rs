@@ -908,10 +908,14 @@ impl<'a> Builder<'a> {
         self.g.push_partial(Op::Gemm(op), &[e.x, w, b], &[e.y], e.label);
         let x_rows = self.g.shape(e.x)[0];
         for (pr, ms) in e.problems.iter().zip(&e.modules) {
+            // A LoRA on a merged q/k/v module (`--targets to_qkv,...`) spans the stacked q, k, v.
+            let units: Vec<(String, usize)> = match merged_module(ms).filter(|m| train.modules.contains(m)) {
+                Some(merged) => vec![(merged, ms.iter().map(|m| self.out_rows[m]).sum())],
+                None => ms.iter().map(|m| (m.clone(), self.out_rows[m])).collect(),
+            };
             let mut col = 0;
-            for m in ms {
-                let rows = self.out_rows[m];
-                if train.modules.contains(m) {
+            for (m, rows) in units {
+                if train.modules.contains(&m) {
                     let r = train.rank;
                     let a = self.g.param(&format!("{m}.lora_A"), &[r, e.k], DType::F32);
                     let bm = self.g.param(&format!("{m}.lora_B"), &[rows, r], DType::F32);
@@ -931,4 +935,13 @@ impl<'a> Builder<'a> {
             }
         }
     }
+}
+
+/// The merged module of a stacked [q, k, v] module list (`…attn.to_qkv`, `…attn.add_qkv_proj`).
+fn merged_module(ms: &[String]) -> Option<String> {
+    use crate::model::names::{QKV_MERGED, QKV_STANDARD};
+    let (prefix, first) = ms.first()?.rsplit_once('.')?;
+    let stream = QKV_STANDARD.iter().position(|q| q[0] == first)?;
+    let want: Vec<String> = QKV_STANDARD[stream].iter().map(|m| format!("{prefix}.{m}")).collect();
+    (ms == want.as_slice()).then(|| format!("{prefix}.{}", QKV_MERGED[stream]))
 }

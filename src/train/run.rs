@@ -196,8 +196,11 @@ pub fn train(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<TrainReport> {
     }
     let conf = LoraConfig { rank: o.rank, alpha: o.alpha, targets: parse_targets(&o.targets) };
     let modules = select(&cfg, &conf.targets)?;
-    if modules.iter().any(|m| m.path.ends_with("qkv") || m.path.ends_with("qkv_proj")) {
-        return Err(Error::input("training a LoRA on a merged to_qkv/add_qkv_proj module is not supported yet: target to_q,to_k,to_v (they run on the slices of the merged projection in --qkv merged|fused)"));
+    let merged = modules.iter().any(|m| m.path.ends_with("to_qkv") || m.path.ends_with("add_qkv_proj"));
+    if merged && o.qkv == QkvMode::Standard {
+        return Err(Error::input(
+            "a LoRA on the merged to_qkv/add_qkv_proj needs the merged projection: use --qkv merged or fused (or target to_q,to_k,to_v)",
+        ));
     }
     let hyper = hyper_json(o);
     let (mut lora, mut state, resumed) = match &o.resume {
