@@ -1,7 +1,8 @@
-//! Activation memory by liveness, without a GPU. Each activation lives from the node that writes it
-//! to the last node that reads it (graph outputs: to the end). Storage slots are reused best-fit:
-//! a dead tensor's slot is handed to the next tensor that fits (a slot grows when none fits).
-//! Inputs get their own slots (the caller writes them before each run); params are external.
+//! Activation memory by liveness, without a GPU. Each activation lives from the first node that
+//! writes it to the last node that uses it (graph outputs: to the end). Slots (one GPU buffer each)
+//! are assigned offline, greedy by size: largest tensor first, into the first slot whose tenants'
+//! lifetimes do not overlap. Inputs get their own slots (the caller writes them before each run);
+//! params and accumulators are external.
 
 use crate::graph::{Graph, TensorKind};
 
