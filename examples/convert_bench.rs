@@ -6,44 +6,10 @@
 
 use std::io::{BufWriter, Write};
 
-const D: usize = 3072;
-
+/// The real model's tensors (`model::names`) for the first `blocks` blocks.
 fn shapes(blocks: usize) -> Vec<(String, Vec<usize>)> {
-    let lin = |n: &str, o: usize, i: usize| vec![(format!("{n}.weight"), vec![o, i]), (format!("{n}.bias"), vec![o])];
-    let mut v = Vec::new();
-    v.extend(lin("img_in", D, 64));
-    v.push(("txt_norm.weight".to_string(), vec![3584]));
-    v.extend(lin("txt_in", D, 3584));
-    v.extend(lin("time_text_embed.timestep_embedder.linear_1", D, 256));
-    v.extend(lin("time_text_embed.timestep_embedder.linear_2", D, D));
-    v.extend(lin("norm_out.linear", 2 * D, D));
-    v.extend(lin("proj_out", 64, D));
-    for b in 0..blocks {
-        let p = |s: &str| format!("transformer_blocks.{b}.{s}");
-        for m in ["img_mod.1", "txt_mod.1"] {
-            v.extend(lin(&p(m), 6 * D, D));
-        }
-        for m in [
-            "attn.to_q",
-            "attn.to_k",
-            "attn.to_v",
-            "attn.add_q_proj",
-            "attn.add_k_proj",
-            "attn.add_v_proj",
-            "attn.to_out.0",
-            "attn.to_add_out",
-        ] {
-            v.extend(lin(&p(m), D, D));
-        }
-        for n in ["attn.norm_q", "attn.norm_k", "attn.norm_added_q", "attn.norm_added_k"] {
-            v.push((format!("{}.weight", p(n)), vec![128]));
-        }
-        for s in ["img_mlp", "txt_mlp"] {
-            v.extend(lin(&p(&format!("{s}.net.0.proj")), 4 * D, D));
-            v.extend(lin(&p(&format!("{s}.net.2")), D, 4 * D));
-        }
-    }
-    v
+    let cfg = wgdit::model::DitConfig { num_layers: blocks, ..wgdit::model::DitConfig::qwen_image() };
+    wgdit::model::names::expected_tensors(&cfg)
 }
 
 fn main() -> std::io::Result<()> {
