@@ -136,7 +136,6 @@ impl Op {
     pub fn check(&self, g: &Graph, inputs: &[TensorId], outputs: &[TensorId]) {
         let name = self.name();
         let numel = |t: TensorId| g.shape(t).iter().product::<usize>();
-        let _ = numel;
         match self {
             Op::Elementwise(e) => {
                 let want = if e.is_unary() { 1 } else { 2 };

@@ -599,7 +599,7 @@ impl<'a> Builder<'a> {
         let both = [Stream::Txt, Stream::Img];
         let p = block_name(i);
         let xa = self.norm_mod(x, &m, &both, 0, "norm");
-        let (q, k, v) = self.qkv(i, xa, &m, rope);
+        let (q, k, v) = self.qkv(i, xa, rope);
         let js = JointShape {
             batch: r.b,
             heads: cfg.num_attention_heads,
@@ -628,8 +628,7 @@ impl<'a> Builder<'a> {
     }
 
     /// The Q/K/V projections of the mode, then QK-norm + RoPE into head-major q, k, v.
-    fn qkv(&mut self, i: usize, xa: TensorId, m: &[ModLoc; 2], rope: TensorId) -> (TensorId, TensorId, TensorId) {
-        let _ = m;
+    fn qkv(&mut self, i: usize, xa: TensorId, rope: TensorId) -> (TensorId, TensorId, TensorId) {
         let (cfg, r, d) = (self.cfg, self.rows, self.d());
         let p = block_name(i);
         let both = [Stream::Txt, Stream::Img];
@@ -748,14 +747,8 @@ impl<'a> Builder<'a> {
         if self.train.is_some() {
             return self.emit_gemm_train(e);
         }
-        let p_count = e.problems.len();
         let names: Vec<String> = e.modules.concat();
-        let w = self.weight(&names, e.n * p_count, e.k);
-        let b = self.bias(&names, e.n * p_count);
-        for (p, pr) in e.problems.iter_mut().enumerate() {
-            pr.w_offset = p * e.n * e.k;
-            pr.b_offset = p * e.n;
-        }
+        let (w, b) = self.stacked_weights(&mut e);
         let has_lora = names.iter().any(|m| !self.lora_parts(m).is_empty());
         let epilogue = has_lora && e.modules.iter().all(|m| m.len() <= MAX_EPILOGUE_STACK);
         let mut inputs = vec![e.x, w, b];
@@ -786,6 +779,19 @@ impl<'a> Builder<'a> {
         if has_lora && !epilogue {
             self.lora_accumulate(&e);
         }
+    }
+
+    /// The weight and bias params stacking every problem's modules (problem p's block at
+    /// p·n·k / p·n), with the problems' offsets set to match.
+    fn stacked_weights(&mut self, e: &mut Emit) -> (TensorId, TensorId) {
+        let names: Vec<String> = e.modules.concat();
+        let w = self.weight(&names, e.n * e.problems.len(), e.k);
+        let b = self.bias(&names, e.n * e.problems.len());
+        for (p, pr) in e.problems.iter_mut().enumerate() {
+            pr.w_offset = p * e.n * e.k;
+            pr.b_offset = p * e.n;
+        }
+        (w, b)
     }
 
     fn lora_parts(&self, module: &str) -> &'a [LoraPart] {
@@ -887,13 +893,7 @@ impl<'a> Builder<'a> {
     fn emit_gemm_train(&mut self, mut e: Emit) {
         assert!(e.act == Activation::None && e.gated.is_none(), "training graphs do not fuse epilogues");
         let train = self.train.expect("cannot fail: training graph");
-        let names: Vec<String> = e.modules.concat();
-        let w = self.weight(&names, e.n * e.problems.len(), e.k);
-        let b = self.bias(&names, e.n * e.problems.len());
-        for (p, pr) in e.problems.iter_mut().enumerate() {
-            pr.w_offset = p * e.n * e.k;
-            pr.b_offset = p * e.n;
-        }
+        let (w, b) = self.stacked_weights(&mut e);
         let op = GemmOp {
             n: e.n,
             k: e.k,

@@ -72,7 +72,7 @@ impl Dit {
     /// Plans a graph built from this model: checkpoint params from the weight cache, host params
     /// uploaded, and `extra` params (e.g. trainable LoRA tensors) bound as given.
     pub fn plan_graph(&mut self, graph: ForwardGraph, extra: HashMap<TensorId, Tensor>) -> Result<DitPlan> {
-        let shape = graph_shape(&graph);
+        let shape = graph.shape.clone();
         let mut params = self.cache.bind(&self.gpu, self.source.as_ref(), &graph.params, &graph.graph)?;
         for (t, data) in &graph.host_params {
             let info = graph.graph.info(*t);
@@ -140,9 +140,4 @@ impl DitPlan {
         let cols = all.len() / (self.shape.batch * (self.shape.s_txt + self.shape.s_img()));
         Ok(all[..self.shape.batch * self.shape.s_txt * cols].to_vec())
     }
-}
-
-/// The shape a built graph was made for.
-fn graph_shape(g: &ForwardGraph) -> ForwardShape {
-    g.shape.clone()
 }
