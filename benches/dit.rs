@@ -2,7 +2,7 @@
 //! merged (16) and fused (8), on one small config with seeded random bf16 weights
 //! (`RandomWeights`): 2 blocks, 4 heads × 32 (D = 128), 256 image tokens (16 × 16) + 32 text tokens,
 //! batch 1. Each timed iteration replays the pre-bound plan (one submission) and waits for the
-//! queue (`gpu.sync()`), as `model::bench::time_forward` does. Throughput counts matmul FLOPs of
+//! queue (`gpu.sync()`), as `models::qwen_image::bench::time_forward` does. Throughput counts matmul FLOPs of
 //! the graph (GEMMs 2·M·N·K, attention 4·S²·D; norms, RoPE and softmax not counted), so
 //! criterion's "elem/s" reads as FLOP/s. After the group, the mean and best time per mode and their
 //! ratios to fused are printed. `cargo bench --bench dit` (about a minute on lavapipe).
@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wgdit::gpu::Gpu;
-use wgdit::model::bench::random_inputs;
-use wgdit::model::load::RandomWeights;
-use wgdit::model::runtime::Dit;
-use wgdit::model::{DitConfig, ForwardShape, QkvMode};
+use wgdit::models::qwen_image::bench::random_inputs;
+use wgdit::models::qwen_image::load::RandomWeights;
+use wgdit::models::qwen_image::runtime::Dit;
+use wgdit::models::qwen_image::{DitConfig, ForwardShape, QkvMode};
 use wgdit::tensor::DType;
 
 fn config() -> DitConfig {

@@ -6,10 +6,10 @@
 
 use std::io::{BufWriter, Write};
 
-/// The real model's tensors (`model::names`) for the first `blocks` blocks.
+/// The real model's tensors (`models::qwen_image::names`) for the first `blocks` blocks.
 fn shapes(blocks: usize) -> Vec<(String, Vec<usize>)> {
-    let cfg = wgdit::model::DitConfig { num_layers: blocks, ..wgdit::model::DitConfig::qwen_image() };
-    wgdit::model::names::expected_tensors(&cfg)
+    let cfg = wgdit::models::qwen_image::DitConfig { num_layers: blocks, ..wgdit::models::qwen_image::DitConfig::qwen_image() };
+    wgdit::models::qwen_image::names::expected_tensors(&cfg)
 }
 
 fn main() -> std::io::Result<()> {

@@ -14,10 +14,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 use wgdit::gpu::Gpu;
-use wgdit::model::bench::{count_preset, random_inputs, table, DispatchBench};
-use wgdit::model::load::RandomWeights;
-use wgdit::model::runtime::Dit;
-use wgdit::model::{DitConfig, ForwardShape, QkvMode};
+use wgdit::models::qwen_image::bench::{count_preset, random_inputs, table, DispatchBench};
+use wgdit::models::qwen_image::load::RandomWeights;
+use wgdit::models::qwen_image::runtime::Dit;
+use wgdit::models::qwen_image::{DitConfig, ForwardShape, QkvMode};
 use wgdit::tensor::DType;
 
 /// A scaled-down Qwen-Image: 4 blocks, 4 heads × 32 (D = 128), text width 64.
@@ -47,7 +47,7 @@ fn forward(
     cfg: &DitConfig,
     shape: &ForwardShape,
     mode: QkvMode,
-) -> wgdit::Result<(Vec<f32>, wgdit::model::runtime::DitPlan)> {
+) -> wgdit::Result<(Vec<f32>, wgdit::models::qwen_image::runtime::DitPlan)> {
     let weights = RandomWeights::new(cfg, DType::BF16, SEED);
     let mut dit = Dit::new(gpu, cfg.clone(), Box::new(weights), mode)?;
     let plan = dit.plan(shape, false)?;

@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 use wgdit::gpu::Gpu;
-use wgdit::model::DitConfig;
+use wgdit::models::qwen_image::DitConfig;
 use wgdit::train::data::{write_synthetic_with, LatentKind};
 use wgdit::train::run::{eval_loss, train, TrainOptions};
 use wgdit::train::schedule::Sampling;

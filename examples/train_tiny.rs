@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use wgdit::gpu::Gpu;
-use wgdit::model::{DitConfig, QkvMode};
+use wgdit::models::qwen_image::{DitConfig, QkvMode};
 use wgdit::train::run::{eval_loss, train, TrainOptions};
 use wgdit::train::schedule::Sampling;
 

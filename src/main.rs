@@ -4,9 +4,9 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use wgdit::gpu::{self, Backend, GpuOptions};
-use wgdit::model::lora::parse_lora_arg;
-use wgdit::model::task::{run_forward, ForwardTask};
-use wgdit::model::{DitConfig, QkvMode};
+use wgdit::models::qwen_image::lora::parse_lora_arg;
+use wgdit::pipeline::forward::{run_forward, ForwardTask};
+use wgdit::models::qwen_image::{DitConfig, QkvMode};
 
 #[derive(Parser)]
 #[command(name = "wgdit", version, about = "Qwen-Image DiT inference and LoRA training on any GPU via wgpu")]
@@ -275,7 +275,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
 }
 
 fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
-    use wgdit::model::bench::{self, DispatchBench};
+    use wgdit::models::qwen_image::bench::{self, DispatchBench};
     let modes: Vec<QkvMode> = if a.qkv == "all" { QkvMode::ALL.to_vec() } else { vec![a.qkv.parse()?] };
     let b = DispatchBench { tokens: a.tokens, text_tokens: a.text_tokens, runs: a.runs };
     if let (Some(p), Some(rank)) = (&a.preset, a.train_rank) {

@@ -4,11 +4,11 @@ use crate::gpu::{Gpu, Launch};
 use crate::graph::ops::{self, Activation, GateProblem, GemmOp, LayerNormModOp, LoraApplyOp, ModRef, Op};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::gemm::{self, Epilogue, GateRows, GemmArgs, GemmProblem, LoraProblem, Residual};
-use crate::kernels::gemm_backward::{self, DxArgs, LoraGradArgs};
+use crate::kernels::gemm::backward::{self as gemm_backward, DxArgs, LoraGradArgs};
 use crate::kernels::qkv_post::{self, QkvShape};
-use crate::kernels::reduce_rows::SampleRows;
+use crate::kernels::norm::reduce_rows::SampleRows;
 use crate::kernels::{
-    elementwise, elementwise_backward, fill, gated_residual, layer_norm_mod, rms_norm, timestep_embed,
+    elementwise, elementwise::backward as elementwise_backward, fill, gated_residual, norm::layer_norm_mod, norm::rms_norm, timestep_embed,
 };
 use crate::tensor::Tensor;
 use crate::Result;

@@ -228,7 +228,7 @@ impl Diff<'_> {
         }
     }
 
-    /// Scratch for the per-sample row reductions (`kernels::reduce_rows`): one partial row per
+    /// Scratch for the per-sample row reductions (`kernels::norm::reduce_rows`): one partial row per
     /// chunk of at most 32 rows that crosses neither a sample nor the zero_cond_t split, so at
     /// most ceil(rows/32) + 2 per sample, over `cols` columns. `problems`: (rows, rows per sample).
     fn scratch_rows(&mut self, problems: &[(usize, usize)], cols: usize) -> TensorId {

@@ -8,18 +8,15 @@
 pub mod adamw;
 pub mod attention;
 pub mod elementwise;
-pub mod elementwise_backward;
 pub mod fill;
 pub mod gated_residual;
 pub mod gemm;
-pub mod gemm_backward;
-pub mod layer_norm_mod;
+pub mod norm;
 pub mod qkv_post;
-pub mod reduce_rows;
-pub mod rms_norm;
-pub mod rope;
-pub mod sq_norm;
 pub mod timestep_embed;
+
+#[cfg(test)]
+mod test_util;
 
 /// Splits `groups` workgroups into an (x, y) grid within the per-dimension limit (65535).
 pub fn grid_2d(groups: u32) -> [u32; 3] {

@@ -13,7 +13,7 @@
 use super::data::BatcherState;
 use super::lora::{LoraConfig, LoraParams};
 use super::optim::Moments;
-use crate::model::DitConfig;
+use crate::models::qwen_image::DitConfig;
 use crate::rng::Rng;
 use crate::tensor::DType;
 use crate::weights::lora::{read_lora, LoraFormat};

@@ -14,7 +14,7 @@
 //! [`pack`]/[`unpack`] are diffusers' `_pack_latents`/`_unpack_latents` (spec §3.2); [`Batcher`]
 //! yields batches of identically shaped samples in a seeded order, resumable from a position.
 
-use crate::model::DitConfig;
+use crate::models::qwen_image::DitConfig;
 use crate::rng::Rng;
 use crate::weights::safetensors::{dtype_from_str, SafeFile, TensorInfo};
 use crate::{Error, Result};
@@ -333,7 +333,7 @@ impl Dataset {
 impl Collated {
     /// The model inputs for noisy targets `x_t` [B, s_target, in_channels] at `timestep` [B]
     /// (σ in [0, 1], i.e. DiffSynth's t / 1000): per sample, the target tokens then the reference tokens.
-    pub fn forward_inputs(&self, x_t: &[f32], timestep: &[f32]) -> crate::model::inputs::ForwardInputs {
+    pub fn forward_inputs(&self, x_t: &[f32], timestep: &[f32]) -> crate::pipeline::inputs::ForwardInputs {
         let k = self.x0.len() / (self.batch * self.s_target);
         assert_eq!(x_t.len(), self.x0.len(), "forward_inputs: x_t does not match the targets");
         assert_eq!(timestep.len(), self.batch, "forward_inputs: one timestep per sample");
@@ -342,7 +342,7 @@ impl Collated {
             hidden.extend_from_slice(&x_t[b * self.s_target * k..(b + 1) * self.s_target * k]);
             hidden.extend_from_slice(&self.refs[b * self.s_ref * k..(b + 1) * self.s_ref * k]);
         }
-        crate::model::inputs::ForwardInputs {
+        crate::pipeline::inputs::ForwardInputs {
             batch: self.batch,
             hidden,
             text: self.text.clone(),

@@ -7,8 +7,8 @@
 //! A [r, in] ~ kaiming_uniform(a=√5) = U(−1/√in, 1/√in), B [out, r] = 0.
 
 use crate::gpu::Gpu;
-use crate::model::names::{expected_tensors, QKV_MERGED};
-use crate::model::DitConfig;
+use crate::models::qwen_image::names::{expected_tensors, QKV_MERGED};
+use crate::models::qwen_image::DitConfig;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::weights::lora::{write_lora, HostTensor, Lora, LoraFormat, LoraModule};

@@ -1,13 +1,13 @@
 //! Learning-rate schedules and the AdamW optimizer over many GPU parameter tensors.
 //!
 //! [`AdamW`] owns the m/v moments of each parameter and binds, once, the launches of one step:
-//! the global squared gradient norm (`kernels::sq_norm`, only when clipping) and one
+//! the global squared gradient norm (`kernels::norm::sq_norm`, only when clipping) and one
 //! `kernels::adamw` dispatch per parameter. Each step only rewrites the uniforms (lr, bias
 //! corrections, gradient scale) with `Gpu::set_params`; bind groups are never rebuilt.
 
 use crate::gpu::{Bound, Gpu};
 use crate::kernels::adamw::{self, Hyper};
-use crate::kernels::sq_norm;
+use crate::kernels::norm::sq_norm;
 use crate::tensor::{DType, Tensor};
 use crate::Result;
 use std::sync::Arc;

@@ -15,10 +15,10 @@ use super::schedule::{noisy_and_target, Sampling, TrainSchedule};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::adamw::Hyper;
-use crate::model::dit::{QkvMode, TrainLora};
-use crate::model::open::open;
-use crate::model::runtime::{Dit, DitPlan};
-use crate::model::training;
+use crate::models::qwen_image::dit::{QkvMode, TrainLora};
+use crate::models::qwen_image::open::open;
+use crate::models::qwen_image::runtime::{Dit, DitPlan};
+use crate::models::qwen_image::training;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::weights::lora::LoraFormat;
@@ -353,7 +353,7 @@ pub fn eval_loss(
     let dataset = Dataset::open(&o.data, &cfg)?;
     let mut dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
     if let Some(path) = lora {
-        dit.set_loras(crate::model::lora::LoraSet::load(&[(path.to_path_buf(), 1.0)], &cfg)?);
+        dit.set_loras(crate::models::qwen_image::lora::LoraSet::load(&[(path.to_path_buf(), 1.0)], &cfg)?);
     }
     let mut rng = Rng::new(seed);
     let (mut total, mut count) = (0f64, 0usize);

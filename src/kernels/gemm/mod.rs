@@ -1,0 +1,427 @@
+//! Linear layers: `y = epilogue(x·Wᵀ + b + t·Bᵀ)` with f32/f16/bf16 weights, up to 4 row-range
+//! problems per dispatch, fused epilogues and a LoRA side path (`shaders/gemm.wgsl`).
+//!
+//! Public API:
+//! - [`GemmProblem`]: one row range `[row0, row0 + rows)` of the stream-major joint rows with its
+//!   own weight/bias/LoRA-B element offsets, `alpha` and [`GateRows`] (per-sample gate rows with
+//!   the Edit-2511 `zero_cond_t` split). All problems of a dispatch share N and K and the buffers.
+//! - [`GemmArgs`] + [`Epilogue`] (bias, [`Lora`] side path, GELU, gate, [`Residual`]) →
+//!   [`launch`]: one dispatch ([`launch_variant`] picks the register-tiled or the
+//!   workgroup-memory entry point explicitly; `launch` chooses by adapter type).
+//! - [`LoraProblem`] → [`launch_lora_down`]: `t = s·x·Aᵀ`, the LoRA down-projection (same kernel).
+//! - Backward in [`super::gemm_backward`]: `launch_dx`, `launch_dw`, `launch_lora_grads`.
+//! - [`cpu`]: f64 references for all of it.
+//!
+//! Weights: f16/bf16 are packed 2 per u32. Any K works; with an even K and even weight offset
+//! the kernel uses vec4 weight loads, otherwise scalar loads (slower, same result).
+
+use crate::gpu::{Gpu, Launch};
+use crate::shaders::GEMM;
+use crate::tensor::{DType, Tensor};
+use crate::Result;
+
+/// Most problems per dispatch (the size of the Params problem table).
+pub const MAX_PROBLEMS: usize = 4;
+/// Output tile of one `gemm` workgroup (8x8 invocations, 4x4 outputs each).
+pub const TILE: u32 = 32;
+/// Output tile of one `gemm_tiled` workgroup (16x16 invocations, 4x4 outputs each).
+pub const TILE_WG: u32 = 64;
+
+/// Which entry point of `shaders/gemm.wgsl` runs a GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `Registers` on CPU adapters (lavapipe: barriers and workgroup memory are ~10x slower
+    /// there, field-notes §2), `Workgroup` elsewhere.
+    Auto,
+    /// `gemm`: register tiling only.
+    Registers,
+    /// `gemm_tiled`: 64x64 tiles staged through workgroup memory with coalesced loads.
+    Workgroup,
+}
+
+/// Where a problem reads its per-sample gate rows: row `b` of sample `b` at
+/// `offset + b·sample_stride`, except that tokens `j >= split` (Edit-2511 reference tokens) read
+/// sample row `b + alt_shift` (the t = 0 rows). `split >= rows_per_sample` changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GateRows {
+    pub offset: usize,
+    pub sample_stride: usize,
+    pub split: usize,
+    pub alt_shift: usize,
+}
+
+impl GateRows {
+    /// Plain per-sample rows (no zero_cond_t split).
+    pub fn per_sample(offset: usize, sample_stride: usize) -> GateRows {
+        GateRows { offset, sample_stride, split: usize::MAX, alt_shift: 0 }
+    }
+    /// Tokens `j >= split` read sample row `b + alt_shift` (zero_cond_t: alt_shift = B).
+    pub fn zero_cond(self, split: usize, alt_shift: usize) -> GateRows {
+        GateRows { split, alt_shift, ..self }
+    }
+    /// The sample row that token `j` of sample `b` reads.
+    pub fn sample_row(&self, b: usize, j: usize) -> usize {
+        b + if j >= self.split { self.alt_shift } else { 0 }
+    }
+}
+
+/// One row-range problem of a grouped GEMM (see the module doc). Build with
+/// `GemmProblem::rows(row0, rows)` and the setters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmProblem {
+    pub row0: usize,
+    pub rows: usize,
+    /// Rows per sample S: row r is sample (r - row0) / S, token (r - row0) % S.
+    pub rows_per_sample: usize,
+    /// Element offset of this problem's W [N, K] (backward: also of its dW).
+    pub weight_offset: usize,
+    /// Element offset of its bias [N] (backward: of its db).
+    pub bias_offset: usize,
+    /// Element offset of its LoRA B [N, R].
+    pub lora_offset: usize,
+    /// Scale of x·Wᵀ (1 for a linear layer).
+    pub alpha: f32,
+    pub gate: GateRows,
+}
+
+impl GemmProblem {
+    pub fn rows(row0: usize, rows: usize) -> GemmProblem {
+        GemmProblem {
+            row0,
+            rows,
+            rows_per_sample: rows.max(1),
+            weight_offset: 0,
+            bias_offset: 0,
+            lora_offset: 0,
+            alpha: 1.0,
+            gate: GateRows::per_sample(0, 0),
+        }
+    }
+    pub fn samples(self, rows_per_sample: usize) -> Self {
+        GemmProblem { rows_per_sample, ..self }
+    }
+    pub fn weight(self, offset: usize) -> Self {
+        GemmProblem { weight_offset: offset, ..self }
+    }
+    pub fn bias(self, offset: usize) -> Self {
+        GemmProblem { bias_offset: offset, ..self }
+    }
+    pub fn lora(self, offset: usize) -> Self {
+        GemmProblem { lora_offset: offset, ..self }
+    }
+    pub fn alpha(self, alpha: f32) -> Self {
+        GemmProblem { alpha, ..self }
+    }
+    pub fn gate(self, gate: GateRows) -> Self {
+        GemmProblem { gate, ..self }
+    }
+    fn end(&self) -> usize {
+        self.row0 + self.rows
+    }
+    /// Highest gate element index read, plus one.
+    fn gate_end(&self, n: usize) -> usize {
+        let samples = self.rows.div_ceil(self.rows_per_sample);
+        let alt = if self.gate.split < self.rows_per_sample { self.gate.alt_shift } else { 0 };
+        self.gate.offset + (samples.saturating_sub(1) + alt) * self.gate.sample_stride + n
+    }
+}
+
+/// The LoRA side path `y += t·Bᵀ`: t [M, R] f32 (the caller pre-scales it: [`launch_lora_down`]),
+/// B: each problem's [N, R] f32 block at its `lora_offset`. Stacked LoRAs = concatenated columns.
+#[derive(Clone, Copy, Debug)]
+pub struct Lora<'a> {
+    pub t: &'a Tensor,
+    pub b: &'a Tensor,
+    pub rank: usize,
+}
+
+/// How the output combines with what was there.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Residual<'a> {
+    /// `y = acc`.
+    #[default]
+    None,
+    /// `y = res + acc` (res: same shape as y, a different buffer).
+    From(&'a Tensor),
+    /// `y += acc` (y is read and written; use this when the residual is y itself).
+    InPlace,
+}
+
+/// Fused epilogue, applied in this order: `acc = alpha·x·Wᵀ (+ bias) (+ t·Bᵀ)`, `GELU`, `·gate`,
+/// `+ residual`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a Tensor>,
+    pub lora: Option<Lora<'a>>,
+    pub gelu: bool,
+    /// Per-sample gate rows (f32), addressed by each problem's [`GateRows`].
+    pub gate: Option<&'a Tensor>,
+    pub residual: Residual<'a>,
+}
+
+/// One grouped GEMM dispatch. K = `x.shape[1]`; y: [M, ldy] f32 with columns
+/// `[y_col0, y_col0 + n)` written (and residual read at the same positions).
+#[derive(Clone, Copy, Debug)]
+pub struct GemmArgs<'a> {
+    pub x: &'a Tensor,
+    /// f32, f16 or bf16; problems index into it by element offset.
+    pub weight: &'a Tensor,
+    pub n: usize,
+    pub problems: &'a [GemmProblem],
+    pub epilogue: Epilogue<'a>,
+    pub y: &'a Tensor,
+    pub y_col0: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ProblemParams {
+    pub row0: u32,
+    pub rows: u32,
+    pub w_off: u32,
+    pub bias_off: u32,
+    pub lora_off: u32,
+    pub rows_per_sample: u32,
+    pub gate_off: u32,
+    pub gate_stride: u32,
+    pub gate_split: u32,
+    pub gate_alt: u32,
+    pub alpha: f32,
+    pub _pad: u32,
+}
+crate::assert_params!(ProblemParams);
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub n: u32,
+    pub k: u32,
+    pub rank: u32,
+    pub problems: u32,
+    pub ldy: u32,
+    pub y_col0: u32,
+    pub _pad: [u32; 2],
+    pub prob: [ProblemParams; MAX_PROBLEMS],
+}
+crate::assert_params!(Params);
+
+pub(crate) fn u32_of(v: usize, what: &str) -> u32 {
+    u32::try_from(v).unwrap_or_else(|_| panic!("gemm: {what} = {v} exceeds u32"))
+}
+
+fn problem_params(p: &GemmProblem) -> ProblemParams {
+    ProblemParams {
+        row0: u32_of(p.row0, "row0"),
+        rows: u32_of(p.rows, "rows"),
+        w_off: u32_of(p.weight_offset, "weight offset"),
+        bias_off: u32_of(p.bias_offset, "bias offset"),
+        lora_off: u32_of(p.lora_offset, "lora offset"),
+        rows_per_sample: u32_of(p.rows_per_sample, "rows_per_sample"),
+        gate_off: u32_of(p.gate.offset, "gate offset"),
+        gate_stride: u32_of(p.gate.sample_stride, "gate stride"),
+        gate_split: p.gate.split.min(u32::MAX as usize) as u32,
+        gate_alt: u32_of(p.gate.alt_shift, "gate alt shift"),
+        alpha: p.alpha,
+        _pad: 0,
+    }
+}
+
+/// Workgroup grid for output columns `cols` and the problems' largest row count.
+pub(crate) fn grid(cols: usize, problems: &[GemmProblem], tile: u32, name: &str) -> [u32; 3] {
+    let rows = problems.iter().map(|p| p.rows).max().unwrap_or(0);
+    let gy = (rows as u32).div_ceil(tile).max(1);
+    assert!(gy <= 65535, "{name}: {rows} rows per problem exceed the grid");
+    [(cols as u32).div_ceil(tile).max(1), gy, problems.len() as u32]
+}
+
+fn check(a: &GemmArgs) {
+    let (m, k) = (a.x.shape[0], a.x.shape[1]);
+    let e = &a.epilogue;
+    assert!(a.x.dtype == DType::F32 && a.x.shape.len() == 2, "gemm: x must be f32 [M, K]");
+    assert!(a.y.dtype == DType::F32 && a.y.shape.len() == 2, "gemm: y must be f32 [M, ldy]");
+    assert!((1..=MAX_PROBLEMS).contains(&a.problems.len()), "gemm: 1 to {MAX_PROBLEMS} problems");
+    assert!(a.y_col0 + a.n <= a.y.shape[1] && a.n > 0 && k > 0, "gemm: columns out of range");
+    for p in a.problems {
+        assert!(p.end() <= m && p.end() <= a.y.shape[0], "gemm: problem rows {p:?} exceed M = {m}");
+        assert!(p.rows_per_sample > 0, "gemm: rows_per_sample must be positive");
+        assert!(p.weight_offset + a.n * k <= a.weight.numel(), "gemm: weight too small for {p:?}");
+        if let Some(b) = e.bias {
+            assert!(b.dtype == DType::F32 && p.bias_offset + a.n <= b.numel(), "gemm: bias too small");
+        }
+        if let Some(l) = e.lora {
+            assert!(l.rank > 0 && l.t.shape == [m, l.rank], "gemm: LoRA t must be [M, R]");
+            assert!(p.lora_offset + a.n * l.rank <= l.b.numel(), "gemm: LoRA B too small for {p:?}");
+        }
+        if let Some(g) = e.gate {
+            assert!(p.gate_end(a.n) <= g.numel(), "gemm: gate rows out of range for {p:?}");
+        }
+    }
+    if let Residual::From(r) = e.residual {
+        assert!(
+            r.shape == a.y.shape && !r.buffer.same(&a.y.buffer),
+            "gemm: residual must match y, in another buffer (else InPlace)"
+        );
+    }
+}
+
+/// `y = epilogue(alpha·x·Wᵀ + b + t·Bᵀ)` per problem (see [`Epilogue`] for the order).
+pub fn launch(gpu: &Gpu, a: &GemmArgs) -> Result<Launch> {
+    launch_variant(gpu, a, Variant::Auto)
+}
+
+/// [`launch`] with an explicit choice of entry point.
+pub fn launch_variant(gpu: &Gpu, a: &GemmArgs, variant: Variant) -> Result<Launch> {
+    check(a);
+    let tiled = match variant {
+        Variant::Auto => !gpu.is_cpu(),
+        Variant::Registers => false,
+        Variant::Workgroup => true,
+    };
+    let (entry, tile) = if tiled { ("gemm_tiled", TILE_WG) } else { ("gemm", TILE) };
+    let e = &a.epilogue;
+    let residual = match e.residual {
+        Residual::None => 0.0,
+        Residual::From(_) => 1.0,
+        Residual::InPlace => 2.0,
+    };
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let kernel = gpu.kernel(
+        &GEMM,
+        entry,
+        &[
+            ("DTYPE", a.weight.dtype.code()),
+            ("HAS_BIAS", flag(e.bias.is_some())),
+            ("LORA", flag(e.lora.is_some())),
+            ("GELU", flag(e.gelu)),
+            ("GATE", flag(e.gate.is_some())),
+            ("RESIDUAL", residual),
+        ],
+    )?;
+    let mut prob = [ProblemParams::default(); MAX_PROBLEMS];
+    for (d, p) in prob.iter_mut().zip(a.problems) {
+        *d = problem_params(p);
+    }
+    let p = Params {
+        n: u32_of(a.n, "n"),
+        k: u32_of(a.x.shape[1], "k"),
+        rank: e.lora.map_or(0, |l| u32_of(l.rank, "rank")),
+        problems: a.problems.len() as u32,
+        ldy: u32_of(a.y.shape[1], "ldy"),
+        y_col0: u32_of(a.y_col0, "y_col0"),
+        _pad: [0; 2],
+        prob,
+    };
+    // Unused bindings get x (read-only, never the output).
+    let or_x = |t: Option<&Tensor>| t.unwrap_or(a.x).buffer.clone();
+    let res = match e.residual {
+        Residual::From(r) => Some(r),
+        _ => None,
+    };
+    Ok(Launch {
+        kernel,
+        params: bytemuck::bytes_of(&p).to_vec(),
+        buffers: vec![
+            a.x.buffer.clone(),
+            a.weight.buffer.clone(),
+            or_x(e.bias),
+            or_x(res),
+            or_x(e.gate),
+            or_x(e.lora.map(|l| l.t)),
+            or_x(e.lora.map(|l| l.b)),
+            a.y.buffer.clone(),
+        ],
+        groups: grid(a.n, a.problems, tile, entry),
+    })
+}
+
+/// One problem of a LoRA: rows `[row0, row0 + rows)`, A [R, K] and B [N, R] at element offsets
+/// `a_offset` / `b_offset` of their (f32) buffers, scale `s = alpha/r · strength`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraProblem {
+    pub row0: usize,
+    pub rows: usize,
+    pub a_offset: usize,
+    pub b_offset: usize,
+    pub scale: f32,
+}
+
+/// The LoRA down-projection `t[:, t_col0..t_col0+R] = s·x·Aᵀ` per problem (A: [R, K] f32 at
+/// `a_offset`). Stacked LoRAs: one launch per LoRA into its own column range of t.
+pub fn launch_lora_down(
+    gpu: &Gpu,
+    x: &Tensor,
+    a: &Tensor,
+    rank: usize,
+    problems: &[LoraProblem],
+    t: &Tensor,
+    t_col0: usize,
+) -> Result<Launch> {
+    assert_eq!(a.dtype, DType::F32, "gemm::launch_lora_down: A must be f32");
+    let probs: Vec<GemmProblem> =
+        problems.iter().map(|p| GemmProblem::rows(p.row0, p.rows).weight(p.a_offset).alpha(p.scale)).collect();
+    let args =
+        GemmArgs { x, weight: a, n: rank, problems: &probs, epilogue: Epilogue::default(), y: t, y_col0: t_col0 };
+    launch(gpu, &args)
+}
+
+/// Naive references in f64 (inputs already rounded to the storage dtype: `DType::round`).
+pub mod cpu {
+    use super::GemmProblem;
+    use crate::kernels::elementwise::cpu::gelu_tanh;
+
+    /// The reference twin of [`super::GemmArgs`]: f64 slices, same offsets and meanings.
+    /// `residual`: `Some(res)` for both `Residual::From(res)` and `InPlace` (pass y's old values).
+    #[derive(Clone, Copy, Debug)]
+    pub struct Gemm<'a> {
+        pub x: &'a [f64],
+        pub k: usize,
+        pub weight: &'a [f64],
+        pub n: usize,
+        pub problems: &'a [GemmProblem],
+        pub bias: Option<&'a [f64]>,
+        /// (t [M, R], B buffer, R)
+        pub lora: Option<(&'a [f64], &'a [f64], usize)>,
+        pub gelu: bool,
+        pub gate: Option<&'a [f64]>,
+        pub residual: Option<&'a [f64]>,
+        pub ldy: usize,
+        pub y_col0: usize,
+    }
+
+    /// Writes the problems' rows of `y` (other rows keep their values).
+    pub fn gemm(g: &Gemm, y: &mut [f64]) {
+        let k = g.k;
+        for p in g.problems {
+            for m in p.row0..p.row0 + p.rows {
+                let (b, j) = ((m - p.row0) / p.rows_per_sample, (m - p.row0) % p.rows_per_sample);
+                for n in 0..g.n {
+                    let w = &g.weight[p.weight_offset + n * k..][..k];
+                    let dot: f64 = g.x[m * k..][..k].iter().zip(w).map(|(a, b)| a * b).sum();
+                    let mut a = p.alpha as f64 * dot;
+                    if let Some(bias) = g.bias {
+                        a += bias[p.bias_offset + n];
+                    }
+                    if let Some((t, bm, r)) = g.lora {
+                        a += (0..r).map(|i| t[m * r + i] * bm[p.lora_offset + n * r + i]).sum::<f64>();
+                    }
+                    if g.gelu {
+                        a = gelu_tanh(a);
+                    }
+                    if let Some(gate) = g.gate {
+                        a *= gate[p.gate.offset + p.gate.sample_row(b, j) * p.gate.sample_stride + n];
+                    }
+                    let yi = m * g.ldy + g.y_col0 + n;
+                    if let Some(res) = g.residual {
+                        a += res[yi];
+                    }
+                    y[yi] = a;
+                }
+            }
+        }
+    }
+}
+
+pub mod backward;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,456 @@
+//! The fused QKV epilogue (`shaders/qkv_post.wgsl`): split, per-head QK-RMSNorm, interleaved RoPE
+//! and head-major write, in one dispatch for both streams; and its backward
+//! (`shaders/qkv_post_backward.wgsl`, `shaders/qkv_post_norm_grad.wgsl`).
+//! Reference: diffusers `transformer_qwenimage.py`, `QwenDoubleStreamAttnProcessor2_0`.
+//!
+//! Public API:
+//! - [`QkvShape`] `{ batch, heads, head_dim, s_txt, s_img }`: rows = B·S_txt + B·S_img stream-major
+//!   joint rows (text block first), D = heads·head_dim, S_joint = S_txt + S_img.
+//! - [`QkvLayout`]: `Merged` = one input `[rows, 3D]` with columns `[q | k | v]` (the grouped QKV GEMM
+//!   over the stacked weight [Wq; Wk; Wv]); `Standard` = three inputs `[rows, D]` (three GEMMs).
+//! - [`launch`]`(gpu, shape, layout, inputs, norm_weights, rope_table, q, k, v, saved) -> Result<Launch>`:
+//!   `inputs` = `[qkv]` or `[q, k, v]`; `norm_weights` f32 `[4, Dh]` = (image q, image k, text q, text k)
+//!   = (`norm_q`, `norm_k`, `norm_added_q`, `norm_added_k`); `rope_table` f32 `[S_joint, Dh/2, 2]` from
+//!   [`rope::table`](super::rope::table); outputs `q, k, v` f32 `[B, H, S_joint, Dh]`; `saved` f32
+//!   `[2, rows, H]` = the rstd of q then k, for the backward.
+//! - [`launch_backward`]`(gpu, shape, layout, inputs, norm_weights, rope_table, saved, dq, dk, dv,
+//!   dinputs, dnorm_weights) -> Result<Vec<Launch>>`: `dinputs` in the layout of `inputs` (written with
+//!   `=`); `dnorm_weights: Option<&Tensor>` `[4, Dh]` accumulated with `+=` (two more dispatches;
+//!   `None` in LoRA training, where the norm weights are frozen).
+//! - [`forward`]: a convenience that allocates the outputs and runs.
+//!
+//! The input layout is a uniform (row stride + q/k/v column offsets), not an override constant:
+//! one pipeline per head_dim serves both layouts, and a merged buffer is simply bound three times
+//! (read-only in the forward, read-write in the backward; wgpu allows both). One RoPE table serves
+//! every sample (diffusers builds it from `img_shapes[0]`). The norm-weight gradient allocates its
+//! partial-sum scratch when the launches are built; the returned launches hold it.
+//!
+//! Constraints: head_dim % 4 == 0 and head_dim <= 1024. All buffers f32.
+
+use crate::gpu::{Gpu, Launch};
+use crate::shaders::{QKV_POST, QKV_POST_BACKWARD, QKV_POST_NORM_GRAD};
+use crate::tensor::{DType, Tensor};
+use crate::Result;
+use std::sync::Arc;
+
+/// RMSNorm epsilon of `norm_q`, `norm_k`, `norm_added_q`, `norm_added_k`.
+pub const EPS: f32 = 1e-6;
+/// Invocations per workgroup in all three shaders.
+const WG: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QkvShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub s_txt: usize,
+    pub s_img: usize,
+}
+
+impl QkvShape {
+    pub fn rows(&self) -> usize {
+        self.batch * (self.s_txt + self.s_img)
+    }
+    pub fn dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    pub fn s_joint(&self) -> usize {
+        self.s_txt + self.s_img
+    }
+    /// (row, head) pairs.
+    pub fn units(&self) -> usize {
+        self.rows() * self.heads
+    }
+    /// Elements of one head-major output `[B, H, S_joint, Dh]`.
+    pub fn head_major_len(&self) -> usize {
+        self.batch * self.heads * self.s_joint() * self.head_dim
+    }
+    /// (sample, joint position, is text) of stream-major row `row`.
+    pub fn token(&self, row: usize) -> (usize, usize, bool) {
+        let n_txt = self.batch * self.s_txt;
+        if row < n_txt {
+            (row / self.s_txt, row % self.s_txt, true)
+        } else {
+            let r = row - n_txt;
+            (r / self.s_img, self.s_txt + r % self.s_img, false)
+        }
+    }
+    fn check(&self) {
+        let dh = self.head_dim;
+        assert!(dh % 4 == 0 && dh <= 1024 && dh > 0, "qkv_post: head_dim {dh} must be a multiple of 4 in 4..=1024");
+        assert!(self.batch > 0 && self.heads > 0, "qkv_post: empty shape {self:?}");
+    }
+    /// vec4s per lane of the forward/backward shaders: 4 (16 floats) when the head allows it.
+    fn per_lane(&self) -> usize {
+        [4, 2, 1].into_iter().find(|k| (self.head_dim / 4) % k == 0).unwrap_or(1)
+    }
+    fn lanes(&self) -> usize {
+        self.head_dim / (4 * self.per_lane())
+    }
+    fn units_per_group(&self) -> usize {
+        WG / self.lanes()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QkvLayout {
+    /// One `[rows, 3D]` buffer, columns `[q | k | v]`.
+    Merged,
+    /// Three `[rows, D]` buffers q, k, v.
+    Standard,
+}
+
+impl QkvLayout {
+    /// (row stride, q, k, v column offsets) in elements.
+    fn strides(self, d: usize) -> (usize, [usize; 3]) {
+        match self {
+            QkvLayout::Merged => (3 * d, [0, d, 2 * d]),
+            QkvLayout::Standard => (d, [0, 0, 0]),
+        }
+    }
+    /// The three buffers bound as q, k, v (the merged buffer three times).
+    fn bind3<'a>(self, shape: &QkvShape, t: &[&'a Tensor], what: &str) -> [&'a Tensor; 3] {
+        let (rows, d) = (shape.rows(), shape.dim());
+        let ok = |x: &Tensor, cols| x.dtype == DType::F32 && x.numel() == rows * cols;
+        match (self, t) {
+            (QkvLayout::Merged, [x]) => {
+                assert!(ok(x, 3 * d), "qkv_post: {what} must be f32 [{rows}, {}], got {:?}", 3 * d, x.shape);
+                [x, x, x]
+            }
+            (QkvLayout::Standard, [a, b, c]) => {
+                for x in [a, b, c] {
+                    assert!(ok(x, d), "qkv_post: {what} must be f32 [{rows}, {d}], got {:?}", x.shape);
+                }
+                [a, b, c]
+            }
+            _ => panic!(
+                "qkv_post: layout {self:?} needs {} {what} tensors, got {}",
+                if self == QkvLayout::Merged { 1 } else { 3 },
+                t.len()
+            ),
+        }
+    }
+}
+
+/// Mirrors `Params` of qkv_post.wgsl and qkv_post_backward.wgsl (the backward ignores `eps`).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub batch: u32,
+    pub heads: u32,
+    pub s_txt: u32,
+    pub s_img: u32,
+    pub in_stride4: u32,
+    pub q_off4: u32,
+    pub k_off4: u32,
+    pub v_off4: u32,
+    pub units: u32,
+    pub eps: f32,
+    pub _pad: [u32; 2],
+}
+crate::assert_params!(Params);
+
+/// Mirrors `Params` of qkv_post_norm_grad.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NormGradParams {
+    pub batch: u32,
+    pub heads: u32,
+    pub s_txt: u32,
+    pub s_img: u32,
+    pub in_stride4: u32,
+    pub q_off4: u32,
+    pub k_off4: u32,
+    pub units: u32,
+    pub chunk_units: u32,
+    pub chunks: u32,
+    pub _pad: [u32; 2],
+}
+crate::assert_params!(NormGradParams);
+
+fn params(shape: &QkvShape, layout: QkvLayout) -> Params {
+    let (stride, off) = layout.strides(shape.dim());
+    Params {
+        batch: shape.batch as u32,
+        heads: shape.heads as u32,
+        s_txt: shape.s_txt as u32,
+        s_img: shape.s_img as u32,
+        in_stride4: (stride / 4) as u32,
+        q_off4: (off[0] / 4) as u32,
+        k_off4: (off[1] / 4) as u32,
+        v_off4: (off[2] / 4) as u32,
+        units: shape.units() as u32,
+        eps: EPS,
+        _pad: [0; 2],
+    }
+}
+
+fn check_f32(t: &Tensor, n: usize, what: &str) {
+    assert!(
+        t.dtype == DType::F32 && t.numel() == n,
+        "qkv_post: {what} must be f32 with {n} elements, got {:?} {:?}",
+        t.dtype,
+        t.shape
+    );
+}
+
+/// Checks the side tensors shared by forward and backward.
+fn check_common(shape: &QkvShape, norm_weights: &Tensor, rope_table: &Tensor, saved: &Tensor) {
+    shape.check();
+    check_f32(norm_weights, 4 * shape.head_dim, "norm_weights [4, Dh]");
+    check_f32(rope_table, shape.s_joint() * shape.head_dim, "rope_table [S_joint, Dh/2, 2]");
+    check_f32(saved, 2 * shape.units(), "saved rstd [2, rows, H]");
+}
+
+fn head_dim_const(shape: &QkvShape) -> [(&'static str, f64); 1] {
+    [("HEAD_DIM", shape.head_dim as f64)]
+}
+
+fn lane_consts(shape: &QkvShape) -> [(&'static str, f64); 2] {
+    [("HEAD_DIM", shape.head_dim as f64), ("PER_LANE", shape.per_lane() as f64)]
+}
+
+/// The forward epilogue: see the module docs.
+#[allow(clippy::too_many_arguments)]
+pub fn launch(
+    gpu: &Gpu,
+    shape: QkvShape,
+    layout: QkvLayout,
+    inputs: &[&Tensor],
+    norm_weights: &Tensor,
+    rope_table: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    saved: &Tensor,
+) -> Result<Launch> {
+    check_common(&shape, norm_weights, rope_table, saved);
+    let [xq, xk, xv] = layout.bind3(&shape, inputs, "inputs");
+    for (t, n) in [(q, "q"), (k, "k"), (v, "v")] {
+        check_f32(t, shape.head_major_len(), n);
+    }
+    let p = params(&shape, layout);
+    Ok(Launch {
+        kernel: gpu.kernel(&QKV_POST, "qkv_post", &lane_consts(&shape))?,
+        params: bytemuck::bytes_of(&p).to_vec(),
+        buffers: [xq, xk, xv, norm_weights, rope_table, q, k, v, saved].iter().map(|t| t.buffer.clone()).collect(),
+        groups: crate::kernels::grid_2d(shape.units().div_ceil(shape.units_per_group()) as u32),
+    })
+}
+
+/// Outputs of [`forward`].
+pub struct QkvOut {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    /// rstd of q then k, `[2, rows, H]`.
+    pub saved: Tensor,
+}
+
+/// Convenience for tests and one-off use: allocates the outputs and runs [`launch`].
+pub fn forward(
+    gpu: &Arc<Gpu>,
+    shape: QkvShape,
+    layout: QkvLayout,
+    inputs: &[&Tensor],
+    norm_weights: &Tensor,
+    rope_table: &Tensor,
+) -> Result<QkvOut> {
+    let hm = [shape.batch, shape.heads, shape.s_joint(), shape.head_dim];
+    let out = QkvOut {
+        q: Tensor::zeros(gpu, &hm, DType::F32, "q")?,
+        k: Tensor::zeros(gpu, &hm, DType::F32, "k")?,
+        v: Tensor::zeros(gpu, &hm, DType::F32, "v")?,
+        saved: Tensor::zeros(gpu, &[2, shape.rows(), shape.heads], DType::F32, "qk rstd")?,
+    };
+    let l = launch(gpu, shape, layout, inputs, norm_weights, rope_table, &out.q, &out.k, &out.v, &out.saved)?;
+    gpu.run(&[l])?;
+    Ok(out)
+}
+
+/// The backward: `dinputs` (`=`, layout of `inputs`) and, if given, `dnorm_weights += ...`.
+/// forward: y = rope(x·rstd·w)  =>  dx = rstd·(w·g − x̂·mean(w·g·x̂)), g = rope⁻¹(dy), x̂ = x·rstd;
+/// dw += Σ_units g·x̂; dv = dV.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_backward(
+    gpu: &Gpu,
+    shape: QkvShape,
+    layout: QkvLayout,
+    inputs: &[&Tensor],
+    norm_weights: &Tensor,
+    rope_table: &Tensor,
+    saved: &Tensor,
+    dq: &Tensor,
+    dk: &Tensor,
+    dv: &Tensor,
+    dinputs: &[&Tensor],
+    dnorm_weights: Option<&Tensor>,
+) -> Result<Vec<Launch>> {
+    check_common(&shape, norm_weights, rope_table, saved);
+    let [xq, xk, _] = layout.bind3(&shape, inputs, "inputs");
+    let [gq, gk, gv] = layout.bind3(&shape, dinputs, "dinputs");
+    for (t, n) in [(dq, "dq"), (dk, "dk"), (dv, "dv")] {
+        check_f32(t, shape.head_major_len(), n);
+    }
+    let p = params(&shape, layout);
+    let mut out = vec![Launch {
+        kernel: gpu.kernel(&QKV_POST_BACKWARD, "qkv_post_backward", &lane_consts(&shape))?,
+        params: bytemuck::bytes_of(&p).to_vec(),
+        buffers: [dq, dk, dv, xq, xk, norm_weights, rope_table, saved, gq, gk, gv]
+            .iter()
+            .map(|t| t.buffer.clone())
+            .collect(),
+        groups: crate::kernels::grid_2d(shape.units().div_ceil(shape.units_per_group()) as u32),
+    }];
+    if let Some(dw) = dnorm_weights {
+        check_f32(dw, 4 * shape.head_dim, "dnorm_weights [4, Dh]");
+        out.extend(norm_grad_launches(gpu, &shape, p, [dq, dk, xq, xk, rope_table, saved], dw)?);
+    }
+    Ok(out)
+}
+
+/// Units per partial-sum workgroup of the norm-weight gradient (whose sub-rows hold one vec4 per
+/// lane): each of the workgroup's 256 / (Dh/4) sub-rows walks 64 units.
+fn chunk_units(shape: &QkvShape) -> usize {
+    WG / (shape.head_dim / 4) * 64
+}
+
+/// The two dispatches of `dw += Σ g·x̂`: per-chunk partial sums into a scratch buffer, then the sum.
+fn norm_grad_launches(gpu: &Gpu, shape: &QkvShape, p: Params, t: [&Tensor; 6], dw: &Tensor) -> Result<[Launch; 2]> {
+    let cu = chunk_units(shape);
+    let most = (shape.batch * shape.s_txt).max(shape.batch * shape.s_img) * shape.heads;
+    let chunks = most.div_ceil(cu).max(1);
+    let partial = gpu.buffer((chunks * 4 * shape.head_dim * 4) as u64, "qkv_post norm-grad partials")?;
+    let np = NormGradParams {
+        batch: p.batch,
+        heads: p.heads,
+        s_txt: p.s_txt,
+        s_img: p.s_img,
+        in_stride4: p.in_stride4,
+        q_off4: p.q_off4,
+        k_off4: p.k_off4,
+        units: p.units,
+        chunk_units: cu as u32,
+        chunks: chunks as u32,
+        _pad: [0; 2],
+    };
+    let mut buffers: Vec<_> = t.iter().map(|t| t.buffer.clone()).collect();
+    buffers.push(partial);
+    buffers.push(dw.buffer.clone());
+    let c = head_dim_const(shape);
+    let launch = |entry, groups| -> Result<Launch> {
+        Ok(Launch {
+            kernel: gpu.kernel(&QKV_POST_NORM_GRAD, entry, &c)?,
+            params: bytemuck::bytes_of(&np).to_vec(),
+            buffers: buffers.clone(),
+            groups,
+        })
+    };
+    assert!(chunks <= 65535, "qkv_post: {chunks} norm-grad chunks exceed one grid dimension");
+    Ok([
+        launch("norm_grad_partial", [chunks as u32, 2, 1])?,
+        launch("norm_grad_sum", [(4 * shape.head_dim).div_ceil(WG) as u32, 1, 1])?,
+    ])
+}
+
+pub mod cpu {
+    //! Naive f64 reference. Inputs in the standard layout (`[rows, D]` each; [`split_merged`]
+    //! converts), outputs head-major `[B, H, S_joint, Dh]`.
+    use super::{QkvShape, EPS};
+    use crate::models::qwen_image::rope;
+
+    /// Splits a merged `[rows, 3D]` buffer into q, k, v `[rows, D]`.
+    pub fn split_merged<T: Copy>(shape: &QkvShape, qkv: &[T]) -> [Vec<T>; 3] {
+        let d = shape.dim();
+        let part = |j: usize| qkv.chunks(3 * d).flat_map(|r| r[j * d..(j + 1) * d].to_vec()).collect();
+        [part(0), part(1), part(2)]
+    }
+
+    /// The inverse of [`split_merged`].
+    pub fn merge<T: Copy>(shape: &QkvShape, parts: [&[T]; 3]) -> Vec<T> {
+        let d = shape.dim();
+        (0..shape.rows()).flat_map(|r| parts.iter().flat_map(move |p| p[r * d..(r + 1) * d].to_vec())).collect()
+    }
+
+    /// Where (row, head) lives: input offset, head-major output offset, norm-weight row of q, table row.
+    fn locate(shape: &QkvShape, row: usize, h: usize) -> (usize, usize, usize, usize) {
+        let (b, s, txt) = shape.token(row);
+        let dh = shape.head_dim;
+        let input = row * shape.dim() + h * dh;
+        let out = ((b * shape.heads + h) * shape.s_joint() + s) * dh;
+        (input, out, if txt { 2 } else { 0 }, s)
+    }
+
+    fn rstd(x: &[f64]) -> f64 {
+        1.0 / (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64 + EPS as f64).sqrt()
+    }
+
+    pub struct Forward {
+        pub q: Vec<f64>,
+        pub k: Vec<f64>,
+        pub v: Vec<f64>,
+        /// rstd of q then k, `[2, rows, H]`.
+        pub rstd: Vec<f64>,
+    }
+
+    /// `x` = (q, k, v) `[rows, D]`; `norm_w` `[4, Dh]`; `table` from [`rope::table`].
+    pub fn forward(shape: &QkvShape, x: [&[f64]; 3], norm_w: &[f64], table: &[f32]) -> Forward {
+        let (dh, n) = (shape.head_dim, shape.head_major_len());
+        let mut f = Forward { q: vec![0.0; n], k: vec![0.0; n], v: vec![0.0; n], rstd: vec![0.0; 2 * shape.units()] };
+        for row in 0..shape.rows() {
+            for h in 0..shape.heads {
+                let (i, o, w0, s) = locate(shape, row, h);
+                let cs = &table[s * dh..(s + 1) * dh];
+                for (j, out) in [&mut f.q, &mut f.k].into_iter().enumerate() {
+                    let xs = &x[j][i..i + dh];
+                    let r = rstd(xs);
+                    let w = &norm_w[(w0 + j) * dh..(w0 + j + 1) * dh];
+                    let mut y: Vec<f64> = (0..dh).map(|e| xs[e] * r * w[e]).collect();
+                    rope::cpu::rotate(&mut y, cs, false);
+                    out[o..o + dh].copy_from_slice(&y);
+                    f.rstd[j * shape.units() + row * shape.heads + h] = r;
+                }
+                f.v[o..o + dh].copy_from_slice(&x[2][i..i + dh]);
+            }
+        }
+        f
+    }
+
+    pub struct Backward {
+        /// dq, dk, dv inputs, `[rows, D]` each.
+        pub dx: [Vec<f64>; 3],
+        /// Norm-weight gradient `[4, Dh]` (image q, image k, text q, text k).
+        pub dw: Vec<f64>,
+    }
+
+    /// forward: y = rope(x·rstd·w)  =>  g = rope⁻¹(dy), x̂ = x·rstd,
+    /// dx = rstd·(w·g − x̂·mean(w·g·x̂)), dw = Σ g·x̂; dv = dV. `dy` = (dQ, dK, dV) head-major.
+    pub fn backward(shape: &QkvShape, x: [&[f64]; 2], norm_w: &[f64], table: &[f32], dy: [&[f64]; 3]) -> Backward {
+        let (dh, rd) = (shape.head_dim, shape.rows() * shape.dim());
+        let mut bw = Backward { dx: [vec![0.0; rd], vec![0.0; rd], vec![0.0; rd]], dw: vec![0.0; 4 * dh] };
+        for row in 0..shape.rows() {
+            for h in 0..shape.heads {
+                let (i, o, w0, s) = locate(shape, row, h);
+                let cs = &table[s * dh..(s + 1) * dh];
+                for j in 0..2 {
+                    let xs = &x[j][i..i + dh];
+                    let r = rstd(xs);
+                    let w = &norm_w[(w0 + j) * dh..(w0 + j + 1) * dh];
+                    let mut g = dy[j][o..o + dh].to_vec();
+                    rope::cpu::rotate(&mut g, cs, true);
+                    let xh: Vec<f64> = xs.iter().map(|v| v * r).collect();
+                    let m = (0..dh).map(|e| w[e] * g[e] * xh[e]).sum::<f64>() / dh as f64;
+                    for e in 0..dh {
+                        bw.dx[j][i + e] = r * (w[e] * g[e] - xh[e] * m);
+                        bw.dw[(w0 + j) * dh + e] += g[e] * xh[e];
+                    }
+                }
+                bw.dx[2][i..i + dh].copy_from_slice(&dy[2][o..o + dh]);
+            }
+        }
+        bw
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! Dispatch accounting of the DiT graph (`wgdit bench dispatches`), computed from the graph
+//! itself: no GPU and no weights are needed to count.
+
+use crate::exec::memory;
+use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardShape, QkvMode};
+use crate::models::qwen_image::DitConfig;
+use crate::tensor::DType;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DispatchSummary {
+    pub mode: String,
+    /// Dispatches of block 0 (every block but the last has the same graph).
+    pub dispatches_per_block: usize,
+    /// Dispatches of one whole forward (one denoising step without CFG).
+    pub dispatches_per_step: usize,
+    pub peak_activation_bytes: u64,
+    pub naive_activation_bytes: u64,
+    /// Block 0's dispatches by op category.
+    pub by_op: BTreeMap<String, usize>,
+    /// Dispatches outside the block stack, by op category.
+    pub outside_blocks: BTreeMap<String, usize>,
+    /// Mean wall time of one forward on the current adapter, when weights were given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_ms: Option<f64>,
+}
+
+/// The op categories every table shows, in order (zero when fused away).
+pub const CATEGORIES: &[&str] = &["modulation", "norm", "qkv", "qkv_post", "attention", "out_proj", "ffn", "residual"];
+
+pub fn summarize(
+    cfg: &DitConfig,
+    shape: &ForwardShape,
+    mode: QkvMode,
+    max_binding: u64,
+    wdtype: &dyn Fn(&str) -> DType,
+) -> DispatchSummary {
+    let opts = BuildOptions { train: None, lora: None, mode, max_binding, keep_block_outputs: false };
+    summarize_graph(mode, &build_forward(cfg, shape, opts, wdtype))
+}
+
+/// Counts of one built forward graph.
+pub fn summarize_graph(mode: QkvMode, f: &crate::models::qwen_image::dit::ForwardGraph) -> DispatchSummary {
+    let m = memory::plan(&f.graph);
+    let mut by_op: BTreeMap<String, usize> = CATEGORIES.iter().map(|c| (c.to_string(), 0)).collect();
+    let mut outside = BTreeMap::new();
+    for n in &f.graph.nodes {
+        match n.label.layer {
+            Some(0) => *by_op.entry(n.label.op.clone()).or_default() += n.op.dispatches(),
+            None => *outside.entry(n.label.op.clone()).or_default() += n.op.dispatches(),
+            _ => {}
+        }
+    }
+    DispatchSummary {
+        mode: mode.name().to_string(),
+        dispatches_per_block: by_op.values().sum(),
+        dispatches_per_step: f.graph.dispatch_count(),
+        peak_activation_bytes: m.peak_activation_bytes,
+        naive_activation_bytes: m.naive_activation_bytes,
+        by_op,
+        outside_blocks: outside,
+        forward_ms: None,
+    }
+}
+
+/// An image token grid for `tokens` tokens: the factor pair closest to square.
+pub fn grid_for(tokens: usize) -> [usize; 3] {
+    let mut h = (tokens as f64).sqrt() as usize;
+    while h > 1 && tokens % h != 0 {
+        h -= 1;
+    }
+    [1, h.max(1), tokens / h.max(1)]
+}
+
+/// A plain-text table with one column per mode.
+pub fn table(rows: &[DispatchSummary]) -> String {
+    let mut s = format!("{:<34}", "dispatches per block");
+    for r in rows {
+        s.push_str(&format!("{:>12}", r.mode));
+    }
+    s.push('\n');
+    let line = |s: &mut String, name: &str, f: &dyn Fn(&DispatchSummary) -> String| {
+        s.push_str(&format!("{name:<34}"));
+        for r in rows {
+            s.push_str(&format!("{:>12}", f(r)));
+        }
+        s.push('\n');
+    };
+    for c in CATEGORIES {
+        line(&mut s, &format!("  {c}"), &|r| r.by_op.get(*c).copied().unwrap_or(0).to_string());
+    }
+    line(&mut s, "  total per block", &|r| r.dispatches_per_block.to_string());
+    line(&mut s, "dispatches per forward step", &|r| r.dispatches_per_step.to_string());
+    line(&mut s, "planned peak activations (MiB)", &|r| format!("{:.1}", r.peak_activation_bytes as f64 / 1048576.0));
+    line(&mut s, "naive sum of activations (MiB)", &|r| format!("{:.1}", r.naive_activation_bytes as f64 / 1048576.0));
+    if rows.iter().any(|r| r.forward_ms.is_some()) {
+        line(&mut s, "wall time per forward (ms)", &|r| r.forward_ms.map_or("-".into(), |t| format!("{t:.2}")));
+    }
+    s
+}
+
+/// Sizes of a dispatch bench.
+pub struct DispatchBench {
+    pub tokens: usize,
+    pub text_tokens: usize,
+    pub runs: usize,
+}
+
+impl DispatchBench {
+    pub fn shape(&self) -> ForwardShape {
+        ForwardShape { batch: 1, s_txt: self.text_tokens, img_shapes: vec![grid_for(self.tokens)], masked: false }
+    }
+}
+
+/// wgpu caps one storage binding at i32::MAX bytes on every backend (field notes §3), so that is
+/// what the fused mode packs modulation weights into on a real GPU.
+pub const REAL_GPU_MAX_BINDING: u64 = i32::MAX as u64;
+
+/// Counts a preset's graph per mode (bf16 weights, as released), with no weights and no GPU.
+pub fn count_preset(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode]) -> Vec<DispatchSummary> {
+    modes.iter().map(|&m| summarize(cfg, &b.shape(), m, REAL_GPU_MAX_BINDING, &|_| DType::BF16)).collect()
+}
+
+/// Counts and times a real checkpoint per mode on `gpu`, all modes in one run.
+pub fn measure_model(
+    gpu: &std::sync::Arc<crate::gpu::Gpu>,
+    model: &std::path::Path,
+    config: Option<&std::path::Path>,
+    b: &DispatchBench,
+    modes: &[QkvMode],
+) -> crate::Result<Vec<DispatchSummary>> {
+    let shape = b.shape();
+    let mut out = Vec::new();
+    for &mode in modes {
+        let (cfg, ckpt) = crate::models::qwen_image::open::open(model, config)?;
+        let inputs = random_inputs(&cfg, &shape, 0);
+        let mut dit = crate::models::qwen_image::runtime::Dit::new(gpu, cfg.clone(), Box::new(ckpt), mode)?;
+        let ms = time_forward(gpu, &mut dit, &inputs, b.runs)?;
+        let mut s = summarize_graph(mode, &dit.graph(&shape, false));
+        s.forward_ms = Some(ms);
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Mean wall time (ms) of `runs` forwards after one warm-up, with a queue sync in the timed region.
+pub fn time_forward(
+    gpu: &crate::gpu::Gpu,
+    dit: &mut crate::models::qwen_image::runtime::Dit,
+    inputs: &crate::pipeline::inputs::ForwardInputs,
+    runs: usize,
+) -> crate::Result<f64> {
+    let plan = dit.plan(&inputs.shape(), false)?;
+    plan.write_inputs(inputs);
+    plan.plan.run()?;
+    gpu.sync()?;
+    let t0 = std::time::Instant::now();
+    for _ in 0..runs.max(1) {
+        plan.plan.run()?;
+        gpu.sync()?;
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1e3 / runs.max(1) as f64)
+}
+
+/// Seeded random inputs of a shape (latents and text ~ N(0, 1), σ = 0.5).
+pub fn random_inputs(cfg: &DitConfig, shape: &ForwardShape, seed: u64) -> crate::pipeline::inputs::ForwardInputs {
+    let mut rng = crate::rng::Rng::new(seed);
+    let b = shape.batch;
+    crate::pipeline::inputs::ForwardInputs {
+        batch: b,
+        hidden: rng.vec_normal(b * shape.s_img() * cfg.in_channels, 1.0),
+        text: rng.vec_normal(b * shape.s_txt * cfg.joint_attention_dim, 1.0),
+        s_txt: shape.s_txt,
+        mask: shape.masked.then(|| vec![1.0; b * shape.s_txt]),
+        timestep: vec![0.5; b],
+        img_shapes: shape.img_shapes.clone(),
+    }
+}
+
+/// Counts of one LoRA training step (forward + backward, batch 1) on a preset, without weights:
+/// DiffSynth's targets at `rank`, with and without per-block checkpointing.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainSummary {
+    pub mode: String,
+    pub checkpointing: bool,
+    pub dispatches_per_block: usize,
+    pub dispatches_per_step: usize,
+    pub peak_activation_bytes: u64,
+    pub lora_parameters: usize,
+}
+
+pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], rank: usize) -> Vec<TrainSummary> {
+    let suffixes = [
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_out.0",
+        "attn.to_add_out",
+        "img_mlp.net.2",
+        "img_mod.1",
+        "txt_mlp.net.2",
+        "txt_mod.1",
+    ];
+    let modules: Vec<String> =
+        (0..cfg.num_layers).flat_map(|i| suffixes.map(|s| format!("transformer_blocks.{i}.{s}"))).collect();
+    let mut out = Vec::new();
+    for &mode in modes {
+        for checkpointing in [false, true] {
+            let train = crate::models::qwen_image::dit::TrainLora { modules: modules.clone(), rank, scale: 1.0, checkpointing };
+            let tg =
+                crate::models::qwen_image::training::build_unloaded(cfg, &b.shape(), mode, &train, REAL_GPU_MAX_BINDING, &|_| {
+                    DType::BF16
+                });
+            let g = &tg.fg.graph;
+            let per_block = g.nodes.iter().filter(|n| n.label.layer == Some(0)).map(|n| n.op.dispatches()).sum();
+            let lora_parameters = tg
+                .fg
+                .trainable
+                .iter()
+                .map(|&(_, a, bm)| {
+                    g.info(a).shape.iter().product::<usize>() + g.info(bm).shape.iter().product::<usize>()
+                })
+                .sum();
+            out.push(TrainSummary {
+                mode: mode.name().into(),
+                checkpointing,
+                dispatches_per_block: per_block,
+                dispatches_per_step: g.dispatch_count(),
+                peak_activation_bytes: memory::plan(g).peak_activation_bytes,
+                lora_parameters,
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,947 @@
+//! The forward graph of `QwenImageTransformer2DModel` (diffusers transformer_qwenimage.py; spec
+//! qwen-image-dit.md §3), in three execution modes:
+//!
+//! - `standard`: the eager layout: six Q/K/V projections per block, every op per stream;
+//! - `merged`: the stacked `to_qkv` / `add_qkv_proj` projections (two per block), the rest eager;
+//! - `fused`: both streams grouped into one dispatch per op, QK-norm + RoPE + head-major layout
+//!   in one epilogue dispatch, GELU and gated residuals in GEMM epilogues, and the modulation
+//!   vectors of all blocks computed once per step before the block stack.
+//!
+//! Activations use the stream-major joint layout: one buffer of R = B·S_txt + B·S_img rows, the
+//! text rows of every sample first, then the image rows (`graph::ops::GemmProblem`).
+
+use crate::graph::ops::*;
+use crate::graph::{Graph, TensorId};
+use crate::kernels::elementwise::Op as Ew;
+use crate::models::qwen_image::lora::{LoraPart, LoraSet};
+use crate::models::qwen_image::DitConfig;
+use crate::tensor::DType;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum QkvMode {
+    Standard,
+    Merged,
+    Fused,
+}
+
+impl std::str::FromStr for QkvMode {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "standard" => Ok(QkvMode::Standard),
+            "merged" => Ok(QkvMode::Merged),
+            "fused" => Ok(QkvMode::Fused),
+            o => Err(crate::Error::input(format!("unknown --qkv mode `{o}`: use standard, merged or fused"))),
+        }
+    }
+}
+
+impl QkvMode {
+    pub const ALL: [QkvMode; 3] = [QkvMode::Standard, QkvMode::Merged, QkvMode::Fused];
+    pub fn name(self) -> &'static str {
+        match self {
+            QkvMode::Standard => "standard",
+            QkvMode::Merged => "merged",
+            QkvMode::Fused => "fused",
+        }
+    }
+}
+
+/// The shapes one forward graph is built for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardShape {
+    pub batch: usize,
+    pub s_txt: usize,
+    /// (frames, h, w) in patch units: the target first, then the reference images.
+    pub img_shapes: Vec<[usize; 3]>,
+    /// Whether a text key mask is given.
+    pub masked: bool,
+}
+
+impl ForwardShape {
+    pub fn s_img(&self) -> usize {
+        self.img_shapes.iter().map(|s| s[0] * s[1] * s[2]).sum()
+    }
+    /// Tokens of the target image (the first entry of `img_shapes`).
+    pub fn s_target(&self) -> usize {
+        let s = self.img_shapes[0];
+        s[0] * s[1] * s[2]
+    }
+}
+
+/// How a graph param is assembled from checkpoint tensors (named in the standard diffusers
+/// layout; the loader resolves them in merged checkpoints too): the parts' rows stacked in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSource {
+    pub parts: Vec<String>,
+    /// `None`: keep the stored dtype (weights); `Some(F32)`: widen (biases, norm weights: small).
+    pub dtype: Option<DType>,
+}
+
+/// The graph and the handles its caller needs.
+pub struct ForwardGraph {
+    pub graph: Graph,
+    /// [R, in_channels] packed latents (target then references) in the image rows of the joint
+    /// layout (rows B·S_txt ..); the text rows are unused, so that img_in writes x0 row for row.
+    pub hidden: TensorId,
+    /// [B·S_txt, joint_attention_dim] text embeddings, f32.
+    pub text: TensorId,
+    /// [B, S_txt] key mask (nonzero = valid), f32, when `shape.masked`.
+    pub mask: Option<TensorId>,
+    /// [B] σ, or [2B] = [σ, 0] with zero_cond_t.
+    pub timestep: TensorId,
+    /// RoPE cos/sin table of every joint position (`models::qwen_image::rope`).
+    pub rope: TensorId,
+    /// [R, patch²·out_channels]: the image rows (B·S_txt ..) hold the model output.
+    pub output: TensorId,
+    /// Every param of the graph and how to build it.
+    pub params: Vec<(TensorId, ParamSource)>,
+    /// Params made on the host (LoRA factors), f32.
+    pub host_params: Vec<(TensorId, Vec<f32>)>,
+    /// Per block: the joint residual after the block ([R, D], text rows then image rows).
+    pub block_outputs: Vec<TensorId>,
+    /// Training graphs: (module, A [rank, in], B [out, rank]) of every trainable LoRA.
+    pub trainable: Vec<(String, TensorId, TensorId)>,
+    /// The shape this graph was built for.
+    pub shape: ForwardShape,
+}
+
+/// Row ranges and modulation geometry shared by the block builders.
+#[derive(Clone, Copy)]
+struct Rows {
+    b: usize,
+    s_txt: usize,
+    s_img: usize,
+    /// Image tokens ≥ split take their modulation from rows b + alt (zero_cond_t).
+    img_split: usize,
+    alt: usize,
+}
+
+impl Rows {
+    fn r_txt(&self) -> usize {
+        self.b * self.s_txt
+    }
+    fn r_img(&self) -> usize {
+        self.b * self.s_img
+    }
+    fn total(&self) -> usize {
+        self.r_txt() + self.r_img()
+    }
+}
+
+/// Which stream a problem belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stream {
+    Txt,
+    Img,
+}
+
+struct Builder<'a> {
+    g: Graph,
+    cfg: &'a DitConfig,
+    rows: Rows,
+    mode: QkvMode,
+    params: Vec<(TensorId, ParamSource)>,
+    wdtype: &'a dyn Fn(&str) -> DType,
+    max_binding: u64,
+    lora: Option<&'a LoraSet>,
+    train: Option<&'a TrainLora>,
+    trainable: Vec<(String, TensorId, TensorId)>,
+    host_params: Vec<(TensorId, Vec<f32>)>,
+    /// Output rows of every Linear module (for the stacked-module LoRA path).
+    out_rows: std::collections::HashMap<String, usize>,
+}
+
+/// The location of one stream's 6·D modulation vector [shift1, scale1, gate1, shift2, scale2, gate2].
+#[derive(Clone, Copy)]
+struct ModLoc {
+    tensor: TensorId,
+    offset: usize,
+    stride: usize,
+}
+
+/// Options of [`build_forward`].
+#[derive(Clone, Copy, Debug)]
+pub struct BuildOptions<'l> {
+    /// Runtime LoRAs applied through the GEMMs' side paths (base weights untouched).
+    pub lora: Option<&'l LoraSet>,
+    pub mode: QkvMode,
+    /// The largest buffer one param may take (the adapter's storage binding limit).
+    pub max_binding: u64,
+    /// Keep every block's output alive to the end (block-by-block parity checks).
+    pub keep_block_outputs: bool,
+    /// A training graph: trainable LoRAs on these modules, and no fused epilogues whose
+    /// intermediates a backward needs (GELU input, gated branch).
+    pub train: Option<&'l TrainLora>,
+}
+
+/// Trainable LoRAs: standard module paths, rank, and scale = alpha / rank.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainLora {
+    pub modules: Vec<String>,
+    pub rank: usize,
+    pub scale: f32,
+    /// Each block is a checkpoint segment: recomputed before its backward instead of stored.
+    pub checkpointing: bool,
+}
+
+/// The modulation vectors of every block (and of `norm_out`), computed before the block stack.
+struct AllMods {
+    blocks: Vec<[ModLoc; 2]>,
+    norm_out: ModLoc,
+}
+
+/// Builds the forward graph. `wdtype` gives the stored dtype of a checkpoint weight (by its
+/// standard diffusers name).
+pub fn build_forward<'a>(
+    cfg: &'a DitConfig,
+    shape: &ForwardShape,
+    opts: BuildOptions<'a>,
+    wdtype: &'a dyn Fn(&str) -> DType,
+) -> ForwardGraph {
+    let rows = Rows {
+        b: shape.batch,
+        s_txt: shape.s_txt,
+        s_img: shape.s_img(),
+        img_split: if cfg.zero_cond_t { shape.s_target() } else { shape.s_img() },
+        alt: if cfg.zero_cond_t { shape.batch } else { 0 },
+    };
+    let bd = Builder {
+        g: Graph::new(),
+        cfg,
+        rows,
+        mode: opts.mode,
+        params: Vec::new(),
+        wdtype,
+        max_binding: opts.max_binding,
+        lora: opts.lora,
+        train: opts.train,
+        trainable: Vec::new(),
+        host_params: Vec::new(),
+        out_rows: crate::models::qwen_image::names::expected_tensors(cfg)
+            .into_iter()
+            .filter_map(|(n, s)| n.strip_suffix(".weight").filter(|_| s.len() == 2).map(|m| (m.to_string(), s[0])))
+            .collect(),
+    };
+    bd.forward(shape, opts.keep_block_outputs)
+}
+
+fn problem(
+    row0: usize,
+    rows: usize,
+    rows_per_sample: usize,
+    w_offset: usize,
+    b_offset: usize,
+    gate: Option<ModRef>,
+) -> GemmProblem {
+    GemmProblem { row0, rows, rows_per_sample, w_offset, b_offset, gate, lora_col0: 0, lora_b_offset: 0 }
+}
+
+fn block_name(i: usize) -> String {
+    format!("transformer_blocks.{i}")
+}
+
+impl<'a> Builder<'a> {
+    fn d(&self) -> usize {
+        self.cfg.hidden()
+    }
+    /// Rows of temb: B, or 2B with zero_cond_t (real t, then t = 0).
+    fn t_rows(&self) -> usize {
+        self.rows.b * if self.cfg.zero_cond_t { 2 } else { 1 }
+    }
+
+    fn param(&mut self, shape: &[usize], parts: Vec<String>, dtype: Option<DType>) -> TensorId {
+        let dt = dtype.unwrap_or_else(|| (self.wdtype)(&parts[0]));
+        let t = self.g.param(&parts.join("+"), shape, dt);
+        self.params.push((t, ParamSource { parts, dtype }));
+        t
+    }
+    /// A weight [n, k] stacked from `modules`' `.weight` (rows in order), in its stored dtype.
+    fn weight(&mut self, modules: &[String], n: usize, k: usize) -> TensorId {
+        self.param(&[n, k], modules.iter().map(|m| format!("{m}.weight")).collect(), None)
+    }
+    /// The biases of `modules` stacked, widened to f32.
+    fn bias(&mut self, modules: &[String], n: usize) -> TensorId {
+        self.param(&[n], modules.iter().map(|m| format!("{m}.bias")).collect(), Some(DType::F32))
+    }
+    fn act(&mut self, name: &str, shape: &[usize]) -> TensorId {
+        self.g.activation(name, shape, DType::F32)
+    }
+
+    /// A one-problem GEMM `y = act(x·Wᵀ + b)` over all rows of x.
+    fn linear(&mut self, x: TensorId, module: &str, n: usize, k: usize, act: Activation, label: &str) -> TensorId {
+        let rows = self.g.shape(x)[0];
+        let y = self.act(module, &[rows, n]);
+        let problems = vec![problem(0, rows, rows, 0, 0, None)];
+        self.emit_gemm(Emit { x, y, n, k, problems, modules: vec![vec![module.to_string()]], act, gated: None, label });
+        y
+    }
+
+    fn unary(&mut self, op: Ew, x: TensorId, label: &str) -> TensorId {
+        let y = self.act(label, self.g.shape(x).to_vec().as_slice());
+        self.g.push(Op::Elementwise(op), &[x], &[y], label);
+        y
+    }
+
+    fn forward(mut self, shape: &ForwardShape, keep_blocks: bool) -> ForwardGraph {
+        let (cfg, r) = (self.cfg, self.rows);
+        let hidden = self.g.input("hidden_states", &[r.total(), cfg.in_channels], DType::F32);
+        let text = self.g.input("encoder_hidden_states", &[r.r_txt(), cfg.joint_attention_dim], DType::F32);
+        let mask = shape.masked.then(|| self.g.input("encoder_hidden_states_mask", &[r.b, r.s_txt], DType::F32));
+        let timestep = self.g.input("timestep", &[self.t_rows()], DType::F32);
+        let rope = self.g.input("rope", &[r.s_txt + r.s_img, cfg.attention_head_dim / 2, 2], DType::F32);
+
+        let silu_temb = self.time_embedding(timestep);
+        let mut x = self.embed_inputs(hidden, text);
+        let all = (self.mode == QkvMode::Fused).then(|| self.all_modulations(silu_temb));
+        let mut block_outputs = Vec::new();
+        for i in 0..cfg.num_layers {
+            self.g.set_layer(Some(i));
+            let m = match &all {
+                Some(a) => a.blocks[i],
+                None => self.block_modulation(silu_temb, i),
+            };
+            let segment = self.train.is_some_and(|t| t.checkpointing);
+            if segment {
+                self.g.begin_segment(&block_name(i));
+            }
+            x = self.block(i, x, m, mask, rope);
+            if segment {
+                self.g.end_segment();
+            }
+            block_outputs.push(x);
+        }
+        self.g.set_layer(None);
+        let out_mod = match &all {
+            Some(a) => a.norm_out,
+            None => {
+                let d = self.d();
+                let t = self.linear(silu_temb, "norm_out.linear", 2 * d, d, Activation::None, "modulation");
+                ModLoc { tensor: t, offset: 0, stride: 2 * d }
+            }
+        };
+        let output = self.final_layer(x, out_mod);
+        self.g.mark_output(output);
+        if keep_blocks {
+            for &t in &block_outputs {
+                self.g.mark_output(t);
+            }
+        }
+        ForwardGraph {
+            graph: self.g,
+            hidden,
+            text,
+            mask,
+            timestep,
+            rope,
+            output,
+            params: self.params,
+            host_params: self.host_params,
+            block_outputs,
+            trainable: self.trainable,
+            shape: shape.clone(),
+        }
+    }
+
+    /// temb = linear_2(SiLU(linear_1(sinusoid(σ)))); returns SiLU(temb), the input of every
+    /// modulation Linear (spec §3.4, §4).
+    fn time_embedding(&mut self, timestep: TensorId) -> TensorId {
+        let d = self.d();
+        let emb = self.act("t_sinusoid", &[self.t_rows(), 256]);
+        self.g.push(Op::TimestepEmbed, &[timestep], &[emb], "timestep");
+        let h = self.linear(emb, "time_text_embed.timestep_embedder.linear_1", d, 256, Activation::None, "timestep");
+        let h = self.unary(Ew::Silu, h, "timestep");
+        let temb = self.linear(h, "time_text_embed.timestep_embedder.linear_2", d, d, Activation::None, "timestep");
+        self.unary(Ew::Silu, temb, "timestep")
+    }
+
+    /// x0 = [txt_in(txt_norm(text)) ; img_in(hidden)] in the joint layout.
+    fn embed_inputs(&mut self, hidden: TensorId, text: TensorId) -> TensorId {
+        let (cfg, r, d) = (self.cfg, self.rows, self.d());
+        let j = cfg.joint_attention_dim;
+        let w = self.param(&[j], vec!["txt_norm.weight".into()], Some(DType::F32));
+        let tn = self.act("txt_norm", &[r.r_txt(), j]);
+        let rstd = self.act("txt_norm_rstd", &[r.r_txt()]);
+        self.g.push(Op::RmsNorm { cols: j, eps: 1e-6 }, &[text, w], &[tn, rstd], "embed");
+        let x0 = self.act("x0", &[r.total(), d]);
+        for (x, module, k, row0, rows) in
+            [(tn, "txt_in", j, 0, r.r_txt()), (hidden, "img_in", cfg.in_channels, r.r_txt(), r.r_img())]
+        {
+            let problems = vec![problem(row0, rows, rows, 0, 0, None)];
+            let modules = vec![vec![module.to_string()]];
+            self.emit_gemm(Emit {
+                x,
+                y: x0,
+                n: d,
+                k,
+                problems,
+                modules,
+                act: Activation::None,
+                gated: None,
+                label: "embed",
+            });
+        }
+        x0
+    }
+
+    /// Eager modulation of block `i`: img_mod and txt_mod, one GEMM each.
+    fn block_modulation(&mut self, silu_temb: TensorId, i: usize) -> [ModLoc; 2] {
+        let d = self.d();
+        let mut locs = [ModLoc { tensor: 0, offset: 0, stride: 6 * d }; 2];
+        for (s, m) in ["txt_mod.1", "img_mod.1"].iter().enumerate() {
+            let t = self.linear(silu_temb, &format!("{}.{m}", block_name(i)), 6 * d, d, Activation::None, "modulation");
+            locs[s] = ModLoc { tensor: t, offset: 0, stride: 6 * d };
+        }
+        locs
+    }
+
+    /// Fused mode: the modulation of every block and of norm_out, as few GEMMs over SiLU(temb)
+    /// as the binding limit allows (each block's txt_mod and img_mod weights stacked along N,
+    /// blocks packed into chunks of at most `max_binding` bytes).
+    fn all_modulations(&mut self, silu_temb: TensorId) -> AllMods {
+        let (d, layers) = (self.d(), self.cfg.num_layers);
+        // Units: per block [txt_mod.1, img_mod.1] (12·D rows), then norm_out.linear (2·D rows).
+        let mut units: Vec<(Vec<String>, usize)> = (0..layers)
+            .map(|i| (vec![format!("{}.txt_mod.1", block_name(i)), format!("{}.img_mod.1", block_name(i))], 12 * d))
+            .collect();
+        units.push((vec!["norm_out.linear".into()], 2 * d));
+        let bytes_per_row = (d * (self.wdtype)("norm_out.linear.weight").size()) as u64;
+        let mut blocks = Vec::with_capacity(layers);
+        let mut norm_out = None;
+        let mut start = 0;
+        while start < units.len() {
+            let mut end = start + 1;
+            let mut n = units[start].1;
+            while end < units.len() && ((n + units[end].1) as u64) * bytes_per_row <= self.max_binding {
+                n += units[end].1;
+                end += 1;
+            }
+            let modules: Vec<String> = units[start..end].iter().flat_map(|u| u.0.clone()).collect();
+            let y = self.act("modulation", &[self.t_rows(), n]);
+            let problems = vec![problem(0, self.t_rows(), self.t_rows(), 0, 0, None)];
+            let e = Emit {
+                x: silu_temb,
+                y,
+                n,
+                k: d,
+                problems,
+                modules: vec![modules],
+                act: Activation::None,
+                gated: None,
+                label: "modulation",
+            };
+            self.emit_gemm(e);
+            let mut col = 0;
+            for u in start..end {
+                if u < layers {
+                    let txt = ModLoc { tensor: y, offset: col, stride: n };
+                    blocks.push([txt, ModLoc { offset: col + 6 * d, ..txt }]);
+                } else {
+                    norm_out = Some(ModLoc { tensor: y, offset: col, stride: n });
+                }
+                col += units[u].1;
+            }
+            start = end;
+        }
+        AllMods { blocks, norm_out: norm_out.expect("cannot fail: norm_out is the last unit") }
+    }
+
+    /// The modulation reference of chunk `c` (0 shift1, 1 scale1, 2 gate1, 3 shift2, 4 scale2,
+    /// 5 gate2) for one stream.
+    fn mod_ref(&self, loc: ModLoc, stream: Stream, c: usize) -> ModRef {
+        let r = self.rows;
+        let (split, alt_shift) = match stream {
+            Stream::Txt => (r.s_txt, 0),
+            Stream::Img => (r.img_split, r.alt),
+        };
+        ModRef { offset: loc.offset + c * self.d(), sample_stride: loc.stride, split, alt_shift }
+    }
+
+    /// (row0, rows, rows_per_sample) of a stream in the joint layout.
+    fn stream_rows(&self, s: Stream) -> (usize, usize, usize) {
+        let r = self.rows;
+        match s {
+            Stream::Txt => (0, r.r_txt(), r.s_txt),
+            Stream::Img => (r.r_txt(), r.r_img(), r.s_img),
+        }
+    }
+}
+
+impl<'a> Builder<'a> {
+    /// Streams grouped per dispatch: fused mode runs both streams in one grouped op; the eager
+    /// layouts run one op per stream (image first, as diffusers does).
+    fn groups(&self, streams: &[Stream]) -> Vec<Vec<Stream>> {
+        match self.mode {
+            QkvMode::Fused => vec![streams.to_vec()],
+            _ => [Stream::Img, Stream::Txt].into_iter().filter(|s| streams.contains(s)).map(|s| vec![s]).collect(),
+        }
+    }
+
+    /// The modulation tensor shared by a group's streams.
+    fn group_mod(&self, m: &[ModLoc; 2], group: &[Stream]) -> TensorId {
+        let t = m[stream_index(group[0])].tensor;
+        assert!(
+            group.iter().all(|&s| m[stream_index(s)].tensor == t),
+            "grouped streams must share a modulation tensor"
+        );
+        t
+    }
+
+    /// LayerNorm + modulation (chunks `shift_c`, `shift_c + 1`) of `streams`, into a new joint tensor.
+    fn norm_mod(&mut self, x: TensorId, m: &[ModLoc; 2], streams: &[Stream], shift_c: usize, label: &str) -> TensorId {
+        let d = self.d();
+        let rows = self.rows.total();
+        let (y, mean, rstd) = (self.act(label, &[rows, d]), self.act("ln_mean", &[rows]), self.act("ln_rstd", &[rows]));
+        for group in self.groups(streams) {
+            let problems = group
+                .iter()
+                .map(|&s| {
+                    let (row0, rows, rps) = self.stream_rows(s);
+                    let loc = m[stream_index(s)];
+                    NormProblem {
+                        row0,
+                        rows,
+                        rows_per_sample: rps,
+                        shift: self.mod_ref(loc, s, shift_c),
+                        scale: self.mod_ref(loc, s, shift_c + 1),
+                    }
+                })
+                .collect();
+            let mt = self.group_mod(m, &group);
+            self.g.push_partial(
+                Op::LayerNormMod(LayerNormModOp { cols: d, problems }),
+                &[x, mt],
+                &[y, mean, rstd],
+                "norm",
+            );
+        }
+        y
+    }
+
+    /// A grouped projection: for each group one GEMM whose weight stacks the group's modules
+    /// (`module(stream)` gives each stream's module names, stacked along N within the stream).
+    #[allow(clippy::too_many_arguments)]
+    fn project(
+        &mut self,
+        x: TensorId,
+        y: TensorId,
+        streams: &[Stream],
+        modules: &dyn Fn(Stream) -> Vec<String>,
+        n: usize,
+        k: usize,
+        act: Activation,
+        gated: Option<(TensorId, &[ModLoc; 2], usize)>,
+        label: &str,
+    ) {
+        if self.train.is_some() && (act != Activation::None || gated.is_some()) {
+            return self.project_unfused(x, y, streams, modules, n, k, act, gated, label);
+        }
+        for group in self.groups(streams) {
+            let problems = group
+                .iter()
+                .map(|&s| {
+                    let (row0, rows, rps) = self.stream_rows(s);
+                    let gate = gated.map(|(_, m, c)| self.mod_ref(m[stream_index(s)], s, c));
+                    problem(row0, rows, rps, 0, 0, gate)
+                })
+                .collect();
+            let gated_inputs = gated.map(|(res, m, _)| (res, self.group_mod(m, &group)));
+            let modules = group.iter().map(|&s| modules(s)).collect();
+            self.emit_gemm(Emit { x, y, n, k, problems, modules, act, gated: gated_inputs, label });
+        }
+    }
+
+    /// Training form of [`project`](Self::project): the GEMM writes the pre-activation (or the
+    /// branch), then GELU and the gated residual run as their own ops, so that the backward has
+    /// the tensors it needs.
+    #[allow(clippy::too_many_arguments)]
+    fn project_unfused(
+        &mut self,
+        x: TensorId,
+        y: TensorId,
+        streams: &[Stream],
+        modules: &dyn Fn(Stream) -> Vec<String>,
+        n: usize,
+        k: usize,
+        act: Activation,
+        gated: Option<(TensorId, &[ModLoc; 2], usize)>,
+        label: &str,
+    ) {
+        let rows = self.rows.total();
+        let z = self.act(if gated.is_some() { "branch" } else { "pre_activation" }, &[rows, n]);
+        let covered: usize = streams.iter().map(|&s| self.stream_rows(s).1).sum();
+        if act != Activation::None && covered < rows {
+            // GELU runs over the whole tensor: give rows no stream writes a defined value.
+            self.g.push(Op::Fill(0.0), &[], &[z], label);
+        }
+        self.project(x, z, streams, modules, n, k, Activation::None, None, label);
+        if act == Activation::GeluTanh {
+            self.g.push(Op::Elementwise(Ew::GeluTanh), &[z], &[y], label);
+        }
+        if let Some((res, m, c)) = gated {
+            for group in self.groups(streams) {
+                let problems = group
+                    .iter()
+                    .map(|&s| {
+                        let (row0, rows, rps) = self.stream_rows(s);
+                        GateProblem { row0, rows, rows_per_sample: rps, gate: self.mod_ref(m[stream_index(s)], s, c) }
+                    })
+                    .collect();
+                let mt = self.group_mod(m, &group);
+                self.g.push_partial(Op::GatedResidual { cols: n, problems }, &[res, z, mt], &[y], label);
+            }
+        }
+    }
+
+    /// One dual-stream block (spec §3.4). `m` = [txt, img] modulation locations.
+    fn block(&mut self, i: usize, x: TensorId, m: [ModLoc; 2], mask: Option<TensorId>, rope: TensorId) -> TensorId {
+        let (cfg, r, d) = (self.cfg, self.rows, self.d());
+        let both = [Stream::Txt, Stream::Img];
+        let p = block_name(i);
+        let xa = self.norm_mod(x, &m, &both, 0, "norm");
+        let (q, k, v) = self.qkv(i, xa, rope);
+        let js = JointShape {
+            batch: r.b,
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.attention_head_dim,
+            s_txt: r.s_txt,
+            s_img: r.s_img,
+        };
+        let o = self.act("attn_out", &[r.total(), d]);
+        let lse = self.act("lse", &[r.b, js.heads, r.s_txt + r.s_img]);
+        let mut ins = vec![q, k, v];
+        ins.extend(mask);
+        self.g.push(Op::Attention { shape: js, masked: mask.is_some() }, &ins, &[o, lse], "attention");
+        let x1 = self.act("x_attn", &[r.total(), d]);
+        let out = |s: Stream| vec![format!("{p}.attn.{}", if s == Stream::Txt { "to_add_out" } else { "to_out.0" })];
+        self.project(o, x1, &both, &out, d, d, Activation::None, Some((x, &m, 2)), "out_proj");
+        // The last block's text FFN feeds nothing (only the image stream reaches the output).
+        let ffn_streams: &[Stream] = if i + 1 == cfg.num_layers { &[Stream::Img] } else { &both };
+        let xm = self.norm_mod(x1, &m, ffn_streams, 3, "norm");
+        let h = self.act("ffn_hidden", &[r.total(), 4 * d]);
+        let up = |s: Stream| vec![format!("{p}.{}_mlp.net.0.proj", stream_prefix(s))];
+        self.project(xm, h, ffn_streams, &up, 4 * d, d, Activation::GeluTanh, None, "ffn");
+        let x2 = self.act("x_out", &[r.total(), d]);
+        let down = |s: Stream| vec![format!("{p}.{}_mlp.net.2", stream_prefix(s))];
+        self.project(h, x2, ffn_streams, &down, d, 4 * d, Activation::None, Some((x1, &m, 5)), "ffn");
+        x2
+    }
+
+    /// The Q/K/V projections of the mode, then QK-norm + RoPE into head-major q, k, v.
+    fn qkv(&mut self, i: usize, xa: TensorId, rope: TensorId) -> (TensorId, TensorId, TensorId) {
+        let (cfg, r, d) = (self.cfg, self.rows, self.d());
+        let p = block_name(i);
+        let both = [Stream::Txt, Stream::Img];
+        let names = |s: Stream, which: &str| match (s, which) {
+            (Stream::Img, w) => format!("{p}.attn.to_{w}"),
+            (Stream::Txt, w) => format!("{p}.attn.add_{w}_proj"),
+        };
+        let (inputs, layout) = match self.mode {
+            QkvMode::Standard => {
+                let mut outs = Vec::new();
+                for which in ["q", "k", "v"] {
+                    let y = self.act(which, &[r.total(), d]);
+                    self.project(xa, y, &both, &|s| vec![names(s, which)], d, d, Activation::None, None, "qkv");
+                    outs.push(y);
+                }
+                (outs, QkvLayout::Standard)
+            }
+            QkvMode::Merged | QkvMode::Fused => {
+                let y = self.act("qkv", &[r.total(), 3 * d]);
+                let stacked = |s: Stream| ["q", "k", "v"].iter().map(|w| names(s, w)).collect();
+                self.project(xa, y, &both, &stacked, 3 * d, d, Activation::None, None, "qkv");
+                (vec![y], QkvLayout::Merged)
+            }
+        };
+        let dh = cfg.attention_head_dim;
+        let norms = ["norm_q", "norm_k", "norm_added_q", "norm_added_k"]
+            .iter()
+            .map(|n| format!("{p}.attn.{n}.weight"))
+            .collect();
+        let nw = self.param(&[4, dh], norms, Some(DType::F32));
+        let js =
+            JointShape { batch: r.b, heads: cfg.num_attention_heads, head_dim: dh, s_txt: r.s_txt, s_img: r.s_img };
+        let hm = [r.b, js.heads, r.s_txt + r.s_img, dh];
+        let (q, k, v) = (self.act("q_heads", &hm), self.act("k_heads", &hm), self.act("v_heads", &hm));
+        let saved = self.act("qk_rstd", &[2, r.total(), js.heads]);
+        let mut ins = inputs;
+        ins.extend([nw, rope]);
+        self.g.push(Op::QkvPost { shape: js, layout }, &ins, &[q, k, v, saved], "qkv_post");
+        (q, k, v)
+    }
+
+    /// norm_out (LayerNorm + (scale, shift) modulation, spec §3.3) on the image rows, then
+    /// proj_out; the output keeps the joint row layout (image rows hold the result).
+    fn final_layer(&mut self, x: TensorId, out_mod: ModLoc) -> TensorId {
+        let (r, d) = (self.rows, self.d());
+        // norm_out uses temb[:B] for every image token, also with zero_cond_t (spec §5.4).
+        let at = |c: usize| ModRef {
+            offset: out_mod.offset + c * d,
+            sample_stride: out_mod.stride,
+            split: r.s_img,
+            alt_shift: 0,
+        };
+        let problem_n =
+            NormProblem { row0: r.r_txt(), rows: r.r_img(), rows_per_sample: r.s_img, shift: at(1), scale: at(0) };
+        let rows = r.total();
+        let (xo, mean, rstd) =
+            (self.act("norm_out", &[rows, d]), self.act("ln_mean", &[rows]), self.act("ln_rstd", &[rows]));
+        let op = LayerNormModOp { cols: d, problems: vec![problem_n] };
+        self.g.push(Op::LayerNormMod(op), &[x, out_mod.tensor], &[xo, mean, rstd], "final");
+        let n = self.cfg.out_features();
+        let y = self.act("proj_out", &[rows, n]);
+        let problems = vec![problem(r.r_txt(), r.r_img(), r.s_img, 0, 0, None)];
+        let modules = vec![vec!["proj_out".to_string()]];
+        self.emit_gemm(Emit {
+            x: xo,
+            y,
+            n,
+            k: d,
+            problems,
+            modules,
+            act: Activation::None,
+            gated: None,
+            label: "final",
+        });
+        y
+    }
+}
+
+fn stream_index(s: Stream) -> usize {
+    match s {
+        Stream::Txt => 0,
+        Stream::Img => 1,
+    }
+}
+
+fn stream_prefix(s: Stream) -> &'static str {
+    match s {
+        Stream::Txt => "txt",
+        Stream::Img => "img",
+    }
+}
+
+/// One GEMM dispatch to emit: problem p computes `modules[p]` (stacked along N, `n` rows in all).
+struct Emit<'l> {
+    x: TensorId,
+    y: TensorId,
+    n: usize,
+    k: usize,
+    problems: Vec<GemmProblem>,
+    modules: Vec<Vec<String>>,
+    act: Activation,
+    /// (residual, gate source) of a gated residual epilogue.
+    gated: Option<(TensorId, TensorId)>,
+    label: &'l str,
+}
+
+/// Stacks of at most this many modules per problem (q, k, v) take their LoRAs through the GEMM's
+/// side path (one dense B per problem); longer stacks (the fused modulation chunks) get one
+/// accumulating up-projection per LoRA'd module instead, so B stays the size of the LoRA.
+const MAX_EPILOGUE_STACK: usize = 3;
+
+impl<'a> Builder<'a> {
+    /// Emits the weights, the LoRA side path of any LoRA'd module, and the GEMM (a partial write:
+    /// the problems cover only their rows of y).
+    fn emit_gemm(&mut self, mut e: Emit) {
+        if self.train.is_some() {
+            return self.emit_gemm_train(e);
+        }
+        let names: Vec<String> = e.modules.concat();
+        let (w, b) = self.stacked_weights(&mut e);
+        let has_lora = names.iter().any(|m| !self.lora_parts(m).is_empty());
+        let epilogue = has_lora && e.modules.iter().all(|m| m.len() <= MAX_EPILOGUE_STACK);
+        let mut inputs = vec![e.x, w, b];
+        if let Some((res, gate)) = e.gated {
+            inputs.extend([res, gate]);
+        }
+        let mut lora_rank = 0;
+        if epilogue {
+            let (rank, t, bt) = self.lora_side_path(&e);
+            lora_rank = rank;
+            for (p, pr) in e.problems.iter_mut().enumerate() {
+                pr.lora_b_offset = p * e.n * rank;
+            }
+            inputs.extend([t, bt]);
+        }
+        let op = GemmOp {
+            n: e.n,
+            k: e.k,
+            problems: e.problems.clone(),
+            bias: true,
+            act: e.act,
+            residual: e.gated.is_some(),
+            lora_rank,
+            y_col0: 0,
+            accumulate: false,
+        };
+        self.g.push_partial(Op::Gemm(op), &inputs, &[e.y], e.label);
+        if has_lora && !epilogue {
+            self.lora_accumulate(&e);
+        }
+    }
+
+    /// The weight and bias params stacking every problem's modules (problem p's block at
+    /// p·n·k / p·n), with the problems' offsets set to match.
+    fn stacked_weights(&mut self, e: &mut Emit) -> (TensorId, TensorId) {
+        let names: Vec<String> = e.modules.concat();
+        let w = self.weight(&names, e.n * e.problems.len(), e.k);
+        let b = self.bias(&names, e.n * e.problems.len());
+        for (p, pr) in e.problems.iter_mut().enumerate() {
+            pr.w_offset = p * e.n * e.k;
+            pr.b_offset = p * e.n;
+        }
+        (w, b)
+    }
+
+    fn lora_parts(&self, module: &str) -> &'a [LoraPart] {
+        self.lora.map_or(&[], |l| l.parts(module))
+    }
+
+    fn host_param(&mut self, name: &str, shape: &[usize], data: Vec<f32>) -> TensorId {
+        let t = self.g.param(name, shape, DType::F32);
+        self.host_params.push((t, data));
+        t
+    }
+
+    /// The LoRA side path of a GEMM: per problem, A = the module parts' A stacked (zero rows up
+    /// to the common rank R) and B = their B placed at the module's rows and the part's columns.
+    /// Emits t = x·Aᵀ (one dispatch) and returns (R, t, B).
+    fn lora_side_path(&mut self, e: &Emit) -> (usize, TensorId, TensorId) {
+        let ranks: Vec<usize> =
+            e.modules.iter().map(|ms| ms.iter().flat_map(|m| self.lora_parts(m)).map(|p| p.rank).sum()).collect();
+        let rank = ranks.iter().copied().max().unwrap_or(0);
+        let (n, k, pc) = (e.n, e.k, e.problems.len());
+        let (mut a, mut bm) = (vec![0f32; pc * rank * k], vec![0f32; pc * n * rank]);
+        for (p, ms) in e.modules.iter().enumerate() {
+            let per = n / ms.len();
+            let mut col = 0;
+            for (mi, m) in ms.iter().enumerate() {
+                for part in self.lora_parts(m) {
+                    let a0 = (p * rank + col) * k;
+                    a[a0..a0 + part.rank * k].copy_from_slice(&part.a);
+                    for row in 0..per {
+                        let dst = p * n * rank + (mi * per + row) * rank + col;
+                        bm[dst..dst + part.rank].copy_from_slice(&part.b[row * part.rank..(row + 1) * part.rank]);
+                    }
+                    col += part.rank;
+                }
+            }
+        }
+        let label = e.modules.concat().join("+");
+        let at = self.host_param(&format!("lora_A[{label}]"), &[pc * rank, k], a);
+        let bt = self.host_param(&format!("lora_B[{label}]"), &[pc * n, rank], bm);
+        let x_rows = self.g.shape(e.x)[0];
+        let t = self.act("lora_t", &[x_rows, rank]);
+        let problems = e.problems.iter().enumerate().map(|(p, pr)| (pr.row0, pr.rows, p * rank * k)).collect();
+        self.g.push(Op::LoraDown { k, rank, problems }, &[e.x, at], &[t], "lora");
+        (rank, t, bt)
+    }
+
+    /// LoRAs of a long module stack: per LoRA'd module, t = x·Aᵀ, then y[:, col..] += t·Bᵀ.
+    fn lora_accumulate(&mut self, e: &Emit) {
+        assert_eq!(e.problems.len(), 1, "stacked-module LoRA path takes one problem");
+        let pr = e.problems[0].clone();
+        let mut col = 0;
+        for m in e.modules.concat() {
+            let rows = self.out_rows[&m];
+            let parts = self.lora_parts(&m);
+            if !parts.is_empty() {
+                let rank: usize = parts.iter().map(|p| p.rank).sum();
+                let a: Vec<f32> = parts.iter().flat_map(|p| p.a.iter().copied()).collect();
+                let mut bm = vec![0f32; rows * rank];
+                let mut c0 = 0;
+                for part in parts {
+                    for row in 0..rows {
+                        bm[row * rank + c0..row * rank + c0 + part.rank]
+                            .copy_from_slice(&part.b[row * part.rank..(row + 1) * part.rank]);
+                    }
+                    c0 += part.rank;
+                }
+                let at = self.host_param(&format!("lora_A[{m}]"), &[rank, e.k], a);
+                let bt = self.host_param(&format!("lora_B[{m}]"), &[rows, rank], bm);
+                let t = self.act("lora_t", &[self.g.shape(e.x)[0], rank]);
+                self.g.push(
+                    Op::LoraDown { k: e.k, rank, problems: vec![(pr.row0, pr.rows, 0)] },
+                    &[e.x, at],
+                    &[t],
+                    "lora",
+                );
+                let up =
+                    GemmProblem { w_offset: 0, b_offset: 0, gate: None, lora_col0: 0, lora_b_offset: 0, ..pr.clone() };
+                let op = GemmOp {
+                    n: rows,
+                    k: rank,
+                    problems: vec![up],
+                    bias: false,
+                    act: Activation::None,
+                    residual: false,
+                    lora_rank: 0,
+                    y_col0: col,
+                    accumulate: true,
+                };
+                self.g.push_partial(Op::Gemm(op), &[t, bt], &[e.y], "lora");
+            }
+            col += rows;
+        }
+    }
+}
+
+impl<'a> Builder<'a> {
+    /// Training GEMM: the plain GEMM, then one trainable LoRA (down + accumulating up) per
+    /// targeted module on its columns and its problem's rows.
+    fn emit_gemm_train(&mut self, mut e: Emit) {
+        assert!(e.act == Activation::None && e.gated.is_none(), "training graphs do not fuse epilogues");
+        let train = self.train.expect("cannot fail: training graph");
+        let (w, b) = self.stacked_weights(&mut e);
+        let op = GemmOp {
+            n: e.n,
+            k: e.k,
+            problems: e.problems.clone(),
+            bias: true,
+            act: Activation::None,
+            residual: false,
+            lora_rank: 0,
+            y_col0: 0,
+            accumulate: false,
+        };
+        self.g.push_partial(Op::Gemm(op), &[e.x, w, b], &[e.y], e.label);
+        let x_rows = self.g.shape(e.x)[0];
+        for (pr, ms) in e.problems.iter().zip(&e.modules) {
+            // A LoRA on a merged q/k/v module (`--targets to_qkv,...`) spans the stacked q, k, v.
+            let units: Vec<(String, usize)> = match merged_module(ms).filter(|m| train.modules.contains(m)) {
+                Some(merged) => vec![(merged, ms.iter().map(|m| self.out_rows[m]).sum())],
+                None => ms.iter().map(|m| (m.clone(), self.out_rows[m])).collect(),
+            };
+            let mut col = 0;
+            for (m, rows) in units {
+                if train.modules.contains(&m) {
+                    let r = train.rank;
+                    let a = self.g.param(&format!("{m}.lora_A"), &[r, e.k], DType::F32);
+                    let bm = self.g.param(&format!("{m}.lora_B"), &[rows, r], DType::F32);
+                    self.trainable.push((m.clone(), a, bm));
+                    let t = self.act("lora_t", &[x_rows, r]);
+                    let l = LoraApplyOp {
+                        k: e.k,
+                        n: rows,
+                        rank: r,
+                        scale: train.scale,
+                        y_col0: col,
+                        problems: vec![(pr.row0, pr.rows)],
+                    };
+                    self.g.push_partial(Op::LoraApply(l), &[e.x, a, bm], &[t, e.y], "lora");
+                }
+                col += rows;
+            }
+        }
+    }
+}
+
+/// The merged module of a stacked [q, k, v] module list (`…attn.to_qkv`, `…attn.add_qkv_proj`).
+fn merged_module(ms: &[String]) -> Option<String> {
+    use crate::models::qwen_image::names::{QKV_MERGED, QKV_STANDARD};
+    let (prefix, first) = ms.first()?.rsplit_once('.')?;
+    let stream = QKV_STANDARD.iter().position(|q| q[0] == first)?;
+    let want: Vec<String> = QKV_STANDARD[stream].iter().map(|m| format!("{prefix}.{m}")).collect();
+    (ms == want.as_slice()).then(|| format!("{prefix}.{}", QKV_MERGED[stream]))
+}

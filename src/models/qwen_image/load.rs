@@ -1,0 +1,201 @@
+//! From checkpoint tensors to the graph's params: validation of a whole checkpoint (every
+//! missing, unexpected or mis-shaped tensor reported together), resolution of standard names in
+//! merged checkpoints (and merged in standard: the graph always names standard tensors and
+//! stacks them itself), and upload in the stored dtype (no host widening of weights).
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::graph::TensorId;
+use crate::models::qwen_image::dit::ParamSource;
+use crate::models::qwen_image::names::{expected_tensors, merged_home};
+use crate::models::qwen_image::DitConfig;
+use crate::rng::Rng;
+use crate::tensor::{DType, Tensor};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+/// Stored tensors by canonical (standard or merged diffusers) name.
+pub trait TensorSource {
+    /// Every stored tensor name (canonical, prefixes stripped).
+    fn names(&self) -> Vec<String>;
+    /// Stored dtype and shape, or `None` when absent.
+    fn meta(&self, name: &str) -> Option<(DType, Vec<usize>)>;
+    /// The stored bytes (little-endian, in the stored dtype).
+    fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>>;
+    /// Where the tensors come from, for messages.
+    fn describe(&self) -> String;
+}
+
+/// Where a standard-named tensor lives in a source: itself, or a row block of a merged tensor.
+fn locate(src: &dyn TensorSource, name: &str) -> Option<(String, Option<usize>)> {
+    if src.meta(name).is_some() {
+        return Some((name.to_string(), None));
+    }
+    let (merged, i) = merged_home(name)?;
+    src.meta(&merged).map(|_| (merged, Some(i)))
+}
+
+/// The stored dtype of a standard-named tensor (resolving merged checkpoints).
+pub fn stored_dtype(src: &dyn TensorSource, name: &str) -> DType {
+    locate(src, name).and_then(|(n, _)| src.meta(&n)).map_or(DType::F32, |m| m.0)
+}
+
+/// The bytes of a standard-named tensor in `dtype`.
+fn standard_bytes(src: &dyn TensorSource, name: &str, dtype: DType) -> Result<Vec<u8>> {
+    let (stored, block) =
+        locate(src, name).ok_or_else(|| Error::input(format!("tensor {name} missing from {}", src.describe())))?;
+    let (dt, shape) = src.meta(&stored).expect("cannot fail: located");
+    let raw = src.bytes(&stored)?;
+    let raw: &[u8] = match block {
+        None => &raw,
+        Some(i) => {
+            let third = raw.len() / 3;
+            debug_assert_eq!(shape[0] % 3, 0);
+            &raw[i * third..(i + 1) * third]
+        }
+    };
+    Ok(if dt == dtype { raw.to_vec() } else { dtype.encode(&dt.decode(raw)) })
+}
+
+/// Checks every tensor the config needs: present (directly or inside a merged tensor), with the
+/// right shape, and nothing unexpected. All problems are reported in one error.
+pub fn validate(cfg: &DitConfig, src: &dyn TensorSource) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut misshaped = Vec::new();
+    let mut used = std::collections::HashSet::new();
+    for (name, shape) in expected_tensors(cfg) {
+        let Some((stored, block)) = locate(src, &name) else {
+            missing.push(name);
+            continue;
+        };
+        let (_, got) = src.meta(&stored).expect("cannot fail: located");
+        let want: Vec<usize> = match block {
+            None => shape.clone(),
+            Some(_) => std::iter::once(shape[0] * 3).chain(shape[1..].iter().copied()).collect(),
+        };
+        if got != want {
+            misshaped.push(format!("{stored}: {got:?}, expected {want:?}"));
+        }
+        used.insert(stored);
+    }
+    let mut unexpected: Vec<String> = src.names().into_iter().filter(|n| !used.contains(n)).collect();
+    unexpected.sort();
+    if missing.is_empty() && misshaped.is_empty() && unexpected.is_empty() {
+        return Ok(());
+    }
+    let list = |v: &[String]| {
+        let head: Vec<&str> = v.iter().take(12).map(String::as_str).collect();
+        format!("{}{}", head.join(", "), if v.len() > 12 { format!(", … ({} in all)", v.len()) } else { String::new() })
+    };
+    let mut msg = format!(
+        "{} does not match the model config ({} layers, hidden {}):",
+        src.describe(),
+        cfg.num_layers,
+        cfg.hidden()
+    );
+    if !missing.is_empty() {
+        msg += &format!("\n  missing: {}", list(&missing));
+    }
+    if !misshaped.is_empty() {
+        msg += &format!("\n  wrong shape: {}", list(&misshaped));
+    }
+    if !unexpected.is_empty() {
+        msg += &format!("\n  unexpected: {}", list(&unexpected));
+    }
+    msg += "\n  (is this a Qwen-Image transformer checkpoint, and does --config match it? A LoRA file goes to --lora.)";
+    Err(Error::input(msg))
+}
+
+/// Uploaded params, keyed by how they were assembled, so that graphs for new shapes reuse them.
+#[derive(Default)]
+pub struct WeightCache {
+    uploaded: HashMap<(Vec<String>, Option<DType>), Tensor>,
+}
+
+impl WeightCache {
+    /// The GPU tensor of every param of a graph, uploading those not yet cached.
+    pub fn bind(
+        &mut self,
+        gpu: &Gpu,
+        src: &dyn TensorSource,
+        params: &[(TensorId, ParamSource)],
+        graph: &crate::graph::Graph,
+    ) -> Result<HashMap<TensorId, Tensor>> {
+        let mut out = HashMap::new();
+        for (t, ps) in params {
+            let key = (ps.parts.clone(), ps.dtype);
+            if !self.uploaded.contains_key(&key) {
+                let info = graph.info(*t);
+                let mut bytes = Vec::with_capacity(info.bytes() as usize);
+                for part in &ps.parts {
+                    bytes.extend(standard_bytes(src, part, info.dtype)?);
+                }
+                if bytes.len() as u64 != info.bytes() {
+                    return Err(Error::input(format!(
+                        "param {} has {} bytes, expected {}",
+                        info.name,
+                        bytes.len(),
+                        info.bytes()
+                    )));
+                }
+                let tensor = Tensor::from_bytes(gpu, &bytes, &info.shape, info.dtype, &info.name)?;
+                self.uploaded.insert(key.clone(), tensor);
+            }
+            out.insert(*t, self.uploaded[&key].clone());
+        }
+        Ok(out)
+    }
+
+    /// Bytes of weights on the GPU.
+    pub fn bytes(&self) -> u64 {
+        self.uploaded.values().map(Tensor::bytes).sum()
+    }
+}
+
+/// A model with random weights (every tensor of the config, seeded): the built-in default of the
+/// quickstart and the benches, where real multi-GB checkpoints are not at hand.
+pub struct RandomWeights {
+    tensors: HashMap<String, (Vec<usize>, Vec<u8>)>,
+    dtype: DType,
+}
+
+impl RandomWeights {
+    /// Weights ~ U(−1/√fan_in, 1/√fan_in) like torch's Linear init, norm weights ~ 1 ± 0.1.
+    pub fn new(cfg: &DitConfig, dtype: DType, seed: u64) -> RandomWeights {
+        let mut rng = Rng::new(seed);
+        let tensors = expected_tensors(cfg)
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let v = if name.contains("norm") && shape.len() == 1 {
+                    rng.vec_uniform(n, 0.9, 1.1)
+                } else {
+                    let fan_in = if shape.len() == 2 { shape[1] } else { cfg.hidden() };
+                    let a = 1.0 / (fan_in as f32).sqrt();
+                    rng.vec_uniform(n, -a, a)
+                };
+                let dt = if shape.len() == 2 { dtype } else { DType::F32 };
+                (name, (shape, dt.encode(&v)))
+            })
+            .collect();
+        RandomWeights { tensors, dtype }
+    }
+}
+
+impl TensorSource for RandomWeights {
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+    fn meta(&self, name: &str) -> Option<(DType, Vec<usize>)> {
+        self.tensors.get(name).map(|(s, _)| (if s.len() == 2 { self.dtype } else { DType::F32 }, s.clone()))
+    }
+    fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
+        self.tensors
+            .get(name)
+            .map(|(_, b)| Cow::Borrowed(b.as_slice()))
+            .ok_or_else(|| Error::input(format!("tensor {name} missing from random weights")))
+    }
+    fn describe(&self) -> String {
+        "built-in random weights".into()
+    }
+}

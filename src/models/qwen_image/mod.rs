@@ -1,0 +1,17 @@
+//! The Qwen-Image diffusion transformer (diffusers `QwenImageTransformer2DModel`, spec
+//! qwen-image-dit.md): configuration, the forward graph in three execution modes, and the
+//! mapping from checkpoint tensors to the graph's packed parameters.
+
+pub mod bench;
+pub mod config;
+pub mod dit;
+pub mod load;
+pub mod lora;
+pub mod names;
+pub mod open;
+pub mod rope;
+pub mod runtime;
+pub mod training;
+
+pub use config::DitConfig;
+pub use dit::{build_forward, ForwardShape, QkvMode};

@@ -1,0 +1,143 @@
+//! Running the DiT: a loaded model ([`Dit`]) plans a graph per input shape ([`DitPlan`]) and
+//! re-runs it with new inputs (latents, σ) without rebuilding pipelines or bind groups.
+
+use crate::error::Result;
+use crate::exec::Plan;
+use crate::gpu::Gpu;
+use crate::graph::TensorId;
+use crate::models::qwen_image::rope;
+use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardGraph, ForwardShape, QkvMode, TrainLora};
+use crate::pipeline::inputs::ForwardInputs;
+use crate::models::qwen_image::load::{stored_dtype, validate, TensorSource, WeightCache};
+use crate::models::qwen_image::lora::LoraSet;
+use crate::models::qwen_image::DitConfig;
+use crate::tensor::{DType, Tensor};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct Dit {
+    gpu: Arc<Gpu>,
+    pub cfg: DitConfig,
+    pub mode: QkvMode,
+    source: Box<dyn TensorSource>,
+    cache: WeightCache,
+    lora: LoraSet,
+}
+
+impl Dit {
+    /// Validates the source against the config; weights upload lazily with the first plan.
+    pub fn new(gpu: &Arc<Gpu>, cfg: DitConfig, source: Box<dyn TensorSource>, mode: QkvMode) -> Result<Dit> {
+        validate(&cfg, source.as_ref())?;
+        Ok(Dit { gpu: gpu.clone(), cfg, mode, source, cache: WeightCache::default(), lora: LoraSet::default() })
+    }
+
+    /// Applies runtime LoRAs (replacing any set before) to the plans made from now on.
+    pub fn set_loras(&mut self, lora: LoraSet) {
+        self.lora = lora;
+    }
+
+    /// The forward graph for `shape` (no GPU work).
+    pub fn graph(&self, shape: &ForwardShape, keep_block_outputs: bool) -> ForwardGraph {
+        let opts = BuildOptions {
+            train: None,
+            lora: (!self.lora.is_empty()).then_some(&self.lora),
+            mode: self.mode,
+            max_binding: self.gpu.limits().max_storage_binding,
+            keep_block_outputs,
+        };
+        let src = self.source.as_ref();
+        build_forward(&self.cfg, shape, opts, &|name| stored_dtype(src, name))
+    }
+
+    /// Plans (and binds) the forward for `shape`, uploading weights not yet on the GPU.
+    pub fn plan(&mut self, shape: &ForwardShape, keep_block_outputs: bool) -> Result<DitPlan> {
+        let graph = self.graph(shape, keep_block_outputs);
+        self.plan_graph(graph, HashMap::new())
+    }
+
+    /// The training graph for `shape` (forward without fused epilogues, trainable LoRAs on
+    /// `train.modules`); the caller appends the backward (`graph::autodiff`).
+    pub fn training_graph(&self, shape: &ForwardShape, train: &TrainLora) -> ForwardGraph {
+        let opts = BuildOptions {
+            train: Some(train),
+            lora: None,
+            mode: self.mode,
+            max_binding: self.gpu.limits().max_storage_binding,
+            keep_block_outputs: false,
+        };
+        let src = self.source.as_ref();
+        build_forward(&self.cfg, shape, opts, &|name| stored_dtype(src, name))
+    }
+
+    /// Plans a graph built from this model: checkpoint params from the weight cache, host params
+    /// uploaded, and `extra` params (e.g. trainable LoRA tensors) bound as given.
+    pub fn plan_graph(&mut self, graph: ForwardGraph, extra: HashMap<TensorId, Tensor>) -> Result<DitPlan> {
+        let shape = graph.shape.clone();
+        let mut params = self.cache.bind(&self.gpu, self.source.as_ref(), &graph.params, &graph.graph)?;
+        for (t, data) in &graph.host_params {
+            let info = graph.graph.info(*t);
+            params.insert(*t, Tensor::from_f32(&self.gpu, data, &info.shape, DType::F32, &info.name)?);
+        }
+        params.extend(extra);
+        let plan = Plan::new(&self.gpu, &graph.graph, &params)?;
+        Ok(DitPlan { plan, graph, shape, cfg: self.cfg.clone() })
+    }
+
+    /// Bytes of weights uploaded so far.
+    pub fn weight_bytes(&self) -> u64 {
+        self.cache.bytes()
+    }
+}
+
+pub struct DitPlan {
+    pub plan: Plan,
+    pub graph: ForwardGraph,
+    pub shape: ForwardShape,
+    cfg: DitConfig,
+}
+
+impl DitPlan {
+    /// Writes the inputs (and the RoPE table of their image shapes) into the plan's buffers.
+    pub fn write_inputs(&self, inputs: &ForwardInputs) {
+        assert_eq!(inputs.shape(), self.shape, "inputs do not match the planned shape");
+        let g = &self.graph;
+        // hidden_states go to the image rows of the joint layout; the text rows stay zero.
+        let c = self.cfg.in_channels;
+        let mut hidden = vec![0.0; (inputs.batch * inputs.s_txt) * c];
+        hidden.extend_from_slice(&inputs.hidden);
+        self.plan.write_input(g.hidden, &hidden);
+        self.plan.write_input(g.text, &inputs.text);
+        if let (Some(m), Some(v)) = (g.mask, &inputs.mask) {
+            self.plan.write_input(m, v);
+        }
+        let mut t = inputs.timestep.clone();
+        if self.cfg.zero_cond_t {
+            // Edit-2511: temb rows [σ_b..., 0...]; reference tokens read the t = 0 rows.
+            t.extend(std::iter::repeat_n(0.0, inputs.batch));
+        }
+        self.plan.write_input(g.timestep, &t);
+        let shapes: Vec<(usize, usize, usize)> = inputs.img_shapes.iter().map(|s| (s[0], s[1], s[2])).collect();
+        self.plan.write_input(g.rope, &rope::table(&self.cfg.axes_dims_rope, &shapes, inputs.s_txt));
+    }
+
+    /// One forward: the model output [B, S_img, patch²·out_channels] (all image tokens).
+    pub fn forward(&self, inputs: &ForwardInputs) -> Result<Vec<f32>> {
+        self.write_inputs(inputs);
+        self.plan.run()?;
+        self.image_rows(self.graph.output)
+    }
+
+    /// The image rows (B·S_txt ..) of a joint-layout tensor.
+    pub fn image_rows(&self, t: crate::graph::TensorId) -> Result<Vec<f32>> {
+        let all = self.plan.read(t)?;
+        let cols = all.len() / (self.shape.batch * (self.shape.s_txt + self.shape.s_img()));
+        Ok(all[self.shape.batch * self.shape.s_txt * cols..].to_vec())
+    }
+
+    /// The text rows (.. B·S_txt) of a joint-layout tensor.
+    pub fn text_rows(&self, t: crate::graph::TensorId) -> Result<Vec<f32>> {
+        let all = self.plan.read(t)?;
+        let cols = all.len() / (self.shape.batch * (self.shape.s_txt + self.shape.s_img()));
+        Ok(all[..self.shape.batch * self.shape.s_txt * cols].to_vec())
+    }
+}

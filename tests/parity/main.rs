@@ -1,0 +1,12 @@
+//! Parity against diffusers fixtures (forward, runtime LoRA, LoRA gradients, RoPE) and the
+//! graph/executor checks behind them.
+
+#[path = "../support/diffusers_fixtures.rs"]
+mod diffusers_fixtures;
+
+mod dit;
+mod exec;
+mod grads;
+mod graph;
+mod lora;
+mod rope;

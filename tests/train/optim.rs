@@ -1,0 +1,219 @@
+//! The optimizer bookkeeping: lr schedules (DiffSynth's ConstantLR numbers from torch), and
+//! AdamW over several GPU tensors (bound once, uniforms rewritten per step) against the f32
+//! CPU reference of `kernels::adamw` over several steps, with and without clipping and
+//! accumulation scaling; zeroing gradients; moments saved and restored mid-run.
+
+use std::sync::Arc;
+use wgdit::gpu::Gpu;
+use wgdit::kernels::adamw::{cpu, params, Hyper};
+use wgdit::rng::Rng;
+use wgdit::tensor::{DType, Tensor};
+use wgdit::testing::{assert_close, test_gpu, Tol};
+use wgdit::train::optim::{AdamW, AdamWOptions, LrSchedule};
+
+// As tests/adamw.rs: the same f32 operations as the reference; the global norm is summed in
+// another order on the GPU, so the clip coefficient may differ by an ulp, and GPU sqrt/division
+// round within an ulp: ~1e-7 relative per step, a few steps accumulate a few of them.
+const STEP: Tol = Tol { abs: 2e-7, rel: 2e-6, rel_l2: 1e-6 };
+
+/// Awkward sizes, one above sq_norm's 4096-element partial so the norm spans workgroups.
+const SHAPES: [&[usize]; 4] = [&[1], &[17], &[3, 65], &[4099]];
+
+#[test]
+fn diffsynth_lr_is_a_third_for_five_steps_as_torch_constant_lr() {
+    // torch.optim.lr_scheduler.ConstantLR(AdamW(lr=1e-4)), lr seen by optimizer steps 1..8
+    let torch = [
+        3.3333333333333335e-05,
+        3.3333333333333335e-05,
+        3.3333333333333335e-05,
+        3.3333333333333335e-05,
+        3.3333333333333335e-05,
+        1e-4,
+        1e-4,
+        1e-4,
+    ];
+    for (i, want) in torch.iter().enumerate() {
+        let got = LrSchedule::DiffSynth.lr(1e-4, i as u64 + 1);
+        assert!((got - want).abs() <= 1e-20, "step {}: {got} vs {want}", i + 1);
+    }
+}
+
+#[test]
+fn warmup_rises_linearly_to_the_base_lr() {
+    let s = LrSchedule::Constant { warmup: 4 };
+    let lrs: Vec<f64> = (1..=6).map(|k| s.lr(2.0, k)).collect();
+    assert_eq!(lrs, [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]);
+    assert_eq!(LrSchedule::Constant { warmup: 0 }.lr(2.0, 1), 2.0);
+}
+
+struct Run {
+    gpu: Arc<Gpu>,
+    params: Vec<Tensor>,
+    grads: Vec<Tensor>,
+    opt: AdamW,
+}
+
+fn setup(gpu: &Arc<Gpu>, init: &[Vec<f32>], opts: AdamWOptions) -> Run {
+    let mk = |v: &Vec<f32>, s: &[usize], l: &str| Tensor::from_f32(gpu, v, s, DType::F32, l).unwrap();
+    let params: Vec<Tensor> = init.iter().zip(SHAPES).map(|(v, s)| mk(v, s, "param")).collect();
+    let grads: Vec<Tensor> = SHAPES.iter().map(|s| Tensor::zeros(gpu, s, DType::F32, "grad").unwrap()).collect();
+    let pairs: Vec<(Tensor, Tensor)> = params.iter().cloned().zip(grads.iter().cloned()).collect();
+    let opt = AdamW::new(gpu, &pairs, opts).unwrap();
+    Run { gpu: gpu.clone(), params, grads, opt }
+}
+
+/// CPU state: params, m, v per tensor.
+struct Host {
+    p: Vec<Vec<f32>>,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl Host {
+    fn new(init: &[Vec<f32>]) -> Host {
+        let zeros = || init.iter().map(|p| vec![0f32; p.len()]).collect();
+        Host { p: init.to_vec(), m: zeros(), v: zeros() }
+    }
+    fn step(&mut self, h: &Hyper, step: u32, grads: &[Vec<f32>], scale: f32, max_norm: f32) {
+        let refs: Vec<&[f32]> = grads.iter().map(|g| &g[..]).collect();
+        let sq = wgdit::kernels::norm::sq_norm::cpu::sq_norm(&refs) as f32;
+        for (i, g) in grads.iter().enumerate() {
+            let p = params(g.len(), h, step, scale, max_norm);
+            cpu::step(&p, sq, g, &mut self.p[i], &mut self.m[i], &mut self.v[i]);
+        }
+    }
+}
+
+fn init(seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = Rng::new(seed);
+    SHAPES.iter().map(|s| rng.vec_normal(s.iter().product(), 1.0)).collect()
+}
+
+/// Runs `steps` steps on GPU and CPU with the DiffSynth lr schedule and compares after each.
+fn compare(seed: u64, scale: f32, max_norm: f32, steps: u32) {
+    let gpu = test_gpu();
+    let hyper = Hyper { lr: 1e-2, ..Hyper::default() };
+    let opts = AdamWOptions { hyper, max_norm };
+    let x0 = init(seed);
+    let run = setup(&gpu, &x0, opts);
+    let mut host = Host::new(&x0);
+    let mut rng = Rng::new(seed + 100);
+    let mut worst = (0f64, 0f64);
+    for step in 1..=steps {
+        let lr = LrSchedule::DiffSynth.lr(1e-2, step as u64);
+        let grads: Vec<Vec<f32>> = SHAPES.iter().map(|s| rng.vec_normal(s.iter().product(), 0.7)).collect();
+        for (t, g) in run.grads.iter().zip(&grads) {
+            run.gpu.write(&t.buffer, 0, bytemuck::cast_slice(g));
+        }
+        run.opt.step(step, lr, scale).unwrap();
+        host.step(&Hyper { lr, ..hyper }, step, &grads, scale, max_norm);
+        if max_norm > 0.0 {
+            let refs: Vec<&[f32]> = grads.iter().map(|g| &g[..]).collect();
+            let norm = scale as f64 * wgdit::kernels::norm::sq_norm::cpu::sq_norm(&refs).sqrt();
+            assert!(norm > 2.0 * max_norm as f64, "clipping is active (norm {norm})");
+        }
+        let (m, v) = run.opt.moments().unwrap();
+        for i in 0..SHAPES.len() {
+            let name = format!("step {step} tensor {i}");
+            let p = run.params[i].to_f32(&gpu).unwrap();
+            for (what, got, want) in [("param", &p, &host.p[i]), ("m", &m[i], &host.m[i]), ("v", &v[i], &host.v[i])] {
+                let st = assert_close(&format!("{name} {what}"), got, want, STEP);
+                worst = (worst.0.max(st.max_abs), worst.1.max(st.rel_l2));
+            }
+        }
+    }
+    println!(
+        "adamw scale {scale} max_norm {max_norm}: worst max_abs {:.2e}, rel_l2 {:.2e} over {steps} steps",
+        worst.0, worst.1
+    );
+    assert_eq!(run.opt.dispatches(), SHAPES.len() + if max_norm > 0.0 { SHAPES.len() + 1 } else { 0 });
+}
+
+#[test]
+fn adamw_over_four_tensors_matches_the_cpu_reference_for_six_steps() {
+    compare(1, 1.0, 0.0, 6);
+}
+
+#[test]
+fn adamw_with_accumulation_scale_and_global_norm_clipping_matches_the_cpu_reference() {
+    // grads ~0.7·N(0,1) over 4412 elements: norm ≈ 46·0.25 ≫ 0.5, so clipping is active
+    compare(2, 0.25, 0.5, 4);
+}
+
+#[test]
+fn zero_grads_clears_every_gradient() {
+    let gpu = test_gpu();
+    let run = setup(&gpu, &init(3), AdamWOptions::default());
+    for t in &run.grads {
+        gpu.poison(&t.buffer);
+    }
+    run.opt.zero_grads();
+    for t in &run.grads {
+        assert!(t.to_f32(&gpu).unwrap().iter().all(|&x| x == 0.0));
+    }
+}
+
+#[test]
+fn moments_restored_into_a_new_optimizer_continue_identically() {
+    let gpu = test_gpu();
+    let opts = AdamWOptions { hyper: Hyper { lr: 1e-2, ..Hyper::default() }, max_norm: 1.0 };
+    let x0 = init(4);
+    let a = setup(&gpu, &x0, opts);
+    let mut rng = Rng::new(5);
+    let grads: Vec<Vec<Vec<f32>>> =
+        (0..4).map(|_| SHAPES.iter().map(|s| rng.vec_normal(s.iter().product(), 0.5)).collect()).collect();
+    let feed = |r: &Run, g: &[Vec<f32>], step: u32| {
+        for (t, g) in r.grads.iter().zip(g) {
+            r.gpu.write(&t.buffer, 0, bytemuck::cast_slice(g));
+        }
+        r.opt.step(step, 1e-2, 1.0).unwrap();
+    };
+    feed(&a, &grads[0], 1);
+    feed(&a, &grads[1], 2);
+    // "checkpoint": params and moments to the host, into a fresh optimizer
+    let p: Vec<Vec<f32>> = a.params.iter().map(|t| t.to_f32(&gpu).unwrap()).collect();
+    let (m, v) = a.opt.moments().unwrap();
+    let b = setup(&gpu, &p, opts);
+    b.opt.set_moments(&m, &v);
+    for (k, g) in grads[2..].iter().enumerate() {
+        feed(&a, g, 3 + k as u32);
+        feed(&b, g, 3 + k as u32);
+    }
+    for i in 0..SHAPES.len() {
+        assert_eq!(a.params[i].to_f32(&gpu).unwrap(), b.params[i].to_f32(&gpu).unwrap(), "tensor {i}");
+    }
+}
+
+#[test]
+fn lora_parameters_upload_train_and_download() {
+    use wgdit::train::lora::{parse_targets, LoraConfig, LoraParams};
+    let cfg = wgdit::models::qwen_image::DitConfig {
+        patch_size: 2,
+        in_channels: 16,
+        out_channels: 4,
+        num_layers: 1,
+        attention_head_dim: 8,
+        num_attention_heads: 2,
+        joint_attention_dim: 8,
+        axes_dims_rope: [2, 3, 3],
+        zero_cond_t: false,
+    };
+    let gpu = test_gpu();
+    let conf = LoraConfig { rank: 2, alpha: 2.0, targets: parse_targets("to_q,img_mod.1") };
+    let mut lora = LoraParams::init(&cfg, &conf, &mut Rng::new(1)).unwrap();
+    let before = lora.clone();
+    let params = lora.upload(&gpu).unwrap();
+    let grads: Vec<Tensor> = params.iter().map(|p| Tensor::zeros(&gpu, &p.shape, DType::F32, "g").unwrap()).collect();
+    let pairs: Vec<(Tensor, Tensor)> = params.iter().cloned().zip(grads.iter().cloned()).collect();
+    let opt = AdamW::new(&gpu, &pairs, AdamWOptions::default()).unwrap();
+    for g in &grads {
+        gpu.write(&g.buffer, 0, bytemuck::cast_slice(&vec![1.0f32; g.numel()]));
+    }
+    opt.step(1, 1e-3, 1.0).unwrap();
+    lora.download(&gpu, &params).unwrap();
+    // step 1 with g = 1: p·(1 − lr·wd) − lr·m̂/(√v̂ + eps) ≈ p − 1e-3 for every element
+    for (b, a) in before.params.iter().zip(&lora.params) {
+        assert!(b.b.iter().zip(&a.b).all(|(x, y)| (x - y - 1e-3).abs() < 1e-6), "{}", a.module.path);
+        assert!(b.a.iter().zip(&a.a).all(|(x, y)| ((x * (1.0 - 1e-5) - y) - 1e-3).abs() < 1e-6));
+    }
+}
