@@ -9,7 +9,8 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
 use wgdit::gpu::Gpu;
-use wgdit::kernels::attention::{launch_backward, launch_forward, AttentionShape, BackwardArgs};
+use wgdit::kernels::attention::{launch_backward, launch_forward, BackwardArgs};
+use wgdit::layout::JointShape;
 use wgdit::rng::Rng;
 use wgdit::tensor::{DType, Tensor};
 
@@ -30,9 +31,9 @@ fn tensor(gpu: &Gpu, rng: &mut Rng, n: usize, name: &str) -> Tensor {
 fn bench(c: &mut Criterion) {
     let gpu = Gpu::default_adapter().expect("the attention bench needs a GPU adapter");
     let (heads, s) = size(&gpu);
-    let sh = AttentionShape { batch: 1, heads, head_dim: 128, s_txt: 0, s_img: s };
+    let sh = JointShape { batch: 1, heads, head_dim: 128, s_txt: 0, s_img: s };
     let mut rng = Rng::new(7);
-    let n = sh.qkv_len();
+    let n = sh.head_major_len();
     let [q, k, v, o, d_o, dq, dk, dv] =
         ["q", "k", "v", "o", "do", "dq", "dk", "dv"].map(|name| tensor(&gpu, &mut rng, n, name));
     let [lse, delta] = ["lse", "delta"].map(|name| tensor(&gpu, &mut rng, sh.lse_len(), name));

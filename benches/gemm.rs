@@ -11,7 +11,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 use wgdit::gpu::{Bound, Gpu};
-use wgdit::kernels::gemm::{self, Epilogue, GateRows, GemmArgs, GemmProblem, Lora, Residual, Variant};
+use wgdit::kernels::gemm::{self, Epilogue, GemmArgs, GemmProblem, Lora, Residual, Variant};
+use wgdit::layout::PerSampleRef;
 use wgdit::rng::Rng;
 use wgdit::tensor::{DType, Tensor};
 
@@ -31,7 +32,7 @@ fn setup(gpu: &Gpu, (m, k, n): (usize, usize, usize), dtype: DType, fused: bool,
     let (r, gate) = (32, t(3 * n, &[3 * n], DType::F32));
     let (lt, lb) = (t(m * r, &[m, r], DType::F32), t(n * r, &[n, r], DType::F32));
     let y = t(m * n, &[m, n], DType::F32);
-    let problem = GemmProblem::rows(0, m).gate(GateRows::per_sample(2 * n, 3 * n));
+    let problem = GemmProblem::rows(0, m).gate(PerSampleRef::per_sample(2 * n, 3 * n));
     let epilogue = if fused {
         Epilogue {
             bias: Some(&bias),

@@ -8,7 +8,10 @@ use std::io::{BufWriter, Write};
 
 /// The real model's tensors (`models::qwen_image::names`) for the first `blocks` blocks.
 fn shapes(blocks: usize) -> Vec<(String, Vec<usize>)> {
-    let cfg = wgdit::models::qwen_image::DitConfig { num_layers: blocks, ..wgdit::models::qwen_image::DitConfig::qwen_image() };
+    let cfg = wgdit::models::qwen_image::DitConfig {
+        num_layers: blocks,
+        ..wgdit::models::qwen_image::DitConfig::qwen_image()
+    };
     wgdit::models::qwen_image::names::expected_tensors(&cfg)
 }
 

@@ -24,11 +24,13 @@
 //! - `main.rs`: the `wgdit` CLI; it only parses, calls the library and prints.
 
 pub mod convert;
+pub mod dtype;
 pub mod error;
 pub mod exec;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
+pub mod layout;
 pub mod models;
 pub mod pipeline;
 pub mod rng;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use wgdit::gpu::{self, Backend, GpuOptions};
 use wgdit::models::qwen_image::lora::parse_lora_arg;
-use wgdit::pipeline::forward::{run_forward, ForwardTask};
 use wgdit::models::qwen_image::{DitConfig, QkvMode};
+use wgdit::pipeline::forward::{run_forward, ForwardTask};
 
 #[derive(Parser)]
 #[command(name = "wgdit", version, about = "Qwen-Image DiT inference and LoRA training on any GPU via wgpu")]

@@ -11,7 +11,7 @@
 //! restores the original bit for bit.
 
 use super::{Action, ConvertOptions, DtypeChoice, Report, Target};
-use crate::tensor::DType;
+use crate::dtype::DType;
 use crate::weights::lora::{read_lora, write_lora, HostTensor, Lora, LoraFormat, LoraModule};
 use crate::weights::names::{self, QkvGroup};
 use crate::{Error, Result};
@@ -46,7 +46,7 @@ pub fn convert_lora(opts: &ConvertOptions) -> Result<Report> {
         report.bytes_written = out
             .modules
             .values()
-            .map(|m| ((m.a.data.len() + m.b.data.len()) * dtype.unwrap_or(m.a.dtype).size()) as u64)
+            .map(|m| dtype.unwrap_or(m.a.dtype).bytes(m.a.data.len() + m.b.data.len()) as u64)
             .sum();
         return Ok(report);
     }

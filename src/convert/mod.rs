@@ -12,7 +12,7 @@
 pub mod checkpoint;
 pub mod lora;
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 use crate::weights::checkpoint::looks_like_lora;
 use crate::weights::{Checkpoint, LoraFormat, SafeFile};
 use crate::{Error, Result};

@@ -1,22 +1,23 @@
 //! Lowering: one graph node → its kernel launches. The only place that maps ops to kernels.
 
 use crate::gpu::{Gpu, Launch};
-use crate::graph::ops::{self, Activation, GateProblem, GemmOp, LayerNormModOp, LoraApplyOp, ModRef, Op};
-use crate::kernels::attention::{self, AttentionShape};
-use crate::kernels::gemm::{self, Epilogue, GateRows, GemmArgs, GemmProblem, LoraProblem, Residual};
+use crate::graph::ops::{self, Activation, Ew, GateProblem, GemmOp, LayerNormModOp, LoraApplyOp, Op};
+use crate::kernels::attention;
 use crate::kernels::gemm::backward::{self as gemm_backward, DxArgs, LoraGradArgs};
-use crate::kernels::qkv_post::{self, QkvShape};
-use crate::kernels::norm::reduce_rows::SampleRows;
+use crate::kernels::gemm::{self, Epilogue, GemmArgs, GemmProblem, LoraProblem, Residual};
+use crate::kernels::qkv_post;
 use crate::kernels::{
-    elementwise, elementwise::backward as elementwise_backward, fill, gated_residual, norm::layer_norm_mod, norm::rms_norm, timestep_embed,
+    elementwise, elementwise::backward as elementwise_backward, fill, gated_residual, norm::layer_norm_mod,
+    norm::rms_norm, timestep_embed,
 };
+use crate::layout::SampleRows;
 use crate::tensor::Tensor;
 use crate::Result;
 
 pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Result<Vec<Launch>> {
     let one = |l: Launch| Ok(vec![l]);
     match op {
-        Op::Elementwise(e) => one(elementwise::launch(gpu, *e, inputs[0], inputs.get(1).copied(), outputs[0])?),
+        Op::Elementwise(e) => one(elementwise::launch(gpu, ew(*e), inputs[0], inputs.get(1).copied(), outputs[0])?),
         Op::Gemm(g) => one(lower_gemm(gpu, g, inputs, outputs[0])?),
         Op::LoraDown { rank, problems, .. } => {
             let problems: Vec<LoraProblem> = problems
@@ -32,15 +33,15 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
         }
         Op::QkvPost { shape, layout } => {
             let n_in = if *layout == ops::QkvLayout::Merged { 1 } else { 3 };
-            let layout = qkv_layout(*layout);
-            let s = qkv_shape(shape);
+
             let (x, rest) = inputs.split_at(n_in);
-            one(qkv_post::launch(gpu, s, layout, x, rest[0], rest[1], outputs[0], outputs[1], outputs[2], outputs[3])?)
+            one(qkv_post::launch(
+                gpu, *shape, *layout, x, rest[0], rest[1], outputs[0], outputs[1], outputs[2], outputs[3],
+            )?)
         }
         Op::Attention { shape, masked } => {
-            let s = attention_shape(shape);
             let mask = masked.then(|| inputs[3]);
-            one(attention::launch_forward(gpu, &s, inputs[0], inputs[1], inputs[2], mask, outputs[0], outputs[1])?)
+            one(attention::launch_forward(gpu, shape, inputs[0], inputs[1], inputs[2], mask, outputs[0], outputs[1])?)
         }
         Op::TimestepEmbed => one(timestep_embed::launch(gpu, &timestep_embed::Args { t: inputs[0], emb: outputs[0] })?),
         Op::Fill(v) => one(fill::launch(gpu, outputs[0], *v)?),
@@ -88,7 +89,7 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
             };
             gemm_backward::launch_lora_grads(gpu, &a)
         }
-        Op::ElementwiseBackward(e) => one(elementwise_backward::launch(gpu, *e, inputs[0], inputs[1], outputs[0])?),
+        Op::ElementwiseBackward(e) => one(elementwise_backward::launch(gpu, ew(*e), inputs[0], inputs[1], outputs[0])?),
         Op::GatedResidualBackward { problems, d_gate, .. } => {
             let groups = gate_groups(problems);
             let a = gated_residual::BackwardArgs {
@@ -117,13 +118,11 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
         }
         Op::QkvPostBackward { shape, layout } => {
             let n_in = if *layout == ops::QkvLayout::Merged { 1 } else { 3 };
-            let s = qkv_shape(shape);
             let (x, rest) = inputs.split_at(n_in);
             let (nw, rope, saved, dq, dk, dv) = (rest[0], rest[1], rest[2], rest[3], rest[4], rest[5]);
-            qkv_post::launch_backward(gpu, s, qkv_layout(*layout), x, nw, rope, saved, dq, dk, dv, outputs, None)
+            qkv_post::launch_backward(gpu, *shape, *layout, x, nw, rope, saved, dq, dk, dv, outputs, None)
         }
         Op::AttentionBackward { shape, masked } => {
-            let s = attention_shape(shape);
             let mask = masked.then(|| inputs[3]);
             let o = 3 + *masked as usize;
             let a = attention::BackwardArgs {
@@ -139,35 +138,16 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
                 dk: outputs[1],
                 dv: outputs[2],
             };
-            attention::launch_backward(gpu, &s, &a)
+            attention::launch_backward(gpu, shape, &a)
         }
     }
-}
-
-fn attention_shape(s: &ops::JointShape) -> AttentionShape {
-    AttentionShape { batch: s.batch, heads: s.heads, head_dim: s.head_dim, s_txt: s.s_txt, s_img: s.s_img }
-}
-
-fn qkv_shape(s: &ops::JointShape) -> QkvShape {
-    QkvShape { batch: s.batch, heads: s.heads, head_dim: s.head_dim, s_txt: s.s_txt, s_img: s.s_img }
-}
-
-fn qkv_layout(l: ops::QkvLayout) -> qkv_post::QkvLayout {
-    match l {
-        ops::QkvLayout::Merged => qkv_post::QkvLayout::Merged,
-        ops::QkvLayout::Standard => qkv_post::QkvLayout::Standard,
-    }
-}
-
-fn sample_rows(row0: usize, rows: usize, rows_per_sample: usize, m: &ModRef) -> SampleRows {
-    SampleRows { row0, samples: rows / rows_per_sample, rows_per_sample, split: m.split, alt_rows: m.alt_shift }
 }
 
 fn gate_groups(problems: &[GateProblem]) -> Vec<gated_residual::Group> {
     problems
         .iter()
         .map(|p| gated_residual::Group {
-            rows: sample_rows(p.row0, p.rows, p.rows_per_sample, &p.gate),
+            rows: SampleRows::of(p.row0, p.rows, p.rows_per_sample, &p.gate),
             gate_offset: p.gate.offset,
             sample_stride: p.gate.sample_stride,
         })
@@ -192,10 +172,6 @@ fn lower_lora_apply(gpu: &Gpu, l: &LoraApplyOp, inputs: &[&Tensor], outputs: &[&
     Ok(vec![down, up])
 }
 
-fn gate_rows(m: &ModRef) -> GateRows {
-    GateRows { offset: m.offset, sample_stride: m.sample_stride, split: m.split, alt_shift: m.alt_shift }
-}
-
 /// Inputs in the order `GemmOp` documents: [x, w, bias?, res?, gate_src?, lora_t?, lora_b?].
 fn lower_gemm(gpu: &Gpu, g: &GemmOp, inputs: &[&Tensor], y: &Tensor) -> Result<Launch> {
     let mut it = inputs[2..].iter().copied();
@@ -217,7 +193,7 @@ fn lower_gemm(gpu: &Gpu, g: &GemmOp, inputs: &[&Tensor], y: &Tensor) -> Result<L
                 .bias(p.b_offset)
                 .lora(p.lora_b_offset);
             if let Some(m) = &p.gate {
-                q = q.gate(gate_rows(m));
+                q = q.gate(*m);
             }
             q
         })
@@ -251,7 +227,7 @@ fn gemm_problems(g: &GemmOp) -> Vec<GemmProblem> {
                 .bias(p.b_offset)
                 .lora(p.lora_b_offset);
             match &p.gate {
-                Some(m) => q.gate(gate_rows(m)),
+                Some(m) => q.gate(*m),
                 None => q,
             }
         })
@@ -269,7 +245,7 @@ fn norm_groups(l: &LayerNormModOp) -> Vec<layer_norm_mod::Group> {
             )
         })
         .map(|p| layer_norm_mod::Group {
-            rows: sample_rows(p.row0, p.rows, p.rows_per_sample, &p.shift),
+            rows: SampleRows::of(p.row0, p.rows, p.rows_per_sample, &p.shift),
             shift_offset: p.shift.offset,
             scale_offset: p.scale.offset,
             sample_stride: p.shift.sample_stride,
@@ -289,4 +265,13 @@ fn lower_layer_norm(gpu: &Gpu, l: &LayerNormModOp, inputs: &[&Tensor], outputs: 
         rstd: outputs[2],
     };
     layer_norm_mod::launch(gpu, &a)
+}
+
+fn ew(e: Ew) -> elementwise::Op {
+    match e {
+        Ew::Add => elementwise::Op::Add,
+        Ew::Mul => elementwise::Op::Mul,
+        Ew::Silu => elementwise::Op::Silu,
+        Ew::GeluTanh => elementwise::Op::GeluTanh,
+    }
 }

@@ -10,8 +10,7 @@
 
 use super::ops::*;
 use super::{Graph, TensorId};
-use crate::kernels::elementwise::Op as Ew;
-use crate::tensor::DType;
+use crate::dtype::DType;
 use std::collections::{HashMap, HashSet};
 
 struct Diff<'g> {

@@ -14,7 +14,7 @@ mod ops_spec;
 
 pub use ops::Op;
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 
 pub type TensorId = usize;
 
@@ -42,7 +42,7 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn bytes(&self) -> u64 {
-        (self.shape.iter().product::<usize>() * self.dtype.size()) as u64
+        self.dtype.bytes(self.shape.iter().product::<usize>()) as u64
     }
 }
 

@@ -4,8 +4,7 @@
 
 pub use super::ops_spec::*;
 use super::{Graph, TensorId};
-use crate::kernels::elementwise::Op as Ew;
-use crate::tensor::DType;
+use crate::dtype::DType;
 
 /// Which tensors of a node its backward needs: indices into its inputs / outputs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

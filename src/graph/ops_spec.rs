@@ -1,29 +1,8 @@
 //! Parameter structs of the model ops (plain data, no wgpu). Row ranges follow the stream-major
 //! joint layout: one buffer holds [text rows of every sample | image rows of every sample], and a
-//! grouped op runs one problem per stream.
+//! grouped op runs one problem per stream (`crate::layout`).
 
-/// Where a per-sample modulation vector (shift, scale or gate) is read: element
-/// `offset + row_of(b, j) * sample_stride + col`, where `row_of(b, j) = b`, or `b + alt_shift`
-/// for tokens `j >= split` (Edit-2511 `zero_cond_t`: reference tokens use the t = 0 rows).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ModRef {
-    pub offset: usize,
-    pub sample_stride: usize,
-    pub split: usize,
-    pub alt_shift: usize,
-}
-
-impl ModRef {
-    /// A plain per-sample row with no zero_cond_t split.
-    pub fn rows(offset: usize, sample_stride: usize, rows_per_sample: usize) -> ModRef {
-        ModRef { offset, sample_stride, split: rows_per_sample, alt_shift: 0 }
-    }
-    /// The element index of column `col` for token `j` of sample `b`.
-    pub fn index(&self, b: usize, j: usize, col: usize) -> usize {
-        let row = if j >= self.split { b + self.alt_shift } else { b };
-        self.offset + row * self.sample_stride + col
-    }
-}
+pub use crate::layout::{JointShape, PerSampleRef, QkvLayout};
 
 /// One problem of a grouped GEMM: rows `row0 .. row0 + rows` of x produce the same rows of y
 /// with the weight at element `w_offset` ([n, k] row-major).
@@ -35,10 +14,9 @@ pub struct GemmProblem {
     pub w_offset: usize,
     pub b_offset: usize,
     /// Gated residual `y = res + gate ⊙ (x·Wᵀ + b)` (res rows = y rows).
-    pub gate: Option<ModRef>,
-    /// LoRA side path: `y += t·Bᵀ` with t's columns `lora_col0 ..+ lora_rank` (t rows = x rows)
-    /// and B at element `lora_b_offset` ([n, lora_rank]).
-    pub lora_col0: usize,
+    pub gate: Option<PerSampleRef>,
+    /// LoRA side path: `y += t·Bᵀ` (t rows = x rows) with B at element `lora_b_offset`
+    /// ([n, lora_rank]).
     pub lora_b_offset: usize,
 }
 
@@ -71,8 +49,8 @@ pub struct NormProblem {
     pub row0: usize,
     pub rows: usize,
     pub rows_per_sample: usize,
-    pub shift: ModRef,
-    pub scale: ModRef,
+    pub shift: PerSampleRef,
+    pub scale: PerSampleRef,
 }
 
 /// `y = LayerNorm(x)·(1 + scale) + shift` (no affine, eps 1e-6), grouped.
@@ -82,40 +60,13 @@ pub struct LayerNormModOp {
     pub problems: Vec<NormProblem>,
 }
 
-/// Attention / QKV geometry of one joint sequence batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JointShape {
-    pub batch: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    pub s_txt: usize,
-    pub s_img: usize,
-}
-
-impl JointShape {
-    pub fn rows(&self) -> usize {
-        self.batch * (self.s_txt + self.s_img)
-    }
-    pub fn hidden(&self) -> usize {
-        self.heads * self.head_dim
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QkvLayout {
-    /// One [rows, 3D] tensor (columns q | k | v).
-    Merged,
-    /// Three [rows, D] tensors.
-    Standard,
-}
-
 /// One problem of a gated residual `out = res + gate ⊙ branch` (rows `row0 ..`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GateProblem {
     pub row0: usize,
     pub rows: usize,
     pub rows_per_sample: usize,
-    pub gate: ModRef,
+    pub gate: PerSampleRef,
 }
 
 /// A trainable LoRA on columns `y_col0 .. y_col0 + n` of a GEMM output, for the rows of each
@@ -128,4 +79,19 @@ pub struct LoraApplyOp {
     pub scale: f32,
     pub y_col0: usize,
     pub problems: Vec<(usize, usize)>,
+}
+
+/// Element-wise f32 ops of the graph (lowered to `kernels::elementwise`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ew {
+    Add,
+    Mul,
+    Silu,
+    GeluTanh,
+}
+
+impl Ew {
+    pub fn is_unary(self) -> bool {
+        matches!(self, Ew::Silu | Ew::GeluTanh)
+    }
 }

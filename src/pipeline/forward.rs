@@ -1,13 +1,13 @@
 //! `wgdit forward`: read an inputs file, run the DiT, write `output` atomically.
 
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::pipeline::inputs::ForwardInputs;
 use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::Dit;
 use crate::models::qwen_image::QkvMode;
-use crate::tensor::DType;
+use crate::pipeline::inputs::ForwardInputs;
 use crate::weights::writer::{write_safetensors, OutTensor, Source, TempOutput};
 use std::borrow::Cow;
 use std::collections::BTreeMap;

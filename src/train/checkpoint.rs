@@ -13,9 +13,9 @@
 use super::data::BatcherState;
 use super::lora::{LoraConfig, LoraParams};
 use super::optim::Moments;
+use crate::dtype::DType;
 use crate::models::qwen_image::DitConfig;
 use crate::rng::Rng;
-use crate::tensor::DType;
 use crate::weights::lora::{read_lora, LoraFormat};
 use crate::weights::safetensors::SafeFile;
 use crate::weights::writer::{write_safetensors, OutTensor, Source, TempOutput};

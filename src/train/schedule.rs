@@ -8,8 +8,8 @@
 //! the snap and the weights agree with DiffSynth's own (diffsynth 2.1.12, `diffusion/flow_match.py`;
 //! fixture `tests/fixtures/train/schedule.safetensors` from `tools/gen_schedule_fixture.py`).
 
+use crate::dtype::DType;
 use crate::rng::Rng;
-use crate::tensor::DType;
 
 /// `num_train_timesteps` and the table length of a training schedule.
 pub const TRAIN_STEPS: usize = 1000;

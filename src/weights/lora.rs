@@ -14,7 +14,7 @@
 
 use super::names;
 use super::safetensors::SafeFile;
-use crate::tensor::DType;
+use crate::dtype::DType;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;

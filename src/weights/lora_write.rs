@@ -7,7 +7,7 @@
 use super::lora::{Lora, LoraFormat, LoraModule, ADAPTER_METADATA_KEY, QKV_RANKS_KEY};
 use super::names;
 use super::writer::{write_safetensors, OutTensor, Source, TempOutput};
-use crate::tensor::DType;
+use crate::dtype::DType;
 use crate::Result;
 use indicatif::ProgressBar;
 use std::borrow::Cow;

@@ -6,7 +6,7 @@
 //! "data_offsets": [begin, end]}}`, then the data buffer; offsets are relative to the buffer, and
 //! the buffer must be fully indexed without holes or overlaps.
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 use crate::{Error, Result};
 use memmap2::Mmap;
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@
 //! the pages of each mapped source are released after use.
 
 use super::safetensors::{dtype_str, SafeFile, TensorInfo};
-use crate::tensor::DType;
+use crate::dtype::DType;
 use crate::{Error, Result};
 use indicatif::ProgressBar;
 use std::borrow::Cow;
@@ -56,7 +56,7 @@ pub struct OutTensor<'a> {
 
 impl OutTensor<'_> {
     pub fn nbytes(&self) -> u64 {
-        (self.shape.iter().product::<usize>() * self.dtype.size()) as u64
+        self.dtype.bytes(self.shape.iter().product::<usize>()) as u64
     }
 }
 
@@ -128,7 +128,7 @@ fn write_tensor(w: &mut impl Write, t: &OutTensor, buf: &mut Vec<u8>) -> std::io
         Source::Mapped { dtype, pieces } => {
             // Window by window, releasing each window's pages once written, so that resident
             // memory stays at about one window whatever the tensor size.
-            let window = CHUNK * dtype.size();
+            let window = dtype.bytes(CHUNK);
             for p in pieces {
                 let mut at = p.begin;
                 while at < p.end {
@@ -151,7 +151,7 @@ fn write_converted(w: &mut impl Write, src: &[u8], from: DType, to: DType, buf: 
         return Ok(src.len() as u64);
     }
     let mut n = 0;
-    for c in src.chunks(CHUNK * from.size()) {
+    for c in src.chunks(from.bytes(CHUNK)) {
         buf.clear();
         encode_into(&from.decode(c), to, buf);
         w.write_all(buf)?;

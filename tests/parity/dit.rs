@@ -1,8 +1,6 @@
 //! Parity of the DiT forward with diffusers 0.42.1 in float32 (fixtures made by
 //! tools/gen_dit_fixtures.py), in all three execution modes, and block-by-block agreement.
 
-
-
 use crate::diffusers_fixtures::{fixtures, model_paths, run_model, Fixture};
 use wgdit::models::qwen_image::runtime::DitPlan;
 use wgdit::models::qwen_image::QkvMode;

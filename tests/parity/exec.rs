@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 use wgdit::exec::{memory, Plan};
+use wgdit::graph::ops::Ew;
 use wgdit::graph::{checkpoint, Graph, Op};
-use wgdit::kernels::elementwise::{cpu, Op as Ew};
+use wgdit::kernels::elementwise::{cpu, Op as K};
 use wgdit::rng::Rng;
 use wgdit::tensor::DType;
 use wgdit::testing::{assert_close, test_gpu, Tol};
@@ -28,7 +29,7 @@ fn chain(depth: usize, n: usize) -> (Graph, usize, usize) {
 fn chain_cpu(depth: usize, x: &[f32]) -> Vec<f32> {
     let mut h = x.to_vec();
     for _ in 0..depth {
-        h = cpu::apply(Ew::Add, &cpu::apply(Ew::Silu, &h, None), Some(x));
+        h = cpu::apply(K::Add, &cpu::apply(K::Silu, &h, None), Some(x));
     }
     h
 }

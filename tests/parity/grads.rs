@@ -1,20 +1,18 @@
 //! LoRA gradients of the whole DiT through the executor's autodiff, against PyTorch autograd
 //! (diffusers model + peft LoRA in float32: tests/fixtures/lora/cases/grad_peft*.safetensors).
 
-
-
 use crate::diffusers_fixtures::{fixtures, model_paths, Fixture};
 use std::collections::HashMap;
 use wgdit::models::qwen_image::bench::random_inputs;
 use wgdit::models::qwen_image::dit::ForwardShape;
 use wgdit::models::qwen_image::dit::TrainLora;
-use wgdit::pipeline::inputs::ForwardInputs;
 use wgdit::models::qwen_image::load::RandomWeights;
 use wgdit::models::qwen_image::open::open;
 use wgdit::models::qwen_image::runtime::Dit;
 use wgdit::models::qwen_image::training;
 use wgdit::models::qwen_image::DitConfig;
 use wgdit::models::qwen_image::QkvMode;
+use wgdit::pipeline::inputs::ForwardInputs;
 use wgdit::rng::Rng;
 use wgdit::tensor::{DType, Tensor};
 use wgdit::testing::{stats, test_gpu};

@@ -2,8 +2,6 @@
 //! tools/gen_dit_fixtures.py): every file format, a strength, a merged-QKV LoRA, all three modes;
 //! and the converted twins of a LoRA and of a checkpoint give the same output.
 
-
-
 use crate::diffusers_fixtures::{fixtures, model_paths, run_model, Fixture};
 use wgdit::convert::{convert, ConvertOptions, DtypeChoice, Target};
 use wgdit::models::qwen_image::lora::LoraSet;

@@ -3,11 +3,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use wgdit::pipeline::inputs::ForwardInputs;
 use wgdit::models::qwen_image::lora::LoraSet;
 use wgdit::models::qwen_image::open::open;
 use wgdit::models::qwen_image::runtime::{Dit, DitPlan};
 use wgdit::models::qwen_image::QkvMode;
+use wgdit::pipeline::inputs::ForwardInputs;
 use wgdit::testing::test_gpu;
 
 pub fn fixtures() -> PathBuf {

@@ -2,8 +2,6 @@
 //! hyper-parameters), writes are atomic (no partial folder; a rewrite replaces), corrupt or
 //! mismatched checkpoints are refused with a reason, and loss.csv is cut back on resume.
 
-
-
 use crate::synthetic_checkpoint::tmpdir;
 use std::path::Path;
 use wgdit::models::qwen_image::DitConfig;

@@ -2,8 +2,6 @@
 //! every bad sample named, lazy loading of f32/f16/bf16 and any mask dtype, diffusers' latent
 //! packing, and the seeded, resumable shape-grouped batcher.
 
-
-
 use crate::synthetic_checkpoint::{tmpdir, write_st, Raw};
 use safetensors::Dtype;
 use std::collections::{BTreeMap, BTreeSet};

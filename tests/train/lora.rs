@@ -1,8 +1,6 @@
 //! The trainable LoRA set: PEFT target matching on the real and a tiny model, merged q/k/v
 //! names, PEFT init, and export read back by wgdit's own LoRA reader and by the safetensors crate.
 
-
-
 use crate::synthetic_checkpoint::{read_meta, read_st, tmpdir};
 use wgdit::models::qwen_image::DitConfig;
 use wgdit::rng::Rng;

@@ -1,7 +1,5 @@
 //! The training loop learns: a LoRA on the tiny model fitted to a handful of cached samples.
 
-
-
 use crate::diffusers_fixtures::model_paths;
 use std::path::Path;
 use wgdit::testing::test_gpu;

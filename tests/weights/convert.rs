@@ -2,8 +2,6 @@
 //! single file and sharded folder), row stacking, prefixes, dtype conversion, and error cases that
 //! must leave nothing behind. Synthetic tiny checkpoints with the real names (tests/common).
 
-
-
 use crate::synthetic_checkpoint::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

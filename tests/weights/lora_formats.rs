@@ -2,8 +2,6 @@
 //! parse to the same canonical LoRA; merged and standard conversions reproduce ΔW = s·B·A for every
 //! module; merge → split restores the original bit for bit; errors leave nothing behind.
 
-
-
 use crate::synthetic_checkpoint::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -1,11 +1,10 @@
 //! AdamW: the f32 CPU reference vs torch.optim.AdamW numbers (fixture from
 //! tools/gen_adamw_fixture.py), the GPU kernel vs both, and the squared-norm reduction.
 
-
-use crate::kernels::test_util::*;
 use crate::gpu::Gpu;
 use crate::kernels::adamw::{self, cpu, Hyper};
 use crate::kernels::norm::sq_norm;
+use crate::kernels::test_util::*;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::testing::{assert_close, test_gpu, Tol};

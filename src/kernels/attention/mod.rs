@@ -3,7 +3,7 @@
 //! (spec qwen-image-dit.md §3.6): `O = softmax(Q·Kᵀ/sqrt(Dh) + maskbias)·V`, non-causal.
 //!
 //! Public API:
-//! - [`AttentionShape`] `{ batch, heads, head_dim, s_txt, s_img }`; joint length `S = s_txt + s_img`
+//! - [`JointShape`] `{ batch, heads, head_dim, s_txt, s_img }`; joint length `S = s_txt + s_img`
 //!   (text first). `head_dim` is a multiple of 4, at most 128; `s_img >= 1` (every query then has a
 //!   valid key).
 //! - [`launch_forward`]`(gpu, shape, q, k, v, mask, o, lse) -> Result<Launch>`:
@@ -30,6 +30,7 @@
 //! (subgroup shuffles) or cooperative matrices would fix that. Not measured on a real GPU yet.
 
 use crate::gpu::{Buffer, Gpu, Launch};
+use crate::layout::JointShape;
 use crate::shaders::{ATTENTION, ATTENTION_BACKWARD};
 use crate::tensor::{DType, Tensor};
 use crate::Result;
@@ -42,37 +43,16 @@ const TILE_VEC4: usize = 512;
 /// Largest staged tile in rows; `MAX_BK` in the shaders.
 const MAX_TILE_ROWS: usize = 32;
 
-/// Shape of one joint attention call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttentionShape {
-    pub batch: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    pub s_txt: usize,
-    pub s_img: usize,
+/// Kernel geometry of a joint attention call.
+trait Geometry {
+    fn check(&self, who: &str);
+    fn tile_rows(&self) -> usize;
+    fn constants(&self) -> [(&'static str, f64); 2];
+    fn groups(&self) -> [u32; 3];
+    fn params(&self, mask: Option<&Tensor>) -> Params;
 }
 
-impl AttentionShape {
-    /// Joint sequence length S = s_txt + s_img.
-    pub fn seq(&self) -> usize {
-        self.s_txt + self.s_img
-    }
-    /// Elements of one head-major [B, H, S, Dh] tensor (also of O).
-    pub fn qkv_len(&self) -> usize {
-        self.batch * self.heads * self.seq() * self.head_dim
-    }
-    /// Elements of lse / delta [B, H, S].
-    pub fn lse_len(&self) -> usize {
-        self.batch * self.heads * self.seq()
-    }
-    /// Row of token `s` of sample `b` in the stream-major joint layout of O.
-    pub fn joint_row(&self, b: usize, s: usize) -> usize {
-        if s < self.s_txt {
-            b * self.s_txt + s
-        } else {
-            self.batch * self.s_txt + b * self.s_img + (s - self.s_txt)
-        }
-    }
+impl Geometry for JointShape {
     fn check(&self, who: &str) {
         assert!(
             self.head_dim % 4 == 0 && (4..=128).contains(&self.head_dim),
@@ -129,7 +109,7 @@ fn check_f32(who: &str, name: &str, t: &Tensor, len: usize) {
 }
 
 /// The mask buffer, or `fallback` (a read-only input, never read: has_mask = 0) when there is none.
-fn mask_buffer(who: &str, shape: &AttentionShape, mask: Option<&Tensor>, fallback: &Tensor) -> Buffer {
+fn mask_buffer(who: &str, shape: &JointShape, mask: Option<&Tensor>, fallback: &Tensor) -> Buffer {
     match mask {
         Some(m) => {
             check_f32(who, "mask", m, shape.batch * shape.s_txt);
@@ -143,7 +123,7 @@ fn mask_buffer(who: &str, shape: &AttentionShape, mask: Option<&Tensor>, fallbac
 #[allow(clippy::too_many_arguments)]
 pub fn launch_forward(
     gpu: &Gpu,
-    shape: &AttentionShape,
+    shape: &JointShape,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -154,7 +134,7 @@ pub fn launch_forward(
     const WHO: &str = "attention::launch_forward";
     shape.check(WHO);
     for (n, t) in [("q", q), ("k", k), ("v", v), ("o", o)] {
-        check_f32(WHO, n, t, shape.qkv_len());
+        check_f32(WHO, n, t, shape.head_major_len());
     }
     check_f32(WHO, "lse", lse, shape.lse_len());
     let p = shape.params(mask);
@@ -195,13 +175,13 @@ pub struct BackwardArgs<'a> {
 /// Backward (FlashAttention-2 from the saved lse), two dispatches in order:
 /// forward `O = P V, P = softmax(Q Kᵀ·scale + maskbias)`  =>  `dS = P ⊙ (dO Vᵀ − rowsum(dO ⊙ O))`,
 /// `dQ = dS K·scale` (+ delta) then `dK = dSᵀ Q·scale, dV = Pᵀ dO`. Activation gradients: `=`.
-pub fn launch_backward(gpu: &Gpu, shape: &AttentionShape, a: &BackwardArgs) -> Result<Vec<Launch>> {
+pub fn launch_backward(gpu: &Gpu, shape: &JointShape, a: &BackwardArgs) -> Result<Vec<Launch>> {
     const WHO: &str = "attention::launch_backward";
     shape.check(WHO);
     for (n, t) in
         [("q", a.q), ("k", a.k), ("v", a.v), ("o", a.o), ("d_o", a.d_o), ("dq", a.dq), ("dk", a.dk), ("dv", a.dv)]
     {
-        check_f32(WHO, n, t, shape.qkv_len());
+        check_f32(WHO, n, t, shape.head_major_len());
     }
     check_f32(WHO, "lse", a.lse, shape.lse_len());
     check_f32(WHO, "delta", a.delta, shape.lse_len());
@@ -234,7 +214,7 @@ pub fn launch_backward(gpu: &Gpu, shape: &AttentionShape, a: &BackwardArgs) -> R
 /// Convenience: runs the forward and returns `(o, lse)`.
 pub fn forward(
     gpu: &Arc<Gpu>,
-    shape: &AttentionShape,
+    shape: &JointShape,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -251,7 +231,7 @@ pub fn forward(
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Arc<Gpu>,
-    shape: &AttentionShape,
+    shape: &JointShape,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -272,11 +252,11 @@ pub fn backward(
 
 /// f64 reference with materialised scores (fine on the CPU at test sizes).
 pub mod cpu {
-    use super::AttentionShape;
+    use crate::layout::JointShape;
 
     /// Softmax probabilities P [S, S] of head (b, h) and the lse per query, in f64.
     pub fn probs(
-        sh: &AttentionShape,
+        sh: &JointShape,
         q: &[f64],
         k: &[f64],
         mask: Option<&[f32]>,
@@ -305,9 +285,9 @@ pub mod cpu {
     }
 
     /// Forward in f64: (O in stream-major joint rows [B·S, H·Dh], lse [B, H, S]).
-    pub fn forward(sh: &AttentionShape, q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
+    pub fn forward(sh: &JointShape, q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
         let (s, dh, hd) = (sh.seq(), sh.head_dim, sh.heads * sh.head_dim);
-        let mut o = vec![0.0; sh.qkv_len()];
+        let mut o = vec![0.0; sh.head_major_len()];
         let mut lse = vec![0.0; sh.lse_len()];
         for b in 0..sh.batch {
             for h in 0..sh.heads {
@@ -329,7 +309,7 @@ pub mod cpu {
 
     /// Backward in f64 (recomputes P): (dq, dk, dv) head-major, from `d_o` in stream-major rows.
     pub fn backward(
-        sh: &AttentionShape,
+        sh: &JointShape,
         q: &[f64],
         k: &[f64],
         v: &[f64],

@@ -2,7 +2,8 @@
 //! every run; the CPU backward vs central finite differences of the CPU forward.
 
 use crate::gpu::Gpu;
-use crate::kernels::attention::{self, cpu, AttentionShape, BackwardArgs};
+use crate::kernels::attention::{self, cpu, BackwardArgs};
+use crate::layout::JointShape;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::testing::{assert_close, test_gpu, Stats, Tol};
@@ -25,17 +26,17 @@ enum MaskKind {
 }
 
 struct Case {
-    shape: AttentionShape,
+    shape: JointShape,
     mask: MaskKind,
     /// Q and K uniform in ±amp.
     amp: f32,
 }
 
-fn shape(batch: usize, heads: usize, head_dim: usize, s_txt: usize, s_img: usize) -> AttentionShape {
-    AttentionShape { batch, heads, head_dim, s_txt, s_img }
+fn shape(batch: usize, heads: usize, head_dim: usize, s_txt: usize, s_img: usize) -> JointShape {
+    JointShape { batch, heads, head_dim, s_txt, s_img }
 }
 
-fn mask_values(sh: &AttentionShape, kind: MaskKind) -> Option<Vec<f32>> {
+fn mask_values(sh: &JointShape, kind: MaskKind) -> Option<Vec<f32>> {
     let n = sh.s_txt;
     let row = |b: usize, j: usize| -> f32 {
         match kind {
@@ -60,7 +61,7 @@ struct Inputs {
 
 fn inputs(case: &Case, seed: u64) -> Inputs {
     let mut rng = Rng::new(seed);
-    let n = case.shape.qkv_len();
+    let n = case.shape.head_major_len();
     Inputs {
         q: rng.vec_uniform(n, -case.amp, case.amp),
         k: rng.vec_uniform(n, -case.amp, case.amp),
@@ -94,11 +95,11 @@ struct GpuRun {
 }
 
 /// Runs forward then backward on the GPU (the backward consumes the GPU's own O and lse).
-fn run_gpu(gpu: &Gpu, sh: &AttentionShape, x: &Inputs) -> GpuRun {
+fn run_gpu(gpu: &Gpu, sh: &JointShape, x: &Inputs) -> GpuRun {
     let (q, k, v, d_o) =
         (upload(gpu, &x.q, "q"), upload(gpu, &x.k, "k"), upload(gpu, &x.v, "v"), upload(gpu, &x.d_o, "do"));
     let mask = x.mask.as_ref().map(|m| upload(gpu, m, "mask"));
-    let (n, nl) = (sh.qkv_len(), sh.lse_len());
+    let (n, nl) = (sh.head_major_len(), sh.lse_len());
     let (o, lse) = (poisoned(gpu, n, "o"), poisoned(gpu, nl, "lse"));
     gpu.run(&[attention::launch_forward(gpu, sh, &q, &k, &v, mask.as_ref(), &o, &lse).unwrap()]).unwrap();
     let (dq, dk, dv, delta) =
@@ -140,7 +141,7 @@ fn check_case(gpu: &Gpu, case: &Case, seed: u64) -> [Stats; 5] {
     s
 }
 
-fn assert_masked_keys_have_zero_gradient(sh: &AttentionShape, mask: Option<&[f32]>, grads: &[Vec<f32>; 3]) {
+fn assert_masked_keys_have_zero_gradient(sh: &JointShape, mask: Option<&[f32]>, grads: &[Vec<f32>; 3]) {
     let Some(m) = mask else { return };
     for b in 0..sh.batch {
         for j in (0..sh.s_txt).filter(|&j| m[b * sh.s_txt + j] == 0.0) {
@@ -224,7 +225,7 @@ fn attention_over_2565_tokens_matches_cpu_reference() {
 }
 
 /// L = Σ O·dO in f64.
-fn loss(sh: &AttentionShape, q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f32]>, d_o: &[f64]) -> f64 {
+fn loss(sh: &JointShape, q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f32]>, d_o: &[f64]) -> f64 {
     let (o, _) = cpu::forward(sh, q, k, v, mask);
     o.iter().zip(d_o).map(|(a, b)| a * b).sum()
 }

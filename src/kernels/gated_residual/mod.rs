@@ -9,8 +9,8 @@
 //!   `reduce_rows::Mode::Product` of dx·branch). dx of the residual input is dx itself.
 //! - `cpu::apply`: f64 reference.
 
-use crate::kernels::norm::reduce_rows::{self, SampleRows, Target};
 use crate::gpu::{Gpu, Launch};
+use crate::kernels::norm::reduce_rows::{self, SampleRows, Target};
 use crate::shaders::GATED_RESIDUAL;
 use crate::tensor::{DType, Tensor};
 use crate::Result;

@@ -1,10 +1,9 @@
 //! gated_residual forward (in-place `+=`) and backward (d_branch `=`, d_gate `+=`) vs the f64
 //! reference on joint text+image rows with a zero_cond_t split; CPU backward vs finite differences.
 
-
-use crate::kernels::test_util::*;
 use crate::kernels::gated_residual::{self, cpu, BackwardArgs, Group, Write};
 use crate::kernels::norm::reduce_rows::{cpu as rcpu, Mode, SampleRows, Target};
+use crate::kernels::test_util::*;
 use crate::rng::Rng;
 use crate::testing::{assert_close, test_gpu, Tol};
 

@@ -3,7 +3,7 @@
 //!
 //! Public API:
 //! - [`GemmProblem`]: one row range `[row0, row0 + rows)` of the stream-major joint rows with its
-//!   own weight/bias/LoRA-B element offsets, `alpha` and [`GateRows`] (per-sample gate rows with
+//!   own weight/bias/LoRA-B element offsets, `alpha` and [`PerSampleRef`] (per-sample gate rows with
 //!   the Edit-2511 `zero_cond_t` split). All problems of a dispatch share N and K and the buffers.
 //! - [`GemmArgs`] + [`Epilogue`] (bias, [`Lora`] side path, GELU, gate, [`Residual`]) →
 //!   [`launch`]: one dispatch ([`launch_variant`] picks the register-tiled or the
@@ -16,6 +16,7 @@
 //! the kernel uses vec4 weight loads, otherwise scalar loads (slower, same result).
 
 use crate::gpu::{Gpu, Launch};
+use crate::layout::PerSampleRef;
 use crate::shaders::GEMM;
 use crate::tensor::{DType, Tensor};
 use crate::Result;
@@ -39,32 +40,6 @@ pub enum Variant {
     Workgroup,
 }
 
-/// Where a problem reads its per-sample gate rows: row `b` of sample `b` at
-/// `offset + b·sample_stride`, except that tokens `j >= split` (Edit-2511 reference tokens) read
-/// sample row `b + alt_shift` (the t = 0 rows). `split >= rows_per_sample` changes nothing.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct GateRows {
-    pub offset: usize,
-    pub sample_stride: usize,
-    pub split: usize,
-    pub alt_shift: usize,
-}
-
-impl GateRows {
-    /// Plain per-sample rows (no zero_cond_t split).
-    pub fn per_sample(offset: usize, sample_stride: usize) -> GateRows {
-        GateRows { offset, sample_stride, split: usize::MAX, alt_shift: 0 }
-    }
-    /// Tokens `j >= split` read sample row `b + alt_shift` (zero_cond_t: alt_shift = B).
-    pub fn zero_cond(self, split: usize, alt_shift: usize) -> GateRows {
-        GateRows { split, alt_shift, ..self }
-    }
-    /// The sample row that token `j` of sample `b` reads.
-    pub fn sample_row(&self, b: usize, j: usize) -> usize {
-        b + if j >= self.split { self.alt_shift } else { 0 }
-    }
-}
-
 /// One row-range problem of a grouped GEMM (see the module doc). Build with
 /// `GemmProblem::rows(row0, rows)` and the setters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -81,7 +56,7 @@ pub struct GemmProblem {
     pub lora_offset: usize,
     /// Scale of x·Wᵀ (1 for a linear layer).
     pub alpha: f32,
-    pub gate: GateRows,
+    pub gate: PerSampleRef,
 }
 
 impl GemmProblem {
@@ -94,7 +69,7 @@ impl GemmProblem {
             bias_offset: 0,
             lora_offset: 0,
             alpha: 1.0,
-            gate: GateRows::per_sample(0, 0),
+            gate: PerSampleRef::per_sample(0, 0),
         }
     }
     pub fn samples(self, rows_per_sample: usize) -> Self {
@@ -112,7 +87,7 @@ impl GemmProblem {
     pub fn alpha(self, alpha: f32) -> Self {
         GemmProblem { alpha, ..self }
     }
-    pub fn gate(self, gate: GateRows) -> Self {
+    pub fn gate(self, gate: PerSampleRef) -> Self {
         GemmProblem { gate, ..self }
     }
     fn end(&self) -> usize {
@@ -154,7 +129,7 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a Tensor>,
     pub lora: Option<Lora<'a>>,
     pub gelu: bool,
-    /// Per-sample gate rows (f32), addressed by each problem's [`GateRows`].
+    /// Per-sample gate rows (f32), addressed by each problem's [`PerSampleRef`].
     pub gate: Option<&'a Tensor>,
     pub residual: Residual<'a>,
 }

@@ -14,6 +14,7 @@
 //! (`Mode::RmsProduct`: dy·x·rstd). The accumulation rule is `+=` (parameter gradients).
 
 use crate::gpu::{Gpu, Launch};
+pub use crate::layout::SampleRows;
 use crate::shaders::REDUCE_ROWS;
 use crate::tensor::{DType, Tensor};
 use crate::Result;
@@ -23,47 +24,10 @@ pub const CHUNK_ROWS: usize = 32;
 /// Problems per dispatch (the WGSL `array<Problem, 4>`).
 pub const MAX_PROBLEMS: usize = 4;
 
-/// A contiguous range of rows grouped by sample, with the per-sample vector row rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SampleRows {
-    pub row0: usize,
-    pub samples: usize,
-    pub rows_per_sample: usize,
-    /// Tokens `j >= split` use vector row `b + alt_rows`; `split >= rows_per_sample` disables it.
-    pub split: usize,
-    pub alt_rows: usize,
-}
-
-impl SampleRows {
-    /// No zero_cond_t split: every token of sample `b` uses vector row `b`.
-    pub fn plain(row0: usize, samples: usize, rows_per_sample: usize) -> SampleRows {
-        SampleRows { row0, samples, rows_per_sample, split: rows_per_sample, alt_rows: 0 }
-    }
-    pub fn rows(&self) -> usize {
-        self.samples * self.rows_per_sample
-    }
-    /// The split clamped to the sample length.
-    pub fn split_eff(&self) -> usize {
-        self.split.min(self.rows_per_sample)
-    }
-    /// The per-sample vector row of local row `l` (0-based inside this range).
-    pub fn vec_row(&self, l: usize) -> usize {
-        let (b, j) = (l / self.rows_per_sample, l % self.rows_per_sample);
-        if j >= self.split {
-            b + self.alt_rows
-        } else {
-            b
-        }
-    }
-    /// The leading WGSL `Problem` fields every grouped kernel shares:
-    /// `[row0, samples, rows_per_sample, split (clamped), alt_rows]`.
-    pub fn wgsl_fields(&self) -> [u32; 5] {
-        [self.row0, self.samples, self.rows_per_sample, self.split_eff(), self.alt_rows].map(|v| v as u32)
-    }
-    fn chunks_per_sample(&self) -> usize {
-        let s = self.split_eff();
-        s.div_ceil(CHUNK_ROWS) + (self.rows_per_sample - s).div_ceil(CHUNK_ROWS)
-    }
+/// Partial chunks of one sample: chunks cross neither a sample nor the zero_cond_t split.
+fn chunks_per_sample(r: &SampleRows) -> usize {
+    let s = r.split_eff();
+    s.div_ceil(CHUNK_ROWS) + (r.rows_per_sample - s).div_ceil(CHUNK_ROWS)
 }
 
 #[repr(C)]
@@ -131,7 +95,7 @@ pub struct Args<'a> {
 
 /// f32 elements of the scratch buffer for these targets at `cols` columns.
 pub fn scratch_elems(targets: &[Target], cols: usize) -> usize {
-    targets.iter().map(|t| t.rows.samples * t.rows.chunks_per_sample()).sum::<usize>() * cols
+    targets.iter().map(|t| t.rows.samples * chunks_per_sample(&t.rows)).sum::<usize>() * cols
 }
 
 /// The uniform of both passes, with the chunk and sample prefix sums filled in.
@@ -155,7 +119,7 @@ pub fn params(mode: Mode, targets: &[Target], cols: usize) -> Params {
             sample0: sample0 as u32,
             _pad: [0; 3],
         };
-        chunk0 += r.samples * r.chunks_per_sample();
+        chunk0 += r.samples * chunks_per_sample(&r);
         sample0 += r.samples;
     }
     Params {

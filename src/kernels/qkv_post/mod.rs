@@ -4,7 +4,7 @@
 //! Reference: diffusers `transformer_qwenimage.py`, `QwenDoubleStreamAttnProcessor2_0`.
 //!
 //! Public API:
-//! - [`QkvShape`] `{ batch, heads, head_dim, s_txt, s_img }`: rows = B·S_txt + B·S_img stream-major
+//! - [`JointShape`] `{ batch, heads, head_dim, s_txt, s_img }`: rows = B·S_txt + B·S_img stream-major
 //!   joint rows (text block first), D = heads·head_dim, S_joint = S_txt + S_img.
 //! - [`QkvLayout`]: `Merged` = one input `[rows, 3D]` with columns `[q | k | v]` (the grouped QKV GEMM
 //!   over the stacked weight [Wq; Wk; Wv]); `Standard` = three inputs `[rows, D]` (three GEMMs).
@@ -28,6 +28,7 @@
 //! Constraints: head_dim % 4 == 0 and head_dim <= 1024. All buffers f32.
 
 use crate::gpu::{Gpu, Launch};
+use crate::layout::{JointShape, QkvLayout};
 use crate::shaders::{QKV_POST, QKV_POST_BACKWARD, QKV_POST_NORM_GRAD};
 use crate::tensor::{DType, Tensor};
 use crate::Result;
@@ -38,43 +39,15 @@ pub const EPS: f32 = 1e-6;
 /// Invocations per workgroup in all three shaders.
 const WG: usize = 256;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QkvShape {
-    pub batch: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    pub s_txt: usize,
-    pub s_img: usize,
+/// Kernel geometry of the QK-norm + RoPE kernels.
+trait Geometry {
+    fn check(&self);
+    fn per_lane(&self) -> usize;
+    fn lanes(&self) -> usize;
+    fn units_per_group(&self) -> usize;
 }
 
-impl QkvShape {
-    pub fn rows(&self) -> usize {
-        self.batch * (self.s_txt + self.s_img)
-    }
-    pub fn dim(&self) -> usize {
-        self.heads * self.head_dim
-    }
-    pub fn s_joint(&self) -> usize {
-        self.s_txt + self.s_img
-    }
-    /// (row, head) pairs.
-    pub fn units(&self) -> usize {
-        self.rows() * self.heads
-    }
-    /// Elements of one head-major output `[B, H, S_joint, Dh]`.
-    pub fn head_major_len(&self) -> usize {
-        self.batch * self.heads * self.s_joint() * self.head_dim
-    }
-    /// (sample, joint position, is text) of stream-major row `row`.
-    pub fn token(&self, row: usize) -> (usize, usize, bool) {
-        let n_txt = self.batch * self.s_txt;
-        if row < n_txt {
-            (row / self.s_txt, row % self.s_txt, true)
-        } else {
-            let r = row - n_txt;
-            (r / self.s_img, self.s_txt + r % self.s_img, false)
-        }
-    }
+impl Geometry for JointShape {
     fn check(&self) {
         let dh = self.head_dim;
         assert!(dh % 4 == 0 && dh <= 1024 && dh > 0, "qkv_post: head_dim {dh} must be a multiple of 4 in 4..=1024");
@@ -92,14 +65,6 @@ impl QkvShape {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QkvLayout {
-    /// One `[rows, 3D]` buffer, columns `[q | k | v]`.
-    Merged,
-    /// Three `[rows, D]` buffers q, k, v.
-    Standard,
-}
-
 impl QkvLayout {
     /// (row stride, q, k, v column offsets) in elements.
     fn strides(self, d: usize) -> (usize, [usize; 3]) {
@@ -109,8 +74,8 @@ impl QkvLayout {
         }
     }
     /// The three buffers bound as q, k, v (the merged buffer three times).
-    fn bind3<'a>(self, shape: &QkvShape, t: &[&'a Tensor], what: &str) -> [&'a Tensor; 3] {
-        let (rows, d) = (shape.rows(), shape.dim());
+    fn bind3<'a>(self, shape: &JointShape, t: &[&'a Tensor], what: &str) -> [&'a Tensor; 3] {
+        let (rows, d) = (shape.rows(), shape.hidden());
         let ok = |x: &Tensor, cols| x.dtype == DType::F32 && x.numel() == rows * cols;
         match (self, t) {
             (QkvLayout::Merged, [x]) => {
@@ -168,8 +133,8 @@ pub struct NormGradParams {
 }
 crate::assert_params!(NormGradParams);
 
-fn params(shape: &QkvShape, layout: QkvLayout) -> Params {
-    let (stride, off) = layout.strides(shape.dim());
+fn params(shape: &JointShape, layout: QkvLayout) -> Params {
+    let (stride, off) = layout.strides(shape.hidden());
     Params {
         batch: shape.batch as u32,
         heads: shape.heads as u32,
@@ -195,18 +160,18 @@ fn check_f32(t: &Tensor, n: usize, what: &str) {
 }
 
 /// Checks the side tensors shared by forward and backward.
-fn check_common(shape: &QkvShape, norm_weights: &Tensor, rope_table: &Tensor, saved: &Tensor) {
+fn check_common(shape: &JointShape, norm_weights: &Tensor, rope_table: &Tensor, saved: &Tensor) {
     shape.check();
     check_f32(norm_weights, 4 * shape.head_dim, "norm_weights [4, Dh]");
-    check_f32(rope_table, shape.s_joint() * shape.head_dim, "rope_table [S_joint, Dh/2, 2]");
+    check_f32(rope_table, shape.seq() * shape.head_dim, "rope_table [S_joint, Dh/2, 2]");
     check_f32(saved, 2 * shape.units(), "saved rstd [2, rows, H]");
 }
 
-fn head_dim_const(shape: &QkvShape) -> [(&'static str, f64); 1] {
+fn head_dim_const(shape: &JointShape) -> [(&'static str, f64); 1] {
     [("HEAD_DIM", shape.head_dim as f64)]
 }
 
-fn lane_consts(shape: &QkvShape) -> [(&'static str, f64); 2] {
+fn lane_consts(shape: &JointShape) -> [(&'static str, f64); 2] {
     [("HEAD_DIM", shape.head_dim as f64), ("PER_LANE", shape.per_lane() as f64)]
 }
 
@@ -214,7 +179,7 @@ fn lane_consts(shape: &QkvShape) -> [(&'static str, f64); 2] {
 #[allow(clippy::too_many_arguments)]
 pub fn launch(
     gpu: &Gpu,
-    shape: QkvShape,
+    shape: JointShape,
     layout: QkvLayout,
     inputs: &[&Tensor],
     norm_weights: &Tensor,
@@ -250,13 +215,13 @@ pub struct QkvOut {
 /// Convenience for tests and one-off use: allocates the outputs and runs [`launch`].
 pub fn forward(
     gpu: &Arc<Gpu>,
-    shape: QkvShape,
+    shape: JointShape,
     layout: QkvLayout,
     inputs: &[&Tensor],
     norm_weights: &Tensor,
     rope_table: &Tensor,
 ) -> Result<QkvOut> {
-    let hm = [shape.batch, shape.heads, shape.s_joint(), shape.head_dim];
+    let hm = [shape.batch, shape.heads, shape.seq(), shape.head_dim];
     let out = QkvOut {
         q: Tensor::zeros(gpu, &hm, DType::F32, "q")?,
         k: Tensor::zeros(gpu, &hm, DType::F32, "k")?,
@@ -274,7 +239,7 @@ pub fn forward(
 #[allow(clippy::too_many_arguments)]
 pub fn launch_backward(
     gpu: &Gpu,
-    shape: QkvShape,
+    shape: JointShape,
     layout: QkvLayout,
     inputs: &[&Tensor],
     norm_weights: &Tensor,
@@ -311,12 +276,12 @@ pub fn launch_backward(
 
 /// Units per partial-sum workgroup of the norm-weight gradient (whose sub-rows hold one vec4 per
 /// lane): each of the workgroup's 256 / (Dh/4) sub-rows walks 64 units.
-fn chunk_units(shape: &QkvShape) -> usize {
+fn chunk_units(shape: &JointShape) -> usize {
     WG / (shape.head_dim / 4) * 64
 }
 
 /// The two dispatches of `dw += Σ g·x̂`: per-chunk partial sums into a scratch buffer, then the sum.
-fn norm_grad_launches(gpu: &Gpu, shape: &QkvShape, p: Params, t: [&Tensor; 6], dw: &Tensor) -> Result<[Launch; 2]> {
+fn norm_grad_launches(gpu: &Gpu, shape: &JointShape, p: Params, t: [&Tensor; 6], dw: &Tensor) -> Result<[Launch; 2]> {
     let cu = chunk_units(shape);
     let most = (shape.batch * shape.s_txt).max(shape.batch * shape.s_img) * shape.heads;
     let chunks = most.div_ceil(cu).max(1);
@@ -356,28 +321,29 @@ fn norm_grad_launches(gpu: &Gpu, shape: &QkvShape, p: Params, t: [&Tensor; 6], d
 pub mod cpu {
     //! Naive f64 reference. Inputs in the standard layout (`[rows, D]` each; [`split_merged`]
     //! converts), outputs head-major `[B, H, S_joint, Dh]`.
-    use super::{QkvShape, EPS};
+    use super::EPS;
+    use crate::layout::JointShape;
     use crate::models::qwen_image::rope;
 
     /// Splits a merged `[rows, 3D]` buffer into q, k, v `[rows, D]`.
-    pub fn split_merged<T: Copy>(shape: &QkvShape, qkv: &[T]) -> [Vec<T>; 3] {
-        let d = shape.dim();
+    pub fn split_merged<T: Copy>(shape: &JointShape, qkv: &[T]) -> [Vec<T>; 3] {
+        let d = shape.hidden();
         let part = |j: usize| qkv.chunks(3 * d).flat_map(|r| r[j * d..(j + 1) * d].to_vec()).collect();
         [part(0), part(1), part(2)]
     }
 
     /// The inverse of [`split_merged`].
-    pub fn merge<T: Copy>(shape: &QkvShape, parts: [&[T]; 3]) -> Vec<T> {
-        let d = shape.dim();
+    pub fn merge<T: Copy>(shape: &JointShape, parts: [&[T]; 3]) -> Vec<T> {
+        let d = shape.hidden();
         (0..shape.rows()).flat_map(|r| parts.iter().flat_map(move |p| p[r * d..(r + 1) * d].to_vec())).collect()
     }
 
     /// Where (row, head) lives: input offset, head-major output offset, norm-weight row of q, table row.
-    fn locate(shape: &QkvShape, row: usize, h: usize) -> (usize, usize, usize, usize) {
+    fn locate(shape: &JointShape, row: usize, h: usize) -> (usize, usize, usize, usize) {
         let (b, s, txt) = shape.token(row);
         let dh = shape.head_dim;
-        let input = row * shape.dim() + h * dh;
-        let out = ((b * shape.heads + h) * shape.s_joint() + s) * dh;
+        let input = row * shape.hidden() + h * dh;
+        let out = ((b * shape.heads + h) * shape.seq() + s) * dh;
         (input, out, if txt { 2 } else { 0 }, s)
     }
 
@@ -394,7 +360,7 @@ pub mod cpu {
     }
 
     /// `x` = (q, k, v) `[rows, D]`; `norm_w` `[4, Dh]`; `table` from [`rope::table`].
-    pub fn forward(shape: &QkvShape, x: [&[f64]; 3], norm_w: &[f64], table: &[f32]) -> Forward {
+    pub fn forward(shape: &JointShape, x: [&[f64]; 3], norm_w: &[f64], table: &[f32]) -> Forward {
         let (dh, n) = (shape.head_dim, shape.head_major_len());
         let mut f = Forward { q: vec![0.0; n], k: vec![0.0; n], v: vec![0.0; n], rstd: vec![0.0; 2 * shape.units()] };
         for row in 0..shape.rows() {
@@ -425,8 +391,8 @@ pub mod cpu {
 
     /// forward: y = rope(x·rstd·w)  =>  g = rope⁻¹(dy), x̂ = x·rstd,
     /// dx = rstd·(w·g − x̂·mean(w·g·x̂)), dw = Σ g·x̂; dv = dV. `dy` = (dQ, dK, dV) head-major.
-    pub fn backward(shape: &QkvShape, x: [&[f64]; 2], norm_w: &[f64], table: &[f32], dy: [&[f64]; 3]) -> Backward {
-        let (dh, rd) = (shape.head_dim, shape.rows() * shape.dim());
+    pub fn backward(shape: &JointShape, x: [&[f64]; 2], norm_w: &[f64], table: &[f32], dy: [&[f64]; 3]) -> Backward {
+        let (dh, rd) = (shape.head_dim, shape.rows() * shape.hidden());
         let mut bw = Backward { dx: [vec![0.0; rd], vec![0.0; rd], vec![0.0; rd]], dw: vec![0.0; 4 * dh] };
         for row in 0..shape.rows() {
             for h in 0..shape.heads {

@@ -2,13 +2,14 @@
 //! f64 CPU reference, every output poisoned with NaN first; the CPU backward vs central finite
 //! differences of the CPU forward.
 
-use std::sync::Arc;
 use crate::gpu::Gpu;
-use crate::kernels::qkv_post::{self, cpu, QkvLayout, QkvShape};
+use crate::kernels::qkv_post::{self, cpu};
+use crate::layout::{JointShape, QkvLayout};
 use crate::models::qwen_image::rope;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::testing::{assert_close, test_gpu, Tol};
+use std::sync::Arc;
 
 /// Outputs are O(1) (normalised, times weights ~1, rotated): the error is f32 rounding of a
 /// Dh-term sum of squares, the sqrt and a few products.
@@ -50,20 +51,20 @@ fn axes(head_dim: usize) -> [usize; 3] {
 /// Seeded problem: standard-layout inputs (rows scaled by 10^[-2, 3) so rstd varies), weights,
 /// and the RoPE table.
 struct Case {
-    shape: QkvShape,
+    shape: JointShape,
     x: [Vec<f32>; 3],
     norm_w: Vec<f32>,
     table: Vec<f32>,
 }
 
-fn case(shape: QkvShape, seed: u64) -> Case {
+fn case(shape: JointShape, seed: u64) -> Case {
     case_scaled(shape, seed, (-2.0, 3.0))
 }
 
 /// As [`case`] with row scales 10^[lo, hi).
-fn case_scaled(shape: QkvShape, seed: u64, (lo, hi): (f32, f32)) -> Case {
+fn case_scaled(shape: JointShape, seed: u64, (lo, hi): (f32, f32)) -> Case {
     let mut rng = Rng::new(seed);
-    let (rows, d) = (shape.rows(), shape.dim());
+    let (rows, d) = (shape.rows(), shape.hidden());
     let mut part = || {
         let mut v = rng.vec_normal(rows * d, 1.0);
         for r in 0..rows {
@@ -75,7 +76,7 @@ fn case_scaled(shape: QkvShape, seed: u64, (lo, hi): (f32, f32)) -> Case {
     let x = [part(), part(), part()];
     let norm_w = rng.vec_uniform(4 * shape.head_dim, 0.5, 1.5);
     let table = rope::table(&axes(shape.head_dim), &img_shapes(shape.s_img), shape.s_txt);
-    assert_eq!(table.len(), shape.s_joint() * shape.head_dim);
+    assert_eq!(table.len(), shape.seq() * shape.head_dim);
     Case { shape, x, norm_w, table }
 }
 
@@ -110,24 +111,24 @@ fn gpu_forward(gpu: &Arc<Gpu>, c: &Case, layout: QkvLayout, ins: &[Tensor]) -> [
     out
 }
 
-fn shapes() -> Vec<QkvShape> {
+fn shapes() -> Vec<JointShape> {
     let mut v = Vec::new();
     for batch in [1, 2] {
         for heads in [1, 2, 3] {
             for head_dim in [16, 128] {
                 for s_txt in [1, 5] {
                     for s_img in [3, 15, 31] {
-                        v.push(QkvShape { batch, heads, head_dim, s_txt, s_img });
+                        v.push(JointShape { batch, heads, head_dim, s_txt, s_img });
                     }
                 }
             }
         }
     }
     // Heads of 6 and 9 vec4 (2 and 1 vec4 per lane): workgroups with idle invocations.
-    v.push(QkvShape { batch: 2, heads: 3, head_dim: 24, s_txt: 5, s_img: 15 });
-    v.push(QkvShape { batch: 1, heads: 2, head_dim: 36, s_txt: 1, s_img: 31 });
+    v.push(JointShape { batch: 2, heads: 3, head_dim: 24, s_txt: 5, s_img: 15 });
+    v.push(JointShape { batch: 1, heads: 2, head_dim: 36, s_txt: 1, s_img: 31 });
     // The real head count and size (D = 3072) on an edit layout.
-    v.push(QkvShape { batch: 2, heads: 24, head_dim: 128, s_txt: 7, s_img: 31 });
+    v.push(JointShape { batch: 2, heads: 24, head_dim: 128, s_txt: 7, s_img: 31 });
     v
 }
 
@@ -169,7 +170,7 @@ fn check_backward(gpu: &Arc<Gpu>, c: &Case, layout: QkvLayout, seed: u64) -> [(f
     let ins = inputs(gpu, c, layout);
     let fwd = gpu_forward(gpu, c, layout, &ins);
     let n_in = if layout == QkvLayout::Merged { 1 } else { 3 };
-    let din: Vec<Tensor> = (0..n_in).map(|_| poisoned(gpu, s.rows() * s.dim() * 3 / n_in, "dx")).collect();
+    let din: Vec<Tensor> = (0..n_in).map(|_| poisoned(gpu, s.rows() * s.hidden() * 3 / n_in, "dx")).collect();
     let dyt: Vec<Tensor> = dy.iter().map(|v| upload(gpu, v, "dy")).collect();
     let dw = upload(gpu, &dw0, "dw");
     let (w, t) = (upload(gpu, &c.norm_w, "norm_w"), upload(gpu, &c.table, "rope"));
@@ -214,14 +215,14 @@ fn backward_matches_cpu_reference_for_both_layouts_at_awkward_shapes() {
 fn norm_weight_gradient_sums_partials_over_several_chunks() {
     // 800 image units at Dh = 128 span two 512-unit partial-sum chunks; text units fit in one.
     let gpu = test_gpu();
-    let c = case(QkvShape { batch: 1, heads: 8, head_dim: 128, s_txt: 5, s_img: 100 }, 11);
+    let c = case(JointShape { batch: 1, heads: 8, head_dim: 128, s_txt: 5, s_img: 100 }, 11);
     for layout in [QkvLayout::Merged, QkvLayout::Standard] {
         check_backward(&gpu, &c, layout, 12);
     }
 }
 
 /// L = Σ q·dq + k·dk + v·dv of the CPU forward.
-fn loss(s: &QkvShape, x: &[Vec<f64>; 3], w: &[f64], table: &[f32], dy: &[Vec<f64>; 3]) -> f64 {
+fn loss(s: &JointShape, x: &[Vec<f64>; 3], w: &[f64], table: &[f32], dy: &[Vec<f64>; 3]) -> f64 {
     let f = cpu::forward(s, [&x[0], &x[1], &x[2]], w, table);
     [(&f.q, &dy[0]), (&f.k, &dy[1]), (&f.v, &dy[2])]
         .iter()
@@ -231,7 +232,7 @@ fn loss(s: &QkvShape, x: &[Vec<f64>; 3], w: &[f64], table: &[f32], dy: &[Vec<f64
 
 #[test]
 fn cpu_backward_matches_central_finite_differences() {
-    let s = QkvShape { batch: 2, heads: 2, head_dim: 16, s_txt: 2, s_img: 3 };
+    let s = JointShape { batch: 2, heads: 2, head_dim: 16, s_txt: 2, s_img: 3 };
     // Row scales within 10^[-1, 1): L stays O(100), so f64 round-off over the step stays ~1e-9.
     let c = case_scaled(s, 7, (-1.0, 1.0));
     let mut rng = Rng::new(8);
@@ -240,7 +241,7 @@ fn cpu_backward_matches_central_finite_differences() {
     let mut w = to64(&c.norm_w);
     let bw = cpu::backward(&s, [&x[0], &x[1]], &w, &c.table, [&dy[0], &dy[1], &dy[2]]);
     // Step and error scale per row segment: rows span 1e-2..1e3, so both follow the row's size.
-    let d = s.dim();
+    let d = s.hidden();
     let mut worst = 0f64;
     for j in 0..3 {
         for i in 0..x[j].len() {
@@ -278,7 +279,7 @@ fn cpu_backward_matches_central_finite_differences() {
 fn text_and_image_rows_use_their_own_stream_weights_and_positions() {
     // One text and one image token, identical inputs: the outputs differ only through the stream
     // weights and rope positions; swapping the weights of the streams swaps what the rows see.
-    let s = QkvShape { batch: 1, heads: 1, head_dim: 16, s_txt: 1, s_img: 3 };
+    let s = JointShape { batch: 1, heads: 1, head_dim: 16, s_txt: 1, s_img: 3 };
     let c = case(s, 3);
     let f = cpu::forward(&s, [&to64(&c.x[0]), &to64(&c.x[1]), &to64(&c.x[2])], &to64(&c.norm_w), &c.table);
     // Text token 0 is joint position 0; its rotation angle is max_vid_index (= 1 for a 1x3 grid).
@@ -302,9 +303,9 @@ fn text_and_image_rows_use_their_own_stream_weights_and_positions() {
 fn throughput_at_a_dit_block_shape() {
     let gpu = test_gpu();
     let (s_txt, s_img) = if gpu.is_cpu() { (64, 1024) } else { (256, 4096) };
-    let s = QkvShape { batch: 1, heads: 24, head_dim: 128, s_txt, s_img };
+    let s = JointShape { batch: 1, heads: 24, head_dim: 128, s_txt, s_img };
     let mut rng = Rng::new(1);
-    let n = s.rows() * s.dim();
+    let n = s.rows() * s.hidden();
     let (hm, w) = (s.head_major_len(), upload(&gpu, &rng.vec_uniform(4 * 128, 0.5, 1.5), "w"));
     let table = rope::table(&[16, 56, 56], &[(1, 1, s_img)], s_txt);
     let t = upload(&gpu, &table, "rope");

@@ -1,6 +1,5 @@
 //! timestep_embed vs f64 cos/sin at the same f32 argument (output poisoned).
 
-
 use crate::kernels::test_util::*;
 use crate::kernels::timestep_embed::{self, cpu, freqs};
 use crate::rng::Rng;

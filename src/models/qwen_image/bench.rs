@@ -1,10 +1,10 @@
 //! Dispatch accounting of the DiT graph (`wgdit bench dispatches`), computed from the graph
 //! itself: no GPU and no weights are needed to count.
 
+use crate::dtype::DType;
 use crate::exec::memory;
 use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardShape, QkvMode};
 use crate::models::qwen_image::DitConfig;
-use crate::tensor::DType;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -209,11 +209,16 @@ pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], ran
     let mut out = Vec::new();
     for &mode in modes {
         for checkpointing in [false, true] {
-            let train = crate::models::qwen_image::dit::TrainLora { modules: modules.clone(), rank, scale: 1.0, checkpointing };
-            let tg =
-                crate::models::qwen_image::training::build_unloaded(cfg, &b.shape(), mode, &train, REAL_GPU_MAX_BINDING, &|_| {
-                    DType::BF16
-                });
+            let train =
+                crate::models::qwen_image::dit::TrainLora { modules: modules.clone(), rank, scale: 1.0, checkpointing };
+            let tg = crate::models::qwen_image::training::build_unloaded(
+                cfg,
+                &b.shape(),
+                mode,
+                &train,
+                REAL_GPU_MAX_BINDING,
+                &|_| DType::BF16,
+            );
             let g = &tg.fg.graph;
             let per_block = g.nodes.iter().filter(|n| n.label.layer == Some(0)).map(|n| n.op.dispatches()).sum();
             let lora_parameters = tg

@@ -10,12 +10,11 @@
 //! Activations use the stream-major joint layout: one buffer of R = B·S_txt + B·S_img rows, the
 //! text rows of every sample first, then the image rows (`graph::ops::GemmProblem`).
 
+use crate::dtype::DType;
 use crate::graph::ops::*;
 use crate::graph::{Graph, TensorId};
-use crate::kernels::elementwise::Op as Ew;
 use crate::models::qwen_image::lora::{LoraPart, LoraSet};
 use crate::models::qwen_image::DitConfig;
-use crate::tensor::DType;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum QkvMode {
@@ -232,9 +231,9 @@ fn problem(
     rows_per_sample: usize,
     w_offset: usize,
     b_offset: usize,
-    gate: Option<ModRef>,
+    gate: Option<PerSampleRef>,
 ) -> GemmProblem {
-    GemmProblem { row0, rows, rows_per_sample, w_offset, b_offset, gate, lora_col0: 0, lora_b_offset: 0 }
+    GemmProblem { row0, rows, rows_per_sample, w_offset, b_offset, gate, lora_b_offset: 0 }
 }
 
 fn block_name(i: usize) -> String {
@@ -405,7 +404,7 @@ impl<'a> Builder<'a> {
             .map(|i| (vec![format!("{}.txt_mod.1", block_name(i)), format!("{}.img_mod.1", block_name(i))], 12 * d))
             .collect();
         units.push((vec!["norm_out.linear".into()], 2 * d));
-        let bytes_per_row = (d * (self.wdtype)("norm_out.linear.weight").size()) as u64;
+        let bytes_per_row = (self.wdtype)("norm_out.linear.weight").bytes(d) as u64;
         let mut blocks = Vec::with_capacity(layers);
         let mut norm_out = None;
         let mut start = 0;
@@ -448,13 +447,13 @@ impl<'a> Builder<'a> {
 
     /// The modulation reference of chunk `c` (0 shift1, 1 scale1, 2 gate1, 3 shift2, 4 scale2,
     /// 5 gate2) for one stream.
-    fn mod_ref(&self, loc: ModLoc, stream: Stream, c: usize) -> ModRef {
+    fn mod_ref(&self, loc: ModLoc, stream: Stream, c: usize) -> PerSampleRef {
         let r = self.rows;
         let (split, alt_shift) = match stream {
             Stream::Txt => (r.s_txt, 0),
             Stream::Img => (r.img_split, r.alt),
         };
-        ModRef { offset: loc.offset + c * self.d(), sample_stride: loc.stride, split, alt_shift }
+        PerSampleRef { offset: loc.offset + c * self.d(), sample_stride: loc.stride, split, alt_shift }
     }
 
     /// (row0, rows, rows_per_sample) of a stream in the joint layout.
@@ -675,7 +674,7 @@ impl<'a> Builder<'a> {
     fn final_layer(&mut self, x: TensorId, out_mod: ModLoc) -> TensorId {
         let (r, d) = (self.rows, self.d());
         // norm_out uses temb[:B] for every image token, also with zero_cond_t (spec §5.4).
-        let at = |c: usize| ModRef {
+        let at = |c: usize| PerSampleRef {
             offset: out_mod.offset + c * d,
             sample_stride: out_mod.stride,
             split: r.s_img,
@@ -867,8 +866,7 @@ impl<'a> Builder<'a> {
                     &[t],
                     "lora",
                 );
-                let up =
-                    GemmProblem { w_offset: 0, b_offset: 0, gate: None, lora_col0: 0, lora_b_offset: 0, ..pr.clone() };
+                let up = GemmProblem { w_offset: 0, b_offset: 0, gate: None, lora_b_offset: 0, ..pr.clone() };
                 let op = GemmOp {
                     n: rows,
                     k: rank,

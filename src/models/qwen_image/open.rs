@@ -2,10 +2,10 @@
 //! sharded safetensors), or a single .safetensors file (diffusers, ComfyUI-prefixed or merged
 //! keys) plus `--config`.
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models::qwen_image::load::TensorSource;
 use crate::models::qwen_image::DitConfig;
-use crate::tensor::DType;
 use crate::weights::checkpoint::{looks_like_lora, Checkpoint};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};

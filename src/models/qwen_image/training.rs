@@ -2,11 +2,11 @@
 //! LoRAs, then its reverse-mode backward (`graph::autodiff`) from dL/d(output), with per-block
 //! gradient checkpointing when asked (`graph::checkpoint`).
 
+use crate::dtype::DType;
 use crate::graph::{autodiff, checkpoint, TensorId};
 use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardGraph, ForwardShape, QkvMode, TrainLora};
 use crate::models::qwen_image::runtime::Dit;
 use crate::models::qwen_image::DitConfig;
-use crate::tensor::DType;
 
 pub struct TrainGraph {
     /// Forward and backward nodes; `fg.trainable` lists the LoRA params.

@@ -1,10 +1,9 @@
 //! Activation backward kernels vs the f64 reference (outputs poisoned); the reference derivative
 //! vs central finite differences of the forward reference.
 
-
-use crate::kernels::test_util::*;
-use crate::kernels::elementwise::{cpu as fwd, Op};
 use crate::kernels::elementwise::backward::{self as elementwise_backward, cpu};
+use crate::kernels::elementwise::{cpu as fwd, Op};
+use crate::kernels::test_util::*;
 use crate::rng::Rng;
 use crate::testing::{assert_close, test_gpu, Tol};
 

@@ -3,8 +3,8 @@
 //! differences of L = Σ y·dy in f64.
 
 use crate::gpu::Gpu;
-use crate::kernels::gemm::{cpu as fwd, GemmProblem, LoraProblem};
 use crate::kernels::gemm::backward::{self as bwd, cpu, DwArgs, DxArgs, LoraGradArgs};
+use crate::kernels::gemm::{cpu as fwd, GemmProblem, LoraProblem};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::testing::{assert_close, test_gpu, Tol};

@@ -3,7 +3,7 @@
 
 use crate::gpu::Gpu;
 use crate::kernels::gemm::{
-    self, cpu, Epilogue, GateRows, GemmArgs, GemmProblem, Lora, LoraProblem, Residual, Variant,
+    self, cpu, Epilogue, GemmArgs, GemmProblem, Lora, LoraProblem, PerSampleRef, Residual, Variant,
 };
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
@@ -172,8 +172,8 @@ fn check_with(gpu: &Gpu, c: &Case, d: &Data) {
 /// per-stream weights, biases and LoRA Bs packed in one buffer each; gates in modulation-style
 /// rows ([shift | scale | gate], stride 3N). `split` < 32 turns on zero_cond_t for the img stream.
 fn dit_problems(n: usize, k: usize, rank: usize, split: usize) -> Vec<GemmProblem> {
-    let txt = GemmProblem::rows(0, 32).samples(16).gate(GateRows::per_sample(2 * n, 3 * n));
-    let img_gate = GateRows::per_sample(6 * n + 2 * n, 3 * n).zero_cond(split, 2);
+    let txt = GemmProblem::rows(0, 32).samples(16).gate(PerSampleRef::per_sample(2 * n, 3 * n));
+    let img_gate = PerSampleRef::per_sample(6 * n + 2 * n, 3 * n).zero_cond(split, 2);
     let img = GemmProblem::rows(32, 64).samples(32).weight(n * k).bias(n).lora(n * rank).gate(img_gate);
     vec![txt, img]
 }

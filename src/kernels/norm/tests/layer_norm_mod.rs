@@ -1,11 +1,10 @@
 //! layer_norm_mod forward and backward vs the f64 CPU reference (outputs poisoned), and the CPU
 //! backward vs central finite differences of L = Σ y·dy.
 
-
-use crate::kernels::test_util::*;
 use crate::gpu::Gpu;
 use crate::kernels::norm::layer_norm_mod::{self, cpu, BackwardArgs, Group, EPS};
 use crate::kernels::norm::reduce_rows::SampleRows;
+use crate::kernels::test_util::*;
 use crate::rng::Rng;
 use crate::testing::{assert_close, test_gpu, Tol};
 

@@ -1,9 +1,8 @@
 //! reduce_rows (per-sample column sums, two passes, no atomics) vs the f64 reference, in every
 //! mode, across chunk boundaries, zero_cond_t splits and several problems per dispatch.
 
-
-use crate::kernels::test_util::*;
 use crate::kernels::norm::reduce_rows::{self, cpu, Mode, SampleRows, Target, CHUNK_ROWS};
+use crate::kernels::test_util::*;
 use crate::rng::Rng;
 use crate::testing::{assert_close, test_gpu, Tol};
 

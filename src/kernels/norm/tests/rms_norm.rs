@@ -1,9 +1,8 @@
 //! rms_norm forward/backward vs the f64 CPU reference (outputs poisoned), weight in f32/f16/bf16,
 //! and the CPU backward vs central finite differences of L = Σ y·dy.
 
-
-use crate::kernels::test_util::*;
 use crate::kernels::norm::rms_norm::{self, cpu, BackwardArgs, EPS};
+use crate::kernels::test_util::*;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::testing::{assert_close, test_gpu, Tol};
