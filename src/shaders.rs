@@ -1,40 +1,72 @@
-//! The registry of embedded WGSL shaders: one `Shader` per file in `shaders/`, listed in `ALL`,
-//! which a test walks to validate every shader with naga (no GPU needed).
+//! The registry of embedded WGSL shaders: one [`Shader`] per kernel file under `shaders/<family>/`,
+//! listed in [`ALL`], and the shared preludes of `shaders/common/`, listed in [`PRELUDES`].
+//!
+//! WGSL has no include: a shader that `uses` preludes is their text joined before its own at
+//! compile time (`concat!` of `include_str!`s: no build script, no templates, no runtime cost).
+//! Preludes hold pure functions and constants only (the block reduction also owns its workgroup
+//! scratch), their names carry the prelude's prefix (`decode_*`, `reduce_*`, `act_*`), and each
+//! starts with the header a kernel has. `tests/shaders.rs` validates every composed source and
+//! every prelude alone with naga, and fails on a prelude no shader uses or an unregistered file.
 
-/// A WGSL source file compiled into the binary.
+/// A WGSL source compiled into the binary: a kernel with its preludes joined in front.
 #[derive(Clone, Copy, Debug)]
 pub struct Shader {
+    /// The path under `shaders/` without `.wgsl`, e.g. `gemm/gemm`.
     pub name: &'static str,
+    /// The preludes joined in front of the kernel, by name (e.g. `common/decode`).
+    pub preludes: &'static [&'static str],
     pub source: &'static str,
 }
 
 macro_rules! shaders {
-    ($($ident:ident => $file:literal),* $(,)?) => {
-        $(pub const $ident: Shader = Shader { name: $file, source: include_str!(concat!("../shaders/", $file, ".wgsl")) };)*
-        /// Every registered shader.
+    ($($ident:ident => $file:literal $(uses [$($lib:literal),*])?),* $(,)?) => {
+        $(pub const $ident: Shader = Shader {
+            name: $file,
+            preludes: &[$($($lib),*)?],
+            source: concat!(
+                $($("// ---- prelude shaders/", $lib, ".wgsl ----\n",
+                    include_str!(concat!("../shaders/", $lib, ".wgsl")), "\n",)*)?
+                "// ---- shaders/", $file, ".wgsl ----\n",
+                include_str!(concat!("../shaders/", $file, ".wgsl"))
+            ),
+        };)*
+        /// Every registered kernel shader.
         pub const ALL: &[Shader] = &[$($ident),*];
     };
 }
 
+macro_rules! preludes {
+    ($($file:literal),* $(,)?) => {
+        /// Every shared prelude, alone (what `tests/shaders.rs` validates standalone).
+        pub const PRELUDES: &[Shader] = &[$(Shader {
+            name: $file,
+            preludes: &[],
+            source: include_str!(concat!("../shaders/", $file, ".wgsl")),
+        }),*];
+    };
+}
+
+preludes!["common/act", "common/decode", "common/reduce"];
+
 shaders! {
-    ADAMW => "adamw",
-    ATTENTION => "attention",
-    ATTENTION_BACKWARD => "attention_backward",
-    ELEMENTWISE => "elementwise",
-    ELEMENTWISE_BACKWARD => "elementwise_backward",
-    FILL => "fill",
-    GATED_RESIDUAL => "gated_residual",
-    GEMM => "gemm",
-    GEMM_DW => "gemm_dw",
-    GEMM_DX => "gemm_dx",
-    LAYER_NORM_MOD => "layer_norm_mod",
-    LAYER_NORM_MOD_BACKWARD => "layer_norm_mod_backward",
-    QKV_POST => "qkv_post",
-    QKV_POST_BACKWARD => "qkv_post_backward",
-    QKV_POST_NORM_GRAD => "qkv_post_norm_grad",
-    REDUCE_ROWS => "reduce_rows",
-    RMS_NORM => "rms_norm",
-    RMS_NORM_BACKWARD => "rms_norm_backward",
-    SQ_NORM => "sq_norm",
-    TIMESTEP_EMBED => "timestep_embed",
+    ADAMW => "adamw/adamw",
+    ATTENTION => "attention/attention",
+    ATTENTION_BACKWARD => "attention/attention_backward",
+    ELEMENTWISE => "elementwise/elementwise" uses ["common/act"],
+    ELEMENTWISE_BACKWARD => "elementwise/elementwise_backward",
+    FILL => "fill/fill",
+    GATED_RESIDUAL => "gated_residual/gated_residual",
+    GEMM => "gemm/gemm" uses ["common/decode", "common/act"],
+    GEMM_DW => "gemm/gemm_dw",
+    GEMM_DX => "gemm/gemm_dx" uses ["common/decode"],
+    LAYER_NORM_MOD => "norm/layer_norm_mod" uses ["common/reduce"],
+    LAYER_NORM_MOD_BACKWARD => "norm/layer_norm_mod_backward",
+    QKV_POST => "qkv_post/qkv_post",
+    QKV_POST_BACKWARD => "qkv_post/qkv_post_backward",
+    QKV_POST_NORM_GRAD => "qkv_post/qkv_post_norm_grad",
+    REDUCE_ROWS => "norm/reduce_rows",
+    RMS_NORM => "norm/rms_norm" uses ["common/reduce", "common/decode"],
+    RMS_NORM_BACKWARD => "norm/rms_norm_backward" uses ["common/reduce", "common/decode"],
+    SQ_NORM => "norm/sq_norm" uses ["common/reduce"],
+    TIMESTEP_EMBED => "timestep_embed/timestep_embed",
 }

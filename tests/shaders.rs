@@ -1,32 +1,61 @@
-//! Every registered shader parses and validates with naga, without a GPU.
+//! Every registered shader (composed with its preludes) and every prelude alone parses and
+//! validates with naga, without a GPU; every file under shaders/ is registered and every
+//! prelude is used.
 
-use wgdit::shaders::ALL;
+use wgdit::shaders::{Shader, ALL, PRELUDES};
+
+fn validate(s: &Shader) -> Result<(), String> {
+    let module =
+        naga::front::wgsl::parse_str(s.source).map_err(|e| format!("{}: {}", s.name, e.emit_to_string(s.source)))?;
+    let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+    v.validate(&module).map(|_| ()).map_err(|e| format!("{}: {}", s.name, e.emit_to_string(s.source)))
+}
 
 #[test]
 fn every_registered_shader_validates_with_naga() {
-    let mut failures = Vec::new();
-    for s in ALL {
-        let module = match naga::front::wgsl::parse_str(s.source) {
-            Ok(m) => m,
-            Err(e) => {
-                failures.push(format!("{}: {}", s.name, e.emit_to_string(s.source)));
-                continue;
-            }
-        };
-        let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
-        if let Err(e) = v.validate(&module) {
-            failures.push(format!("{}: {}", s.name, e.emit_to_string(s.source)));
-        }
-    }
+    let failures: Vec<String> = ALL.iter().filter_map(|s| validate(s).err()).collect();
     assert!(failures.is_empty(), "shader validation failed:\n{}", failures.join("\n"));
 }
 
 #[test]
-fn every_shader_file_is_registered() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    for e in std::fs::read_dir(&dir).expect("shaders/ exists") {
-        let name = e.expect("dir entry").file_name().to_string_lossy().into_owned();
-        let stem = name.strip_suffix(".wgsl").unwrap_or_else(|| panic!("non-WGSL file in shaders/: {name}"));
-        assert!(ALL.iter().any(|s| s.name == stem), "shaders/{name} is not listed in src/shaders.rs");
+fn every_prelude_validates_alone_and_holds_no_entry_point_or_binding() {
+    for p in PRELUDES {
+        validate(p).unwrap_or_else(|e| panic!("prelude {e}"));
+        let m = naga::front::wgsl::parse_str(p.source).expect("validated above");
+        assert!(m.entry_points.is_empty(), "prelude {} has an entry point", p.name);
+        assert!(m.overrides.is_empty(), "prelude {} has an override", p.name);
+        let bound = m.global_variables.iter().filter(|(_, g)| g.binding.is_some()).count();
+        assert_eq!(bound, 0, "prelude {} has a binding", p.name);
     }
+}
+
+#[test]
+fn every_prelude_is_used_and_every_used_prelude_is_registered() {
+    for p in PRELUDES {
+        assert!(ALL.iter().any(|s| s.preludes.contains(&p.name)), "prelude {} is used by no shader", p.name);
+    }
+    for s in ALL {
+        for u in s.preludes {
+            assert!(PRELUDES.iter().any(|p| p.name == *u), "{} uses unregistered prelude {u}", s.name);
+        }
+    }
+}
+
+#[test]
+fn every_shader_file_is_registered() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut seen = 0;
+    for family in std::fs::read_dir(&root).expect("shaders/ exists") {
+        let family = family.expect("dir entry").path();
+        assert!(family.is_dir(), "shaders/ holds family folders only: {}", family.display());
+        for e in std::fs::read_dir(&family).expect("family folder") {
+            let path = e.expect("dir entry").path();
+            let rel = path.strip_prefix(&root).expect("under shaders/").to_string_lossy().replace('\\', "/");
+            let stem = rel.strip_suffix(".wgsl").unwrap_or_else(|| panic!("non-WGSL file in shaders/: {rel}"));
+            let known = ALL.iter().chain(PRELUDES).any(|s| s.name == stem);
+            assert!(known, "shaders/{rel} is not listed in src/shaders.rs");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, ALL.len() + PRELUDES.len(), "a registered shader has no file");
 }

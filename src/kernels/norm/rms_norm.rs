@@ -68,7 +68,7 @@ fn params(rows: usize, cols: usize, eps: f32) -> Vec<u8> {
 pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
     let (rows, cols) = shape(a.x, a.weight);
     Ok(Launch {
-        kernel: gpu.kernel(&RMS_NORM, "rms_norm", &[("WDT", a.weight.dtype.code())])?,
+        kernel: gpu.kernel(&RMS_NORM, "rms_norm", &[("DTYPE", a.weight.dtype.code())])?,
         params: params(rows, cols, a.eps),
         buffers: vec![a.x.buffer.clone(), a.weight.buffer.clone(), a.y.buffer.clone(), a.rstd.buffer.clone()],
         groups: crate::kernels::grid_2d(rows as u32),
@@ -96,7 +96,7 @@ pub fn scratch_elems(rows: usize, cols: usize) -> usize {
 pub fn backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
     let (rows, cols) = shape(a.x, a.weight);
     let mut out = vec![Launch {
-        kernel: gpu.kernel(&RMS_NORM_BACKWARD, "rms_norm_backward", &[("WDT", a.weight.dtype.code())])?,
+        kernel: gpu.kernel(&RMS_NORM_BACKWARD, "rms_norm_backward", &[("DTYPE", a.weight.dtype.code())])?,
         params: params(rows, cols, EPS),
         buffers: vec![
             a.dy.buffer.clone(),

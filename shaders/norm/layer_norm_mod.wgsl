@@ -35,21 +35,6 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> rstd_out: array<f32>;
 
 const WG: u32 = 256u;
-var<workgroup> red: array<f32, 256>;
-
-// Tree sum over the workgroup; every invocation gets the total.
-fn wg_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
 // (problem index, local row) of the v-th row over all problems; problem index n_problems = none.
 fn locate(v: u32) -> vec2<u32> {
     var rest = v;
@@ -78,10 +63,10 @@ fn layer_norm_mod(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let base = r * p.cols;
     var s = 0.0;
     for (var c = lid; c < p.cols; c += WG) { s += x[base + c]; }
-    let mean = wg_sum(s, lid) / f32(p.cols);
+    let mean = reduce_sum(s, lid) / f32(p.cols);
     var ss = 0.0;
     for (var c = lid; c < p.cols; c += WG) { let d = x[base + c] - mean; ss += d * d; }
-    let rstd = inverseSqrt(wg_sum(ss, lid) / f32(p.cols) + p.eps);
+    let rstd = inverseSqrt(reduce_sum(ss, lid) / f32(p.cols) + p.eps);
     if (lid == 0u) { mean_out[r] = mean; rstd_out[r] = rstd; }
     let vb = vec_base(q, loc.y);
     for (var c = lid; c < p.cols; c += WG) {

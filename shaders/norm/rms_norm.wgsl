@@ -1,9 +1,9 @@
 // rms_norm: y = x * rstd * weight, rstd = 1/sqrt(mean(x^2) + eps) (f32); saves rstd for the backward.
 // (diffusers RMSNorm; with an f32 path there is no intermediate cast to the weight dtype.)
-// x, y: [rows, cols]  weight: [cols] stored as WDT (0 f32, 1 f16, 2 bf16; halves packed 2 per u32)
+// x, y: [rows, cols]  weight: [cols] stored as DTYPE (0 f32, 1 f16, 2 bf16; halves packed 2 per u32)
 // rstd: [rows]. One workgroup of 256 per row. Dispatch: grid_2d(rows).
 
-override WDT: u32 = 0u;
+override DTYPE: u32 = 0u;
 
 struct Params {
     rows: u32,
@@ -19,25 +19,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> rstd_out: array<f32>;
 
 const WG: u32 = 256u;
-var<workgroup> red: array<f32, 256>;
-
-fn wg_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
 fn load_w(i: u32) -> f32 {
-    if (WDT == 0u) { return bitcast<f32>(weight[i]); }
-    let w = weight[i >> 1u];
-    if (WDT == 1u) { return unpack2x16float(w)[i & 1u]; }
-    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u));
+    if (DTYPE == 0u) { return bitcast<f32>(weight[i]); }
+    return decode_half(DTYPE, weight[i >> 1u], (i & 1u) == 1u);
 }
 
 @compute @workgroup_size(256)
@@ -48,7 +32,7 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let base = r * p.cols;
     var ss = 0.0;
     for (var c = lid; c < p.cols; c += WG) { let v = x[base + c]; ss += v * v; }
-    let rstd = inverseSqrt(wg_sum(ss, lid) / f32(p.cols) + p.eps);
+    let rstd = inverseSqrt(reduce_sum(ss, lid) / f32(p.cols) + p.eps);
     if (lid == 0u) { rstd_out[r] = rstd; }
     for (var c = lid; c < p.cols; c += WG) { y[base + c] = (x[base + c] * rstd) * load_w(c); }
 }

@@ -18,20 +18,6 @@ struct Params {
 
 const WG: u32 = 256u;
 const PER_GROUP: u32 = 4096u;
-var<workgroup> red: array<f32, 256>;
-
-fn wg_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
 @compute @workgroup_size(256)
 fn sq_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
@@ -40,7 +26,7 @@ fn sq_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     if (start >= p.n) { return; }
     var acc = 0.0;
     for (var i = start + lid; i < min(start + PER_GROUP, p.n); i += WG) { acc += x[i] * x[i]; }
-    let total = wg_sum(acc, lid);
+    let total = reduce_sum(acc, lid);
     if (lid == 0u) { partial[p.partial_offset + g] = total; }
 }
 
@@ -48,6 +34,6 @@ fn sq_norm_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 fn sq_norm_finish(@builtin(local_invocation_index) lid: u32) {
     var acc = 0.0;
     for (var i = lid; i < p.n_partials; i += WG) { acc += partial[i]; }
-    let total = wg_sum(acc, lid);
+    let total = reduce_sum(acc, lid);
     if (lid == 0u) { out[0] = total; }
 }

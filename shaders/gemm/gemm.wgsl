@@ -61,10 +61,7 @@ struct Params {
 // One weight element at element index i (any alignment).
 fn load_w1(i: u32) -> f32 {
     if (DTYPE == 0u) { return bitcast<f32>(weight[i]); }
-    let w = weight[i >> 1u];
-    let hi = (i & 1u) == 1u;
-    if (DTYPE == 1u) { let h = unpack2x16float(w); return select(h.x, h.y, hi); }
-    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, hi));
+    return decode_half(DTYPE, weight[i >> 1u], (i & 1u) == 1u);
 }
 
 // Four weight elements from element index i (i even for half types).
@@ -73,22 +70,11 @@ fn load_w4(i: u32) -> vec4<f32> {
         return vec4<f32>(bitcast<f32>(weight[i]), bitcast<f32>(weight[i + 1u]),
                          bitcast<f32>(weight[i + 2u]), bitcast<f32>(weight[i + 3u]));
     }
-    let a = weight[i >> 1u];
-    let b = weight[(i >> 1u) + 1u];
-    if (DTYPE == 1u) { return vec4<f32>(unpack2x16float(a), unpack2x16float(b)); }
-    return vec4<f32>(bitcast<f32>(a << 16u), bitcast<f32>(a & 0xffff0000u),
-                     bitcast<f32>(b << 16u), bitcast<f32>(b & 0xffff0000u));
+    return decode_half4(DTYPE, weight[i >> 1u], weight[(i >> 1u) + 1u]);
 }
 
 fn load_x4(i: u32) -> vec4<f32> {
     return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
-}
-
-// tanh written through exp of a non-positive argument: no overflow for large |u|.
-fn gelu_tanh(v: f32) -> f32 {
-    let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
-    let e = exp(-2.0 * abs(u));
-    return 0.5 * v * (1.0 + sign(u) * (1.0 - e) / (1.0 + e));
 }
 
 fn gate_index(pr: Problem, m: u32, n: u32) -> u32 {
@@ -103,7 +89,7 @@ fn store(pr: Problem, m: u32, n: u32, v: f32, l: f32) {
     var a = pr.alpha * v;
     if (HAS_BIAS) { a += bias[pr.bias_off + n]; }
     if (LORA) { a += l; }
-    if (GELU) { a = gelu_tanh(a); }
+    if (GELU) { a = act_gelu_tanh(a); }
     if (GATE) { a *= gate[gate_index(pr, m, n)]; }
     let yi = m * p.ldy + p.y_col0 + n;
     if (RESIDUAL == 1u) { a += res[yi]; }

@@ -37,10 +37,7 @@ struct Params {
 
 fn load_w1(i: u32) -> f32 {
     if (DTYPE == 0u) { return bitcast<f32>(weight[i]); }
-    let w = weight[i >> 1u];
-    let hi = (i & 1u) == 1u;
-    if (DTYPE == 1u) { let h = unpack2x16float(w); return select(h.x, h.y, hi); }
-    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, hi));
+    return decode_half(DTYPE, weight[i >> 1u], (i & 1u) == 1u);
 }
 
 // Four weight elements from element index i (i even for half types).
@@ -49,11 +46,7 @@ fn load_w4(i: u32) -> vec4<f32> {
         return vec4<f32>(bitcast<f32>(weight[i]), bitcast<f32>(weight[i + 1u]),
                          bitcast<f32>(weight[i + 2u]), bitcast<f32>(weight[i + 3u]));
     }
-    let a = weight[i >> 1u];
-    let b = weight[(i >> 1u) + 1u];
-    if (DTYPE == 1u) { return vec4<f32>(unpack2x16float(a), unpack2x16float(b)); }
-    return vec4<f32>(bitcast<f32>(a << 16u), bitcast<f32>(a & 0xffff0000u),
-                     bitcast<f32>(b << 16u), bitcast<f32>(b & 0xffff0000u));
+    return decode_half4(DTYPE, weight[i >> 1u], weight[(i >> 1u) + 1u]);
 }
 
 fn store(m: u32, c: u32, v: f32) {
