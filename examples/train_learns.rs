@@ -3,8 +3,10 @@
 //! - `zero`: all-zero latents, so the target is the noise itself and x_t = σ·noise: the model has to
 //!   learn output ≈ x_t / σ from the timestep, a task of scale only;
 //! - `smooth`: a few low-frequency cosines per channel, image-like structure to memorise.
+//!
 //! (i.i.d. N(0, 1) latents cap the ratio near 2.5x: the best predictor of noise − x0 from x_t is then
 //! linear, with an error of π/2 averaged over uniform σ; see docs/training.md.)
+//!
 //! Settings (found by a sweep, docs/training.md): batch 4, rank 16, lr 1e-2, grad-norm clip 1.0,
 //! uniform σ, DiffSynth's 12 targets plus the FFN up-projections, img_in, norm_out.linear, proj_out.
 //!

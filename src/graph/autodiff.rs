@@ -232,7 +232,6 @@ impl Diff<'_> {
     /// most ceil(rows/32) + 2 per sample, over `cols` columns. `problems`: (rows, rows per sample).
     fn scratch_rows(&mut self, problems: &[(usize, usize)], cols: usize) -> TensorId {
         let chunks: usize = problems.iter().map(|&(rows, rps)| rows.div_ceil(32) + 2 * rows / rps).sum();
-        let t = self.g.activation("reduce scratch", &[chunks * cols], DType::F32);
-        t
+        self.g.activation("reduce scratch", &[chunks * cols], DType::F32)
     }
 }

@@ -1,4 +1,4 @@
-//! One AdamW step on f32 parameters (`shaders/adamw.wgsl`), in torch.optim.AdamW's order:
+//! One AdamW step on f32 parameters (`shaders/adamw/adamw.wgsl`), in torch.optim.AdamW's order:
 //! `p *= 1 − lr·wd`, `m.lerp_(g, 1 − β1)`, `v = v·β2 + (1 − β2)·g·g`,
 //! `p += −lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + eps)`, with an optional gradient scale
 //! (accumulation averaging) and on-device global-norm clipping (`clip_grad_norm_`) that reads the

@@ -1,5 +1,5 @@
-//! Joint flash attention, forward and backward (`shaders/attention.wgsl`,
-//! `shaders/attention_backward.wgsl`); reference: diffusers `QwenDoubleStreamAttnProcessor2_0`
+//! Joint flash attention, forward and backward (`shaders/attention/attention.wgsl`,
+//! `shaders/attention/attention_backward.wgsl`); reference: diffusers `QwenDoubleStreamAttnProcessor2_0`
 //! (spec qwen-image-dit.md §3.6): `O = softmax(Q·Kᵀ/sqrt(Dh) + maskbias)·V`, non-causal.
 //!
 //! Public API:

@@ -1,4 +1,4 @@
-//! Backward of the element-wise activations (`shaders/elementwise_backward.wgsl`):
+//! Backward of the element-wise activations (`shaders/elementwise/elementwise_backward.wgsl`):
 //! `dx = dy·f'(x)` for SiLU and tanh-GELU (forward: `kernels::elementwise`), dx written (`=`).
 //!
 //! Public API:

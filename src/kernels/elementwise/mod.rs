@@ -1,4 +1,4 @@
-//! Element-wise f32 ops: add, mul, SiLU, tanh-GELU (`shaders/elementwise.wgsl`).
+//! Element-wise f32 ops: add, mul, SiLU, tanh-GELU (`shaders/elementwise/elementwise.wgsl`).
 
 use crate::gpu::{Gpu, Launch};
 use crate::shaders::ELEMENTWISE;

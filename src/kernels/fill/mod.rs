@@ -1,4 +1,4 @@
-//! `y = value` over a whole f32 tensor (`shaders/fill.wgsl`): zeroes gradient accumulators.
+//! `y = value` over a whole f32 tensor (`shaders/fill/fill.wgsl`): zeroes gradient accumulators.
 
 use crate::gpu::{Gpu, Launch};
 use crate::shaders::FILL;

@@ -1,4 +1,4 @@
-//! Per-sample gated products over grouped rows (`shaders/gated_residual.wgsl`), the gated
+//! Per-sample gated products over grouped rows (`shaders/gated_residual/gated_residual.wgsl`), the gated
 //! residual of a dual-stream block (diffusers `QwenImageTransformerBlock`: `x = x + gate·branch`,
 //! spec qwen-image-dit.md §3.4), with the same problem / zero_cond_t addressing as `layer_norm_mod`.
 //!

@@ -1,5 +1,5 @@
-//! Backward of the linear layer and of its LoRA side path (`shaders/gemm_dx.wgsl`,
-//! `shaders/gemm_dw.wgsl`). Same problem table as the forward ([`GemmProblem`]): each problem is a
+//! Backward of the linear layer and of its LoRA side path (`shaders/gemm/gemm_dx.wgsl`,
+//! `shaders/gemm/gemm_dw.wgsl`). Same problem table as the forward ([`GemmProblem`]): each problem is a
 //! row range with its own weight (and gradient) offsets, so the two streams' weights and LoRAs
 //! differ within one dispatch. Gradient buffers are laid out like their parameters.
 //!

@@ -1,5 +1,5 @@
 //! Linear layers: `y = epilogue(x·Wᵀ + b + t·Bᵀ)` with f32/f16/bf16 weights, up to 4 row-range
-//! problems per dispatch, fused epilogues and a LoRA side path (`shaders/gemm.wgsl`).
+//! problems per dispatch, fused epilogues and a LoRA side path (`shaders/gemm/gemm.wgsl`).
 //!
 //! Public API:
 //! - [`GemmProblem`]: one row range `[row0, row0 + rows)` of the stream-major joint rows with its
@@ -28,7 +28,7 @@ pub const TILE: u32 = 32;
 /// Output tile of one `gemm_tiled` workgroup (16x16 invocations, 4x4 outputs each).
 pub const TILE_WG: u32 = 64;
 
-/// Which entry point of `shaders/gemm.wgsl` runs a GEMM.
+/// Which entry point of `shaders/gemm/gemm.wgsl` runs a GEMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     /// `Registers` on CPU adapters (lavapipe: barriers and workgroup memory are ~10x slower

@@ -1,6 +1,6 @@
 //! LayerNorm (no affine, eps 1e-6, biased variance, f32 stats) fused with adaLN modulation
-//! `y = LN(x)·(1 + scale) + shift` (`shaders/layer_norm_mod.wgsl`, backward in
-//! `shaders/layer_norm_mod_backward.wgsl`). Reference: diffusers `QwenImageTransformerBlock`
+//! `y = LN(x)·(1 + scale) + shift` (`shaders/norm/layer_norm_mod.wgsl`, backward in
+//! `shaders/norm/layer_norm_mod_backward.wgsl`). Reference: diffusers `QwenImageTransformerBlock`
 //! (`_modulate`) and `AdaLayerNormContinuous` (norm_out), spec qwen-image-dit.md §3.4, §3.8.
 //!
 //! Public API:

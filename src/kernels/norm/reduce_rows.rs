@@ -1,4 +1,4 @@
-//! Per-sample column sums over grouped row ranges (`shaders/reduce_rows.wgsl`):
+//! Per-sample column sums over grouped row ranges (`shaders/norm/reduce_rows.wgsl`):
 //! `out[vrow, :] += Σ_{rows r of one sample} term(r, :)`, two passes, no float atomics.
 //!
 //! Public API:
@@ -119,7 +119,7 @@ pub fn params(mode: Mode, targets: &[Target], cols: usize) -> Params {
             sample0: sample0 as u32,
             _pad: [0; 3],
         };
-        chunk0 += r.samples * chunks_per_sample(&r);
+        chunk0 += r.samples * chunks_per_sample(r);
         sample0 += r.samples;
     }
     Params {

@@ -1,4 +1,4 @@
-//! RMSNorm with a weight (`shaders/rms_norm.wgsl`, backward `shaders/rms_norm_backward.wgsl`):
+//! RMSNorm with a weight (`shaders/norm/rms_norm.wgsl`, backward `shaders/norm/rms_norm_backward.wgsl`):
 //! `y = x·rsqrt(mean(x²) + eps)·w`, any cols (txt_norm: 3584). Reference: diffusers
 //! `normalization.RMSNorm`, spec qwen-image-dit.md §3.8 (f32 path: no cast to the weight dtype
 //! before the multiply).

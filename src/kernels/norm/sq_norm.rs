@@ -1,4 +1,4 @@
-//! Squared L2 norm over one or many gradient buffers (`shaders/sq_norm.wgsl`), for global-norm
+//! Squared L2 norm over one or many gradient buffers (`shaders/norm/sq_norm.wgsl`), for global-norm
 //! clipping: one partial pass per tensor (a sum per 4096 elements) into a shared partials
 //! buffer, then one finish pass; no float atomics. `adamw` reads the result on the device.
 //!

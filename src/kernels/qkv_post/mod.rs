@@ -1,6 +1,6 @@
-//! The fused QKV epilogue (`shaders/qkv_post.wgsl`): split, per-head QK-RMSNorm, interleaved RoPE
+//! The fused QKV epilogue (`shaders/qkv_post/qkv_post.wgsl`): split, per-head QK-RMSNorm, interleaved RoPE
 //! and head-major write, in one dispatch for both streams; and its backward
-//! (`shaders/qkv_post_backward.wgsl`, `shaders/qkv_post_norm_grad.wgsl`).
+//! (`shaders/qkv_post/qkv_post_backward.wgsl`, `shaders/qkv_post/qkv_post_norm_grad.wgsl`).
 //! Reference: diffusers `transformer_qwenimage.py`, `QwenDoubleStreamAttnProcessor2_0`.
 //!
 //! Public API:

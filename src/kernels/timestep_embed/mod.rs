@@ -1,4 +1,4 @@
-//! The sinusoidal timestep embedding of `QwenTimestepProjEmbeddings` (`shaders/timestep_embed.wgsl`):
+//! The sinusoidal timestep embedding of `QwenTimestepProjEmbeddings` (`shaders/timestep_embed/timestep_embed.wgsl`):
 //! diffusers `Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0, scale=1000)`,
 //! spec qwen-image-dit.md §4. `emb[b] = [cos(arg) (128), sin(arg) (128)]`,
 //! `arg[k] = 1000·(t[b]·freq[k])` in f32. (linear_1 → SiLU → linear_2 is GEMM + elementwise.)

@@ -431,14 +431,14 @@ impl<'a> Builder<'a> {
             };
             self.emit_gemm(e);
             let mut col = 0;
-            for u in start..end {
+            for (u, unit) in units.iter().enumerate().take(end).skip(start) {
                 if u < layers {
                     let txt = ModLoc { tensor: y, offset: col, stride: n };
                     blocks.push([txt, ModLoc { offset: col + 6 * d, ..txt }]);
                 } else {
                     norm_out = Some(ModLoc { tensor: y, offset: col, stride: n });
                 }
-                col += units[u].1;
+                col += unit.1;
             }
             start = end;
         }
