@@ -3,24 +3,29 @@
 //! The model is a graph ([`graph`]) that the executor ([`exec`]) plans once (activation buffers
 //! reused by liveness, bind groups built once) and replays in one submission, counting every
 //! dispatch. Layers, bottom up (dependencies point down; docs/architecture.md has the details):
+//! - [`dtype`], [`layout`]: plain vocabulary every layer shares (storage dtypes and block sizes;
+//!   the joint row layout: `JointShape`, `PerSampleRef`, `SampleRows`). No wgpu.
 //! - [`gpu`]: the only module that names wgpu types: adapter choice, buffers, pipelines built
-//!   from [`shaders`] with reflected layouts, dispatch binding/encoding, timestamps.
-//! - [`tensor`]: shape + storage dtype (f32, f16, bf16) over a GPU buffer; host dtype codecs.
-//! - [`kernels`]: one file per op: `Params`, launchers returning `gpu::Launch`, and a naive CPU
-//!   reference (`<op>::cpu`); the WGSL is `shaders/<op>.wgsl`.
-//! - [`graph`]: an IR with no wgpu types: tensors, typed ops, a builder, saved-for-backward
-//!   declarations and checkpoint segments.
+//!   from [`shaders`] (kernels with their shared WGSL preludes) with reflected layouts, dispatch
+//!   binding/encoding, timestamps.
+//! - [`tensor`]: the GPU tensor, shape + dtype over a buffer.
+//! - [`kernels`]: one folder per kernel family: `Params`, launchers returning `gpu::Launch`, a
+//!   naive CPU reference (`cpu`) and GPU-vs-CPU unit tests; the WGSL is `shaders/<family>/`.
+//! - [`graph`]: an IR with no wgpu types: tensors, typed ops, a builder, reverse-mode autodiff,
+//!   saved-for-backward declarations and checkpoint segments.
 //! - [`exec`]: graph → plan (buffers by liveness, bind groups built once, a dispatch list with
 //!   labels) → run; dispatch counts per op and per layer, GPU time per label.
-//! - [`model`]: the Qwen-Image DiT (`QwenImageTransformer2DModel`): config, the forward graph in
-//!   three modes (`--qkv standard|merged|fused`, docs/dispatches.md), loading, runtime LoRA,
-//!   `wgdit forward` and the dispatch bench.
+//! - [`models`]: one folder per model; [`models::qwen_image`] is the Qwen-Image DiT
+//!   (`QwenImageTransformer2DModel`): config, names, the forward graph in three modes
+//!   (`--qkv standard|merged|fused`, docs/dispatches.md), RoPE table, loading, runtime LoRA,
+//!   training graph, the dispatch bench.
+//! - [`pipeline`]: tasks on the models (`wgdit forward`).
 //! - [`weights`]: memory-mapped safetensors checkpoints (files, diffusers folders, ComfyUI
 //!   prefixes, merged q/k/v layout) and LoRA files in every common format.
 //! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`).
+//! - [`train`]: LoRA training: dataset, noise schedule, LoRA parameters, AdamW, checkpoints and
+//!   the loop (docs/training.md).
 //! - [`testing`]: scale-aware tolerances shared by the tests; [`rng`]: the seeded generator.
-//! - [`train`]: host side of LoRA training: dataset, noise schedule, LoRA parameters, AdamW
-//!   bookkeeping, checkpoints (docs/training.md).
 //! - `main.rs`: the `wgdit` CLI; it only parses, calls the library and prints.
 
 pub mod convert;

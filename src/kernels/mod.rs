@@ -1,9 +1,15 @@
-//! WGSL kernels. Each op is one stem: `shaders/<op>.wgsl`, the Rust launcher(s) here in
-//! `<op>.rs` (a `Params` struct mirroring the WGSL one, launchers that return a
-//! [`Launch`](crate::gpu::Launch)), and a naive CPU reference in `<op>::cpu`.
+//! WGSL kernels, one folder per family (`kernels/<family>/` beside `shaders/<family>/`): for each
+//! op a `Params` struct mirroring the WGSL one, launchers that return a
+//! [`Launch`](crate::gpu::Launch), a naive CPU reference in `cpu`, and the GPU-vs-CPU tests in
+//! the family's `tests.rs` (seeded awkward shapes, outputs poisoned with NaN).
 //!
 //! Launchers only build launches; the caller runs them (`gpu.run(&[..])`) or the executor binds
 //! them once and replays them.
+//!
+//! Gradient accumulation, stated once: parameter gradients are written with `+=` (micro-batches
+//! accumulate until the trainer zeroes them); activation gradients with `=`, except where several
+//! branches meet (a residual stream, the rows of a grouped op), where the kernel takes an
+//! `accumulate` flag and the autodiff zero-fills the gradient on first use (`graph::autodiff`).
 
 pub mod adamw;
 pub mod attention;
