@@ -17,7 +17,9 @@ use crate::Result;
 pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Result<Vec<Launch>> {
     let one = |l: Launch| Ok(vec![l]);
     match op {
-        Op::Elementwise(e) => one(elementwise::launch(gpu, ew(*e), inputs[0], inputs.get(1).copied(), outputs[0])?),
+        Op::Elementwise(e) => {
+            one(elementwise::launch_forward(gpu, ew(*e), inputs[0], inputs.get(1).copied(), outputs[0])?)
+        }
         Op::Gemm(g) => one(lower_gemm(gpu, g, inputs, outputs[0])?),
         Op::LoraDown { rank, problems, .. } => {
             let problems: Vec<LoraProblem> = problems
@@ -29,13 +31,13 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
         Op::LayerNormMod(l) => one(lower_layer_norm(gpu, l, inputs, outputs)?),
         Op::RmsNorm { eps, .. } => {
             let a = rms_norm::Args { x: inputs[0], weight: inputs[1], eps: *eps, y: outputs[0], rstd: outputs[1] };
-            one(rms_norm::launch(gpu, &a)?)
+            one(rms_norm::launch_forward(gpu, &a)?)
         }
         Op::QkvPost { shape, layout } => {
             let n_in = if *layout == ops::QkvLayout::Merged { 1 } else { 3 };
 
             let (x, rest) = inputs.split_at(n_in);
-            one(qkv_post::launch(
+            one(qkv_post::launch_forward(
                 gpu, *shape, *layout, x, rest[0], rest[1], outputs[0], outputs[1], outputs[2], outputs[3],
             )?)
         }
@@ -55,7 +57,7 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
                 res: Some(inputs[0]),
                 out: outputs[0],
             };
-            one(gated_residual::launch(gpu, &a)?)
+            one(gated_residual::launch_forward(gpu, &a)?)
         }
         Op::LoraApply(l) => lower_lora_apply(gpu, l, inputs, outputs),
         Op::GemmDx { gemm: g } => {
@@ -89,7 +91,9 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
             };
             gemm_backward::launch_lora_grads(gpu, &a)
         }
-        Op::ElementwiseBackward(e) => one(elementwise_backward::launch(gpu, ew(*e), inputs[0], inputs[1], outputs[0])?),
+        Op::ElementwiseBackward(e) => {
+            one(elementwise_backward::launch_backward(gpu, ew(*e), inputs[0], inputs[1], outputs[0])?)
+        }
         Op::GatedResidualBackward { problems, d_gate, .. } => {
             let groups = gate_groups(problems);
             let a = gated_residual::BackwardArgs {
@@ -100,7 +104,7 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
                 d_branch: outputs[0],
                 d_gate: d_gate.then(|| (outputs[1], outputs[2])),
             };
-            gated_residual::backward(gpu, &a)
+            gated_residual::launch_backward(gpu, &a)
         }
         Op::LayerNormModBackward { op, d_mod } => {
             let groups = norm_groups(op);
@@ -114,7 +118,7 @@ pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Res
                 dx: outputs[0],
                 dmod: d_mod.then(|| (outputs[1], outputs[2])),
             };
-            layer_norm_mod::backward(gpu, &a)
+            layer_norm_mod::launch_backward(gpu, &a)
         }
         Op::QkvPostBackward { shape, layout } => {
             let n_in = if *layout == ops::QkvLayout::Merged { 1 } else { 3 };
@@ -167,8 +171,10 @@ fn lower_lora_apply(gpu: &Gpu, l: &LoraApplyOp, inputs: &[&Tensor], outputs: &[&
     let down = gemm::launch_lora_down(gpu, x, a, l.rank, &lora_problems(l), t, 0)?;
     let problems: Vec<GemmProblem> = l.problems.iter().map(|&(row0, rows)| GemmProblem::rows(row0, rows)).collect();
     let epilogue = Epilogue { residual: Residual::InPlace, ..Default::default() };
-    let up =
-        gemm::launch(gpu, &GemmArgs { x: t, weight: b, n: l.n, problems: &problems, epilogue, y, y_col0: l.y_col0 })?;
+    let up = gemm::launch_forward(
+        gpu,
+        &GemmArgs { x: t, weight: b, n: l.n, problems: &problems, epilogue, y, y_col0: l.y_col0 },
+    )?;
     Ok(vec![down, up])
 }
 
@@ -214,7 +220,10 @@ fn lower_gemm(gpu: &Gpu, g: &GemmOp, inputs: &[&Tensor], y: &Tensor) -> Result<L
         x2 = Tensor { shape: vec![rows, g.k], ..inputs[0].clone() };
         &x2
     };
-    gemm::launch(gpu, &GemmArgs { x, weight: inputs[1], n: g.n, problems: &problems, epilogue, y, y_col0: g.y_col0 })
+    gemm::launch_forward(
+        gpu,
+        &GemmArgs { x, weight: inputs[1], n: g.n, problems: &problems, epilogue, y, y_col0: g.y_col0 },
+    )
 }
 
 fn gemm_problems(g: &GemmOp) -> Vec<GemmProblem> {
@@ -264,7 +273,7 @@ fn lower_layer_norm(gpu: &Gpu, l: &LayerNormModOp, inputs: &[&Tensor], outputs: 
         mean: outputs[1],
         rstd: outputs[2],
     };
-    layer_norm_mod::launch(gpu, &a)
+    layer_norm_mod::launch_forward(gpu, &a)
 }
 
 fn ew(e: Ew) -> elementwise::Op {

@@ -3,8 +3,11 @@
 //! [`Launch`](crate::gpu::Launch), a naive CPU reference in `cpu`, and the GPU-vs-CPU tests in
 //! the family's `tests.rs` (seeded awkward shapes, outputs poisoned with NaN).
 //!
-//! Launchers only build launches; the caller runs them (`gpu.run(&[..])`) or the executor binds
-//! them once and replays them.
+//! One launcher vocabulary: `launch_*` builds launches and runs nothing; the caller runs them
+//! (`gpu.run(&[..])`) or the executor binds them once and replays them. A family with a backward
+//! names its pair `launch_forward` / `launch_backward` (GEMM: `launch_forward`, and `launch_dx`,
+//! `launch_dw`, `launch_lora_grads`); `run_*` are conveniences that allocate outputs and run now
+//! (tests, one-off use); `cpu::{forward, backward, ..}` are the references.
 //!
 //! Gradient accumulation, stated once: parameter gradients are written with `+=` (micro-batches
 //! accumulate until the trainer zeroes them); activation gradients with `=`, except where several

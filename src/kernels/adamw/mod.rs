@@ -3,13 +3,6 @@
 //! `p += −lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + eps)`, with an optional gradient scale
 //! (accumulation averaging) and on-device global-norm clipping (`clip_grad_norm_`) that reads the
 //! squared norm from `kernels::norm::sq_norm`, so a plan never reads back.
-//!
-//! Public API:
-//! - [`Hyper`] (lr, betas, eps, weight decay) and [`params`]`(n, &Hyper, step, grad_scale, max_norm)`:
-//!   the uniform; a plan re-writes it every step with `gpu.set_params`.
-//! - `launch(gpu, &Args) -> Result<Launch>`.
-//! - `cpu::step`: the reference in f32, operation for operation as torch's single-tensor AdamW
-//!   (verified bit-for-bit-close against `tests/fixtures/adamw/adamw_torch.safetensors`).
 
 use crate::gpu::{Gpu, Launch};
 use crate::shaders::ADAMW;

@@ -155,10 +155,6 @@ fn squared_norm_sums_several_tensors_without_atomics() {
     // f32 tree sums of ~78k positive terms: relative error ~ log2(n)·eps
     let s =
         assert_close("sq_norm", &out.to_f32(&gpu).unwrap(), &[want as f32], Tol { abs: 0.0, rel: 1e-5, rel_l2: 1e-5 });
-    assert_eq!(
-        sq_norm::apply(&gpu, &refs).unwrap().to_bits(),
-        out.to_f32(&gpu).unwrap()[0].to_bits(),
-        "apply = launch"
-    );
+    assert_eq!(sq_norm::run(&gpu, &refs).unwrap().to_bits(), out.to_f32(&gpu).unwrap()[0].to_bits(), "apply = launch");
     eprintln!("sq_norm of {} values: rel err {:.2e}", lens.iter().sum::<usize>(), s.rel_l2);
 }

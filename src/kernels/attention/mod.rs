@@ -2,20 +2,11 @@
 //! `shaders/attention/attention_backward.wgsl`); reference: diffusers `QwenDoubleStreamAttnProcessor2_0`
 //! (spec qwen-image-dit.md §3.6): `O = softmax(Q·Kᵀ/sqrt(Dh) + maskbias)·V`, non-causal.
 //!
-//! Public API:
-//! - [`JointShape`] `{ batch, heads, head_dim, s_txt, s_img }`; joint length `S = s_txt + s_img`
-//!   (text first). `head_dim` is a multiple of 4, at most 128; `s_img >= 1` (every query then has a
-//!   valid key).
-//! - [`launch_forward`]`(gpu, shape, q, k, v, mask, o, lse) -> Result<Launch>`:
-//!   q, k, v `[B, H, S, Dh]` head-major f32; `mask: Option<&Tensor>` `[B, s_txt]` f32 (nonzero =
-//!   valid text key, image keys always valid); writes `o` `[B·S, H·Dh]` in stream-major joint rows
-//!   (text rows of every sample, then image rows) and `lse` `[B, H, S]` (natural log of the scaled,
-//!   masked softmax denominator), which the backward needs.
-//! - [`launch_backward`]`(gpu, shape, &BackwardArgs) -> Result<Vec<Launch>>` (2 dispatches, run in
-//!   order): from q, k, v, mask, o, lse and `d_o` (stream-major like `o`) writes dq, dk, dv
-//!   head-major with `=`; `delta` `[B, H, S]` is scratch (rowsum(dO ⊙ O)).
-//! - [`forward`] / [`backward`]: allocate the outputs and run (tests, one-off use).
-//! - [`cpu`]: the f64 reference with materialised scores.
+//! q, k, v are head-major `[B, H, S, Dh]` f32 (S = s_txt + s_img, text first); the mask `[B, s_txt]`
+//! marks valid text keys (nonzero; image keys are always valid, so `s_img >= 1` gives every query a
+//! key); O is written in stream-major joint rows `[B·S, H·Dh]`, and lse `[B, H, S]` (natural log of
+//! the masked softmax denominator) is saved for the backward, which writes dq, dk, dv with `=` in
+//! two dispatches (`delta` = rowsum(dO ⊙ O) is scratch). head_dim: a multiple of 4, at most 128.
 //!
 //! Memory is O(S·Dh): no S×S buffer. Dispatch geometry and tiling are described in the shaders.
 //!
@@ -212,7 +203,7 @@ pub fn launch_backward(gpu: &Gpu, shape: &JointShape, a: &BackwardArgs) -> Resul
 }
 
 /// Convenience: runs the forward and returns `(o, lse)`.
-pub fn forward(
+pub fn run_forward(
     gpu: &Arc<Gpu>,
     shape: &JointShape,
     q: &Tensor,
@@ -229,7 +220,7 @@ pub fn forward(
 
 /// Convenience: runs the backward and returns `(dq, dk, dv)`.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn run_backward(
     gpu: &Arc<Gpu>,
     shape: &JointShape,
     q: &Tensor,

@@ -1,13 +1,6 @@
 //! Backward of the element-wise activations (`shaders/elementwise/elementwise_backward.wgsl`):
 //! `dx = dy·f'(x)` for SiLU and tanh-GELU (forward: `kernels::elementwise`), dx written (`=`).
 //!
-//! Public API:
-//! - `launch(gpu, Op, x, dy, dx) -> Result<Launch>` for `Op::Silu` / `Op::GeluTanh`;
-//!   `apply(gpu, op, x, dy)` → a new dx.
-//! - `mul_backward(gpu, a, b, dy, da, db) -> Result<[Launch; 2]>`: `y = a·b` ⇒ `da = dy·b`,
-//!   `db = dy·a`, two `elementwise::Op::Mul` launches (nothing new to compile).
-//! - `cpu::derivative`: f64 f'(x).
-//!
 //! Gated residual `d_gate[b] += Σ_rows dy·y` is `reduce_rows::Mode::Product`.
 
 use super::{self as elementwise, Op};
@@ -35,7 +28,7 @@ fn entry(op: Op) -> &'static str {
 }
 
 // forward: y = f(x)   =>   dx = dy·f'(x)
-pub fn launch(gpu: &Gpu, op: Op, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Result<Launch> {
+pub fn launch_backward(gpu: &Gpu, op: Op, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Result<Launch> {
     let n = x.numel();
     for t in [x, dy, dx] {
         assert!(t.dtype == DType::F32 && t.numel() == n, "elementwise_backward::{op:?}: shapes/dtypes");
@@ -51,15 +44,18 @@ pub fn launch(gpu: &Gpu, op: Op, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Result
 }
 
 /// Convenience for tests and one-off use: returns a new dx.
-pub fn apply(gpu: &Arc<Gpu>, op: Op, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+pub fn run_backward(gpu: &Arc<Gpu>, op: Op, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let dx = Tensor::zeros(gpu, &x.shape, DType::F32, entry(op))?;
-    gpu.run(&[launch(gpu, op, x, dy, &dx)?])?;
+    gpu.run(&[launch_backward(gpu, op, x, dy, &dx)?])?;
     Ok(dx)
 }
 
 // forward: y = a·b   =>   da = dy·b;  db = dy·a
 pub fn mul_backward(gpu: &Gpu, a: &Tensor, b: &Tensor, dy: &Tensor, da: &Tensor, db: &Tensor) -> Result<[Launch; 2]> {
-    Ok([elementwise::launch(gpu, Op::Mul, dy, Some(b), da)?, elementwise::launch(gpu, Op::Mul, dy, Some(a), db)?])
+    Ok([
+        elementwise::launch_forward(gpu, Op::Mul, dy, Some(b), da)?,
+        elementwise::launch_forward(gpu, Op::Mul, dy, Some(a), db)?,
+    ])
 }
 
 pub mod cpu {

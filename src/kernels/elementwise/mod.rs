@@ -38,7 +38,7 @@ impl Op {
 }
 
 /// `y = op(a, b)` (for unary ops pass `b = None`). All f32, same element count.
-pub fn launch(gpu: &Gpu, op: Op, a: &Tensor, b: Option<&Tensor>, y: &Tensor) -> Result<Launch> {
+pub fn launch_forward(gpu: &Gpu, op: Op, a: &Tensor, b: Option<&Tensor>, y: &Tensor) -> Result<Launch> {
     let n = a.numel();
     assert!(a.dtype == DType::F32 && y.dtype == DType::F32 && y.numel() == n, "elementwise::{op:?}: shapes/dtypes");
     assert_eq!(b.is_none(), op.is_unary(), "elementwise::{op:?}: operand count");
@@ -55,9 +55,9 @@ pub fn launch(gpu: &Gpu, op: Op, a: &Tensor, b: Option<&Tensor>, y: &Tensor) -> 
 }
 
 /// Convenience for tests and one-off use: runs `op` and returns the new output tensor.
-pub fn apply(gpu: &Arc<Gpu>, op: Op, a: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+pub fn run_forward(gpu: &Arc<Gpu>, op: Op, a: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let y = Tensor::zeros(gpu, &a.shape, DType::F32, op.entry())?;
-    gpu.run(&[launch(gpu, op, a, b, &y)?])?;
+    gpu.run(&[launch_forward(gpu, op, a, b, &y)?])?;
     Ok(y)
 }
 

@@ -1,13 +1,6 @@
 //! Per-sample gated products over grouped rows (`shaders/gated_residual/gated_residual.wgsl`), the gated
 //! residual of a dual-stream block (diffusers `QwenImageTransformerBlock`: `x = x + gate·branch`,
 //! spec qwen-image-dit.md §3.4), with the same problem / zero_cond_t addressing as `layer_norm_mod`.
-//!
-//! Public API:
-//! - `launch(gpu, &Args) -> Result<Launch>`: `Accumulate` (forward, `out += gate·a`, in place on
-//!   the residual) or `Assign` (backward, `out = gate·a`: d_branch = gate·dx).
-//! - `backward(gpu, &BackwardArgs) -> Result<Vec<Launch>>`: d_branch (`=`) and d_gate (`+=`,
-//!   `reduce_rows::Mode::Product` of dx·branch). dx of the residual input is dx itself.
-//! - `cpu::apply`: f64 reference.
 
 use crate::gpu::{Gpu, Launch};
 use crate::kernels::norm::reduce_rows::{self, SampleRows, Target};
@@ -107,7 +100,7 @@ pub fn params(groups: &[Group], cols: usize, write: Write) -> Params {
     Params { cols: cols as u32, n_problems: groups.len() as u32, accumulate, _pad: 0, problems }
 }
 
-pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
+pub fn launch_forward(gpu: &Gpu, a: &Args) -> Result<Launch> {
     assert!(a.a.dtype == DType::F32 && a.a.shape.len() == 2, "gated_residual: a must be f32 [rows, cols]");
     assert_eq!(a.a.shape, a.out.shape, "gated_residual: out shape");
     assert_eq!(a.res.is_some(), a.write == Write::FromResidual, "gated_residual: res goes with Write::FromResidual");
@@ -140,9 +133,9 @@ pub fn scratch_elems(groups: &[Group], cols: usize) -> usize {
 }
 
 // forward: x_out = x + gate·branch   =>   d_branch = gate·dx;  d_gate[vr] += Σ_rows dx·branch;  dx_in = dx
-pub fn backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
+pub fn launch_backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
     let fwd = Args { a: a.dx, modv: a.modv, groups: a.groups, write: Write::Assign, res: None, out: a.d_branch };
-    let mut out = vec![launch(gpu, &fwd)?];
+    let mut out = vec![launch_forward(gpu, &fwd)?];
     if let Some((d_gate, scratch)) = a.d_gate {
         out.extend(reduce_rows::launch(
             gpu,

@@ -64,7 +64,10 @@ fn gated_residual_forward_and_backward_match_reference_with_zero_cond_split() {
         };
         let fwd =
             gated_residual::Args { a: &ty, modv: &tm, groups: &gs, write: Write::Accumulate, res: None, out: &tx };
-        let mut l = vec![gated_residual::launch(&gpu, &from_res).unwrap(), gated_residual::launch(&gpu, &fwd).unwrap()];
+        let mut l = vec![
+            gated_residual::launch_forward(&gpu, &from_res).unwrap(),
+            gated_residual::launch_forward(&gpu, &fwd).unwrap(),
+        ];
         let bwd = BackwardArgs {
             branch: &ty,
             modv: &tm,
@@ -73,7 +76,7 @@ fn gated_residual_forward_and_backward_match_reference_with_zero_cond_split() {
             d_branch: &db,
             d_gate: Some((&dmod, &scratch)),
         };
-        l.extend(gated_residual::backward(&gpu, &bwd).unwrap());
+        l.extend(gated_residual::launch_backward(&gpu, &bwd).unwrap());
         gpu.run(&l).unwrap();
         let (y64, m64, dx64) = (f64s(&y), f64s(&modv), f64s(&dx));
         let mut want_x = f64s(&x);
@@ -137,7 +140,7 @@ fn gated_residual_covers_more_workgroups_than_one_grid_dimension() {
         res: None,
         out: &out,
     };
-    gpu.run(&[gated_residual::launch(&gpu, &a).unwrap()]).unwrap();
+    gpu.run(&[gated_residual::launch_forward(&gpu, &a).unwrap()]).unwrap();
     let mut want = vec![f64::NAN; rows * cols];
     cpu::apply(&f64s(&y), cols, &f64s(&modv), &gs, Write::Assign, &mut want);
     assert_close("gate·a, 70002 rows", &out.to_f32(&gpu).unwrap(), &f32s(&want), TOL);

@@ -1,17 +1,6 @@
 //! Linear layers: `y = epilogue(x·Wᵀ + b + t·Bᵀ)` with f32/f16/bf16 weights, up to 4 row-range
 //! problems per dispatch, fused epilogues and a LoRA side path (`shaders/gemm/gemm.wgsl`).
 //!
-//! Public API:
-//! - [`GemmProblem`]: one row range `[row0, row0 + rows)` of the stream-major joint rows with its
-//!   own weight/bias/LoRA-B element offsets, `alpha` and [`PerSampleRef`] (per-sample gate rows with
-//!   the Edit-2511 `zero_cond_t` split). All problems of a dispatch share N and K and the buffers.
-//! - [`GemmArgs`] + [`Epilogue`] (bias, [`Lora`] side path, GELU, gate, [`Residual`]) →
-//!   [`launch`]: one dispatch ([`launch_variant`] picks the register-tiled or the
-//!   workgroup-memory entry point explicitly; `launch` chooses by adapter type).
-//! - [`LoraProblem`] → [`launch_lora_down`]: `t = s·x·Aᵀ`, the LoRA down-projection (same kernel).
-//! - Backward in [`super::gemm_backward`]: `launch_dx`, `launch_dw`, `launch_lora_grads`.
-//! - [`cpu`]: f64 references for all of it.
-//!
 //! Weights: f16/bf16 are packed 2 per u32. Any K works; with an even K and even weight offset
 //! the kernel uses vec4 weight loads, otherwise scalar loads (slower, same result).
 
@@ -240,7 +229,7 @@ fn check(a: &GemmArgs) {
 }
 
 /// `y = epilogue(alpha·x·Wᵀ + b + t·Bᵀ)` per problem (see [`Epilogue`] for the order).
-pub fn launch(gpu: &Gpu, a: &GemmArgs) -> Result<Launch> {
+pub fn launch_forward(gpu: &Gpu, a: &GemmArgs) -> Result<Launch> {
     launch_variant(gpu, a, Variant::Auto)
 }
 
@@ -336,7 +325,7 @@ pub fn launch_lora_down(
         problems.iter().map(|p| GemmProblem::rows(p.row0, p.rows).weight(p.a_offset).alpha(p.scale)).collect();
     let args =
         GemmArgs { x, weight: a, n: rank, problems: &probs, epilogue: Epilogue::default(), y: t, y_col0: t_col0 };
-    launch(gpu, &args)
+    launch_forward(gpu, &args)
 }
 
 /// Naive references in f64 (inputs already rounded to the storage dtype: `DType::round`).

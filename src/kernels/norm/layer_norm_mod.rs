@@ -3,13 +3,6 @@
 //! `shaders/norm/layer_norm_mod_backward.wgsl`). Reference: diffusers `QwenImageTransformerBlock`
 //! (`_modulate`) and `AdaLayerNormContinuous` (norm_out), spec qwen-image-dit.md §3.4, §3.8.
 //!
-//! Public API:
-//! - `launch(gpu, &Args) -> Result<Launch>`: y, and mean/rstd [rows] saved for the backward;
-//!   `apply(gpu, x, modv, groups)` runs it into new tensors (tests, one-off use).
-//! - `backward(gpu, &BackwardArgs) -> Result<Vec<Launch>>`: dx (`=`); with `dmod`, also
-//!   d_shift and d_scale (`+=`, per sample, through `reduce_rows`, no float atomics).
-//! - `cpu::{forward, backward}`: f64 references.
-//!
 //! Up to 4 [`Group`]s (e.g. the text and image streams) per dispatch, each a
 //! [`SampleRows`] range with its own shift/scale offsets into the modulation buffer. The chunk
 //! order is the caller's business: blocks pass (shift, scale) = chunks (0, 1) of mod1/mod2,
@@ -119,7 +112,7 @@ fn total_rows(groups: &[Group]) -> u32 {
     groups.iter().map(|g| g.rows.rows() as u32).sum()
 }
 
-pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
+pub fn launch_forward(gpu: &Gpu, a: &Args) -> Result<Launch> {
     let cols = check(a.x, a.groups);
     let p = params(a.groups, cols, a.eps, a.modv.is_some());
     Ok(Launch {
@@ -137,12 +130,17 @@ pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
 }
 
 /// Convenience for tests and one-off use: runs the forward and returns (y, mean, rstd).
-pub fn apply(gpu: &Arc<Gpu>, x: &Tensor, modv: Option<&Tensor>, groups: &[Group]) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn run_forward(
+    gpu: &Arc<Gpu>,
+    x: &Tensor,
+    modv: Option<&Tensor>,
+    groups: &[Group],
+) -> Result<(Tensor, Tensor, Tensor)> {
     let y = Tensor::zeros(gpu, &x.shape, DType::F32, "layer_norm_mod.y")?;
     let mean = Tensor::zeros(gpu, &x.shape[..1], DType::F32, "layer_norm_mod.mean")?;
     let rstd = Tensor::zeros(gpu, &x.shape[..1], DType::F32, "layer_norm_mod.rstd")?;
     let a = Args { x, modv, groups, eps: EPS, y: &y, mean: &mean, rstd: &rstd };
-    gpu.run(&[launch(gpu, &a)?])?;
+    gpu.run(&[launch_forward(gpu, &a)?])?;
     Ok((y, mean, rstd))
 }
 
@@ -166,7 +164,7 @@ pub fn scratch_elems(groups: &[Group], cols: usize) -> usize {
 // forward: y = (x − mean)·rstd·(1 + scale) + shift
 //   => dx = rstd·(g − mean(g) − xhat·mean(g·xhat)), g = dy·(1 + scale)
 //      d_shift[vr] += Σ_rows dy;  d_scale[vr] += Σ_rows dy·xhat
-pub fn backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
+pub fn launch_backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
     let cols = check(a.x, a.groups);
     let p = params(a.groups, cols, EPS, a.modv.is_some());
     let mut out = vec![Launch {

@@ -1,14 +1,6 @@
 //! Per-sample column sums over grouped row ranges (`shaders/norm/reduce_rows.wgsl`):
 //! `out[vrow, :] += Σ_{rows r of one sample} term(r, :)`, two passes, no float atomics.
 //!
-//! Public API:
-//! - [`SampleRows`]: one "problem", a contiguous row range of `samples × rows_per_sample` rows
-//!   whose per-sample vector row is `b`, or `b + alt_rows` for tokens `j >= split` (Edit-2511
-//!   `zero_cond_t`: reference tokens read the t = 0 modulation rows). Shared with `layer_norm_mod`.
-//! - `launch(gpu, &Args) -> Result<Vec<Launch>>`: the partial pass and the finish pass (same binds).
-//! - [`scratch_elems`]: the f32 count of the `scratch` buffer the partial pass needs.
-//! - `cpu::reduce_rows`: the f64 reference.
-//!
 //! Uses: d_shift (`Mode::Sum` of dy), d_gate (`Mode::Product` of dy·y), d_scale of a
 //! LayerNorm (`Mode::LayerNormProduct`: dy·(x−mean)·rstd), d_weight of an RMSNorm
 //! (`Mode::RmsProduct`: dy·x·rstd). The accumulation rule is `+=` (parameter gradients).

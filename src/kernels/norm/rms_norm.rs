@@ -3,13 +3,6 @@
 //! `normalization.RMSNorm`, spec qwen-image-dit.md §3.8 (f32 path: no cast to the weight dtype
 //! before the multiply).
 //!
-//! Public API:
-//! - `launch(gpu, &Args) -> Result<Launch>`: y and the saved rstd [rows]; `apply(gpu, x, weight)`
-//!   runs it into new tensors.
-//! - `backward(gpu, &BackwardArgs) -> Result<Vec<Launch>>`: dx (`=`), and with `dw` also
-//!   dw (`+=`, f32, through `reduce_rows::Mode::RmsProduct`).
-//! - `cpu::{forward, backward}`: f64 references.
-//!
 //! The weight may be stored f32, f16 or bf16 (`Tensor::dtype`); activations are f32.
 
 use super::reduce_rows::{self, SampleRows, Target};
@@ -65,7 +58,7 @@ fn params(rows: usize, cols: usize, eps: f32) -> Vec<u8> {
     bytemuck::bytes_of(&Params { rows: rows as u32, cols: cols as u32, eps, _pad: 0 }).to_vec()
 }
 
-pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
+pub fn launch_forward(gpu: &Gpu, a: &Args) -> Result<Launch> {
     let (rows, cols) = shape(a.x, a.weight);
     Ok(Launch {
         kernel: gpu.kernel(&RMS_NORM, "rms_norm", &[("DTYPE", a.weight.dtype.code())])?,
@@ -76,10 +69,10 @@ pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
 }
 
 /// Convenience for tests and one-off use: runs the forward and returns (y, rstd).
-pub fn apply(gpu: &Arc<Gpu>, x: &Tensor, weight: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn run_forward(gpu: &Arc<Gpu>, x: &Tensor, weight: &Tensor) -> Result<(Tensor, Tensor)> {
     let y = Tensor::zeros(gpu, &x.shape, DType::F32, "rms_norm.y")?;
     let rstd = Tensor::zeros(gpu, &x.shape[..1], DType::F32, "rms_norm.rstd")?;
-    gpu.run(&[launch(gpu, &Args { x, weight, eps: EPS, y: &y, rstd: &rstd })?])?;
+    gpu.run(&[launch_forward(gpu, &Args { x, weight, eps: EPS, y: &y, rstd: &rstd })?])?;
     Ok((y, rstd))
 }
 
@@ -93,7 +86,7 @@ pub fn scratch_elems(rows: usize, cols: usize) -> usize {
 }
 
 // forward: y = x·rstd·w   =>   dw += Σ_rows dy·x·rstd;  dx = rstd·(w·dy − x·rstd²·mean(w·dy·x))
-pub fn backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
+pub fn launch_backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
     let (rows, cols) = shape(a.x, a.weight);
     let mut out = vec![Launch {
         kernel: gpu.kernel(&RMS_NORM_BACKWARD, "rms_norm_backward", &[("DTYPE", a.weight.dtype.code())])?,

@@ -1,12 +1,6 @@
 //! Squared L2 norm over one or many gradient buffers (`shaders/norm/sq_norm.wgsl`), for global-norm
 //! clipping: one partial pass per tensor (a sum per 4096 elements) into a shared partials
 //! buffer, then one finish pass; no float atomics. `adamw` reads the result on the device.
-//!
-//! Public API:
-//! - `launch(gpu, &Args) -> Result<Vec<Launch>>`: `out[0] = Σ_tensors Σ x²` (written, `=`);
-//!   `apply(gpu, tensors)` runs it and reads the value back.
-//! - [`partials`]: the f32 size of the partials buffer for a list of tensor lengths.
-//! - `cpu::sq_norm`: f64 reference.
 
 use crate::gpu::{Gpu, Launch};
 use crate::shaders::SQ_NORM;
@@ -70,7 +64,7 @@ pub fn launch(gpu: &Gpu, a: &Args) -> Result<Vec<Launch>> {
 }
 
 /// Convenience for tests and one-off use: Σ x² over the tensors, read back to the host.
-pub fn apply(gpu: &Arc<Gpu>, tensors: &[&Tensor]) -> Result<f32> {
+pub fn run(gpu: &Arc<Gpu>, tensors: &[&Tensor]) -> Result<f32> {
     let lens: Vec<usize> = tensors.iter().map(|t| t.numel()).collect();
     let partials = Tensor::zeros(gpu, &[partials(&lens)], DType::F32, "sq_norm.partials")?;
     let out = Tensor::zeros(gpu, &[1], DType::F32, "sq_norm.out")?;

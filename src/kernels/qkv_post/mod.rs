@@ -3,22 +3,6 @@
 //! (`shaders/qkv_post/qkv_post_backward.wgsl`, `shaders/qkv_post/qkv_post_norm_grad.wgsl`).
 //! Reference: diffusers `transformer_qwenimage.py`, `QwenDoubleStreamAttnProcessor2_0`.
 //!
-//! Public API:
-//! - [`JointShape`] `{ batch, heads, head_dim, s_txt, s_img }`: rows = B·S_txt + B·S_img stream-major
-//!   joint rows (text block first), D = heads·head_dim, S_joint = S_txt + S_img.
-//! - [`QkvLayout`]: `Merged` = one input `[rows, 3D]` with columns `[q | k | v]` (the grouped QKV GEMM
-//!   over the stacked weight [Wq; Wk; Wv]); `Standard` = three inputs `[rows, D]` (three GEMMs).
-//! - [`launch`]`(gpu, shape, layout, inputs, norm_weights, rope_table, q, k, v, saved) -> Result<Launch>`:
-//!   `inputs` = `[qkv]` or `[q, k, v]`; `norm_weights` f32 `[4, Dh]` = (image q, image k, text q, text k)
-//!   = (`norm_q`, `norm_k`, `norm_added_q`, `norm_added_k`); `rope_table` f32 `[S_joint, Dh/2, 2]` from
-//!   [`rope::table`](super::rope::table); outputs `q, k, v` f32 `[B, H, S_joint, Dh]`; `saved` f32
-//!   `[2, rows, H]` = the rstd of q then k, for the backward.
-//! - [`launch_backward`]`(gpu, shape, layout, inputs, norm_weights, rope_table, saved, dq, dk, dv,
-//!   dinputs, dnorm_weights) -> Result<Vec<Launch>>`: `dinputs` in the layout of `inputs` (written with
-//!   `=`); `dnorm_weights: Option<&Tensor>` `[4, Dh]` accumulated with `+=` (two more dispatches;
-//!   `None` in LoRA training, where the norm weights are frozen).
-//! - [`forward`]: a convenience that allocates the outputs and runs.
-//!
 //! The input layout is a uniform (row stride + q/k/v column offsets), not an override constant:
 //! one pipeline per head_dim serves both layouts, and a merged buffer is simply bound three times
 //! (read-only in the forward, read-write in the backward; wgpu allows both). One RoPE table serves
@@ -177,7 +161,7 @@ fn lane_consts(shape: &JointShape) -> [(&'static str, f64); 2] {
 
 /// The forward epilogue: see the module docs.
 #[allow(clippy::too_many_arguments)]
-pub fn launch(
+pub fn launch_forward(
     gpu: &Gpu,
     shape: JointShape,
     layout: QkvLayout,
@@ -213,7 +197,7 @@ pub struct QkvOut {
 }
 
 /// Convenience for tests and one-off use: allocates the outputs and runs [`launch`].
-pub fn forward(
+pub fn run_forward(
     gpu: &Arc<Gpu>,
     shape: JointShape,
     layout: QkvLayout,
@@ -228,7 +212,7 @@ pub fn forward(
         v: Tensor::zeros(gpu, &hm, DType::F32, "v")?,
         saved: Tensor::zeros(gpu, &[2, shape.rows(), shape.heads], DType::F32, "qk rstd")?,
     };
-    let l = launch(gpu, shape, layout, inputs, norm_weights, rope_table, &out.q, &out.k, &out.v, &out.saved)?;
+    let l = launch_forward(gpu, shape, layout, inputs, norm_weights, rope_table, &out.q, &out.k, &out.v, &out.saved)?;
     gpu.run(&[l])?;
     Ok(out)
 }

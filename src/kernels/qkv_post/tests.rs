@@ -106,7 +106,7 @@ fn gpu_forward(gpu: &Arc<Gpu>, c: &Case, layout: QkvLayout, ins: &[Tensor]) -> [
         [poisoned(gpu, hm, "q"), poisoned(gpu, hm, "k"), poisoned(gpu, hm, "v"), poisoned(gpu, 2 * s.units(), "rstd")];
     let refs: Vec<&Tensor> = ins.iter().collect();
     let (w, t) = (upload(gpu, &c.norm_w, "norm_w"), upload(gpu, &c.table, "rope"));
-    let l = qkv_post::launch(gpu, s, layout, &refs, &w, &t, &out[0], &out[1], &out[2], &out[3]).unwrap();
+    let l = qkv_post::launch_forward(gpu, s, layout, &refs, &w, &t, &out[0], &out[1], &out[2], &out[3]).unwrap();
     gpu.run(&[l]).unwrap();
     out
 }
@@ -312,7 +312,7 @@ fn throughput_at_a_dit_block_shape() {
     let new = |n| Tensor::zeros(&gpu, &[n], DType::F32, "t").unwrap();
     let (qkv, dqkv) = (upload(&gpu, &rng.vec_normal(3 * n, 1.0), "qkv"), new(3 * n));
     let (q, k, v, saved) = (new(hm), new(hm), new(hm), new(2 * s.units()));
-    let fwd = qkv_post::launch(&gpu, s, QkvLayout::Merged, &[&qkv], &w, &t, &q, &k, &v, &saved).unwrap();
+    let fwd = qkv_post::launch_forward(&gpu, s, QkvLayout::Merged, &[&qkv], &w, &t, &q, &k, &v, &saved).unwrap();
     let bwd =
         qkv_post::launch_backward(&gpu, s, QkvLayout::Merged, &[&qkv], &w, &t, &saved, &q, &k, &v, &[&dqkv], None)
             .unwrap();

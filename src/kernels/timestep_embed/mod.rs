@@ -3,11 +3,6 @@
 //! spec qwen-image-dit.md §4. `emb[b] = [cos(arg) (128), sin(arg) (128)]`,
 //! `arg[k] = 1000·(t[b]·freq[k])` in f32. (linear_1 → SiLU → linear_2 is GEMM + elementwise.)
 //!
-//! Public API:
-//! - `launch(gpu, &Args) -> Result<Launch>`: t [B] f32 → emb [B, 256] f32. t is a storage buffer,
-//!   so a plan updates timesteps by writing it, without rebinding. `apply(gpu, t)` → a new emb.
-//! - [`freqs`]: the f32 frequency table the uniform carries; `cpu::embed`: the f64 reference.
-//!
 //! Numerics: `freq[k] = f32(exp(f32(−ln 10000 · k) / 128))` correctly rounded on the host (torch's
 //! f32 CPU exp differs by 1 ulp on 2 of the 128 entries: up to 2.7e-5 in emb at t ≤ 1, measured with
 //! torch 2.15 / diffusers). The shader reduces the argument by π/2 itself (Cody–Waite, 3 parts)
@@ -60,7 +55,7 @@ pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
 }
 
 /// Convenience for tests and one-off use: t [B] → a new emb [B, 256].
-pub fn apply(gpu: &Arc<Gpu>, t: &Tensor) -> Result<Tensor> {
+pub fn run(gpu: &Arc<Gpu>, t: &Tensor) -> Result<Tensor> {
     let emb = Tensor::zeros(gpu, &[t.numel(), DIM], DType::F32, "timestep_embed.emb")?;
     gpu.run(&[launch(gpu, &Args { t, emb: &emb })?])?;
     Ok(emb)

@@ -18,7 +18,7 @@ fn timestep_embedding_matches_f64_sinusoid_up_to_1000_radians() {
     let got = emb.to_f32(&gpu).unwrap();
     // Range reduction + polynomial: a few f32 ulps of a value in [-1, 1].
     let s = assert_close("emb", &got, &f32s(&cpu::embed(&t)), Tol { abs: 1e-6, rel: 0.0, rel_l2: 5e-7 });
-    assert_eq!(timestep_embed::apply(&gpu, &tt).unwrap().to_f32(&gpu).unwrap(), got, "apply = launch");
+    assert_eq!(timestep_embed::run(&gpu, &tt).unwrap().to_f32(&gpu).unwrap(), got, "apply = launch");
     eprintln!("timestep_embed: max_abs {:.2e} rel_l2 {:.2e}", s.max_abs, s.rel_l2);
 }
 

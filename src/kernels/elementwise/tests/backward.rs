@@ -17,7 +17,7 @@ fn activation_backward_matches_reference_at_awkward_sizes() {
         let (tx, tdy) = (up(&gpu, &x, &[n]), up(&gpu, &dy, &[n]));
         for op in [Op::Silu, Op::GeluTanh] {
             let dx = poisoned(&gpu, &[n]);
-            gpu.run(&[elementwise_backward::launch(&gpu, op, &tx, &tdy, &dx).unwrap()]).unwrap();
+            gpu.run(&[elementwise_backward::launch_backward(&gpu, op, &tx, &tdy, &dx).unwrap()]).unwrap();
             let s = assert_close(
                 &format!("{op:?}' n={n}"),
                 &dx.to_f32(&gpu).unwrap(),
@@ -39,7 +39,7 @@ fn activation_backward_stays_finite_for_huge_inputs() {
     let (tx, tdy) = (up(&gpu, &x, &[x.len()]), up(&gpu, &dy, &[x.len()]));
     for op in [Op::Silu, Op::GeluTanh] {
         let dx = poisoned(&gpu, &[x.len()]);
-        gpu.run(&[elementwise_backward::launch(&gpu, op, &tx, &tdy, &dx).unwrap()]).unwrap();
+        gpu.run(&[elementwise_backward::launch_backward(&gpu, op, &tx, &tdy, &dx).unwrap()]).unwrap();
         // the f64 reference is finite everywhere except silu' at -3e38 (exp overflow → 0·(-inf) in f64 too)
         let want: Vec<f32> = cpu::backward(op, &x, &dy).iter().map(|v| if v.is_nan() { 0.0 } else { *v }).collect();
         assert_close(&format!("{op:?}' huge"), &dx.to_f32(&gpu).unwrap(), &want, Tol::F32_ELEMENTWISE);

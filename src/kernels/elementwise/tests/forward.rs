@@ -18,7 +18,7 @@ fn elementwise_ops_match_cpu_reference_at_awkward_sizes() {
             let y = Tensor::zeros(&gpu, &[n], DType::F32, "y").unwrap();
             gpu.poison(&y.buffer);
             let bb = (!op.is_unary()).then_some(&tb);
-            gpu.run(&[elementwise::launch(&gpu, op, &ta, bb, &y).unwrap()]).unwrap();
+            gpu.run(&[elementwise::launch_forward(&gpu, op, &ta, bb, &y).unwrap()]).unwrap();
             let got = y.to_f32(&gpu).unwrap();
             let want = cpu::apply(op, &a, (!op.is_unary()).then_some(&b[..]));
             assert_close(&format!("{op:?} n={n}"), &got, &want, Tol::F32_ELEMENTWISE);
@@ -31,7 +31,7 @@ fn gelu_tanh_stays_finite_for_large_inputs() {
     let gpu = test_gpu();
     let a = vec![-1e4f32, -90.0, -10.0, 10.0, 90.0, 1e4, 2e7];
     let t = Tensor::from_f32(&gpu, &a, &[a.len()], DType::F32, "a").unwrap();
-    let y = elementwise::apply(&gpu, Op::GeluTanh, &t, None).unwrap().to_f32(&gpu).unwrap();
+    let y = elementwise::run_forward(&gpu, Op::GeluTanh, &t, None).unwrap().to_f32(&gpu).unwrap();
     assert_close("gelu large", &y, &cpu::apply(Op::GeluTanh, &a, None), Tol::F32_ELEMENTWISE);
 }
 

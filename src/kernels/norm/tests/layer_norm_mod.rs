@@ -77,7 +77,7 @@ fn run_gpu(gpu: &Gpu, s: &Setup, x: &[f32], modv: Option<&[f32]>, dy: &[f32], dm
         mean: &mean,
         rstd: &rstd,
     };
-    gpu.run(&[layer_norm_mod::launch(gpu, &fwd).unwrap()]).unwrap();
+    gpu.run(&[layer_norm_mod::launch_forward(gpu, &fwd).unwrap()]).unwrap();
     let (tdy, dx) = (up(gpu, dy, &[s.rows, s.cols]), poisoned(gpu, &[s.rows, s.cols]));
     let dmod = up(gpu, dmod0, &[dmod0.len()]);
     let scratch = poisoned(gpu, &[layer_norm_mod::scratch_elems(&s.groups, s.cols).max(1)]);
@@ -91,7 +91,7 @@ fn run_gpu(gpu: &Gpu, s: &Setup, x: &[f32], modv: Option<&[f32]>, dy: &[f32], dm
         dx: &dx,
         dmod: tm.as_ref().map(|_| (&dmod, &scratch)),
     };
-    gpu.run(&layer_norm_mod::backward(gpu, &bwd).unwrap()).unwrap();
+    gpu.run(&layer_norm_mod::launch_backward(gpu, &bwd).unwrap()).unwrap();
     let get = |t: &crate::tensor::Tensor| t.to_f32(gpu).unwrap();
     Run { y: get(&y), mean: get(&mean), rstd: get(&rstd), dx: get(&dx), dmod: get(&dmod) }
 }
@@ -180,13 +180,13 @@ fn layer_norm_mod_throughput_at_dit_width() {
     let (y, mean, rstd) = (poisoned(&gpu, &[s.rows, s.cols]), poisoned(&gpu, &[s.rows]), poisoned(&gpu, &[s.rows]));
     let a =
         layer_norm_mod::Args { x: &x, modv: Some(&m), groups: &s.groups, eps: EPS, y: &y, mean: &mean, rstd: &rstd };
-    let b = gpu.bind(&layer_norm_mod::launch(&gpu, &a).unwrap()).unwrap();
+    let b = gpu.bind(&layer_norm_mod::launch_forward(&gpu, &a).unwrap()).unwrap();
     gpu.submit(&[&b]).unwrap();
     gpu.sync().unwrap();
     let best = best_ns(&gpu, &b);
     // baseline on the same machine and load: the template's element-wise add over the same size
-    let add =
-        crate::kernels::elementwise::launch(&gpu, crate::kernels::elementwise::Op::Add, &x, Some(&x), &y).unwrap();
+    let add = crate::kernels::elementwise::launch_forward(&gpu, crate::kernels::elementwise::Op::Add, &x, Some(&x), &y)
+        .unwrap();
     let add_ns = best_ns(&gpu, &gpu.bind(&add).unwrap());
     eprintln!("elementwise add baseline: {:.2} ms", add_ns / 1e6);
     // roofline: one read of x + one write of y (the other two reads of x hit cache on real GPUs)

@@ -23,9 +23,10 @@ fn check(gpu: &crate::gpu::Gpu, rows: usize, cols: usize, wdt: DType, seed: u64)
     let (y, rstd, dx) = (poisoned(gpu, &[rows, cols]), poisoned(gpu, &[rows]), poisoned(gpu, &[rows, cols]));
     let (dw, scratch) = (up(gpu, &dw0, &[cols]), poisoned(gpu, &[rms_norm::scratch_elems(rows, cols)]));
     let mut launches =
-        vec![rms_norm::launch(gpu, &rms_norm::Args { x: &tx, weight: &tw, eps: EPS, y: &y, rstd: &rstd }).unwrap()];
+        vec![rms_norm::launch_forward(gpu, &rms_norm::Args { x: &tx, weight: &tw, eps: EPS, y: &y, rstd: &rstd })
+            .unwrap()];
     let b = BackwardArgs { x: &tx, weight: &tw, rstd: &rstd, dy: &tdy, dx: &dx, dw: Some((&dw, &scratch)) };
-    launches.extend(rms_norm::backward(gpu, &b).unwrap());
+    launches.extend(rms_norm::launch_backward(gpu, &b).unwrap());
     gpu.run(&launches).unwrap();
     let (x64, w64) = (f64s(&x), f64s(&w));
     let (ry, rr) = cpu::forward(&x64, &w64, EPS as f64);
