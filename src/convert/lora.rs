@@ -13,7 +13,7 @@
 use super::{Action, ConvertOptions, DtypeChoice, Report, Target};
 use crate::dtype::DType;
 use crate::weights::lora::{read_lora, write_lora, HostTensor, Lora, LoraFormat, LoraModule};
-use crate::weights::names::{self, QkvGroup};
+use crate::models::qwen_image::names::{self, QkvGroup};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -12,7 +12,7 @@ use crate::models::qwen_image::DitConfig;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::weights::lora::{write_lora, HostTensor, Lora, LoraFormat, LoraModule};
-use crate::weights::names::qkv_role;
+use crate::models::qwen_image::names::qkv_role;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -12,7 +12,7 @@
 //! An `.alpha` tensor wins over header metadata, as in diffusers' `lora_state_dict`, which bakes
 //! alpha tensors into the weights before it looks at the metadata.
 
-use super::names;
+use crate::models::qwen_image::names;
 use super::safetensors::SafeFile;
 use crate::dtype::DType;
 use crate::{Error, Result};

@@ -5,7 +5,7 @@
 //! which `QwenImagePipeline.load_lora_weights` turns into a PEFT `LoraConfig`.
 
 use super::lora::{Lora, LoraFormat, LoraModule, ADAPTER_METADATA_KEY, QKV_RANKS_KEY};
-use super::names;
+use crate::models::qwen_image::names;
 use super::writer::{write_safetensors, OutTensor, Source, TempOutput};
 use crate::dtype::DType;
 use crate::Result;

@@ -8,7 +8,6 @@
 pub mod checkpoint;
 pub mod lora;
 mod lora_write;
-pub mod names;
 pub mod safetensors;
 pub mod writer;
 
