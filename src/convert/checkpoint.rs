@@ -5,8 +5,8 @@
 //! mapped ranges. Splitting writes three contiguous row ranges. Nothing is materialised.
 
 use super::{Action, ConvertOptions, Format, Report, Target};
-use crate::weights::checkpoint::{Checkpoint, Entry, Layout, INDEX_NAME, SINGLE_NAME};
 use crate::models::qwen_image::names::{self, QkvGroup, COMFY_PREFIX};
+use crate::weights::checkpoint::{Checkpoint, Entry, Layout, INDEX_NAME, SINGLE_NAME};
 use crate::weights::writer::{header_bytes, write_safetensors, OutTensor, Piece, Source, TempOutput};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -7,12 +7,12 @@
 //! A [r, in] ~ kaiming_uniform(a=√5) = U(−1/√in, 1/√in), B [out, r] = 0.
 
 use crate::gpu::Gpu;
+use crate::models::qwen_image::names::qkv_role;
 use crate::models::qwen_image::names::{expected_tensors, QKV_MERGED};
 use crate::models::qwen_image::DitConfig;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::weights::lora::{write_lora, HostTensor, Lora, LoraFormat, LoraModule};
-use crate::models::qwen_image::names::qkv_role;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;

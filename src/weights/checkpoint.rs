@@ -1,8 +1,8 @@
 //! A base checkpoint: one safetensors file or a diffusers folder (single or sharded with its
 //! `.index.json`), memory-mapped, with key prefixes normalised to canonical diffusers names.
 
-use crate::models::qwen_image::names::{self, BASE_PREFIXES};
 use super::safetensors::{SafeFile, TensorInfo, TensorView};
+use crate::models::qwen_image::names::{self, BASE_PREFIXES};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -12,9 +12,9 @@
 //! An `.alpha` tensor wins over header metadata, as in diffusers' `lora_state_dict`, which bakes
 //! alpha tensors into the weights before it looks at the metadata.
 
-use crate::models::qwen_image::names;
 use super::safetensors::SafeFile;
 use crate::dtype::DType;
+use crate::models::qwen_image::names;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;

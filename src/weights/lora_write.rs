@@ -5,9 +5,9 @@
 //! which `QwenImagePipeline.load_lora_weights` turns into a PEFT `LoraConfig`.
 
 use super::lora::{Lora, LoraFormat, LoraModule, ADAPTER_METADATA_KEY, QKV_RANKS_KEY};
-use crate::models::qwen_image::names;
 use super::writer::{write_safetensors, OutTensor, Source, TempOutput};
 use crate::dtype::DType;
+use crate::models::qwen_image::names;
 use crate::Result;
 use indicatif::ProgressBar;
 use std::borrow::Cow;

@@ -6,10 +6,11 @@ use crate::synthetic_checkpoint::{tmpdir, write_st, Raw};
 use safetensors::Dtype;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use wgdit::models::qwen_image::latents::{pack, unpack};
 use wgdit::models::qwen_image::DitConfig;
 use wgdit::rng::Rng;
 use wgdit::tensor::DType;
-use wgdit::train::data::{pack, unpack, Batcher, BatcherState, Dataset};
+use wgdit::train::data::{Batcher, BatcherState, Dataset};
 
 /// patch 2, 16 packed channels → 4 latent channels; text dim 8.
 fn cfg() -> DitConfig {

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod config;
 pub mod dit;
+pub mod latents;
 pub mod load;
 pub mod lora;
 pub mod names;
