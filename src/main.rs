@@ -15,6 +15,24 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum SamplingArg {
+    Diffsynth,
+    Uniform,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum ConvertTo {
+    Merged,
+    Standard,
+}
+
 /// Adapter selection shared by every GPU command.
 #[derive(Args, Clone)]
 struct GpuArgs {
@@ -124,10 +142,11 @@ struct TrainArgs {
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Recompute each block in the backward instead of storing its activations.
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
-    checkpointing: String,
-    #[arg(long, default_value = "diffsynth", value_parser = ["diffsynth", "uniform"])]
-    timestep_sampling: String,
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    checkpointing: OnOff,
+    /// Training timesteps: DiffSynth's shifted table, or uniform σ.
+    #[arg(long, value_enum, default_value_t = SamplingArg::Diffsynth)]
+    timestep_sampling: SamplingArg,
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
     /// Linear lr warmup steps.
@@ -188,8 +207,8 @@ struct ConvertArgs {
     #[arg(long)]
     output: std::path::PathBuf,
     /// Target layout: merged (attn.to_qkv, attn.add_qkv_proj) or standard (to_q/to_k/to_v, ...).
-    #[arg(long, value_parser = ["merged", "standard"])]
-    to: String,
+    #[arg(long, value_enum)]
+    to: ConvertTo,
     /// Output key format: diffusers (default for LoRAs), comfyui, diffsynth, kohya (LoRAs only).
     #[arg(long)]
     format: Option<String>,
@@ -255,8 +274,11 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     (o.rank, o.alpha, o.lr, o.targets, o.qkv, o.seed) =
         (a.rank, a.alpha.unwrap_or(a.rank as f64), a.lr, a.targets, a.qkv, a.seed);
     (o.batch_size, o.grad_accum, o.save_every, o.resume) = (a.batch_size, a.grad_accum, a.save_every, a.resume);
-    o.checkpointing = a.checkpointing == "on";
-    o.sampling = if a.timestep_sampling == "uniform" { Sampling::Uniform } else { Sampling::DiffSynth };
+    o.checkpointing = a.checkpointing == OnOff::On;
+    o.sampling = match a.timestep_sampling {
+        SamplingArg::Uniform => Sampling::Uniform,
+        SamplingArg::Diffsynth => Sampling::DiffSynth,
+    };
     (o.weight_decay, o.warmup, o.max_grad_norm) = (a.weight_decay, a.warmup, a.max_grad_norm);
     o.format = wgdit::convert::Format::parse(&a.format)?.lora();
     o.progress = true;
@@ -312,7 +334,10 @@ fn convert(a: ConvertArgs) -> wgdit::Result<()> {
     let opts = ConvertOptions {
         input: a.input,
         output: a.output,
-        to: if a.to == "merged" { Target::Merged } else { Target::Standard },
+        to: match a.to {
+            ConvertTo::Merged => Target::Merged,
+            ConvertTo::Standard => Target::Standard,
+        },
         format: a.format.as_deref().map(Format::parse).transpose()?,
         dtype: DtypeChoice::parse(&a.dtype)?,
         shard_size: a.shard_size.as_deref().map(convert::parse_size).transpose()?,
