@@ -20,17 +20,7 @@ use wgdit::models::qwen_image::{DitConfig, ForwardShape, QkvMode};
 use wgdit::tensor::DType;
 
 fn config() -> DitConfig {
-    DitConfig {
-        patch_size: 2,
-        in_channels: 16,
-        out_channels: 4,
-        num_layers: 2,
-        attention_head_dim: 32,
-        num_attention_heads: 4,
-        joint_attention_dim: 64,
-        axes_dims_rope: [8, 12, 12],
-        zero_cond_t: false,
-    }
+    DitConfig::small()
 }
 
 /// Matmul FLOPs of one forward: per block the QKV (3D), out (D) and FFN (4D up + down) GEMMs over

@@ -22,17 +22,7 @@ use wgdit::tensor::DType;
 
 /// A scaled-down Qwen-Image: 4 blocks, 4 heads × 32 (D = 128), text width 64.
 fn small_config() -> DitConfig {
-    DitConfig {
-        patch_size: 2,
-        in_channels: 16,
-        out_channels: 4,
-        num_layers: 4,
-        attention_head_dim: 32,
-        num_attention_heads: 4,
-        joint_attention_dim: 64,
-        axes_dims_rope: [8, 12, 12],
-        zero_cond_t: false,
-    }
+    DitConfig::small()
 }
 
 const SEED: u64 = 42;

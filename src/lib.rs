@@ -11,8 +11,10 @@
 //! - [`tensor`]: the GPU tensor, shape + dtype over a buffer.
 //! - [`kernels`]: one folder per kernel family: `Params`, launchers returning `gpu::Launch`, a
 //!   naive CPU reference (`cpu`) and GPU-vs-CPU unit tests; the WGSL is `shaders/<family>/`.
-//! - [`graph`]: an IR with no wgpu types: tensors, typed ops, a builder, reverse-mode autodiff,
-//!   saved-for-backward declarations and checkpoint segments.
+//! - [`graph`]: an IR with no wgpu types: tensors, typed ops that name their operands, a
+//!   builder, reverse-mode autodiff, checkpoint segments and the recompute rewrite.
+//! - [`nn`]: graph-building blocks any model composes: Linear layers (grouped GEMMs over
+//!   weights in their stored dtype) with runtime and trainable LoRAs.
 //! - [`exec`]: graph → plan (buffers by liveness, bind groups built once, a dispatch list with
 //!   labels) → run; dispatch counts per op and per layer, GPU time per label.
 //! - [`models`]: one folder per model; [`models::qwen_image`] is the Qwen-Image DiT
@@ -24,7 +26,7 @@
 //!   prefixes, merged q/k/v layout) and LoRA files in every common format.
 //! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`).
 //! - [`train`]: LoRA training: dataset, noise schedule, LoRA parameters, AdamW, checkpoints and
-//!   the loop (docs/training.md).
+//!   `Trainer::{new, step, finish}` (docs/training.md).
 //! - [`testing`]: scale-aware tolerances shared by the tests; [`rng`]: the seeded generator.
 //! - `main.rs`: the `wgdit` CLI; it only parses, calls the library and prints.
 
@@ -37,6 +39,7 @@ pub mod graph;
 pub mod kernels;
 pub mod layout;
 pub mod models;
+pub mod nn;
 pub mod pipeline;
 pub mod rng;
 pub mod shaders;

@@ -27,6 +27,81 @@ enum SamplingArg {
     Uniform,
 }
 
+/// `--qkv` of forward and train.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum QkvArg {
+    Standard,
+    Merged,
+    Fused,
+}
+
+impl QkvArg {
+    fn mode(self) -> QkvMode {
+        match self {
+            QkvArg::Standard => QkvMode::Standard,
+            QkvArg::Merged => QkvMode::Merged,
+            QkvArg::Fused => QkvMode::Fused,
+        }
+    }
+}
+
+/// `bench dispatches --qkv`: one mode or all three.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum BenchQkv {
+    Standard,
+    Merged,
+    Fused,
+    All,
+}
+
+/// LoRA / checkpoint key formats (`--format`), with the other tools' names as aliases.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum FormatArg {
+    #[value(alias = "peft")]
+    Diffusers,
+    #[value(alias = "comfy")]
+    Comfyui,
+    Diffsynth,
+    #[value(alias = "musubi")]
+    Kohya,
+}
+
+impl FormatArg {
+    fn format(self) -> wgdit::convert::Format {
+        use wgdit::convert::Format;
+        match self {
+            FormatArg::Diffusers => Format::Diffusers,
+            FormatArg::Comfyui => Format::ComfyUI,
+            FormatArg::Diffsynth => Format::DiffSynth,
+            FormatArg::Kohya => Format::Kohya,
+        }
+    }
+}
+
+/// `convert --dtype`.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum DtypeArg {
+    Keep,
+    #[value(alias = "bfloat16")]
+    Bf16,
+    #[value(aliases = ["fp16", "float16"])]
+    F16,
+    #[value(aliases = ["fp32", "float32"])]
+    F32,
+}
+
+impl DtypeArg {
+    fn choice(self) -> wgdit::convert::DtypeChoice {
+        use wgdit::convert::DtypeChoice;
+        match self {
+            DtypeArg::Keep => DtypeChoice::Keep,
+            DtypeArg::Bf16 => DtypeChoice::To(wgdit::tensor::DType::BF16),
+            DtypeArg::F16 => DtypeChoice::To(wgdit::tensor::DType::F16),
+            DtypeArg::F32 => DtypeChoice::To(wgdit::tensor::DType::F32),
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 enum ConvertTo {
     Merged,
@@ -91,8 +166,8 @@ struct ForwardArgs {
     #[arg(long)]
     output: PathBuf,
     /// Execution mode: standard (6 Q/K/V projections per block), merged (2) or fused.
-    #[arg(long, default_value = "fused")]
-    qkv: QkvMode,
+    #[arg(long, value_enum, default_value = "fused")]
+    qkv: QkvArg,
     /// A LoRA file (diffusers/PEFT, DiffSynth, kohya/musubi or ComfyUI keys), optionally with a
     /// strength: `--lora style.safetensors:0.8`. Repeatable; the base weights are not modified.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
@@ -127,8 +202,8 @@ struct TrainArgs {
     /// Comma-separated module patterns (PEFT rule); default DiffSynth's 12 per block.
     #[arg(long, default_value = wgdit::train::lora::DIFFSYNTH_TARGETS)]
     targets: String,
-    #[arg(long, default_value = "fused")]
-    qkv: QkvMode,
+    #[arg(long, value_enum, default_value = "fused")]
+    qkv: QkvArg,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long, default_value_t = 1)]
@@ -156,8 +231,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     max_grad_norm: f32,
     /// Format of the exported lora.safetensors: diffusers (PEFT), diffsynth, kohya or comfyui.
-    #[arg(long, default_value = "diffusers")]
-    format: String,
+    #[arg(long, value_enum, ignore_case = true, default_value = "diffusers")]
+    format: FormatArg,
 }
 
 #[derive(Subcommand)]
@@ -179,8 +254,8 @@ struct DispatchArgs {
     #[arg(long)]
     preset: Option<String>,
     /// standard, merged, fused, or all.
-    #[arg(long, default_value = "all")]
-    qkv: String,
+    #[arg(long, value_enum, default_value = "all")]
+    qkv: BenchQkv,
     /// Image tokens (target grid chosen as close to square as possible).
     #[arg(long, default_value_t = 4096)]
     tokens: usize,
@@ -210,11 +285,11 @@ struct ConvertArgs {
     #[arg(long, value_enum)]
     to: ConvertTo,
     /// Output key format: diffusers (default for LoRAs), comfyui, diffsynth, kohya (LoRAs only).
-    #[arg(long)]
-    format: Option<String>,
+    #[arg(long, value_enum, ignore_case = true)]
+    format: Option<FormatArg>,
     /// Output dtype: keep, bf16, f16 or f32.
-    #[arg(long, default_value = "keep")]
-    dtype: String,
+    #[arg(long, value_enum, ignore_case = true, default_value = "keep")]
+    dtype: DtypeArg,
     /// Maximum shard size, e.g. 5GB (a folder input defaults to 5GB).
     #[arg(long)]
     shard_size: Option<String>,
@@ -248,13 +323,13 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
     let output = a.output.clone();
-    let task = ForwardTask { model: a.model, config: a.config, inputs: a.inputs, output, mode: a.qkv, loras };
+    let task = ForwardTask { model: a.model, config: a.config, inputs: a.inputs, output, mode: a.qkv.mode(), loras };
     let r = run_forward(&gpu, &task)?;
     eprintln!(
         "wrote {} output {:?} ({} mode, {} dispatches, plan {:.1} ms, run {:.1} ms, weights {:.1} MiB, activations {:.1} MiB) on {}",
         a.output.display(),
         r.output_shape,
-        a.qkv.name(),
+        a.qkv.mode().name(),
         r.dispatches,
         r.plan_ms,
         r.run_ms,
@@ -272,7 +347,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     let mut o = TrainOptions::new(a.model, a.data, a.output, a.steps);
     o.config = a.config;
     (o.rank, o.alpha, o.lr, o.targets, o.qkv, o.seed) =
-        (a.rank, a.alpha.unwrap_or(a.rank as f64), a.lr, a.targets, a.qkv, a.seed);
+        (a.rank, a.alpha.unwrap_or(a.rank as f64), a.lr, a.targets, a.qkv.mode(), a.seed);
     (o.batch_size, o.grad_accum, o.save_every, o.resume) = (a.batch_size, a.grad_accum, a.save_every, a.resume);
     o.checkpointing = a.checkpointing == OnOff::On;
     o.sampling = match a.timestep_sampling {
@@ -280,7 +355,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
         SamplingArg::Diffsynth => Sampling::DiffSynth,
     };
     (o.weight_decay, o.warmup, o.max_grad_norm) = (a.weight_decay, a.warmup, a.max_grad_norm);
-    o.format = wgdit::convert::Format::parse(&a.format)?.lora();
+    o.format = a.format.format().lora();
     o.progress = true;
     let r = train(&gpu, &o)?;
     let (first, last) = (r.losses.first().copied().unwrap_or(0.0), r.losses.last().copied().unwrap_or(0.0));
@@ -298,7 +373,12 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
 
 fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
     use wgdit::models::qwen_image::bench::{self, DispatchBench};
-    let modes: Vec<QkvMode> = if a.qkv == "all" { QkvMode::ALL.to_vec() } else { vec![a.qkv.parse()?] };
+    let modes: Vec<QkvMode> = match a.qkv {
+        BenchQkv::All => QkvMode::ALL.to_vec(),
+        BenchQkv::Standard => vec![QkvMode::Standard],
+        BenchQkv::Merged => vec![QkvMode::Merged],
+        BenchQkv::Fused => vec![QkvMode::Fused],
+    };
     let b = DispatchBench { tokens: a.tokens, text_tokens: a.text_tokens, runs: a.runs };
     if let (Some(p), Some(rank)) = (&a.preset, a.train_rank) {
         for r in bench::count_training(&DitConfig::preset(p)?, &b, &modes, rank) {
@@ -330,7 +410,7 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
 }
 
 fn convert(a: ConvertArgs) -> wgdit::Result<()> {
-    use wgdit::convert::{self, ConvertOptions, DtypeChoice, Format, Target};
+    use wgdit::convert::{self, ConvertOptions, Target};
     let opts = ConvertOptions {
         input: a.input,
         output: a.output,
@@ -338,8 +418,8 @@ fn convert(a: ConvertArgs) -> wgdit::Result<()> {
             ConvertTo::Merged => Target::Merged,
             ConvertTo::Standard => Target::Standard,
         },
-        format: a.format.as_deref().map(Format::parse).transpose()?,
-        dtype: DtypeChoice::parse(&a.dtype)?,
+        format: a.format.map(FormatArg::format),
+        dtype: a.dtype.choice(),
         shard_size: a.shard_size.as_deref().map(convert::parse_size).transpose()?,
         dry_run: a.dry_run,
         progress: true,

@@ -40,15 +40,6 @@ impl DtypeChoice {
             DtypeChoice::To(t) => t,
         }
     }
-    pub fn parse(s: &str) -> Result<DtypeChoice> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "keep" => DtypeChoice::Keep,
-            "bf16" | "bfloat16" => DtypeChoice::To(DType::BF16),
-            "f16" | "fp16" | "float16" => DtypeChoice::To(DType::F16),
-            "f32" | "fp32" | "float32" => DtypeChoice::To(DType::F32),
-            _ => return Err(Error::input(format!("--dtype {s}: expected keep, bf16, f16 or f32"))),
-        })
-    }
 }
 
 /// Parses "5GB", "500MB", "2GiB", "123" (bytes). GB = 10^9 and GiB = 2^30, as huggingface_hub.
@@ -86,15 +77,6 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn parse(s: &str) -> Result<Format> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "diffusers" | "peft" => Format::Diffusers,
-            "comfyui" | "comfy" => Format::ComfyUI,
-            "diffsynth" => Format::DiffSynth,
-            "kohya" | "musubi" => Format::Kohya,
-            _ => return Err(Error::input(format!("--format {s}: expected diffusers, comfyui, diffsynth or kohya"))),
-        })
-    }
     pub fn lora(self) -> LoraFormat {
         match self {
             Format::Diffusers => LoraFormat::Diffusers,

@@ -1,7 +1,8 @@
 //! Lowering: one graph node → its kernel launches. The only place that maps ops to kernels.
 
 use crate::gpu::{Gpu, Launch};
-use crate::graph::ops::{self, Activation, Ew, GateProblem, GemmOp, LayerNormModOp, LoraApplyOp, Op};
+use crate::graph::ops::{Activation, Ew, GateProblem, GemmOp, LayerNormModOp, LoraApplyOp, Op};
+use crate::graph::TensorId;
 use crate::kernels::attention;
 use crate::kernels::gemm::backward::{self as gemm_backward, DxArgs, LoraGradArgs};
 use crate::kernels::gemm::{self, Epilogue, GemmArgs, GemmProblem, LoraProblem, Residual};
@@ -14,133 +15,173 @@ use crate::layout::SampleRows;
 use crate::tensor::Tensor;
 use crate::Result;
 
-pub fn lower(gpu: &Gpu, op: &Op, inputs: &[&Tensor], outputs: &[&Tensor]) -> Result<Vec<Launch>> {
+/// The launches of `op`, with its operands bound to `tensors` (indexed by tensor id).
+pub fn lower(gpu: &Gpu, op: &Op, tensors: &[Tensor]) -> Result<Vec<Launch>> {
+    let t = |id: TensorId| &tensors[id];
     let one = |l: Launch| Ok(vec![l]);
     match op {
-        Op::Elementwise(e) => {
-            one(elementwise::launch_forward(gpu, ew(*e), inputs[0], inputs.get(1).copied(), outputs[0])?)
+        Op::Elementwise { f, a, b, y } => one(elementwise::launch_forward(gpu, ew(*f), t(*a), b.map(t), t(*y))?),
+        Op::Gemm { gemm, x, w, bias, gated, lora, y } => {
+            let operands = GemmOperands {
+                x: t(*x),
+                w: t(*w),
+                bias: bias.map(t),
+                gated: gated.as_ref().map(|g| (t(g.res), t(g.gate))),
+                lora: lora.as_ref().map(|l| gemm::Lora { t: t(l.t), b: t(l.b), rank: l.rank }),
+                y: t(*y),
+            };
+            one(lower_gemm(gpu, gemm, operands)?)
         }
-        Op::Gemm(g) => one(lower_gemm(gpu, g, inputs, outputs[0])?),
-        Op::LoraDown { rank, problems, .. } => {
+        Op::LoraDown { rank, problems, x, a, t: out, .. } => {
             let problems: Vec<LoraProblem> = problems
                 .iter()
                 .map(|&(row0, rows, a_offset)| LoraProblem { row0, rows, a_offset, b_offset: 0, scale: 1.0 })
                 .collect();
-            one(gemm::launch_lora_down(gpu, inputs[0], inputs[1], *rank, &problems, outputs[0], 0)?)
+            one(gemm::launch_lora_down(gpu, t(*x), t(*a), *rank, &problems, t(*out), 0)?)
         }
-        Op::LayerNormMod(l) => one(lower_layer_norm(gpu, l, inputs, outputs)?),
-        Op::RmsNorm { eps, .. } => {
-            let a = rms_norm::Args { x: inputs[0], weight: inputs[1], eps: *eps, y: outputs[0], rstd: outputs[1] };
+        Op::LayerNormMod { norm, x, modulation, y, mean, rstd } => {
+            let groups = norm_groups(norm);
+            let a = layer_norm_mod::Args {
+                x: t(*x),
+                modv: Some(t(*modulation)),
+                groups: &groups,
+                eps: 1e-6,
+                y: t(*y),
+                mean: t(*mean),
+                rstd: t(*rstd),
+            };
+            one(layer_norm_mod::launch_forward(gpu, &a)?)
+        }
+        Op::RmsNorm { eps, x, weight, y, rstd, .. } => {
+            let a = rms_norm::Args { x: t(*x), weight: t(*weight), eps: *eps, y: t(*y), rstd: t(*rstd) };
             one(rms_norm::launch_forward(gpu, &a)?)
         }
-        Op::QkvPost { shape, layout } => {
-            let n_in = if *layout == ops::QkvLayout::Merged { 1 } else { 3 };
-
-            let (x, rest) = inputs.split_at(n_in);
-            one(qkv_post::launch_forward(
-                gpu, *shape, *layout, x, rest[0], rest[1], outputs[0], outputs[1], outputs[2], outputs[3],
-            )?)
+        Op::QkvPost { shape, layout, qkv, norm_weights, rope, q, k, v, saved } => {
+            let x: Vec<&Tensor> = qkv.iter().map(|&i| t(i)).collect();
+            let a = qkv_post::Args {
+                shape: *shape,
+                layout: *layout,
+                x: &x,
+                norm_weights: t(*norm_weights),
+                rope: t(*rope),
+                q: t(*q),
+                k: t(*k),
+                v: t(*v),
+                saved: t(*saved),
+            };
+            one(qkv_post::launch_forward(gpu, &a)?)
         }
-        Op::Attention { shape, masked } => {
-            let mask = masked.then(|| inputs[3]);
-            one(attention::launch_forward(gpu, shape, inputs[0], inputs[1], inputs[2], mask, outputs[0], outputs[1])?)
+        Op::Attention { shape, q, k, v, mask, o, lse } => {
+            let a = attention::Args { q: t(*q), k: t(*k), v: t(*v), mask: mask.map(t), o: t(*o), lse: t(*lse) };
+            one(attention::launch_forward(gpu, shape, &a)?)
         }
-        Op::TimestepEmbed => one(timestep_embed::launch(gpu, &timestep_embed::Args { t: inputs[0], emb: outputs[0] })?),
-        Op::Fill(v) => one(fill::launch(gpu, outputs[0], *v)?),
-        Op::GatedResidual { problems, .. } => {
+        Op::TimestepEmbed { t: ts, emb } => {
+            one(timestep_embed::launch(gpu, &timestep_embed::Args { t: t(*ts), emb: t(*emb) })?)
+        }
+        Op::Fill { value, y } => one(fill::launch(gpu, t(*y), *value)?),
+        Op::GatedResidual { problems, res, branch, modulation, out, .. } => {
             let groups = gate_groups(problems);
             let a = gated_residual::Args {
-                a: inputs[1],
-                modv: inputs[2],
+                a: t(*branch),
+                modv: t(*modulation),
                 groups: &groups,
                 write: gated_residual::Write::FromResidual,
-                res: Some(inputs[0]),
-                out: outputs[0],
+                res: Some(t(*res)),
+                out: t(*out),
             };
             one(gated_residual::launch_forward(gpu, &a)?)
         }
-        Op::LoraApply(l) => lower_lora_apply(gpu, l, inputs, outputs),
-        Op::GemmDx { gemm: g } => {
-            let problems = gemm_problems(g);
-            let dy_cols = Some((g.y_col0, g.n));
+        Op::LoraApply { lora, x, a, b, t: tt, y } => lower_lora_apply(gpu, lora, [t(*x), t(*a), t(*b), t(*tt), t(*y)]),
+        Op::GemmDx { gemm, dy, w, dx } => {
+            let problems = gemm_problems(gemm);
             let a = DxArgs {
-                dy: inputs[0],
-                dy_cols,
-                weight: inputs[1],
+                dy: t(*dy),
+                dy_cols: Some((gemm.y_col0, gemm.n)),
+                weight: t(*w),
                 problems: &problems,
-                dx: outputs[0],
+                dx: t(*dx),
                 accumulate: true,
             };
             one(gemm_backward::launch_dx(gpu, &a)?)
         }
-        Op::LoraGrads { lora: l, .. } => {
-            let problems = lora_problems(l);
+        Op::LoraGrads { lora, x, dy, t: tt, a, b, da, db, dt, dx } => {
+            let problems = lora_problems(lora);
             let a = LoraGradArgs {
-                x: inputs[0],
-                dy: inputs[1],
-                dy_cols: Some((l.y_col0, l.n)),
-                t: inputs[2],
-                a: inputs[3],
-                b: inputs[4],
-                rank: l.rank,
+                x: t(*x),
+                dy: t(*dy),
+                dy_cols: Some((lora.y_col0, lora.n)),
+                t: t(*tt),
+                a: t(*a),
+                b: t(*b),
+                rank: lora.rank,
                 problems: &problems,
-                da: outputs[0],
-                db: outputs[1],
-                dt: outputs[2],
-                dx: outputs.get(3).copied(),
+                da: t(*da),
+                db: t(*db),
+                dt: t(*dt),
+                dx: dx.map(t),
             };
             gemm_backward::launch_lora_grads(gpu, &a)
         }
-        Op::ElementwiseBackward(e) => {
-            one(elementwise_backward::launch_backward(gpu, ew(*e), inputs[0], inputs[1], outputs[0])?)
+        Op::ElementwiseBackward { f, x, dy, dx } => {
+            one(elementwise_backward::launch_backward(gpu, ew(*f), t(*x), t(*dy), t(*dx))?)
         }
-        Op::GatedResidualBackward { problems, d_gate, .. } => {
+        Op::GatedResidualBackward { problems, d_out, branch, modulation, d_branch, d_gate, .. } => {
             let groups = gate_groups(problems);
             let a = gated_residual::BackwardArgs {
-                branch: inputs[1],
-                modv: inputs[2],
+                branch: t(*branch),
+                modv: t(*modulation),
                 groups: &groups,
-                dx: inputs[0],
-                d_branch: outputs[0],
-                d_gate: d_gate.then(|| (outputs[1], outputs[2])),
+                dx: t(*d_out),
+                d_branch: t(*d_branch),
+                d_gate: d_gate.as_ref().map(|r| (t(r.acc), t(r.scratch))),
             };
             gated_residual::launch_backward(gpu, &a)
         }
-        Op::LayerNormModBackward { op, d_mod } => {
-            let groups = norm_groups(op);
+        Op::LayerNormModBackward { norm, x, modulation, mean, rstd, dy, dx, d_mod } => {
+            let groups = norm_groups(norm);
             let a = layer_norm_mod::BackwardArgs {
-                x: inputs[0],
-                modv: Some(inputs[1]),
+                x: t(*x),
+                modv: Some(t(*modulation)),
                 groups: &groups,
-                mean: inputs[2],
-                rstd: inputs[3],
-                dy: inputs[4],
-                dx: outputs[0],
-                dmod: d_mod.then(|| (outputs[1], outputs[2])),
+                mean: t(*mean),
+                rstd: t(*rstd),
+                dy: t(*dy),
+                dx: t(*dx),
+                dmod: d_mod.as_ref().map(|r| (t(r.acc), t(r.scratch))),
             };
             layer_norm_mod::launch_backward(gpu, &a)
         }
-        Op::QkvPostBackward { shape, layout } => {
-            let n_in = if *layout == ops::QkvLayout::Merged { 1 } else { 3 };
-            let (x, rest) = inputs.split_at(n_in);
-            let (nw, rope, saved, dq, dk, dv) = (rest[0], rest[1], rest[2], rest[3], rest[4], rest[5]);
-            qkv_post::launch_backward(gpu, *shape, *layout, x, nw, rope, saved, dq, dk, dv, outputs, None)
+        Op::QkvPostBackward { shape, layout, qkv, norm_weights, rope, saved, dq, dk, dv, d_qkv } => {
+            let x: Vec<&Tensor> = qkv.iter().map(|&i| t(i)).collect();
+            let d_x: Vec<&Tensor> = d_qkv.iter().map(|&i| t(i)).collect();
+            let a = qkv_post::BackwardArgs {
+                shape: *shape,
+                layout: *layout,
+                x: &x,
+                norm_weights: t(*norm_weights),
+                rope: t(*rope),
+                saved: t(*saved),
+                dq: t(*dq),
+                dk: t(*dk),
+                dv: t(*dv),
+                d_x: &d_x,
+                d_norm_weights: None,
+            };
+            qkv_post::launch_backward(gpu, &a)
         }
-        Op::AttentionBackward { shape, masked } => {
-            let mask = masked.then(|| inputs[3]);
-            let o = 3 + *masked as usize;
+        Op::AttentionBackward { shape, q, k, v, mask, o, lse, d_o, dq, dk, dv, delta } => {
             let a = attention::BackwardArgs {
-                q: inputs[0],
-                k: inputs[1],
-                v: inputs[2],
-                mask,
-                o: inputs[o],
-                lse: inputs[o + 1],
-                d_o: inputs[o + 2],
-                delta: outputs[3],
-                dq: outputs[0],
-                dk: outputs[1],
-                dv: outputs[2],
+                q: t(*q),
+                k: t(*k),
+                v: t(*v),
+                mask: mask.map(t),
+                o: t(*o),
+                lse: t(*lse),
+                d_o: t(*d_o),
+                delta: t(*delta),
+                dq: t(*dq),
+                dk: t(*dk),
+                dv: t(*dv),
             };
             attention::launch_backward(gpu, shape, &a)
         }
@@ -165,9 +206,9 @@ fn lora_problems(l: &LoraApplyOp) -> Vec<LoraProblem> {
         .collect()
 }
 
-/// t = s·x·Aᵀ over the problems' rows, then y[:, col0..col0+n] += t·Bᵀ.
-fn lower_lora_apply(gpu: &Gpu, l: &LoraApplyOp, inputs: &[&Tensor], outputs: &[&Tensor]) -> Result<Vec<Launch>> {
-    let (x, a, b, t, y) = (inputs[0], inputs[1], inputs[2], outputs[0], outputs[1]);
+/// t = s·x·Aᵀ over the problems' rows, then y[:, col0..col0+n] += t·Bᵀ. `operands` = [x, a, b, t, y].
+fn lower_lora_apply(gpu: &Gpu, l: &LoraApplyOp, operands: [&Tensor; 5]) -> Result<Vec<Launch>> {
+    let [x, a, b, t, y] = operands;
     let down = gemm::launch_lora_down(gpu, x, a, l.rank, &lora_problems(l), t, 0)?;
     let problems: Vec<GemmProblem> = l.problems.iter().map(|&(row0, rows)| GemmProblem::rows(row0, rows)).collect();
     let epilogue = Epilogue { residual: Residual::InPlace, ..Default::default() };
@@ -178,51 +219,38 @@ fn lower_lora_apply(gpu: &Gpu, l: &LoraApplyOp, inputs: &[&Tensor], outputs: &[&
     Ok(vec![down, up])
 }
 
+/// The bound operands of an `Op::Gemm`.
+struct GemmOperands<'t> {
+    x: &'t Tensor,
+    w: &'t Tensor,
+    bias: Option<&'t Tensor>,
+    /// (residual, gate source).
+    gated: Option<(&'t Tensor, &'t Tensor)>,
+    lora: Option<gemm::Lora<'t>>,
+    y: &'t Tensor,
+}
+
 /// Inputs in the order `GemmOp` documents: [x, w, bias?, res?, gate_src?, lora_t?, lora_b?].
-fn lower_gemm(gpu: &Gpu, g: &GemmOp, inputs: &[&Tensor], y: &Tensor) -> Result<Launch> {
-    let mut it = inputs[2..].iter().copied();
-    let bias = if g.bias { it.next() } else { None };
-    let (res, gate) = if g.residual { (it.next(), it.next()) } else { (None, None) };
-    let lora = if g.lora_rank > 0 {
-        let (t, b) = (it.next().expect("cannot fail: checked"), it.next().expect("cannot fail: checked"));
-        Some(gemm::Lora { t, b, rank: g.lora_rank })
-    } else {
-        None
-    };
-    let problems: Vec<GemmProblem> = g
-        .problems
-        .iter()
-        .map(|p| {
-            let mut q = GemmProblem::rows(p.row0, p.rows)
-                .samples(p.rows_per_sample)
-                .weight(p.w_offset)
-                .bias(p.b_offset)
-                .lora(p.lora_b_offset);
-            if let Some(m) = &p.gate {
-                q = q.gate(*m);
-            }
-            q
-        })
-        .collect();
+fn lower_gemm(gpu: &Gpu, g: &GemmOp, o: GemmOperands) -> Result<Launch> {
+    let problems = gemm_problems(g);
     // The graph is SSA: a residual is always another tensor; the planner never aliases it with y.
-    let residual = match (res, g.accumulate) {
-        (Some(r), false) => Residual::From(r),
-        (None, true) => Residual::InPlace,
-        (None, false) => Residual::None,
-        (Some(_), true) => panic!("gemm: a residual input and accumulate are exclusive"),
+    let (residual, gate) = match (o.gated, g.accumulate) {
+        (Some((r, gate)), _) => (Residual::From(r), Some(gate)),
+        (None, true) => (Residual::InPlace, None),
+        (None, false) => (Residual::None, None),
     };
-    let epilogue = Epilogue { bias, lora, gelu: g.act == Activation::GeluTanh, gate, residual };
+    let epilogue = Epilogue { bias: o.bias, lora: o.lora, gelu: g.act == Activation::GeluTanh, gate, residual };
     let x2;
-    let x = if inputs[0].shape.len() == 2 {
-        inputs[0]
+    let x = if o.x.shape.len() == 2 {
+        o.x
     } else {
-        let rows = inputs[0].numel() / g.k;
-        x2 = Tensor { shape: vec![rows, g.k], ..inputs[0].clone() };
+        let rows = o.x.numel() / g.k;
+        x2 = Tensor { shape: vec![rows, g.k], ..o.x.clone() };
         &x2
     };
     gemm::launch_forward(
         gpu,
-        &GemmArgs { x, weight: inputs[1], n: g.n, problems: &problems, epilogue, y, y_col0: g.y_col0 },
+        &GemmArgs { x, weight: o.w, n: g.n, problems: &problems, epilogue, y: o.y, y_col0: g.y_col0 },
     )
 }
 
@@ -260,20 +288,6 @@ fn norm_groups(l: &LayerNormModOp) -> Vec<layer_norm_mod::Group> {
             sample_stride: p.shift.sample_stride,
         })
         .collect()
-}
-
-fn lower_layer_norm(gpu: &Gpu, l: &LayerNormModOp, inputs: &[&Tensor], outputs: &[&Tensor]) -> Result<Launch> {
-    let groups = norm_groups(l);
-    let a = layer_norm_mod::Args {
-        x: inputs[0],
-        modv: Some(inputs[1]),
-        groups: &groups,
-        eps: 1e-6,
-        y: outputs[0],
-        mean: outputs[1],
-        rstd: outputs[2],
-    };
-    layer_norm_mod::launch_forward(gpu, &a)
 }
 
 fn ew(e: Ew) -> elementwise::Op {

@@ -27,7 +27,7 @@ pub struct MemoryPlan {
 fn last_uses(g: &Graph) -> Vec<Option<usize>> {
     let mut last = vec![None; g.tensors.len()];
     for (i, n) in g.nodes.iter().enumerate() {
-        for &t in n.inputs.iter().chain(&n.outputs) {
+        for t in n.op.inputs().into_iter().chain(n.op.outputs()) {
             last[t] = Some(i);
         }
     }
@@ -52,9 +52,12 @@ pub fn plan(g: &Graph) -> MemoryPlan {
     // Lifetime [first write, last use] of every activation a node writes.
     let mut first = vec![None; g.tensors.len()];
     for (i, n) in g.nodes.iter().enumerate() {
-        for &o in &n.outputs {
-            first[o].get_or_insert(i);
-        }
+        n.op.visit(
+            |_| {},
+            |o| {
+                first[o].get_or_insert(i);
+            },
+        );
     }
     let mut acts: Vec<(usize, u64, usize, usize)> = (0..g.tensors.len())
         .filter(|&t| g.tensors[t].kind == TensorKind::Activation)

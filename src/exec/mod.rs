@@ -56,9 +56,7 @@ impl Plan {
         let mut node_starts = Vec::with_capacity(g.nodes.len() + 1);
         for n in &g.nodes {
             node_starts.push(dispatches.len());
-            let ins: Vec<&Tensor> = n.inputs.iter().map(|&t| &tensors[t]).collect();
-            let outs: Vec<&Tensor> = n.outputs.iter().map(|&t| &tensors[t]).collect();
-            let launches = lower::lower(gpu, &n.op, &ins, &outs)?;
+            let launches = lower::lower(gpu, &n.op, &tensors)?;
             assert_eq!(
                 launches.len(),
                 n.op.dispatches(),

@@ -32,8 +32,8 @@ pub fn backward(g: &mut Graph, seeds: &[(TensorId, TensorId)], wrt: &[TensorId])
         needs[t] = true;
     }
     for n in &forward {
-        if n.inputs.iter().any(|&t| needs[t]) {
-            for &o in &n.outputs {
+        if n.op.inputs().iter().any(|&t| needs[t]) {
+            for o in n.op.outputs() {
                 needs[o] = true;
             }
         }
@@ -45,11 +45,11 @@ pub fn backward(g: &mut Graph, seeds: &[(TensorId, TensorId)], wrt: &[TensorId])
     }
     let mut d = Diff { g, needs, grads, residual_done: HashSet::new() };
     for n in forward.iter().rev() {
-        if !n.outputs.iter().any(|o| d.grads.contains_key(o)) || !n.inputs.iter().any(|&t| d.needs[t]) {
+        if !n.op.outputs().iter().any(|o| d.grads.contains_key(o)) || !n.op.inputs().iter().any(|&t| d.needs[t]) {
             continue;
         }
         d.g.set_layer(n.label.layer);
-        d.rule(&n.op, &n.inputs, &n.outputs);
+        d.rule(&n.op);
     }
     d.g.set_layer(None);
     wrt.iter().map(|&t| (t, d.grads[&t])).collect()
@@ -71,7 +71,7 @@ impl Diff<'_> {
             return gt;
         }
         let gt = self.fresh(t, "acc");
-        self.g.push(Op::Fill(0.0), &[], &[gt], &format!("backward/{label}"));
+        self.g.push(Op::Fill { value: 0.0, y: gt }, &format!("backward/{label}"));
         self.grads.insert(t, gt);
         gt
     }
@@ -81,7 +81,7 @@ impl Diff<'_> {
     fn dest(&mut self, t: TensorId, covers_all: bool, label: &str) -> TensorId {
         let dt = self.fresh(t, "part");
         if !covers_all || self.grads.contains_key(&t) {
-            self.g.push(Op::Fill(0.0), &[], &[dt], &format!("backward/{label}"));
+            self.g.push(Op::Fill { value: 0.0, y: dt }, &format!("backward/{label}"));
         }
         dt
     }
@@ -92,7 +92,7 @@ impl Diff<'_> {
             None => part,
             Some(&old) => {
                 let s = self.fresh(t, "sum");
-                self.g.push(Op::Elementwise(Ew::Add), &[old, part], &[s], &format!("backward/{label}"));
+                self.g.push(Op::Elementwise { f: Ew::Add, a: old, b: Some(part), y: s }, &format!("backward/{label}"));
                 s
             }
         };
@@ -103,89 +103,108 @@ impl Diff<'_> {
         *self.grads.get(&t).unwrap_or_else(|| panic!("autodiff: no gradient for {}", self.g.info(t).name))
     }
 
-    fn rule(&mut self, op: &Op, ins: &[TensorId], outs: &[TensorId]) {
+    fn rule(&mut self, op: &Op) {
         let label = format!("backward/{}", op.name());
         match op {
             // forward: y = x·Wᵀ + b   =>   dx += dy·W (W frozen: no dW)
-            Op::Gemm(g) => {
+            Op::Gemm { gemm, x, w, bias: _, gated, lora, y } => {
                 assert!(
-                    g.act == Activation::None && !g.residual && g.lora_rank == 0 && !g.accumulate,
+                    gemm.act == Activation::None && gated.is_none() && lora.is_none() && !gemm.accumulate,
                     "autodiff: build training graphs with `train` (no fused epilogues)"
                 );
-                if self.needs[ins[0]] {
-                    let dy = self.grad(outs[0]);
-                    let dx = self.acc(ins[0], "gemm");
-                    self.g.push_partial(Op::GemmDx { gemm: g.clone() }, &[dy, ins[1]], &[dx], &label);
+                if self.needs[*x] {
+                    let dy = self.grad(*y);
+                    let dx = self.acc(*x, "gemm");
+                    self.g.push_partial(Op::GemmDx { gemm: gemm.clone(), dy, w: *w, dx }, &label);
                 }
             }
             // forward: t = s·x·Aᵀ; y += t·Bᵀ   =>   dB += dyᵀ·t; dt = s·dy·B; dA += dtᵀ·x; dx += dt·A
-            Op::LoraApply(l) => {
-                let dy = self.grad(outs[1]);
-                let (da, db) = (self.acc(ins[1], "lora"), self.acc(ins[2], "lora"));
-                let dt = self.fresh(outs[0], "scratch");
-                let mut o = vec![da, db, dt];
-                let dx = self.needs[ins[0]];
-                if dx {
-                    o.push(self.acc(ins[0], "lora"));
-                }
-                let op = Op::LoraGrads { lora: l.clone(), dx };
-                self.g.push_partial(op, &[ins[0], dy, outs[0], ins[1], ins[2]], &o, &label);
+            Op::LoraApply { lora, x, a, b, t, y } => {
+                let dy = self.grad(*y);
+                let (da, db) = (self.acc(*a, "lora"), self.acc(*b, "lora"));
+                let dt = self.fresh(*t, "scratch");
+                let dx = self.needs[*x].then(|| self.acc(*x, "lora"));
+                let op = Op::LoraGrads { lora: lora.clone(), x: *x, dy, t: *t, a: *a, b: *b, da, db, dt, dx };
+                self.g.push_partial(op, &label);
             }
             // forward: y = f(x)   =>   dx = f'(x)·dy
-            Op::Elementwise(e @ (Ew::Silu | Ew::GeluTanh)) => {
-                let dy = self.grad(outs[0]);
-                let dx = self.dest(ins[0], true, "act");
-                self.g.push(Op::ElementwiseBackward(*e), &[ins[0], dy], &[dx], &label);
-                self.commit(ins[0], dx, "act");
+            Op::Elementwise { f: f @ (Ew::Silu | Ew::GeluTanh), a: x, b: None, y } => {
+                let dy = self.grad(*y);
+                let dx = self.dest(*x, true, "act");
+                self.g.push(Op::ElementwiseBackward { f: *f, x: *x, dy, dx }, &label);
+                self.commit(*x, dx, "act");
             }
             // forward: out = res + gate·branch   =>   d_res = d_out; d_branch = gate·d_out;
             //          d_gate += Σ_rows d_out·branch
-            Op::GatedResidual { cols, problems } => self.gated_residual(*cols, problems, ins, outs[0]),
+            Op::GatedResidual { cols, problems, res, branch, modulation, out } => {
+                self.gated_residual(*cols, problems, *res, *branch, *modulation, *out)
+            }
             // forward: y = LN(x)·(1 + scale) + shift   =>   dx (=), d_shift/d_scale (+=)
-            Op::LayerNormMod(l) => {
-                let dy = self.grad(outs[0]);
-                let covered: usize = l.problems.iter().map(|p| p.rows).sum();
-                let dx = self.dest(ins[0], covered == self.rows(ins[0]), "norm");
-                let d_mod = self.needs[ins[1]];
-                let mut o = vec![dx];
-                if d_mod {
-                    o.push(self.acc(ins[1], "norm"));
-                    let pr: Vec<(usize, usize)> = l.problems.iter().map(|p| (p.rows, p.rows_per_sample)).collect();
-                    o.push(self.scratch_rows(&pr, l.cols));
-                }
-                self.g.push_partial(
-                    Op::LayerNormModBackward { op: l.clone(), d_mod },
-                    &[ins[0], ins[1], outs[1], outs[2], dy],
-                    &o,
-                    &label,
-                );
-                if self.needs[ins[0]] {
-                    self.commit(ins[0], dx, "norm");
+            Op::LayerNormMod { norm, x, modulation, y, mean, rstd } => {
+                let dy = self.grad(*y);
+                let covered: usize = norm.problems.iter().map(|p| p.rows).sum();
+                let dx = self.dest(*x, covered == self.rows(*x), "norm");
+                let d_mod = self.needs[*modulation].then(|| {
+                    let pr: Vec<(usize, usize)> = norm.problems.iter().map(|p| (p.rows, p.rows_per_sample)).collect();
+                    ReduceInto { acc: self.acc(*modulation, "norm"), scratch: self.scratch_rows(&pr, norm.cols) }
+                });
+                let op = Op::LayerNormModBackward {
+                    norm: norm.clone(),
+                    x: *x,
+                    modulation: *modulation,
+                    mean: *mean,
+                    rstd: *rstd,
+                    dy,
+                    dx,
+                    d_mod,
+                };
+                self.g.push_partial(op, &label);
+                if self.needs[*x] {
+                    self.commit(*x, dx, "norm");
                 }
             }
             // forward: q, k, v = rope(rmsnorm(split(qkv)))   =>   d_qkv (=)
-            Op::QkvPost { shape, layout } => {
-                let n_in = ins.len() - 2;
-                let (dq, dk, dv) = (self.grad(outs[0]), self.grad(outs[1]), self.grad(outs[2]));
-                let dests: Vec<TensorId> = ins[..n_in].iter().map(|&t| self.dest(t, true, "qkv")).collect();
-                let mut i = ins.to_vec();
-                i.extend([outs[3], dq, dk, dv]);
-                self.g.push(Op::QkvPostBackward { shape: *shape, layout: *layout }, &i, &dests, &label);
-                for (&t, &dt) in ins[..n_in].iter().zip(&dests) {
+            Op::QkvPost { shape, layout, qkv, norm_weights, rope, q, k, v, saved } => {
+                let (dq, dk, dv) = (self.grad(*q), self.grad(*k), self.grad(*v));
+                let d_qkv: Vec<TensorId> = qkv.iter().map(|&t| self.dest(t, true, "qkv")).collect();
+                let op = Op::QkvPostBackward {
+                    shape: *shape,
+                    layout: *layout,
+                    qkv: qkv.clone(),
+                    norm_weights: *norm_weights,
+                    rope: *rope,
+                    saved: *saved,
+                    dq,
+                    dk,
+                    dv,
+                    d_qkv: d_qkv.clone(),
+                };
+                self.g.push(op, &label);
+                for (&t, &dt) in qkv.iter().zip(&d_qkv) {
                     self.commit(t, dt, "qkv");
                 }
             }
             // forward: O = softmax(QKᵀ/√d)V   =>   dQ, dK, dV (=) from the saved lse
-            Op::Attention { shape, masked } => {
-                let d_o = self.grad(outs[0]);
-                let dests: Vec<TensorId> = ins[..3].iter().map(|&t| self.dest(t, true, "attention")).collect();
-                let delta = self.fresh(outs[1], "delta");
-                let mut i = ins.to_vec();
-                i.extend([outs[0], outs[1], d_o]);
-                let mut o = dests.clone();
-                o.push(delta);
-                self.g.push(Op::AttentionBackward { shape: *shape, masked: *masked }, &i, &o, &label);
-                for (&t, &dt) in ins[..3].iter().zip(&dests) {
+            Op::Attention { shape, q, k, v, mask, o, lse } => {
+                let d_o = self.grad(*o);
+                let [dq, dk, dv] = [*q, *k, *v].map(|t| self.dest(t, true, "attention"));
+                let delta = self.fresh(*lse, "delta");
+                let op = Op::AttentionBackward {
+                    shape: *shape,
+                    q: *q,
+                    k: *k,
+                    v: *v,
+                    mask: *mask,
+                    o: *o,
+                    lse: *lse,
+                    d_o,
+                    dq,
+                    dk,
+                    dv,
+                    delta,
+                };
+                self.g.push(op, &label);
+                for (t, dt) in [(*q, dq), (*k, dk), (*v, dv)] {
                     self.commit(t, dt, "attention");
                 }
             }
@@ -193,9 +212,16 @@ impl Diff<'_> {
         }
     }
 
-    fn gated_residual(&mut self, cols: usize, problems: &[GateProblem], ins: &[TensorId], out: TensorId) {
+    fn gated_residual(
+        &mut self,
+        cols: usize,
+        problems: &[GateProblem],
+        res: TensorId,
+        branch: TensorId,
+        modulation: TensorId,
+        out: TensorId,
+    ) {
         let label = "backward/gated_residual";
-        let (res, branch, modv) = (ins[0], ins[1], ins[2]);
         let d_out = self.grad(out);
         // The identity path once per output tensor (its row-range nodes share one res).
         if self.needs[res] && self.residual_done.insert(out) {
@@ -209,19 +235,20 @@ impl Diff<'_> {
         }
         let covered: usize = problems.iter().map(|p| p.rows).sum();
         let d_branch = self.dest(branch, covered == self.rows(branch), "gated_residual");
-        let d_gate = self.needs[modv];
-        let mut o = vec![d_branch];
-        if d_gate {
-            o.push(self.acc(modv, "gated_residual"));
+        let d_gate = self.needs[modulation].then(|| {
             let pr: Vec<(usize, usize)> = problems.iter().map(|p| (p.rows, p.rows_per_sample)).collect();
-            o.push(self.scratch_rows(&pr, cols));
-        }
-        self.g.push_partial(
-            Op::GatedResidualBackward { cols, problems: problems.to_vec(), d_gate },
-            &[d_out, branch, modv],
-            &o,
-            label,
-        );
+            ReduceInto { acc: self.acc(modulation, "gated_residual"), scratch: self.scratch_rows(&pr, cols) }
+        });
+        let op = Op::GatedResidualBackward {
+            cols,
+            problems: problems.to_vec(),
+            d_out,
+            branch,
+            modulation,
+            d_branch,
+            d_gate,
+        };
+        self.g.push_partial(op, label);
         if self.needs[branch] {
             self.commit(branch, d_branch, "gated_residual");
         }

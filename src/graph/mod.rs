@@ -5,12 +5,12 @@
 //! carries a [`Label`] (layer index + op name) that every dispatch it lowers to inherits, so the
 //! executor can count dispatches per op and per layer. Nodes may belong to a checkpoint
 //! [`Segment`]: in a training graph the segment's internal activations are dropped after the
-//! forward and recomputed before its backward (see [`checkpoint`]).
+//! forward and recomputed before its backward (see [`recompute`]).
 
 pub mod autodiff;
-pub mod checkpoint;
 pub mod ops;
 mod ops_spec;
+pub mod recompute;
 
 pub use ops::Op;
 
@@ -57,9 +57,8 @@ pub struct Label {
 
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// The op with its operands.
     pub op: Op,
-    pub inputs: Vec<TensorId>,
-    pub outputs: Vec<TensorId>,
     pub label: Label,
     /// The checkpoint segment this forward node belongs to, if any.
     pub segment: Option<usize>,
@@ -135,32 +134,36 @@ impl Graph {
     }
 
     /// Appends a node that writes fresh tensors. Its shape contract is checked by `op.check`.
-    pub fn push(&mut self, op: Op, inputs: &[TensorId], outputs: &[TensorId], label: &str) {
-        for &o in outputs {
-            assert!(self.producer(o).is_none(), "{label}: tensor {} written twice", self.tensors[o].name);
-        }
-        self.push_partial(op, inputs, outputs, label);
+    pub fn push(&mut self, op: Op, label: &str) {
+        op.visit(
+            |_| {},
+            |o| assert!(self.producer(o).is_none(), "{label}: tensor {} written twice", self.tensors[o].name),
+        );
+        self.push_partial(op, label);
     }
 
     /// Appends a node that writes a part (a row range) of its outputs; other nodes write the rest
     /// (e.g. the text and image rows of one joint tensor in the eager layout).
-    pub fn push_partial(&mut self, op: Op, inputs: &[TensorId], outputs: &[TensorId], label: &str) {
-        op.check(self, inputs, outputs);
-        for &o in outputs {
-            let t = &self.tensors[o];
-            assert!(
-                matches!(t.kind, TensorKind::Activation | TensorKind::Accumulator),
-                "{label}: output {} is not an activation or accumulator",
-                t.name
-            );
-        }
+    pub fn push_partial(&mut self, op: Op, label: &str) {
+        op.check(self);
+        op.visit(
+            |i| assert!(i < self.tensors.len(), "{label}: unknown input tensor {i}"),
+            |o| {
+                let t = &self.tensors[o];
+                assert!(
+                    matches!(t.kind, TensorKind::Activation | TensorKind::Accumulator),
+                    "{label}: output {} is not an activation or accumulator",
+                    t.name
+                );
+            },
+        );
         let label = Label { layer: self.layer, op: label.to_string() };
-        self.nodes.push(Node { op, inputs: inputs.to_vec(), outputs: outputs.to_vec(), label, segment: self.segment });
+        self.nodes.push(Node { op, label, segment: self.segment });
     }
 
     /// The node that writes `t`, if any.
     pub fn producer(&self, t: TensorId) -> Option<usize> {
-        self.nodes.iter().position(|n| n.outputs.contains(&t))
+        self.nodes.iter().position(|n| n.op.writes(t))
     }
 
     /// Dispatches per forward run, as declared by the ops (no GPU needed).

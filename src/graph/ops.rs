@@ -1,87 +1,307 @@
-//! Typed ops. Each variant holds its own parameters (no wgpu types) and declares, next to its
-//! shape check: how many dispatches it lowers to and which of its tensors its backward reads
-//! (`saves`). Lowering to kernels lives in `crate::exec::lower`.
+//! Typed ops. Each variant holds its parameters and its operands by name (tensor ids, no wgpu
+//! types); [`Op::inputs`] / [`Op::outputs`] list them for the planner, [`Op::check`] is the shape
+//! contract and [`Op::dispatches`] the number of dispatches it lowers to. Lowering to kernels
+//! lives in `crate::exec::lower`, the backward rules in `graph::autodiff`.
 
 pub use super::ops_spec::*;
 use super::{Graph, TensorId};
 use crate::dtype::DType;
 
-/// Which tensors of a node its backward needs: indices into its inputs / outputs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Saves {
-    pub inputs: Vec<usize>,
-    pub outputs: Vec<usize>,
+type T = TensorId;
+
+/// The gated residual epilogue of a GEMM: `y = res + gate ⊙ (x·Wᵀ + b)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gated {
+    pub res: T,
+    /// The modulation tensor the problems' `gate` references point into.
+    pub gate: T,
+}
+
+/// The LoRA side path of a GEMM: `y += t·Bᵀ` with `t` [x rows, rank] computed by a `LoraDown`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SideLora {
+    pub t: T,
+    pub b: T,
+    pub rank: usize,
+}
+
+/// Where a per-sample row reduction of a backward op goes: `acc` (+=) and its partial-row scratch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReduceInto {
+    pub acc: T,
+    pub scratch: T,
 }
 
 #[derive(Clone, Debug)]
 pub enum Op {
-    /// `y = a ∘ b` or `y = f(a)` (f32, same shape). Inputs [a] or [a, b]; outputs [y].
-    Elementwise(Ew),
-    /// Grouped GEMM. Inputs [x, w, bias?, res?, gate_src?, lora_t?, lora_b?] (present per the
-    /// op's flags, in this order); outputs [y].
-    Gemm(GemmOp),
+    /// `y = a ∘ b` or `y = f(a)` (f32, same shape).
+    Elementwise { f: Ew, a: T, b: Option<T>, y: T },
+    /// Grouped GEMM `y = act(x·Wᵀ + b)`, optionally gated into a residual and with a LoRA side
+    /// path, over up to 4 problems.
+    Gemm { gemm: GemmOp, x: T, w: T, bias: Option<T>, gated: Option<Gated>, lora: Option<SideLora>, y: T },
     /// LoRA down-projection `t = x·Aᵀ` (scale folded into A) for the rows of each problem
-    /// `(row0, rows, a_offset)`, A [rank, k] at `a_offset`. Inputs [x, a]; outputs [t [rows, rank]].
-    LoraDown { k: usize, rank: usize, problems: Vec<(usize, usize, usize)> },
-    /// LayerNorm + adaLN modulation. Inputs [x, modulation]; outputs [y, mean [rows], rstd [rows]].
-    LayerNormMod(LayerNormModOp),
-    /// RMSNorm with weight. Inputs [x, w]; outputs [y, rstd [rows]].
-    RmsNorm { cols: usize, eps: f32 },
-    /// QK-RMSNorm + RoPE + head-major Q, K, V. Inputs [qkv] (merged) or [q, k, v] (standard),
-    /// then [norm_weights [4, Dh], rope [S_joint, Dh/2, 2]]; outputs [q, k, v, saved [2, rows, H]].
-    QkvPost { shape: JointShape, layout: QkvLayout },
-    /// Joint flash attention. Inputs [q, k, v, mask?]; outputs [o (joint rows), lse].
-    Attention { shape: JointShape, masked: bool },
-    /// The 256-channel sinusoid of σ·1000 (cos first). Inputs [t [B]]; outputs [emb [B, 256]].
-    TimestepEmbed,
-    /// `y = value` over the whole tensor. Inputs []; outputs [y].
-    Fill(f32),
-    /// `out = res + gate ⊙ branch` per problem rows. Inputs [res, branch, modulation]; outputs [out].
-    GatedResidual { cols: usize, problems: Vec<GateProblem> },
-    /// Trainable LoRA (two dispatches: down, then accumulate into y). Inputs [x, a, b];
-    /// outputs [t, y] (y accumulated).
-    LoraApply(LoraApplyOp),
+    /// `(row0, rows, a_offset)`, A [rank, k] at `a_offset`; t [rows, rank].
+    LoraDown { k: usize, rank: usize, problems: Vec<(usize, usize, usize)>, x: T, a: T, t: T },
+    /// LayerNorm + adaLN modulation; saves mean and rstd [rows].
+    LayerNormMod { norm: LayerNormModOp, x: T, modulation: T, y: T, mean: T, rstd: T },
+    /// RMSNorm with weight; saves rstd [rows].
+    RmsNorm { cols: usize, eps: f32, x: T, weight: T, y: T, rstd: T },
+    /// QK-RMSNorm + RoPE + head-major Q, K, V. `qkv` = [merged] or [q, k, v] (per `layout`);
+    /// norm_weights [4, Dh], rope [S_joint, Dh/2, 2]; saves the q/k rstd [2, rows, H].
+    QkvPost { shape: JointShape, layout: QkvLayout, qkv: Vec<T>, norm_weights: T, rope: T, q: T, k: T, v: T, saved: T },
+    /// Joint flash attention; o in joint rows, lse saved for the backward.
+    Attention { shape: JointShape, q: T, k: T, v: T, mask: Option<T>, o: T, lse: T },
+    /// The 256-channel sinusoid of σ·1000 (cos first): t [B] → emb [B, 256].
+    TimestepEmbed { t: T, emb: T },
+    /// `y = value` over the whole tensor.
+    Fill { value: f32, y: T },
+    /// `out = res + gate ⊙ branch` per problem rows.
+    GatedResidual { cols: usize, problems: Vec<GateProblem>, res: T, branch: T, modulation: T, out: T },
+    /// Trainable LoRA (two dispatches: `t = s·x·Aᵀ`, then `y += t·Bᵀ`; y is accumulated).
+    LoraApply { lora: LoraApplyOp, x: T, a: T, b: T, t: T, y: T },
 
     // ---- backward ops (built by `graph::autodiff`) ----
-    /// `dx += dy[:, cols]·W` per problem. Inputs [dy, w]; outputs [dx].
-    GemmDx { gemm: GemmOp },
-    /// LoRA gradients: inputs [x, dy, t, a, b]; outputs [da (+=), db (+=), dt (scratch), dx (+=)?].
-    LoraGrads { lora: LoraApplyOp, dx: bool },
-    /// dx = f'(x)·dy. Inputs [x, dy]; outputs [dx].
-    ElementwiseBackward(Ew),
-    /// d_branch = gate·d_out (=); d_gate += Σ d_out·branch. Inputs [d_out, branch, modulation];
-    /// outputs [d_branch] or [d_branch, d_modulation, scratch].
-    GatedResidualBackward { cols: usize, problems: Vec<GateProblem>, d_gate: bool },
-    /// LayerNorm+modulation backward. Inputs [x, modulation, mean, rstd, dy]; outputs [dx (rows
-    /// of the problems, =)] or [dx, d_modulation (+=), scratch].
-    LayerNormModBackward { op: LayerNormModOp, d_mod: bool },
-    /// Inputs [qkv | q, k, v, norm_weights, rope, saved, dq, dk, dv]; outputs [d_qkv | dq, dk, dv] (=).
-    QkvPostBackward { shape: JointShape, layout: QkvLayout },
-    /// Inputs [q, k, v, mask?, o, lse, d_o]; outputs [dq, dk, dv, delta (scratch)] (=).
-    AttentionBackward { shape: JointShape, masked: bool },
+    /// `dx += dy[:, cols]·W` per problem.
+    GemmDx { gemm: GemmOp, dy: T, w: T, dx: T },
+    /// LoRA gradients: da, db, dx (+=); dt is scratch.
+    LoraGrads { lora: LoraApplyOp, x: T, dy: T, t: T, a: T, b: T, da: T, db: T, dt: T, dx: Option<T> },
+    /// dx = f'(x)·dy.
+    ElementwiseBackward { f: Ew, x: T, dy: T, dx: T },
+    /// d_branch = gate·d_out (=); d_gate += Σ d_out·branch.
+    GatedResidualBackward {
+        cols: usize,
+        problems: Vec<GateProblem>,
+        d_out: T,
+        branch: T,
+        modulation: T,
+        d_branch: T,
+        d_gate: Option<ReduceInto>,
+    },
+    /// LayerNorm+modulation backward: dx over the problems' rows (=), d_modulation (+=).
+    LayerNormModBackward {
+        norm: LayerNormModOp,
+        x: T,
+        modulation: T,
+        mean: T,
+        rstd: T,
+        dy: T,
+        dx: T,
+        d_mod: Option<ReduceInto>,
+    },
+    /// d_qkv (=, one per `qkv` input) from dq, dk, dv.
+    QkvPostBackward {
+        shape: JointShape,
+        layout: QkvLayout,
+        qkv: Vec<T>,
+        norm_weights: T,
+        rope: T,
+        saved: T,
+        dq: T,
+        dk: T,
+        dv: T,
+        d_qkv: Vec<T>,
+    },
+    /// dq, dk, dv (=) from the saved lse; delta is scratch.
+    AttentionBackward {
+        shape: JointShape,
+        q: T,
+        k: T,
+        v: T,
+        mask: Option<T>,
+        o: T,
+        lse: T,
+        d_o: T,
+        dq: T,
+        dk: T,
+        dv: T,
+        delta: T,
+    },
+}
+
+/// Calls `$i` on every input and `$o` on every output of `$op`, in declaration order. Used with
+/// `&Op` (operands bind as `&TensorId`) and `&mut Op` (as `&mut TensorId`): one list for both.
+macro_rules! visit_operands {
+    ($op:expr, $i:ident, $o:ident) => {
+        match $op {
+            Op::Elementwise { a, b, y, .. } => {
+                $i(a);
+                if let Some(b) = b {
+                    $i(b)
+                }
+                $o(y)
+            }
+            Op::Gemm { x, w, bias, gated, lora, y, .. } => {
+                $i(x);
+                $i(w);
+                if let Some(b) = bias {
+                    $i(b)
+                }
+                if let Some(Gated { res, gate }) = gated {
+                    $i(res);
+                    $i(gate)
+                }
+                if let Some(SideLora { t, b, .. }) = lora {
+                    $i(t);
+                    $i(b)
+                }
+                $o(y)
+            }
+            Op::LoraDown { x, a, t, .. } => {
+                $i(x);
+                $i(a);
+                $o(t)
+            }
+            Op::LayerNormMod { x, modulation, y, mean, rstd, .. } => {
+                $i(x);
+                $i(modulation);
+                $o(y);
+                $o(mean);
+                $o(rstd)
+            }
+            Op::RmsNorm { x, weight, y, rstd, .. } => {
+                $i(x);
+                $i(weight);
+                $o(y);
+                $o(rstd)
+            }
+            Op::QkvPost { qkv, norm_weights, rope, q, k, v, saved, .. } => {
+                for t in qkv {
+                    $i(t)
+                }
+                $i(norm_weights);
+                $i(rope);
+                $o(q);
+                $o(k);
+                $o(v);
+                $o(saved)
+            }
+            Op::Attention { q, k, v, mask, o, lse, .. } => {
+                $i(q);
+                $i(k);
+                $i(v);
+                if let Some(m) = mask {
+                    $i(m)
+                }
+                $o(o);
+                $o(lse)
+            }
+            Op::TimestepEmbed { t, emb } => {
+                $i(t);
+                $o(emb)
+            }
+            Op::Fill { y, .. } => $o(y),
+            Op::GatedResidual { res, branch, modulation, out, .. } => {
+                $i(res);
+                $i(branch);
+                $i(modulation);
+                $o(out)
+            }
+            Op::LoraApply { x, a, b, t, y, .. } => {
+                $i(x);
+                $i(a);
+                $i(b);
+                $o(t);
+                $o(y)
+            }
+            Op::GemmDx { dy, w, dx, .. } => {
+                $i(dy);
+                $i(w);
+                $o(dx)
+            }
+            Op::LoraGrads { x, dy, t, a, b, da, db, dt, dx, .. } => {
+                $i(x);
+                $i(dy);
+                $i(t);
+                $i(a);
+                $i(b);
+                $o(da);
+                $o(db);
+                $o(dt);
+                if let Some(dx) = dx {
+                    $o(dx)
+                }
+            }
+            Op::ElementwiseBackward { x, dy, dx, .. } => {
+                $i(x);
+                $i(dy);
+                $o(dx)
+            }
+            Op::GatedResidualBackward { d_out, branch, modulation, d_branch, d_gate, .. } => {
+                $i(d_out);
+                $i(branch);
+                $i(modulation);
+                $o(d_branch);
+                if let Some(ReduceInto { acc, scratch }) = d_gate {
+                    $o(acc);
+                    $o(scratch)
+                }
+            }
+            Op::LayerNormModBackward { x, modulation, mean, rstd, dy, dx, d_mod, .. } => {
+                $i(x);
+                $i(modulation);
+                $i(mean);
+                $i(rstd);
+                $i(dy);
+                $o(dx);
+                if let Some(ReduceInto { acc, scratch }) = d_mod {
+                    $o(acc);
+                    $o(scratch)
+                }
+            }
+            Op::QkvPostBackward { qkv, norm_weights, rope, saved, dq, dk, dv, d_qkv, .. } => {
+                for t in qkv {
+                    $i(t)
+                }
+                $i(norm_weights);
+                $i(rope);
+                $i(saved);
+                $i(dq);
+                $i(dk);
+                $i(dv);
+                for t in d_qkv {
+                    $o(t)
+                }
+            }
+            Op::AttentionBackward { q, k, v, mask, o, lse, d_o, dq, dk, dv, delta, .. } => {
+                $i(q);
+                $i(k);
+                $i(v);
+                if let Some(m) = mask {
+                    $i(m)
+                }
+                $i(o);
+                $i(lse);
+                $i(d_o);
+                $o(dq);
+                $o(dk);
+                $o(dv);
+                $o(delta)
+            }
+        }
+    };
 }
 
 impl Op {
     /// The op's name (the graph builder's label names the accounting category).
     pub fn name(&self) -> &'static str {
         match self {
-            Op::Elementwise(Ew::Add) => "add",
-            Op::Elementwise(Ew::Mul) => "mul",
-            Op::Elementwise(Ew::Silu) => "silu",
-            Op::Elementwise(Ew::GeluTanh) => "gelu",
-            Op::Gemm(_) => "gemm",
+            Op::Elementwise { f: Ew::Add, .. } => "add",
+            Op::Elementwise { f: Ew::Mul, .. } => "mul",
+            Op::Elementwise { f: Ew::Silu, .. } => "silu",
+            Op::Elementwise { f: Ew::GeluTanh, .. } => "gelu",
+            Op::Gemm { .. } => "gemm",
             Op::LoraDown { .. } => "lora_down",
-            Op::LayerNormMod(_) => "layer_norm_mod",
+            Op::LayerNormMod { .. } => "layer_norm_mod",
             Op::RmsNorm { .. } => "rms_norm",
             Op::QkvPost { .. } => "qkv_post",
             Op::Attention { .. } => "attention",
-            Op::TimestepEmbed => "timestep_embed",
-            Op::Fill(_) => "fill",
+            Op::TimestepEmbed { .. } => "timestep_embed",
+            Op::Fill { .. } => "fill",
             Op::GatedResidual { .. } => "gated_residual",
-            Op::LoraApply(_) => "lora",
+            Op::LoraApply { .. } => "lora",
             Op::GemmDx { .. } => "gemm_dx",
             Op::LoraGrads { .. } => "lora_grads",
-            Op::ElementwiseBackward(_) => "elementwise_backward",
+            Op::ElementwiseBackward { .. } => "elementwise_backward",
             Op::GatedResidualBackward { .. } => "gated_residual_backward",
             Op::LayerNormModBackward { .. } => "layer_norm_mod_backward",
             Op::QkvPostBackward { .. } => "qkv_post_backward",
@@ -92,115 +312,133 @@ impl Op {
     /// Dispatches this op lowers to (the executor asserts that lowering agrees).
     pub fn dispatches(&self) -> usize {
         match self {
-            Op::LoraApply(_) => 2,
+            Op::LoraApply { .. } => 2,
             // dB, dt, dA (+ dx): gemm_backward::launch_lora_grads.
-            Op::LoraGrads { dx, .. } => 3 + *dx as usize,
+            Op::LoraGrads { dx, .. } => 3 + dx.is_some() as usize,
             Op::AttentionBackward { .. } => 2,
             // d_branch, then the two passes of reduce_rows for d_gate.
-            Op::GatedResidualBackward { d_gate, .. } => 1 + 2 * *d_gate as usize,
+            Op::GatedResidualBackward { d_gate, .. } => 1 + 2 * d_gate.is_some() as usize,
             // dx, then two reduce_rows passes each for d_shift and d_scale.
-            Op::LayerNormModBackward { d_mod, .. } => 1 + 4 * *d_mod as usize,
+            Op::LayerNormModBackward { d_mod, .. } => 1 + 4 * d_mod.is_some() as usize,
             _ => 1,
         }
     }
 
-    /// What the backward of this op reads.
-    pub fn saves(&self) -> Saves {
-        let inputs = |v: &[usize]| Saves { inputs: v.to_vec(), outputs: vec![] };
-        match self {
-            // d(a+b) needs nothing; d(a*b) needs both; silu'/gelu' need the input.
-            Op::Elementwise(Ew::Add) => Saves::default(),
-            Op::Elementwise(Ew::Mul) => inputs(&[0, 1]),
-            Op::Elementwise(_) => inputs(&[0]),
-            // dx = dy·W needs only the (frozen) weight; GELU' needs the pre-activation, which the
-            // backward recomputes from x; LoRA dA needs x and dB needs t; gates need y.
-            Op::Gemm(_) => inputs(&[0, 1]),
-            Op::LoraDown { .. } => inputs(&[0, 1]),
-            Op::LayerNormMod(_) => inputs(&[0, 1]),
-            Op::RmsNorm { .. } => inputs(&[0, 1]),
-            Op::QkvPost { .. } => Saves { inputs: vec![0], outputs: vec![] },
-            Op::Attention { .. } => Saves { inputs: vec![0, 1, 2], outputs: vec![0, 1] },
-            Op::TimestepEmbed => Saves::default(),
-            Op::Fill(_) => Saves::default(),
-            // d_gate needs the branch; d_branch needs the (input) gate.
-            Op::GatedResidual { .. } => inputs(&[1, 2]),
-            // dA needs x, dB needs t, dt needs B, dx needs A.
-            Op::LoraApply(_) => Saves { inputs: vec![0, 1, 2], outputs: vec![0] },
-            // Backward ops are not differentiated again.
-            _ => Saves::default(),
-        }
+    /// The tensors the op reads, in declaration order.
+    pub fn inputs(&self) -> Vec<TensorId> {
+        let mut ins = Vec::new();
+        self.visit(|t| ins.push(t), |_| {});
+        ins
+    }
+
+    /// The tensors the op writes (or, for accumulating outputs, adds to), in declaration order.
+    pub fn outputs(&self) -> Vec<TensorId> {
+        let mut outs = Vec::new();
+        self.visit(|_| {}, |t| outs.push(t));
+        outs
+    }
+
+    /// Whether the op writes `t` (no allocation: the builder asks for every new node).
+    pub fn writes(&self, t: TensorId) -> bool {
+        let mut found = false;
+        self.visit(|_| {}, |o| found |= o == t);
+        found
+    }
+
+    /// Calls `input` on every input and `output` on every output.
+    pub fn visit(&self, mut input: impl FnMut(TensorId), mut output: impl FnMut(TensorId)) {
+        let mut i = |t: &TensorId| input(*t);
+        let mut o = |t: &TensorId| output(*t);
+        visit_operands!(self, i, o);
+    }
+
+    /// Rewrites every operand: `input` maps inputs, `output` maps outputs (the recompute rewrite).
+    pub fn map_operands(
+        &mut self,
+        mut input: impl FnMut(TensorId) -> TensorId,
+        mut output: impl FnMut(TensorId) -> TensorId,
+    ) {
+        let mut i = |t: &mut TensorId| *t = input(*t);
+        let mut o = |t: &mut TensorId| *t = output(*t);
+        visit_operands!(self, i, o);
     }
 
     /// Panics with the op name when the tensors break the op's shape contract.
-    pub fn check(&self, g: &Graph, inputs: &[TensorId], outputs: &[TensorId]) {
+    pub fn check(&self, g: &Graph) {
         let name = self.name();
         let numel = |t: TensorId| g.shape(t).iter().product::<usize>();
+        let f32_only = |ts: &[TensorId]| {
+            for &t in ts {
+                assert_eq!(g.info(t).dtype, DType::F32, "{name}: {} must be f32", g.info(t).name);
+            }
+        };
         match self {
-            Op::Elementwise(e) => {
-                let want = if e.is_unary() { 1 } else { 2 };
-                assert_eq!(inputs.len(), want, "{name}: inputs");
-                assert_eq!(outputs.len(), 1, "{name}: outputs");
-                for &t in inputs.iter().chain(outputs) {
-                    assert_eq!(g.info(t).dtype, DType::F32, "{name}: f32 only");
-                    assert_eq!(numel(t), numel(outputs[0]), "{name}: element counts differ");
+            Op::Elementwise { f, a, b, y } => {
+                assert_eq!(b.is_none(), f.is_unary(), "{name}: operand count");
+                let all: Vec<TensorId> = [*a, *y].into_iter().chain(*b).collect();
+                f32_only(&all);
+                for &t in &all {
+                    assert_eq!(numel(t), numel(*y), "{name}: element counts differ");
                 }
             }
-            Op::Gemm(op) => check_gemm(g, op, inputs, outputs),
-            Op::LoraDown { k, rank, problems } => {
-                assert_eq!((inputs.len(), outputs.len()), (2, 1), "{name}: operands");
+            Op::Gemm { gemm, x, w, bias, gated, lora, y } => {
+                check_gemm(g, gemm, *x, *w, *y);
+                assert!(!(gated.is_some() && gemm.accumulate), "gemm: a residual input and accumulate are exclusive");
+                if let Some(b) = bias {
+                    assert!(numel(*b) >= gemm.n, "gemm: bias too small");
+                }
+                if let Some(l) = lora {
+                    assert_eq!(g.shape(l.t)[1], l.rank, "gemm: lora t columns");
+                }
+            }
+            Op::LoraDown { k, rank, problems, a, t, .. } => {
                 for &(_, _, a_off) in problems {
-                    assert!(a_off + rank * k <= numel(inputs[1]), "{name}: A too small");
+                    assert!(a_off + rank * k <= numel(*a), "{name}: A too small");
                 }
-                assert_eq!(g.shape(outputs[0])[1], *rank, "{name}: t columns");
+                assert_eq!(g.shape(*t)[1], *rank, "{name}: t columns");
             }
-            Op::LayerNormMod(op) => {
-                assert_eq!((inputs.len(), outputs.len()), (2, 3), "{name}: operands");
-                for p in &op.problems {
-                    assert!(p.row0 + p.rows <= g.shape(inputs[0])[0].min(g.shape(outputs[0])[0]), "{name}: rows");
+            Op::LayerNormMod { norm, x, y, .. } => {
+                for p in &norm.problems {
+                    assert!(p.row0 + p.rows <= g.shape(*x)[0].min(g.shape(*y)[0]), "{name}: rows");
                 }
             }
-            Op::RmsNorm { cols, .. } => {
-                assert_eq!((inputs.len(), outputs.len()), (2, 2), "{name}: operands");
-                assert_eq!(g.shape(inputs[1]), &[*cols], "{name}: weight");
-                assert_eq!(numel(inputs[0]), numel(outputs[0]), "{name}: shapes");
+            Op::RmsNorm { cols, x, weight, y, .. } => {
+                assert_eq!(g.shape(*weight), &[*cols], "{name}: weight");
+                assert_eq!(numel(*x), numel(*y), "{name}: shapes");
             }
-            Op::QkvPost { shape, layout } => {
+            Op::QkvPost { shape, layout, qkv, q, k, v, .. } => {
                 let n_in = if *layout == QkvLayout::Merged { 1 } else { 3 };
-                assert_eq!((inputs.len(), outputs.len()), (n_in + 2, 4), "{name}: operands");
+                assert_eq!(qkv.len(), n_in, "{name}: {layout:?} takes {n_in} projection inputs");
                 let hm = [shape.batch, shape.heads, shape.s_txt + shape.s_img, shape.head_dim];
-                for &o in &outputs[..3] {
-                    assert_eq!(g.shape(o), &hm, "{name}: head-major outputs");
+                for o in [q, k, v] {
+                    assert_eq!(g.shape(*o), &hm, "{name}: head-major outputs");
                 }
             }
-            Op::Attention { shape, masked } => {
-                assert_eq!(inputs.len(), 3 + *masked as usize, "{name}: inputs");
-                assert_eq!(g.shape(outputs[0]), &[shape.rows(), shape.hidden()], "{name}: output rows");
+            Op::Attention { shape, o, .. } => {
+                assert_eq!(g.shape(*o), &[shape.rows(), shape.hidden()], "{name}: output rows");
             }
-            Op::TimestepEmbed => {
-                assert_eq!(g.shape(outputs[0]), &[numel(inputs[0]), 256], "{name}: [B, 256]");
+            Op::TimestepEmbed { t, emb } => {
+                assert_eq!(g.shape(*emb), &[numel(*t), 256], "{name}: [B, 256]");
             }
-            Op::Fill(_) => assert_eq!((inputs.len(), outputs.len()), (0, 1), "{name}: operands"),
-            Op::GatedResidual { .. } => assert_eq!((inputs.len(), outputs.len()), (3, 1), "{name}: operands"),
-            Op::LoraApply(l) => {
-                assert_eq!((inputs.len(), outputs.len()), (3, 2), "{name}: operands");
-                assert_eq!(g.shape(inputs[1]), &[l.rank, l.k], "{name}: A");
-                assert_eq!(g.shape(inputs[2]), &[l.n, l.rank], "{name}: B");
+            Op::LoraApply { lora, a, b, .. } => {
+                assert_eq!(g.shape(*a), &[lora.rank, lora.k], "{name}: A");
+                assert_eq!(g.shape(*b), &[lora.n, lora.rank], "{name}: B");
+            }
+            Op::QkvPostBackward { qkv, d_qkv, .. } => {
+                assert_eq!(qkv.len(), d_qkv.len(), "{name}: one gradient per projection input");
             }
             _ => {}
         }
     }
 }
 
-fn check_gemm(g: &Graph, op: &GemmOp, inputs: &[TensorId], outputs: &[TensorId]) {
-    let want = 2 + op.bias as usize + 2 * op.residual as usize + 2 * (op.lora_rank > 0) as usize;
-    assert_eq!(inputs.len(), want, "gemm: {} inputs for flags {op:?}", inputs.len());
-    assert_eq!(outputs.len(), 1, "gemm: outputs");
+fn check_gemm(g: &Graph, op: &GemmOp, x: TensorId, w: TensorId, y: TensorId) {
     assert!(!op.problems.is_empty() && op.problems.len() <= 4, "gemm: 1..=4 problems");
-    let (x, w, y) = (g.shape(inputs[0]), g.info(inputs[1]), g.shape(outputs[0]));
-    assert_eq!(x[x.len() - 1], op.k, "gemm: x columns");
-    assert!(op.y_col0 + op.n <= y[y.len() - 1], "gemm: y columns");
-    let x_rows = g.shape(inputs[0]).iter().product::<usize>() / op.k;
-    let y_rows = y.iter().product::<usize>() / y[y.len() - 1];
+    let (xs, w, ys) = (g.shape(x), g.info(w), g.shape(y));
+    assert_eq!(xs[xs.len() - 1], op.k, "gemm: x columns");
+    assert!(op.y_col0 + op.n <= ys[ys.len() - 1], "gemm: y columns");
+    let x_rows = xs.iter().product::<usize>() / op.k;
+    let y_rows = ys.iter().product::<usize>() / ys[ys.len() - 1];
     let w_numel = w.shape.iter().product::<usize>();
     for p in &op.problems {
         assert!(p.row0 + p.rows <= x_rows.min(y_rows), "gemm: rows {p:?}");

@@ -20,26 +20,30 @@ pub struct GemmProblem {
     pub lora_b_offset: usize,
 }
 
+impl GemmProblem {
+    /// Rows `row0 .. row0 + rows` as one sample, weight and bias at offset 0, no gate.
+    pub fn rows(row0: usize, rows: usize) -> GemmProblem {
+        GemmProblem { row0, rows, rows_per_sample: rows, w_offset: 0, b_offset: 0, gate: None, lora_b_offset: 0 }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
     None,
     GeluTanh,
 }
 
-/// `y = act(x·Wᵀ + b)` with optional gated residual and LoRA, over up to 4 problems.
+/// The parameters of `y = act(x·Wᵀ + b)` over up to 4 problems (the operands, bias, gated
+/// residual and LoRA side path included, are named by `Op::Gemm`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GemmOp {
     pub n: usize,
     pub k: usize,
     pub problems: Vec<GemmProblem>,
-    pub bias: bool,
     pub act: Activation,
-    pub residual: bool,
-    /// Total LoRA rank (columns of t); 0 = no LoRA.
-    pub lora_rank: usize,
     /// First column of y written (y may be wider than n).
     pub y_col0: usize,
-    /// `y += …` instead of `y = …` (y is read and written; not listed as an input).
+    /// `y += …` instead of `y = …` (y is read and written; listed as an output only).
     pub accumulate: bool,
 }
 

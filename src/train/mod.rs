@@ -4,7 +4,7 @@
 //! - [`lora`]: LoRA targets (PEFT rule), PEFT init, export in every LoRA format;
 //! - [`optim`]: lr schedules and AdamW over many GPU tensors, bound once;
 //! - [`checkpoint`]: atomic `checkpoint-<step>/` folders and `loss.csv`;
-//! - [`run`]: the training loop of `wgdit train`.
+//! - [`run`]: `Trainer::{new, step, finish}`, the run of `wgdit train` step by step, and `train`.
 
 pub mod checkpoint;
 pub mod data;

@@ -15,10 +15,11 @@ use super::schedule::{noisy_and_target, Sampling, TrainSchedule};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::adamw::Hyper;
-use crate::models::qwen_image::dit::{QkvMode, TrainLora};
+use crate::models::qwen_image::dit::QkvMode;
 use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::{Dit, DitPlan};
 use crate::models::qwen_image::training;
+use crate::nn::TrainLora;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::weights::lora::LoraFormat;
@@ -102,8 +103,8 @@ struct ShapePlan {
     forward_nodes: usize,
 }
 
-/// The per-run state shared by every shape plan.
-struct Trainer {
+/// The DiT with the trainable LoRA buffers, and one training plan per batch shape sharing them.
+struct LoraModel {
     gpu: Arc<Gpu>,
     dit: Dit,
     train: TrainLora,
@@ -113,7 +114,7 @@ struct Trainer {
     out_features: usize,
 }
 
-impl Trainer {
+impl LoraModel {
     fn plan(&mut self, key: &ShapeKey, c: &Collated) -> Result<&ShapePlan> {
         if !self.plans.contains_key(key) {
             let inputs = c.forward_inputs(&c.x0, &vec![0.0; c.batch]);
@@ -187,125 +188,197 @@ impl Trainer {
     }
 }
 
-/// Runs a training job to completion.
-pub fn train(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<TrainReport> {
-    let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
-    let dataset = Dataset::open(&o.data, &cfg)?;
-    if dataset.is_empty() {
-        return Err(Error::input(format!("dataset {} has no samples", o.data.display())));
-    }
-    let conf = LoraConfig { rank: o.rank, alpha: o.alpha, targets: parse_targets(&o.targets) };
-    let modules = select(&cfg, &conf.targets)?;
-    let merged = modules.iter().any(|m| m.path.ends_with("to_qkv") || m.path.ends_with("add_qkv_proj"));
-    if merged && o.qkv == QkvMode::Standard {
-        return Err(Error::input(
-            "a LoRA on the merged to_qkv/add_qkv_proj needs the merged projection: use --qkv merged or fused (or target to_q,to_k,to_v)",
-        ));
-    }
-    let hyper = hyper_json(o);
-    let (mut lora, mut state, resumed) = match &o.resume {
-        Some(dir) => {
-            let c = Checkpoint::load(dir, &cfg)?;
-            (c.lora.clone(), c.state.clone(), Some(c))
+/// One optimizer step's figures.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub step: u64,
+    pub loss: f64,
+    /// Mean σ of the step's samples.
+    pub sigma: f32,
+    pub lr: f64,
+    pub ms: f64,
+}
+
+/// A training run, step by step: [`Trainer::new`] opens the model, the dataset and (when
+/// resuming) the checkpoint; [`Trainer::step`] runs one optimizer step (its micro-batches, AdamW,
+/// the loss log, a checkpoint when due); [`Trainer::finish`] writes the LoRA file.
+pub struct Trainer {
+    o: TrainOptions,
+    model: LoraModel,
+    dataset: Dataset,
+    batcher: Batcher,
+    lora: LoraParams,
+    state: TrainState,
+    adamw: AdamW,
+    log: LossLog,
+    sched: TrainSchedule,
+    lr_sched: LrSchedule,
+    losses: Vec<f64>,
+    total_ms: f64,
+}
+
+impl Trainer {
+    pub fn new(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<Trainer> {
+        let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
+        let dataset = Dataset::open(&o.data, &cfg)?;
+        if dataset.is_empty() {
+            return Err(Error::input(format!("dataset {} has no samples", o.data.display())));
         }
-        None => {
-            let mut rng = Rng::new(o.seed);
-            let lora = LoraParams::init(&cfg, &conf, &mut rng)?;
-            let data = Default::default();
-            (lora, TrainState { version: 1, step: 0, rng, data, lora: conf.clone(), hyper: hyper.clone() }, None)
+        let conf = LoraConfig { rank: o.rank, alpha: o.alpha, targets: parse_targets(&o.targets) };
+        let modules = select(&cfg, &conf.targets)?;
+        let merged = modules.iter().any(|m| m.path.ends_with("to_qkv") || m.path.ends_with("add_qkv_proj"));
+        if merged && o.qkv == QkvMode::Standard {
+            return Err(Error::input(
+                "a LoRA on the merged to_qkv/add_qkv_proj needs the merged projection: use --qkv merged or fused (or target to_q,to_k,to_v)",
+            ));
         }
-    };
-    let uploaded = lora.upload(gpu)?;
-    let mut params = Vec::new();
-    for (p, ab) in lora.params.iter().zip(uploaded.chunks(2)) {
-        let zeros = |t: &Tensor| Tensor::zeros(gpu, &t.shape, DType::F32, "grad");
-        params.push((p.module.path.clone(), [ab[0].clone(), ab[1].clone()], [zeros(&ab[0])?, zeros(&ab[1])?]));
+        let hyper = hyper_json(o);
+        let (lora, state, resumed) = match &o.resume {
+            Some(dir) => {
+                let c = Checkpoint::load(dir, &cfg)?;
+                (c.lora.clone(), c.state.clone(), Some(c))
+            }
+            None => {
+                let mut rng = Rng::new(o.seed);
+                let lora = LoraParams::init(&cfg, &conf, &mut rng)?;
+                let data = Default::default();
+                (lora, TrainState { version: 1, step: 0, rng, data, lora: conf.clone(), hyper: hyper.clone() }, None)
+            }
+        };
+        let uploaded = lora.upload(gpu)?;
+        let mut params = Vec::new();
+        for (p, ab) in lora.params.iter().zip(uploaded.chunks(2)) {
+            let zeros = |t: &Tensor| Tensor::zeros(gpu, &t.shape, DType::F32, "grad");
+            params.push((p.module.path.clone(), [ab[0].clone(), ab[1].clone()], [zeros(&ab[0])?, zeros(&ab[1])?]));
+        }
+        let pairs: Vec<(Tensor, Tensor)> =
+            params.iter().flat_map(|(_, p, g)| [(p[0].clone(), g[0].clone()), (p[1].clone(), g[1].clone())]).collect();
+        let opts = AdamWOptions {
+            hyper: Hyper { lr: o.lr, weight_decay: o.weight_decay, ..Hyper::default() },
+            max_norm: o.max_grad_norm,
+        };
+        let adamw = AdamW::new(gpu, &pairs, opts)?;
+        if let Some(c) = &resumed {
+            adamw.set_moments(&c.m, &c.v);
+        }
+        let train = TrainLora {
+            modules: lora.params.iter().map(|p| p.module.path.clone()).collect(),
+            rank: o.rank,
+            scale: lora.config.scale() as f32,
+            checkpointing: o.checkpointing,
+        };
+        let dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
+        let model =
+            LoraModel { gpu: gpu.clone(), dit, train, params, plans: HashMap::new(), out_features: cfg.out_features() };
+        let mut batcher = Batcher::new(&dataset, o.batch_size.max(1), o.seed);
+        batcher.resume(state.data)?;
+        std::fs::create_dir_all(&o.output).map_err(|e| Error::io(&o.output, e))?;
+        let loss_path = o.output.join("loss.csv");
+        let log =
+            if resumed.is_some() { LossLog::resume(&loss_path, state.step)? } else { LossLog::create(&loss_path)? };
+        Ok(Trainer {
+            o: o.clone(),
+            model,
+            dataset,
+            batcher,
+            lora,
+            state,
+            adamw,
+            log,
+            sched: TrainSchedule::qwen_image(),
+            lr_sched: LrSchedule::Constant { warmup: o.warmup },
+            losses: Vec::new(),
+            total_ms: 0.0,
+        })
     }
-    let pairs: Vec<(Tensor, Tensor)> =
-        params.iter().flat_map(|(_, p, g)| [(p[0].clone(), g[0].clone()), (p[1].clone(), g[1].clone())]).collect();
-    let opts = AdamWOptions {
-        hyper: Hyper { lr: o.lr, weight_decay: o.weight_decay, ..Hyper::default() },
-        max_norm: o.max_grad_norm,
-    };
-    let adamw = AdamW::new(gpu, &pairs, opts)?;
-    if let Some(c) = &resumed {
-        adamw.set_moments(&c.m, &c.v);
+
+    /// Optimizer steps done so far (a resumed run starts at its checkpoint's step).
+    pub fn steps_done(&self) -> u64 {
+        self.state.step
     }
-    let train = TrainLora {
-        modules: lora.params.iter().map(|p| p.module.path.clone()).collect(),
-        rank: o.rank,
-        scale: lora.config.scale() as f32,
-        checkpointing: o.checkpointing,
-    };
-    let dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
-    let mut tr =
-        Trainer { gpu: gpu.clone(), dit, train, params, plans: HashMap::new(), out_features: cfg.out_features() };
-    let mut batcher = Batcher::new(&dataset, o.batch_size.max(1), o.seed);
-    batcher.resume(state.data)?;
-    std::fs::create_dir_all(&o.output).map_err(|e| Error::io(&o.output, e))?;
-    let loss_path = o.output.join("loss.csv");
-    let mut log =
-        if resumed.is_some() { LossLog::resume(&loss_path, state.step)? } else { LossLog::create(&loss_path)? };
-    let sched = TrainSchedule::qwen_image();
-    let lr_sched = LrSchedule::Constant { warmup: o.warmup };
-    let bar = progress_bar(o.progress, o.steps, state.step);
-    let (mut losses, mut total_ms) = (Vec::new(), 0.0);
-    while state.step < o.steps {
+
+    /// Whether the run has reached `--steps`.
+    pub fn done(&self) -> bool {
+        self.state.step >= self.o.steps
+    }
+
+    /// One optimizer step: `grad_accum` micro-batches, AdamW, gradients zeroed, the loss row
+    /// appended and a checkpoint saved when `save_every` divides the step.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let o = &self.o;
         let t0 = std::time::Instant::now();
+        let accum = o.grad_accum.max(1);
         let (mut loss, mut sigma) = (0.0, 0.0);
-        for _ in 0..o.grad_accum.max(1) {
-            let batch = batcher.next().ok_or_else(|| Error::input("dataset yielded no batch"))?;
-            let c = dataset.collate(&batch.samples)?;
-            let key = dataset_key(&dataset, &batch.samples);
-            let (l, s) = tr.micro_batch(&key, &c, &sched, &mut state.rng, o.sampling)?;
-            loss += l / o.grad_accum.max(1) as f64;
-            sigma += s / o.grad_accum.max(1) as f32;
+        for _ in 0..accum {
+            let batch = self.batcher.next().ok_or_else(|| Error::input("dataset yielded no batch"))?;
+            let c = self.dataset.collate(&batch.samples)?;
+            let key = dataset_key(&self.dataset, &batch.samples);
+            let (l, s) = self.model.micro_batch(&key, &c, &self.sched, &mut self.state.rng, o.sampling)?;
+            loss += l / accum as f64;
+            sigma += s / accum as f32;
         }
-        state.step += 1;
-        let lr = lr_sched.lr(o.lr, state.step);
-        adamw.step(state.step as u32, lr, 1.0 / o.grad_accum.max(1) as f32)?;
-        adamw.zero_grads();
-        gpu.sync()?;
+        self.state.step += 1;
+        let step = self.state.step;
+        let lr = self.lr_sched.lr(o.lr, step);
+        self.adamw.step(step as u32, lr, 1.0 / accum as f32)?;
+        self.adamw.zero_grads();
+        self.model.gpu.sync()?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
-        total_ms += ms;
-        state.data = batcher.state();
-        log.append(&LossRow { step: state.step, loss, sigma, lr, step_ms: ms })?;
-        losses.push(loss);
-        bar.set_message(format!("loss {loss:.4}  {ms:.0} ms/step  {:.2} it/s", 1e3 / ms));
-        bar.inc(1);
-        if o.save_every > 0 && state.step % o.save_every == 0 {
-            save_checkpoint(&tr, &adamw, &mut lora, &state, &o.output)?;
+        self.total_ms += ms;
+        self.state.data = self.batcher.state();
+        self.log.append(&LossRow { step, loss, sigma, lr, step_ms: ms })?;
+        self.losses.push(loss);
+        if o.save_every > 0 && step % o.save_every == 0 {
+            save_checkpoint(&self.model, &self.adamw, &mut self.lora, &self.state, &o.output)?;
         }
+        Ok(StepReport { step, loss, sigma, lr, ms })
+    }
+
+    /// Downloads the trained LoRA and writes `lora.safetensors` in the chosen format.
+    pub fn finish(mut self) -> Result<TrainReport> {
+        download_lora(&self.model, &mut self.lora)?;
+        let lora_file = self.o.output.join("lora.safetensors");
+        self.lora.save(&lora_file, self.o.format, DType::F32)?;
+        let (dispatches, peak) = self
+            .model
+            .plans
+            .values()
+            .next()
+            .map_or((0, 0), |p| (p.plan.plan.report().total, p.plan.plan.memory.peak_activation_bytes));
+        Ok(TrainReport {
+            mean_step_ms: self.total_ms / self.losses.len().max(1) as f64,
+            losses: self.losses,
+            dispatches_per_step: dispatches * self.o.grad_accum.max(1),
+            peak_activation_bytes: peak,
+            lora_file,
+        })
+    }
+}
+
+/// Runs a training job to completion, with a progress bar when `o.progress`.
+pub fn train(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<TrainReport> {
+    let mut t = Trainer::new(gpu, o)?;
+    let bar = progress_bar(o.progress, o.steps, t.steps_done());
+    while !t.done() {
+        let s = t.step()?;
+        bar.set_message(format!("loss {:.4}  {:.0} ms/step  {:.2} it/s", s.loss, s.ms, 1e3 / s.ms));
+        bar.inc(1);
     }
     bar.finish();
-    download_lora(&tr, &mut lora)?;
-    let lora_file = o.output.join("lora.safetensors");
-    lora.save(&lora_file, o.format, DType::F32)?;
-    let (dispatches, peak) = tr
-        .plans
-        .values()
-        .next()
-        .map_or((0, 0), |p| (p.plan.plan.report().total, p.plan.plan.memory.peak_activation_bytes));
-    Ok(TrainReport {
-        mean_step_ms: total_ms / losses.len().max(1) as f64,
-        losses,
-        dispatches_per_step: dispatches * o.grad_accum.max(1),
-        peak_activation_bytes: peak,
-        lora_file,
-    })
+    t.finish()
 }
 
 fn dataset_key(d: &Dataset, samples: &[usize]) -> ShapeKey {
     d.samples[samples[0]].shape_key()
 }
 
-fn download_lora(tr: &Trainer, lora: &mut LoraParams) -> Result<()> {
+fn download_lora(tr: &LoraModel, lora: &mut LoraParams) -> Result<()> {
     let tensors: Vec<Tensor> = tr.params.iter().flat_map(|(_, p, _)| p.clone()).collect();
     lora.download(&tr.gpu, &tensors)
 }
 
 fn save_checkpoint(
-    tr: &Trainer,
+    tr: &LoraModel,
     adamw: &AdamW,
     lora: &mut LoraParams,
     state: &TrainState,

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use wgdit::exec::{memory, Plan};
 use wgdit::graph::ops::Ew;
-use wgdit::graph::{checkpoint, Graph, Op};
+use wgdit::graph::{recompute, Graph, Op};
 use wgdit::kernels::elementwise::{cpu, Op as K};
 use wgdit::rng::Rng;
 use wgdit::tensor::DType;
@@ -17,9 +17,9 @@ fn chain(depth: usize, n: usize) -> (Graph, usize, usize) {
     for l in 0..depth {
         g.set_layer(Some(l));
         let a = g.activation(&format!("a{l}"), &[n], DType::F32);
-        g.push(Op::Elementwise(Ew::Silu), &[h], &[a], "act");
+        g.push(Op::Elementwise { f: Ew::Silu, a: h, b: None, y: a }, "act");
         let b = g.activation(&format!("b{l}"), &[n], DType::F32);
-        g.push(Op::Elementwise(Ew::Add), &[a, x], &[b], "residual");
+        g.push(Op::Elementwise { f: Ew::Add, a, b: Some(x), y: b }, "residual");
         h = b;
     }
     g.mark_output(h);
@@ -80,9 +80,9 @@ fn training_like(depth: usize, n: usize, segments: bool) -> (Graph, usize, usize
             g.begin_segment(&format!("block {l}"));
         }
         let a = g.activation("a", &[n], DType::F32);
-        g.push(Op::Elementwise(Ew::Silu), &[h], &[a], "act");
+        g.push(Op::Elementwise { f: Ew::Silu, a: h, b: None, y: a }, "act");
         let b = g.activation("b", &[n], DType::F32);
-        g.push(Op::Elementwise(Ew::Mul), &[a, a], &[b], "square");
+        g.push(Op::Elementwise { f: Ew::Mul, a, b: Some(a), y: b }, "square");
         g.end_segment();
         saved.push(a);
         h = b;
@@ -92,7 +92,7 @@ fn training_like(depth: usize, n: usize, segments: bool) -> (Graph, usize, usize
     for l in (0..depth).rev() {
         g.set_layer(Some(l));
         let nd = g.activation("grad", &[n], DType::F32);
-        g.push(Op::Elementwise(Ew::Mul), &[d, saved[l]], &[nd], "backward");
+        g.push(Op::Elementwise { f: Ew::Mul, a: d, b: Some(saved[l]), y: nd }, "backward");
         d = nd;
     }
     g.mark_output(d);
@@ -105,7 +105,7 @@ fn checkpointing_recomputes_segments_with_less_memory_and_same_result() {
     let (n, depth) = (257, 5);
     let (g_plain, x0, y0, _) = training_like(depth, n, false);
     let (mut g_ckpt, x1, y1, first_bwd) = training_like(depth, n, true);
-    let recomputed = checkpoint::apply(&mut g_ckpt, first_bwd);
+    let recomputed = recompute::apply(&mut g_ckpt, first_bwd);
     assert_eq!(recomputed, 2 * depth);
     let (m0, m1) = (memory::plan(&g_plain), memory::plan(&g_ckpt));
     assert!(

@@ -58,7 +58,7 @@ fn convert_to(input: &std::path::Path, output: &std::path::Path, to: Target) {
         output: output.to_path_buf(),
         to,
         format: None,
-        dtype: DtypeChoice::parse("keep").unwrap(),
+        dtype: DtypeChoice::Keep,
         shard_size: None,
         dry_run: false,
         progress: false,

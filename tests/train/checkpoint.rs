@@ -11,17 +11,7 @@ use wgdit::train::data::BatcherState;
 use wgdit::train::lora::{parse_targets, LoraConfig, LoraParams};
 
 fn tiny() -> DitConfig {
-    DitConfig {
-        patch_size: 2,
-        in_channels: 16,
-        out_channels: 4,
-        num_layers: 2,
-        attention_head_dim: 16,
-        num_attention_heads: 2,
-        joint_attention_dim: 24,
-        axes_dims_rope: [4, 6, 6],
-        zero_cond_t: false,
-    }
+    DitConfig::tiny()
 }
 
 fn checkpoint(step: u64) -> Checkpoint {

@@ -15,15 +15,11 @@ use wgdit::train::data::{Batcher, BatcherState, Dataset};
 /// patch 2, 16 packed channels → 4 latent channels; text dim 8.
 fn cfg() -> DitConfig {
     DitConfig {
-        patch_size: 2,
-        in_channels: 16,
-        out_channels: 4,
         num_layers: 1,
         attention_head_dim: 8,
-        num_attention_heads: 2,
         joint_attention_dim: 8,
         axes_dims_rope: [2, 3, 3],
-        zero_cond_t: false,
+        ..DitConfig::tiny()
     }
 }
 

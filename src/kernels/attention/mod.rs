@@ -110,35 +110,36 @@ fn mask_buffer(who: &str, shape: &JointShape, mask: Option<&Tensor>, fallback: &
     }
 }
 
+/// Operands of the forward: head-major q, k, v [B, H, S_joint, Dh], the text mask [B, S_txt]
+/// (1 = valid), `o` in stream-major joint rows and `lse` [B, H, S_joint].
+pub struct Args<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub mask: Option<&'a Tensor>,
+    pub o: &'a Tensor,
+    pub lse: &'a Tensor,
+}
+
 /// Forward: writes `o` (stream-major joint rows) and `lse`. See the module doc.
-#[allow(clippy::too_many_arguments)]
-pub fn launch_forward(
-    gpu: &Gpu,
-    shape: &JointShape,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    o: &Tensor,
-    lse: &Tensor,
-) -> Result<Launch> {
+pub fn launch_forward(gpu: &Gpu, shape: &JointShape, a: &Args) -> Result<Launch> {
     const WHO: &str = "attention::launch_forward";
     shape.check(WHO);
-    for (n, t) in [("q", q), ("k", k), ("v", v), ("o", o)] {
+    for (n, t) in [("q", a.q), ("k", a.k), ("v", a.v), ("o", a.o)] {
         check_f32(WHO, n, t, shape.head_major_len());
     }
-    check_f32(WHO, "lse", lse, shape.lse_len());
-    let p = shape.params(mask);
+    check_f32(WHO, "lse", a.lse, shape.lse_len());
+    let p = shape.params(a.mask);
     Ok(Launch {
         kernel: gpu.kernel(&ATTENTION, "attention", &shape.constants())?,
         params: bytemuck::bytes_of(&p).to_vec(),
         buffers: vec![
-            q.buffer.clone(),
-            k.buffer.clone(),
-            v.buffer.clone(),
-            mask_buffer(WHO, shape, mask, q),
-            o.buffer.clone(),
-            lse.buffer.clone(),
+            a.q.buffer.clone(),
+            a.k.buffer.clone(),
+            a.v.buffer.clone(),
+            mask_buffer(WHO, shape, a.mask, a.q),
+            a.o.buffer.clone(),
+            a.lse.buffer.clone(),
         ],
         groups: shape.groups(),
     })
@@ -214,7 +215,7 @@ pub fn run_forward(
     let rows = shape.batch * shape.seq();
     let o = Tensor::zeros(gpu, &[rows, shape.heads * shape.head_dim], DType::F32, "attention.o")?;
     let lse = Tensor::zeros(gpu, &[shape.batch, shape.heads, shape.seq()], DType::F32, "attention.lse")?;
-    gpu.run(&[launch_forward(gpu, shape, q, k, v, mask, &o, &lse)?])?;
+    gpu.run(&[launch_forward(gpu, shape, &Args { q, k, v, mask, o: &o, lse: &lse })?])?;
     Ok((o, lse))
 }
 

@@ -101,7 +101,8 @@ fn run_gpu(gpu: &Gpu, sh: &JointShape, x: &Inputs) -> GpuRun {
     let mask = x.mask.as_ref().map(|m| upload(gpu, m, "mask"));
     let (n, nl) = (sh.head_major_len(), sh.lse_len());
     let (o, lse) = (poisoned(gpu, n, "o"), poisoned(gpu, nl, "lse"));
-    gpu.run(&[attention::launch_forward(gpu, sh, &q, &k, &v, mask.as_ref(), &o, &lse).unwrap()]).unwrap();
+    let args = attention::Args { q: &q, k: &k, v: &v, mask: mask.as_ref(), o: &o, lse: &lse };
+    gpu.run(&[attention::launch_forward(gpu, sh, &args).unwrap()]).unwrap();
     let (dq, dk, dv, delta) =
         (poisoned(gpu, n, "dq"), poisoned(gpu, n, "dk"), poisoned(gpu, n, "dv"), poisoned(gpu, nl, "delta"));
     let args = BackwardArgs {

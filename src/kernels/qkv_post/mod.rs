@@ -159,30 +159,40 @@ fn lane_consts(shape: &JointShape) -> [(&'static str, f64); 2] {
     [("HEAD_DIM", shape.head_dim as f64), ("PER_LANE", shape.per_lane() as f64)]
 }
 
+/// Operands of the forward epilogue.
+pub struct Args<'a> {
+    pub shape: JointShape,
+    pub layout: QkvLayout,
+    /// The projections: [qkv] (merged) or [q, k, v] (standard), joint rows.
+    pub x: &'a [&'a Tensor],
+    /// The four QK-norm weights [4, Dh]: norm_q, norm_k, norm_added_q, norm_added_k.
+    pub norm_weights: &'a Tensor,
+    /// [S_joint, Dh/2, 2] (cos, sin).
+    pub rope: &'a Tensor,
+    /// Head-major outputs [B, H, S_joint, Dh].
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    /// rstd of q then k, [2, rows, H].
+    pub saved: &'a Tensor,
+}
+
 /// The forward epilogue: see the module docs.
-#[allow(clippy::too_many_arguments)]
-pub fn launch_forward(
-    gpu: &Gpu,
-    shape: JointShape,
-    layout: QkvLayout,
-    inputs: &[&Tensor],
-    norm_weights: &Tensor,
-    rope_table: &Tensor,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    saved: &Tensor,
-) -> Result<Launch> {
-    check_common(&shape, norm_weights, rope_table, saved);
-    let [xq, xk, xv] = layout.bind3(&shape, inputs, "inputs");
-    for (t, n) in [(q, "q"), (k, "k"), (v, "v")] {
+pub fn launch_forward(gpu: &Gpu, a: &Args) -> Result<Launch> {
+    let shape = a.shape;
+    check_common(&shape, a.norm_weights, a.rope, a.saved);
+    let [xq, xk, xv] = a.layout.bind3(&shape, a.x, "inputs");
+    for (t, n) in [(a.q, "q"), (a.k, "k"), (a.v, "v")] {
         check_f32(t, shape.head_major_len(), n);
     }
-    let p = params(&shape, layout);
+    let p = params(&shape, a.layout);
     Ok(Launch {
         kernel: gpu.kernel(&QKV_POST, "qkv_post", &lane_consts(&shape))?,
         params: bytemuck::bytes_of(&p).to_vec(),
-        buffers: [xq, xk, xv, norm_weights, rope_table, q, k, v, saved].iter().map(|t| t.buffer.clone()).collect(),
+        buffers: [xq, xk, xv, a.norm_weights, a.rope, a.q, a.k, a.v, a.saved]
+            .iter()
+            .map(|t| t.buffer.clone())
+            .collect(),
         groups: crate::kernels::grid_2d(shape.units().div_ceil(shape.units_per_group()) as u32),
     })
 }
@@ -212,48 +222,63 @@ pub fn run_forward(
         v: Tensor::zeros(gpu, &hm, DType::F32, "v")?,
         saved: Tensor::zeros(gpu, &[2, shape.rows(), shape.heads], DType::F32, "qk rstd")?,
     };
-    let l = launch_forward(gpu, shape, layout, inputs, norm_weights, rope_table, &out.q, &out.k, &out.v, &out.saved)?;
+    let a = Args {
+        shape,
+        layout,
+        x: inputs,
+        norm_weights,
+        rope: rope_table,
+        q: &out.q,
+        k: &out.k,
+        v: &out.v,
+        saved: &out.saved,
+    };
+    let l = launch_forward(gpu, &a)?;
     gpu.run(&[l])?;
     Ok(out)
 }
 
-/// The backward: `dinputs` (`=`, layout of `inputs`) and, if given, `dnorm_weights += ...`.
+/// Operands of the backward; the forward's, then the output gradients and the input gradients.
+pub struct BackwardArgs<'a> {
+    pub shape: JointShape,
+    pub layout: QkvLayout,
+    pub x: &'a [&'a Tensor],
+    pub norm_weights: &'a Tensor,
+    pub rope: &'a Tensor,
+    pub saved: &'a Tensor,
+    pub dq: &'a Tensor,
+    pub dk: &'a Tensor,
+    pub dv: &'a Tensor,
+    /// Gradients of `x` (`=`), in the layout of `x`.
+    pub d_x: &'a [&'a Tensor],
+    /// `+=` when given (two more dispatches).
+    pub d_norm_weights: Option<&'a Tensor>,
+}
+
+/// The backward: `d_x` (`=`, layout of `x`) and, if given, `d_norm_weights += ...`.
 /// forward: y = rope(x·rstd·w)  =>  dx = rstd·(w·g − x̂·mean(w·g·x̂)), g = rope⁻¹(dy), x̂ = x·rstd;
 /// dw += Σ_units g·x̂; dv = dV.
-#[allow(clippy::too_many_arguments)]
-pub fn launch_backward(
-    gpu: &Gpu,
-    shape: JointShape,
-    layout: QkvLayout,
-    inputs: &[&Tensor],
-    norm_weights: &Tensor,
-    rope_table: &Tensor,
-    saved: &Tensor,
-    dq: &Tensor,
-    dk: &Tensor,
-    dv: &Tensor,
-    dinputs: &[&Tensor],
-    dnorm_weights: Option<&Tensor>,
-) -> Result<Vec<Launch>> {
-    check_common(&shape, norm_weights, rope_table, saved);
-    let [xq, xk, _] = layout.bind3(&shape, inputs, "inputs");
-    let [gq, gk, gv] = layout.bind3(&shape, dinputs, "dinputs");
-    for (t, n) in [(dq, "dq"), (dk, "dk"), (dv, "dv")] {
+pub fn launch_backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
+    let shape = a.shape;
+    check_common(&shape, a.norm_weights, a.rope, a.saved);
+    let [xq, xk, _] = a.layout.bind3(&shape, a.x, "inputs");
+    let [gq, gk, gv] = a.layout.bind3(&shape, a.d_x, "dinputs");
+    for (t, n) in [(a.dq, "dq"), (a.dk, "dk"), (a.dv, "dv")] {
         check_f32(t, shape.head_major_len(), n);
     }
-    let p = params(&shape, layout);
+    let p = params(&shape, a.layout);
     let mut out = vec![Launch {
         kernel: gpu.kernel(&QKV_POST_BACKWARD, "qkv_post_backward", &lane_consts(&shape))?,
         params: bytemuck::bytes_of(&p).to_vec(),
-        buffers: [dq, dk, dv, xq, xk, norm_weights, rope_table, saved, gq, gk, gv]
+        buffers: [a.dq, a.dk, a.dv, xq, xk, a.norm_weights, a.rope, a.saved, gq, gk, gv]
             .iter()
             .map(|t| t.buffer.clone())
             .collect(),
         groups: crate::kernels::grid_2d(shape.units().div_ceil(shape.units_per_group()) as u32),
     }];
-    if let Some(dw) = dnorm_weights {
+    if let Some(dw) = a.d_norm_weights {
         check_f32(dw, 4 * shape.head_dim, "dnorm_weights [4, Dh]");
-        out.extend(norm_grad_launches(gpu, &shape, p, [dq, dk, xq, xk, rope_table, saved], dw)?);
+        out.extend(norm_grad_launches(gpu, &shape, p, [a.dq, a.dk, xq, xk, a.rope, a.saved], dw)?);
     }
     Ok(out)
 }

@@ -106,7 +106,18 @@ fn gpu_forward(gpu: &Arc<Gpu>, c: &Case, layout: QkvLayout, ins: &[Tensor]) -> [
         [poisoned(gpu, hm, "q"), poisoned(gpu, hm, "k"), poisoned(gpu, hm, "v"), poisoned(gpu, 2 * s.units(), "rstd")];
     let refs: Vec<&Tensor> = ins.iter().collect();
     let (w, t) = (upload(gpu, &c.norm_w, "norm_w"), upload(gpu, &c.table, "rope"));
-    let l = qkv_post::launch_forward(gpu, s, layout, &refs, &w, &t, &out[0], &out[1], &out[2], &out[3]).unwrap();
+    let a = qkv_post::Args {
+        shape: s,
+        layout,
+        x: &refs,
+        norm_weights: &w,
+        rope: &t,
+        q: &out[0],
+        k: &out[1],
+        v: &out[2],
+        saved: &out[3],
+    };
+    let l = qkv_post::launch_forward(gpu, &a).unwrap();
     gpu.run(&[l]).unwrap();
     out
 }
@@ -175,8 +186,20 @@ fn check_backward(gpu: &Arc<Gpu>, c: &Case, layout: QkvLayout, seed: u64) -> [(f
     let dw = upload(gpu, &dw0, "dw");
     let (w, t) = (upload(gpu, &c.norm_w, "norm_w"), upload(gpu, &c.table, "rope"));
     let (ir, dr): (Vec<&Tensor>, Vec<&Tensor>) = (ins.iter().collect(), din.iter().collect());
-    let l = qkv_post::launch_backward(gpu, s, layout, &ir, &w, &t, &fwd[3], &dyt[0], &dyt[1], &dyt[2], &dr, Some(&dw))
-        .unwrap();
+    let a = qkv_post::BackwardArgs {
+        shape: s,
+        layout,
+        x: &ir,
+        norm_weights: &w,
+        rope: &t,
+        saved: &fwd[3],
+        dq: &dyt[0],
+        dk: &dyt[1],
+        dv: &dyt[2],
+        d_x: &dr,
+        d_norm_weights: Some(&dw),
+    };
+    let l = qkv_post::launch_backward(gpu, &a).unwrap();
     gpu.run(&l).unwrap();
     let x64 = [to64(&c.x[0]), to64(&c.x[1])];
     let dy64: Vec<Vec<f64>> = dy.iter().map(|v| to64(v)).collect();
@@ -312,10 +335,23 @@ fn throughput_at_a_dit_block_shape() {
     let new = |n| Tensor::zeros(&gpu, &[n], DType::F32, "t").unwrap();
     let (qkv, dqkv) = (upload(&gpu, &rng.vec_normal(3 * n, 1.0), "qkv"), new(3 * n));
     let (q, k, v, saved) = (new(hm), new(hm), new(hm), new(2 * s.units()));
-    let fwd = qkv_post::launch_forward(&gpu, s, QkvLayout::Merged, &[&qkv], &w, &t, &q, &k, &v, &saved).unwrap();
-    let bwd =
-        qkv_post::launch_backward(&gpu, s, QkvLayout::Merged, &[&qkv], &w, &t, &saved, &q, &k, &v, &[&dqkv], None)
-            .unwrap();
+    let (layout, x, d_x) = (QkvLayout::Merged, [&qkv], [&dqkv]);
+    let a = qkv_post::Args { shape: s, layout, x: &x, norm_weights: &w, rope: &t, q: &q, k: &k, v: &v, saved: &saved };
+    let fwd = qkv_post::launch_forward(&gpu, &a).unwrap();
+    let b = qkv_post::BackwardArgs {
+        shape: s,
+        layout,
+        x: &x,
+        norm_weights: &w,
+        rope: &t,
+        saved: &saved,
+        dq: &q,
+        dk: &k,
+        dv: &v,
+        d_x: &d_x,
+        d_norm_weights: None,
+    };
+    let bwd = qkv_post::launch_backward(&gpu, &b).unwrap();
     for (name, l, bytes) in [("forward", &fwd, 6 * n * 4), ("backward", &bwd[0], 8 * n * 4)] {
         let b = gpu.bind(l).unwrap();
         let mut best = f64::INFINITY;

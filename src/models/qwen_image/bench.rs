@@ -209,8 +209,7 @@ pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], ran
     let mut out = Vec::new();
     for &mode in modes {
         for checkpointing in [false, true] {
-            let train =
-                crate::models::qwen_image::dit::TrainLora { modules: modules.clone(), rank, scale: 1.0, checkpointing };
+            let train = crate::nn::TrainLora { modules: modules.clone(), rank, scale: 1.0, checkpointing };
             let tg = crate::models::qwen_image::training::build_unloaded(
                 cfg,
                 &b.shape(),

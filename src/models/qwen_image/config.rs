@@ -44,6 +44,35 @@ impl DitConfig {
         }
     }
 
+    /// A tiny model of the real architecture for tests: 2 blocks, 2 heads × 16 (D = 32), text
+    /// width 24, 16 packed latent channels.
+    pub fn tiny() -> DitConfig {
+        DitConfig {
+            patch_size: 2,
+            in_channels: 16,
+            out_channels: 4,
+            num_layers: 2,
+            attention_head_dim: 16,
+            num_attention_heads: 2,
+            joint_attention_dim: 24,
+            axes_dims_rope: [4, 6, 6],
+            zero_cond_t: false,
+        }
+    }
+
+    /// A scaled-down Qwen-Image for the quickstart and benches: 4 blocks, 4 heads × 32 (D = 128),
+    /// text width 64.
+    pub fn small() -> DitConfig {
+        DitConfig {
+            num_layers: 4,
+            attention_head_dim: 32,
+            num_attention_heads: 4,
+            joint_attention_dim: 64,
+            axes_dims_rope: [8, 12, 12],
+            ..DitConfig::tiny()
+        }
+    }
+
     /// A built-in preset by name (`qwen-image`, `qwen-image-edit-2511`).
     pub fn preset(name: &str) -> Result<DitConfig> {
         match name {

@@ -13,26 +13,15 @@
 use crate::dtype::DType;
 use crate::graph::ops::*;
 use crate::graph::{Graph, TensorId};
-use crate::models::qwen_image::lora::{LoraPart, LoraSet};
+use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::DitConfig;
+use crate::nn::{Emit, Linears, LoraParts, ParamSource, TrainLora};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum QkvMode {
     Standard,
     Merged,
     Fused,
-}
-
-impl std::str::FromStr for QkvMode {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
-        match s {
-            "standard" => Ok(QkvMode::Standard),
-            "merged" => Ok(QkvMode::Merged),
-            "fused" => Ok(QkvMode::Fused),
-            o => Err(crate::Error::input(format!("unknown --qkv mode `{o}`: use standard, merged or fused"))),
-        }
-    }
 }
 
 impl QkvMode {
@@ -66,15 +55,6 @@ impl ForwardShape {
         let s = self.img_shapes[0];
         s[0] * s[1] * s[2]
     }
-}
-
-/// How a graph param is assembled from checkpoint tensors (named in the standard diffusers
-/// layout; the loader resolves them in merged checkpoints too): the parts' rows stacked in order.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ParamSource {
-    pub parts: Vec<String>,
-    /// `None`: keep the stored dtype (weights); `Some(F32)`: widen (biases, norm weights: small).
-    pub dtype: Option<DType>,
 }
 
 /// The graph and the handles its caller needs.
@@ -140,15 +120,8 @@ struct Builder<'a> {
     cfg: &'a DitConfig,
     rows: Rows,
     mode: QkvMode,
-    params: Vec<(TensorId, ParamSource)>,
-    wdtype: &'a dyn Fn(&str) -> DType,
     max_binding: u64,
-    lora: Option<&'a LoraSet>,
-    train: Option<&'a TrainLora>,
-    trainable: Vec<(String, TensorId, TensorId)>,
-    host_params: Vec<(TensorId, Vec<f32>)>,
-    /// Output rows of every Linear module (for the stacked-module LoRA path).
-    out_rows: std::collections::HashMap<String, usize>,
+    lin: Linears<'a>,
 }
 
 /// The location of one stream's 6·D modulation vector [shift1, scale1, gate1, shift2, scale2, gate2].
@@ -174,16 +147,6 @@ pub struct BuildOptions<'l> {
     pub train: Option<&'l TrainLora>,
 }
 
-/// Trainable LoRAs: standard module paths, rank, and scale = alpha / rank.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainLora {
-    pub modules: Vec<String>,
-    pub rank: usize,
-    pub scale: f32,
-    /// Each block is a checkpoint segment: recomputed before its backward instead of stored.
-    pub checkpointing: bool,
-}
-
 /// The modulation vectors of every block (and of `norm_out`), computed before the block stack.
 struct AllMods {
     blocks: Vec<[ModLoc; 2]>,
@@ -205,22 +168,17 @@ pub fn build_forward<'a>(
         img_split: if cfg.zero_cond_t { shape.s_target() } else { shape.s_img() },
         alt: if cfg.zero_cond_t { shape.batch } else { 0 },
     };
+    let out_rows = crate::models::qwen_image::names::expected_tensors(cfg)
+        .into_iter()
+        .filter_map(|(n, s)| n.strip_suffix(".weight").filter(|_| s.len() == 2).map(|m| (m.to_string(), s[0])))
+        .collect();
     let bd = Builder {
         g: Graph::new(),
         cfg,
         rows,
         mode: opts.mode,
-        params: Vec::new(),
-        wdtype,
         max_binding: opts.max_binding,
-        lora: opts.lora,
-        train: opts.train,
-        trainable: Vec::new(),
-        host_params: Vec::new(),
-        out_rows: crate::models::qwen_image::names::expected_tensors(cfg)
-            .into_iter()
-            .filter_map(|(n, s)| n.strip_suffix(".weight").filter(|_| s.len() == 2).map(|m| (m.to_string(), s[0])))
-            .collect(),
+        lin: Linears::new(wdtype, opts.lora.map(|l| l as &dyn LoraParts), opts.train, out_rows, merged_module),
     };
     bd.forward(shape, opts.keep_block_outputs)
 }
@@ -249,36 +207,25 @@ impl<'a> Builder<'a> {
         self.rows.b * if self.cfg.zero_cond_t { 2 } else { 1 }
     }
 
-    fn param(&mut self, shape: &[usize], parts: Vec<String>, dtype: Option<DType>) -> TensorId {
-        let dt = dtype.unwrap_or_else(|| (self.wdtype)(&parts[0]));
-        let t = self.g.param(&parts.join("+"), shape, dt);
-        self.params.push((t, ParamSource { parts, dtype }));
-        t
-    }
-    /// A weight [n, k] stacked from `modules`' `.weight` (rows in order), in its stored dtype.
-    fn weight(&mut self, modules: &[String], n: usize, k: usize) -> TensorId {
-        self.param(&[n, k], modules.iter().map(|m| format!("{m}.weight")).collect(), None)
-    }
-    /// The biases of `modules` stacked, widened to f32.
-    fn bias(&mut self, modules: &[String], n: usize) -> TensorId {
-        self.param(&[n], modules.iter().map(|m| format!("{m}.bias")).collect(), Some(DType::F32))
-    }
     fn act(&mut self, name: &str, shape: &[usize]) -> TensorId {
         self.g.activation(name, shape, DType::F32)
     }
 
     /// A one-problem GEMM `y = act(x·Wᵀ + b)` over all rows of x.
-    fn linear(&mut self, x: TensorId, module: &str, n: usize, k: usize, act: Activation, label: &str) -> TensorId {
-        let rows = self.g.shape(x)[0];
-        let y = self.act(module, &[rows, n]);
-        let problems = vec![problem(0, rows, rows, 0, 0, None)];
-        self.emit_gemm(Emit { x, y, n, k, problems, modules: vec![vec![module.to_string()]], act, gated: None, label });
-        y
+    fn linear(&mut self, x: TensorId, module: &str, n: usize, act: Activation, label: &str) -> TensorId {
+        self.lin.linear(&mut self.g, x, module, n, act, label)
+    }
+    /// A param assembled from checkpoint tensors (`dtype` None: the stored dtype).
+    fn param(&mut self, shape: &[usize], parts: Vec<String>, dtype: Option<DType>) -> TensorId {
+        self.lin.param(&mut self.g, shape, parts, dtype)
+    }
+    fn emit_gemm(&mut self, e: Emit) {
+        self.lin.emit(&mut self.g, e)
     }
 
     fn unary(&mut self, op: Ew, x: TensorId, label: &str) -> TensorId {
         let y = self.act(label, self.g.shape(x).to_vec().as_slice());
-        self.g.push(Op::Elementwise(op), &[x], &[y], label);
+        self.g.push(Op::Elementwise { f: op, a: x, b: None, y }, label);
         y
     }
 
@@ -300,7 +247,7 @@ impl<'a> Builder<'a> {
                 Some(a) => a.blocks[i],
                 None => self.block_modulation(silu_temb, i),
             };
-            let segment = self.train.is_some_and(|t| t.checkpointing);
+            let segment = self.lin.training().is_some_and(|t| t.checkpointing);
             if segment {
                 self.g.begin_segment(&block_name(i));
             }
@@ -315,7 +262,7 @@ impl<'a> Builder<'a> {
             Some(a) => a.norm_out,
             None => {
                 let d = self.d();
-                let t = self.linear(silu_temb, "norm_out.linear", 2 * d, d, Activation::None, "modulation");
+                let t = self.linear(silu_temb, "norm_out.linear", 2 * d, Activation::None, "modulation");
                 ModLoc { tensor: t, offset: 0, stride: 2 * d }
             }
         };
@@ -334,10 +281,10 @@ impl<'a> Builder<'a> {
             timestep,
             rope,
             output,
-            params: self.params,
-            host_params: self.host_params,
+            params: self.lin.params,
+            host_params: self.lin.host_params,
             block_outputs,
-            trainable: self.trainable,
+            trainable: self.lin.trainable,
             shape: shape.clone(),
         }
     }
@@ -347,10 +294,10 @@ impl<'a> Builder<'a> {
     fn time_embedding(&mut self, timestep: TensorId) -> TensorId {
         let d = self.d();
         let emb = self.act("t_sinusoid", &[self.t_rows(), 256]);
-        self.g.push(Op::TimestepEmbed, &[timestep], &[emb], "timestep");
-        let h = self.linear(emb, "time_text_embed.timestep_embedder.linear_1", d, 256, Activation::None, "timestep");
+        self.g.push(Op::TimestepEmbed { t: timestep, emb }, "timestep");
+        let h = self.linear(emb, "time_text_embed.timestep_embedder.linear_1", d, Activation::None, "timestep");
         let h = self.unary(Ew::Silu, h, "timestep");
-        let temb = self.linear(h, "time_text_embed.timestep_embedder.linear_2", d, d, Activation::None, "timestep");
+        let temb = self.linear(h, "time_text_embed.timestep_embedder.linear_2", d, Activation::None, "timestep");
         self.unary(Ew::Silu, temb, "timestep")
     }
 
@@ -361,7 +308,7 @@ impl<'a> Builder<'a> {
         let w = self.param(&[j], vec!["txt_norm.weight".into()], Some(DType::F32));
         let tn = self.act("txt_norm", &[r.r_txt(), j]);
         let rstd = self.act("txt_norm_rstd", &[r.r_txt()]);
-        self.g.push(Op::RmsNorm { cols: j, eps: 1e-6 }, &[text, w], &[tn, rstd], "embed");
+        self.g.push(Op::RmsNorm { cols: j, eps: 1e-6, x: text, weight: w, y: tn, rstd }, "embed");
         let x0 = self.act("x0", &[r.total(), d]);
         for (x, module, k, row0, rows) in
             [(tn, "txt_in", j, 0, r.r_txt()), (hidden, "img_in", cfg.in_channels, r.r_txt(), r.r_img())]
@@ -388,7 +335,7 @@ impl<'a> Builder<'a> {
         let d = self.d();
         let mut locs = [ModLoc { tensor: 0, offset: 0, stride: 6 * d }; 2];
         for (s, m) in ["txt_mod.1", "img_mod.1"].iter().enumerate() {
-            let t = self.linear(silu_temb, &format!("{}.{m}", block_name(i)), 6 * d, d, Activation::None, "modulation");
+            let t = self.linear(silu_temb, &format!("{}.{m}", block_name(i)), 6 * d, Activation::None, "modulation");
             locs[s] = ModLoc { tensor: t, offset: 0, stride: 6 * d };
         }
         locs
@@ -404,7 +351,7 @@ impl<'a> Builder<'a> {
             .map(|i| (vec![format!("{}.txt_mod.1", block_name(i)), format!("{}.img_mod.1", block_name(i))], 12 * d))
             .collect();
         units.push((vec!["norm_out.linear".into()], 2 * d));
-        let bytes_per_row = (self.wdtype)("norm_out.linear.weight").bytes(d) as u64;
+        let bytes_per_row = self.lin.stored_dtype("norm_out.linear.weight").bytes(d) as u64;
         let mut blocks = Vec::with_capacity(layers);
         let mut norm_out = None;
         let mut start = 0;
@@ -507,12 +454,8 @@ impl<'a> Builder<'a> {
                 })
                 .collect();
             let mt = self.group_mod(m, &group);
-            self.g.push_partial(
-                Op::LayerNormMod(LayerNormModOp { cols: d, problems }),
-                &[x, mt],
-                &[y, mean, rstd],
-                "norm",
-            );
+            let norm = LayerNormModOp { cols: d, problems };
+            self.g.push_partial(Op::LayerNormMod { norm, x, modulation: mt, y, mean, rstd }, "norm");
         }
         y
     }
@@ -532,7 +475,7 @@ impl<'a> Builder<'a> {
         gated: Option<(TensorId, &[ModLoc; 2], usize)>,
         label: &str,
     ) {
-        if self.train.is_some() && (act != Activation::None || gated.is_some()) {
+        if self.lin.training().is_some() && (act != Activation::None || gated.is_some()) {
             return self.project_unfused(x, y, streams, modules, n, k, act, gated, label);
         }
         for group in self.groups(streams) {
@@ -571,11 +514,11 @@ impl<'a> Builder<'a> {
         let covered: usize = streams.iter().map(|&s| self.stream_rows(s).1).sum();
         if act != Activation::None && covered < rows {
             // GELU runs over the whole tensor: give rows no stream writes a defined value.
-            self.g.push(Op::Fill(0.0), &[], &[z], label);
+            self.g.push(Op::Fill { value: 0.0, y: z }, label);
         }
         self.project(x, z, streams, modules, n, k, Activation::None, None, label);
         if act == Activation::GeluTanh {
-            self.g.push(Op::Elementwise(Ew::GeluTanh), &[z], &[y], label);
+            self.g.push(Op::Elementwise { f: Ew::GeluTanh, a: z, b: None, y }, label);
         }
         if let Some((res, m, c)) = gated {
             for group in self.groups(streams) {
@@ -587,7 +530,8 @@ impl<'a> Builder<'a> {
                     })
                     .collect();
                 let mt = self.group_mod(m, &group);
-                self.g.push_partial(Op::GatedResidual { cols: n, problems }, &[res, z, mt], &[y], label);
+                let op = Op::GatedResidual { cols: n, problems, res, branch: z, modulation: mt, out: y };
+                self.g.push_partial(op, label);
             }
         }
     }
@@ -608,9 +552,7 @@ impl<'a> Builder<'a> {
         };
         let o = self.act("attn_out", &[r.total(), d]);
         let lse = self.act("lse", &[r.b, js.heads, r.s_txt + r.s_img]);
-        let mut ins = vec![q, k, v];
-        ins.extend(mask);
-        self.g.push(Op::Attention { shape: js, masked: mask.is_some() }, &ins, &[o, lse], "attention");
+        self.g.push(Op::Attention { shape: js, q, k, v, mask, o, lse }, "attention");
         let x1 = self.act("x_attn", &[r.total(), d]);
         let out = |s: Stream| vec![format!("{p}.attn.{}", if s == Stream::Txt { "to_add_out" } else { "to_out.0" })];
         self.project(o, x1, &both, &out, d, d, Activation::None, Some((x, &m, 2)), "out_proj");
@@ -663,9 +605,8 @@ impl<'a> Builder<'a> {
         let hm = [r.b, js.heads, r.s_txt + r.s_img, dh];
         let (q, k, v) = (self.act("q_heads", &hm), self.act("k_heads", &hm), self.act("v_heads", &hm));
         let saved = self.act("qk_rstd", &[2, r.total(), js.heads]);
-        let mut ins = inputs;
-        ins.extend([nw, rope]);
-        self.g.push(Op::QkvPost { shape: js, layout }, &ins, &[q, k, v, saved], "qkv_post");
+        let op = Op::QkvPost { shape: js, layout, qkv: inputs, norm_weights: nw, rope, q, k, v, saved };
+        self.g.push(op, "qkv_post");
         (q, k, v)
     }
 
@@ -685,8 +626,8 @@ impl<'a> Builder<'a> {
         let rows = r.total();
         let (xo, mean, rstd) =
             (self.act("norm_out", &[rows, d]), self.act("ln_mean", &[rows]), self.act("ln_rstd", &[rows]));
-        let op = LayerNormModOp { cols: d, problems: vec![problem_n] };
-        self.g.push(Op::LayerNormMod(op), &[x, out_mod.tensor], &[xo, mean, rstd], "final");
+        let norm = LayerNormModOp { cols: d, problems: vec![problem_n] };
+        self.g.push(Op::LayerNormMod { norm, x, modulation: out_mod.tensor, y: xo, mean, rstd }, "final");
         let n = self.cfg.out_features();
         let y = self.act("proj_out", &[rows, n]);
         let problems = vec![problem(r.r_txt(), r.r_img(), r.s_img, 0, 0, None)];
@@ -717,221 +658,6 @@ fn stream_prefix(s: Stream) -> &'static str {
     match s {
         Stream::Txt => "txt",
         Stream::Img => "img",
-    }
-}
-
-/// One GEMM dispatch to emit: problem p computes `modules[p]` (stacked along N, `n` rows in all).
-struct Emit<'l> {
-    x: TensorId,
-    y: TensorId,
-    n: usize,
-    k: usize,
-    problems: Vec<GemmProblem>,
-    modules: Vec<Vec<String>>,
-    act: Activation,
-    /// (residual, gate source) of a gated residual epilogue.
-    gated: Option<(TensorId, TensorId)>,
-    label: &'l str,
-}
-
-/// Stacks of at most this many modules per problem (q, k, v) take their LoRAs through the GEMM's
-/// side path (one dense B per problem); longer stacks (the fused modulation chunks) get one
-/// accumulating up-projection per LoRA'd module instead, so B stays the size of the LoRA.
-const MAX_EPILOGUE_STACK: usize = 3;
-
-impl<'a> Builder<'a> {
-    /// Emits the weights, the LoRA side path of any LoRA'd module, and the GEMM (a partial write:
-    /// the problems cover only their rows of y).
-    fn emit_gemm(&mut self, mut e: Emit) {
-        if self.train.is_some() {
-            return self.emit_gemm_train(e);
-        }
-        let names: Vec<String> = e.modules.concat();
-        let (w, b) = self.stacked_weights(&mut e);
-        let has_lora = names.iter().any(|m| !self.lora_parts(m).is_empty());
-        let epilogue = has_lora && e.modules.iter().all(|m| m.len() <= MAX_EPILOGUE_STACK);
-        let mut inputs = vec![e.x, w, b];
-        if let Some((res, gate)) = e.gated {
-            inputs.extend([res, gate]);
-        }
-        let mut lora_rank = 0;
-        if epilogue {
-            let (rank, t, bt) = self.lora_side_path(&e);
-            lora_rank = rank;
-            for (p, pr) in e.problems.iter_mut().enumerate() {
-                pr.lora_b_offset = p * e.n * rank;
-            }
-            inputs.extend([t, bt]);
-        }
-        let op = GemmOp {
-            n: e.n,
-            k: e.k,
-            problems: e.problems.clone(),
-            bias: true,
-            act: e.act,
-            residual: e.gated.is_some(),
-            lora_rank,
-            y_col0: 0,
-            accumulate: false,
-        };
-        self.g.push_partial(Op::Gemm(op), &inputs, &[e.y], e.label);
-        if has_lora && !epilogue {
-            self.lora_accumulate(&e);
-        }
-    }
-
-    /// The weight and bias params stacking every problem's modules (problem p's block at
-    /// p·n·k / p·n), with the problems' offsets set to match.
-    fn stacked_weights(&mut self, e: &mut Emit) -> (TensorId, TensorId) {
-        let names: Vec<String> = e.modules.concat();
-        let w = self.weight(&names, e.n * e.problems.len(), e.k);
-        let b = self.bias(&names, e.n * e.problems.len());
-        for (p, pr) in e.problems.iter_mut().enumerate() {
-            pr.w_offset = p * e.n * e.k;
-            pr.b_offset = p * e.n;
-        }
-        (w, b)
-    }
-
-    fn lora_parts(&self, module: &str) -> &'a [LoraPart] {
-        self.lora.map_or(&[], |l| l.parts(module))
-    }
-
-    fn host_param(&mut self, name: &str, shape: &[usize], data: Vec<f32>) -> TensorId {
-        let t = self.g.param(name, shape, DType::F32);
-        self.host_params.push((t, data));
-        t
-    }
-
-    /// The LoRA side path of a GEMM: per problem, A = the module parts' A stacked (zero rows up
-    /// to the common rank R) and B = their B placed at the module's rows and the part's columns.
-    /// Emits t = x·Aᵀ (one dispatch) and returns (R, t, B).
-    fn lora_side_path(&mut self, e: &Emit) -> (usize, TensorId, TensorId) {
-        let ranks: Vec<usize> =
-            e.modules.iter().map(|ms| ms.iter().flat_map(|m| self.lora_parts(m)).map(|p| p.rank).sum()).collect();
-        let rank = ranks.iter().copied().max().unwrap_or(0);
-        let (n, k, pc) = (e.n, e.k, e.problems.len());
-        let (mut a, mut bm) = (vec![0f32; pc * rank * k], vec![0f32; pc * n * rank]);
-        for (p, ms) in e.modules.iter().enumerate() {
-            let per = n / ms.len();
-            let mut col = 0;
-            for (mi, m) in ms.iter().enumerate() {
-                for part in self.lora_parts(m) {
-                    let a0 = (p * rank + col) * k;
-                    a[a0..a0 + part.rank * k].copy_from_slice(&part.a);
-                    for row in 0..per {
-                        let dst = p * n * rank + (mi * per + row) * rank + col;
-                        bm[dst..dst + part.rank].copy_from_slice(&part.b[row * part.rank..(row + 1) * part.rank]);
-                    }
-                    col += part.rank;
-                }
-            }
-        }
-        let label = e.modules.concat().join("+");
-        let at = self.host_param(&format!("lora_A[{label}]"), &[pc * rank, k], a);
-        let bt = self.host_param(&format!("lora_B[{label}]"), &[pc * n, rank], bm);
-        let x_rows = self.g.shape(e.x)[0];
-        let t = self.act("lora_t", &[x_rows, rank]);
-        let problems = e.problems.iter().enumerate().map(|(p, pr)| (pr.row0, pr.rows, p * rank * k)).collect();
-        self.g.push(Op::LoraDown { k, rank, problems }, &[e.x, at], &[t], "lora");
-        (rank, t, bt)
-    }
-
-    /// LoRAs of a long module stack: per LoRA'd module, t = x·Aᵀ, then y[:, col..] += t·Bᵀ.
-    fn lora_accumulate(&mut self, e: &Emit) {
-        assert_eq!(e.problems.len(), 1, "stacked-module LoRA path takes one problem");
-        let pr = e.problems[0].clone();
-        let mut col = 0;
-        for m in e.modules.concat() {
-            let rows = self.out_rows[&m];
-            let parts = self.lora_parts(&m);
-            if !parts.is_empty() {
-                let rank: usize = parts.iter().map(|p| p.rank).sum();
-                let a: Vec<f32> = parts.iter().flat_map(|p| p.a.iter().copied()).collect();
-                let mut bm = vec![0f32; rows * rank];
-                let mut c0 = 0;
-                for part in parts {
-                    for row in 0..rows {
-                        bm[row * rank + c0..row * rank + c0 + part.rank]
-                            .copy_from_slice(&part.b[row * part.rank..(row + 1) * part.rank]);
-                    }
-                    c0 += part.rank;
-                }
-                let at = self.host_param(&format!("lora_A[{m}]"), &[rank, e.k], a);
-                let bt = self.host_param(&format!("lora_B[{m}]"), &[rows, rank], bm);
-                let t = self.act("lora_t", &[self.g.shape(e.x)[0], rank]);
-                self.g.push(
-                    Op::LoraDown { k: e.k, rank, problems: vec![(pr.row0, pr.rows, 0)] },
-                    &[e.x, at],
-                    &[t],
-                    "lora",
-                );
-                let up = GemmProblem { w_offset: 0, b_offset: 0, gate: None, lora_b_offset: 0, ..pr.clone() };
-                let op = GemmOp {
-                    n: rows,
-                    k: rank,
-                    problems: vec![up],
-                    bias: false,
-                    act: Activation::None,
-                    residual: false,
-                    lora_rank: 0,
-                    y_col0: col,
-                    accumulate: true,
-                };
-                self.g.push_partial(Op::Gemm(op), &[t, bt], &[e.y], "lora");
-            }
-            col += rows;
-        }
-    }
-}
-
-impl<'a> Builder<'a> {
-    /// Training GEMM: the plain GEMM, then one trainable LoRA (down + accumulating up) per
-    /// targeted module on its columns and its problem's rows.
-    fn emit_gemm_train(&mut self, mut e: Emit) {
-        assert!(e.act == Activation::None && e.gated.is_none(), "training graphs do not fuse epilogues");
-        let train = self.train.expect("cannot fail: training graph");
-        let (w, b) = self.stacked_weights(&mut e);
-        let op = GemmOp {
-            n: e.n,
-            k: e.k,
-            problems: e.problems.clone(),
-            bias: true,
-            act: Activation::None,
-            residual: false,
-            lora_rank: 0,
-            y_col0: 0,
-            accumulate: false,
-        };
-        self.g.push_partial(Op::Gemm(op), &[e.x, w, b], &[e.y], e.label);
-        let x_rows = self.g.shape(e.x)[0];
-        for (pr, ms) in e.problems.iter().zip(&e.modules) {
-            // A LoRA on a merged q/k/v module (`--targets to_qkv,...`) spans the stacked q, k, v.
-            let units: Vec<(String, usize)> = match merged_module(ms).filter(|m| train.modules.contains(m)) {
-                Some(merged) => vec![(merged, ms.iter().map(|m| self.out_rows[m]).sum())],
-                None => ms.iter().map(|m| (m.clone(), self.out_rows[m])).collect(),
-            };
-            let mut col = 0;
-            for (m, rows) in units {
-                if train.modules.contains(&m) {
-                    let r = train.rank;
-                    let a = self.g.param(&format!("{m}.lora_A"), &[r, e.k], DType::F32);
-                    let bm = self.g.param(&format!("{m}.lora_B"), &[rows, r], DType::F32);
-                    self.trainable.push((m.clone(), a, bm));
-                    let t = self.act("lora_t", &[x_rows, r]);
-                    let l = LoraApplyOp {
-                        k: e.k,
-                        n: rows,
-                        rank: r,
-                        scale: train.scale,
-                        y_col0: col,
-                        problems: vec![(pr.row0, pr.rows)],
-                    };
-                    self.g.push_partial(Op::LoraApply(l), &[e.x, a, bm], &[t, e.y], "lora");
-                }
-                col += rows;
-            }
-        }
     }
 }
 

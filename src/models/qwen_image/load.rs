@@ -6,9 +6,9 @@
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::graph::TensorId;
-use crate::models::qwen_image::dit::ParamSource;
 use crate::models::qwen_image::names::{expected_tensors, merged_home};
 use crate::models::qwen_image::DitConfig;
+use crate::nn::ParamSource;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use std::borrow::Cow;

@@ -15,15 +15,7 @@ use crate::weights::lora::read_lora;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// One low-rank update of a standard module: ΔW = B · A with the scale folded into A.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LoraPart {
-    /// [rank, in], already multiplied by alpha/rank × strength.
-    pub a: Vec<f32>,
-    /// [out, rank].
-    pub b: Vec<f32>,
-    pub rank: usize,
-}
+pub use crate::nn::LoraPart;
 
 /// Every LoRA part, by standard module path (`transformer_blocks.0.attn.to_q`).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -105,6 +97,12 @@ fn split_targets(module: &str) -> Vec<String> {
         }
     }
     vec![module.to_string()]
+}
+
+impl crate::nn::LoraParts for LoraSet {
+    fn parts(&self, module: &str) -> &[LoraPart] {
+        LoraSet::parts(self, module)
+    }
 }
 
 #[cfg(test)]

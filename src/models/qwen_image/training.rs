@@ -1,12 +1,13 @@
 //! The training graph of a LoRA fine-tune: the forward without fused epilogues, with trainable
 //! LoRAs, then its reverse-mode backward (`graph::autodiff`) from dL/d(output), with per-block
-//! gradient checkpointing when asked (`graph::checkpoint`).
+//! gradient checkpointing when asked (`graph::recompute`).
 
 use crate::dtype::DType;
-use crate::graph::{autodiff, checkpoint, TensorId};
-use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardGraph, ForwardShape, QkvMode, TrainLora};
+use crate::graph::{autodiff, recompute, TensorId};
+use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardGraph, ForwardShape, QkvMode};
 use crate::models::qwen_image::runtime::Dit;
 use crate::models::qwen_image::DitConfig;
+use crate::nn::TrainLora;
 
 pub struct TrainGraph {
     /// Forward and backward nodes; `fg.trainable` lists the LoRA params.
@@ -49,6 +50,6 @@ fn finish(mut fg: ForwardGraph, out_features: usize, train: &TrainLora) -> Train
     let g = autodiff::backward(&mut fg.graph, &[(fg.output, d_output)], &wrt);
     let grads: Vec<(String, TensorId, TensorId)> =
         fg.trainable.iter().map(|(m, a, b)| (m.clone(), g[a], g[b])).collect();
-    let recomputed = if train.checkpointing { checkpoint::apply(&mut fg.graph, first_backward) } else { 0 };
+    let recomputed = if train.checkpointing { recompute::apply(&mut fg.graph, first_backward) } else { 0 };
     TrainGraph { fg, d_output, grads, recomputed, forward_nodes: first_backward }
 }

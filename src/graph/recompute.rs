@@ -18,23 +18,23 @@ pub fn apply(g: &mut Graph, first_backward: usize) -> usize {
         // The segment's internal tensors: produced inside and read by no forward node outside it
         // (its outputs, e.g. the block output, stay stored: the next segment starts from them).
         let read_outside: HashSet<TensorId> =
-            forward.iter().filter(|n| n.segment != Some(seg)).flat_map(|n| n.inputs.iter().copied()).collect();
+            forward.iter().filter(|n| n.segment != Some(seg)).flat_map(|n| n.op.inputs()).collect();
         let produced: Vec<TensorId> = members
             .iter()
-            .flat_map(|n| n.outputs.iter().copied())
+            .flat_map(|n| n.op.outputs())
             .filter(|t| !read_outside.contains(t) && !g.outputs.contains(t))
             .collect();
-        let Some(at) = backward.iter().position(|n| n.inputs.iter().any(|t| produced.contains(t))) else {
+        let Some(at) = backward.iter().position(|n| n.op.inputs().iter().any(|t| produced.contains(t))) else {
             continue;
         };
         let mut remap: HashMap<TensorId, TensorId> = HashMap::new();
         let mut clones = Vec::with_capacity(members.len());
         for n in &members {
-            let inputs = n.inputs.iter().map(|t| *remap.get(t).unwrap_or(t)).collect();
-            let outputs = n
-                .outputs
-                .iter()
-                .map(|&t| {
+            let mut op = n.op.clone();
+            op.map_operands(|t| *remap.get(&t).unwrap_or(&t), |t| t);
+            op.map_operands(
+                |t| t,
+                |t| {
                     if let Some(&r) = remap.get(&t) {
                         return r; // a further partial write of a recomputed tensor
                     }
@@ -43,19 +43,15 @@ pub fn apply(g: &mut Graph, first_backward: usize) -> usize {
                     g.tensors.push(info);
                     remap.insert(t, g.tensors.len() - 1);
                     g.tensors.len() - 1
-                })
-                .collect();
+                },
+            );
             let label = Label { layer: n.label.layer, op: format!("recompute/{}", n.label.op) };
-            clones.push(Node { op: n.op.clone(), inputs, outputs, label, segment: None });
+            clones.push(Node { op, label, segment: None });
         }
         // Only internal tensors are redirected: the segment's outputs are stored, and a later
         // segment's backward (which runs before this recompute) reads them.
         for n in backward.iter_mut() {
-            for t in n.inputs.iter_mut() {
-                if let Some(&r) = remap.get(t).filter(|_| produced.contains(t)) {
-                    *t = r;
-                }
-            }
+            n.op.map_operands(|t| *remap.get(&t).filter(|_| produced.contains(&t)).unwrap_or(&t), |t| t);
         }
         inserts.push((at, clones));
     }
