@@ -1,7 +1,8 @@
-// reduce: the workgroup sum of one f32 per invocation, for kernels of REDUCE_WG = 256
-// invocations (@workgroup_size(256)). It owns its workgroup scratch `reduce_scratch` (the one
-// exception to "preludes hold pure functions"); every invocation must call it (barriers), and it
-// returns the same total to all of them. Tree order: pairs (i, i + s) for s = 128, 64, ..., 1.
+// reduce: the workgroup sum of one f32 (reduce_sum) or of two at once (reduce_sum2) per
+// invocation, for kernels of REDUCE_WG = 256 invocations (@workgroup_size(256)). It owns its
+// workgroup scratch `reduce_scratch` / `reduce_scratch2` (the one exception to "preludes hold pure
+// functions"); every invocation must call it (barriers), and it returns the same total to all of
+// them. Tree order: pairs (i, i + s) for s = 128, 64, ..., 1.
 
 const REDUCE_WG: u32 = 256u;
 var<workgroup> reduce_scratch: array<f32, 256>;
@@ -14,6 +15,20 @@ fn reduce_sum(v: f32, lid: u32) -> f32 {
         workgroupBarrier();
     }
     let total = reduce_scratch[0];
+    workgroupBarrier();
+    return total;
+}
+
+var<workgroup> reduce_scratch2: array<vec2<f32>, 256>;
+
+fn reduce_sum2(v: vec2<f32>, lid: u32) -> vec2<f32> {
+    reduce_scratch2[lid] = v;
+    workgroupBarrier();
+    for (var s = REDUCE_WG / 2u; s > 0u; s = s >> 1u) {
+        if (lid < s) { reduce_scratch2[lid] += reduce_scratch2[lid + s]; }
+        workgroupBarrier();
+    }
+    let total = reduce_scratch2[0];
     workgroupBarrier();
     return total;
 }

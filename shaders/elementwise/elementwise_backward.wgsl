@@ -34,14 +34,5 @@ fn silu_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn gelu_tanh_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = index(gid);
     if (i >= p.n) { return; }
-    let v = x[i];
-    let k = 0.7978845608028654;
-    let u = k * (v + 0.044715 * v * v * v);
-    // tanh and sech^2 through exp of a non-positive argument: no overflow for large |u|
-    let e = exp(-2.0 * abs(u));
-    let t = sign(u) * (1.0 - e) / (1.0 + e);
-    let sech2 = 4.0 * e / ((1.0 + e) * (1.0 + e));
-    // past |x| = 20 sech^2 underflows to 0 while x^3 may overflow (0 * inf): drop the term
-    let inner = select(0.0, 0.5 * v * sech2 * k * (1.0 + 0.134145 * v * v), abs(v) < 20.0);
-    dx[i] = dy[i] * (0.5 * (1.0 + t) + inner);
+    dx[i] = dy[i] * act_gelu_tanh_grad(x[i]);
 }

@@ -34,21 +34,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> dx: array<f32>;
 
 const WG: u32 = 256u;
-var<workgroup> red: array<vec2<f32>, 256>;
-
-// Tree sum of two values at once over the workgroup; every invocation gets the totals.
-fn wg_sum2(v: vec2<f32>, lid: u32) -> vec2<f32> {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
 fn locate(v: u32) -> vec2<u32> {
     var rest = v;
     for (var q = 0u; q < p.n_problems; q++) {
@@ -86,7 +71,7 @@ fn layer_norm_mod_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
         let g = grad_in(q, vb, base + c, c);
         acc += vec2<f32>(g, g * ((x[base + c] - m) * rs));
     }
-    let sums = wg_sum2(acc, lid) / f32(p.cols);
+    let sums = reduce_sum2(acc, lid) / f32(p.cols);
     for (var c = lid; c < p.cols; c += WG) {
         let g = grad_in(q, vb, base + c, c);
         let xh = (x[base + c] - m) * rs;
