@@ -5,8 +5,8 @@
 //! mapped ranges. Splitting writes three contiguous row ranges. Nothing is materialised.
 
 use super::{Action, ConvertOptions, Format, Report, Target};
-use crate::models::qwen_image::names::{self, QkvGroup, COMFY_PREFIX};
-use crate::weights::checkpoint::{Checkpoint, Entry, Layout, INDEX_NAME, SINGLE_NAME};
+use crate::models::qwen_image::names::{self, checkpoint_layout, Layout, QkvGroup};
+use crate::weights::checkpoint::{Checkpoint, Entry, COMFY_PREFIX, INDEX_NAME, SINGLE_NAME};
 use crate::weights::writer::{header_bytes, write_safetensors, OutTensor, Piece, Source, TempOutput};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,7 +20,7 @@ pub const DEFAULT_SHARD: u64 = 5_000_000_000;
 
 /// Converts a base checkpoint (or, with `dry_run`, only reports what it would do).
 pub fn convert_checkpoint(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Report> {
-    let layout = ck.layout()?;
+    let layout = checkpoint_layout(ck)?;
     let prefix = output_prefix(ck, opts.format)?;
     let (tensors, actions) = plan(ck, opts, &prefix)?;
     let folder = ck.is_folder || opts.shard_size.is_some();

@@ -12,8 +12,9 @@
 
 use super::{Action, ConvertOptions, DtypeChoice, Report, Target};
 use crate::dtype::DType;
+use crate::models::qwen_image::lora::read_lora;
 use crate::models::qwen_image::names::{self, QkvGroup};
-use crate::weights::lora::{read_lora, write_lora, HostTensor, Lora, LoraFormat, LoraModule};
+use crate::weights::lora::{write_lora, HostTensor, Lora, LoraFormat, LoraModule};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::time::Instant;

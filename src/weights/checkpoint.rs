@@ -2,7 +2,6 @@
 //! `.index.json`), memory-mapped, with key prefixes normalised to canonical diffusers names.
 
 use super::safetensors::{SafeFile, TensorInfo, TensorView};
-use crate::models::qwen_image::names::{self, BASE_PREFIXES};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,15 +10,12 @@ use std::path::{Path, PathBuf};
 pub const SINGLE_NAME: &str = "diffusion_pytorch_model.safetensors";
 pub const INDEX_NAME: &str = "diffusion_pytorch_model.safetensors.index.json";
 
-/// Whether q/k/v projections are stored separately (diffusers) or fused (`attn.to_qkv`,
-/// `attn.add_qkv_proj`, rows stacked q, k, v).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    Standard,
-    Merged,
-    /// No q/k/v projection at all (a partial file).
-    Neither,
-}
+/// The key prefixes of ComfyUI single-file checkpoints, longest first (a full checkpoint's
+/// `model.diffusion_model.`, a bare diffusion model's `diffusion_model.`).
+pub const COMFY_PREFIXES: [&str; 2] = ["model.diffusion_model.", "diffusion_model."];
+
+/// The prefix ComfyUI uses for a bare diffusion model (what `--format comfyui` writes).
+pub const COMFY_PREFIX: &str = "diffusion_model.";
 
 /// One tensor of the checkpoint.
 #[derive(Clone, Debug)]
@@ -112,28 +108,6 @@ impl Checkpoint {
         self.entries.iter().filter(|e| !e.foreign).map(|e| self.view_entry(e))
     }
 
-    /// Standard or merged q/k/v layout; a checkpoint holding both is an error.
-    pub fn layout(&self) -> Result<Layout> {
-        let (mut std, mut merged) = (None, None);
-        for e in self.entries.iter().filter(|e| !e.foreign) {
-            let module = e.name.rsplit_once('.').map_or("", |(m, _)| m);
-            match names::qkv_role(module) {
-                Some((_, _, Some(_))) => std = std.or(Some(&e.name)),
-                Some((_, _, None)) => merged = merged.or(Some(&e.name)),
-                None => {}
-            }
-        }
-        match (std, merged) {
-            (Some(s), Some(m)) => {
-                Err(Error::file(&self.path, format!("mixed layout: holds both {s} (standard) and {m} (merged)")))
-            }
-            (Some(_), None) => Ok(Layout::Standard),
-            (None, Some(_)) => Ok(Layout::Merged),
-            (None, None) => Ok(Layout::Neither),
-        }
-    }
-
-    /// Sum of all tensor bytes.
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.data_len() as u64).sum()
     }
@@ -144,10 +118,9 @@ pub fn looks_like_lora<'a>(keys: impl IntoIterator<Item = &'a str>) -> bool {
     keys.into_iter().any(|k| k.starts_with("lora_unet_") || k.contains(".lora_") || k.ends_with(".alpha"))
 }
 
-/// The ComfyUI prefix shared by the DiT keys, or "" for diffusers names. ComfyUI itself detects
-/// Qwen-Image by its `txt_norm.weight` key (`comfy/model_detection.py`).
+/// The ComfyUI prefix shared by the model's keys, or "" for diffusers names.
 fn detect_prefix<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> &'static str {
-    for p in BASE_PREFIXES {
+    for p in COMFY_PREFIXES {
         if keys.clone().any(|k| k.starts_with(p)) {
             return p;
         }

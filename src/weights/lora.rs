@@ -14,7 +14,6 @@
 
 use super::safetensors::SafeFile;
 use crate::dtype::DType;
-use crate::models::qwen_image::names;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -104,6 +103,23 @@ pub struct Lora {
     pub qkv_ranks: BTreeMap<String, [usize; 3]>,
 }
 
+/// The module vocabulary a LoRA file is read against: the model's names table. The file
+/// formats are generic; which dotted paths exist is the model's to say.
+pub trait ModulePaths {
+    /// The model, for messages ("Qwen-Image DiT").
+    fn model_name(&self) -> &str;
+    /// Whether `path` (dotted, e.g. `transformer_blocks.0.attn.to_q`) is a Linear module.
+    fn is_linear_module(&self, path: &str) -> bool;
+    /// The dotted path behind kohya's flattened name (every `.` replaced by `_`, without
+    /// `lora_unet_`); the model's module list resolves the ambiguity.
+    fn kohya_to_path(&self, flat: &str) -> Option<String>;
+}
+
+/// kohya's flattened module name (without `lora_unet_`): every `.` of the path becomes `_`.
+pub fn path_to_kohya(path: &str) -> String {
+    path.replace('.', "_")
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Role {
     A,
@@ -114,7 +130,7 @@ enum Role {
 /// Splits a key into (format, module path, role), or None for an unknown key. Unprefixed keys
 /// without `.default.` (a bare `P.lora_A.weight` or `P.alpha`) have no format of their own:
 /// `None`, settled by the other keys of the file.
-fn parse_key(key: &str) -> Option<(Option<LoraFormat>, String, Role)> {
+fn parse_key(key: &str, names: &dyn ModulePaths) -> Option<(Option<LoraFormat>, String, Role)> {
     const SUFFIXES: [(&str, Role); 7] = [
         (".lora_A.default.weight", Role::A),
         (".lora_B.default.weight", Role::B),
@@ -126,7 +142,7 @@ fn parse_key(key: &str) -> Option<(Option<LoraFormat>, String, Role)> {
     ];
     let (stem, role) = SUFFIXES.iter().find_map(|(s, r)| key.strip_suffix(s).map(|stem| (stem, *r)))?;
     let (format, path) = if let Some(flat) = stem.strip_prefix("lora_unet_") {
-        (Some(LoraFormat::Kohya), names::kohya_to_path(flat)?)
+        (Some(LoraFormat::Kohya), names.kohya_to_path(flat)?)
     } else if let Some(p) = stem.strip_prefix("diffusion_model.") {
         (Some(LoraFormat::ComfyUI), p.to_string())
     } else if let Some(p) = stem.strip_prefix("transformer.").or_else(|| stem.strip_prefix("base_model.model.")) {
@@ -136,16 +152,20 @@ fn parse_key(key: &str) -> Option<(Option<LoraFormat>, String, Role)> {
     } else {
         (None, stem.to_string())
     };
-    names::is_linear_module(&path).then_some((format, path, role))
+    names.is_linear_module(&path).then_some((format, path, role))
 }
 
 /// Detects the format of a set of keys; unknown keys and mixed formats are errors listing them.
-pub fn detect_format<'a>(path: &Path, keys: impl IntoIterator<Item = &'a str>) -> Result<LoraFormat> {
+pub fn detect_format<'a>(
+    path: &Path,
+    keys: impl IntoIterator<Item = &'a str>,
+    names: &dyn ModulePaths,
+) -> Result<LoraFormat> {
     let mut seen: Vec<(LoraFormat, &str)> = Vec::new();
     let mut bare = None;
     let mut unknown = Vec::new();
     for k in keys {
-        match parse_key(k) {
+        match parse_key(k, names) {
             Some((Some(f), _, _)) if !seen.iter().any(|(g, _)| *g == f) => seen.push((f, k)),
             Some((None, _, _)) => bare = bare.or(Some(k)),
             Some(_) => {}
@@ -156,7 +176,7 @@ pub fn detect_format<'a>(path: &Path, keys: impl IntoIterator<Item = &'a str>) -
         let list = unknown.iter().take(20).copied().collect::<Vec<_>>().join(", ");
         return Err(Error::file(
             path,
-            format!("{} keys are not LoRA factors of Qwen-Image DiT linear modules: {list}", unknown.len()),
+            format!("{} keys are not LoRA factors of {} linear modules: {list}", unknown.len(), names.model_name()),
         ));
     }
     match (seen.as_slice(), bare) {
@@ -175,13 +195,13 @@ pub fn detect_format<'a>(path: &Path, keys: impl IntoIterator<Item = &'a str>) -
     }
 }
 
-/// Reads a LoRA file in any supported format.
-pub fn read_lora(path: &Path) -> Result<Lora> {
+/// Reads a LoRA file in any supported format, against the module paths of `names`.
+pub fn read_lora(path: &Path, names: &dyn ModulePaths) -> Result<Lora> {
     let file = SafeFile::open(path)?;
-    let format = detect_format(path, file.tensors.iter().map(|t| t.name.as_str()))?;
+    let format = detect_format(path, file.tensors.iter().map(|t| t.name.as_str()), names)?;
     let mut parts: BTreeMap<String, [Option<HostTensor>; 3]> = BTreeMap::new();
     for t in &file.tensors {
-        let (_, module, role) = parse_key(&t.name).expect("cannot fail: checked by detect_format");
+        let (_, module, role) = parse_key(&t.name, names).expect("cannot fail: checked by detect_format");
         let v = file.view(t)?;
         let host = HostTensor { data: v.to_f32(), shape: t.shape.clone(), dtype: v.dtype };
         let slot = &mut parts.entry(module).or_default()[role as usize];

@@ -7,7 +7,6 @@
 use super::lora::{Lora, LoraFormat, LoraModule, ADAPTER_METADATA_KEY, QKV_RANKS_KEY};
 use super::writer::{write_safetensors, OutTensor, Source, TempOutput};
 use crate::dtype::DType;
-use crate::models::qwen_image::names;
 use crate::Result;
 use indicatif::ProgressBar;
 use std::borrow::Cow;
@@ -46,7 +45,7 @@ fn push_module<'a>(
         LoraFormat::Diffusers => (format!("transformer.{path}"), "lora_A.weight", "lora_B.weight"),
         LoraFormat::DiffSynth => (path.to_string(), "lora_A.default.weight", "lora_B.default.weight"),
         LoraFormat::Kohya => {
-            (format!("lora_unet_{}", names::path_to_kohya(path)), "lora_down.weight", "lora_up.weight")
+            (format!("lora_unet_{}", super::lora::path_to_kohya(path)), "lora_down.weight", "lora_up.weight")
         }
         LoraFormat::ComfyUI => (format!("diffusion_model.{path}"), "lora_A.weight", "lora_B.weight"),
     };

@@ -11,6 +11,6 @@ mod lora_write;
 pub mod safetensors;
 pub mod writer;
 
-pub use checkpoint::{Checkpoint, Layout};
-pub use lora::{read_lora, write_lora, HostTensor, Lora, LoraFormat, LoraModule};
+pub use checkpoint::Checkpoint;
+pub use lora::{read_lora, write_lora, HostTensor, Lora, LoraFormat, LoraModule, ModulePaths};
 pub use safetensors::{SafeFile, TensorView};

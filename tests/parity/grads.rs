@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use wgdit::models::qwen_image::bench::random_inputs;
 use wgdit::models::qwen_image::dit::ForwardShape;
 use wgdit::models::qwen_image::load::RandomWeights;
+use wgdit::models::qwen_image::lora::read_lora;
 use wgdit::models::qwen_image::open::open;
 use wgdit::models::qwen_image::runtime::Dit;
 use wgdit::models::qwen_image::training;
@@ -16,7 +17,6 @@ use wgdit::pipeline::inputs::ForwardInputs;
 use wgdit::rng::Rng;
 use wgdit::tensor::{DType, Tensor};
 use wgdit::testing::{stats, test_gpu};
-use wgdit::weights::lora::read_lora;
 
 const REL_L2: f64 = 1e-4;
 

@@ -2,11 +2,12 @@
 //! names, PEFT init, and export read back by wgdit's own LoRA reader and by the safetensors crate.
 
 use crate::synthetic_checkpoint::{read_meta, read_st, tmpdir};
+use wgdit::models::qwen_image::lora::read_lora;
 use wgdit::models::qwen_image::DitConfig;
 use wgdit::rng::Rng;
 use wgdit::tensor::DType;
 use wgdit::train::lora::{linear_modules, matches, parse_targets, select, LoraConfig, LoraParams, DIFFSYNTH_TARGETS};
-use wgdit::weights::{read_lora, LoraFormat};
+use wgdit::weights::LoraFormat;
 
 /// D = 32 (2 × 16), 2 blocks, text dim 24.
 fn tiny() -> DitConfig {

@@ -104,7 +104,7 @@ fn a_lora_on_the_merged_qkv_projection_trains_and_exports_merged_keys() {
     let before = wgdit::train::run::eval_loss(&gpu, &o, None, &sigmas, 11).unwrap();
     let r = train(&gpu, &o).unwrap();
     let after = wgdit::train::run::eval_loss(&gpu, &o, Some(&r.lora_file), &sigmas, 11).unwrap();
-    let lora = wgdit::weights::lora::read_lora(&r.lora_file).unwrap();
+    let lora = wgdit::models::qwen_image::lora::read_lora(&r.lora_file).unwrap();
     assert!(lora.modules.contains_key("transformer_blocks.0.attn.to_qkv"), "{:?}", lora.modules.keys());
     assert_eq!(lora.modules["transformer_blocks.1.attn.add_qkv_proj"].b.shape, [96, 4]);
     println!("merged-QKV LoRA: held-out loss {before:.4} → {after:.4}");

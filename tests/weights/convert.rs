@@ -379,9 +379,13 @@ fn the_cli_follows_its_contract_and_fails_with_a_message_on_bad_input() {
 
 #[test]
 fn the_weights_api_hands_out_typed_views_of_the_map_under_canonical_names() {
-    use wgdit::weights::{Checkpoint, Layout};
+    use wgdit::models::qwen_image::names::{checkpoint_layout, Layout};
+    use wgdit::weights::Checkpoint;
     let comfy = Checkpoint::open(&fixture("tiny-comfy.safetensors")).unwrap();
-    assert_eq!((comfy.prefix.as_str(), comfy.layout().unwrap()), ("model.diffusion_model.", Layout::Standard));
+    assert_eq!(
+        (comfy.prefix.as_str(), checkpoint_layout(&comfy).unwrap()),
+        ("model.diffusion_model.", Layout::Standard)
+    );
     let v = comfy.view("img_in.weight").unwrap();
     assert_eq!(
         (v.name, v.dtype, v.shape, v.bytes.len()),
@@ -391,7 +395,10 @@ fn the_weights_api_hands_out_typed_views_of_the_map_under_canonical_names() {
     let plain = Checkpoint::open(&fixture("tiny")).unwrap();
     assert_eq!(v.bytes, plain.view("img_in.weight").unwrap().bytes, "the same bytes under the canonical name");
     assert_eq!(Checkpoint::open(&fixture("tiny-sharded")).unwrap().files.len(), 3);
-    assert_eq!(Checkpoint::open(&fixture("tiny-merged.safetensors")).unwrap().layout().unwrap(), Layout::Merged);
+    assert_eq!(
+        checkpoint_layout(&Checkpoint::open(&fixture("tiny-merged.safetensors")).unwrap()).unwrap(),
+        Layout::Merged
+    );
     let e = plain.view("transformer_blocks.7.attn.to_q.weight").unwrap_err().to_string();
     assert!(e.contains("transformer_blocks.7.attn.to_q.weight missing"), "{e}");
     // Dtypes other than F32/F16/BF16 are refused by name.

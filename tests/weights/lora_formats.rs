@@ -6,9 +6,10 @@ use crate::synthetic_checkpoint::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use wgdit::convert::{convert, Format, Target};
+use wgdit::models::qwen_image::lora::read_lora;
 use wgdit::rng::Rng;
 use wgdit::tensor::DType;
-use wgdit::weights::{read_lora, write_lora, Lora, LoraFormat, LoraModule};
+use wgdit::weights::{write_lora, Lora, LoraFormat, LoraModule};
 
 /// Module path → (A [r, in], B [out, r], alpha), in the synthetic LoRA.
 type Synth = BTreeMap<String, (Vec<f32>, Vec<f32>, usize, f32)>;

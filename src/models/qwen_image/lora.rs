@@ -11,11 +11,15 @@
 use crate::error::{Error, Result};
 use crate::models::qwen_image::names::{expected_tensors, QKV_MERGED, QKV_STANDARD};
 use crate::models::qwen_image::DitConfig;
-use crate::weights::lora::read_lora;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use crate::nn::LoraPart;
+
+/// Reads a LoRA file of any supported format against the Qwen-Image DiT's modules.
+pub fn read_lora(path: &Path) -> Result<crate::weights::Lora> {
+    crate::weights::read_lora(path, &crate::models::qwen_image::names::QwenImageNames)
+}
 
 /// Every LoRA part, by standard module path (`transformer_blocks.0.attn.to_q`).
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -55,14 +55,7 @@ pub fn merged_home(name: &str) -> Option<(String, usize)> {
     None
 }
 
-// ---- Checkpoint and LoRA key vocabulary (what `weights` and `convert` read) ----
-
-/// Key prefixes that wrap canonical diffusers names: ComfyUI full checkpoints, ComfyUI model state
-/// dicts. Longest first, so that `model.diffusion_model.` is not mistaken for `diffusion_model.`.
-pub const BASE_PREFIXES: [&str; 2] = ["model.diffusion_model.", "diffusion_model."];
-
-/// The prefix ComfyUI uses for a bare diffusion model (what `--format comfyui` writes).
-pub const COMFY_PREFIX: &str = "diffusion_model.";
+// ---- Checkpoint and LoRA key vocabulary (what `convert` and the LoRA readers use) ----
 
 /// One fusable group: three standard modules and the merged module that stacks their rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,9 +144,50 @@ pub fn kohya_to_path(flat: &str) -> Option<String> {
     all.into_iter().find(|s| s.replace('.', "_") == rest).map(|s| format!("transformer_blocks.{block}.{s}"))
 }
 
-/// Dotted module path → kohya flat name (without `lora_unet_`).
-pub fn path_to_kohya(path: &str) -> String {
-    path.replace('.', "_")
+/// The Qwen-Image DiT's module vocabulary, as the LoRA readers of `weights` ask for it.
+pub struct QwenImageNames;
+
+impl crate::weights::ModulePaths for QwenImageNames {
+    fn model_name(&self) -> &str {
+        "Qwen-Image DiT"
+    }
+    fn is_linear_module(&self, path: &str) -> bool {
+        is_linear_module(path)
+    }
+    fn kohya_to_path(&self, flat: &str) -> Option<String> {
+        kohya_to_path(flat)
+    }
+}
+
+/// Whether a checkpoint's q/k/v projections are stored separately (diffusers) or fused
+/// (`attn.to_qkv`, `attn.add_qkv_proj`, rows stacked q, k, v).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Standard,
+    Merged,
+    /// No q/k/v projection at all (a partial file).
+    Neither,
+}
+
+/// The q/k/v layout of a checkpoint; one holding both layouts is an error.
+pub fn checkpoint_layout(ck: &crate::weights::Checkpoint) -> crate::Result<Layout> {
+    let (mut std, mut merged) = (None, None);
+    for e in ck.entries.iter().filter(|e| !e.foreign) {
+        let module = e.name.rsplit_once('.').map_or("", |(m, _)| m);
+        match qkv_role(module) {
+            Some((_, _, Some(_))) => std = std.or(Some(&e.name)),
+            Some((_, _, None)) => merged = merged.or(Some(&e.name)),
+            None => {}
+        }
+    }
+    match (std, merged) {
+        (Some(s), Some(m)) => {
+            Err(crate::Error::file(&ck.path, format!("mixed layout: holds both {s} (standard) and {m} (merged)")))
+        }
+        (Some(_), None) => Ok(Layout::Standard),
+        (None, Some(_)) => Ok(Layout::Merged),
+        (None, None) => Ok(Layout::Neither),
+    }
 }
 
 #[cfg(test)]
