@@ -98,3 +98,28 @@ pub fn test_gpu() -> Arc<Gpu> {
         }
     }
 }
+
+/// A fresh folder under the system temp dir, removed on drop (tests that write files).
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// `tag` names the test in the folder name; every call gets its own folder.
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("wgdit-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("cannot create a temp folder");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -94,7 +94,7 @@ fn expect_rank(name: &str, shape: &[usize], rank: usize) -> Result<()> {
     Ok(())
 }
 
-fn get<'a>(st: &'a SafeTensors, name: &str) -> Result<safetensors::tensor::TensorView<'a>> {
+pub(crate) fn get<'a>(st: &'a SafeTensors, name: &str) -> Result<safetensors::tensor::TensorView<'a>> {
     st.tensor(name).map_err(|_| {
         let have: Vec<String> = st.names().into_iter().map(str::to_string).collect();
         Error::input(format!("tensor `{name}` missing (the file has: {})", have.join(", ")))
@@ -102,7 +102,7 @@ fn get<'a>(st: &'a SafeTensors, name: &str) -> Result<safetensors::tensor::Tenso
 }
 
 /// A float tensor (f32, f16 or bf16) as f32.
-fn floats(st: &SafeTensors, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+pub(crate) fn floats(st: &SafeTensors, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     let t = get(st, name)?;
     let dt = match t.dtype() {
         Dtype::F32 => crate::tensor::DType::F32,
@@ -114,7 +114,7 @@ fn floats(st: &SafeTensors, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
 }
 
 /// An integer tensor (i64, i32, u8) or a float tensor of integral values, as i64.
-fn ints(st: &SafeTensors, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+pub(crate) fn ints(st: &SafeTensors, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
     let t = get(st, name)?;
     let d = t.data();
     let v: Vec<i64> = match t.dtype() {

@@ -1,4 +1,7 @@
-//! Tasks on top of the models: `wgdit forward` (one DiT call from an inputs file).
+//! Tasks on top of the models: `wgdit forward` (one DiT call from an inputs file) and the
+//! sampling pipeline (`folder`: diffusers pipeline folders).
 
+pub mod embeds;
+pub mod folder;
 pub mod forward;
 pub mod inputs;
