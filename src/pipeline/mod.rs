@@ -1,7 +1,10 @@
 //! Tasks on top of the models: `wgdit forward` (one DiT call from an inputs file) and the
 //! sampling pipeline (`folder`: diffusers pipeline folders).
 
+pub mod cfg;
 pub mod embeds;
 pub mod folder;
 pub mod forward;
 pub mod inputs;
+pub mod sample;
+pub mod scheduler;

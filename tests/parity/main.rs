@@ -1,4 +1,4 @@
-//! Parity against diffusers fixtures (forward, runtime LoRA, LoRA gradients, RoPE) and the
+//! Parity against diffusers fixtures (forward, runtime LoRA, LoRA gradients, RoPE, the sampler) and the
 //! graph/executor checks behind them.
 
 #[path = "../support/diffusers_fixtures.rs"]
@@ -10,3 +10,4 @@ mod grads;
 mod graph;
 mod lora;
 mod rope;
+mod sampler;

@@ -38,6 +38,10 @@ impl Fixture {
         let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture tensor {name} missing"));
         bytemuck::pod_collect_to_vec(t.data())
     }
+    pub fn shape(&self, name: &str) -> Vec<usize> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).unwrap();
+        st.tensor(name).unwrap_or_else(|_| panic!("fixture tensor {name} missing")).shape().to_vec()
+    }
     pub fn names(&self) -> Vec<String> {
         let st = safetensors::SafeTensors::deserialize(&self.bytes).unwrap();
         st.names().into_iter().map(str::to_string).collect()
