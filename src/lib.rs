@@ -36,6 +36,7 @@ pub mod error;
 pub mod exec;
 pub mod gpu;
 pub mod graph;
+pub mod image;
 pub mod kernels;
 pub mod layout;
 pub mod models;

@@ -2,9 +2,12 @@
 //! sampling pipeline (`folder`: diffusers pipeline folders).
 
 pub mod cfg;
+pub mod dims;
 pub mod embeds;
 pub mod folder;
 pub mod forward;
+
 pub mod inputs;
+pub mod noise;
 pub mod sample;
 pub mod scheduler;

@@ -95,8 +95,13 @@ impl SchedulerConfig {
     /// Reads and validates a `scheduler_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: SchedulerConfig =
-            serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a valid scheduler config: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(Error::file(path, "a scheduler config must be a JSON object"));
+        }
+        let config = <SchedulerConfig as serde::Deserialize>::deserialize(value)
+            .map_err(|e| Error::file(path, format!("not a valid scheduler config: {e}")))?;
         config.validate().map_err(|e| Error::file(path, e.to_string()))?;
         Ok(config)
     }
@@ -169,7 +174,6 @@ pub struct Schedule {
     pub sigmas: Vec<f32>,
     /// `scheduler.timesteps`: `sigmas[..N]·num_train_timesteps` in f32.
     pub timesteps: Vec<f32>,
-    num_train_timesteps: u32,
 }
 
 impl Schedule {
@@ -201,10 +205,16 @@ impl Schedule {
             Some(t) if t != 0.0 => stretch_to_terminal(t, &s),
             _ => s,
         };
+        if s.iter().any(|x| x.is_nan()) {
+            return Err(Error::input(
+                "the sigma schedule contains NaN: with `shift_terminal` set the last sigma must not be 1.0 \
+                 (as with num_inference_steps = 1), since the terminal stretch then divides 0 by 0 (diffusers returns NaN)",
+            ));
+        }
         let scale = config.num_train_timesteps as f32;
         let timesteps = s.iter().map(|&x| x * scale).collect();
         s.push(0.0);
-        Ok(Schedule { sigmas: s, timesteps, num_train_timesteps: config.num_train_timesteps })
+        Ok(Schedule { sigmas: s, timesteps })
     }
 
     /// Number of denoising steps N.
@@ -222,11 +232,6 @@ impl Schedule {
     /// one rounds `timesteps[i]` to bf16 first and divides in bf16.
     pub fn dit_timestep(&self, i: usize) -> f32 {
         self.timesteps[i] / 1000.0
-    }
-
-    /// `num_train_timesteps` of the config this schedule was built from.
-    pub fn num_train_timesteps(&self) -> u32 {
-        self.num_train_timesteps
     }
 
     /// Euler step `i` in place: `sample += (σ[i+1] − σ[i])·model_output`, f32 as diffusers
