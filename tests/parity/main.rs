@@ -10,3 +10,4 @@ mod grads;
 mod graph;
 mod lora;
 mod rope;
+mod vae;

@@ -1,0 +1,85 @@
+//! The VAE against diffusers 0.42.1 (tests/fixtures/pipeline/cases/vae_*; README's tolerance:
+//! rel-L2 ≤ 1e-4): encode (non-square 44×28, odd latents 11×7 through two pad-(0,1) downsamples),
+//! decode (13×9 latents), tiled and untiled decode, the mid-block attention in several chunks,
+//! activations poisoned with NaN before every run.
+
+use crate::diffusers_fixtures::{fixtures, Fixture};
+use wgdit::models::qwen_image_vae::{normalize_latents, TileSpec, Tiling, Vae};
+use wgdit::testing::{stats, test_gpu};
+
+const REL_L2: f64 = 1e-4;
+
+fn vae() -> Vae {
+    let mut v = Vae::open(&test_gpu(), &fixtures().join("pipeline/t2i")).expect("tiny VAE opens");
+    v.poison_activations = true;
+    v
+}
+
+fn case(name: &str) -> Fixture {
+    Fixture::read(&fixtures().join(format!("pipeline/cases/{name}.safetensors")))
+}
+
+#[track_caller]
+fn check(name: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    assert!(got.iter().all(|v| v.is_finite()), "{name}: non-finite output (an activation was not written)");
+    let s = stats(got, want);
+    eprintln!("{name}: rel_l2 {:.2e} max_abs {:.2e}", s.rel_l2, s.max_abs);
+    assert!(
+        s.rel_l2 <= REL_L2,
+        "{name}: rel_l2 {:.3e} > {REL_L2:e} (max_abs {:.3e} at {})",
+        s.rel_l2,
+        s.max_abs,
+        s.worst
+    );
+}
+
+#[test]
+fn vae_encode_matches_diffusers_on_a_non_square_image() {
+    let f = case("vae_encode");
+    let mut v = vae();
+    let lat = v.encode(&f.get("x"), 28, 44).unwrap();
+    check("vae_encode latents", &lat, &f.get("latents"));
+    let mut n = lat.clone();
+    normalize_latents(&v.config, &mut n);
+    check("vae_encode latents_normalized", &n, &f.get("latents_normalized"));
+}
+
+#[test]
+fn vae_encode_attention_in_several_chunks_matches_diffusers() {
+    let f = case("vae_encode");
+    let mut v = vae();
+    // 77 tokens: 200 bytes per chunk = 1 row of 77 f32 scores → 77 chunks.
+    v.set_scores_budget(200);
+    let lat = v.encode(&f.get("x"), 28, 44).unwrap();
+    check("vae_encode latents (77 attention chunks)", &lat, &f.get("latents"));
+}
+
+#[test]
+fn vae_decode_matches_diffusers() {
+    let f = case("vae_decode");
+    let mut v = vae();
+    let (img, tiled) = v.decode(&f.get("latents"), 9, 13, Tiling::Off).unwrap();
+    assert!(!tiled);
+    check("vae_decode image", &img, &f.get("image"));
+}
+
+#[test]
+fn vae_tiled_decode_matches_diffusers_tiled_and_untiled() {
+    let f = case("vae_tiled_decode");
+    let mut v = vae();
+    let z = f.get("latents");
+    let (img, tiled) = v.decode(&z, 8, 9, Tiling::Off).unwrap();
+    assert!(!tiled);
+    check("vae_tiled_decode image_untiled", &img, &f.get("image_untiled"));
+    let spec = TileSpec { min_h: 16, min_w: 24, stride_h: 12, stride_w: 16 };
+    let (img, tiled) = v.decode(&z, 8, 9, Tiling::On(spec)).unwrap();
+    assert!(tiled);
+    check("vae_tiled_decode image_tiled", &img, &f.get("image_tiled"));
+    // auto with a budget below the untiled plan tiles too; with a large one it does not.
+    let (img, tiled) = v.decode(&z, 8, 9, Tiling::Auto { spec, budget: 1 }).unwrap();
+    assert!(tiled);
+    check("vae_tiled_decode image_tiled (auto)", &img, &f.get("image_tiled"));
+    let (_, tiled) = v.decode(&z, 8, 9, Tiling::Auto { spec, budget: u64::MAX }).unwrap();
+    assert!(!tiled);
+}
