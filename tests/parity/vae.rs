@@ -59,8 +59,8 @@ fn vae_encode_attention_in_several_chunks_matches_diffusers() {
 fn vae_decode_matches_diffusers() {
     let f = case("vae_decode");
     let mut v = vae();
-    let (img, tiled) = v.decode(&f.get("latents"), 9, 13, Tiling::Off).unwrap();
-    assert!(!tiled);
+    let (img, info) = v.decode(&f.get("latents"), 9, 13, Tiling::Off).unwrap();
+    assert_eq!(info.tiles, 0);
     check("vae_decode image", &img, &f.get("image"));
 }
 
@@ -69,17 +69,17 @@ fn vae_tiled_decode_matches_diffusers_tiled_and_untiled() {
     let f = case("vae_tiled_decode");
     let mut v = vae();
     let z = f.get("latents");
-    let (img, tiled) = v.decode(&z, 8, 9, Tiling::Off).unwrap();
-    assert!(!tiled);
+    let (img, info) = v.decode(&z, 8, 9, Tiling::Off).unwrap();
+    assert_eq!(info.tiles, 0);
     check("vae_tiled_decode image_untiled", &img, &f.get("image_untiled"));
     let spec = TileSpec { min_h: 16, min_w: 24, stride_h: 12, stride_w: 16 };
-    let (img, tiled) = v.decode(&z, 8, 9, Tiling::On(spec)).unwrap();
-    assert!(tiled);
+    let (img, info) = v.decode(&z, 8, 9, Tiling::On(spec)).unwrap();
+    assert_eq!(info.tiles, 9, "3×3 tiles (fixture json)");
     check("vae_tiled_decode image_tiled", &img, &f.get("image_tiled"));
     // auto with a budget below the untiled plan tiles too; with a large one it does not.
-    let (img, tiled) = v.decode(&z, 8, 9, Tiling::Auto { spec, budget: 1 }).unwrap();
-    assert!(tiled);
+    let (img, info) = v.decode(&z, 8, 9, Tiling::Auto { spec, budget: 1 }).unwrap();
+    assert_eq!(info.tiles, 9);
     check("vae_tiled_decode image_tiled (auto)", &img, &f.get("image_tiled"));
-    let (_, tiled) = v.decode(&z, 8, 9, Tiling::Auto { spec, budget: u64::MAX }).unwrap();
-    assert!(!tiled);
+    let (_, info) = v.decode(&z, 8, 9, Tiling::Auto { spec, budget: u64::MAX }).unwrap();
+    assert_eq!(info.tiles, 0);
 }

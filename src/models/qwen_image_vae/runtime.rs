@@ -30,6 +30,15 @@ pub enum Tiling {
     Auto { spec: TileSpec, budget: u64 },
 }
 
+/// How a decode ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeInfo {
+    /// Tiles decoded (0: untiled).
+    pub tiles: usize,
+    /// Dispatches over all tiles.
+    pub dispatches: usize,
+}
+
 /// Which graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pass {
@@ -158,8 +167,8 @@ impl Vae {
     }
 
     /// `vae.decode(z).sample[:, :, 0]`: latents `[z_dim, h, w]` → image `[C_in, f·h, f·w]`
-    /// (clamped to [-1, 1] untiled; unclamped when tiled, as diffusers). Returns whether it tiled.
-    pub fn decode(&mut self, z: &[f32], h: usize, w: usize, tiling: Tiling) -> Result<(Vec<f32>, bool)> {
+    /// (clamped to [-1, 1] untiled; unclamped when tiled, as diffusers).
+    pub fn decode(&mut self, z: &[f32], h: usize, w: usize, tiling: Tiling) -> Result<(Vec<f32>, DecodeInfo)> {
         let zc = self.config.z_dim;
         if h == 0 || w == 0 || z.len() != zc * h * w {
             return Err(Error::input(format!(
@@ -178,13 +187,18 @@ impl Vae {
             }
         };
         match spec {
-            Some(s) if s.tiles(h, w, f) => Ok((self.decode_tiled(z, h, w, &s)?, true)),
-            _ => Ok((self.run(Pass::Decode { clamp: true }, h, w, z)?, false)),
+            Some(s) if s.tiles(h, w, f) => self.decode_tiled(z, h, w, &s),
+            _ => {
+                let pass = Pass::Decode { clamp: true };
+                let img = self.run(pass, h, w, z)?;
+                Ok((img, DecodeInfo { tiles: 0, dispatches: self.plans[&(pass, h, w)].plan.labels().len() }))
+            }
         }
     }
 
-    fn decode_tiled(&mut self, z: &[f32], h: usize, w: usize, spec: &TileSpec) -> Result<Vec<f32>> {
+    fn decode_tiled(&mut self, z: &[f32], h: usize, w: usize, spec: &TileSpec) -> Result<(Vec<f32>, DecodeInfo)> {
         let (f, zc) = (self.spatial_factor(), self.config.z_dim);
+        let mut info = DecodeInfo { tiles: 0, dispatches: 0 };
         let mut rows = Vec::new();
         for row in spec.grid(h, w, f) {
             let mut out = Vec::new();
@@ -195,12 +209,15 @@ impl Vae {
                         part.extend_from_slice(&z[(c * h + y) * w + t.x0..][..t.w]);
                     }
                 }
-                let data = self.run(Pass::Decode { clamp: false }, t.h, t.w, &part)?;
+                let pass = Pass::Decode { clamp: false };
+                let data = self.run(pass, t.h, t.w, &part)?;
+                info.tiles += 1;
+                info.dispatches += self.plans[&(pass, t.h, t.w)].plan.labels().len();
                 out.push(TileImage { c: self.config.input_channels, h: t.h * f, w: t.w * f, data });
             }
             rows.push(out);
         }
-        Ok(tiling::blend(spec, rows, h * f, w * f))
+        Ok((tiling::blend(spec, rows, h * f, w * f), info))
     }
 
     /// Runs a pass on channel-major input `[C, h, w]`, returns channel-major output.
