@@ -83,3 +83,57 @@ fn vae_tiled_decode_matches_diffusers_tiled_and_untiled() {
     let (_, info) = v.decode(&z, 8, 9, Tiling::Auto { spec, budget: u64::MAX }).unwrap();
     assert_eq!(info.tiles, 0);
 }
+
+/// A copy of the tiny VAE folder with every tensor stored as `dtype` (`as_f32`: rounded to it,
+/// then stored as f32).
+fn vae_copy(dtype: wgdit::dtype::DType, as_f32: bool) -> std::path::PathBuf {
+    let src = fixtures().join("pipeline/t2i/vae");
+    let dir = std::env::temp_dir().join(format!("wgdit-vae-{}-{}-{as_f32}", std::process::id(), dtype.name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut data = Vec::new();
+    for (name, t) in st.tensors() {
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+        let (d, raw) = if as_f32 {
+            (safetensors::Dtype::F32, wgdit::dtype::DType::F32.encode(&dtype.round(&v)))
+        } else {
+            let d = if dtype == wgdit::dtype::DType::F16 { safetensors::Dtype::F16 } else { safetensors::Dtype::BF16 };
+            (d, dtype.encode(&v))
+        };
+        data.push((name, d, t.shape().to_vec(), raw));
+    }
+    let views: Vec<_> = data
+        .iter()
+        .map(|(n, d, s, r)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), r).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    dir
+}
+
+#[test]
+fn vae_runs_half_weights_as_stored_exactly_like_their_f32_values() {
+    // f16/bf16 weights are decoded in WGSL (convs) or widened on the host (biases, gammas); the
+    // decode is exact, so the result equals an f32 run on the rounded weights.
+    let gpu = test_gpu();
+    let f = case("vae_encode");
+    let d = case("vae_decode");
+    for dtype in [wgdit::dtype::DType::BF16, wgdit::dtype::DType::F16] {
+        let (dh, df) = (vae_copy(dtype, false), vae_copy(dtype, true));
+        let mut half = Vae::open(&gpu, &dh).unwrap();
+        let mut full = Vae::open(&gpu, &df).unwrap();
+        for d in [dh, df] {
+            std::fs::remove_dir_all(d).ok(); // the weights are uploaded and mapped already
+        }
+        let (a, b) = (half.encode(&f.get("x"), 28, 44).unwrap(), full.encode(&f.get("x"), 28, 44).unwrap());
+        let s = stats(&a, &b);
+        assert!(s.rel_l2 <= 1e-6, "{dtype:?} encode: {:.3e}", s.rel_l2);
+        let (a, _) = half.decode(&d.get("latents"), 9, 13, Tiling::Off).unwrap();
+        let (b, _) = full.decode(&d.get("latents"), 9, 13, Tiling::Off).unwrap();
+        let s = stats(&a, &b);
+        assert!(s.rel_l2 <= 1e-6, "{dtype:?} decode: {:.3e}", s.rel_l2);
+        // For scale: what the rounding of the weights alone does to the random tiny VAE.
+        eprintln!("{dtype:?} weights vs diffusers f32: {:.2e}", stats(&a, &d.get("image")).rel_l2);
+    }
+}

@@ -14,3 +14,6 @@ pub mod vae;
 pub use config::{denormalize_latents, normalize_latents, VaeConfig};
 pub use runtime::{planned_memory, resolve_dir, DecodeInfo, Pass, PlannedMemory, Tiling, Vae};
 pub use tiling::TileSpec;
+
+#[cfg(test)]
+mod tests;

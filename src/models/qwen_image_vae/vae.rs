@@ -252,3 +252,13 @@ pub fn decoder(cfg: &VaeConfig, h: usize, w: usize, dtype: &dyn Fn(&str) -> DTyp
     }
     finish(b, input, (h, w))
 }
+
+/// One mid-block attention block alone on `[s, c]` (tests of the chunked path at real widths).
+#[cfg(test)]
+pub(crate) fn attention_block(c: usize, s: usize, scores_budget: u64) -> VaeGraph {
+    let opts = GraphOptions { scores_budget, clamp: false };
+    let mut b = start(&|_| DType::F32, opts, s, 1, c);
+    let input = b.x;
+    b.attn("attn", c);
+    finish(b, input, (s, 1))
+}
