@@ -142,3 +142,65 @@ pub enum QkvLayout {
     /// Three `[rows, D]` buffers q, k, v.
     Standard,
 }
+
+/// The geometry of one 2-D convolution over a pixels-major image (`[pixels, channels]`, pixel
+/// `y·w + x`): the VAE's activation layout (docs/vae.md). The input may be nearest-upsampled ×2
+/// on the fly (`upsample`); padding is zero and may be asymmetric (diffusers' downsample pads
+/// right and bottom only). A 1×1 kernel over an `rows × 1` image is a plain GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    pub in_h: usize,
+    pub in_w: usize,
+    /// Input channels.
+    pub ci: usize,
+    /// Output channels.
+    pub co: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    /// Zero padding (top, bottom, left, right), in (upsampled) input pixels.
+    pub pad: [usize; 4],
+    /// Nearest-neighbour ×2 upsampling of the input before the convolution.
+    pub upsample: bool,
+}
+
+impl Conv2dShape {
+    /// A k×k convolution with symmetric padding `k / 2`, stride 1.
+    pub fn same(h: usize, w: usize, ci: usize, co: usize, k: usize) -> Conv2dShape {
+        let p = k / 2;
+        Conv2dShape { in_h: h, in_w: w, ci, co, kh: k, kw: k, stride: 1, pad: [p; 4], upsample: false }
+    }
+    /// A per-row channel matmul `y[r] = W·x[r]` over `rows` rows (a 1×1 convolution).
+    pub fn matmul(rows: usize, ci: usize, co: usize) -> Conv2dShape {
+        Conv2dShape::same(rows, 1, ci, co, 1)
+    }
+    fn up(&self) -> usize {
+        1 + self.upsample as usize
+    }
+    pub fn out_h(&self) -> usize {
+        (self.in_h * self.up() + self.pad[0] + self.pad[1] - self.kh) / self.stride + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.in_w * self.up() + self.pad[2] + self.pad[3] - self.kw) / self.stride + 1
+    }
+    /// Output pixels (GEMM rows M).
+    pub fn out_pixels(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+    pub fn in_pixels(&self) -> usize {
+        self.in_h * self.in_w
+    }
+    /// The reduction length K = kh·kw·ci (weights are `[co, kh, kw, ci]`).
+    pub fn k(&self) -> usize {
+        self.kh * self.kw * self.ci
+    }
+}
+
+/// Where a convolution writes its output rows (pixels) `m = 0 .. out_pixels`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvOut {
+    /// `y[(row0 + m)·co + n]`: pixels-major, rows `row0 ..` written.
+    Rows { row0: usize },
+    /// `y[n·ld + row0 + m]`: channels-major `[co, ld]` (the attention's Vᵀ).
+    Transposed { row0: usize, ld: usize },
+}

@@ -146,6 +146,94 @@ enum Cmd {
     Train(TrainArgs),
     /// Convert a checkpoint or LoRA between the standard and merged q/k/v layouts (exact, streaming).
     Convert(ConvertArgs),
+    /// The Qwen-Image VAE: `vae encode` (PNG → latents), `vae decode` (latents → PNG or
+    /// safetensors), `vae plan` (planned memory and dispatches at a size, no weights).
+    Vae {
+        #[command(subcommand)]
+        what: VaeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum VaeCmd {
+    /// `latents` [1, z, 1, h, w] f32 = vae.encode(2·(pixels/255) − 1).latent_dist.mode().
+    Encode(VaeEncodeArgs),
+    /// `image` [1, 3, H, W] f32 = vae.decode(latents).sample[:, :, 0] (.safetensors), or an RGB PNG.
+    Decode(VaeDecodeArgs),
+    /// Planned activation peak, largest activation and dispatches of encode and decode at a size.
+    Plan(VaePlanArgs),
+}
+
+#[derive(Args)]
+struct VaeEncodeArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// A VAE folder (config.json + diffusion_pytorch_model.safetensors) or a pipeline folder with vae/.
+    #[arg(long)]
+    model: PathBuf,
+    /// 8-bit RGB PNG; width and height must be multiples of the spatial factor (no resizing).
+    #[arg(long)]
+    image: PathBuf,
+    /// Latents file (.safetensors).
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum TilingArg {
+    /// Tile only when the untiled plan would not fit (an activation above a binding, or the budget).
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Args)]
+struct VaeDecodeArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// A VAE folder or a pipeline folder with vae/.
+    #[arg(long)]
+    model: PathBuf,
+    /// Raw latents (.safetensors, tensor `latents` [1, z, 1, h, w] f32; no mean/std applied).
+    #[arg(long)]
+    latents: PathBuf,
+    /// .png (8-bit RGB) or .safetensors (`image` [1, 3, H, W] f32).
+    #[arg(long)]
+    output: PathBuf,
+    /// Spatial tiling as diffusers' enable_tiling (tiled output is not clamped, as in diffusers).
+    #[arg(long, value_enum, default_value_t = TilingArg::Auto)]
+    vae_tiling: TilingArg,
+    /// Tile size in pixels, `N` or `HxW` (diffusers' tile_sample_min_height/width).
+    #[arg(long, default_value = "256", value_parser = parse_hw)]
+    vae_tile: (usize, usize),
+    /// Tile stride in pixels, `N` or `HxW` (diffusers' tile_sample_stride_height/width).
+    #[arg(long, default_value = "192", value_parser = parse_hw)]
+    vae_tile_stride: (usize, usize),
+    /// `auto` tiles when the untiled plan's activation peak exceeds this many MiB.
+    #[arg(long, default_value_t = 8192)]
+    vae_budget_mib: u64,
+}
+
+#[derive(Args)]
+struct VaePlanArgs {
+    /// A VAE folder or pipeline folder whose config to use (default: the Qwen-Image VAE).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Image size in pixels, `N` or `HxW`.
+    #[arg(long, value_parser = parse_hw)]
+    size: (usize, usize),
+    /// Bytes of one attention score chunk, in MiB.
+    #[arg(long, default_value_t = 256)]
+    scores_mib: u64,
+}
+
+/// `N` or `HxW` (positive integers).
+fn parse_hw(s: &str) -> Result<(usize, usize), String> {
+    let num = |t: &str| t.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or(format!("`{s}`: expected N or HxW"));
+    match s.split_once(['x', 'X']) {
+        Some((h, w)) => Ok((num(h)?, num(w)?)),
+        None => num(s).map(|n| (n, n)),
+    }
 }
 
 /// `wgdit convert`: see docs/convert.md.
@@ -316,7 +404,83 @@ fn run(cli: Cli) -> wgdit::Result<()> {
         Cmd::Forward(args) => forward(args),
         Cmd::Train(args) => train(args),
         Cmd::Bench { what: BenchCmd::Dispatches(args) } => bench_dispatches(args),
+        Cmd::Vae { what } => vae(what),
     }
+}
+
+fn vae(cmd: VaeCmd) -> wgdit::Result<()> {
+    use wgdit::models::qwen_image_vae::{TileSpec, Tiling};
+    use wgdit::pipeline::vae::{run_decode, run_encode, DecodeTask, EncodeTask, VaeReport};
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let report = |what: &str, out: &std::path::Path, r: &VaeReport, gpu: &gpu::Gpu| {
+        let tiles = if r.tiles > 0 { format!(", {} tiles", r.tiles) } else { String::new() };
+        eprintln!(
+            "{what}: wrote {} {:?} ({} dispatches{tiles}, planned untiled peak {:.1} MiB, run {:.1} ms) on {}",
+            out.display(),
+            r.output_shape,
+            r.dispatches,
+            mib(r.planned_peak_bytes),
+            r.run_ms,
+            gpu.info().name
+        );
+    };
+    match cmd {
+        VaeCmd::Encode(a) => {
+            let g = gpu::Gpu::new(&a.gpu.options())?;
+            let r = run_encode(&g, &EncodeTask { model: a.model, image: a.image, output: a.output.clone() })?;
+            report("vae encode", &a.output, &r, &g);
+        }
+        VaeCmd::Decode(a) => {
+            let g = gpu::Gpu::new(&a.gpu.options())?;
+            let spec = TileSpec {
+                min_h: a.vae_tile.0,
+                min_w: a.vae_tile.1,
+                stride_h: a.vae_tile_stride.0,
+                stride_w: a.vae_tile_stride.1,
+            };
+            if spec.stride_h > spec.min_h || spec.stride_w > spec.min_w {
+                return Err(wgdit::Error::input(
+                    "--vae-tile-stride must not exceed --vae-tile (tiles must overlap or touch)",
+                ));
+            }
+            let tiling = match a.vae_tiling {
+                TilingArg::Off => Tiling::Off,
+                TilingArg::On => Tiling::On(spec),
+                TilingArg::Auto => Tiling::Auto { spec, budget: a.vae_budget_mib << 20 },
+            };
+            let task = DecodeTask { model: a.model, latents: a.latents, output: a.output.clone(), tiling };
+            let r = run_decode(&g, &task)?;
+            report("vae decode", &a.output, &r, &g);
+        }
+        VaeCmd::Plan(a) => vae_plan(a)?,
+    }
+    Ok(())
+}
+
+fn vae_plan(a: VaePlanArgs) -> wgdit::Result<()> {
+    use wgdit::models::qwen_image_vae::{planned_memory, resolve_dir, Pass, VaeConfig};
+    let cfg = match &a.model {
+        Some(m) => VaeConfig::from_file(&resolve_dir(m)?.join("config.json"))?,
+        None => VaeConfig::qwen_image(),
+    };
+    let f = cfg.spatial_factor();
+    let (h, w) = a.size;
+    if h % f != 0 || w % f != 0 {
+        return Err(wgdit::Error::input(format!("--size {h}x{w}: sides must be multiples of the spatial factor {f}")));
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!("pass     size        peak MiB  largest activation MiB  dispatches");
+    for (name, pass, ph, pw) in [("encode", Pass::Encode, h, w), ("decode", Pass::Decode { clamp: true }, h / f, w / f)]
+    {
+        let m = planned_memory(&cfg, pass, ph, pw, a.scores_mib << 20);
+        println!(
+            "{name:<8} {h:>5}x{w:<5} {:>9.1}  {:>22.1}  {:>10}",
+            mib(m.peak_bytes),
+            mib(m.largest_activation_bytes),
+            m.dispatches
+        );
+    }
+    Ok(())
 }
 
 fn forward(a: ForwardArgs) -> wgdit::Result<()> {

@@ -52,6 +52,8 @@ shaders! {
     ADAMW => "adamw/adamw",
     ATTENTION => "attention/attention",
     ATTENTION_BACKWARD => "attention/attention_backward",
+    CHANNEL_RMS_NORM => "norm/channel_rms_norm",
+    CONV2D => "conv/conv2d" uses ["common/decode"],
     ELEMENTWISE => "elementwise/elementwise" uses ["common/act"],
     ELEMENTWISE_BACKWARD => "elementwise/elementwise_backward" uses ["common/act"],
     FILL => "fill/fill",
@@ -67,6 +69,7 @@ shaders! {
     REDUCE_ROWS => "norm/reduce_rows",
     RMS_NORM => "norm/rms_norm" uses ["common/reduce", "common/decode"],
     RMS_NORM_BACKWARD => "norm/rms_norm_backward" uses ["common/reduce", "common/decode"],
+    SOFTMAX_ROWS => "norm/softmax_rows" uses ["common/reduce"],
     SQ_NORM => "norm/sq_norm" uses ["common/reduce"],
     TIMESTEP_EMBED => "timestep_embed/timestep_embed",
 }

@@ -1,4 +1,4 @@
-// reduce: the workgroup sum of one f32 (reduce_sum) or of two at once (reduce_sum2) per
+// reduce: the workgroup sum of one f32 (reduce_sum) or of two at once (reduce_sum2), or the maximum (reduce_max), per
 // invocation, for kernels of REDUCE_WG = 256 invocations (@workgroup_size(256)). It owns its
 // workgroup scratch `reduce_scratch` / `reduce_scratch2` (the one exception to "preludes hold pure
 // functions"); every invocation must call it (barriers), and it returns the same total to all of
@@ -29,6 +29,19 @@ fn reduce_sum2(v: vec2<f32>, lid: u32) -> vec2<f32> {
         workgroupBarrier();
     }
     let total = reduce_scratch2[0];
+    workgroupBarrier();
+    return total;
+}
+
+// The workgroup maximum (same tree as reduce_sum, through reduce_scratch).
+fn reduce_max(v: f32, lid: u32) -> f32 {
+    reduce_scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = REDUCE_WG / 2u; s > 0u; s = s >> 1u) {
+        if (lid < s) { reduce_scratch[lid] = max(reduce_scratch[lid], reduce_scratch[lid + s]); }
+        workgroupBarrier();
+    }
+    let total = reduce_scratch[0];
     workgroupBarrier();
     return total;
 }

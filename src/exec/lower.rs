@@ -4,8 +4,10 @@ use crate::gpu::{Gpu, Launch};
 use crate::graph::ops::{Activation, Ew, GateProblem, GemmOp, LayerNormModOp, LoraApplyOp, Op};
 use crate::graph::TensorId;
 use crate::kernels::attention;
+use crate::kernels::conv;
 use crate::kernels::gemm::backward::{self as gemm_backward, DxArgs, LoraGradArgs};
 use crate::kernels::gemm::{self, Epilogue, GemmArgs, GemmProblem, LoraProblem, Residual};
+use crate::kernels::norm::{channel_rms_norm, softmax_rows};
 use crate::kernels::qkv_post;
 use crate::kernels::{
     elementwise, elementwise::backward as elementwise_backward, fill, gated_residual, norm::layer_norm_mod,
@@ -79,6 +81,27 @@ pub fn lower(gpu: &Gpu, op: &Op, tensors: &[Tensor]) -> Result<Vec<Launch>> {
             one(timestep_embed::launch(gpu, &timestep_embed::Args { t: t(*ts), emb: t(*emb) })?)
         }
         Op::Fill { value, y } => one(fill::launch(gpu, t(*y), *value)?),
+        Op::Conv2d { conv: c, x, w, bias, res, y } => {
+            let a = conv::Args {
+                shape: c.shape,
+                x: t(*x),
+                x_pix0: c.x_pix0,
+                weight: t(*w),
+                w_offset: 0,
+                bias: bias.map(t),
+                residual: res.map(t),
+                alpha: c.alpha,
+                y: t(*y),
+                y_layout: c.out,
+            };
+            one(conv::launch_forward(gpu, &a)?)
+        }
+        Op::ChannelNorm { silu, x, gamma, y, .. } => {
+            let a = channel_rms_norm::Args { x: t(*x), gamma: t(*gamma), silu: *silu, y: t(*y) };
+            one(channel_rms_norm::launch_forward(gpu, &a)?)
+        }
+        Op::Softmax { rows, cols, x, y } => one(softmax_rows::launch_forward(gpu, t(*x), t(*y), *rows, *cols)?),
+        Op::Clamp { lo, hi, x, y } => one(elementwise::launch_clamp(gpu, t(*x), t(*y), *lo, *hi)?),
         Op::GatedResidual { problems, res, branch, modulation, out, .. } => {
             let groups = gate_groups(problems);
             let a = gated_residual::Args {

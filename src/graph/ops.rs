@@ -55,6 +55,15 @@ pub enum Op {
     TimestepEmbed { t: T, emb: T },
     /// `y = value` over the whole tensor.
     Fill { value: f32, y: T },
+    /// 2-D convolution as an implicit GEMM, W `[co, kh, kw, ci]`; `res` is added in the epilogue.
+    /// With `ConvOut` row offsets several nodes write parts of one `y` (`push_partial`).
+    Conv2d { conv: ConvOp, x: T, w: T, bias: Option<T>, res: Option<T>, y: T },
+    /// Channel RMS norm per row of `cols` (`F.normalize(x, dim=C)·sqrt(C)·gamma`), then SiLU if `silu`.
+    ChannelNorm { cols: usize, silu: bool, x: T, gamma: T, y: T },
+    /// Row softmax over the first `rows` rows of `cols` values.
+    Softmax { rows: usize, cols: usize, x: T, y: T },
+    /// `y = clamp(x, lo, hi)`.
+    Clamp { lo: f32, hi: f32, x: T, y: T },
     /// `out = res + gate ⊙ branch` per problem rows.
     GatedResidual { cols: usize, problems: Vec<GateProblem>, res: T, branch: T, modulation: T, out: T },
     /// Trainable LoRA (two dispatches: `t = s·x·Aᵀ`, then `y += t·Bᵀ`; y is accumulated).
@@ -190,6 +199,26 @@ macro_rules! visit_operands {
                 $o(emb)
             }
             Op::Fill { y, .. } => $o(y),
+            Op::Conv2d { x, w, bias, res, y, .. } => {
+                $i(x);
+                $i(w);
+                if let Some(b) = bias {
+                    $i(b)
+                }
+                if let Some(r) = res {
+                    $i(r)
+                }
+                $o(y)
+            }
+            Op::ChannelNorm { x, gamma, y, .. } => {
+                $i(x);
+                $i(gamma);
+                $o(y)
+            }
+            Op::Softmax { x, y, .. } | Op::Clamp { x, y, .. } => {
+                $i(x);
+                $o(y)
+            }
             Op::GatedResidual { res, branch, modulation, out, .. } => {
                 $i(res);
                 $i(branch);
@@ -297,6 +326,10 @@ impl Op {
             Op::Attention { .. } => "attention",
             Op::TimestepEmbed { .. } => "timestep_embed",
             Op::Fill { .. } => "fill",
+            Op::Conv2d { .. } => "conv2d",
+            Op::ChannelNorm { .. } => "channel_norm",
+            Op::Softmax { .. } => "softmax",
+            Op::Clamp { .. } => "clamp",
             Op::GatedResidual { .. } => "gated_residual",
             Op::LoraApply { .. } => "lora",
             Op::GemmDx { .. } => "gemm_dx",
@@ -424,6 +457,20 @@ impl Op {
                 assert_eq!(g.shape(*a), &[lora.rank, lora.k], "{name}: A");
                 assert_eq!(g.shape(*b), &[lora.n, lora.rank], "{name}: B");
             }
+            Op::Conv2d { conv, x, w, bias, res, y } => check_conv(g, conv, [*x, *w, *y], *bias, *res),
+            Op::ChannelNorm { cols, x, gamma, y, .. } => {
+                f32_only(&[*x, *gamma, *y]);
+                assert_eq!(numel(*gamma), *cols, "{name}: gamma [cols]");
+                assert!(numel(*x) % cols == 0 && numel(*x) == numel(*y), "{name}: shapes");
+            }
+            Op::Softmax { rows, cols, x, y } => {
+                f32_only(&[*x, *y]);
+                assert!(rows * cols <= numel(*x).min(numel(*y)), "{name}: {rows}x{cols} exceeds the tensors");
+            }
+            Op::Clamp { x, y, .. } => {
+                f32_only(&[*x, *y]);
+                assert_eq!(numel(*x), numel(*y), "{name}: element counts differ");
+            }
             Op::QkvPostBackward { qkv, d_qkv, .. } => {
                 assert_eq!(qkv.len(), d_qkv.len(), "{name}: one gradient per projection input");
             }
@@ -443,5 +490,26 @@ fn check_gemm(g: &Graph, op: &GemmOp, x: TensorId, w: TensorId, y: TensorId) {
     for p in &op.problems {
         assert!(p.row0 + p.rows <= x_rows.min(y_rows), "gemm: rows {p:?}");
         assert!(p.w_offset + op.n * op.k <= w_numel, "gemm: weight {} too small for {p:?}", w.name);
+    }
+}
+
+fn check_conv(g: &Graph, c: &ConvOp, [x, w, y]: [TensorId; 3], bias: Option<TensorId>, res: Option<TensorId>) {
+    let s = &c.shape;
+    let numel = |t: TensorId| g.shape(t).iter().product::<usize>();
+    assert!(numel(x) >= (c.x_pix0 + s.in_pixels()) * s.ci, "conv2d: x {} too small for {s:?}", g.info(x).name);
+    assert!(numel(w) >= s.co * s.k(), "conv2d: weight {} too small for {s:?}", g.info(w).name);
+    let y_end = match c.out {
+        ConvOut::Rows { row0 } => (row0 + s.out_pixels()) * s.co,
+        ConvOut::Transposed { row0, ld } => {
+            assert!(row0 + s.out_pixels() <= ld, "conv2d: transposed rows exceed ld");
+            s.co * ld
+        }
+    };
+    assert!(numel(y) >= y_end, "conv2d: y {} too small for {s:?}", g.info(y).name);
+    if let Some(b) = bias {
+        assert!(numel(b) >= s.co, "conv2d: bias {} too small", g.info(b).name);
+    }
+    if let Some(r) = res {
+        assert_eq!(numel(r), numel(y), "conv2d: residual {}", g.info(r).name);
     }
 }

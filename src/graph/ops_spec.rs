@@ -2,7 +2,7 @@
 //! joint layout: one buffer holds [text rows of every sample | image rows of every sample], and a
 //! grouped op runs one problem per stream (`crate::layout`).
 
-pub use crate::layout::{JointShape, PerSampleRef, QkvLayout};
+pub use crate::layout::{Conv2dShape, ConvOut, JointShape, PerSampleRef, QkvLayout};
 
 /// One problem of a grouped GEMM: rows `row0 .. row0 + rows` of x produce the same rows of y
 /// with the weight at element `w_offset` ([n, k] row-major).
@@ -97,5 +97,22 @@ pub enum Ew {
 impl Ew {
     pub fn is_unary(self) -> bool {
         matches!(self, Ew::Silu | Ew::GeluTanh)
+    }
+}
+
+/// A 2-D convolution over a pixels-major image (`kernels::conv`): `y = alpha·conv(x, W) (+ b)
+/// (+ res)`, the input image starting at pixel `x_pix0`, the output rows placed by `out`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvOp {
+    pub shape: Conv2dShape,
+    pub alpha: f32,
+    pub x_pix0: usize,
+    pub out: ConvOut,
+}
+
+impl ConvOp {
+    /// A plain convolution of a whole image into a fresh `[pixels, co]` tensor.
+    pub fn plain(shape: Conv2dShape) -> ConvOp {
+        ConvOp { shape, alpha: 1.0, x_pix0: 0, out: ConvOut::Rows { row0: 0 } }
     }
 }

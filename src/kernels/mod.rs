@@ -16,6 +16,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod conv;
 pub mod elementwise;
 pub mod fill;
 pub mod gated_residual;

@@ -3,3 +3,4 @@
 //! them through [`crate::exec`].
 
 pub mod qwen_image;
+pub mod qwen_image_vae;

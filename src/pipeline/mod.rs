@@ -1,13 +1,15 @@
-//! Tasks on top of the models: `wgdit forward` (one DiT call from an inputs file) and the
-//! sampling pipeline (`folder`: diffusers pipeline folders).
+//! Tasks on top of the models: `wgdit forward` (one DiT call from an inputs file), `wgdit vae
+//! encode|decode` (`vae.rs`) and the sampling pipeline of `wgdit generate`: diffusers pipeline
+//! folders (`folder`), prompt embeddings (`embeds`), noise, schedule, CFG, image sizes (`noise`,
+//! `scheduler`, `cfg`, `dims`) and the denoising loop (`sample`).
 
 pub mod cfg;
 pub mod dims;
 pub mod embeds;
 pub mod folder;
 pub mod forward;
-
 pub mod inputs;
 pub mod noise;
 pub mod sample;
 pub mod scheduler;
+pub mod vae;

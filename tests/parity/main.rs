@@ -1,4 +1,4 @@
-//! Parity against diffusers fixtures (forward, runtime LoRA, LoRA gradients, RoPE, the sampler) and the
+//! Parity against diffusers fixtures (forward, runtime LoRA, LoRA gradients, RoPE, the sampler, the VAE) and the
 //! graph/executor checks behind them.
 
 #[path = "../support/diffusers_fixtures.rs"]
@@ -11,3 +11,4 @@ mod graph;
 mod lora;
 mod rope;
 mod sampler;
+mod vae;

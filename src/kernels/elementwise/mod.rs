@@ -1,4 +1,4 @@
-//! Element-wise f32 ops: add, mul, SiLU, tanh-GELU (`shaders/elementwise/elementwise.wgsl`).
+//! Element-wise f32 ops: add, mul, SiLU, tanh-GELU, clamp (`shaders/elementwise/elementwise.wgsl`).
 
 use crate::gpu::{Gpu, Launch};
 use crate::shaders::ELEMENTWISE;
@@ -11,7 +11,9 @@ use std::sync::Arc;
 pub struct Params {
     pub n: u32,
     pub row_pitch: u32,
-    pub _pad: [u32; 2],
+    /// Bounds of `clamp` (unused by the other entry points).
+    pub lo: f32,
+    pub hi: f32,
 }
 crate::assert_params!(Params);
 
@@ -45,11 +47,25 @@ pub fn launch_forward(gpu: &Gpu, op: Op, a: &Tensor, b: Option<&Tensor>, y: &Ten
     let b = b.unwrap_or(a);
     assert_eq!(b.numel(), n, "elementwise::{op:?}: b shape");
     let groups = crate::kernels::grid_2d((n as u32).div_ceil(256));
-    let p = Params { n: n as u32, row_pitch: groups[0] * 256, _pad: [0; 2] };
+    let p = Params { n: n as u32, row_pitch: groups[0] * 256, lo: 0.0, hi: 0.0 };
     Ok(Launch {
         kernel: gpu.kernel(&ELEMENTWISE, op.entry(), &[])?,
         params: bytemuck::bytes_of(&p).to_vec(),
         buffers: vec![a.buffer.clone(), b.buffer.clone(), y.buffer.clone()],
+        groups,
+    })
+}
+
+/// `y = clamp(x, lo, hi)` (torch.clamp: NaN stays NaN on both). f32, same element count.
+pub fn launch_clamp(gpu: &Gpu, x: &Tensor, y: &Tensor, lo: f32, hi: f32) -> Result<Launch> {
+    let n = x.numel();
+    assert!(x.dtype == DType::F32 && y.dtype == DType::F32 && y.numel() == n, "elementwise::clamp: shapes/dtypes");
+    let groups = crate::kernels::grid_2d((n as u32).div_ceil(256));
+    let p = Params { n: n as u32, row_pitch: groups[0] * 256, lo, hi };
+    Ok(Launch {
+        kernel: gpu.kernel(&ELEMENTWISE, "clamp", &[])?,
+        params: bytemuck::bytes_of(&p).to_vec(),
+        buffers: vec![x.buffer.clone(), x.buffer.clone(), y.buffer.clone()],
         groups,
     })
 }

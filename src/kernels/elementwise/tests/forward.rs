@@ -46,3 +46,18 @@ fn fill_writes_every_element_past_one_grid_row() {
         assert!(got.iter().all(|&v| v == 0.25), "fill n={n}: not every element written");
     }
 }
+
+#[test]
+fn clamp_matches_torch_clamp_at_awkward_sizes() {
+    let gpu = test_gpu();
+    let mut rng = Rng::new(3);
+    for &n in &[1usize, 17, 257] {
+        let a = rng.vec_uniform(n, -3.0, 3.0);
+        let ta = Tensor::from_f32(&gpu, &a, &[n], DType::F32, "a").unwrap();
+        let y = Tensor::zeros(&gpu, &[n], DType::F32, "y").unwrap();
+        gpu.poison(&y.buffer);
+        gpu.run(&[elementwise::launch_clamp(&gpu, &ta, &y, -1.0, 1.0).unwrap()]).unwrap();
+        let want: Vec<f32> = a.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        assert_close(&format!("clamp n={n}"), &y.to_f32(&gpu).unwrap(), &want, Tol { abs: 0.0, rel: 0.0, rel_l2: 0.0 });
+    }
+}

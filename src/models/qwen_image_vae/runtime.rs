@@ -1,0 +1,277 @@
+//! The VAE on the engine: [`Vae::open`] validates and uploads the weights once; `encode` and
+//! `decode` build (and cache) one plan per image size, planned like the DiT's (liveness-reused
+//! buffers, one submission), and convert between the public channel-major layout (`[C, H, W]`,
+//! what `[1, C, 1, H, W]` holds) and the graphs' pixels-major one.
+
+use super::config::VaeConfig;
+use super::load;
+use super::tiling::{self, TileImage, TileSpec};
+use super::vae::{self, GraphOptions, VaeGraph};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::exec::{memory, Plan};
+use crate::gpu::Gpu;
+use crate::graph::TensorId;
+use crate::tensor::Tensor;
+use crate::weights::checkpoint::{Checkpoint, SINGLE_NAME};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Decode tiling (`--vae-tiling`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Tiling {
+    /// Untiled (matches diffusers' default decode, clamped to [-1, 1]).
+    Off,
+    /// diffusers' `enable_tiling(...)` with these tiles (unclamped, as diffusers' tiled path).
+    On(TileSpec),
+    /// Tiled with these tiles only when the untiled plan does not fit: one activation larger
+    /// than a storage binding, or a planned peak above `budget` bytes.
+    Auto { spec: TileSpec, budget: u64 },
+}
+
+/// How a decode ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeInfo {
+    /// Tiles decoded (0: untiled).
+    pub tiles: usize,
+    /// Dispatches over all tiles.
+    pub dispatches: usize,
+}
+
+/// Which graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pass {
+    Encode,
+    Decode { clamp: bool },
+}
+
+/// Planned memory of one VAE graph, without weights or a GPU.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct PlannedMemory {
+    /// Activation slots the plan allocates (the input included).
+    pub peak_bytes: u64,
+    /// The largest single activation (must fit one storage binding).
+    pub largest_activation_bytes: u64,
+    /// Dispatches per run.
+    pub dispatches: usize,
+}
+
+/// The plan of an `h × w` (pixels for encode, latents for decode) pass.
+pub fn planned_memory(cfg: &VaeConfig, pass: Pass, h: usize, w: usize, scores_budget: u64) -> PlannedMemory {
+    let g = build(cfg, pass, h, w, &|_| DType::F32, scores_budget);
+    let m = memory::plan(&g.graph);
+    let largest = g.graph.tensors.iter().filter(|t| t.kind != crate::graph::TensorKind::Param).map(|t| t.bytes()).max();
+    PlannedMemory {
+        peak_bytes: m.peak_activation_bytes + m.input_bytes,
+        largest_activation_bytes: largest.unwrap_or(0),
+        dispatches: g.graph.dispatch_count(),
+    }
+}
+
+fn build(cfg: &VaeConfig, pass: Pass, h: usize, w: usize, dt: &dyn Fn(&str) -> DType, scores: u64) -> VaeGraph {
+    match pass {
+        Pass::Encode => vae::encoder(cfg, h, w, dt, GraphOptions { scores_budget: scores, clamp: false }),
+        Pass::Decode { clamp } => vae::decoder(cfg, h, w, dt, GraphOptions { scores_budget: scores, clamp }),
+    }
+}
+
+/// A VAE folder: `<dir>` with `config.json` + weights, or a pipeline folder with `vae/`.
+pub fn resolve_dir(path: &Path) -> Result<PathBuf> {
+    for d in [path.to_path_buf(), path.join("vae")] {
+        if d.join("config.json").is_file()
+            && (d.join(SINGLE_NAME).is_file() || d.join(format!("{SINGLE_NAME}.index.json")).is_file())
+        {
+            return Ok(d);
+        }
+    }
+    Err(Error::input(format!(
+        "{}: not a VAE folder (config.json + {SINGLE_NAME}) nor a pipeline folder with vae/",
+        path.display()
+    )))
+}
+
+struct VaePlan {
+    plan: Plan,
+    graph: VaeGraph,
+}
+
+/// The VAE with its weights on the GPU.
+pub struct Vae {
+    gpu: Arc<Gpu>,
+    pub config: VaeConfig,
+    ckpt: Checkpoint,
+    /// Uploaded params by graph param name (shared by every plan).
+    weights: HashMap<String, Tensor>,
+    plans: HashMap<(Pass, usize, usize), VaePlan>,
+    /// Bytes of one attention score chunk.
+    scores_budget: u64,
+    /// Fill every activation with NaN before each run (tests: proves outputs are fully written).
+    pub poison_activations: bool,
+}
+
+impl Vae {
+    /// Opens `path` (a VAE folder or a pipeline folder with `vae/`), validates every tensor.
+    pub fn open(gpu: &Arc<Gpu>, path: &Path) -> Result<Vae> {
+        let dir = resolve_dir(path)?;
+        let config = VaeConfig::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(&dir)?;
+        load::validate(&config, &ckpt)?;
+        let scores_budget = gpu.limits().max_storage_binding.min(256 << 20);
+        Ok(Vae {
+            gpu: gpu.clone(),
+            config,
+            ckpt,
+            weights: HashMap::new(),
+            plans: HashMap::new(),
+            scores_budget,
+            poison_activations: false,
+        })
+    }
+
+    pub fn spatial_factor(&self) -> usize {
+        self.config.spatial_factor()
+    }
+
+    /// The planned memory of a pass at this size on this GPU's binding limit.
+    pub fn planned_memory(&self, pass: Pass, h: usize, w: usize) -> PlannedMemory {
+        planned_memory(&self.config, pass, h, w, self.scores_budget)
+    }
+
+    /// Sets the most bytes of one attention score chunk (default: min(binding limit, 256 MiB));
+    /// plans built later use it (tests force several chunks with it).
+    pub fn set_scores_budget(&mut self, bytes: u64) {
+        self.scores_budget = bytes.min(self.gpu.limits().max_storage_binding);
+        self.plans.clear();
+    }
+
+    /// Dispatches per run of a pass at this size.
+    pub fn dispatches(&self, pass: Pass, h: usize, w: usize) -> usize {
+        self.planned_memory(pass, h, w).dispatches
+    }
+
+    /// `vae.encode(x).latent_dist.mode()`: x `[C_in, H, W]` in [-1, 1] (H, W multiples of the
+    /// spatial factor) → latents `[z_dim, H/f, W/f]`.
+    pub fn encode(&mut self, x: &[f32], h: usize, w: usize) -> Result<Vec<f32>> {
+        let f = self.spatial_factor();
+        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+            return Err(Error::input(format!(
+                "image is {w}×{h}: width and height must be positive multiples of {f} (the VAE's spatial factor)"
+            )));
+        }
+        let c = self.config.input_channels;
+        if x.len() != c * h * w {
+            return Err(Error::input(format!("image has {} values, expected {c}×{h}×{w}", x.len())));
+        }
+        self.run(Pass::Encode, h, w, x)
+    }
+
+    /// `vae.decode(z).sample[:, :, 0]`: latents `[z_dim, h, w]` → image `[C_in, f·h, f·w]`
+    /// (clamped to [-1, 1] untiled; unclamped when tiled, as diffusers).
+    pub fn decode(&mut self, z: &[f32], h: usize, w: usize, tiling: Tiling) -> Result<(Vec<f32>, DecodeInfo)> {
+        let zc = self.config.z_dim;
+        if h == 0 || w == 0 || z.len() != zc * h * w {
+            return Err(Error::input(format!(
+                "latents have {} values, expected {zc}×{h}×{w} (positive sizes)",
+                z.len()
+            )));
+        }
+        let f = self.spatial_factor();
+        let spec = match tiling {
+            Tiling::Off => None,
+            Tiling::On(s) => Some(s),
+            Tiling::Auto { spec, budget } => {
+                let m = self.planned_memory(Pass::Decode { clamp: true }, h, w);
+                let binding = self.gpu.limits().max_storage_binding;
+                (m.largest_activation_bytes > binding || m.peak_bytes > budget).then_some(spec)
+            }
+        };
+        match spec {
+            Some(s) if s.tiles(h, w, f) => self.decode_tiled(z, h, w, &s),
+            _ => {
+                let pass = Pass::Decode { clamp: true };
+                let img = self.run(pass, h, w, z)?;
+                Ok((img, DecodeInfo { tiles: 0, dispatches: self.plans[&(pass, h, w)].plan.labels().len() }))
+            }
+        }
+    }
+
+    fn decode_tiled(&mut self, z: &[f32], h: usize, w: usize, spec: &TileSpec) -> Result<(Vec<f32>, DecodeInfo)> {
+        let (f, zc) = (self.spatial_factor(), self.config.z_dim);
+        let mut info = DecodeInfo { tiles: 0, dispatches: 0 };
+        let mut rows = Vec::new();
+        for row in spec.grid(h, w, f) {
+            let mut out = Vec::new();
+            for t in row {
+                let mut part = Vec::with_capacity(zc * t.h * t.w);
+                for c in 0..zc {
+                    for y in t.y0..t.y0 + t.h {
+                        part.extend_from_slice(&z[(c * h + y) * w + t.x0..][..t.w]);
+                    }
+                }
+                let pass = Pass::Decode { clamp: false };
+                let data = self.run(pass, t.h, t.w, &part)?;
+                info.tiles += 1;
+                info.dispatches += self.plans[&(pass, t.h, t.w)].plan.labels().len();
+                out.push(TileImage { c: self.config.input_channels, h: t.h * f, w: t.w * f, data });
+            }
+            rows.push(out);
+        }
+        Ok((tiling::blend(spec, rows, h * f, w * f), info))
+    }
+
+    /// Runs a pass on channel-major input `[C, h, w]`, returns channel-major output.
+    fn run(&mut self, pass: Pass, h: usize, w: usize, input: &[f32]) -> Result<Vec<f32>> {
+        self.ensure_plan(pass, h, w)?;
+        let p = &self.plans[&(pass, h, w)];
+        let c_in = p.graph.graph.shape(p.graph.input)[1];
+        if self.poison_activations {
+            p.plan.poison_activations();
+        }
+        p.plan.write_input(p.graph.input, &transpose(input, c_in, h * w));
+        p.plan.run()?;
+        let out = p.plan.read(p.graph.output)?;
+        let (oh, ow) = p.graph.output_hw;
+        let c_out = out.len() / (oh * ow);
+        Ok(transpose(&out, oh * ow, c_out))
+    }
+
+    fn ensure_plan(&mut self, pass: Pass, h: usize, w: usize) -> Result<()> {
+        if self.plans.contains_key(&(pass, h, w)) {
+            return Ok(());
+        }
+        let ckpt = &self.ckpt;
+        let dtype = |name: &str| ckpt.view(name).map_or(DType::F32, |v| v.dtype);
+        let graph = build(&self.config, pass, h, w, &dtype, self.scores_budget);
+        let params = self.bind(&graph.params, &graph)?;
+        let plan = Plan::new(&self.gpu, &graph.graph, &params)?;
+        self.plans.insert((pass, h, w), VaePlan { plan, graph });
+        Ok(())
+    }
+
+    /// Uploads (once) and binds the graph's params.
+    fn bind(&mut self, params: &[(TensorId, vae::ParamSrc)], g: &VaeGraph) -> Result<HashMap<TensorId, Tensor>> {
+        let mut out = HashMap::new();
+        for (t, src) in params {
+            let info = g.graph.info(*t);
+            if !self.weights.contains_key(&info.name) {
+                let (dtype, bytes) = load::param_bytes(&self.ckpt, src)?;
+                let tensor = Tensor::from_bytes(&self.gpu, &bytes, &info.shape, dtype, &info.name)?;
+                self.weights.insert(info.name.clone(), tensor);
+            }
+            out.insert(*t, self.weights[&info.name].clone());
+        }
+        Ok(out)
+    }
+}
+
+/// `[a, b]` → `[b, a]` (channel-major ↔ pixels-major).
+fn transpose(v: &[f32], a: usize, b: usize) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for i in 0..a {
+        for j in 0..b {
+            out[j * a + i] = v[i * b + j];
+        }
+    }
+    out
+}

@@ -1,0 +1,192 @@
+//! `wgdit vae encode|decode`: PNG ↔ pixels ↔ latents files around [`Vae`], with every input
+//! checked before any GPU work and outputs written to a temporary file, then renamed.
+//!
+//! - encode: an 8-bit RGB PNG (no resizing; sides multiples of the spatial factor), x =
+//!   `2·(pixels/255) − 1` as diffusers' `VaeImageProcessor`, → `latents` `[1, z, 1, h, w]` f32 =
+//!   `vae.encode(x).latent_dist.mode()`.
+//! - decode: `latents` `[1, z, 1, h, w]` (or `[1, z, h, w]`) f32, raw (no mean/std applied), →
+//!   `image` `[1, 3, H, W]` f32 = `vae.decode(z).sample[:, :, 0]` (.safetensors) or an 8-bit RGB
+//!   PNG `round((x/2 + 0.5).clamp(0, 1)·255)` (numpy's round half to even, as `numpy_to_pil`).
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::models::qwen_image_vae::{Pass, Tiling, Vae};
+use crate::weights::writer::{write_safetensors, OutTensor, Source, TempOutput};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct EncodeTask {
+    pub model: PathBuf,
+    pub image: PathBuf,
+    pub output: PathBuf,
+}
+
+pub struct DecodeTask {
+    pub model: PathBuf,
+    pub latents: PathBuf,
+    pub output: PathBuf,
+    pub tiling: Tiling,
+}
+
+/// What a run did, for the CLI's one-line report.
+#[derive(Clone, Debug)]
+pub struct VaeReport {
+    pub output_shape: Vec<usize>,
+    pub dispatches: usize,
+    /// Planned activation peak of the untiled pass at this size (what `auto` compared).
+    pub planned_peak_bytes: u64,
+    /// Decode tiles (0: untiled).
+    pub tiles: usize,
+    pub run_ms: f64,
+}
+
+/// An 8-bit RGB PNG as `(pixels [H, W, 3], W, H)`.
+pub fn read_png_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
+    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    if reader.format() != Some(image::ImageFormat::Png) {
+        return Err(Error::file(path, "not a PNG file"));
+    }
+    let img = reader.decode().map_err(|e| Error::file(path, format!("cannot decode the PNG: {e}")))?;
+    match img {
+        image::DynamicImage::ImageRgb8(rgb) => {
+            let (w, h) = rgb.dimensions();
+            Ok((rgb.into_raw(), w as usize, h as usize))
+        }
+        other => Err(Error::file(
+            path,
+            format!("the VAE takes 8-bit RGB, this PNG is {:?} (convert it to RGB first)", other.color()),
+        )),
+    }
+}
+
+/// `2·(u8/255) − 1` in f32, `[H, W, 3]` → channel-major `[3, H, W]` (diffusers `VaeImageProcessor`:
+/// `pil_to_numpy` divides by 255 in f32, `normalize` computes `2x − 1`).
+pub fn pixels_to_unit(px: &[u8], w: usize, h: usize) -> Vec<f32> {
+    let mut out = vec![0.0; px.len()];
+    for (i, p) in px.chunks(3).enumerate() {
+        for c in 0..3 {
+            out[c * w * h + i] = 2.0 * (p[c] as f32 / 255.0) - 1.0;
+        }
+    }
+    out
+}
+
+/// `[3, H, W]` in [-1, 1] → `[H, W, 3]` u8: `round((x/2 + 0.5).clamp(0, 1)·255)`, ties to even.
+pub fn unit_to_pixels(x: &[f32], w: usize, h: usize) -> Vec<u8> {
+    let mut out = vec![0u8; x.len()];
+    for c in 0..3 {
+        for i in 0..w * h {
+            let v = (x[c * w * h + i] / 2.0 + 0.5).clamp(0.0, 1.0);
+            out[i * 3 + c] = (v * 255.0).round_ties_even() as u8;
+        }
+    }
+    out
+}
+
+/// Parses a latents file: one f32 tensor `latents` `[1, z_dim, 1, h, w]` or `[1, z_dim, h, w]`;
+/// returns `(values [z, h, w], h, w)`. Never panics on malformed bytes (a fuzz entry point).
+pub fn latents_from_bytes(bytes: &[u8], z_dim: usize) -> Result<(Vec<f32>, usize, usize)> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::input(format!("not a valid safetensors file: {e}")))?;
+    let t = st.tensor("latents").map_err(|_| {
+        let names: Vec<&str> = st.names().into_iter().collect();
+        Error::input(format!("no tensor `latents` (found: {})", names.join(", ")))
+    })?;
+    if t.dtype() != safetensors::Dtype::F32 {
+        return Err(Error::input(format!("`latents` is {:?}; the VAE decode takes F32", t.dtype())));
+    }
+    let (h, w) = match *t.shape() {
+        [1, c, 1, h, w] | [1, c, h, w] if c == z_dim && h > 0 && w > 0 => (h, w),
+        ref s => {
+            return Err(Error::input(format!(
+                "`latents` has shape {s:?}; expected [1, {z_dim}, 1, h, w] (z_dim {z_dim} from the VAE config)"
+            )))
+        }
+    };
+    let data = t.data();
+    if data.len() != 4 * z_dim * h * w {
+        return Err(Error::input("`latents` byte length does not match its shape"));
+    }
+    let v = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    Ok((v, h, w))
+}
+
+fn write_tensor(path: &Path, name: &str, shape: Vec<usize>, data: &[f32], producer: &str) -> Result<()> {
+    let tmp = TempOutput::new(path, false)?;
+    let t = OutTensor { name: name.into(), dtype: DType::F32, shape, source: Source::Host(Cow::Borrowed(data)) };
+    let meta = BTreeMap::from([("producer".to_string(), producer.to_string())]);
+    write_safetensors(&tmp.tmp, &[t], &meta, &indicatif::ProgressBar::hidden())?;
+    tmp.commit()
+}
+
+fn write_png(path: &Path, px: &[u8], w: usize, h: usize) -> Result<()> {
+    let tmp = TempOutput::new(path, false)?;
+    let (w32, h32) = (w as u32, h as u32);
+    image::save_buffer_with_format(&tmp.tmp, px, w32, h32, image::ExtendedColorType::Rgb8, image::ImageFormat::Png)
+        .map_err(|e| Error::file(&tmp.tmp, format!("cannot write the PNG: {e}")))?;
+    tmp.commit()
+}
+
+fn extension(p: &Path) -> String {
+    p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
+}
+
+/// `wgdit vae encode`.
+pub fn run_encode(gpu: &Arc<Gpu>, t: &EncodeTask) -> Result<VaeReport> {
+    if extension(&t.output) != "safetensors" {
+        return Err(Error::input(format!("--output {}: latents are written as .safetensors", t.output.display())));
+    }
+    let (px, w, h) = read_png_rgb(&t.image)?;
+    let mut vae = Vae::open(gpu, &t.model)?;
+    let f = vae.spatial_factor();
+    if w % f != 0 || h % f != 0 {
+        return Err(Error::input(format!(
+            "{}: {w}×{h} is not a multiple of {f} (the VAE's spatial factor) on both sides; resize or crop it first",
+            t.image.display()
+        )));
+    }
+    let t0 = Instant::now();
+    let z = vae.encode(&pixels_to_unit(&px, w, h), h, w)?;
+    let run_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let m = vae.planned_memory(Pass::Encode, h, w);
+    let shape = vec![1, vae.config.z_dim, 1, h / f, w / f];
+    write_tensor(&t.output, "latents", shape.clone(), &z, "wgdit vae encode")?;
+    Ok(VaeReport { output_shape: shape, dispatches: m.dispatches, planned_peak_bytes: m.peak_bytes, tiles: 0, run_ms })
+}
+
+/// `wgdit vae decode`.
+pub fn run_decode(gpu: &Arc<Gpu>, t: &DecodeTask) -> Result<VaeReport> {
+    let ext = extension(&t.output);
+    if ext != "png" && ext != "safetensors" {
+        return Err(Error::input(format!("--output {}: write .png or .safetensors", t.output.display())));
+    }
+    let bytes = std::fs::read(&t.latents).map_err(|e| Error::io(&t.latents, e))?;
+    let mut vae = Vae::open(gpu, &t.model)?;
+    let (z, h, w) = latents_from_bytes(&bytes, vae.config.z_dim).map_err(|e| Error::file(&t.latents, e.to_string()))?;
+    let t0 = Instant::now();
+    let (img, info) = vae.decode(&z, h, w, t.tiling)?;
+    let run_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (f, c) = (vae.spatial_factor(), vae.config.input_channels);
+    let (oh, ow) = (h * f, w * f);
+    if ext == "png" {
+        if c != 3 {
+            return Err(Error::input(format!("PNG output needs 3 channels, this VAE decodes {c}")));
+        }
+        write_png(&t.output, &unit_to_pixels(&img, ow, oh), ow, oh)?;
+    } else {
+        write_tensor(&t.output, "image", vec![1, c, oh, ow], &img, "wgdit vae decode")?;
+    }
+    let m = vae.planned_memory(Pass::Decode { clamp: true }, h, w);
+    Ok(VaeReport {
+        output_shape: vec![1, c, oh, ow],
+        dispatches: info.dispatches,
+        planned_peak_bytes: m.peak_bytes,
+        tiles: info.tiles,
+        run_ms,
+    })
+}
