@@ -146,6 +146,8 @@ enum Cmd {
     Train(TrainArgs),
     /// Convert a checkpoint or LoRA between the standard and merged q/k/v layouts (exact, streaming).
     Convert(ConvertArgs),
+    /// Make a picture (text to image) or edit pictures with a diffusers Qwen-Image pipeline folder.
+    Generate(GenerateArgs),
     /// The Qwen-Image VAE: `vae encode` (PNG → latents), `vae decode` (latents → PNG or
     /// safetensors), `vae plan` (planned memory and dispatches at a size, no weights).
     Vae {
@@ -225,6 +227,77 @@ struct VaePlanArgs {
     /// Bytes of one attention score chunk, in MiB.
     #[arg(long, default_value_t = 256)]
     scores_mib: u64,
+}
+
+/// `wgdit generate` (README: CLI contract).
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("prompt_source").required(true).args(["prompt", "prompt_embeds"])))]
+struct GenerateArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// A diffusers pipeline folder: QwenImagePipeline (text to image), QwenImageEditPipeline or
+    /// QwenImageEditPlusPipeline (Edit-2509/2511), with model_index.json, transformer/, vae/, scheduler/.
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt (needs the text encoder: not yet; use --prompt-embeds).
+    #[arg(long, conflicts_with = "prompt_embeds")]
+    prompt: Option<String>,
+    /// `prompt_embeds` [1, S, D] f32 + `prompt_embeds_mask` [1, S] (i64/i32), as diffusers' encode_prompt returns them.
+    #[arg(long)]
+    prompt_embeds: Option<PathBuf>,
+    /// The negative prompt (true CFG runs when --true-cfg > 1 and a negative is given).
+    #[arg(long, conflicts_with = "negative_prompt_embeds")]
+    negative_prompt: Option<String>,
+    /// Negative prompt embeddings (`prompt_embeds` or `negative_prompt_embeds` + mask).
+    #[arg(long)]
+    negative_prompt_embeds: Option<PathBuf>,
+    /// A picture to edit (Edit pipelines; repeatable for Edit-2509/2511, each of its own size).
+    #[arg(long = "image", value_name = "FILE")]
+    images: Vec<PathBuf>,
+    /// .png (with the settings in text chunks), .jpg, .webp (8-bit RGB) or .safetensors (`image` [1, 3, H, W] in [0, 1]).
+    #[arg(long)]
+    output: PathBuf,
+    /// Output width in pixels (default: 1024 for text to image, from the references for edits).
+    #[arg(long)]
+    width: Option<u32>,
+    /// Output height in pixels.
+    #[arg(long)]
+    height: Option<u32>,
+    /// Denoising steps.
+    #[arg(long, default_value_t = wgdit::pipeline::scheduler::DEFAULT_NUM_INFERENCE_STEPS)]
+    steps: usize,
+    /// Custom sigmas instead of linspace(1, 1/N, N), comma-separated (e.g. 1,0.75,0.5,0.25).
+    #[arg(long, value_delimiter = ',')]
+    sigmas: Option<Vec<f64>>,
+    /// true_cfg_scale (diffusers' default 4.0); CFG runs only with a negative prompt.
+    #[arg(long, default_value_t = 4.0)]
+    true_cfg: f32,
+    /// torch.Generator("cpu").manual_seed(S) noise: the image diffusers makes with that seed.
+    #[arg(long, conflicts_with = "noise")]
+    seed: Option<u64>,
+    /// `noise` [1, 1, C, h, w] f32: exactly what diffusers' prepare_latents draws before packing.
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// A LoRA file, optionally with a strength (`style.safetensors:0.8`); repeatable.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    loras: Vec<String>,
+    #[arg(long, value_enum, default_value = "fused")]
+    qkv: QkvArg,
+    /// Target area in pixels of the VAE reference images (diffusers: 1024·1024).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    ref_area: u64,
+    /// Target area in pixels of Edit-Plus's vision-encoder images (diffusers: 384·384).
+    #[arg(long, default_value_t = 384 * 384)]
+    condition_area: u64,
+    /// Tile the VAE decode: auto (when the untiled plan would not fit), on or off.
+    #[arg(long, value_enum, default_value_t = TilingArg::Auto)]
+    vae_tiling: TilingArg,
+    /// `auto` tiles when the untiled decode's planned peak exceeds this many MiB.
+    #[arg(long, default_value_t = 8192)]
+    vae_budget_mib: u64,
+    /// Also write the final latents (before decoding): `latents` [1, C, 1, h, w].
+    #[arg(long)]
+    save_latents: Option<PathBuf>,
 }
 
 /// `N` or `HxW` (positive integers).
@@ -405,7 +478,71 @@ fn run(cli: Cli) -> wgdit::Result<()> {
         Cmd::Train(args) => train(args),
         Cmd::Bench { what: BenchCmd::Dispatches(args) } => bench_dispatches(args),
         Cmd::Vae { what } => vae(what),
+        Cmd::Generate(args) => generate(args),
     }
+}
+
+fn generate(a: GenerateArgs) -> wgdit::Result<()> {
+    use wgdit::pipeline::generate::{generate, GenerateOptions, Noise, Prompt, VaeTiling};
+    let prompt = match (a.prompt, a.prompt_embeds) {
+        (Some(t), _) => Prompt::Text(t),
+        (None, Some(p)) => Prompt::Embeds(p),
+        (None, None) => unreachable!("clap requires one of them"),
+    };
+    let mut o = GenerateOptions::new(a.model, prompt, a.output.clone());
+    o.negative = match (a.negative_prompt, a.negative_prompt_embeds) {
+        (Some(t), _) => Some(Prompt::Text(t)),
+        (None, Some(p)) => Some(Prompt::Embeds(p)),
+        (None, None) => None,
+    };
+    (o.images, o.width, o.height, o.steps, o.sigmas, o.true_cfg) =
+        (a.images, a.width, a.height, a.steps, a.sigmas, a.true_cfg);
+    o.noise = match (a.seed, a.noise) {
+        (_, Some(p)) => Noise::File(p),
+        (s, None) => Noise::Seed(s.unwrap_or(0)),
+    };
+    o.loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
+    (o.qkv, o.ref_area, o.condition_area, o.save_latents) =
+        (a.qkv.mode(), a.ref_area, a.condition_area, a.save_latents);
+    o.vae_tiling = match a.vae_tiling {
+        TilingArg::Auto => VaeTiling::Auto,
+        TilingArg::On => VaeTiling::On,
+        TilingArg::Off => VaeTiling::Off,
+    };
+    o.vae_budget = a.vae_budget_mib << 20;
+    let gpu = gpu::Gpu::new(&a.gpu.options())?;
+    let bar = indicatif::ProgressBar::new(o.steps as u64);
+    let style = indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    let r = generate(&gpu, &o, &mut |s| {
+        bar.set_length(s.steps as u64);
+        bar.set_position(s.step as u64);
+        bar.set_message(format!("{:.2} s/step", s.ms / 1e3));
+    });
+    bar.finish_and_clear();
+    let r = r?;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let per_step = r.step_ms.iter().sum::<f64>() / r.step_ms.len().max(1) as f64 / 1e3;
+    let tiles = if r.vae_tiles > 0 { format!(", {} tiles", r.vae_tiles) } else { String::new() };
+    eprintln!(
+        "wrote {} ({}x{}, {}, {} steps{}, {:.2} s/step, {} dispatches/step; planned peak: DiT {:.1} MiB + weights {:.1} MiB, VAE decode {:.1} MiB{tiles}; VAE encode {:.0} ms, decode {:.0} ms) on {}",
+        r.output.display(),
+        r.width,
+        r.height,
+        r.class.class_name(),
+        r.steps,
+        if r.cfg { ", true CFG" } else { "" },
+        per_step,
+        r.dispatches_per_step,
+        mib(r.dit_peak_bytes),
+        mib(r.weight_bytes),
+        mib(r.vae_decode_peak_bytes),
+        r.vae_encode_ms,
+        r.vae_decode_ms,
+        gpu.info().name
+    );
+    Ok(())
 }
 
 fn vae(cmd: VaeCmd) -> wgdit::Result<()> {

@@ -8,6 +8,7 @@ pub mod dims;
 pub mod embeds;
 pub mod folder;
 pub mod forward;
+pub mod generate;
 pub mod inputs;
 pub mod noise;
 pub mod sample;

@@ -6,6 +6,7 @@ mod diffusers_fixtures;
 
 mod dit;
 mod exec;
+mod generate;
 mod grads;
 mod graph;
 mod lora;

@@ -1,0 +1,395 @@
+//! `wgdit generate`: a pipeline folder and prompt embeddings (and, for the Edit pipelines,
+//! reference images) in, a picture out, as diffusers' `QwenImagePipeline`,
+//! `QwenImageEditPipeline` and `QwenImageEditPlusPipeline` compute it (float32):
+//!
+//! 1. sizes (`dims`): T2I from `--width/--height` (default 128·vae_scale), Edit from the
+//!    references; everything snaps to multiples of 2·vae_scale;
+//! 2. references (Edit): each image LANCZOS-resized from the original to its VAE size, encoded,
+//!    normalised `(z − mean)/std`, packed, appended after the target tokens;
+//! 3. noise: `torch.randn([1, 1, C, h, w])` of `--seed` (or `--noise`), packed;
+//! 4. the denoising loop (`sample`): schedule with `mu` from the target tokens, true CFG;
+//! 5. unpack, `z / (1/std) + mean`, VAE decode, `(x/2 + 0.5).clamp(0, 1)`.
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::image::{pixels, resize};
+use crate::models::qwen_image::latents::{pack, unpack};
+use crate::models::qwen_image::lora::LoraSet;
+use crate::models::qwen_image::open::open;
+use crate::models::qwen_image::runtime::Dit;
+use crate::models::qwen_image::QkvMode;
+use crate::models::qwen_image_vae::config::{denormalize_latents, normalize_latents};
+use crate::models::qwen_image_vae::runtime::{Pass, Tiling, Vae};
+use crate::models::qwen_image_vae::tiling::TileSpec;
+use crate::pipeline::dims::{self, Size, SizeRules};
+use crate::pipeline::embeds::PromptEmbeds;
+use crate::pipeline::folder::{PipelineClass, PipelineFolder};
+use crate::pipeline::noise::randn;
+use crate::pipeline::sample::{sample, Reference, Sampling, StepInfo};
+use crate::pipeline::scheduler::{Schedule, SchedulerConfig};
+use crate::weights::writer::{write_safetensors, OutTensor, Source, TempOutput};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// QwenImagePipeline's `max_sequence_length` default: T2I keeps at most this many prompt tokens.
+pub const MAX_SEQUENCE_LENGTH: usize = 512;
+/// diffusers' `default_sample_size`: the T2I default side is this many latents × vae_scale.
+pub const DEFAULT_SAMPLE_SIZE: u32 = 128;
+
+/// A prompt: text (needs the text encoder) or precomputed embeddings.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    Text(String),
+    Embeds(PathBuf),
+}
+
+/// Where the initial noise comes from.
+#[derive(Clone, Debug)]
+pub enum Noise {
+    /// `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`.
+    Seed(u64),
+    /// A `noise` [1, 1, C, h, w] f32 tensor in a safetensors file.
+    File(PathBuf),
+}
+
+/// The output file's kind, from its extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    Png,
+    Jpeg,
+    Webp,
+    Safetensors,
+}
+
+impl OutputKind {
+    pub fn of(path: &Path) -> Result<OutputKind> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("png") => Ok(OutputKind::Png),
+            Some("jpg" | "jpeg") => Ok(OutputKind::Jpeg),
+            Some("webp") => Ok(OutputKind::Webp),
+            Some("safetensors") => Ok(OutputKind::Safetensors),
+            _ => Err(Error::input(format!(
+                "--output {}: use a .png, .jpg, .webp or .safetensors file name",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Everything `wgdit generate` takes.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub model: PathBuf,
+    pub prompt: Prompt,
+    pub negative: Option<Prompt>,
+    pub images: Vec<PathBuf>,
+    pub output: PathBuf,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub steps: usize,
+    /// Custom sigmas (instead of `linspace(1, 1/N, N)`).
+    pub sigmas: Option<Vec<f64>>,
+    pub true_cfg: f32,
+    pub noise: Noise,
+    pub loras: Vec<(PathBuf, f32)>,
+    pub qkv: QkvMode,
+    pub ref_area: u64,
+    pub condition_area: u64,
+    pub vae_tiling: VaeTiling,
+    /// diffusers' `enable_tiling` tile parameters (used when tiling).
+    pub vae_tile: TileSpec,
+    /// `auto` tiles when the untiled decode plan's peak exceeds this many bytes (or one
+    /// activation exceeds a storage binding).
+    pub vae_budget: u64,
+    pub save_latents: Option<PathBuf>,
+}
+
+/// `--vae-tiling`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VaeTiling {
+    Auto,
+    On,
+    Off,
+}
+
+impl GenerateOptions {
+    /// diffusers' defaults: 50 steps, true_cfg 4.0, seed 0, areas 1024² (references) and 384²
+    /// (vision images), tiling when needed, fused QKV.
+    pub fn new(model: PathBuf, prompt: Prompt, output: PathBuf) -> GenerateOptions {
+        GenerateOptions {
+            model,
+            prompt,
+            negative: None,
+            images: Vec::new(),
+            output,
+            width: None,
+            height: None,
+            steps: crate::pipeline::scheduler::DEFAULT_NUM_INFERENCE_STEPS,
+            sigmas: None,
+            true_cfg: 4.0,
+            noise: Noise::Seed(0),
+            loras: Vec::new(),
+            qkv: QkvMode::Fused,
+            ref_area: 1024 * 1024,
+            condition_area: 384 * 384,
+            vae_tiling: VaeTiling::Auto,
+            vae_tile: TileSpec::default(),
+            vae_budget: 8 << 30,
+            save_latents: None,
+        }
+    }
+}
+
+/// What a run did, for the summary line.
+#[derive(Clone, Debug)]
+pub struct GenerateReport {
+    pub output: PathBuf,
+    pub class: PipelineClass,
+    pub width: u32,
+    pub height: u32,
+    pub steps: usize,
+    pub cfg: bool,
+    pub step_ms: Vec<f64>,
+    pub dispatches_per_step: usize,
+    /// Planned activation bytes of the DiT plans (both CFG passes).
+    pub dit_peak_bytes: u64,
+    /// Planned bytes of the VAE decode (or of its largest tile).
+    pub vae_decode_peak_bytes: u64,
+    pub vae_encode_ms: f64,
+    pub vae_decode_ms: f64,
+    /// Decode tiles (0: untiled).
+    pub vae_tiles: usize,
+    pub weight_bytes: u64,
+}
+
+/// Runs the pipeline; `on_step` sees every denoising step (the CLI's progress bar).
+pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&StepInfo<'_>)) -> Result<GenerateReport> {
+    let kind = OutputKind::of(&o.output)?;
+    let folder = PipelineFolder::open(&o.model)?;
+    check_arguments(&folder, o)?;
+    let (dcfg, ckpt) = open(&folder.transformer, None)?;
+    let sched_cfg = SchedulerConfig::from_file(&folder.scheduler_config)?;
+    let mut prompt = read_prompt(&o.prompt, dcfg.joint_attention_dim, false)?;
+    let mut negative = o.negative.as_ref().map(|p| read_prompt(p, dcfg.joint_attention_dim, true)).transpose()?;
+    if folder.class == PipelineClass::TextToImage {
+        prompt.truncate(MAX_SEQUENCE_LENGTH);
+        if let Some(n) = &mut negative {
+            n.truncate(MAX_SEQUENCE_LENGTH);
+        }
+    }
+    let mut vae = Vae::open(gpu, &folder.vae)?;
+    let vae_scale = vae.spatial_factor() as u32;
+    let z_dim = vae.config.z_dim;
+    let patch = dcfg.patch_size;
+    if dcfg.in_channels != z_dim * patch * patch {
+        return Err(Error::input(format!(
+            "the transformer takes {} channels but the VAE's z_dim {z_dim} packs to {}: mismatched components",
+            dcfg.in_channels,
+            z_dim * patch * patch
+        )));
+    }
+    let rules = SizeRules {
+        multiple: vae_scale * 2,
+        t2i_default: DEFAULT_SAMPLE_SIZE * vae_scale,
+        ref_area: o.ref_area,
+        condition_area: o.condition_area,
+    };
+
+    // Sizes and references.
+    let originals = o.images.iter().map(|p| pixels::load_rgb(p)).collect::<Result<Vec<_>>>()?;
+    let sizes: Vec<Size> = originals.iter().map(|i| Size::new(i.width(), i.height())).collect();
+    let (output, ref_sizes) = match folder.class {
+        PipelineClass::TextToImage => (dims::t2i_size(&rules, o.width, o.height)?, vec![]),
+        PipelineClass::Edit => {
+            let s = dims::edit_sizes(&rules, sizes[0], o.width, o.height)?;
+            (s.output, vec![s.reference])
+        }
+        PipelineClass::EditPlus => {
+            let s = dims::edit_plus_sizes(&rules, &sizes, o.width, o.height)?;
+            (s.output, s.vae)
+        }
+    };
+    let t_enc = std::time::Instant::now();
+    let mut references = Vec::new();
+    // Edit v1 uses the first image only (as diffusers when given a list).
+    for (img, size) in originals.iter().zip(&ref_sizes) {
+        let resized = resize::resize_lanczos(img, size.width, size.height)?;
+        let x = pixels::vae_input(&resized);
+        let (h, w) = (size.height as usize, size.width as usize);
+        let mut z = vae.encode(&x, h, w)?;
+        normalize_latents(&vae.config, &mut z);
+        let (lh, lw) = (h / vae_scale as usize, w / vae_scale as usize);
+        references.push(Reference { tokens: pack(&z, [z_dim, lh, lw], patch), grid: [lh / patch, lw / patch] });
+    }
+    let vae_encode_ms = t_enc.elapsed().as_secs_f64() * 1e3;
+
+    // Noise: [1, 1, C, h, w] (frame before channel), h = 2·(H // (2·vae_scale)).
+    let lh = 2 * (output.height / (2 * vae_scale)) as usize;
+    let lw = 2 * (output.width / (2 * vae_scale)) as usize;
+    let noise = match &o.noise {
+        Noise::Seed(s) => randn(*s, &[1, 1, z_dim, lh, lw]),
+        Noise::File(p) => read_noise(p, [z_dim, lh, lw])?,
+    };
+    let grid = [lh / patch, lw / patch];
+    let schedule = match &o.sigmas {
+        None => Schedule::for_pipeline(&sched_cfg, o.steps, grid[0] * grid[1])?,
+        Some(s) => Schedule::from_sigmas(&sched_cfg, s, Some(sched_cfg.mu(grid[0] * grid[1])))?,
+    };
+
+    // The loop.
+    let loras = LoraSet::load(&o.loras, &dcfg)?;
+    let mut dit = Dit::new(gpu, dcfg, Box::new(ckpt), o.qkv)?;
+    dit.set_loras(loras);
+    let s = Sampling {
+        prompt: &prompt,
+        negative: negative.as_ref(),
+        true_cfg: o.true_cfg,
+        grid,
+        references: &references,
+        schedule: &schedule,
+    };
+    let (latents, report) = sample(&mut dit, &s, pack(&noise, [z_dim, lh, lw], patch), on_step)?;
+    let mut z = unpack(&latents, [z_dim, lh, lw], patch);
+    if let Some(p) = &o.save_latents {
+        write_f32(p, "latents", &z, &[1, z_dim, 1, lh, lw], &metadata(&folder, o, output))?;
+    }
+
+    // Decode.
+    denormalize_latents(&vae.config, &mut z);
+    let tiling = match o.vae_tiling {
+        VaeTiling::Off => Tiling::Off,
+        VaeTiling::On => Tiling::On(o.vae_tile),
+        VaeTiling::Auto => Tiling::Auto { spec: o.vae_tile, budget: o.vae_budget },
+    };
+    let t_dec = std::time::Instant::now();
+    let (image, decoded) = vae.decode(&z, lh, lw, tiling)?;
+    let vae_decode_ms = t_dec.elapsed().as_secs_f64() * 1e3;
+    let (ih, iw) = (lh * vae_scale as usize, lw * vae_scale as usize);
+    let meta = metadata(&folder, o, output);
+    match kind {
+        OutputKind::Safetensors => {
+            write_f32(&o.output, "image", &pixels::vae_output_to_unit(&image), &[1, 3, ih, iw], &meta)?
+        }
+        _ => {
+            let rgb = pixels::vae_output_to_rgb8(&image, iw as u32, ih as u32)?;
+            let text: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            match kind {
+                OutputKind::Png => pixels::write_png(&o.output, &rgb, &text)?,
+                other => pixels::write_image(&o.output, &rgb, other == OutputKind::Jpeg)?,
+            }
+        }
+    }
+    let decode_mem = vae.planned_memory(Pass::Decode { clamp: true }, lh, lw);
+    Ok(GenerateReport {
+        output: o.output.clone(),
+        class: folder.class,
+        width: iw as u32,
+        height: ih as u32,
+        steps: schedule.len(),
+        cfg: s.cfg(),
+        step_ms: report.step_ms,
+        dispatches_per_step: report.dispatches_per_step,
+        dit_peak_bytes: report.peak_activation_bytes,
+        vae_decode_peak_bytes: decode_mem.peak_bytes,
+        vae_encode_ms,
+        vae_decode_ms,
+        vae_tiles: decoded.tiles,
+        weight_bytes: dit.weight_bytes(),
+    })
+}
+
+/// The class of the folder decides what the arguments may be.
+fn check_arguments(folder: &PipelineFolder, o: &GenerateOptions) -> Result<()> {
+    let name = folder.class.class_name();
+    match (folder.class, o.images.len()) {
+        (PipelineClass::TextToImage, n) if n > 0 => Err(Error::input(format!(
+            "{} is a {name} (text to image): it takes no --image; use an Edit pipeline folder to edit pictures",
+            folder.root.display()
+        ))),
+        (PipelineClass::Edit | PipelineClass::EditPlus, 0) => {
+            Err(Error::input(format!("{} is a {name}: it needs at least one --image to edit", folder.root.display())))
+        }
+        (PipelineClass::Edit, n) if n > 1 => Err(Error::input(format!(
+            "{} is a {name} (Qwen-Image-Edit), which takes one --image; {n} were given (Edit-2509/2511 take several)",
+            folder.root.display()
+        ))),
+        _ if o.steps == 0 && o.sigmas.is_none() => Err(Error::input("--steps must be at least 1")),
+        _ => Ok(()),
+    }
+}
+
+fn read_prompt(p: &Prompt, dim: usize, negative: bool) -> Result<PromptEmbeds> {
+    match p {
+        Prompt::Embeds(path) => PromptEmbeds::from_file(path, dim, negative),
+        Prompt::Text(_) => Err(Error::input(format!(
+            "--{}prompt TEXT needs the Qwen2.5-VL text encoder, which wgdit does not run yet: pass --{}prompt-embeds FILE (prompt_embeds + prompt_embeds_mask, as diffusers' encode_prompt returns them)",
+            if negative { "negative-" } else { "" },
+            if negative { "negative-" } else { "" }
+        ))),
+    }
+}
+
+/// `noise` [1, 1, C, h, w] f32 of a safetensors file.
+fn read_noise(path: &Path, [c, h, w]: [usize; 3]) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+    let (shape, v) = crate::pipeline::inputs::floats(&st, "noise").map_err(|e| Error::file(path, e.to_string()))?;
+    if shape != [1, 1, c, h, w] {
+        return Err(Error::file(
+            path,
+            format!("noise is {shape:?}; this output size needs [1, 1, {c}, {h}, {w}] (batch, frame, channel, h, w)"),
+        ));
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::file(path, "noise holds NaN or infinite values"));
+    }
+    Ok(v)
+}
+
+/// The settings recorded in PNG text chunks and safetensors metadata.
+fn metadata(folder: &PipelineFolder, o: &GenerateOptions, size: Size) -> BTreeMap<String, String> {
+    let prompt = |p: &Prompt| match p {
+        Prompt::Text(t) => t.clone(),
+        Prompt::Embeds(f) => format!("embeds:{}", f.display()),
+    };
+    let mut m = BTreeMap::new();
+    m.insert("Software".into(), format!("wgdit {}", env!("CARGO_PKG_VERSION")));
+    m.insert("prompt".into(), prompt(&o.prompt));
+    if let Some(n) = &o.negative {
+        m.insert("negative_prompt".into(), prompt(n));
+    }
+    m.insert(
+        "seed".into(),
+        match &o.noise {
+            Noise::Seed(s) => s.to_string(),
+            Noise::File(f) => format!("noise:{}", f.display()),
+        },
+    );
+    m.insert("steps".into(), o.steps.to_string());
+    m.insert("true_cfg_scale".into(), o.true_cfg.to_string());
+    m.insert("size".into(), format!("{}x{}", size.width, size.height));
+    m.insert("model".into(), folder.root.display().to_string());
+    m.insert("pipeline".into(), folder.class.class_name().into());
+    if !o.images.is_empty() {
+        let list: Vec<String> = o.images.iter().map(|p| p.display().to_string()).collect();
+        m.insert("images".into(), list.join(", "));
+    }
+    m
+}
+
+/// One f32 tensor to a safetensors file, atomically, with metadata.
+fn write_f32(path: &Path, name: &str, data: &[f32], shape: &[usize], meta: &BTreeMap<String, String>) -> Result<()> {
+    let out = TempOutput::new(path, false)?;
+    let t = OutTensor {
+        name: name.to_string(),
+        dtype: crate::dtype::DType::F32,
+        shape: shape.to_vec(),
+        source: Source::Host(Cow::Borrowed(data)),
+    };
+    write_safetensors(&out.tmp, &[t], meta, &indicatif::ProgressBar::hidden())?;
+    out.commit()
+}

@@ -1,0 +1,152 @@
+//! `wgdit generate` end to end against diffusers' QwenImagePipeline, QwenImageEditPipeline and
+//! QwenImageEditPlusPipeline (Edit-2509, Edit-2511) on the tiny pipeline folders
+//! (tests/fixtures/pipeline, float32): the `[0, 1]` image from seeds (torch's CPU generator) and
+//! from recorded noise, with the references resized, encoded and appended as diffusers does.
+
+use crate::diffusers_fixtures::{fixtures, Fixture};
+use std::path::{Path, PathBuf};
+use wgdit::models::qwen_image::QkvMode;
+use wgdit::pipeline::generate::{generate, GenerateOptions, Noise, Prompt};
+use wgdit::testing::{stats, test_gpu, TempDir};
+
+/// Whole pipelines, a few steps: rel-L2 on the `[0, 1]` image (fixture README).
+const IMAGE_REL_L2: f64 = 1e-3;
+
+fn pipeline_dir(name: &str) -> PathBuf {
+    fixtures().join("pipeline").join(name)
+}
+
+struct Case {
+    name: &'static str,
+    folder: &'static str,
+    steps: usize,
+    seed: u64,
+    cfg: bool,
+    size: Option<(u32, u32)>,
+    images: &'static [&'static str],
+}
+
+const CASES: &[Case] = &[
+    Case { name: "t2i_cfg", folder: "t2i", steps: 3, seed: 42, cfg: true, size: Some((48, 32)), images: &[] },
+    Case { name: "t2i_nocfg", folder: "t2i", steps: 5, seed: 7, cfg: false, size: Some((24, 40)), images: &[] },
+    Case { name: "edit", folder: "edit", steps: 3, seed: 11, cfg: true, size: None, images: &["ref_a"] },
+    Case {
+        name: "edit_plus",
+        folder: "edit-plus",
+        steps: 3,
+        seed: 12,
+        cfg: true,
+        size: Some((32, 24)),
+        images: &["ref_a", "ref_b"],
+    },
+    Case {
+        name: "edit_2511",
+        folder: "edit-2511",
+        steps: 3,
+        seed: 13,
+        cfg: true,
+        size: Some((24, 32)),
+        images: &["ref_b", "ref_a"],
+    },
+    Case {
+        name: "edit_plus_single",
+        folder: "edit-plus",
+        steps: 2,
+        seed: 14,
+        cfg: false,
+        size: Some((16, 24)),
+        images: &["ref_b"],
+    },
+];
+
+fn options(c: &Case, case_file: &Path, output: PathBuf) -> GenerateOptions {
+    let mut o = GenerateOptions::new(pipeline_dir(c.folder), Prompt::Embeds(case_file.to_path_buf()), output);
+    o.negative = c.cfg.then(|| Prompt::Embeds(case_file.to_path_buf()));
+    o.steps = c.steps;
+    o.noise = Noise::Seed(c.seed);
+    if let Some((w, h)) = c.size {
+        (o.width, o.height) = (Some(w), Some(h));
+    }
+    o.images = c.images.iter().map(|n| pipeline_dir("inputs").join(format!("{n}.png"))).collect();
+    // The fixture's monkeypatched areas (fixture README: "Edit reference sizing").
+    (o.ref_area, o.condition_area) = (48 * 48, 40 * 40);
+    o
+}
+
+fn image_of(path: &Path) -> Vec<f32> {
+    Fixture::read(path).get("image")
+}
+
+fn run_case(c: &Case, mode: QkvMode, dir: &TempDir) -> f64 {
+    let case_file = fixtures().join(format!("pipeline/cases/{}.safetensors", c.name));
+    let out = dir.path().join(format!("{}-{}.safetensors", c.name, mode.name()));
+    let mut o = options(c, &case_file, out.clone());
+    o.qkv = mode;
+    let r = generate(&test_gpu(), &o, &mut |_| {}).unwrap();
+    assert_eq!(r.cfg, c.cfg, "{}: CFG", c.name);
+    let want = Fixture::read(&case_file).get("image");
+    let got = image_of(&out);
+    let s = stats(&got, &want);
+    println!(
+        "{} {}: image rel_l2 {:.2e} max_abs {:.2e} ({}x{}, {} dispatches/step)",
+        c.name,
+        mode.name(),
+        s.rel_l2,
+        s.max_abs,
+        r.width,
+        r.height,
+        r.dispatches_per_step
+    );
+    assert!(s.rel_l2 <= IMAGE_REL_L2, "{} {mode:?}: image rel_l2 {:.3e}", c.name, s.rel_l2);
+    s.rel_l2
+}
+
+#[test]
+fn every_pipeline_class_makes_the_picture_diffusers_makes_from_a_seed() {
+    let dir = TempDir::new("generate");
+    for c in CASES {
+        run_case(c, QkvMode::Fused, &dir);
+    }
+}
+
+#[test]
+fn text_to_image_and_edit_plus_agree_in_every_qkv_mode() {
+    let dir = TempDir::new("generate-modes");
+    for c in CASES.iter().filter(|c| ["t2i_cfg", "edit_plus"].contains(&c.name)) {
+        for mode in [QkvMode::Standard, QkvMode::Merged] {
+            run_case(c, mode, &dir);
+        }
+    }
+}
+
+#[test]
+fn a_png_output_matches_diffusers_pil_output_within_one_level_and_carries_the_settings() {
+    let dir = TempDir::new("generate-png");
+    let c = &CASES[2]; // edit
+    let case_file = fixtures().join(format!("pipeline/cases/{}.safetensors", c.name));
+    let out = dir.path().join("edit.png");
+    let mut o = options(c, &case_file, out.clone());
+    let noise = dir.path().join("noise.safetensors");
+    write_noise(&noise, &Fixture::read(&case_file));
+    o.noise = Noise::File(noise);
+    generate(&test_gpu(), &o, &mut |_| {}).unwrap();
+    let got = wgdit::image::pixels::load_rgb(&out).unwrap();
+    let want = wgdit::image::pixels::load_rgb(&fixtures().join("pipeline/cases/edit.png")).unwrap();
+    assert_eq!(got.dimensions(), want.dimensions());
+    let worst = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(worst <= 1, "edit.png differs by {worst} levels");
+    let text = wgdit::image::pixels::read_png_text(&out).unwrap();
+    let get = |k: &str| text.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    assert_eq!(get("pipeline").as_deref(), Some("QwenImageEditPipeline"));
+    assert_eq!(get("steps").as_deref(), Some("3"));
+    assert_eq!(get("size").as_deref(), Some("64x32"));
+    assert!(get("seed").unwrap().starts_with("noise:"));
+}
+
+/// The case's recorded `noise` alone in a file (what `--noise` takes).
+fn write_noise(path: &Path, fx: &Fixture) {
+    let st = safetensors::SafeTensors::deserialize(&fx.bytes).unwrap();
+    let t = st.tensor("noise").unwrap();
+    let view = safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).unwrap();
+    std::fs::write(path, safetensors::serialize([("noise", view)], None).unwrap()).unwrap();
+}
