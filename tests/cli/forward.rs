@@ -1,20 +1,6 @@
-//! The `wgdit` command line: contracts and clear errors on bad input.
+//! `wgdit forward`, `devices`, `convert` and `bench`: contracts and clear errors on bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn wgdit(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wgdit")).args(args).env("NODEVICE_SELECT", "1").output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
-fn fixture(p: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p).display().to_string()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("wgdit-cli-{}-{name}", std::process::id()))
-}
+use crate::{fixture, tmp, wgdit};
 
 #[test]
 fn forward_writes_the_output_tensor_and_matches_diffusers() {

@@ -1,0 +1,85 @@
+//! `wgdit generate`: the contract on the tiny pipeline folders, and every kind of bad input
+//! refused with a clear message, a non-zero exit and no output file.
+
+use crate::{assert_refused, fixture, tmp, wgdit};
+use std::path::Path;
+
+fn case(name: &str) -> String {
+    fixture(&format!("pipeline/cases/{name}.safetensors"))
+}
+
+fn base<'a>(folder: &'a str, embeds: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["generate", "--model", folder, "--prompt-embeds", embeds, "--output", out, "--steps", "2"]
+}
+
+#[test]
+fn generate_writes_a_safetensors_image_and_the_latents_and_prints_a_summary() {
+    let (out, lat) = (tmp("gen.safetensors"), tmp("gen-latents.safetensors"));
+    let (folder, embeds) = (fixture("pipeline/t2i"), case("t2i_cfg"));
+    let mut args = base(&folder, &embeds, out.to_str().unwrap());
+    args.extend(["--negative-prompt-embeds", &embeds, "--width", "48", "--height", "32", "--seed", "42"]);
+    args.extend(["--save-latents", lat.to_str().unwrap(), "--qkv", "merged"]);
+    let (ok, log) = wgdit(&args);
+    assert!(ok, "{log}");
+    assert!(log.contains("wrote") && log.contains("48x32") && log.contains("2 steps, true CFG"), "{log}");
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("image").unwrap().shape(), [1, 3, 32, 48]);
+    let px: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor("image").unwrap().data());
+    assert!(px.iter().all(|v| (0.0..=1.0).contains(v)), "the image is in [0, 1]");
+    let bytes = std::fs::read(&lat).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("latents").unwrap().shape(), [1, 4, 1, 8, 12]);
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&lat);
+}
+
+#[test]
+fn generate_refuses_bad_arguments_and_files_and_writes_nothing() {
+    let out = tmp("refused.png");
+    let o = out.to_str().unwrap();
+    let (t2i, edit) = (fixture("pipeline/t2i"), fixture("pipeline/edit"));
+    let (embeds, image) = (case("t2i_cfg"), fixture("pipeline/inputs/ref_a.png"));
+    let transformer = fixture("pipeline/t2i/transformer");
+
+    let garbage = tmp("garbage.png");
+    std::fs::write(&garbage, b"not an image at all").unwrap();
+    let narrow = tmp("narrow.safetensors");
+    write_f32(&narrow, "prompt_embeds", vec![1, 3, 5], &[0.1; 15]);
+    let bad_noise = tmp("noise.safetensors");
+    write_f32(&bad_noise, "noise", vec![1, 1, 4, 2, 2], &[0.0; 16]);
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["generate", "--model", &t2i, "--prompt", "a cat", "--output", o], "needs the Qwen2.5-VL text encoder"),
+        ([base(&t2i, &embeds, o), vec!["--image", &image]].concat(), "takes no --image"),
+        (base(&edit, &embeds, o), "needs at least one --image"),
+        ([base(&edit, &embeds, o), vec!["--image", &image, "--image", &image]].concat(), "takes one --image"),
+        ([base(&edit, &embeds, o), vec!["--image", garbage.to_str().unwrap()]].concat(), "garbage.png"),
+        ([base(&edit, &embeds, o), vec!["--image", "/nonexistent.png"]].concat(), "/nonexistent.png"),
+        (base(&t2i, narrow.to_str().unwrap(), o), "joint_attention_dim is 24"),
+        ([base(&t2i, &embeds, o), vec!["--width", "4"]].concat(), "is empty"),
+        (
+            [base(&t2i, &embeds, o), vec!["--width", "16", "--height", "16", "--noise", bad_noise.to_str().unwrap()]]
+                .concat(),
+            "this output size needs [1, 1, 4, 4, 4]",
+        ),
+        (base(&transformer, &embeds, o), "no model_index.json"),
+        (vec!["generate", "--model", &t2i, "--prompt-embeds", &embeds, "--output", o, "--steps", "0"], "at least 1"),
+        (
+            vec!["generate", "--model", &t2i, "--prompt-embeds", &embeds, "--output", "x.gif"],
+            "use a .png, .jpg, .webp or .safetensors",
+        ),
+    ];
+    for (args, needle) in cases {
+        assert_refused(&args, &out, needle);
+    }
+    assert!(!Path::new("x.gif").exists());
+    for p in [garbage, narrow, bad_noise] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+fn write_f32(path: &Path, name: &str, shape: Vec<usize>, v: &[f32]) {
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, bytemuck::cast_slice(v)).unwrap();
+    safetensors::serialize_to_file(vec![(name, view)], None, path).unwrap();
+}
