@@ -400,6 +400,54 @@ struct TrainArgs {
 enum BenchCmd {
     /// Dispatches per block and per step, planned peak activations and (with --model) wall time per forward.
     Dispatches(DispatchArgs),
+    /// Time, dispatches and planned peak memory of each phase of a picture (VAE encode, denoising
+    /// step, VAE decode); with --preset: planned at full size, without weights or GPU.
+    Generate(BenchGenerateArgs),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum PipelinePreset {
+    /// QwenImagePipeline (text to image).
+    QwenImage,
+    /// QwenImageEditPipeline (one reference).
+    QwenImageEdit,
+    /// QwenImageEditPlusPipeline (Edit-2509; one reference here).
+    QwenImageEdit2509,
+    /// QwenImageEditPlusPipeline with zero_cond_t (Edit-2511).
+    QwenImageEdit2511,
+}
+
+#[derive(Args)]
+struct BenchGenerateArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// A pipeline folder: runs the pipeline once (random prompt embeddings, CFG on) and times each phase.
+    #[arg(long, conflicts_with = "preset", required_unless_present = "preset")]
+    model: Option<PathBuf>,
+    /// The real models' configs: plan each phase at full size without weights or GPU.
+    #[arg(long, value_enum)]
+    preset: Option<PipelinePreset>,
+    #[arg(long, default_value_t = 1024)]
+    width: u32,
+    #[arg(long, default_value_t = 1024)]
+    height: u32,
+    /// Denoising steps (with --model).
+    #[arg(long, default_value_t = 4)]
+    steps: usize,
+    /// Prompt tokens.
+    #[arg(long, default_value_t = 128)]
+    text_tokens: usize,
+    /// Reference images for Edit pipelines (default: one synthetic picture of the output size).
+    #[arg(long = "image", value_name = "FILE")]
+    images: Vec<PathBuf>,
+    /// Target area of the VAE reference images (diffusers: 1024·1024).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    ref_area: u64,
+    #[arg(long, value_enum, default_value = "fused")]
+    qkv: QkvArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -477,9 +525,52 @@ fn run(cli: Cli) -> wgdit::Result<()> {
         Cmd::Forward(args) => forward(args),
         Cmd::Train(args) => train(args),
         Cmd::Bench { what: BenchCmd::Dispatches(args) } => bench_dispatches(args),
+        Cmd::Bench { what: BenchCmd::Generate(args) } => bench_generate(args),
         Cmd::Vae { what } => vae(what),
         Cmd::Generate(args) => generate(args),
     }
+}
+
+fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
+    use wgdit::models::qwen_image_vae::VaeConfig;
+    use wgdit::pipeline::bench::{plan_preset, run, BenchRun};
+    use wgdit::pipeline::folder::PipelineClass;
+    let b = match (a.preset, a.model) {
+        (Some(p), _) => {
+            let (class, dit) = match p {
+                PipelinePreset::QwenImage => (PipelineClass::TextToImage, DitConfig::qwen_image()),
+                PipelinePreset::QwenImageEdit => (PipelineClass::Edit, DitConfig::qwen_image()),
+                PipelinePreset::QwenImageEdit2509 => (PipelineClass::EditPlus, DitConfig::qwen_image()),
+                PipelinePreset::QwenImageEdit2511 => {
+                    (PipelineClass::EditPlus, DitConfig::preset("qwen-image-edit-2511")?)
+                }
+            };
+            plan_preset(&dit, &VaeConfig::qwen_image(), class, a.width, a.height, a.text_tokens, a.qkv.mode())?
+        }
+        (None, Some(model)) => {
+            let gpu = gpu::Gpu::new(&a.gpu.options())?;
+            let r = BenchRun {
+                model,
+                width: a.width,
+                height: a.height,
+                steps: a.steps,
+                text_tokens: a.text_tokens,
+                images: a.images,
+                mode: a.qkv.mode(),
+                ref_area: a.ref_area,
+            };
+            let b = run(&gpu, &r)?;
+            eprintln!("on {}", gpu.info().name);
+            b
+        }
+        (None, None) => unreachable!("clap requires --model or --preset"),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&b).unwrap_or_default());
+    } else {
+        print!("{}", b.table());
+    }
+    Ok(())
 }
 
 fn generate(a: GenerateArgs) -> wgdit::Result<()> {

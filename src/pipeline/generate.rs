@@ -27,8 +27,7 @@ use crate::pipeline::folder::{PipelineClass, PipelineFolder};
 use crate::pipeline::noise::randn;
 use crate::pipeline::sample::{sample, Reference, Sampling, StepInfo};
 use crate::pipeline::scheduler::{Schedule, SchedulerConfig};
-use crate::weights::writer::{write_safetensors, OutTensor, Source, TempOutput};
-use std::borrow::Cow;
+use crate::weights::writer::write_f32_tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -162,6 +161,14 @@ pub struct GenerateReport {
     pub vae_decode_ms: f64,
     /// Decode tiles (0: untiled).
     pub vae_tiles: usize,
+    /// Reference images encoded (Edit pipelines).
+    pub references: usize,
+    /// Dispatches and planned peak of the reference encodes (all of them).
+    pub vae_encode_dispatches: usize,
+    pub vae_encode_peak_bytes: u64,
+    /// Dispatches of the decode (over every tile when tiled).
+    pub vae_decode_dispatches: usize,
+    pub vae_weight_bytes: u64,
     pub weight_bytes: u64,
 }
 
@@ -254,7 +261,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     let (latents, report) = sample(&mut dit, &s, pack(&noise, [z_dim, lh, lw], patch), on_step)?;
     let mut z = unpack(&latents, [z_dim, lh, lw], patch);
     if let Some(p) = &o.save_latents {
-        write_f32(p, "latents", &z, &[1, z_dim, 1, lh, lw], &metadata(&folder, o, output))?;
+        write_f32_tensor(p, "latents", &z, &[1, z_dim, 1, lh, lw], &metadata(&folder, o, output))?;
     }
 
     // Decode.
@@ -271,7 +278,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     let meta = metadata(&folder, o, output);
     match kind {
         OutputKind::Safetensors => {
-            write_f32(&o.output, "image", &pixels::vae_output_to_unit(&image), &[1, 3, ih, iw], &meta)?
+            write_f32_tensor(&o.output, "image", &pixels::vae_output_to_unit(&image), &[1, 3, ih, iw], &meta)?
         }
         _ => {
             let rgb = pixels::vae_output_to_rgb8(&image, iw as u32, ih as u32)?;
@@ -283,6 +290,8 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         }
     }
     let decode_mem = vae.planned_memory(Pass::Decode { clamp: true }, lh, lw);
+    let enc: Vec<_> =
+        ref_sizes.iter().map(|s| vae.planned_memory(Pass::Encode, s.height as usize, s.width as usize)).collect();
     Ok(GenerateReport {
         output: o.output.clone(),
         class: folder.class,
@@ -297,6 +306,11 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         vae_encode_ms,
         vae_decode_ms,
         vae_tiles: decoded.tiles,
+        references: references.len(),
+        vae_encode_dispatches: enc.iter().map(|m| m.dispatches).sum(),
+        vae_encode_peak_bytes: enc.iter().map(|m| m.peak_bytes).max().unwrap_or(0),
+        vae_decode_dispatches: decoded.dispatches,
+        vae_weight_bytes: vae.weight_bytes(),
         weight_bytes: dit.weight_bytes(),
     })
 }
@@ -379,17 +393,4 @@ fn metadata(folder: &PipelineFolder, o: &GenerateOptions, size: Size) -> BTreeMa
         m.insert("images".into(), list.join(", "));
     }
     m
-}
-
-/// One f32 tensor to a safetensors file, atomically, with metadata.
-fn write_f32(path: &Path, name: &str, data: &[f32], shape: &[usize], meta: &BTreeMap<String, String>) -> Result<()> {
-    let out = TempOutput::new(path, false)?;
-    let t = OutTensor {
-        name: name.to_string(),
-        dtype: crate::dtype::DType::F32,
-        shape: shape.to_vec(),
-        source: Source::Host(Cow::Borrowed(data)),
-    };
-    write_safetensors(&out.tmp, &[t], meta, &indicatif::ProgressBar::hidden())?;
-    out.commit()
 }

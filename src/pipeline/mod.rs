@@ -3,6 +3,7 @@
 //! folders (`folder`), prompt embeddings (`embeds`), noise, schedule, CFG, image sizes (`noise`,
 //! `scheduler`, `cfg`, `dims`) and the denoising loop (`sample`).
 
+pub mod bench;
 pub mod cfg;
 pub mod dims;
 pub mod embeds;

@@ -224,3 +224,23 @@ impl Drop for TempOutput {
         }
     }
 }
+
+/// One f32 tensor written to a safetensors file atomically (temporary file, then rename), with
+/// `metadata` in the header.
+pub fn write_f32_tensor(
+    path: &Path,
+    name: &str,
+    data: &[f32],
+    shape: &[usize],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let out = TempOutput::new(path, false)?;
+    let t = OutTensor {
+        name: name.to_string(),
+        dtype: crate::dtype::DType::F32,
+        shape: shape.to_vec(),
+        source: Source::Host(std::borrow::Cow::Borrowed(data)),
+    };
+    write_safetensors(&out.tmp, &[t], metadata, &indicatif::ProgressBar::hidden())?;
+    out.commit()
+}

@@ -83,3 +83,28 @@ fn write_f32(path: &Path, name: &str, shape: Vec<usize>, v: &[f32]) {
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, bytemuck::cast_slice(v)).unwrap();
     safetensors::serialize_to_file(vec![(name, view)], None, path).unwrap();
 }
+
+#[test]
+fn bench_generate_plans_every_phase_of_the_real_models_without_weights() {
+    let (ok, log) = wgdit(&["bench", "generate", "--preset", "qwen-image-edit", "--json"]);
+    assert!(ok, "{log}");
+    let v: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    let phases: Vec<&str> = v["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases.len(), 3, "{phases:?}");
+    assert!(phases[0].starts_with("VAE encode 1024x1024") && phases[2].starts_with("VAE decode 1024x1024"));
+    // 4096 target + 4096 reference + 128 text tokens.
+    assert!(phases[1].contains("8320 tok"), "{phases:?}");
+    let dit = v["dit_weight_bytes"].as_u64().unwrap();
+    assert!((40_000_000_000..41_500_000_000).contains(&dit), "20.4B bf16 parameters: {dit}");
+}
+
+#[test]
+fn bench_generate_times_each_phase_of_the_tiny_pipeline() {
+    let model = fixture("pipeline/edit");
+    let args = ["bench", "generate", "--model", &model, "--width", "32", "--height", "32", "--steps", "2"];
+    let (ok, log) = wgdit(&[&args[..], &["--ref-area", "1024"]].concat());
+    assert!(ok, "{log}");
+    for phase in ["VAE encode", "step: 2 DiT passes", "VAE decode", "weights: DiT"] {
+        assert!(log.contains(phase), "{phase}: {log}");
+    }
+}

@@ -150,6 +150,11 @@ impl Vae {
         self.planned_memory(pass, h, w).dispatches
     }
 
+    /// Bytes of the weights uploaded so far (they upload with the first plan).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights.values().map(|t| t.bytes()).sum()
+    }
+
     /// `vae.encode(x).latent_dist.mode()`: x `[C_in, H, W]` in [-1, 1] (H, W multiples of the
     /// spatial factor) → latents `[z_dim, H/f, W/f]`.
     pub fn encode(&mut self, x: &[f32], h: usize, w: usize) -> Result<Vec<f32>> {

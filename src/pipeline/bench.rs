@@ -1,0 +1,241 @@
+//! `wgdit bench generate`: what each phase of a picture costs. With a pipeline folder it runs the
+//! pipeline (random prompt embeddings, a seed) and times every phase; with a preset it plans the
+//! same graphs at full size without weights or a GPU: dispatches and planned peak memory per
+//! phase (the DiT in bf16 as released, the VAE in f32 activations).
+
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::models::qwen_image::bench::{summarize, REAL_GPU_MAX_BINDING};
+use crate::models::qwen_image::dit::ForwardShape;
+use crate::models::qwen_image::{DitConfig, QkvMode};
+use crate::models::qwen_image_vae::{planned_memory, Pass, VaeConfig};
+use crate::pipeline::dims::{self, Size, SizeRules};
+use crate::pipeline::folder::PipelineClass;
+use crate::pipeline::generate::{generate, GenerateOptions, Noise, Prompt};
+use crate::rng::Rng;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One phase of a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Phase {
+    pub phase: String,
+    /// How many times it runs per picture.
+    pub count: usize,
+    pub dispatches: usize,
+    pub planned_peak_bytes: u64,
+    /// Measured wall time of one run (ms), when run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ms: Option<f64>,
+}
+
+/// The phases of one picture, and the weights it needs.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GenerateBench {
+    pub pipeline: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: usize,
+    pub cfg: bool,
+    pub phases: Vec<Phase>,
+    /// DiT weight bytes (bf16 for presets; as stored for a folder) and VAE weight bytes.
+    pub dit_weight_bytes: u64,
+    pub vae_weight_bytes: u64,
+}
+
+impl GenerateBench {
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        let mut s = format!(
+            "{} {}x{}, {} steps{}\n{:<30}{:>7}{:>12}{:>18}{:>12}\n",
+            self.pipeline,
+            self.width,
+            self.height,
+            self.steps,
+            if self.cfg { ", true CFG" } else { "" },
+            "phase",
+            "runs",
+            "dispatches",
+            "planned peak MiB",
+            "ms / run"
+        );
+        for p in &self.phases {
+            let ms = p.ms.map_or("-".to_string(), |t| format!("{t:.1}"));
+            s.push_str(&format!(
+                "{:<30}{:>7}{:>12}{:>18.1}{:>12}\n",
+                p.phase,
+                p.count,
+                p.dispatches,
+                mib(p.planned_peak_bytes),
+                ms
+            ));
+        }
+        s.push_str(&format!(
+            "weights: DiT {:.2} MiB, VAE {:.2} MiB\n",
+            mib(self.dit_weight_bytes),
+            mib(self.vae_weight_bytes)
+        ));
+        s
+    }
+}
+
+/// The output size and the reference sizes a pipeline class uses for a `width × height` request
+/// (Edit references: the same size as the output, as when editing a picture of that size).
+fn sizes(class: PipelineClass, rules: &SizeRules, width: u32, height: u32) -> Result<(Size, Vec<Size>)> {
+    let want = Size::new(width, height);
+    Ok(match class {
+        PipelineClass::TextToImage => (dims::t2i_size(rules, Some(width), Some(height))?, vec![]),
+        PipelineClass::Edit => {
+            let s = dims::edit_sizes(rules, want, Some(width), Some(height))?;
+            (s.output, vec![s.reference])
+        }
+        PipelineClass::EditPlus => {
+            let s = dims::edit_plus_sizes(rules, &[want], Some(width), Some(height))?;
+            (s.output, s.vae)
+        }
+    })
+}
+
+/// Plans every phase of a `width × height` picture of `class` on the preset models, with no
+/// weights and no GPU (DiT weights in bf16, `text_tokens` prompt tokens, CFG on).
+pub fn plan_preset(
+    dit: &DitConfig,
+    vae: &VaeConfig,
+    class: PipelineClass,
+    width: u32,
+    height: u32,
+    text_tokens: usize,
+    mode: QkvMode,
+) -> Result<GenerateBench> {
+    let f = vae.spatial_factor() as u32;
+    let rules = SizeRules::for_vae(f);
+    let (out, refs) = sizes(class, &rules, width, height)?;
+    let scores = 256 << 20;
+    let mut phases = Vec::new();
+    for r in &refs {
+        let m = planned_memory(vae, Pass::Encode, r.height as usize, r.width as usize, scores);
+        phases.push(Phase {
+            phase: format!("VAE encode {}x{}", r.width, r.height),
+            count: 1,
+            dispatches: m.dispatches,
+            planned_peak_bytes: m.peak_bytes,
+            ms: None,
+        });
+    }
+    let grid = |s: &Size| [1, (s.height / f / 2) as usize, (s.width / f / 2) as usize];
+    let mut img_shapes = vec![grid(&out)];
+    img_shapes.extend(refs.iter().map(grid));
+    let shape = ForwardShape { batch: 1, s_txt: text_tokens, img_shapes, masked: true };
+    let d = summarize(dit, &shape, mode, REAL_GPU_MAX_BINDING, &|_| DType::BF16);
+    // True CFG: two planned passes per step (prompt and negative), both plans alive.
+    phases.push(Phase {
+        phase: format!("step: 2 DiT passes, {} tok", shape.s_img() + text_tokens),
+        count: 50,
+        dispatches: 2 * d.dispatches_per_step,
+        planned_peak_bytes: 2 * d.peak_activation_bytes,
+        ms: None,
+    });
+    let (lh, lw) = ((out.height / f) as usize, (out.width / f) as usize);
+    let m = planned_memory(vae, Pass::Decode { clamp: true }, lh, lw, scores);
+    phases.push(Phase {
+        phase: format!("VAE decode {}x{}", out.width, out.height),
+        count: 1,
+        dispatches: m.dispatches,
+        planned_peak_bytes: m.peak_bytes,
+        ms: None,
+    });
+    let count = |t: Vec<(String, Vec<usize>)>| t.iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum::<u64>();
+    Ok(GenerateBench {
+        pipeline: class.class_name().into(),
+        width: out.width,
+        height: out.height,
+        steps: 50,
+        cfg: true,
+        phases,
+        dit_weight_bytes: 2 * count(crate::models::qwen_image::names::expected_tensors(dit)),
+        vae_weight_bytes: 4 * count(crate::models::qwen_image_vae::names::expected_tensors(vae)),
+    })
+}
+
+/// What `bench generate --model` runs.
+pub struct BenchRun {
+    pub model: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub steps: usize,
+    pub text_tokens: usize,
+    /// Reference images (Edit pipelines); none: a synthetic picture of the output size.
+    pub images: Vec<PathBuf>,
+    pub mode: QkvMode,
+    /// `--ref-area` of the run.
+    pub ref_area: u64,
+}
+
+/// Runs the pipeline once with random prompt embeddings (prompt and a negative of the same
+/// length, so CFG runs) and reports every phase's time, dispatches and planned peak.
+pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
+    let folder = crate::pipeline::folder::PipelineFolder::open(&b.model)?;
+    let (dcfg, _) = crate::models::qwen_image::open::open(&folder.transformer, None)?;
+    let dir = std::env::temp_dir().join(format!("wgdit-bench-generate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
+    let embeds = dir.join("embeds.safetensors");
+    let mut rng = Rng::new(7);
+    let e = rng.vec_normal(b.text_tokens * dcfg.joint_attention_dim, 1.0);
+    let shape = [1, b.text_tokens, dcfg.joint_attention_dim];
+    crate::weights::writer::write_f32_tensor(&embeds, "prompt_embeds", &e, &shape, &Default::default())?;
+    let mut images = b.images.clone();
+    if folder.class.is_edit() && images.is_empty() {
+        let p = dir.join("reference.png");
+        let img = ::image::RgbImage::from_fn(b.width, b.height, |x, y| {
+            ::image::Rgb([(x * 255 / b.width.max(1)) as u8, (y * 255 / b.height.max(1)) as u8, 128])
+        });
+        crate::image::pixels::write_png(&p, &img, &[])?;
+        images.push(p);
+    }
+    let out = dir.join("image.safetensors");
+    let mut o = GenerateOptions::new(b.model.clone(), Prompt::Embeds(embeds.clone()), out);
+    o.negative = Some(Prompt::Embeds(embeds));
+    (o.width, o.height, o.steps, o.noise, o.images, o.qkv) =
+        (Some(b.width), Some(b.height), b.steps, Noise::Seed(0), images, b.mode);
+    o.ref_area = b.ref_area;
+    let r = generate(gpu, &o, &mut |_| {});
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = r?;
+    let mean = r.step_ms.iter().sum::<f64>() / r.step_ms.len().max(1) as f64;
+    let mut phases = Vec::new();
+    if r.references > 0 {
+        phases.push(Phase {
+            phase: "VAE encode".into(),
+            count: r.references,
+            dispatches: r.vae_encode_dispatches,
+            planned_peak_bytes: r.vae_encode_peak_bytes,
+            ms: Some(r.vae_encode_ms / r.references as f64),
+        });
+    }
+    phases.push(Phase {
+        phase: if r.cfg { "step: 2 DiT passes".into() } else { "step: 1 DiT pass".into() },
+        count: r.steps,
+        dispatches: r.dispatches_per_step,
+        planned_peak_bytes: r.dit_peak_bytes,
+        ms: Some(mean),
+    });
+    phases.push(Phase {
+        phase: "VAE decode".into(),
+        count: 1,
+        dispatches: r.vae_decode_dispatches,
+        planned_peak_bytes: r.vae_decode_peak_bytes,
+        ms: Some(r.vae_decode_ms),
+    });
+    Ok(GenerateBench {
+        pipeline: r.class.class_name().into(),
+        width: r.width,
+        height: r.height,
+        steps: r.steps,
+        cfg: r.cfg,
+        phases,
+        dit_weight_bytes: r.weight_bytes,
+        vae_weight_bytes: r.vae_weight_bytes,
+    })
+}
