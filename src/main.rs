@@ -469,15 +469,17 @@ fn vae_plan(a: VaePlanArgs) -> wgdit::Result<()> {
         return Err(wgdit::Error::input(format!("--size {h}x{w}: sides must be multiples of the spatial factor {f}")));
     }
     let mib = |b: u64| b as f64 / 1048576.0;
-    println!("pass     size        peak MiB  largest activation MiB  dispatches");
+    println!("pass     size        peak MiB  largest activation MiB  dispatches  (by op)");
     for (name, pass, ph, pw) in [("encode", Pass::Encode, h, w), ("decode", Pass::Decode { clamp: true }, h / f, w / f)]
     {
         let m = planned_memory(&cfg, pass, ph, pw, a.scores_mib << 20);
+        let ops: Vec<String> = m.by_op.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!(
-            "{name:<8} {h:>5}x{w:<5} {:>9.1}  {:>22.1}  {:>10}",
+            "{name:<8} {h:>5}x{w:<5} {:>9.1}  {:>22.1}  {:>10}  ({})",
             mib(m.peak_bytes),
             mib(m.largest_activation_bytes),
-            m.dispatches
+            m.dispatches,
+            ops.join(", ")
         );
     }
     Ok(())

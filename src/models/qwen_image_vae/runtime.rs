@@ -47,7 +47,7 @@ pub enum Pass {
 }
 
 /// Planned memory of one VAE graph, without weights or a GPU.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct PlannedMemory {
     /// Activation slots the plan allocates (the input included).
     pub peak_bytes: u64,
@@ -55,6 +55,8 @@ pub struct PlannedMemory {
     pub largest_activation_bytes: u64,
     /// Dispatches per run.
     pub dispatches: usize,
+    /// Dispatches per accounting label (conv, norm, attention, clamp), sorted by label.
+    pub by_op: Vec<(String, usize)>,
 }
 
 /// The plan of an `h × w` (pixels for encode, latents for decode) pass.
@@ -62,11 +64,22 @@ pub fn planned_memory(cfg: &VaeConfig, pass: Pass, h: usize, w: usize, scores_bu
     let g = build(cfg, pass, h, w, &|_| DType::F32, scores_budget);
     let m = memory::plan(&g.graph);
     let largest = g.graph.tensors.iter().filter(|t| t.kind != crate::graph::TensorKind::Param).map(|t| t.bytes()).max();
+    let mut by_op = std::collections::BTreeMap::new();
+    for n in &g.graph.nodes {
+        *by_op.entry(n.label.op.clone()).or_insert(0) += n.op.dispatches();
+    }
     PlannedMemory {
         peak_bytes: m.peak_activation_bytes + m.input_bytes,
         largest_activation_bytes: largest.unwrap_or(0),
         dispatches: g.graph.dispatch_count(),
+        by_op: by_op.into_iter().collect(),
     }
+}
+
+/// `--vae-tiling auto`'s rule: tile when one activation of the untiled plan exceeds a storage
+/// binding, or its planned peak exceeds `budget` bytes.
+pub fn needs_tiling(m: &PlannedMemory, max_binding: u64, budget: u64) -> bool {
+    m.largest_activation_bytes > max_binding || m.peak_bytes > budget
 }
 
 fn build(cfg: &VaeConfig, pass: Pass, h: usize, w: usize, dt: &dyn Fn(&str) -> DType, scores: u64) -> VaeGraph {
@@ -182,8 +195,7 @@ impl Vae {
             Tiling::On(s) => Some(s),
             Tiling::Auto { spec, budget } => {
                 let m = self.planned_memory(Pass::Decode { clamp: true }, h, w);
-                let binding = self.gpu.limits().max_storage_binding;
-                (m.largest_activation_bytes > binding || m.peak_bytes > budget).then_some(spec)
+                needs_tiling(&m, self.gpu.limits().max_storage_binding, budget).then_some(spec)
             }
         };
         match spec {

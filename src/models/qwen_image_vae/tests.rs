@@ -81,3 +81,36 @@ fn vae_attention_at_width_384_in_several_chunks_matches_reference() {
     let chunks = vg.graph.nodes.iter().filter(|n| matches!(n.op, crate::graph::Op::Softmax { .. })).count();
     assert_eq!(chunks, 6);
 }
+
+#[test]
+fn auto_tiling_tiles_a_1328_decode_only_where_it_would_not_fit() {
+    use super::runtime::{needs_tiling, planned_memory, Pass};
+    use super::{TileSpec, VaeConfig};
+    let cfg = VaeConfig::qwen_image();
+    let m = planned_memory(&cfg, Pass::Decode { clamp: true }, 166, 166, 256 << 20);
+    // 96 × 1328² f32 = 646 MiB: over lavapipe's 128 MiB binding, under wgpu's 2 GiB − 1.
+    assert_eq!(m.largest_activation_bytes, 96 * 1328 * 1328 * 4);
+    assert!(needs_tiling(&m, 128 << 20, 8 << 30));
+    assert!(!needs_tiling(&m, (2 << 30) - 1, 8 << 30));
+    assert!(needs_tiling(&m, (2 << 30) - 1, 1 << 30), "a 1 GiB budget is below the {} B peak", m.peak_bytes);
+    // Every tile of the default 256-px spec fits the smallest binding.
+    let spec = TileSpec::default();
+    let grid = spec.grid(166, 166, cfg.spatial_factor());
+    assert_eq!((grid.len(), grid[0].len()), (7, 7));
+    let t = planned_memory(&cfg, Pass::Decode { clamp: false }, grid[0][0].h, grid[0][0].w, 256 << 20);
+    assert!(!needs_tiling(&t, 128 << 20, 8 << 30), "tile plan {t:?}");
+}
+
+#[test]
+fn tile_grid_matches_the_diffusers_fixture() {
+    use super::TileSpec;
+    // cases/vae_tiled_decode.json: latents 8×9, factor 4, tile 16×24 px, stride 12×16 px.
+    let spec = TileSpec { min_h: 16, min_w: 24, stride_h: 12, stride_w: 16 };
+    let g = spec.grid(8, 9, 4);
+    let rows: Vec<(usize, usize)> = g.iter().map(|r| (r[0].y0, r[0].h)).collect();
+    let cols: Vec<(usize, usize)> = g[0].iter().map(|t| (t.x0, t.w)).collect();
+    assert_eq!(rows, [(0, 4), (3, 4), (6, 2)]);
+    // The middle column's slice z[..., 4:10] is clipped to the 9 latent columns: 5 wide.
+    assert_eq!(cols, [(0, 6), (4, 5), (8, 1)]);
+    assert!(spec.tiles(8, 9, 4) && !spec.tiles(4, 6, 4));
+}
