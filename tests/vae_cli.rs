@@ -96,6 +96,21 @@ fn vae_decode_tiles_like_diffusers_enable_tiling() {
 }
 
 #[test]
+fn vae_encode_tiles_when_asked() {
+    let out = tmp("lat-tiled.safetensors");
+    let args = ["vae", "encode", "--model", &fixture("t2i"), "--image", &fixture("inputs/vae_encode.png")];
+    let tiles = ["--vae-tiling", "on", "--vae-tile", "16x24", "--vae-tile-stride", "12x16"];
+    let (ok, log) = wgdit(&[&args[..], &["--output", out.to_str().unwrap()], &tiles].concat());
+    assert!(ok && log.contains("9 tiles"), "{log}");
+    assert_eq!(read(&out, "latents").0, [1, 4, 1, 7, 11]);
+    let (ok, log) = wgdit(
+        &[&args[..], &["--output", out.to_str().unwrap(), "--vae-tile", "8", "--vae-tile-stride", "12"]].concat(),
+    );
+    assert!(!ok && log.contains("--vae-tile-stride"), "{log}");
+    std::fs::remove_file(out).ok();
+}
+
+#[test]
 fn vae_encode_refuses_bad_images_and_writes_nothing() {
     let out = tmp("never-enc.safetensors");
     let o = out.to_str().unwrap();

@@ -3,7 +3,7 @@
 //!
 //! - encode: an 8-bit RGB PNG (no resizing; sides multiples of the spatial factor), x =
 //!   `2·(pixels/255) − 1` as diffusers' `VaeImageProcessor`, → `latents` `[1, z, 1, h, w]` f32 =
-//!   `vae.encode(x).latent_dist.mode()`.
+//!   `vae.encode(x).latent_dist.mode()` (tiled as diffusers' `tiled_encode` when asked or needed).
 //! - decode: `latents` `[1, z, 1, h, w]` (or `[1, z, h, w]`) f32, raw (no mean/std applied), →
 //!   `image` `[1, 3, H, W]` f32 = `vae.decode(z).sample[:, :, 0]` (.safetensors) or an 8-bit RGB
 //!   PNG `round((x/2 + 0.5).clamp(0, 1)·255)` (numpy's round half to even, as `numpy_to_pil`).
@@ -23,6 +23,7 @@ pub struct EncodeTask {
     pub model: PathBuf,
     pub image: PathBuf,
     pub output: PathBuf,
+    pub tiling: Tiling,
 }
 
 pub struct DecodeTask {
@@ -151,12 +152,18 @@ pub fn run_encode(gpu: &Arc<Gpu>, t: &EncodeTask) -> Result<VaeReport> {
         )));
     }
     let t0 = Instant::now();
-    let z = vae.encode(&pixels_to_unit(&px, w, h), h, w)?;
+    let (z, info) = vae.encode_with(&pixels_to_unit(&px, w, h), h, w, t.tiling)?;
     let run_ms = t0.elapsed().as_secs_f64() * 1e3;
     let m = vae.planned_memory(Pass::Encode, h, w);
     let shape = vec![1, vae.config.z_dim, 1, h / f, w / f];
     write_tensor(&t.output, "latents", shape.clone(), &z, "wgdit vae encode")?;
-    Ok(VaeReport { output_shape: shape, dispatches: m.dispatches, planned_peak_bytes: m.peak_bytes, tiles: 0, run_ms })
+    Ok(VaeReport {
+        output_shape: shape,
+        dispatches: info.dispatches,
+        planned_peak_bytes: m.peak_bytes,
+        tiles: info.tiles,
+        run_ms,
+    })
 }
 
 /// `wgdit vae decode`.
