@@ -166,3 +166,20 @@ fn vae_tiled_encode_matches_diffusers() {
     let (lat, _) = vae().encode_with(&f.get("x"), 28, 44, Tiling::On(spec)).unwrap();
     check("vae_encode latents tiled (diffusers tiled_encode)", &lat, &want);
 }
+
+/// The real config (base_dim 96, dim_mult [1, 2, 4, 4], 2 res blocks, factor 8) with random weights against
+/// diffusers: run `tools/check_vae_real_config.py` first (writes a 508 MB VAE folder), then this test with
+/// WGDIT_VAE_REAL_DIR set.
+#[test]
+#[ignore = "needs the folder written by tools/check_vae_real_config.py (WGDIT_VAE_REAL_DIR)"]
+fn vae_real_config_matches_diffusers() {
+    let dir = std::path::PathBuf::from(std::env::var("WGDIT_VAE_REAL_DIR").expect("set WGDIT_VAE_REAL_DIR"));
+    let r = Fixture::read(&dir.join("reference.safetensors"));
+    let mut v = Vae::open(&test_gpu(), &dir).unwrap();
+    v.poison_activations = true;
+    assert_eq!(v.spatial_factor(), 8);
+    let lat = v.encode(&r.get("x"), 32, 48).unwrap();
+    check("real-config encode latents", &lat, &r.get("latents"));
+    let (img, _) = v.decode(&r.get("z"), 4, 6, Tiling::Off).unwrap();
+    check("real-config decode image", &img, &r.get("image"));
+}
