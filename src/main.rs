@@ -471,30 +471,8 @@ fn vae(cmd: VaeCmd) -> wgdit::Result<()> {
 }
 
 fn vae_plan(a: VaePlanArgs) -> wgdit::Result<()> {
-    use wgdit::models::qwen_image_vae::{planned_memory, resolve_dir, Pass, VaeConfig};
-    let cfg = match &a.model {
-        Some(m) => VaeConfig::from_file(&resolve_dir(m)?.join("config.json"))?,
-        None => VaeConfig::qwen_image(),
-    };
-    let f = cfg.spatial_factor();
     let (h, w) = a.size;
-    if h % f != 0 || w % f != 0 {
-        return Err(wgdit::Error::input(format!("--size {h}x{w}: sides must be multiples of the spatial factor {f}")));
-    }
-    let mib = |b: u64| b as f64 / 1048576.0;
-    println!("pass     size        peak MiB  largest activation MiB  dispatches  (by op)");
-    for (name, pass, ph, pw) in [("encode", Pass::Encode, h, w), ("decode", Pass::Decode { clamp: true }, h / f, w / f)]
-    {
-        let m = planned_memory(&cfg, pass, ph, pw, a.scores_mib << 20);
-        let ops: Vec<String> = m.by_op.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        println!(
-            "{name:<8} {h:>5}x{w:<5} {:>9.1}  {:>22.1}  {:>10}  ({})",
-            mib(m.peak_bytes),
-            mib(m.largest_activation_bytes),
-            m.dispatches,
-            ops.join(", ")
-        );
-    }
+    print!("{}", wgdit::pipeline::vae::plan_table(a.model.as_deref(), h, w, a.scores_mib << 20)?);
     Ok(())
 }
 

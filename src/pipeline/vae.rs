@@ -197,3 +197,32 @@ pub fn run_decode(gpu: &Arc<Gpu>, t: &DecodeTask) -> Result<VaeReport> {
         run_ms,
     })
 }
+
+/// `wgdit vae plan`: planned peak, largest activation and dispatches (per op) of encode and
+/// decode of an `h × w` image, from a VAE folder's config or the Qwen-Image one; no GPU, no weights.
+pub fn plan_table(model: Option<&Path>, h: usize, w: usize, scores_budget: u64) -> Result<String> {
+    use crate::models::qwen_image_vae::{planned_memory, resolve_dir, VaeConfig};
+    let cfg = match model {
+        Some(m) => VaeConfig::from_file(&resolve_dir(m)?.join("config.json"))?,
+        None => VaeConfig::qwen_image(),
+    };
+    let f = cfg.spatial_factor();
+    if h % f != 0 || w % f != 0 {
+        return Err(Error::input(format!("--size {h}x{w}: sides must be multiples of the spatial factor {f}")));
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let mut out = String::from("pass     size        peak MiB  largest activation MiB  dispatches  (by op)\n");
+    for (name, pass, ph, pw) in [("encode", Pass::Encode, h, w), ("decode", Pass::Decode { clamp: true }, h / f, w / f)]
+    {
+        let m = planned_memory(&cfg, pass, ph, pw, scores_budget);
+        let ops: Vec<String> = m.by_op.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        out += &format!(
+            "{name:<8} {h:>5}x{w:<5} {:>9.1}  {:>22.1}  {:>10}  ({})\n",
+            mib(m.peak_bytes),
+            mib(m.largest_activation_bytes),
+            m.dispatches,
+            ops.join(", ")
+        );
+    }
+    Ok(out)
+}
