@@ -4,7 +4,7 @@
 
 use super::vae::{attention_block, attention_chunk_rows, ParamSrc};
 use crate::exec::Plan;
-use crate::kernels::norm::channel_rms_norm::cpu::forward as channel_norm;
+use crate::kernels::norm::channel_norm_denom::cpu::normalize as channel_norm;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::testing::{assert_close, test_gpu, Tol};
