@@ -4,7 +4,8 @@
 //! reused by liveness, bind groups built once) and replays in one submission, counting every
 //! dispatch. Layers, bottom up (dependencies point down; docs/architecture.md has the details):
 //! - [`dtype`], [`layout`]: plain vocabulary every layer shares (storage dtypes and block sizes;
-//!   the joint row layout: `JointShape`, `PerSampleRef`, `SampleRows`). No wgpu.
+//!   the joint row layout: `JointShape`, `PerSampleRef`, `SampleRows`; the VAE's conv geometry
+//!   `Conv2dShape`). No wgpu.
 //! - [`gpu`]: the only module that names wgpu types: adapter choice, buffers, pipelines built
 //!   from [`shaders`] (kernels with their shared WGSL preludes) with reflected layouts, dispatch
 //!   binding/encoding, timestamps.
@@ -20,8 +21,9 @@
 //! - [`models`]: one folder per model; [`models::qwen_image`] is the Qwen-Image DiT
 //!   (`QwenImageTransformer2DModel`): config, names, the forward graph in three modes
 //!   (`--qkv standard|merged|fused`, docs/dispatches.md), RoPE table, loading, runtime LoRA,
-//!   training graph, the dispatch bench.
-//! - [`pipeline`]: tasks on the models (`wgdit forward`).
+//!   training graph, the dispatch bench; [`models::qwen_image_vae`] is the VAE
+//!   (`AutoencoderKLQwenImage`) for single images: encoder/decoder graphs, loading, tiling (docs/vae.md).
+//! - [`pipeline`]: tasks on the models (`wgdit forward`, `wgdit vae encode|decode`).
 //! - [`weights`]: memory-mapped safetensors checkpoints (files, diffusers folders, ComfyUI
 //!   prefixes, merged q/k/v layout) and LoRA files in every common format.
 //! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`).

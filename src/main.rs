@@ -179,6 +179,8 @@ struct VaeEncodeArgs {
     /// Latents file (.safetensors).
     #[arg(long)]
     output: PathBuf,
+    #[command(flatten)]
+    tiling: VaeTilingArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +204,14 @@ struct VaeDecodeArgs {
     /// .png (8-bit RGB) or .safetensors (`image` [1, 3, H, W] f32).
     #[arg(long)]
     output: PathBuf,
-    /// Spatial tiling as diffusers' enable_tiling (tiled output is not clamped, as in diffusers).
+    #[command(flatten)]
+    tiling: VaeTilingArgs,
+}
+
+/// `--vae-tiling` and its tiles, shared by encode and decode.
+#[derive(Args)]
+struct VaeTilingArgs {
+    /// Spatial tiling as diffusers' enable_tiling (a tiled decode is not clamped, as in diffusers).
     #[arg(long, value_enum, default_value_t = TilingArg::Auto)]
     vae_tiling: TilingArg,
     /// Tile size in pixels, `N` or `HxW` (diffusers' tile_sample_min_height/width).
@@ -214,6 +223,24 @@ struct VaeDecodeArgs {
     /// `auto` tiles when the untiled plan's activation peak exceeds this many MiB.
     #[arg(long, default_value_t = 8192)]
     vae_budget_mib: u64,
+}
+
+impl VaeTilingArgs {
+    fn tiling(&self) -> wgdit::Result<wgdit::models::qwen_image_vae::Tiling> {
+        use wgdit::models::qwen_image_vae::{TileSpec, Tiling};
+        let (t, s) = (self.vae_tile, self.vae_tile_stride);
+        let spec = TileSpec { min_h: t.0, min_w: t.1, stride_h: s.0, stride_w: s.1 };
+        if spec.stride_h > spec.min_h || spec.stride_w > spec.min_w {
+            return Err(wgdit::Error::input(
+                "--vae-tile-stride must not exceed --vae-tile (tiles must overlap or touch)",
+            ));
+        }
+        Ok(match self.vae_tiling {
+            TilingArg::Off => Tiling::Off,
+            TilingArg::On => Tiling::On(spec),
+            TilingArg::Auto => Tiling::Auto { spec, budget: self.vae_budget_mib << 20 },
+        })
+    }
 }
 
 #[derive(Args)]
@@ -637,7 +664,6 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
 }
 
 fn vae(cmd: VaeCmd) -> wgdit::Result<()> {
-    use wgdit::models::qwen_image_vae::{TileSpec, Tiling};
     use wgdit::pipeline::vae::{run_decode, run_encode, DecodeTask, EncodeTask, VaeReport};
     let mib = |b: u64| b as f64 / 1048576.0;
     let report = |what: &str, out: &std::path::Path, r: &VaeReport, gpu: &gpu::Gpu| {
@@ -655,27 +681,14 @@ fn vae(cmd: VaeCmd) -> wgdit::Result<()> {
     match cmd {
         VaeCmd::Encode(a) => {
             let g = gpu::Gpu::new(&a.gpu.options())?;
-            let r = run_encode(&g, &EncodeTask { model: a.model, image: a.image, output: a.output.clone() })?;
+            let task =
+                EncodeTask { model: a.model, image: a.image, output: a.output.clone(), tiling: a.tiling.tiling()? };
+            let r = run_encode(&g, &task)?;
             report("vae encode", &a.output, &r, &g);
         }
         VaeCmd::Decode(a) => {
             let g = gpu::Gpu::new(&a.gpu.options())?;
-            let spec = TileSpec {
-                min_h: a.vae_tile.0,
-                min_w: a.vae_tile.1,
-                stride_h: a.vae_tile_stride.0,
-                stride_w: a.vae_tile_stride.1,
-            };
-            if spec.stride_h > spec.min_h || spec.stride_w > spec.min_w {
-                return Err(wgdit::Error::input(
-                    "--vae-tile-stride must not exceed --vae-tile (tiles must overlap or touch)",
-                ));
-            }
-            let tiling = match a.vae_tiling {
-                TilingArg::Off => Tiling::Off,
-                TilingArg::On => Tiling::On(spec),
-                TilingArg::Auto => Tiling::Auto { spec, budget: a.vae_budget_mib << 20 },
-            };
+            let tiling = a.tiling.tiling()?;
             let task = DecodeTask { model: a.model, latents: a.latents, output: a.output.clone(), tiling };
             let r = run_decode(&g, &task)?;
             report("vae decode", &a.output, &r, &g);
@@ -686,28 +699,8 @@ fn vae(cmd: VaeCmd) -> wgdit::Result<()> {
 }
 
 fn vae_plan(a: VaePlanArgs) -> wgdit::Result<()> {
-    use wgdit::models::qwen_image_vae::{planned_memory, resolve_dir, Pass, VaeConfig};
-    let cfg = match &a.model {
-        Some(m) => VaeConfig::from_file(&resolve_dir(m)?.join("config.json"))?,
-        None => VaeConfig::qwen_image(),
-    };
-    let f = cfg.spatial_factor();
     let (h, w) = a.size;
-    if h % f != 0 || w % f != 0 {
-        return Err(wgdit::Error::input(format!("--size {h}x{w}: sides must be multiples of the spatial factor {f}")));
-    }
-    let mib = |b: u64| b as f64 / 1048576.0;
-    println!("pass     size        peak MiB  largest activation MiB  dispatches");
-    for (name, pass, ph, pw) in [("encode", Pass::Encode, h, w), ("decode", Pass::Decode { clamp: true }, h / f, w / f)]
-    {
-        let m = planned_memory(&cfg, pass, ph, pw, a.scores_mib << 20);
-        println!(
-            "{name:<8} {h:>5}x{w:<5} {:>9.1}  {:>22.1}  {:>10}",
-            mib(m.peak_bytes),
-            mib(m.largest_activation_bytes),
-            m.dispatches
-        );
-    }
+    print!("{}", wgdit::pipeline::vae::plan_table(a.model.as_deref(), h, w, a.scores_mib << 20)?);
     Ok(())
 }
 

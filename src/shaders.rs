@@ -52,7 +52,7 @@ shaders! {
     ADAMW => "adamw/adamw",
     ATTENTION => "attention/attention",
     ATTENTION_BACKWARD => "attention/attention_backward",
-    CHANNEL_RMS_NORM => "norm/channel_rms_norm",
+    CHANNEL_NORM_DENOM => "norm/channel_norm_denom",
     CONV2D => "conv/conv2d" uses ["common/decode"],
     ELEMENTWISE => "elementwise/elementwise" uses ["common/act"],
     ELEMENTWISE_BACKWARD => "elementwise/elementwise_backward" uses ["common/act"],

@@ -4,8 +4,11 @@
 //   the input seen UP = 1 or 2 times nearest-upsampled (uy, ux index a UP·in_h × UP·in_w image); zero outside it,
 //   else x[(x_pix0 + (uy/UP)·in_w + ux/UP)·CI + ci]. Any stride, any (asymmetric) zero padding.
 //   x: pixels-major [pixels, CI] f32   W: [N, KH, KW, CI] at w_off (DTYPE 0 f32, 1 f16, 2 bf16; halves packed 2 per u32)
-//   bias: [N] f32   epilogue: acc·alpha (+ bias[n]) (+ res[yi]); yi = (y_row0 + m)·N + n, or with TRANSPOSE_Y
-//   yi = n·ldt + y_row0 + m (y is [N, ldt]: the VAE attention's Vᵀ). res has y's layout.
+//   PRENORM: the gathered value is the VAE's channel RMS norm of x (then SiLU if SILU), computed on the fly:
+//     x[pix, ci] / denom[pix] · norm_scale · gamma[ci], denom [pixels] = max(‖x[pix, :]‖₂, 1e-12) (norm/channel_norm_denom),
+//     norm_scale = sqrt(CI); padding taps stay zero (the conv pads the normalised activation).
+//   bias: [N] f32   epilogue: acc·alpha (+ bias[n]) (+ res[yi] | + y[yi] in place); yi = (y_row0 + m)·N + n, or
+//   with TRANSPOSE_Y yi = n·ldt + y_row0 + m (y is [N, ldt]: the VAE attention's Vᵀ). res has y's layout.
 // Used for every conv of the VAE (3×3, 1×1, stride-2 downsample, upsample + conv) and, as a 1×1 conv over an
 // S×1 image, for the mid-block attention's Q·Kᵀ and P·V (W = an f32 activation).
 // Two entry points, same bindings, same results up to f32 summation order (like gemm/gemm.wgsl):
@@ -16,8 +19,10 @@
 
 override DTYPE: u32 = 0u;
 override HAS_BIAS: bool = false;
-override RESIDUAL: bool = false;
+override RESIDUAL: u32 = 0u;  // 0 none, 1 from `res`, 2 in place (y += …)
 override TRANSPOSE_Y: bool = false;
+override PRENORM: bool = false;
+override SILU: bool = false;  // with PRENORM: SiLU after the norm
 
 struct Params {
     in_h: u32,
@@ -37,7 +42,7 @@ struct Params {
     ldt: u32,       // row stride of y when TRANSPOSE_Y
     w_off: u32,     // element offset of W
     alpha: f32,
-    _pad0: u32,
+    norm_scale: f32,  // PRENORM: sqrt(CI) as Python computes it
     _pad1: u32,
     _pad2: u32,
 }
@@ -48,20 +53,32 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> res: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> denom: array<f32>;
+@group(0) @binding(7) var<storage, read> gamma: array<f32>;
 
 fn load_w(i: u32) -> f32 {
     if (DTYPE == 0u) { return bitcast<f32>(weight[i]); }
     return decode_half(DTYPE, weight[i >> 1u], (i & 1u) == 1u);
 }
 
-// Element offset in x of channel 0 of the input pixel tap (ky, kx) of output pixel (oy, ox) reads, or -1
-// where it falls into the zero padding.
-fn tap_base(oy: u32, ox: u32, ky: u32, kx: u32) -> i32 {
+// The input pixel that tap (ky, kx) of output pixel (oy, ox) reads, or -1 where it falls into the zero padding.
+fn tap_pixel(oy: u32, ox: u32, ky: u32, kx: u32) -> i32 {
     let uy = i32(oy * p.stride + ky) - i32(p.pad_top);
     let ux = i32(ox * p.stride + kx) - i32(p.pad_left);
     if (uy < 0 || ux < 0 || uy >= i32(p.in_h * p.up) || ux >= i32(p.in_w * p.up)) { return -1; }
-    let pix = p.x_pix0 + (u32(uy) / p.up) * p.in_w + u32(ux) / p.up;
-    return i32(pix * p.ci);
+    return i32(p.x_pix0 + (u32(uy) / p.up) * p.in_w + u32(ux) / p.up);
+}
+
+// A[m, k] for input pixel `pix` (-1: padding) and channel c, normalised (and SiLU'd) when PRENORM.
+fn gather(pix: i32, c: u32) -> f32 {
+    if (pix < 0) { return 0.0; }
+    let q = u32(pix);
+    var v = x[q * p.ci + c];
+    if (PRENORM) {
+        v = v / denom[q] * p.norm_scale * gamma[c];
+        if (SILU) { v = v / (1.0 + exp(-v)); }
+    }
+    return v;
 }
 
 fn store(m: u32, n: u32, acc: f32) {
@@ -69,7 +86,8 @@ fn store(m: u32, n: u32, acc: f32) {
     if (HAS_BIAS) { a += bias[n]; }
     var yi = (p.y_row0 + m) * p.n + n;
     if (TRANSPOSE_Y) { yi = n * p.ldt + p.y_row0 + m; }
-    if (RESIDUAL) { a += res[yi]; }
+    if (RESIDUAL == 1u) { a += res[yi]; }
+    if (RESIDUAL == 2u) { a += y[yi]; }
     y[yi] = a;
 }
 
@@ -104,19 +122,18 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     var acc3 = vec4<f32>(0.0);
     for (var ky = 0u; ky < p.kh; ky += 1u) {
         for (var kx = 0u; kx < p.kw; kx += 1u) {
-            let b0 = tap_base(oy[0], ox[0], ky, kx);
-            let b1 = tap_base(oy[1], ox[1], ky, kx);
-            let b2 = tap_base(oy[2], ox[2], ky, kx);
-            let b3 = tap_base(oy[3], ox[3], ky, kx);
+            let q0 = tap_pixel(oy[0], ox[0], ky, kx);
+            let q1 = tap_pixel(oy[1], ox[1], ky, kx);
+            let q2 = tap_pixel(oy[2], ox[2], ky, kx);
+            let q3 = tap_pixel(oy[3], ox[3], ky, kx);
             let kb = (ky * p.kw + kx) * p.ci;
             for (var c = 0u; c < p.ci; c += 1u) {
                 let w = vec4<f32>(load_w(wb0 + kb + c), load_w(wb1 + kb + c), load_w(wb2 + kb + c),
                                   load_w(wb3 + kb + c));
-                // select() reads x[c] for padding taps: in bounds, and multiplied by nothing.
-                acc0 += select(0.0, x[u32(max(b0, 0)) + c], b0 >= 0) * w;
-                acc1 += select(0.0, x[u32(max(b1, 0)) + c], b1 >= 0) * w;
-                acc2 += select(0.0, x[u32(max(b2, 0)) + c], b2 >= 0) * w;
-                acc3 += select(0.0, x[u32(max(b3, 0)) + c], b3 >= 0) * w;
+                acc0 += gather(q0, c) * w;
+                acc1 += gather(q1, c) * w;
+                acc2 += gather(q2, c) * w;
+                acc3 += gather(q3, c) * w;
             }
         }
     }
@@ -177,10 +194,7 @@ fn conv2d_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
         for (var q = 0u; q < 4u; q += 1u) {
             let r = r_first + 16u * q;
             var av = 0.0;
-            if (rb + r < M && k < K) {
-                let b = tap_base(oy[q], ox[q], ky, kx);
-                if (b >= 0) { av = x[u32(b) + c]; }
-            }
+            if (rb + r < M && k < K) { av = gather(tap_pixel(oy[q], ox[q], ky, kx), c); }
             xs[kk * LDV + r / 4u][r % 4u] = av;
             var wv = 0.0;
             if (cb + r < p.n && k < K) { wv = load_w(p.w_off + (cb + r) * K + k); }

@@ -7,7 +7,7 @@ use crate::kernels::attention;
 use crate::kernels::conv;
 use crate::kernels::gemm::backward::{self as gemm_backward, DxArgs, LoraGradArgs};
 use crate::kernels::gemm::{self, Epilogue, GemmArgs, GemmProblem, LoraProblem, Residual};
-use crate::kernels::norm::{channel_rms_norm, softmax_rows};
+use crate::kernels::norm::{channel_norm_denom, softmax_rows};
 use crate::kernels::qkv_post;
 use crate::kernels::{
     elementwise, elementwise::backward as elementwise_backward, fill, gated_residual, norm::layer_norm_mod,
@@ -81,7 +81,12 @@ pub fn lower(gpu: &Gpu, op: &Op, tensors: &[Tensor]) -> Result<Vec<Launch>> {
             one(timestep_embed::launch(gpu, &timestep_embed::Args { t: t(*ts), emb: t(*emb) })?)
         }
         Op::Fill { value, y } => one(fill::launch(gpu, t(*y), *value)?),
-        Op::Conv2d { conv: c, x, w, bias, res, y } => {
+        Op::Conv2d { conv: c, x, w, bias, res, pre, y } => {
+            let residual = match (res, c.accumulate) {
+                (Some(r), _) => conv::Residual::From(t(*r)),
+                (None, true) => conv::Residual::InPlace,
+                (None, false) => conv::Residual::None,
+            };
             let a = conv::Args {
                 shape: c.shape,
                 x: t(*x),
@@ -89,16 +94,16 @@ pub fn lower(gpu: &Gpu, op: &Op, tensors: &[Tensor]) -> Result<Vec<Launch>> {
                 weight: t(*w),
                 w_offset: 0,
                 bias: bias.map(t),
-                residual: res.map(t),
+                residual,
+                pre: pre.as_ref().map(|p| conv::PreNorm { denom: t(p.denom), gamma: t(p.gamma), silu: p.silu }),
                 alpha: c.alpha,
                 y: t(*y),
                 y_layout: c.out,
             };
             one(conv::launch_forward(gpu, &a)?)
         }
-        Op::ChannelNorm { silu, x, gamma, y, .. } => {
-            let a = channel_rms_norm::Args { x: t(*x), gamma: t(*gamma), silu: *silu, y: t(*y) };
-            one(channel_rms_norm::launch_forward(gpu, &a)?)
+        Op::ChannelNormDenom { cols, x, denom } => {
+            one(channel_norm_denom::launch_forward(gpu, t(*x), *cols, t(*denom))?)
         }
         Op::Softmax { rows, cols, x, y } => one(softmax_rows::launch_forward(gpu, t(*x), t(*y), *rows, *cols)?),
         Op::Clamp { lo, hi, x, y } => one(elementwise::launch_clamp(gpu, t(*x), t(*y), *lo, *hi)?),

@@ -32,6 +32,15 @@ pub struct ReduceInto {
     pub scratch: T,
 }
 
+/// The VAE's channel RMS norm (+ SiLU) that a `Conv2d` applies to its input while gathering:
+/// `x / denom · sqrt(ci) · gamma`, `denom` from a `ChannelNormDenom` of the same x.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreNorm {
+    pub denom: T,
+    pub gamma: T,
+    pub silu: bool,
+}
+
 #[derive(Clone, Debug)]
 pub enum Op {
     /// `y = a ∘ b` or `y = f(a)` (f32, same shape).
@@ -55,11 +64,13 @@ pub enum Op {
     TimestepEmbed { t: T, emb: T },
     /// `y = value` over the whole tensor.
     Fill { value: f32, y: T },
-    /// 2-D convolution as an implicit GEMM, W `[co, kh, kw, ci]`; `res` is added in the epilogue.
-    /// With `ConvOut` row offsets several nodes write parts of one `y` (`push_partial`).
-    Conv2d { conv: ConvOp, x: T, w: T, bias: Option<T>, res: Option<T>, y: T },
-    /// Channel RMS norm per row of `cols` (`F.normalize(x, dim=C)·sqrt(C)·gamma`), then SiLU if `silu`.
-    ChannelNorm { cols: usize, silu: bool, x: T, gamma: T, y: T },
+    /// 2-D convolution as an implicit GEMM, W `[co, kh, kw, ci]`, of `pre`'s normalisation of x if
+    /// given; `res` is added in the epilogue (or y itself with `conv.accumulate`: y is then read and
+    /// written, listed as an output only). With `ConvOut` row offsets several nodes write parts of
+    /// one `y` (`push_partial`).
+    Conv2d { conv: ConvOp, x: T, w: T, bias: Option<T>, res: Option<T>, pre: Option<PreNorm>, y: T },
+    /// Per-row denominators `max(‖x[r, :]‖, 1e-12)` of the channel RMS norm over rows of `cols`.
+    ChannelNormDenom { cols: usize, x: T, denom: T },
     /// Row softmax over the first `rows` rows of `cols` values.
     Softmax { rows: usize, cols: usize, x: T, y: T },
     /// `y = clamp(x, lo, hi)`.
@@ -199,7 +210,7 @@ macro_rules! visit_operands {
                 $o(emb)
             }
             Op::Fill { y, .. } => $o(y),
-            Op::Conv2d { x, w, bias, res, y, .. } => {
+            Op::Conv2d { x, w, bias, res, pre, y, .. } => {
                 $i(x);
                 $i(w);
                 if let Some(b) = bias {
@@ -208,12 +219,15 @@ macro_rules! visit_operands {
                 if let Some(r) = res {
                     $i(r)
                 }
+                if let Some(PreNorm { denom, gamma, .. }) = pre {
+                    $i(denom);
+                    $i(gamma)
+                }
                 $o(y)
             }
-            Op::ChannelNorm { x, gamma, y, .. } => {
+            Op::ChannelNormDenom { x, denom, .. } => {
                 $i(x);
-                $i(gamma);
-                $o(y)
+                $o(denom)
             }
             Op::Softmax { x, y, .. } | Op::Clamp { x, y, .. } => {
                 $i(x);
@@ -327,7 +341,7 @@ impl Op {
             Op::TimestepEmbed { .. } => "timestep_embed",
             Op::Fill { .. } => "fill",
             Op::Conv2d { .. } => "conv2d",
-            Op::ChannelNorm { .. } => "channel_norm",
+            Op::ChannelNormDenom { .. } => "channel_norm_denom",
             Op::Softmax { .. } => "softmax",
             Op::Clamp { .. } => "clamp",
             Op::GatedResidual { .. } => "gated_residual",
@@ -457,11 +471,17 @@ impl Op {
                 assert_eq!(g.shape(*a), &[lora.rank, lora.k], "{name}: A");
                 assert_eq!(g.shape(*b), &[lora.n, lora.rank], "{name}: B");
             }
-            Op::Conv2d { conv, x, w, bias, res, y } => check_conv(g, conv, [*x, *w, *y], *bias, *res),
-            Op::ChannelNorm { cols, x, gamma, y, .. } => {
-                f32_only(&[*x, *gamma, *y]);
-                assert_eq!(numel(*gamma), *cols, "{name}: gamma [cols]");
-                assert!(numel(*x) % cols == 0 && numel(*x) == numel(*y), "{name}: shapes");
+            Op::Conv2d { conv, x, w, bias, res, pre, y } => {
+                check_conv(g, conv, [*x, *w, *y], *bias, *res);
+                if let Some(p) = pre {
+                    f32_only(&[*x, p.denom, p.gamma]);
+                    assert_eq!(numel(p.gamma), conv.shape.ci, "{name}: prenorm gamma [ci]");
+                    assert!(numel(p.denom) * conv.shape.ci == numel(*x), "{name}: prenorm denominators per x row");
+                }
+            }
+            Op::ChannelNormDenom { cols, x, denom } => {
+                f32_only(&[*x, *denom]);
+                assert!(numel(*x) % cols == 0 && numel(*x) / cols == numel(*denom), "{name}: one denominator per row");
             }
             Op::Softmax { rows, cols, x, y } => {
                 f32_only(&[*x, *y]);
@@ -511,5 +531,6 @@ fn check_conv(g: &Graph, c: &ConvOp, [x, w, y]: [TensorId; 3], bias: Option<Tens
     }
     if let Some(r) = res {
         assert_eq!(numel(r), numel(y), "conv2d: residual {}", g.info(r).name);
+        assert!(!c.accumulate, "conv2d: a residual input and accumulate are exclusive");
     }
 }

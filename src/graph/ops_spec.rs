@@ -108,11 +108,13 @@ pub struct ConvOp {
     pub alpha: f32,
     pub x_pix0: usize,
     pub out: ConvOut,
+    /// `y += …` (the residual is y itself: the VAE's resnets update their input in place).
+    pub accumulate: bool,
 }
 
 impl ConvOp {
     /// A plain convolution of a whole image into a fresh `[pixels, co]` tensor.
     pub fn plain(shape: Conv2dShape) -> ConvOp {
-        ConvOp { shape, alpha: 1.0, x_pix0: 0, out: ConvOut::Rows { row0: 0 } }
+        ConvOp { shape, alpha: 1.0, x_pix0: 0, out: ConvOut::Rows { row0: 0 }, accumulate: false }
     }
 }

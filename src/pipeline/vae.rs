@@ -1,19 +1,18 @@
 //! `wgdit vae encode|decode`: PNG ↔ pixels ↔ latents files around [`Vae`], with every input
 //! checked before any GPU work and outputs written to a temporary file, then renamed.
 //!
-//! - encode: an 8-bit RGB PNG (no resizing; sides multiples of the spatial factor), x =
-//!   `2·(pixels/255) − 1` as diffusers' `VaeImageProcessor`, → `latents` `[1, z, 1, h, w]` f32 =
-//!   `vae.encode(x).latent_dist.mode()`.
+//! - encode: a PNG, JPEG or WebP read as Pillow's `convert("RGB")` (no resizing; sides multiples of
+//!   the spatial factor), x = `2·(pixels/255) − 1` as diffusers' `VaeImageProcessor`, → `latents` `[1, z, 1, h, w]` f32 =
+//!   `vae.encode(x).latent_dist.mode()` (tiled as diffusers' `tiled_encode` when asked or needed).
 //! - decode: `latents` `[1, z, 1, h, w]` (or `[1, z, h, w]`) f32, raw (no mean/std applied), →
 //!   `image` `[1, 3, H, W]` f32 = `vae.decode(z).sample[:, :, 0]` (.safetensors) or an 8-bit RGB
 //!   PNG `round((x/2 + 0.5).clamp(0, 1)·255)` (numpy's round half to even, as `numpy_to_pil`).
 
-use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::image::pixels;
 use crate::models::qwen_image_vae::{Pass, Tiling, Vae};
-use crate::weights::writer::{write_safetensors, OutTensor, Source, TempOutput};
-use std::borrow::Cow;
+use crate::weights::writer::write_f32_tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +22,7 @@ pub struct EncodeTask {
     pub model: PathBuf,
     pub image: PathBuf,
     pub output: PathBuf,
+    pub tiling: Tiling,
 }
 
 pub struct DecodeTask {
@@ -42,50 +42,6 @@ pub struct VaeReport {
     /// Decode tiles (0: untiled).
     pub tiles: usize,
     pub run_ms: f64,
-}
-
-/// An 8-bit RGB PNG as `(pixels [H, W, 3], W, H)`.
-pub fn read_png_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
-    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
-    if reader.format() != Some(image::ImageFormat::Png) {
-        return Err(Error::file(path, "not a PNG file"));
-    }
-    let img = reader.decode().map_err(|e| Error::file(path, format!("cannot decode the PNG: {e}")))?;
-    match img {
-        image::DynamicImage::ImageRgb8(rgb) => {
-            let (w, h) = rgb.dimensions();
-            Ok((rgb.into_raw(), w as usize, h as usize))
-        }
-        other => Err(Error::file(
-            path,
-            format!("the VAE takes 8-bit RGB, this PNG is {:?} (convert it to RGB first)", other.color()),
-        )),
-    }
-}
-
-/// `2·(u8/255) − 1` in f32, `[H, W, 3]` → channel-major `[3, H, W]` (diffusers `VaeImageProcessor`:
-/// `pil_to_numpy` divides by 255 in f32, `normalize` computes `2x − 1`).
-pub fn pixels_to_unit(px: &[u8], w: usize, h: usize) -> Vec<f32> {
-    let mut out = vec![0.0; px.len()];
-    for (i, p) in px.chunks(3).enumerate() {
-        for c in 0..3 {
-            out[c * w * h + i] = 2.0 * (p[c] as f32 / 255.0) - 1.0;
-        }
-    }
-    out
-}
-
-/// `[3, H, W]` in [-1, 1] → `[H, W, 3]` u8: `round((x/2 + 0.5).clamp(0, 1)·255)`, ties to even.
-pub fn unit_to_pixels(x: &[f32], w: usize, h: usize) -> Vec<u8> {
-    let mut out = vec![0u8; x.len()];
-    for c in 0..3 {
-        for i in 0..w * h {
-            let v = (x[c * w * h + i] / 2.0 + 0.5).clamp(0.0, 1.0);
-            out[i * 3 + c] = (v * 255.0).round_ties_even() as u8;
-        }
-    }
-    out
 }
 
 /// Parses a latents file: one f32 tensor `latents` `[1, z_dim, 1, h, w]` or `[1, z_dim, h, w]`;
@@ -117,19 +73,8 @@ pub fn latents_from_bytes(bytes: &[u8], z_dim: usize) -> Result<(Vec<f32>, usize
 }
 
 fn write_tensor(path: &Path, name: &str, shape: Vec<usize>, data: &[f32], producer: &str) -> Result<()> {
-    let tmp = TempOutput::new(path, false)?;
-    let t = OutTensor { name: name.into(), dtype: DType::F32, shape, source: Source::Host(Cow::Borrowed(data)) };
     let meta = BTreeMap::from([("producer".to_string(), producer.to_string())]);
-    write_safetensors(&tmp.tmp, &[t], &meta, &indicatif::ProgressBar::hidden())?;
-    tmp.commit()
-}
-
-fn write_png(path: &Path, px: &[u8], w: usize, h: usize) -> Result<()> {
-    let tmp = TempOutput::new(path, false)?;
-    let (w32, h32) = (w as u32, h as u32);
-    image::save_buffer_with_format(&tmp.tmp, px, w32, h32, image::ExtendedColorType::Rgb8, image::ImageFormat::Png)
-        .map_err(|e| Error::file(&tmp.tmp, format!("cannot write the PNG: {e}")))?;
-    tmp.commit()
+    write_f32_tensor(path, name, data, &shape, &meta)
 }
 
 fn extension(p: &Path) -> String {
@@ -141,7 +86,8 @@ pub fn run_encode(gpu: &Arc<Gpu>, t: &EncodeTask) -> Result<VaeReport> {
     if extension(&t.output) != "safetensors" {
         return Err(Error::input(format!("--output {}: latents are written as .safetensors", t.output.display())));
     }
-    let (px, w, h) = read_png_rgb(&t.image)?;
+    let img = pixels::load_rgb(&t.image)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
     let mut vae = Vae::open(gpu, &t.model)?;
     let f = vae.spatial_factor();
     if w % f != 0 || h % f != 0 {
@@ -151,12 +97,18 @@ pub fn run_encode(gpu: &Arc<Gpu>, t: &EncodeTask) -> Result<VaeReport> {
         )));
     }
     let t0 = Instant::now();
-    let z = vae.encode(&pixels_to_unit(&px, w, h), h, w)?;
+    let (z, info) = vae.encode_with(&pixels::vae_input(&img), h, w, t.tiling)?;
     let run_ms = t0.elapsed().as_secs_f64() * 1e3;
     let m = vae.planned_memory(Pass::Encode, h, w);
     let shape = vec![1, vae.config.z_dim, 1, h / f, w / f];
     write_tensor(&t.output, "latents", shape.clone(), &z, "wgdit vae encode")?;
-    Ok(VaeReport { output_shape: shape, dispatches: m.dispatches, planned_peak_bytes: m.peak_bytes, tiles: 0, run_ms })
+    Ok(VaeReport {
+        output_shape: shape,
+        dispatches: info.dispatches,
+        planned_peak_bytes: m.peak_bytes,
+        tiles: info.tiles,
+        run_ms,
+    })
 }
 
 /// `wgdit vae decode`.
@@ -177,7 +129,7 @@ pub fn run_decode(gpu: &Arc<Gpu>, t: &DecodeTask) -> Result<VaeReport> {
         if c != 3 {
             return Err(Error::input(format!("PNG output needs 3 channels, this VAE decodes {c}")));
         }
-        write_png(&t.output, &unit_to_pixels(&img, ow, oh), ow, oh)?;
+        pixels::write_png(&t.output, &pixels::vae_output_to_rgb8(&img, ow as u32, oh as u32)?, &[])?;
     } else {
         write_tensor(&t.output, "image", vec![1, c, oh, ow], &img, "wgdit vae decode")?;
     }
@@ -189,4 +141,33 @@ pub fn run_decode(gpu: &Arc<Gpu>, t: &DecodeTask) -> Result<VaeReport> {
         tiles: info.tiles,
         run_ms,
     })
+}
+
+/// `wgdit vae plan`: planned peak, largest activation and dispatches (per op) of encode and
+/// decode of an `h × w` image, from a VAE folder's config or the Qwen-Image one; no GPU, no weights.
+pub fn plan_table(model: Option<&Path>, h: usize, w: usize, scores_budget: u64) -> Result<String> {
+    use crate::models::qwen_image_vae::{planned_memory, resolve_dir, VaeConfig};
+    let cfg = match model {
+        Some(m) => VaeConfig::from_file(&resolve_dir(m)?.join("config.json"))?,
+        None => VaeConfig::qwen_image(),
+    };
+    let f = cfg.spatial_factor();
+    if h % f != 0 || w % f != 0 {
+        return Err(Error::input(format!("--size {h}x{w}: sides must be multiples of the spatial factor {f}")));
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let mut out = String::from("pass     size        peak MiB  largest activation MiB  dispatches  (by op)\n");
+    for (name, pass, ph, pw) in [("encode", Pass::Encode, h, w), ("decode", Pass::Decode { clamp: true }, h / f, w / f)]
+    {
+        let m = planned_memory(&cfg, pass, ph, pw, scores_budget);
+        let ops: Vec<String> = m.by_op.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        out += &format!(
+            "{name:<8} {h:>5}x{w:<5} {:>9.1}  {:>22.1}  {:>10}  ({})\n",
+            mib(m.peak_bytes),
+            mib(m.largest_activation_bytes),
+            m.dispatches,
+            ops.join(", ")
+        );
+    }
+    Ok(out)
 }

@@ -3,6 +3,7 @@
 
 mod forward;
 mod generate;
+mod vae;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

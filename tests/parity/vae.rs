@@ -137,3 +137,49 @@ fn vae_runs_half_weights_as_stored_exactly_like_their_f32_values() {
         eprintln!("{dtype:?} weights vs diffusers f32: {:.2e}", stats(&a, &d.get("image")).rel_l2);
     }
 }
+
+#[test]
+fn vae_encode_tiles_only_when_asked_or_when_auto_says_it_does_not_fit() {
+    let f = case("vae_encode");
+    let mut v = vae();
+    let spec = TileSpec { min_h: 16, min_w: 24, stride_h: 12, stride_w: 16 };
+    let (_, info) = v.encode_with(&f.get("x"), 28, 44, Tiling::On(spec)).unwrap();
+    assert_eq!(info.tiles, 9, "rows 0, 12, 24 × columns 0, 16, 32");
+    let (lat, info) = v.encode_with(&f.get("x"), 28, 44, Tiling::Auto { spec, budget: u64::MAX }).unwrap();
+    assert_eq!(info.tiles, 0);
+    check("vae_encode latents (auto, untiled)", &lat, &f.get("latents"));
+    let (_, info) = v.encode_with(&f.get("x"), 28, 44, Tiling::Auto { spec, budget: 1 }).unwrap();
+    assert_eq!(info.tiles, 9);
+    let bad = TileSpec { min_h: 18, ..spec }; // not a multiple of the spatial factor 4
+    assert!(v.encode_with(&f.get("x"), 28, 44, Tiling::On(bad)).is_err());
+}
+
+/// The tiled encode against diffusers' `tiled_encode`, which the fixtures do not record: run
+/// `tools/check_vae_tiled_encode.py` first, then this test with WGDIT_VAE_TILED_ENCODE_REF set.
+#[test]
+#[ignore = "needs the reference written by tools/check_vae_tiled_encode.py (WGDIT_VAE_TILED_ENCODE_REF)"]
+fn vae_tiled_encode_matches_diffusers() {
+    let path = std::env::var("WGDIT_VAE_TILED_ENCODE_REF").expect("set WGDIT_VAE_TILED_ENCODE_REF");
+    let want = Fixture::read(std::path::Path::new(&path)).get("latents_tiled");
+    let f = case("vae_encode");
+    let spec = TileSpec { min_h: 16, min_w: 24, stride_h: 12, stride_w: 16 };
+    let (lat, _) = vae().encode_with(&f.get("x"), 28, 44, Tiling::On(spec)).unwrap();
+    check("vae_encode latents tiled (diffusers tiled_encode)", &lat, &want);
+}
+
+/// The real config (base_dim 96, dim_mult [1, 2, 4, 4], 2 res blocks, factor 8) with random weights against
+/// diffusers: run `tools/check_vae_real_config.py` first (writes a 508 MB VAE folder), then this test with
+/// WGDIT_VAE_REAL_DIR set.
+#[test]
+#[ignore = "needs the folder written by tools/check_vae_real_config.py (WGDIT_VAE_REAL_DIR)"]
+fn vae_real_config_matches_diffusers() {
+    let dir = std::path::PathBuf::from(std::env::var("WGDIT_VAE_REAL_DIR").expect("set WGDIT_VAE_REAL_DIR"));
+    let r = Fixture::read(&dir.join("reference.safetensors"));
+    let mut v = Vae::open(&test_gpu(), &dir).unwrap();
+    v.poison_activations = true;
+    assert_eq!(v.spatial_factor(), 8);
+    let lat = v.encode(&r.get("x"), 32, 48).unwrap();
+    check("real-config encode latents", &lat, &r.get("latents"));
+    let (img, _) = v.decode(&r.get("z"), 4, 6, Tiling::Off).unwrap();
+    check("real-config decode image", &img, &r.get("image"));
+}

@@ -6,7 +6,9 @@
 //!
 //! Layout: x pixels-major `[pixels, ci]` f32; W `[co, kh, kw, ci]` (f32, f16 or bf16, decoded in
 //! WGSL through `common/decode`); y `[pixels, co]` f32, or transposed `[co, ldt]`. The A tile is
-//! gathered from x per K step, so no im2col buffer exists.
+//! gathered from x per K step, so no im2col buffer exists. With [`PreNorm`] the gathered value is
+//! the VAE's channel RMS norm of x (then SiLU), `x / denom · sqrt(ci) · gamma`, from per-pixel
+//! denominators (`kernels::norm::channel_norm_denom`): the normalised tensor is never stored.
 
 use crate::gpu::{Gpu, Launch};
 use crate::layout::Conv2dShape;
@@ -19,9 +21,19 @@ pub const TILE: usize = 32;
 /// Output tile of one `conv2d_tiled` workgroup (16×16 invocations, 4×4 outputs each).
 pub const TILE_WG: usize = 64;
 
-pub use crate::kernels::gemm::Variant;
+pub use crate::kernels::gemm::{Residual, Variant};
 
 pub use crate::layout::ConvOut;
+
+/// The channel RMS norm (+ SiLU) applied to x while gathering.
+#[derive(Clone, Copy, Debug)]
+pub struct PreNorm<'a> {
+    /// `[pixels]` f32: `max(‖x[pix, :]‖, 1e-12)`, same pixel indexing as x.
+    pub denom: &'a Tensor,
+    /// `[ci]` f32.
+    pub gamma: &'a Tensor,
+    pub silu: bool,
+}
 
 /// One convolution dispatch.
 #[derive(Clone, Copy, Debug)]
@@ -34,8 +46,9 @@ pub struct Args<'a> {
     pub weight: &'a Tensor,
     pub w_offset: usize,
     pub bias: Option<&'a Tensor>,
-    /// Added in the epilogue (same layout as y, another buffer).
-    pub residual: Option<&'a Tensor>,
+    /// Added in the epilogue: another tensor of y's layout, or y itself (`InPlace`: y += conv).
+    pub residual: Residual<'a>,
+    pub pre: Option<PreNorm<'a>>,
     /// Scale of the accumulated sum (before the bias).
     pub alpha: f32,
     pub y: &'a Tensor,
@@ -62,7 +75,8 @@ pub struct Params {
     pub ldt: u32,
     pub w_off: u32,
     pub alpha: f32,
-    pub _pad: [u32; 3],
+    pub norm_scale: f32,
+    pub _pad: [u32; 2],
 }
 crate::assert_params!(Params);
 
@@ -90,8 +104,12 @@ fn check(a: &Args) {
     if let Some(b) = a.bias {
         assert!(b.dtype == DType::F32 && b.numel() >= s.co, "conv2d: bias must be f32 [co]");
     }
-    if let Some(r) = a.residual {
+    if let Residual::From(r) = a.residual {
         assert!(r.numel() == a.y.numel() && !r.buffer.same(&a.y.buffer), "conv2d: residual must match y, elsewhere");
+    }
+    if let Some(n) = a.pre {
+        assert!(n.denom.numel() >= a.x_pix0 + s.in_pixels(), "conv2d: prenorm denominators too few");
+        assert!(n.gamma.numel() == s.ci && n.gamma.dtype == DType::F32, "conv2d: prenorm gamma must be f32 [ci]");
     }
 }
 
@@ -120,7 +138,12 @@ pub fn launch_variant(gpu: &Gpu, a: &Args, variant: Variant) -> Result<Launch> {
         ConvOut::Rows { row0 } => (row0, 0, false),
         ConvOut::Transposed { row0, ld } => (row0, ld, true),
     };
-    assert!(!(transpose && a.residual.is_some()), "conv2d: no residual with a transposed y");
+    let residual = match a.residual {
+        Residual::None => 0.0,
+        Residual::From(_) => 1.0,
+        Residual::InPlace => 2.0,
+    };
+    assert!(!transpose || residual == 0.0, "conv2d: no residual with a transposed y");
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let kernel = gpu.kernel(
         &CONV2D,
@@ -128,8 +151,10 @@ pub fn launch_variant(gpu: &Gpu, a: &Args, variant: Variant) -> Result<Launch> {
         &[
             ("DTYPE", a.weight.dtype.code()),
             ("HAS_BIAS", flag(a.bias.is_some())),
-            ("RESIDUAL", flag(a.residual.is_some())),
+            ("RESIDUAL", residual),
             ("TRANSPOSE_Y", flag(transpose)),
+            ("PRENORM", flag(a.pre.is_some())),
+            ("SILU", flag(a.pre.is_some_and(|n| n.silu))),
         ],
     )?;
     let p = Params {
@@ -150,13 +175,26 @@ pub fn launch_variant(gpu: &Gpu, a: &Args, variant: Variant) -> Result<Launch> {
         ldt: u32_of(ldt, "ldt"),
         w_off: u32_of(a.w_offset, "w_offset"),
         alpha: a.alpha,
-        _pad: [0; 3],
+        norm_scale: crate::kernels::norm::channel_norm_denom::scale(s.ci),
+        _pad: [0; 2],
     };
     let or_x = |t: Option<&Tensor>| t.unwrap_or(a.x).buffer.clone();
+    let res = match a.residual {
+        Residual::From(r) => Some(r),
+        _ => None,
+    };
     Ok(Launch {
         kernel,
         params: bytemuck::bytes_of(&p).to_vec(),
-        buffers: vec![a.x.buffer.clone(), a.weight.buffer.clone(), or_x(a.bias), or_x(a.residual), a.y.buffer.clone()],
+        buffers: vec![
+            a.x.buffer.clone(),
+            a.weight.buffer.clone(),
+            or_x(a.bias),
+            or_x(res),
+            a.y.buffer.clone(),
+            or_x(a.pre.map(|n| n.denom)),
+            or_x(a.pre.map(|n| n.gamma)),
+        ],
         groups: grid(s.co, s.out_pixels(), tile),
     })
 }
@@ -173,7 +211,10 @@ pub mod cpu {
         pub x: &'a [f64],
         pub weight: &'a [f64],
         pub bias: Option<&'a [f64]>,
+        /// `Some(res)` for both `Residual::From(res)` and `InPlace` (pass y's old values).
         pub residual: Option<&'a [f64]>,
+        /// (gamma [ci], silu): x is normalised per pixel (`channel_norm_denom::cpu::normalize`) first.
+        pub pre: Option<(&'a [f64], bool)>,
         pub alpha: f64,
         pub y_layout: ConvOut,
     }
@@ -181,6 +222,15 @@ pub mod cpu {
     /// Writes the convolution's outputs into `y` (other elements keep their values).
     pub fn conv2d(c: &Conv, y: &mut [f64]) {
         let s = &c.shape;
+        let normed;
+        let x = match c.pre {
+            Some((gamma, silu)) => {
+                normed =
+                    crate::kernels::norm::channel_norm_denom::cpu::normalize(&c.x[..s.in_pixels() * s.ci], gamma, silu);
+                &normed[..]
+            }
+            None => c.x,
+        };
         let up = 1 + s.upsample as i64;
         let (uh, uw) = (s.in_h as i64 * up, s.in_w as i64 * up);
         for oy in 0..s.out_h() {
@@ -197,7 +247,7 @@ pub mod cpu {
                             }
                             let pix = (uy / up) as usize * s.in_w + (ux / up) as usize;
                             let w = &c.weight[((n * s.kh + ky) * s.kw + kx) * s.ci..][..s.ci];
-                            acc += w.iter().zip(&c.x[pix * s.ci..][..s.ci]).map(|(a, b)| a * b).sum::<f64>();
+                            acc += w.iter().zip(&x[pix * s.ci..][..s.ci]).map(|(a, b)| a * b).sum::<f64>();
                         }
                     }
                     let mut v = c.alpha * acc + c.bias.map_or(0.0, |b| b[n]);

@@ -1,21 +1,32 @@
 //! conv2d vs the f64 CPU reference at awkward shapes (1, 3, 17 channels, odd images), both entry
 //! points, f32/f16/bf16 weights, stride 2 with diffusers' (0, 1, 0, 1) padding, nearest ×2 upsampling,
-//! 1×1 matmuls with an input pixel offset, residuals and the transposed output. Outputs are poisoned
-//! with NaN first; the whole y buffer is compared (the elements a case does not write stay NaN).
+//! 1×1 matmuls with an input pixel offset, residuals (from a tensor and in place), the channel RMS norm
+//! (+ SiLU) applied while gathering, and the transposed output. Outputs are poisoned with NaN first;
+//! the whole y buffer is compared (the elements a case does not write stay NaN).
 
-use super::{cpu, launch_variant, Args, ConvOut, Variant};
+use super::{cpu, launch_variant, Args, ConvOut, PreNorm, Residual, Variant};
+use crate::kernels::norm::channel_norm_denom;
 use crate::kernels::test_util::*;
 use crate::layout::Conv2dShape;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::testing::{assert_close, test_gpu, Tol};
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Res {
+    None,
+    From,
+    InPlace,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Case {
     shape: Conv2dShape,
     dtype: DType,
     bias: bool,
-    residual: bool,
+    residual: Res,
+    /// The channel norm in the gather, with SiLU or not.
+    pre: Option<bool>,
     alpha: f32,
     x_pix0: usize,
     y_layout: ConvOut,
@@ -27,7 +38,8 @@ impl Case {
             shape,
             dtype: DType::F32,
             bias: true,
-            residual: false,
+            residual: Res::None,
+            pre: None,
             alpha: 1.0,
             x_pix0: 0,
             y_layout: ConvOut::Rows { row0: 0 },
@@ -50,8 +62,20 @@ fn run(gpu: &crate::gpu::Gpu, c: &Case, variant: Variant, seed: u64) {
     let b = normal(&mut rng, s.co, 0.1);
     let r = normal(&mut rng, c.y_len(), 1.0);
     let (tx, tb, tr) = (up(gpu, &x, &[x.len()]), up(gpu, &b, &[s.co]), up(gpu, &r, &[r.len()]));
+    let g = rng.vec_uniform(s.ci, 0.5, 1.5);
     let tw = Tensor::from_f32(gpu, &w, &[w.len()], c.dtype, "weight").unwrap();
-    let y = poisoned(gpu, &[c.y_len()]);
+    // In place: y starts as the residual (rows a case does not write keep it).
+    let y = if c.residual == Res::InPlace { up(gpu, &r, &[r.len()]) } else { poisoned(gpu, &[c.y_len()]) };
+    let (tg, denom) = (up(gpu, &g, &[s.ci]), poisoned(gpu, &[x.len() / s.ci]));
+    let mut launches = Vec::new();
+    if c.pre.is_some() {
+        launches.push(channel_norm_denom::launch_forward(gpu, &tx, s.ci, &denom).unwrap());
+    }
+    let residual = match c.residual {
+        Res::None => Residual::None,
+        Res::From => Residual::From(&tr),
+        Res::InPlace => Residual::InPlace,
+    };
     let a = Args {
         shape: s,
         x: &tx,
@@ -59,20 +83,23 @@ fn run(gpu: &crate::gpu::Gpu, c: &Case, variant: Variant, seed: u64) {
         weight: &tw,
         w_offset: 0,
         bias: c.bias.then_some(&tb),
-        residual: c.residual.then_some(&tr),
+        residual,
+        pre: c.pre.map(|silu| PreNorm { denom: &denom, gamma: &tg, silu }),
         alpha: c.alpha,
         y: &y,
         y_layout: c.y_layout,
     };
-    gpu.run(&[launch_variant(gpu, &a, variant).unwrap()]).unwrap();
-    let (x64, w64, b64, r64) = (f64s(&x), f64s(&w), f64s(&b), f64s(&r));
-    let mut want = vec![f64::NAN; c.y_len()];
+    launches.push(launch_variant(gpu, &a, variant).unwrap());
+    gpu.run(&launches).unwrap();
+    let (x64, w64, b64, r64, g64) = (f64s(&x), f64s(&w), f64s(&b), f64s(&r), f64s(&g));
+    let mut want = if c.residual == Res::InPlace { r64.clone() } else { vec![f64::NAN; c.y_len()] };
     let rc = cpu::Conv {
         shape: s,
         x: &x64[c.x_pix0 * s.ci..],
         weight: &w64,
         bias: c.bias.then_some(&b64[..]),
-        residual: c.residual.then_some(&r64[..]),
+        residual: (c.residual != Res::None).then_some(&r64[..]),
+        pre: c.pre.map(|silu| (&g64[..], silu)),
         alpha: c.alpha as f64,
         y_layout: c.y_layout,
     };
@@ -127,14 +154,15 @@ fn conv2d_decodes_half_weights() {
     for (i, dtype) in [DType::F16, DType::BF16].into_iter().enumerate() {
         // odd ci·9: the last packed word is half used.
         run_both(&Case { dtype, ..Case::new(Conv2dShape::same(5, 6, 3, 5, 3)) }, 30 + i as u64);
-        run_both(&Case { dtype, residual: true, ..Case::new(Conv2dShape::matmul(17, 7, 3)) }, 32 + i as u64);
+        run_both(&Case { dtype, residual: Res::From, ..Case::new(Conv2dShape::matmul(17, 7, 3)) }, 32 + i as u64);
     }
 }
 
 #[test]
 fn conv2d_1x1_is_a_matmul_with_pixel_offsets_residual_and_transposed_output() {
     let mm = Conv2dShape::matmul(65, 8, 24);
-    run_both(&Case { residual: true, ..Case::new(mm) }, 40);
+    run_both(&Case { residual: Res::From, ..Case::new(mm) }, 40);
+    run_both(&Case { residual: Res::InPlace, ..Case::new(mm) }, 43);
     // Scores chunk: rows 5..22 of Q (x_pix0), written at rows 3.. of a taller y, scaled, no bias.
     let chunk = Conv2dShape::matmul(17, 8, 13);
     run_both(
@@ -143,4 +171,19 @@ fn conv2d_1x1_is_a_matmul_with_pixel_offsets_residual_and_transposed_output() {
     );
     // Vᵀ: y [co, ld] with rows 2..2+17 of each channel written.
     run_both(&Case { y_layout: ConvOut::Transposed { row0: 2, ld: 21 }, ..Case::new(chunk) }, 42);
+}
+
+#[test]
+fn conv2d_applies_the_channel_norm_and_silu_while_gathering() {
+    // resnet conv1/conv2 (norm + SiLU), the attention's q/k/v (norm only, with a pixel offset), norm_out + conv_out,
+    // and conv2's in-place residual; zero padding stays zero after the norm.
+    for (i, &(h, w, ci, co)) in [(5, 7, 3, 4), (3, 17, 17, 17), (1, 1, 1, 1), (4, 4, 64, 3)].iter().enumerate() {
+        let shape = Conv2dShape::same(h, w, ci, co, 3);
+        run_both(&Case { pre: Some(true), ..Case::new(shape) }, 60 + i as u64);
+        let square = Conv2dShape::same(h, w, ci, ci, 3);
+        run_both(&Case { pre: Some(true), residual: Res::InPlace, ..Case::new(square) }, 70 + i as u64);
+    }
+    run_both(&Case { pre: Some(false), x_pix0: 3, ..Case::new(Conv2dShape::matmul(17, 8, 8)) }, 80);
+    let up = Conv2dShape { upsample: true, ..Conv2dShape::same(3, 5, 5, 3, 3) };
+    run_both(&Case { pre: Some(true), ..Case::new(up) }, 81);
 }

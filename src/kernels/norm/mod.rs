@@ -1,8 +1,8 @@
 //! Row-wise norms and reductions: LayerNorm + adaLN modulation, RMSNorm, the per-sample row
 //! reductions their backwards use, the squared norm of gradient clipping, and the VAE's channel
-//! RMS norm (+ SiLU) and the row softmax of its mid-block attention.
+//! RMS norm denominators and the row softmax of its mid-block attention.
 
-pub mod channel_rms_norm;
+pub mod channel_norm_denom;
 pub mod layer_norm_mod;
 pub mod reduce_rows;
 pub mod rms_norm;

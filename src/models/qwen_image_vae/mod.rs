@@ -12,7 +12,7 @@ pub mod tiling;
 pub mod vae;
 
 pub use config::{denormalize_latents, normalize_latents, VaeConfig};
-pub use runtime::{planned_memory, resolve_dir, DecodeInfo, Pass, PlannedMemory, Tiling, Vae};
+pub use runtime::{planned_memory, resolve_dir, Pass, PlannedMemory, RunInfo, Tiling, Vae};
 pub use tiling::TileSpec;
 
 #[cfg(test)]

@@ -30,10 +30,10 @@ pub enum Tiling {
     Auto { spec: TileSpec, budget: u64 },
 }
 
-/// How a decode ran.
+/// How an encode or decode ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DecodeInfo {
-    /// Tiles decoded (0: untiled).
+pub struct RunInfo {
+    /// Tiles run (0: untiled).
     pub tiles: usize,
     /// Dispatches over all tiles.
     pub dispatches: usize,
@@ -47,7 +47,7 @@ pub enum Pass {
 }
 
 /// Planned memory of one VAE graph, without weights or a GPU.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct PlannedMemory {
     /// Activation slots the plan allocates (the input included).
     pub peak_bytes: u64,
@@ -55,6 +55,8 @@ pub struct PlannedMemory {
     pub largest_activation_bytes: u64,
     /// Dispatches per run.
     pub dispatches: usize,
+    /// Dispatches per accounting label (conv, norm, attention, clamp), sorted by label.
+    pub by_op: Vec<(String, usize)>,
 }
 
 /// The plan of an `h × w` (pixels for encode, latents for decode) pass.
@@ -62,11 +64,22 @@ pub fn planned_memory(cfg: &VaeConfig, pass: Pass, h: usize, w: usize, scores_bu
     let g = build(cfg, pass, h, w, &|_| DType::F32, scores_budget);
     let m = memory::plan(&g.graph);
     let largest = g.graph.tensors.iter().filter(|t| t.kind != crate::graph::TensorKind::Param).map(|t| t.bytes()).max();
+    let mut by_op = std::collections::BTreeMap::new();
+    for n in &g.graph.nodes {
+        *by_op.entry(n.label.op.clone()).or_insert(0) += n.op.dispatches();
+    }
     PlannedMemory {
         peak_bytes: m.peak_activation_bytes + m.input_bytes,
         largest_activation_bytes: largest.unwrap_or(0),
         dispatches: g.graph.dispatch_count(),
+        by_op: by_op.into_iter().collect(),
     }
+}
+
+/// `--vae-tiling auto`'s rule: tile when one activation of the untiled plan exceeds a storage
+/// binding, or its planned peak exceeds `budget` bytes.
+pub fn needs_tiling(m: &PlannedMemory, max_binding: u64, budget: u64) -> bool {
+    m.largest_activation_bytes > max_binding || m.peak_bytes > budget
 }
 
 fn build(cfg: &VaeConfig, pass: Pass, h: usize, w: usize, dt: &dyn Fn(&str) -> DType, scores: u64) -> VaeGraph {
@@ -156,8 +169,15 @@ impl Vae {
     }
 
     /// `vae.encode(x).latent_dist.mode()`: x `[C_in, H, W]` in [-1, 1] (H, W multiples of the
-    /// spatial factor) → latents `[z_dim, H/f, W/f]`.
+    /// spatial factor) → latents `[z_dim, H/f, W/f]`, untiled.
     pub fn encode(&mut self, x: &[f32], h: usize, w: usize) -> Result<Vec<f32>> {
+        Ok(self.encode_with(x, h, w, Tiling::Off)?.0)
+    }
+
+    /// [`encode`](Self::encode) with tiling: `On` is diffusers' `tiled_encode` (pixel tiles of
+    /// `spec.min` every `spec.stride`, blended in latent space); tile sizes and strides must be
+    /// multiples of the spatial factor.
+    pub fn encode_with(&mut self, x: &[f32], h: usize, w: usize, tiling: Tiling) -> Result<(Vec<f32>, RunInfo)> {
         let f = self.spatial_factor();
         if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
             return Err(Error::input(format!(
@@ -168,12 +188,53 @@ impl Vae {
         if x.len() != c * h * w {
             return Err(Error::input(format!("image has {} values, expected {c}×{h}×{w}", x.len())));
         }
-        self.run(Pass::Encode, h, w, x)
+        let spec = match tiling {
+            Tiling::Off => None,
+            Tiling::On(s) => Some(s),
+            Tiling::Auto { spec, budget } => {
+                let m = self.planned_memory(Pass::Encode, h, w);
+                needs_tiling(&m, self.gpu.limits().max_storage_binding, budget).then_some(spec)
+            }
+        };
+        match spec {
+            // diffusers' _encode: tiled when width > tile_sample_min_width or height > tile_sample_min_height.
+            Some(s) if w > s.min_w || h > s.min_h => self.encode_tiled(x, h, w, &s),
+            _ => self.run_counted(Pass::Encode, h, w, x),
+        }
+    }
+
+    fn encode_tiled(&mut self, x: &[f32], h: usize, w: usize, spec: &TileSpec) -> Result<(Vec<f32>, RunInfo)> {
+        let f = self.spatial_factor();
+        if [spec.min_h, spec.min_w, spec.stride_h, spec.stride_w].iter().any(|v| v % f != 0 || *v == 0) {
+            return Err(Error::input(format!(
+                "tiled encode: tile sizes and strides {spec:?} must be multiples of {f}"
+            )));
+        }
+        let c = self.config.input_channels;
+        let mut info = RunInfo { tiles: 0, dispatches: 0 };
+        let mut rows = Vec::new();
+        for row in spec.grid(h, w, 1) {
+            let mut out = Vec::new();
+            for t in row {
+                let (data, i) = self.run_counted(Pass::Encode, t.h, t.w, &crop(x, c, h, w, &t))?;
+                (info.tiles, info.dispatches) = (info.tiles + 1, info.dispatches + i.dispatches);
+                out.push(TileImage { c: self.config.z_dim, h: t.h / f, w: t.w / f, data });
+            }
+            rows.push(out);
+        }
+        // Blending and cropping in latent units (diffusers: tile_latent_min − tile_latent_stride).
+        let lat = TileSpec {
+            min_h: spec.min_h / f,
+            min_w: spec.min_w / f,
+            stride_h: spec.stride_h / f,
+            stride_w: spec.stride_w / f,
+        };
+        Ok((tiling::blend(&lat, rows, h / f, w / f), info))
     }
 
     /// `vae.decode(z).sample[:, :, 0]`: latents `[z_dim, h, w]` → image `[C_in, f·h, f·w]`
     /// (clamped to [-1, 1] untiled; unclamped when tiled, as diffusers).
-    pub fn decode(&mut self, z: &[f32], h: usize, w: usize, tiling: Tiling) -> Result<(Vec<f32>, DecodeInfo)> {
+    pub fn decode(&mut self, z: &[f32], h: usize, w: usize, tiling: Tiling) -> Result<(Vec<f32>, RunInfo)> {
         let zc = self.config.z_dim;
         if h == 0 || w == 0 || z.len() != zc * h * w {
             return Err(Error::input(format!(
@@ -187,42 +248,35 @@ impl Vae {
             Tiling::On(s) => Some(s),
             Tiling::Auto { spec, budget } => {
                 let m = self.planned_memory(Pass::Decode { clamp: true }, h, w);
-                let binding = self.gpu.limits().max_storage_binding;
-                (m.largest_activation_bytes > binding || m.peak_bytes > budget).then_some(spec)
+                needs_tiling(&m, self.gpu.limits().max_storage_binding, budget).then_some(spec)
             }
         };
         match spec {
             Some(s) if s.tiles(h, w, f) => self.decode_tiled(z, h, w, &s),
-            _ => {
-                let pass = Pass::Decode { clamp: true };
-                let img = self.run(pass, h, w, z)?;
-                Ok((img, DecodeInfo { tiles: 0, dispatches: self.plans[&(pass, h, w)].plan.labels().len() }))
-            }
+            _ => self.run_counted(Pass::Decode { clamp: true }, h, w, z),
         }
     }
 
-    fn decode_tiled(&mut self, z: &[f32], h: usize, w: usize, spec: &TileSpec) -> Result<(Vec<f32>, DecodeInfo)> {
+    fn decode_tiled(&mut self, z: &[f32], h: usize, w: usize, spec: &TileSpec) -> Result<(Vec<f32>, RunInfo)> {
         let (f, zc) = (self.spatial_factor(), self.config.z_dim);
-        let mut info = DecodeInfo { tiles: 0, dispatches: 0 };
+        let mut info = RunInfo { tiles: 0, dispatches: 0 };
         let mut rows = Vec::new();
         for row in spec.grid(h, w, f) {
             let mut out = Vec::new();
             for t in row {
-                let mut part = Vec::with_capacity(zc * t.h * t.w);
-                for c in 0..zc {
-                    for y in t.y0..t.y0 + t.h {
-                        part.extend_from_slice(&z[(c * h + y) * w + t.x0..][..t.w]);
-                    }
-                }
-                let pass = Pass::Decode { clamp: false };
-                let data = self.run(pass, t.h, t.w, &part)?;
-                info.tiles += 1;
-                info.dispatches += self.plans[&(pass, t.h, t.w)].plan.labels().len();
+                let (data, i) = self.run_counted(Pass::Decode { clamp: false }, t.h, t.w, &crop(z, zc, h, w, &t))?;
+                (info.tiles, info.dispatches) = (info.tiles + 1, info.dispatches + i.dispatches);
                 out.push(TileImage { c: self.config.input_channels, h: t.h * f, w: t.w * f, data });
             }
             rows.push(out);
         }
         Ok((tiling::blend(spec, rows, h * f, w * f), info))
+    }
+
+    /// [`run`](Self::run), with its dispatch count (an untiled run).
+    fn run_counted(&mut self, pass: Pass, h: usize, w: usize, input: &[f32]) -> Result<(Vec<f32>, RunInfo)> {
+        let out = self.run(pass, h, w, input)?;
+        Ok((out, RunInfo { tiles: 0, dispatches: self.plans[&(pass, h, w)].plan.labels().len() }))
     }
 
     /// Runs a pass on channel-major input `[C, h, w]`, returns channel-major output.
@@ -268,6 +322,17 @@ impl Vae {
         }
         Ok(out)
     }
+}
+
+/// The `tile` window of a channel-major `[c, h, w]` image.
+fn crop(v: &[f32], c: usize, h: usize, w: usize, t: &tiling::Tile) -> Vec<f32> {
+    let mut part = Vec::with_capacity(c * t.h * t.w);
+    for ch in 0..c {
+        for y in t.y0..t.y0 + t.h {
+            part.extend_from_slice(&v[(ch * h + y) * w + t.x0..][..t.w]);
+        }
+    }
+    part
 }
 
 /// `[a, b]` → `[b, a]` (channel-major ↔ pixels-major).

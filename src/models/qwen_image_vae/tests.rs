@@ -4,7 +4,7 @@
 
 use super::vae::{attention_block, attention_chunk_rows, ParamSrc};
 use crate::exec::Plan;
-use crate::kernels::norm::channel_rms_norm::cpu::forward as channel_norm;
+use crate::kernels::norm::channel_norm_denom::cpu::normalize as channel_norm;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::testing::{assert_close, test_gpu, Tol};
@@ -77,7 +77,93 @@ fn vae_attention_at_width_384_in_several_chunks_matches_reference() {
     let want: Vec<f32> =
         reference(&x.iter().map(|&a| a as f64).collect::<Vec<_>>(), &t64, c).iter().map(|&v| v as f32).collect();
     // Three f32 GEMMs of K = 384 (and K = S) and a softmax; peaked scores (c = 2.5) amplify q·k errors.
-    assert_close("attention C=384 in 6 chunks", &got, &want, Tol { abs: 2e-4, rel: 1e-4, rel_l2: 2e-5 });
+    let st = assert_close("attention C=384 in 6 chunks", &got, &want, Tol { abs: 2e-4, rel: 1e-4, rel_l2: 2e-5 });
+    eprintln!("attention C=384, 6 chunks: rel_l2 {:.2e} max_abs {:.2e}", st.rel_l2, st.max_abs);
     let chunks = vg.graph.nodes.iter().filter(|n| matches!(n.op, crate::graph::Op::Softmax { .. })).count();
     assert_eq!(chunks, 6);
+}
+
+#[test]
+fn auto_tiling_tiles_a_1328_decode_only_where_it_would_not_fit() {
+    use super::runtime::{needs_tiling, planned_memory, Pass};
+    use super::{TileSpec, VaeConfig};
+    let cfg = VaeConfig::qwen_image();
+    let m = planned_memory(&cfg, Pass::Decode { clamp: true }, 166, 166, 256 << 20);
+    // 96 × 1328² f32 = 646 MiB: over lavapipe's 128 MiB binding, under wgpu's 2 GiB − 1.
+    assert_eq!(m.largest_activation_bytes, 96 * 1328 * 1328 * 4);
+    assert!(needs_tiling(&m, 128 << 20, 8 << 30));
+    assert!(!needs_tiling(&m, (2 << 30) - 1, 8 << 30));
+    assert!(needs_tiling(&m, (2 << 30) - 1, 1 << 30), "a 1 GiB budget is below the {} B peak", m.peak_bytes);
+    // Every tile of the default 256-px spec fits the smallest binding.
+    let spec = TileSpec::default();
+    let grid = spec.grid(166, 166, cfg.spatial_factor());
+    assert_eq!((grid.len(), grid[0].len()), (7, 7));
+    let t = planned_memory(&cfg, Pass::Decode { clamp: false }, grid[0][0].h, grid[0][0].w, 256 << 20);
+    assert!(!needs_tiling(&t, 128 << 20, 8 << 30), "tile plan {t:?}");
+}
+
+#[test]
+fn tile_grid_matches_the_diffusers_fixture() {
+    use super::TileSpec;
+    // cases/vae_tiled_decode.json: latents 8×9, factor 4, tile 16×24 px, stride 12×16 px.
+    let spec = TileSpec { min_h: 16, min_w: 24, stride_h: 12, stride_w: 16 };
+    let g = spec.grid(8, 9, 4);
+    let rows: Vec<(usize, usize)> = g.iter().map(|r| (r[0].y0, r[0].h)).collect();
+    let cols: Vec<(usize, usize)> = g[0].iter().map(|t| (t.x0, t.w)).collect();
+    assert_eq!(rows, [(0, 4), (3, 4), (6, 2)]);
+    // The middle column's slice z[..., 4:10] is clipped to the 9 latent columns: 5 wide.
+    assert_eq!(cols, [(0, 6), (4, 5), (8, 1)]);
+    assert!(spec.tiles(8, 9, 4) && !spec.tiles(4, 6, 4));
+}
+
+/// Mutates `seed` at a few random bytes (or truncates it), `n` times.
+fn mutations(seed: &[u8], n: usize, rng: &mut Rng) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|_| {
+            let mut b = seed.to_vec();
+            if rng.below(8) == 0 {
+                b.truncate(rng.below(b.len() as u64 + 1) as usize);
+            }
+            for _ in 0..1 + rng.below(4) {
+                if !b.is_empty() {
+                    let i = rng.below(b.len() as u64) as usize;
+                    b[i] = rng.next_u64() as u8;
+                }
+            }
+            b
+        })
+        .collect()
+}
+
+#[test]
+fn config_parser_never_panics_on_mutated_configs() {
+    // Until a fuzz/ folder exists: a deterministic mutation sweep of the fixture config.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline/t2i/vae/config.json");
+    let seed = std::fs::read(path).unwrap();
+    let mut rng = Rng::new(7);
+    let mut ok = 0;
+    for m in mutations(&seed, 3000, &mut rng) {
+        let text = String::from_utf8_lossy(&m);
+        if let Ok(c) = super::VaeConfig::from_json_str(&text) {
+            // What parses is usable: the module walk and names table build without panicking.
+            let _ = (super::names::expected_tensors(&c), c.spatial_factor());
+            ok += 1;
+        }
+    }
+    assert!(ok > 0, "some mutations (e.g. inside latents values) still parse");
+}
+
+#[test]
+fn latents_reader_never_panics_on_mutated_files() {
+    use crate::pipeline::vae::latents_from_bytes;
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline/cases/vae_decode.safetensors");
+    let seed = std::fs::read(path).unwrap();
+    assert!(latents_from_bytes(&seed, 4).is_ok());
+    let mut rng = Rng::new(8);
+    for m in mutations(&seed[..seed.len().min(4096)], 3000, &mut rng) {
+        if let Ok((v, h, w)) = latents_from_bytes(&m, 4) {
+            assert_eq!(v.len(), 4 * h * w);
+        }
+    }
 }

@@ -4,7 +4,10 @@
 //!
 //! Activations are pixels-major `[h·w, C]` f32 (one row per pixel, channels contiguous): a 1×1
 //! conv is then a plain GEMM, the channel norm is a row norm, and the attention's Q, K are
-//! row-major token matrices. Weights are graph params in their stored dtype, laid out
+//! row-major token matrices. Every channel norm (+ SiLU) is applied by the conv that consumes it
+//! while gathering (only per-pixel denominators are stored), and each resnet's conv2 and the
+//! attention's proj accumulate into their residual: a full-resolution resnet holds two
+//! activations, not four. Weights are graph params in their stored dtype, laid out
 //! `[co, kh, kw, ci]` (see [`ParamSrc`]; `load.rs` derives them from the checkpoint).
 //!
 //! The mid-block attention (single head, head_dim = C: 384 in the real VAE, beyond the DiT flash
@@ -16,7 +19,7 @@
 use super::config::VaeConfig;
 use super::names::{decoder_layers, encoder_layers, Layer};
 use crate::dtype::DType;
-use crate::graph::ops::{ConvOp, ConvOut};
+use crate::graph::ops::{ConvOp, ConvOut, PreNorm};
 use crate::graph::{Graph, Op, TensorId};
 use crate::layout::Conv2dShape;
 
@@ -72,6 +75,8 @@ struct Builder<'a> {
     x: TensorId,
     c: usize,
     n: usize,
+    /// The norm the next conv applies to the cursor while gathering.
+    pre: Option<PreNorm>,
 }
 
 impl Builder<'_> {
@@ -97,26 +102,41 @@ impl Builder<'_> {
         self.param(&name, &[len], DType::F32, ParamSrc::F32 { name: name.clone() })
     }
 
-    /// `y = conv(x) + b (+ res)` with the checkpoint conv at `path`; moves the cursor to y.
-    fn conv(&mut self, path: &str, shape: Conv2dShape, res: Option<TensorId>) -> TensorId {
+    /// `y = conv(x) + b` with the checkpoint conv at `path`, of the pending norm of x if one is set
+    /// ([`norm`](Self::norm)); `into`: accumulated into that tensor (the residual) instead of a
+    /// fresh one. Moves the cursor to y.
+    fn conv(&mut self, path: &str, shape: Conv2dShape, into: Option<TensorId>) -> TensorId {
         let w = self.conv_weight(path, shape.ci, shape.co, shape.kh);
         let b = self.f32_param(format!("{path}.bias"), shape.co);
-        let y = self.act(path, shape.out_pixels(), shape.co);
-        let op = Op::Conv2d { conv: ConvOp::plain(shape), x: self.x, w, bias: Some(b), res, y };
-        self.g.push(op, "conv");
+        let pre = self.pre.take();
+        let (y, accumulate) = match into {
+            Some(r) => (r, true),
+            None => (self.act(path, shape.out_pixels(), shape.co), false),
+        };
+        let conv = ConvOp { accumulate, ..ConvOp::plain(shape) };
+        let op = Op::Conv2d { conv, x: self.x, w, bias: Some(b), res: None, pre, y };
+        if accumulate {
+            self.g.push_partial(op, "conv");
+        } else {
+            self.g.push(op, "conv");
+        }
         (self.x, self.c, self.h, self.w) = (y, shape.co, shape.out_h(), shape.out_w());
         y
     }
 
-    fn norm(&mut self, gamma_name: &str, silu: bool) -> TensorId {
+    /// `QwenImageRMS_norm` (+ SiLU) of the cursor, applied by the next conv while it gathers: only
+    /// the per-pixel denominators are stored.
+    fn norm(&mut self, gamma_name: &str, silu: bool) -> PreNorm {
         let gamma = self.f32_param(gamma_name.to_string(), self.c);
-        let y = self.act(gamma_name, self.h * self.w, self.c);
-        self.g.push(Op::ChannelNorm { cols: self.c, silu, x: self.x, gamma, y }, "norm");
-        self.x = y;
-        y
+        let denom = self.act(&format!("{gamma_name}.denom"), self.h * self.w, 1);
+        self.g.push(Op::ChannelNormDenom { cols: self.c, x: self.x, denom }, "norm");
+        let p = PreNorm { denom, gamma, silu };
+        self.pre = Some(p.clone());
+        p
     }
 
-    /// `QwenImageResidualBlock`: `conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))) + shortcut(x)`.
+    /// `QwenImageResidualBlock`: `conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))) + shortcut(x)`; conv2
+    /// accumulates into the shortcut, which is x itself when ci = co (the block updates in place).
     fn res(&mut self, path: &str, ci: usize, co: usize) {
         let (x, h, w) = (self.x, self.h, self.w);
         let shortcut = if ci != co {
@@ -132,10 +152,12 @@ impl Builder<'_> {
         self.conv(&format!("{path}.conv2"), Conv2dShape::same(h, w, co, co, 3), Some(shortcut));
     }
 
-    /// `QwenImageAttentionBlock`: `proj(softmax(q·kᵀ/sqrt(C))·v) + x`, q, k, v = `to_qkv(norm(x))` split.
+    /// `QwenImageAttentionBlock`: `proj(softmax(q·kᵀ/sqrt(C))·v) + x`, q, k, v = `to_qkv(norm(x))` split;
+    /// proj accumulates into x.
     fn attn(&mut self, path: &str, c: usize) {
         let (x, s, h, w) = (self.x, self.h * self.w, self.h, self.w);
-        let n = self.norm(&format!("{path}.norm.gamma"), false);
+        let pre = self.norm(&format!("{path}.norm.gamma"), false);
+        self.pre = None; // the three projections share it explicitly
         let mm = |ci: usize, co: usize, rows: usize| Conv2dShape::matmul(rows, ci, co);
         let mut qkv = [0; 3];
         for (i, part) in ["q", "k", "v"].into_iter().enumerate() {
@@ -152,7 +174,8 @@ impl Builder<'_> {
                 (self.act(&format!("{path}.{part}"), s, c), ConvOut::Rows { row0: 0 })
             };
             let conv = ConvOp { out, ..ConvOp::plain(mm(c, c, s)) };
-            self.g.push(Op::Conv2d { conv, x: n, w, bias: Some(b), res: None, y }, "attention");
+            let op = Op::Conv2d { conv, x, w, bias: Some(b), res: None, pre: Some(pre.clone()), y };
+            self.g.push(op, "attention");
             qkv[i] = y;
         }
         let o = self.act(&format!("{path}.o"), s, c);
@@ -162,13 +185,15 @@ impl Builder<'_> {
             let scores = self.act(&format!("{path}.scores"), rows, s);
             let alpha = 1.0 / (c as f32).sqrt();
             let conv = ConvOp { alpha, x_pix0: r0, ..ConvOp::plain(mm(c, s, rows)) };
-            self.g.push(Op::Conv2d { conv, x: qkv[0], w: qkv[1], bias: None, res: None, y: scores }, "attention");
+            let op = Op::Conv2d { conv, x: qkv[0], w: qkv[1], bias: None, res: None, pre: None, y: scores };
+            self.g.push(op, "attention");
             let p = self.act(&format!("{path}.probs"), rows, s);
             self.g.push(Op::Softmax { rows, cols: s, x: scores, y: p }, "attention");
             let conv = ConvOp { out: ConvOut::Rows { row0: r0 }, ..ConvOp::plain(mm(s, c, rows)) };
-            self.g.push_partial(Op::Conv2d { conv, x: p, w: qkv[2], bias: None, res: None, y: o }, "attention");
+            let op = Op::Conv2d { conv, x: p, w: qkv[2], bias: None, res: None, pre: None, y: o };
+            self.g.push_partial(op, "attention");
         }
-        self.x = o;
+        (self.x, self.c) = (o, c);
         self.conv(&format!("{path}.proj"), mm(c, c, s), Some(x));
         (self.h, self.w) = (h, w);
     }
@@ -207,7 +232,7 @@ pub fn attention_chunk_rows(s: usize, budget: u64) -> usize {
 fn start<'a>(dtype: &'a dyn Fn(&str) -> DType, opts: GraphOptions, h: usize, w: usize, c: usize) -> Builder<'a> {
     let mut g = Graph::new();
     let x = g.input("x", &[h * w, c], DType::F32);
-    Builder { g, params: Vec::new(), dtype, opts, h, w, x, c, n: 0 }
+    Builder { g, params: Vec::new(), dtype, opts, h, w, x, c, n: 0, pre: None }
 }
 
 fn finish(mut b: Builder, input: TensorId, input_hw: (usize, usize)) -> VaeGraph {
@@ -231,7 +256,7 @@ pub fn encoder(cfg: &VaeConfig, h: usize, w: usize, dtype: &dyn Fn(&str) -> DTyp
     let bq = b.f32_param("quant_conv.bias".into(), 2 * z);
     let y = b.act("latents", hh * ww, z);
     let conv = ConvOp::plain(Conv2dShape::matmul(hh * ww, 2 * z, z));
-    b.g.push(Op::Conv2d { conv, x: b.x, w: wq, bias: Some(bq), res: None, y }, "conv");
+    b.g.push(Op::Conv2d { conv, x: b.x, w: wq, bias: Some(bq), res: None, pre: None, y }, "conv");
     (b.x, b.c) = (y, z);
     finish(b, input, (h, w))
 }
@@ -259,6 +284,10 @@ pub(crate) fn attention_block(c: usize, s: usize, scores_budget: u64) -> VaeGrap
     let opts = GraphOptions { scores_budget, clamp: false };
     let mut b = start(&|_| DType::F32, opts, s, 1, c);
     let input = b.x;
+    // The block updates its input in place: copy the graph input into an activation first.
+    let x = b.act("x", s, c);
+    b.g.push(Op::Clamp { lo: f32::MIN, hi: f32::MAX, x: input, y: x }, "copy");
+    b.x = x;
     b.attn("attn", c);
     finish(b, input, (s, 1))
 }
