@@ -29,6 +29,8 @@
 //! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`).
 //! - [`train`]: LoRA training: dataset, noise schedule, LoRA parameters, AdamW, checkpoints and
 //!   `Trainer::{new, step, finish}` (docs/training.md).
+//! - [`fuzzing`]: byte-level entry points of every untrusted-input parser (fuzz/ targets, and a
+//!   mutation sweep in the tests).
 //! - [`testing`]: scale-aware tolerances shared by the tests; [`rng`]: the seeded generator.
 //! - `main.rs`: the `wgdit` CLI; it only parses, calls the library and prints.
 
@@ -36,6 +38,7 @@ pub mod convert;
 pub mod dtype;
 pub mod error;
 pub mod exec;
+pub mod fuzzing;
 pub mod gpu;
 pub mod graph;
 pub mod image;

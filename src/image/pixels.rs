@@ -43,21 +43,34 @@ pub(crate) fn check_dimensions(width: u32, height: u32, what: &str) -> Result<()
 /// `PIL.Image.open(path).convert("RGB")`. Unreadable, corrupt, unsupported or oversized files
 /// give an error naming the file; the size check happens on the header, before decoding.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(Error::file(path, format!("{len} bytes: too large for an image file (at most {MAX_FILE_BYTES})")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_rgb(&bytes).map_err(|e| Error::file(path, e.to_string()))
+}
+
+/// Largest image file read (a 16384² PNG of noise is about 1 GiB).
+pub const MAX_FILE_BYTES: u64 = 2 << 30;
+
+/// [`load_rgb`] on the bytes of a file (the fuzz entry point): never panics, bounded allocation.
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes));
+    let mut reader = reader.with_guessed_format().map_err(|e| Error::input(e.to_string()))?;
     if reader.format().is_none() {
-        return Err(Error::file(path, "not a PNG, JPEG or WebP image (unrecognised content)"));
+        return Err(Error::input("not a PNG, JPEG or WebP image (unrecognised content)"));
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    let decoder = reader.into_decoder().map_err(|e| Error::file(path, format!("cannot decode: {e}")))?;
+    let decoder = reader.into_decoder().map_err(|e| Error::input(format!("cannot decode: {e}")))?;
     let (width, height) = decoder.dimensions();
-    check_dimensions(width, height, "image").map_err(|e| Error::file(path, e.to_string()))?;
-    let img = DynamicImage::from_decoder(decoder).map_err(|e| Error::file(path, format!("cannot decode: {e}")))?;
-    to_rgb8_like_pillow(img).map_err(|msg| Error::file(path, msg))
+    check_dimensions(width, height, "image")?;
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| Error::input(format!("cannot decode: {e}")))?;
+    to_rgb8_like_pillow(img).map_err(Error::input)
 }
 
 /// `Image.convert("RGB")` on the mode Pillow would have opened the file in.

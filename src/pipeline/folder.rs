@@ -90,43 +90,9 @@ impl PipelineFolder {
             ));
         }
         let text = read_bounded(&index, MAX_INDEX_BYTES)?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::file(&index, format!("not valid JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| Error::file(&index, "expected a JSON object"))?;
-        let name = obj
-            .get("_class_name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::file(&index, "no `_class_name` string: cannot tell which pipeline this is"))?;
-        let class = PipelineClass::from_name(name).ok_or_else(|| {
-            Error::file(
-                &index,
-                format!(
-                    "pipeline class `{name}` is not supported: wgdit runs QwenImagePipeline, QwenImageEditPipeline and QwenImageEditPlusPipeline"
-                ),
-            )
-        })?;
+        let (class, components) = parse_index(&text).map_err(|e| Error::file(&index, e.to_string()))?;
         let mut found: Vec<(&str, Option<PathBuf>)> = Vec::new();
-        for (key, lib, cls, required) in expected(class) {
-            let entry = obj.get(key);
-            let pair = entry.and_then(Value::as_array).filter(|a| a.len() == 2);
-            let got = pair.map(|a| (a[0].as_str(), a[1].as_str()));
-            match got {
-                Some((Some(l), Some(c))) if l == lib && c == cls => {}
-                // save_pretrained writes [null, null] for a component saved as None.
-                _ if !required && pair.is_some_and(|a| a.iter().all(Value::is_null)) => {}
-                None if !required && entry.is_none() => {}
-                Some((Some(l), Some(c))) => {
-                    return Err(Error::file(
-                        &index,
-                        format!("component `{key}` is {l}.{c}; a {name} needs {lib}.{cls}"),
-                    ))
-                }
-                _ => {
-                    return Err(Error::file(
-                        &index,
-                        format!("component `{key}` is missing or malformed (expected [\"{lib}\", \"{cls}\"])"),
-                    ))
-                }
-            }
+        for (key, required) in components {
             let sub = dir.join(key);
             if required && !sub.is_dir() {
                 return Err(Error::file(&sub, format!("the pipeline's `{key}` folder is missing")));
@@ -149,6 +115,45 @@ impl PipelineFolder {
             processor: take("processor"),
         })
     }
+}
+
+/// Checks the text of a `model_index.json`: the pipeline class and every component entry it
+/// needs (the fuzz entry point: no file access). Returns the class and the component folder
+/// names with whether each is required on disk.
+pub fn parse_index(text: &str) -> Result<(PipelineClass, Vec<(&'static str, bool)>)> {
+    let v: Value = serde_json::from_str(text).map_err(|e| Error::input(format!("not valid JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| Error::input("expected a JSON object"))?;
+    let name = obj
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::input("no `_class_name` string: cannot tell which pipeline this is"))?;
+    let class = PipelineClass::from_name(name).ok_or_else(|| {
+        Error::input(format!(
+            "pipeline class `{name}` is not supported: wgdit runs QwenImagePipeline, QwenImageEditPipeline and QwenImageEditPlusPipeline"
+        ))
+    })?;
+    let mut components = Vec::new();
+    for (key, lib, cls, required) in expected(class) {
+        let entry = obj.get(key);
+        let pair = entry.and_then(Value::as_array).filter(|a| a.len() == 2);
+        let got = pair.map(|a| (a[0].as_str(), a[1].as_str()));
+        match got {
+            Some((Some(l), Some(c))) if l == lib && c == cls => {}
+            // save_pretrained writes [null, null] for a component saved as None.
+            _ if !required && pair.is_some_and(|a| a.iter().all(Value::is_null)) => {}
+            None if !required && entry.is_none() => {}
+            Some((Some(l), Some(c))) => {
+                return Err(Error::input(format!("component `{key}` is {l}.{c}; a {name} needs {lib}.{cls}")))
+            }
+            _ => {
+                return Err(Error::input(format!(
+                    "component `{key}` is missing or malformed (expected [\"{lib}\", \"{cls}\"])"
+                )))
+            }
+        }
+        components.push((key, required));
+    }
+    Ok((class, components))
 }
 
 /// Reads a small text file, refusing one larger than `max` bytes before reading it.

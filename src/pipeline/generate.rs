@@ -347,19 +347,24 @@ fn read_prompt(p: &Prompt, dim: usize, negative: bool) -> Result<PromptEmbeds> {
 }
 
 /// `noise` [1, 1, C, h, w] f32 of a safetensors file.
-fn read_noise(path: &Path, [c, h, w]: [usize; 3]) -> Result<Vec<f32>> {
+fn read_noise(path: &Path, chw: [usize; 3]) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
-    let (shape, v) = crate::pipeline::inputs::floats(&st, "noise").map_err(|e| Error::file(path, e.to_string()))?;
+    noise_from_bytes(&bytes, chw).map_err(|e| Error::file(path, e.to_string()))
+}
+
+/// The `noise` tensor of a safetensors file's bytes, checked against the output's latent shape
+/// `[C, h, w]` (the fuzz entry point).
+pub fn noise_from_bytes(bytes: &[u8], [c, h, w]: [usize; 3]) -> Result<Vec<f32>> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::input(format!("not a valid safetensors file: {e}")))?;
+    let (shape, v) = crate::pipeline::inputs::floats(&st, "noise")?;
     if shape != [1, 1, c, h, w] {
-        return Err(Error::file(
-            path,
-            format!("noise is {shape:?}; this output size needs [1, 1, {c}, {h}, {w}] (batch, frame, channel, h, w)"),
-        ));
+        return Err(Error::input(format!(
+            "noise is {shape:?}; this output size needs [1, 1, {c}, {h}, {w}] (batch, frame, channel, h, w)"
+        )));
     }
     if v.iter().any(|x| !x.is_finite()) {
-        return Err(Error::file(path, "noise holds NaN or infinite values"));
+        return Err(Error::input("noise holds NaN or infinite values"));
     }
     Ok(v)
 }

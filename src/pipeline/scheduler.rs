@@ -92,17 +92,22 @@ impl SchedulerConfig {
         }
     }
 
-    /// Reads and validates a `scheduler_config.json`.
+    /// Reads and validates a `scheduler_config.json` (at most 1 MiB).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::pipeline::folder::read_bounded(path, 1 << 20)?;
+        SchedulerConfig::from_json_str(&text).map_err(|e| Error::file(path, e.to_string()))
+    }
+
+    /// Parses and validates the text of a `scheduler_config.json`.
+    pub fn from_json_str(text: &str) -> Result<Self> {
         let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not valid JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| Error::input(format!("not valid JSON: {e}")))?;
         if !value.is_object() {
-            return Err(Error::file(path, "a scheduler config must be a JSON object"));
+            return Err(Error::input("a scheduler config must be a JSON object"));
         }
         let config = <SchedulerConfig as serde::Deserialize>::deserialize(value)
-            .map_err(|e| Error::file(path, format!("not a valid scheduler config: {e}")))?;
-        config.validate().map_err(|e| Error::file(path, e.to_string()))?;
+            .map_err(|e| Error::input(format!("not a valid scheduler config: {e}")))?;
+        config.validate()?;
         Ok(config)
     }
 

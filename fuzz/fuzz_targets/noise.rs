@@ -1,0 +1,4 @@
+//! `cargo +nightly fuzz run noise`: see `wgdit::fuzzing::noise`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wgdit::fuzzing::noise(data));
