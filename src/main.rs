@@ -108,12 +108,61 @@ enum ConvertTo {
     Standard,
 }
 
+/// `--backend` (the environment variable WGDIT_BACKEND takes the same names).
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum BackendArg {
+    #[value(alias = "vk")]
+    Vulkan,
+    #[value(alias = "mtl")]
+    Metal,
+    #[value(alias = "d3d12")]
+    Dx12,
+    #[value(aliases = ["gles", "opengl"])]
+    Gl,
+}
+
+impl BackendArg {
+    fn backend(self) -> Backend {
+        match self {
+            BackendArg::Vulkan => Backend::Vulkan,
+            BackendArg::Metal => Backend::Metal,
+            BackendArg::Dx12 => Backend::Dx12,
+            BackendArg::Gl => Backend::Gl,
+        }
+    }
+}
+
+/// `bench dispatches --preset`: the real models' transformer configs.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum DitPreset {
+    QwenImage,
+    QwenImageEdit,
+    #[value(name = "qwen-image-edit-2509")]
+    QwenImageEdit2509,
+    #[value(name = "qwen-image-edit-2511")]
+    QwenImageEdit2511,
+    #[value(name = "qwen-image-2512")]
+    QwenImage2512,
+}
+
+impl DitPreset {
+    fn config(self) -> wgdit::Result<DitConfig> {
+        DitConfig::preset(match self {
+            DitPreset::QwenImage => "qwen-image",
+            DitPreset::QwenImageEdit => "qwen-image-edit",
+            DitPreset::QwenImageEdit2509 => "qwen-image-edit-2509",
+            DitPreset::QwenImageEdit2511 => "qwen-image-edit-2511",
+            DitPreset::QwenImage2512 => "qwen-image-2512",
+        })
+    }
+}
+
 /// Adapter selection shared by every GPU command.
 #[derive(Args, Clone)]
 struct GpuArgs {
-    /// Graphics API: vulkan, metal, dx12 or gl (env WGDIT_BACKEND).
-    #[arg(long, global = true)]
-    backend: Option<Backend>,
+    /// Graphics API (env WGDIT_BACKEND).
+    #[arg(long, global = true, value_enum, ignore_case = true)]
+    backend: Option<BackendArg>,
     /// Adapter index (from `wgdit devices`) or name substring (env WGDIT_ADAPTER).
     #[arg(long, global = true)]
     adapter: Option<String>,
@@ -121,7 +170,7 @@ struct GpuArgs {
 
 impl GpuArgs {
     fn options(&self) -> GpuOptions {
-        GpuOptions { backend: self.backend, adapter: self.adapter.clone() }
+        GpuOptions { backend: self.backend.map(BackendArg::backend), adapter: self.adapter.clone() }
     }
 }
 
@@ -439,8 +488,10 @@ enum PipelinePreset {
     /// QwenImageEditPipeline (one reference).
     QwenImageEdit,
     /// QwenImageEditPlusPipeline (Edit-2509; one reference here).
+    #[value(name = "qwen-image-edit-2509")]
     QwenImageEdit2509,
     /// QwenImageEditPlusPipeline with zero_cond_t (Edit-2511).
+    #[value(name = "qwen-image-edit-2511")]
     QwenImageEdit2511,
 }
 
@@ -486,9 +537,9 @@ struct DispatchArgs {
     model: Option<PathBuf>,
     #[arg(long)]
     config: Option<PathBuf>,
-    /// A built-in config (qwen-image, qwen-image-edit-2511, ...): counts without weights or GPU.
-    #[arg(long)]
-    preset: Option<String>,
+    /// A built-in config: counts without weights or GPU.
+    #[arg(long, value_enum)]
+    preset: Option<DitPreset>,
     /// standard, merged, fused, or all.
     #[arg(long, value_enum, default_value = "all")]
     qkv: BenchQkv,
@@ -765,8 +816,8 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
         BenchQkv::Fused => vec![QkvMode::Fused],
     };
     let b = DispatchBench { tokens: a.tokens, text_tokens: a.text_tokens, runs: a.runs };
-    if let (Some(p), Some(rank)) = (&a.preset, a.train_rank) {
-        for r in bench::count_training(&DitConfig::preset(p)?, &b, &modes, rank) {
+    if let (Some(p), Some(rank)) = (a.preset, a.train_rank) {
+        for r in bench::count_training(&p.config()?, &b, &modes, rank) {
             if a.json {
                 println!("{}", serde_json::to_string(&r).expect("cannot fail: plain data"));
             } else {
@@ -779,8 +830,8 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
         }
         return Ok(());
     }
-    let rows = match (&a.preset, &a.model) {
-        (Some(p), _) => bench::count_preset(&DitConfig::preset(p)?, &b, &modes),
+    let rows = match (a.preset, &a.model) {
+        (Some(p), _) => bench::count_preset(&p.config()?, &b, &modes),
         (None, Some(m)) => bench::measure_model(&gpu::Gpu::new(&a.gpu.options())?, m, a.config.as_deref(), &b, &modes)?,
         (None, None) => unreachable!("clap requires --model or --preset"),
     };
