@@ -132,28 +132,42 @@ impl BackendArg {
     }
 }
 
-/// `bench dispatches --preset`: the real models' transformer configs.
+/// `--preset`: the real models (transformer config and pipeline class), for counting and planning
+/// without weights.
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
-enum DitPreset {
+enum Preset {
+    /// Qwen-Image: QwenImagePipeline (text to image).
     QwenImage,
+    /// Qwen-Image-Edit: QwenImageEditPipeline (one reference).
     QwenImageEdit,
+    /// Qwen-Image-Edit-2509: QwenImageEditPlusPipeline (one reference in `bench generate`).
     #[value(name = "qwen-image-edit-2509")]
     QwenImageEdit2509,
+    /// Qwen-Image-Edit-2511: QwenImageEditPlusPipeline with zero_cond_t.
     #[value(name = "qwen-image-edit-2511")]
     QwenImageEdit2511,
+    /// Qwen-Image-2512: QwenImagePipeline.
     #[value(name = "qwen-image-2512")]
     QwenImage2512,
 }
 
-impl DitPreset {
-    fn config(self) -> wgdit::Result<DitConfig> {
+impl Preset {
+    fn dit(self) -> wgdit::Result<DitConfig> {
         DitConfig::preset(match self {
-            DitPreset::QwenImage => "qwen-image",
-            DitPreset::QwenImageEdit => "qwen-image-edit",
-            DitPreset::QwenImageEdit2509 => "qwen-image-edit-2509",
-            DitPreset::QwenImageEdit2511 => "qwen-image-edit-2511",
-            DitPreset::QwenImage2512 => "qwen-image-2512",
+            Preset::QwenImage => "qwen-image",
+            Preset::QwenImageEdit => "qwen-image-edit",
+            Preset::QwenImageEdit2509 => "qwen-image-edit-2509",
+            Preset::QwenImageEdit2511 => "qwen-image-edit-2511",
+            Preset::QwenImage2512 => "qwen-image-2512",
         })
+    }
+    fn class(self) -> wgdit::pipeline::folder::PipelineClass {
+        use wgdit::pipeline::folder::PipelineClass;
+        match self {
+            Preset::QwenImage | Preset::QwenImage2512 => PipelineClass::TextToImage,
+            Preset::QwenImageEdit => PipelineClass::Edit,
+            Preset::QwenImageEdit2509 | Preset::QwenImageEdit2511 => PipelineClass::EditPlus,
+        }
     }
 }
 
@@ -481,20 +495,6 @@ enum BenchCmd {
     Generate(BenchGenerateArgs),
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
-enum PipelinePreset {
-    /// QwenImagePipeline (text to image).
-    QwenImage,
-    /// QwenImageEditPipeline (one reference).
-    QwenImageEdit,
-    /// QwenImageEditPlusPipeline (Edit-2509; one reference here).
-    #[value(name = "qwen-image-edit-2509")]
-    QwenImageEdit2509,
-    /// QwenImageEditPlusPipeline with zero_cond_t (Edit-2511).
-    #[value(name = "qwen-image-edit-2511")]
-    QwenImageEdit2511,
-}
-
 #[derive(Args)]
 struct BenchGenerateArgs {
     #[command(flatten)]
@@ -504,7 +504,7 @@ struct BenchGenerateArgs {
     model: Option<PathBuf>,
     /// The real models' configs: plan each phase at full size without weights or GPU.
     #[arg(long, value_enum)]
-    preset: Option<PipelinePreset>,
+    preset: Option<Preset>,
     #[arg(long, default_value_t = 1024)]
     width: u32,
     #[arg(long, default_value_t = 1024)]
@@ -539,7 +539,7 @@ struct DispatchArgs {
     config: Option<PathBuf>,
     /// A built-in config: counts without weights or GPU.
     #[arg(long, value_enum)]
-    preset: Option<DitPreset>,
+    preset: Option<Preset>,
     /// standard, merged, fused, or all.
     #[arg(long, value_enum, default_value = "all")]
     qkv: BenchQkv,
@@ -612,18 +612,9 @@ fn run(cli: Cli) -> wgdit::Result<()> {
 fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
     use wgdit::models::qwen_image_vae::VaeConfig;
     use wgdit::pipeline::bench::{plan_preset, run, BenchRun};
-    use wgdit::pipeline::folder::PipelineClass;
     let b = match (a.preset, a.model) {
         (Some(p), _) => {
-            let (class, dit) = match p {
-                PipelinePreset::QwenImage => (PipelineClass::TextToImage, DitConfig::qwen_image()),
-                PipelinePreset::QwenImageEdit => (PipelineClass::Edit, DitConfig::qwen_image()),
-                PipelinePreset::QwenImageEdit2509 => (PipelineClass::EditPlus, DitConfig::qwen_image()),
-                PipelinePreset::QwenImageEdit2511 => {
-                    (PipelineClass::EditPlus, DitConfig::preset("qwen-image-edit-2511")?)
-                }
-            };
-            plan_preset(&dit, &VaeConfig::qwen_image(), class, a.width, a.height, a.text_tokens, a.qkv.mode())?
+            plan_preset(&p.dit()?, &VaeConfig::qwen_image(), p.class(), a.width, a.height, a.text_tokens, a.qkv.mode())?
         }
         (None, Some(model)) => {
             let gpu = gpu::Gpu::new(&a.gpu.options())?;
@@ -817,7 +808,7 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
     };
     let b = DispatchBench { tokens: a.tokens, text_tokens: a.text_tokens, runs: a.runs };
     if let (Some(p), Some(rank)) = (a.preset, a.train_rank) {
-        for r in bench::count_training(&p.config()?, &b, &modes, rank) {
+        for r in bench::count_training(&p.dit()?, &b, &modes, rank) {
             if a.json {
                 println!("{}", serde_json::to_string(&r).expect("cannot fail: plain data"));
             } else {
@@ -831,7 +822,7 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
         return Ok(());
     }
     let rows = match (a.preset, &a.model) {
-        (Some(p), _) => bench::count_preset(&p.config()?, &b, &modes),
+        (Some(p), _) => bench::count_preset(&p.dit()?, &b, &modes),
         (None, Some(m)) => bench::measure_model(&gpu::Gpu::new(&a.gpu.options())?, m, a.config.as_deref(), &b, &modes)?,
         (None, None) => unreachable!("clap requires --model or --preset"),
     };
