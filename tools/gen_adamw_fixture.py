@@ -1,4 +1,4 @@
-"""Fixture for tests/adamw.rs: three torch.optim.AdamW steps on a tiny f32 parameter.
+"""Fixture for src/kernels/adamw/tests.rs: three torch.optim.AdamW steps on a tiny f32 parameter.
 
 Run with the reference env:
     LD_LIBRARY_PATH=/work/refenv/cudastub /work/refenv/bin/python tools/gen_adamw_fixture.py

@@ -11,7 +11,7 @@ torch's randn and norm kernels depend on the CPU dispatch level: this must run o
 AVX2 or AVX-512 (both give the same values, checked). The portable-kernel noise (`noise_scalar/*`) is
 made in a subprocess with ATEN_CPU_CAPABILITY=default.
 
-Pattern images (`pattern()`, defined identically in tests/resize.rs) stand in for large inputs; for
+Pattern images (`pattern()`, defined identically in tests/pipeline/resize.rs) stand in for large inputs; for
 those the fixture keeps one FNV-1a-64 hash per output row instead of the pixels.
 """
 

@@ -1,4 +1,4 @@
-"""Fixture for tests/train_schedule.rs: DiffSynth-Studio's own training schedule for Qwen-Image.
+"""Fixture for tests/train/schedule.rs: DiffSynth-Studio's own training schedule for Qwen-Image.
 
 The numbers come from DiffSynth's `FlowMatchScheduler` itself (PyPI `diffsynth` 2.1.12,
 `diffsynth/diffusion/flow_match.py`), not from a re-implementation. The module needs only torch
