@@ -261,7 +261,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     let (latents, report) = sample(&mut dit, &s, pack(&noise, [z_dim, lh, lw], patch), on_step)?;
     let mut z = unpack(&latents, [z_dim, lh, lw], patch);
     if let Some(p) = &o.save_latents {
-        write_f32_tensor(p, "latents", &z, &[1, z_dim, 1, lh, lw], &metadata(&folder, o, output))?;
+        write_f32_tensor(p, "latents", &z, &[1, z_dim, 1, lh, lw], &metadata(&folder, o, output, schedule.len()))?;
     }
 
     // Decode.
@@ -275,7 +275,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     let (image, decoded) = vae.decode(&z, lh, lw, tiling)?;
     let vae_decode_ms = t_dec.elapsed().as_secs_f64() * 1e3;
     let (ih, iw) = (lh * vae_scale as usize, lw * vae_scale as usize);
-    let meta = metadata(&folder, o, output);
+    let meta = metadata(&folder, o, output, schedule.len());
     match kind {
         OutputKind::Safetensors => {
             write_f32_tensor(&o.output, "image", &pixels::vae_output_to_unit(&image), &[1, 3, ih, iw], &meta)?
@@ -370,7 +370,7 @@ pub fn noise_from_bytes(bytes: &[u8], [c, h, w]: [usize; 3]) -> Result<Vec<f32>>
 }
 
 /// The settings recorded in PNG text chunks and safetensors metadata.
-fn metadata(folder: &PipelineFolder, o: &GenerateOptions, size: Size) -> BTreeMap<String, String> {
+fn metadata(folder: &PipelineFolder, o: &GenerateOptions, size: Size, steps: usize) -> BTreeMap<String, String> {
     let prompt = |p: &Prompt| match p {
         Prompt::Text(t) => t.clone(),
         Prompt::Embeds(f) => format!("embeds:{}", f.display()),
@@ -388,7 +388,11 @@ fn metadata(folder: &PipelineFolder, o: &GenerateOptions, size: Size) -> BTreeMa
             Noise::File(f) => format!("noise:{}", f.display()),
         },
     );
-    m.insert("steps".into(), o.steps.to_string());
+    m.insert("steps".into(), steps.to_string());
+    if let Some(s) = &o.sigmas {
+        let list: Vec<String> = s.iter().map(f64::to_string).collect();
+        m.insert("sigmas".into(), list.join(","));
+    }
     m.insert("true_cfg_scale".into(), o.true_cfg.to_string());
     m.insert("size".into(), format!("{}x{}", size.width, size.height));
     m.insert("model".into(), folder.root.display().to_string());
