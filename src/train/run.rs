@@ -20,6 +20,7 @@ use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::{Dit, DitPlan};
 use crate::models::qwen_image::training;
 use crate::nn::TrainLora;
+use crate::outputs::RunLock;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::weights::lora::LoraFormat;
@@ -53,6 +54,10 @@ pub struct TrainOptions {
     pub max_grad_norm: f32,
     pub format: LoraFormat,
     pub progress: bool,
+    /// Hyper-parameter keys a resume may change on purpose (`--resume-override`).
+    pub resume_override: Vec<String>,
+    /// Write a LoRA (or checkpoint) with NaN/Inf values instead of refusing it.
+    pub allow_nonfinite: bool,
 }
 
 impl TrainOptions {
@@ -82,6 +87,8 @@ impl TrainOptions {
             max_grad_norm: 0.0,
             format: LoraFormat::Diffusers,
             progress: false,
+            resume_override: Vec::new(),
+            allow_nonfinite: false,
         }
     }
 }
@@ -94,6 +101,8 @@ pub struct TrainReport {
     pub dispatches_per_step: usize,
     pub peak_activation_bytes: u64,
     pub lora_file: PathBuf,
+    /// `Some(step)`: the resumed checkpoint was already at `step` ≥ `--steps`; nothing was run or written.
+    pub up_to_date: Option<u64>,
 }
 
 /// One shape's training plan and its graph handles.
@@ -215,10 +224,14 @@ pub struct Trainer {
     lr_sched: LrSchedule,
     losses: Vec<f64>,
     total_ms: f64,
+    /// The output folder's lock, released on drop.
+    _lock: RunLock,
 }
 
 impl Trainer {
     pub fn new(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<Trainer> {
+        check_options(o)?;
+        check_train_paths(o)?;
         let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
         let dataset = Dataset::open(&o.data, &cfg)?;
         if dataset.is_empty() {
@@ -236,6 +249,10 @@ impl Trainer {
         let (lora, state, resumed) = match &o.resume {
             Some(dir) => {
                 let c = Checkpoint::load(dir, &cfg)?;
+                check_resume(o, dir, &c.state, &conf, &hyper)?;
+                if c.state.step >= o.steps {
+                    return Err(Error::input(nothing_left(dir, c.state.step, o.steps)));
+                }
                 (c.lora.clone(), c.state.clone(), Some(c))
             }
             None => {
@@ -270,9 +287,10 @@ impl Trainer {
         let dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
         let model =
             LoraModel { gpu: gpu.clone(), dit, train, params, plans: HashMap::new(), out_features: cfg.out_features() };
-        let mut batcher = Batcher::new(&dataset, o.batch_size.max(1), o.seed);
+        let mut batcher = Batcher::new(&dataset, o.batch_size, o.seed);
         batcher.resume(state.data)?;
         std::fs::create_dir_all(&o.output).map_err(|e| Error::io(&o.output, e))?;
+        let lock = RunLock::acquire(&o.output)?;
         let loss_path = o.output.join("loss.csv");
         let log =
             if resumed.is_some() { LossLog::resume(&loss_path, state.step)? } else { LossLog::create(&loss_path)? };
@@ -289,6 +307,7 @@ impl Trainer {
             lr_sched: LrSchedule::Constant { warmup: o.warmup },
             losses: Vec::new(),
             total_ms: 0.0,
+            _lock: lock,
         })
     }
 
@@ -307,7 +326,7 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepReport> {
         let o = &self.o;
         let t0 = std::time::Instant::now();
-        let accum = o.grad_accum.max(1);
+        let accum = o.grad_accum;
         let (mut loss, mut sigma) = (0.0, 0.0);
         for _ in 0..accum {
             let batch = self.batcher.next().ok_or_else(|| Error::input("dataset yielded no batch"))?;
@@ -316,6 +335,13 @@ impl Trainer {
             let (l, s) = self.model.micro_batch(&key, &c, &self.sched, &mut self.state.rng, o.sampling)?;
             loss += l / accum as f64;
             sigma += s / accum as f32;
+        }
+        if !loss.is_finite() {
+            return Err(Error::input(format!(
+                "training stopped at step {}: the loss is {loss} (non-finite; check the data for NaN/Inf and lower --lr). Nothing of this step was applied or written; {}",
+                self.state.step + 1,
+                last_good(&o.output)
+            )));
         }
         self.state.step += 1;
         let step = self.state.step;
@@ -329,7 +355,7 @@ impl Trainer {
         self.log.append(&LossRow { step, loss, sigma, lr, step_ms: ms })?;
         self.losses.push(loss);
         if o.save_every > 0 && step % o.save_every == 0 {
-            save_checkpoint(&self.model, &self.adamw, &mut self.lora, &self.state, &o.output)?;
+            save_checkpoint(&self.model, &self.adamw, &mut self.lora, &self.state, o)?;
         }
         Ok(StepReport { step, loss, sigma, lr, ms })
     }
@@ -337,6 +363,7 @@ impl Trainer {
     /// Downloads the trained LoRA and writes `lora.safetensors` in the chosen format.
     pub fn finish(mut self) -> Result<TrainReport> {
         download_lora(&self.model, &mut self.lora)?;
+        check_lora_finite(&self.lora, &self.o)?;
         let lora_file = self.o.output.join("lora.safetensors");
         self.lora.save(&lora_file, self.o.format, DType::F32)?;
         let (dispatches, peak) = self
@@ -348,15 +375,35 @@ impl Trainer {
         Ok(TrainReport {
             mean_step_ms: self.total_ms / self.losses.len().max(1) as f64,
             losses: self.losses,
-            dispatches_per_step: dispatches * self.o.grad_accum.max(1),
+            dispatches_per_step: dispatches * self.o.grad_accum,
             peak_activation_bytes: peak,
             lora_file,
+            up_to_date: None,
         })
     }
 }
 
 /// Runs a training job to completion, with a progress bar when `o.progress`.
 pub fn train(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<TrainReport> {
+    if let Some(dir) = &o.resume {
+        // Nothing left to do is said before anything is opened or written.
+        check_options(o)?;
+        let state = TrainState::read(dir)?;
+        let conf = LoraConfig { rank: o.rank, alpha: o.alpha, targets: parse_targets(&o.targets) };
+        check_resume(o, dir, &state, &conf, &hyper_json(o))?;
+        if state.step >= o.steps {
+            let (losses, lora_file) = (Vec::new(), o.output.join("lora.safetensors"));
+            let r = TrainReport {
+                losses,
+                mean_step_ms: 0.0,
+                dispatches_per_step: 0,
+                peak_activation_bytes: 0,
+                lora_file,
+                up_to_date: Some(state.step),
+            };
+            return Ok(r);
+        }
+    }
     let mut t = Trainer::new(gpu, o)?;
     let bar = progress_bar(o.progress, o.steps, t.steps_done());
     while !t.done() {
@@ -382,13 +429,135 @@ fn save_checkpoint(
     adamw: &AdamW,
     lora: &mut LoraParams,
     state: &TrainState,
-    out: &std::path::Path,
+    o: &TrainOptions,
 ) -> Result<()> {
+    let out = &o.output;
     download_lora(tr, lora)?;
+    check_lora_finite(lora, o)?;
     let (m, v) = adamw.moments()?;
     let c = Checkpoint { state: state.clone(), lora: lora.clone(), m, v };
     let dir = c.save(out)?;
     debug_assert_eq!(dir, checkpoint_dir(out, state.step));
+    Ok(())
+}
+
+/// Range checks of the hyper-parameters (NaN and Inf are refused everywhere).
+fn check_options(o: &TrainOptions) -> Result<()> {
+    let bad = |flag: &str, v: String, rule: &str| Err(Error::input(format!("--{flag} {v}: must be {rule}")));
+    let finite = |v: f64| v.is_finite();
+    if !(finite(o.lr) && o.lr > 0.0) {
+        return bad("lr", o.lr.to_string(), "a finite number > 0");
+    }
+    if !(finite(o.weight_decay) && o.weight_decay >= 0.0) {
+        return bad("weight-decay", o.weight_decay.to_string(), "a finite number ≥ 0");
+    }
+    if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
+        return bad("max-grad-norm", o.max_grad_norm.to_string(), "a finite number ≥ 0 (0: no clipping)");
+    }
+    if !(finite(o.alpha) && o.alpha > 0.0) {
+        return bad("alpha", o.alpha.to_string(), "a finite number > 0");
+    }
+    for (flag, v) in [
+        ("steps", o.steps),
+        ("rank", o.rank as u64),
+        ("batch-size", o.batch_size as u64),
+        ("grad-accum", o.grad_accum as u64),
+    ] {
+        if v == 0 {
+            return bad(flag, "0".into(), "at least 1");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses outputs that would replace an input, before anything is read.
+fn check_train_paths(o: &TrainOptions) -> Result<()> {
+    let mut inputs: Vec<&std::path::Path> = vec![&o.model, &o.data];
+    inputs.extend(o.config.as_deref());
+    inputs.extend(o.resume.as_deref());
+    let (lora, loss) = (o.output.join("lora.safetensors"), o.output.join("loss.csv"));
+    crate::outputs::check_outputs(&inputs, &[&o.output, &lora, &loss])
+}
+
+/// A resume must run with the checkpoint's hyper-parameters and LoRA config, except the keys of
+/// `--resume-override`; the error lists every difference as (key, saved, given).
+fn check_resume(
+    o: &TrainOptions,
+    dir: &std::path::Path,
+    state: &TrainState,
+    conf: &LoraConfig,
+    hyper: &serde_json::Value,
+) -> Result<()> {
+    let with_lora = |h: &serde_json::Value, l: &LoraConfig| {
+        let mut m = h.as_object().cloned().unwrap_or_default();
+        m.insert("rank".into(), l.rank.into());
+        m.insert("alpha".into(), l.alpha.into());
+        m.insert("targets".into(), l.targets.join(",").into());
+        serde_json::Value::Object(m)
+    };
+    let (saved, given) = (with_lora(&state.hyper, &state.lora), with_lora(hyper, conf));
+    let diffs = super::checkpoint::hyper_diff(&saved, &given);
+    if let Some(k) =
+        o.resume_override.iter().find(|k| given.get(k.as_str()).is_none() && saved.get(k.as_str()).is_none())
+    {
+        return Err(Error::input(format!("--resume-override {k}: not a hyper-parameter key (keys: {})", keys(&given))));
+    }
+    let refused: Vec<String> = diffs
+        .iter()
+        .filter(|(k, _, _)| !o.resume_override.contains(k))
+        .map(|(k, saved, given)| format!("{k}: saved {saved}, given {given}"))
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> =
+        diffs.iter().map(|d| d.0.as_str()).filter(|k| !o.resume_override.iter().any(|o| o == k)).collect();
+    let structural = ["rank", "alpha", "targets"];
+    let hint = if names.iter().any(|k| structural.contains(k)) {
+        "rank, alpha and targets are the LoRA's shape: pass the checkpoint's values"
+    } else {
+        "pass the saved values, or --resume-override KEY[,KEY] to change them on purpose"
+    };
+    Err(Error::input(format!(
+        "--resume {}: the command line differs from the checkpoint's hyper-parameters:\n  {}\n{hint} (--resume-override {})",
+        dir.display(),
+        refused.join("\n  "),
+        names.join(",")
+    )))
+}
+
+fn keys(v: &serde_json::Value) -> String {
+    v.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_default()
+}
+
+/// The message of a resume with nothing left to do.
+pub fn nothing_left(dir: &std::path::Path, saved: u64, steps: u64) -> String {
+    format!(
+        "nothing left to do: {} is at step {saved} and --steps is {steps}; no file was written (raise --steps to train further)",
+        dir.display()
+    )
+}
+
+/// Where a stopped run can continue from.
+fn last_good(out: &std::path::Path) -> String {
+    match super::checkpoint::latest(out) {
+        Some(c) => format!("the last good checkpoint is {} (continue with --resume)", c.display()),
+        None => "no checkpoint was saved (use --save-every to keep some)".into(),
+    }
+}
+
+/// Refuses a trained LoRA with NaN/Inf values (unless `--allow-nonfinite`).
+fn check_lora_finite(lora: &LoraParams, o: &TrainOptions) -> Result<()> {
+    if o.allow_nonfinite {
+        return Ok(());
+    }
+    for (name, shape, data) in lora.tensors() {
+        let hint = format!(
+            " (a non-finite gradient; lower --lr or set --max-grad-norm); nothing was written, {}",
+            last_good(&o.output)
+        );
+        crate::outputs::check_finite(&format!("the trained LoRA tensor {name}"), data, &shape, &hint)?;
+    }
     Ok(())
 }
 
