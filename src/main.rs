@@ -838,6 +838,10 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
         BenchQkv::Fused => vec![QkvMode::Fused],
     };
     let b = DispatchBench { tokens: a.tokens, text_tokens: a.text_tokens, runs: a.runs };
+    b.check()?;
+    if a.train_rank == Some(0) {
+        return Err(wgdit::Error::input("--train-rank 0: a LoRA has rank 1 or more"));
+    }
     if let (Some(p), Some(rank)) = (a.preset, a.train_rank) {
         for r in bench::count_training(&p.dit()?, &b, &modes, rank) {
             if a.json {
@@ -888,7 +892,21 @@ fn convert(a: ConvertArgs) -> wgdit::Result<()> {
 
 fn devices(opts: &GpuOptions, json: bool) -> wgdit::Result<()> {
     let opts = opts.clone().with_env()?;
-    let list = gpu::list_adapters(opts.backend);
+    let mut list = gpu::list_adapters(opts.backend);
+    if let Some(sel) = &opts.adapter {
+        // The same rule as adapter selection: an index of this list, else a name substring.
+        let names: Vec<String> = list.iter().map(|a| format!("[{}] {}", a.index, a.name)).collect();
+        list.retain(|a| match sel.parse::<usize>() {
+            Ok(i) => a.index == i,
+            Err(_) => a.name.to_lowercase().contains(&sel.to_lowercase()),
+        });
+        if list.is_empty() {
+            return Err(wgdit::Error::NoAdapter(format!(
+                "--adapter {sel}: no adapter has that index or name; available: {}",
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            )));
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&list).expect("cannot fail: plain data"));
         return Ok(());
