@@ -32,10 +32,11 @@ pub fn check_outputs(inputs: &[&Path], outputs: &[&Path]) -> Result<()> {
             }
             if input.is_dir() && out.is_file() {
                 if let Some(hit) = find_in_folder(input, oid, &out_dirs) {
+                    let what =
+                        if hit == **out { String::new() } else { format!(" (the same file as {})", hit.display()) };
                     return Err(Error::input(format!(
-                        "output {} would replace {}, a file of the input folder {} (inputs are never overwritten; choose another output)",
+                        "output {}{what} is a file of the input folder {} (inputs are never overwritten; choose another output)",
                         out.display(),
-                        hit.display(),
                         input.display()
                     )));
                 }
