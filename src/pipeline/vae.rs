@@ -73,7 +73,8 @@ pub fn latents_from_bytes(bytes: &[u8], z_dim: usize) -> Result<(Vec<f32>, usize
     if data.len() != 4 * z_dim * h * w {
         return Err(Error::input("`latents` byte length does not match its shape"));
     }
-    let v = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let v: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    check_finite("latents", &v, &[1, z_dim, h, w], "")?;
     Ok((v, h, w))
 }
 

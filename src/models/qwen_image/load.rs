@@ -181,16 +181,20 @@ impl WeightCache {
     }
 }
 
-/// What to do about a weight above the binding limit: a stacked weight (merged q/k/v, the fused
-/// modulation chunks) is bound part by part in `--qkv standard`; only f32 weights get narrower.
+/// What to do about a weight above the binding limit. Stacked weights come from the modes:
+/// `--qkv fused` stacks a block's txt_mod and img_mod (12·D rows: 216 MiB of bf16 on the real
+/// model, above lavapipe's 128 MiB) and both streams' q/k/v, `merged` stacks q, k and v; `merged`
+/// and `standard` keep each stream's modulation on its own, `standard` every tensor. Only f32
+/// weights get narrower.
 fn binding_advice(e: Error, parts: &[String], dtype: DType) -> Error {
     let Error::TooLarge(mut m) = e else { return e };
     if parts.len() > 1 {
-        m += &format!(
-            "; this weight stacks {} checkpoint tensors ({}, …) as --qkv merged/fused do: --qkv standard binds each on its own",
-            parts.len(),
-            parts[0]
-        );
+        let mode = if parts.iter().any(|p| p.contains("_mod.")) {
+            "--qkv merged (or standard) binds each stream's modulation on its own"
+        } else {
+            "--qkv standard binds every checkpoint tensor on its own"
+        };
+        m += &format!("; this weight stacks {} checkpoint tensors ({}, …): {mode}", parts.len(), parts[0]);
     }
     if dtype == DType::F32 {
         m += "; the weights are f32: converting them to bf16 halves every binding (wgdit convert --dtype bf16)";
@@ -243,5 +247,23 @@ impl TensorSource for RandomWeights {
     }
     fn describe(&self) -> String {
         "built-in random weights".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_advice_suggests_standard_mode_for_stacked_weights_and_bf16_only_for_f32() {
+        let e = || Error::TooLarge("w binds at most 1 byte".into());
+        let parts = vec!["a.to_q.weight".to_string(), "a.to_k.weight".into(), "a.to_v.weight".into()];
+        let m = binding_advice(e(), &parts, DType::BF16).to_string();
+        assert!(m.contains("--qkv standard") && !m.contains("bf16"), "{m}");
+        let mods = vec!["b.0.txt_mod.1.weight".to_string(), "b.0.img_mod.1.weight".into()];
+        let m = binding_advice(e(), &mods, DType::BF16).to_string();
+        assert!(m.contains("--qkv merged") && !m.contains("bf16"), "{m}");
+        let m = binding_advice(e(), &parts[..1], DType::F32).to_string();
+        assert!(!m.contains("--qkv standard") && m.contains("--dtype bf16"), "{m}");
     }
 }
