@@ -129,6 +129,7 @@ impl LoraModel {
     fn plan(&mut self, key: &ShapeKey, c: &Collated) -> Result<&ShapePlan> {
         if !self.plans.contains_key(key) {
             let inputs = c.forward_inputs(&c.x0, &vec![0.0; c.batch]);
+            inputs.shape().check()?;
             let tg = training::build(&self.dit, &inputs.shape(), &self.train);
             let mut extra = HashMap::new();
             let by_module: HashMap<&str, (crate::graph::TensorId, crate::graph::TensorId)> =
@@ -434,6 +435,10 @@ fn save_checkpoint(
     o: &TrainOptions,
 ) -> Result<()> {
     let out = &o.output;
+    if let Some(r) = &o.resume {
+        // Only a renamed checkpoint folder could be saved over: saves are at steps above the resumed one.
+        crate::outputs::check_outputs(&[r], &[&checkpoint_dir(out, state.step)])?;
+    }
     download_lora(tr, lora)?;
     check_lora_finite(lora, o)?;
     let (m, v) = adamw.moments()?;
