@@ -126,7 +126,7 @@ pub(super) fn check_lora_finite(lora: &LoraParams, o: &TrainOptions) -> Result<(
     }
     for (name, shape, data) in lora.tensors() {
         let hint = format!(
-            " (a non-finite gradient; lower --lr or set --max-grad-norm); nothing was written, {}",
+            " (a non-finite gradient; lower --lr or set --max-grad-norm); nothing was written (--allow-nonfinite writes it anyway), {}",
             last_good(&o.output)
         );
         crate::outputs::check_finite(&format!("the trained LoRA tensor {name}"), data, &shape, &hint)?;

@@ -133,6 +133,11 @@ fn a_resume_with_changed_hyper_parameters_is_refused_unless_overridden_and_nothi
         assert!(e.contains(want), "{want}: {e}");
     }
     assert!(!dir.join("more").exists(), "a refused resume writes nothing");
+    r.resume_override = vec!["rank".into()];
+    let e = train(&gpu, &r).unwrap_err().to_string();
+    assert!(e.contains("cannot change on resume"), "{e}");
+    r.resume_override = vec!["learning_rate".into()];
+    assert!(train(&gpu, &r).unwrap_err().to_string().contains("not a hyper-parameter key"));
     r.rank = 4;
     r.resume_override = vec!["lr".into(), "seed".into()];
     assert_eq!(train(&gpu, &r).unwrap().losses.len(), 1);
