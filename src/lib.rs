@@ -31,6 +31,8 @@
 //!   `Trainer::{new, step, finish}` (docs/training.md).
 //! - [`fuzzing`]: byte-level entry points of every untrusted-input parser (fuzz/ targets, and a
 //!   mutation sweep in the tests).
+//! - [`outputs`]: output safety: outputs never replace inputs, stale temporaries are removed, a
+//!   training folder is locked by its run.
 //! - [`testing`]: scale-aware tolerances shared by the tests; [`rng`]: the seeded generator.
 //! - `main.rs`: the `wgdit` CLI; it only parses, calls the library and prints.
 
@@ -46,6 +48,7 @@ pub mod kernels;
 pub mod layout;
 pub mod models;
 pub mod nn;
+pub mod outputs;
 pub mod pipeline;
 pub mod rng;
 pub mod shaders;

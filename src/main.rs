@@ -244,6 +244,9 @@ struct VaeEncodeArgs {
     output: PathBuf,
     #[command(flatten)]
     tiling: VaeTilingArgs,
+    /// Write the output even when it holds NaN or Inf values (refused by default).
+    #[arg(long)]
+    allow_nonfinite: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +272,9 @@ struct VaeDecodeArgs {
     output: PathBuf,
     #[command(flatten)]
     tiling: VaeTilingArgs,
+    /// Write the output even when it holds NaN or Inf values (refused by default).
+    #[arg(long)]
+    allow_nonfinite: bool,
 }
 
 /// `--vae-tiling` and its tiles, shared by encode and decode.
@@ -388,6 +394,9 @@ struct GenerateArgs {
     /// Also write the final latents (before decoding): `latents` [1, C, 1, h, w].
     #[arg(long)]
     save_latents: Option<PathBuf>,
+    /// Write the image and latents even when it holds NaN or Inf values (refused by default).
+    #[arg(long)]
+    allow_nonfinite: bool,
 }
 
 /// `N` or `HxW` (positive integers).
@@ -423,6 +432,9 @@ struct ForwardArgs {
     /// strength: `--lora style.safetensors:0.8`. Repeatable; the base weights are not modified.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
     loras: Vec<String>,
+    /// Write the output even when it holds NaN or Inf values (refused by default).
+    #[arg(long)]
+    allow_nonfinite: bool,
 }
 
 #[derive(Args)]
@@ -484,6 +496,12 @@ struct TrainArgs {
     /// Format of the exported lora.safetensors: diffusers (PEFT), diffsynth, kohya or comfyui.
     #[arg(long, value_enum, ignore_case = true, default_value = "diffusers")]
     format: FormatArg,
+    /// On resume, accept these changed hyper-parameters (comma-separated keys, e.g. lr,max_grad_norm).
+    #[arg(long, value_delimiter = ',', value_name = "KEY[,KEY]")]
+    resume_override: Vec<String>,
+    /// Write the LoRA even when it holds NaN or Inf values (refused by default).
+    #[arg(long)]
+    allow_nonfinite: bool,
 }
 
 #[derive(Subcommand)]
@@ -670,6 +688,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
         TilingArg::Off => VaeTiling::Off,
     };
     o.vae_budget = a.vae_budget_mib << 20;
+    o.allow_nonfinite = a.allow_nonfinite;
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let bar = indicatif::ProgressBar::new(o.steps as u64);
     let style = indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")
@@ -723,15 +742,21 @@ fn vae(cmd: VaeCmd) -> wgdit::Result<()> {
     match cmd {
         VaeCmd::Encode(a) => {
             let g = gpu::Gpu::new(&a.gpu.options())?;
-            let task =
-                EncodeTask { model: a.model, image: a.image, output: a.output.clone(), tiling: a.tiling.tiling()? };
+            let task = EncodeTask {
+                model: a.model,
+                image: a.image,
+                output: a.output.clone(),
+                tiling: a.tiling.tiling()?,
+                allow_nonfinite: a.allow_nonfinite,
+            };
             let r = run_encode(&g, &task)?;
             report("vae encode", &a.output, &r, &g);
         }
         VaeCmd::Decode(a) => {
             let g = gpu::Gpu::new(&a.gpu.options())?;
             let tiling = a.tiling.tiling()?;
-            let task = DecodeTask { model: a.model, latents: a.latents, output: a.output.clone(), tiling };
+            let (model, latents, output) = (a.model, a.latents, a.output.clone());
+            let task = DecodeTask { model, latents, output, tiling, allow_nonfinite: a.allow_nonfinite };
             let r = run_decode(&g, &task)?;
             report("vae decode", &a.output, &r, &g);
         }
@@ -750,7 +775,8 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
     let output = a.output.clone();
-    let task = ForwardTask { model: a.model, config: a.config, inputs: a.inputs, output, mode: a.qkv.mode(), loras };
+    let (model, config, inputs, mode, allow_nonfinite) = (a.model, a.config, a.inputs, a.qkv.mode(), a.allow_nonfinite);
+    let task = ForwardTask { model, config, inputs, output, mode, loras, allow_nonfinite };
     let r = run_forward(&gpu, &task)?;
     eprintln!(
         "wrote {} output {:?} ({} mode, {} dispatches, plan {:.1} ms, run {:.1} ms, weights {:.1} MiB, activations {:.1} MiB) on {}",
@@ -783,8 +809,13 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     };
     (o.weight_decay, o.warmup, o.max_grad_norm) = (a.weight_decay, a.warmup, a.max_grad_norm);
     o.format = a.format.format().lora();
+    (o.resume_override, o.allow_nonfinite) = (a.resume_override, a.allow_nonfinite);
     o.progress = true;
     let r = train(&gpu, &o)?;
+    if let (Some(step), Some(dir)) = (r.up_to_date, &o.resume) {
+        eprintln!("{}", wgdit::train::run::nothing_left(dir, step, o.steps));
+        return Ok(());
+    }
     let (first, last) = (r.losses.first().copied().unwrap_or(0.0), r.losses.last().copied().unwrap_or(0.0));
     eprintln!(
         "wrote {} ({} steps, loss {first:.4} -> {last:.4}, {:.0} ms/step, {} dispatches/step, peak activations {:.1} MiB) on {}",
@@ -807,6 +838,10 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
         BenchQkv::Fused => vec![QkvMode::Fused],
     };
     let b = DispatchBench { tokens: a.tokens, text_tokens: a.text_tokens, runs: a.runs };
+    b.check()?;
+    if a.train_rank == Some(0) {
+        return Err(wgdit::Error::input("--train-rank 0: a LoRA has rank 1 or more"));
+    }
     if let (Some(p), Some(rank)) = (a.preset, a.train_rank) {
         for r in bench::count_training(&p.dit()?, &b, &modes, rank) {
             if a.json {
@@ -857,7 +892,21 @@ fn convert(a: ConvertArgs) -> wgdit::Result<()> {
 
 fn devices(opts: &GpuOptions, json: bool) -> wgdit::Result<()> {
     let opts = opts.clone().with_env()?;
-    let list = gpu::list_adapters(opts.backend);
+    let mut list = gpu::list_adapters(opts.backend);
+    if let Some(sel) = &opts.adapter {
+        // The same rule as adapter selection: an index of this list, else a name substring.
+        let names: Vec<String> = list.iter().map(|a| format!("[{}] {}", a.index, a.name)).collect();
+        list.retain(|a| match sel.parse::<usize>() {
+            Ok(i) => a.index == i,
+            Err(_) => a.name.to_lowercase().contains(&sel.to_lowercase()),
+        });
+        if list.is_empty() {
+            return Err(wgdit::Error::NoAdapter(format!(
+                "--adapter {sel}: no adapter has that index or name; available: {}",
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            )));
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&list).expect("cannot fail: plain data"));
         return Ok(());

@@ -20,6 +20,17 @@ pub const DEFAULT_SHARD: u64 = 5_000_000_000;
 
 /// Converts a base checkpoint (or, with `dry_run`, only reports what it would do).
 pub fn convert_checkpoint(ck: &Checkpoint, opts: &ConvertOptions) -> Result<Report> {
+    if !ck.entries.iter().any(|e| !e.foreign && names::is_dit_tensor(&e.name)) {
+        let eg: Vec<&str> = ck.entries.iter().take(3).map(|e| e.key.as_str()).collect();
+        return Err(Error::file(
+            &ck.path,
+            format!(
+                "no Qwen-Image DiT tensor among its {} tensor(s) (e.g. {}): convert takes a DiT checkpoint (file or diffusers folder) or a LoRA file",
+                ck.entries.len(),
+                eg.join(", ")
+            ),
+        ));
+    }
     let layout = checkpoint_layout(ck)?;
     let prefix = output_prefix(ck, opts.format)?;
     let (tensors, actions) = plan(ck, opts, &prefix)?;

@@ -182,25 +182,7 @@ fn check_paths(input: &Path, output: &Path) -> Result<()> {
     if !input.exists() {
         return Err(Error::input(format!("input {} does not exist", input.display())));
     }
-    let same = |a: &Path, b: &Path| -> bool {
-        use std::os::unix::fs::MetadataExt;
-        match (std::fs::metadata(a), std::fs::metadata(b)) {
-            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-            _ => false,
-        }
-    };
-    let mut inputs = vec![input.to_path_buf()];
-    if input.is_dir() {
-        let rd = std::fs::read_dir(input).map_err(|e| Error::io(input, e))?;
-        inputs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
-    }
-    if let Some(hit) = inputs.iter().find(|p| same(p, output)) {
-        return Err(Error::input(format!(
-            "output {} is the input {} (the input is never overwritten; choose another output)",
-            output.display(),
-            hit.display()
-        )));
-    }
+    crate::outputs::check_outputs(&[input], &[output])?;
     if output.is_dir() && std::fs::read_dir(output).map_err(|e| Error::io(output, e))?.next().is_some() {
         return Err(Error::input(format!(
             "output folder {} exists and is not empty; remove it or choose another output",

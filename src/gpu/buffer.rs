@@ -36,7 +36,7 @@ impl Gpu {
         if bytes > max {
             return Err(Error::TooLarge(format!(
                 "{what} needs {bytes} bytes ({:.1} MiB) but {} binds at most {max} bytes ({:.1} MiB) per storage buffer; \
-                 split the tensor, store it in a narrower dtype (bf16/f16), or use a GPU with a larger binding limit",
+                 use smaller shapes or a GPU with a larger binding limit",
                 bytes as f64 / 1048576.0,
                 self.report.name,
                 max as f64 / 1048576.0

@@ -7,11 +7,12 @@ use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::Dit;
 use crate::models::qwen_image::QkvMode;
+use crate::outputs::{check_finite, check_outputs, NONFINITE_OUTPUT_HINT};
 use crate::pipeline::inputs::ForwardInputs;
 use crate::weights::writer::{write_safetensors, OutTensor, Source, TempOutput};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub struct ForwardTask {
@@ -22,6 +23,8 @@ pub struct ForwardTask {
     pub mode: QkvMode,
     /// Runtime LoRAs: (file, strength).
     pub loras: Vec<(PathBuf, f32)>,
+    /// Write an output with NaN/Inf values instead of refusing it.
+    pub allow_nonfinite: bool,
 }
 
 /// What a forward did, for the CLI to print.
@@ -35,6 +38,10 @@ pub struct ForwardReport {
 }
 
 pub fn run_forward(gpu: &Arc<Gpu>, t: &ForwardTask) -> Result<ForwardReport> {
+    let mut inputs: Vec<&Path> = vec![&t.model, &t.inputs];
+    inputs.extend(t.config.as_deref());
+    inputs.extend(t.loras.iter().map(|(p, _)| p.as_path()));
+    check_outputs(&inputs, &[&t.output])?;
     let (cfg, ckpt) = open(&t.model, t.config.as_deref())?;
     let inputs = ForwardInputs::from_file(&t.inputs, &cfg)?;
     let out_features = cfg.out_features();
@@ -48,6 +55,9 @@ pub fn run_forward(gpu: &Arc<Gpu>, t: &ForwardTask) -> Result<ForwardReport> {
     let out = plan.forward(&inputs)?;
     let t2 = std::time::Instant::now();
     let shape = [inputs.batch, inputs.shape().s_img(), out_features];
+    if !t.allow_nonfinite {
+        check_finite("output", &out, &shape, NONFINITE_OUTPUT_HINT)?;
+    }
     write_output(&t.output, &out, &shape, t.mode)?;
     Ok(ForwardReport {
         output_shape: shape,

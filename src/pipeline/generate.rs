@@ -21,6 +21,7 @@ use crate::models::qwen_image::QkvMode;
 use crate::models::qwen_image_vae::config::{denormalize_latents, normalize_latents};
 use crate::models::qwen_image_vae::runtime::{Pass, Tiling, Vae};
 use crate::models::qwen_image_vae::tiling::TileSpec;
+use crate::outputs::{check_finite, check_outputs, NONFINITE_OUTPUT_HINT};
 use crate::pipeline::dims::{self, Size, SizeRules};
 use crate::pipeline::embeds::PromptEmbeds;
 use crate::pipeline::folder::{PipelineClass, PipelineFolder};
@@ -104,6 +105,8 @@ pub struct GenerateOptions {
     /// activation exceeds a storage binding).
     pub vae_budget: u64,
     pub save_latents: Option<PathBuf>,
+    /// Write outputs with NaN/Inf values instead of refusing them.
+    pub allow_nonfinite: bool,
 }
 
 /// `--vae-tiling`.
@@ -138,6 +141,7 @@ impl GenerateOptions {
             vae_tile: TileSpec::default(),
             vae_budget: 8 << 30,
             save_latents: None,
+            allow_nonfinite: false,
         }
     }
 }
@@ -172,9 +176,33 @@ pub struct GenerateReport {
     pub weight_bytes: u64,
 }
 
+/// Refuses outputs that would replace an input (or each other), before anything is read.
+fn check_generate_paths(o: &GenerateOptions) -> Result<()> {
+    let mut inputs: Vec<&Path> = vec![&o.model];
+    for p in [Some(&o.prompt), o.negative.as_ref()].into_iter().flatten() {
+        if let Prompt::Embeds(f) = p {
+            inputs.push(f);
+        }
+    }
+    if let Noise::File(f) = &o.noise {
+        inputs.push(f);
+    }
+    inputs.extend(o.images.iter().map(PathBuf::as_path));
+    inputs.extend(o.loras.iter().map(|(p, _)| p.as_path()));
+    let mut outputs: Vec<&Path> = vec![&o.output];
+    if let Some(l) = &o.save_latents {
+        if l == &o.output {
+            return Err(Error::input(format!("--save-latents and --output are both {}", l.display())));
+        }
+        outputs.push(l);
+    }
+    check_outputs(&inputs, &outputs)
+}
+
 /// Runs the pipeline; `on_step` sees every denoising step (the CLI's progress bar).
 pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&StepInfo<'_>)) -> Result<GenerateReport> {
     let kind = OutputKind::of(&o.output)?;
+    check_generate_paths(o)?;
     let folder = PipelineFolder::open(&o.model)?;
     check_arguments(&folder, o)?;
     let (dcfg, ckpt) = open(&folder.transformer, None)?;
@@ -260,6 +288,9 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     };
     let (latents, report) = sample(&mut dit, &s, pack(&noise, [z_dim, lh, lw], patch), on_step)?;
     let mut z = unpack(&latents, [z_dim, lh, lw], patch);
+    if !o.allow_nonfinite {
+        check_finite("the final latents", &z, &[1, z_dim, 1, lh, lw], NONFINITE_OUTPUT_HINT)?;
+    }
     if let Some(p) = &o.save_latents {
         write_f32_tensor(p, "latents", &z, &[1, z_dim, 1, lh, lw], &metadata(&folder, o, output, schedule.len()))?;
     }
@@ -275,6 +306,9 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     let (image, decoded) = vae.decode(&z, lh, lw, tiling)?;
     let vae_decode_ms = t_dec.elapsed().as_secs_f64() * 1e3;
     let (ih, iw) = (lh * vae_scale as usize, lw * vae_scale as usize);
+    if !o.allow_nonfinite {
+        check_finite("the decoded image", &image, &[1, 3, ih, iw], NONFINITE_OUTPUT_HINT)?;
+    }
     let meta = metadata(&folder, o, output, schedule.len());
     match kind {
         OutputKind::Safetensors => {
@@ -331,6 +365,11 @@ fn check_arguments(folder: &PipelineFolder, o: &GenerateOptions) -> Result<()> {
             folder.root.display()
         ))),
         _ if o.steps == 0 && o.sigmas.is_none() => Err(Error::input("--steps must be at least 1")),
+        _ if !o.true_cfg.is_finite() => Err(Error::input(format!("--true-cfg {} is not a finite number", o.true_cfg))),
+        _ if o.sigmas.iter().flatten().any(|s| !s.is_finite()) => Err(Error::input(format!(
+            "--sigmas {:?}: every sigma must be a finite number",
+            o.sigmas.iter().flatten().collect::<Vec<_>>()
+        ))),
         _ => Ok(()),
     }
 }

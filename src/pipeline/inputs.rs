@@ -6,6 +6,7 @@
 use crate::error::{Error, Result};
 use crate::models::qwen_image::dit::ForwardShape;
 use crate::models::qwen_image::DitConfig;
+use crate::outputs::check_finite;
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 
@@ -71,17 +72,24 @@ impl ForwardInputs {
         let img_shapes: Vec<[usize; 3]> = shapes
             .chunks(3)
             .map(|c| {
-                let ok = c.iter().all(|&v| v > 0);
-                ok.then(|| [c[0] as usize, c[1] as usize, c[2] as usize])
-                    .ok_or_else(|| Error::input(format!("img_shapes entry {c:?} has a non-positive size")))
+                let side = |v: i64| usize::try_from(v).ok().filter(|&v| v > 0);
+                match (side(c[0]), side(c[1]), side(c[2])) {
+                    (Some(f), Some(h), Some(w)) => Ok([f, h, w]),
+                    _ => Err(Error::input(format!("img_shapes entry {c:?} has a non-positive size"))),
+                }
             })
             .collect::<Result<_>>()?;
-        let tokens: usize = img_shapes.iter().map(|s| s[0] * s[1] * s[2]).sum();
+        let shape = ForwardShape { batch: b, s_txt, img_shapes: img_shapes.clone(), masked: false };
+        shape.check()?;
+        let tokens = shape.s_img();
         if tokens != s_img {
             return Err(Error::input(format!(
                 "img_shapes {img_shapes:?} describe {tokens} image tokens but hidden_states has {s_img}"
             )));
         }
+        check_finite("hidden_states", &hidden, &hs_shape, "")?;
+        check_finite("encoder_hidden_states", &text, &eh_shape, "")?;
+        check_finite("timestep", &timestep, &t_shape, "")?;
         let mask = mask(st, b, s_txt)?;
         Ok(ForwardInputs { batch: b, hidden, text, s_txt, mask, timestep, img_shapes })
     }

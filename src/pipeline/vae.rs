@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::image::pixels;
 use crate::models::qwen_image_vae::{Pass, Tiling, Vae};
+use crate::outputs::{check_finite, check_outputs, NONFINITE_OUTPUT_HINT};
 use crate::weights::writer::write_f32_tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,8 @@ pub struct EncodeTask {
     pub image: PathBuf,
     pub output: PathBuf,
     pub tiling: Tiling,
+    /// Write latents with NaN/Inf values instead of refusing them.
+    pub allow_nonfinite: bool,
 }
 
 pub struct DecodeTask {
@@ -30,6 +33,8 @@ pub struct DecodeTask {
     pub latents: PathBuf,
     pub output: PathBuf,
     pub tiling: Tiling,
+    /// Write an image with NaN/Inf values instead of refusing it.
+    pub allow_nonfinite: bool,
 }
 
 /// What a run did, for the CLI's one-line report.
@@ -68,7 +73,8 @@ pub fn latents_from_bytes(bytes: &[u8], z_dim: usize) -> Result<(Vec<f32>, usize
     if data.len() != 4 * z_dim * h * w {
         return Err(Error::input("`latents` byte length does not match its shape"));
     }
-    let v = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let v: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    check_finite("latents", &v, &[1, z_dim, h, w], "")?;
     Ok((v, h, w))
 }
 
@@ -86,6 +92,7 @@ pub fn run_encode(gpu: &Arc<Gpu>, t: &EncodeTask) -> Result<VaeReport> {
     if extension(&t.output) != "safetensors" {
         return Err(Error::input(format!("--output {}: latents are written as .safetensors", t.output.display())));
     }
+    check_outputs(&[&t.model, &t.image], &[&t.output])?;
     let img = pixels::load_rgb(&t.image)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut vae = Vae::open(gpu, &t.model)?;
@@ -101,6 +108,9 @@ pub fn run_encode(gpu: &Arc<Gpu>, t: &EncodeTask) -> Result<VaeReport> {
     let run_ms = t0.elapsed().as_secs_f64() * 1e3;
     let m = vae.planned_memory(Pass::Encode, h, w);
     let shape = vec![1, vae.config.z_dim, 1, h / f, w / f];
+    if !t.allow_nonfinite {
+        check_finite("latents", &z, &shape, NONFINITE_OUTPUT_HINT)?;
+    }
     write_tensor(&t.output, "latents", shape.clone(), &z, "wgdit vae encode")?;
     Ok(VaeReport {
         output_shape: shape,
@@ -117,6 +127,7 @@ pub fn run_decode(gpu: &Arc<Gpu>, t: &DecodeTask) -> Result<VaeReport> {
     if ext != "png" && ext != "safetensors" {
         return Err(Error::input(format!("--output {}: write .png or .safetensors", t.output.display())));
     }
+    check_outputs(&[&t.model, &t.latents], &[&t.output])?;
     let bytes = std::fs::read(&t.latents).map_err(|e| Error::io(&t.latents, e))?;
     let mut vae = Vae::open(gpu, &t.model)?;
     let (z, h, w) = latents_from_bytes(&bytes, vae.config.z_dim).map_err(|e| Error::file(&t.latents, e.to_string()))?;
@@ -125,6 +136,9 @@ pub fn run_decode(gpu: &Arc<Gpu>, t: &DecodeTask) -> Result<VaeReport> {
     let run_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (f, c) = (vae.spatial_factor(), vae.config.input_channels);
     let (oh, ow) = (h * f, w * f);
+    if !t.allow_nonfinite {
+        check_finite("image", &img, &[1, c, oh, ow], NONFINITE_OUTPUT_HINT)?;
+    }
     if ext == "png" {
         if c != 3 {
             return Err(Error::input(format!("PNG output needs 3 channels, this VAE decodes {c}")));

@@ -72,6 +72,23 @@ pub fn latest(out: &Path) -> Option<PathBuf> {
         .map(|(_, p)| p)
 }
 
+impl TrainState {
+    /// Reads `<dir>/state.json` alone (the step and hyper-parameters of a checkpoint).
+    pub fn read(dir: &Path) -> Result<TrainState> {
+        if !dir.is_dir() {
+            return Err(Error::input(format!("checkpoint {} is not a folder", dir.display())));
+        }
+        let sp = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+        let state: TrainState =
+            serde_json::from_str(&text).map_err(|e| Error::file(&sp, format!("not a wgdit training state: {e}")))?;
+        if state.version != VERSION {
+            return Err(Error::file(&sp, format!("state version {} (this wgdit reads {VERSION})", state.version)));
+        }
+        Ok(state)
+    }
+}
+
 impl Checkpoint {
     /// Writes `<out>/checkpoint-<step>` atomically (an older folder of the same step is replaced).
     pub fn save(&self, out: &Path) -> Result<PathBuf> {
@@ -122,16 +139,7 @@ impl Checkpoint {
 
     /// Reads and validates a checkpoint folder against the model config.
     pub fn load(dir: &Path, cfg: &DitConfig) -> Result<Checkpoint> {
-        if !dir.is_dir() {
-            return Err(Error::input(format!("checkpoint {} is not a folder", dir.display())));
-        }
-        let sp = dir.join(STATE_FILE);
-        let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-        let state: TrainState =
-            serde_json::from_str(&text).map_err(|e| Error::file(&sp, format!("not a wgdit training state: {e}")))?;
-        if state.version != VERSION {
-            return Err(Error::file(&sp, format!("state version {} (this wgdit reads {VERSION})", state.version)));
-        }
+        let state = TrainState::read(dir)?;
         let lp = dir.join(LORA_FILE);
         let lora = read_lora(&lp)?;
         let lora = LoraParams::from_lora(cfg, &state.lora, &lora).map_err(|e| Error::file(&lp, e.to_string()))?;
@@ -178,16 +186,18 @@ fn sync_dir(dir: &Path) {
 /// Hyper-parameter keys whose values differ between a checkpoint and the current run (for a
 /// resume to refuse, or warn, by the caller's policy); keys only in one side count too.
 pub fn hyper_differences(saved: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    hyper_diff(saved, now).into_iter().map(|(k, a, b)| format!("{k}: {a} → {b}")).collect()
+}
+
+/// The differing keys as (key, saved, given), in key order.
+pub fn hyper_diff(saved: &serde_json::Value, now: &serde_json::Value) -> Vec<(String, String, String)> {
     let empty = serde_json::Map::new();
     let a = saved.as_object().unwrap_or(&empty);
     let b = now.as_object().unwrap_or(&empty);
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();
     keys.dedup();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| format!("{k}: {} → {}", show(a.get(k)), show(b.get(k))))
-        .collect()
+    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).map(|k| (k.clone(), show(a.get(k)), show(b.get(k)))).collect()
 }
 
 fn show(v: Option<&serde_json::Value>) -> String {

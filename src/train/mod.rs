@@ -4,9 +4,11 @@
 //! - [`lora`]: LoRA targets (PEFT rule), PEFT init, export in every LoRA format;
 //! - [`optim`]: lr schedules and AdamW over many GPU tensors, bound once;
 //! - [`checkpoint`]: atomic `checkpoint-<step>/` folders and `loss.csv`;
+//! - [`checks`]: flag ranges, outputs against inputs, a resume against its checkpoint, finite results;
 //! - [`run`]: `Trainer::{new, step, finish}`, the run of `wgdit train` step by step, and `train`.
 
 pub mod checkpoint;
+pub mod checks;
 pub mod data;
 pub mod lora;
 pub mod optim;

@@ -8,6 +8,8 @@
 //! gradients are zeroed. One plan per batch shape, all sharing the LoRA and gradient buffers.
 
 use super::checkpoint::{checkpoint_dir, Checkpoint, LossLog, LossRow, TrainState};
+pub use super::checks::nothing_left;
+use super::checks::{check_lora_finite, check_options, check_resume, check_train_paths, last_good};
 use super::data::{Batcher, Collated, Dataset, ShapeKey};
 use super::lora::{parse_targets, select, LoraConfig, LoraParams};
 use super::optim::{AdamW, AdamWOptions, LrSchedule};
@@ -20,6 +22,7 @@ use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::{Dit, DitPlan};
 use crate::models::qwen_image::training;
 use crate::nn::TrainLora;
+use crate::outputs::RunLock;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::weights::lora::LoraFormat;
@@ -53,6 +56,10 @@ pub struct TrainOptions {
     pub max_grad_norm: f32,
     pub format: LoraFormat,
     pub progress: bool,
+    /// Hyper-parameter keys a resume may change on purpose (`--resume-override`).
+    pub resume_override: Vec<String>,
+    /// Write a LoRA (or checkpoint) with NaN/Inf values instead of refusing it.
+    pub allow_nonfinite: bool,
 }
 
 impl TrainOptions {
@@ -82,6 +89,8 @@ impl TrainOptions {
             max_grad_norm: 0.0,
             format: LoraFormat::Diffusers,
             progress: false,
+            resume_override: Vec::new(),
+            allow_nonfinite: false,
         }
     }
 }
@@ -94,6 +103,8 @@ pub struct TrainReport {
     pub dispatches_per_step: usize,
     pub peak_activation_bytes: u64,
     pub lora_file: PathBuf,
+    /// `Some(step)`: the resumed checkpoint was already at `step` ≥ `--steps`; nothing was run or written.
+    pub up_to_date: Option<u64>,
 }
 
 /// One shape's training plan and its graph handles.
@@ -118,6 +129,7 @@ impl LoraModel {
     fn plan(&mut self, key: &ShapeKey, c: &Collated) -> Result<&ShapePlan> {
         if !self.plans.contains_key(key) {
             let inputs = c.forward_inputs(&c.x0, &vec![0.0; c.batch]);
+            inputs.shape().check()?;
             let tg = training::build(&self.dit, &inputs.shape(), &self.train);
             let mut extra = HashMap::new();
             let by_module: HashMap<&str, (crate::graph::TensorId, crate::graph::TensorId)> =
@@ -215,10 +227,14 @@ pub struct Trainer {
     lr_sched: LrSchedule,
     losses: Vec<f64>,
     total_ms: f64,
+    /// The output folder's lock, released on drop.
+    _lock: RunLock,
 }
 
 impl Trainer {
     pub fn new(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<Trainer> {
+        check_options(o)?;
+        check_train_paths(o)?;
         let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
         let dataset = Dataset::open(&o.data, &cfg)?;
         if dataset.is_empty() {
@@ -236,6 +252,10 @@ impl Trainer {
         let (lora, state, resumed) = match &o.resume {
             Some(dir) => {
                 let c = Checkpoint::load(dir, &cfg)?;
+                check_resume(o, dir, &c.state, &conf, &hyper)?;
+                if c.state.step >= o.steps {
+                    return Err(Error::input(nothing_left(dir, c.state.step, o.steps)));
+                }
                 (c.lora.clone(), c.state.clone(), Some(c))
             }
             None => {
@@ -270,9 +290,10 @@ impl Trainer {
         let dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
         let model =
             LoraModel { gpu: gpu.clone(), dit, train, params, plans: HashMap::new(), out_features: cfg.out_features() };
-        let mut batcher = Batcher::new(&dataset, o.batch_size.max(1), o.seed);
+        let mut batcher = Batcher::new(&dataset, o.batch_size, o.seed);
         batcher.resume(state.data)?;
         std::fs::create_dir_all(&o.output).map_err(|e| Error::io(&o.output, e))?;
+        let lock = RunLock::acquire(&o.output)?;
         let loss_path = o.output.join("loss.csv");
         let log =
             if resumed.is_some() { LossLog::resume(&loss_path, state.step)? } else { LossLog::create(&loss_path)? };
@@ -289,6 +310,7 @@ impl Trainer {
             lr_sched: LrSchedule::Constant { warmup: o.warmup },
             losses: Vec::new(),
             total_ms: 0.0,
+            _lock: lock,
         })
     }
 
@@ -307,7 +329,7 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepReport> {
         let o = &self.o;
         let t0 = std::time::Instant::now();
-        let accum = o.grad_accum.max(1);
+        let accum = o.grad_accum;
         let (mut loss, mut sigma) = (0.0, 0.0);
         for _ in 0..accum {
             let batch = self.batcher.next().ok_or_else(|| Error::input("dataset yielded no batch"))?;
@@ -316,6 +338,13 @@ impl Trainer {
             let (l, s) = self.model.micro_batch(&key, &c, &self.sched, &mut self.state.rng, o.sampling)?;
             loss += l / accum as f64;
             sigma += s / accum as f32;
+        }
+        if !loss.is_finite() {
+            return Err(Error::input(format!(
+                "training stopped at step {}: the loss is {loss} (non-finite; check the data for NaN/Inf and lower --lr). Nothing of this step was applied or written; {}",
+                self.state.step + 1,
+                last_good(&o.output)
+            )));
         }
         self.state.step += 1;
         let step = self.state.step;
@@ -329,7 +358,7 @@ impl Trainer {
         self.log.append(&LossRow { step, loss, sigma, lr, step_ms: ms })?;
         self.losses.push(loss);
         if o.save_every > 0 && step % o.save_every == 0 {
-            save_checkpoint(&self.model, &self.adamw, &mut self.lora, &self.state, &o.output)?;
+            save_checkpoint(&self.model, &self.adamw, &mut self.lora, &self.state, o)?;
         }
         Ok(StepReport { step, loss, sigma, lr, ms })
     }
@@ -337,6 +366,7 @@ impl Trainer {
     /// Downloads the trained LoRA and writes `lora.safetensors` in the chosen format.
     pub fn finish(mut self) -> Result<TrainReport> {
         download_lora(&self.model, &mut self.lora)?;
+        check_lora_finite(&self.lora, &self.o)?;
         let lora_file = self.o.output.join("lora.safetensors");
         self.lora.save(&lora_file, self.o.format, DType::F32)?;
         let (dispatches, peak) = self
@@ -348,15 +378,35 @@ impl Trainer {
         Ok(TrainReport {
             mean_step_ms: self.total_ms / self.losses.len().max(1) as f64,
             losses: self.losses,
-            dispatches_per_step: dispatches * self.o.grad_accum.max(1),
+            dispatches_per_step: dispatches * self.o.grad_accum,
             peak_activation_bytes: peak,
             lora_file,
+            up_to_date: None,
         })
     }
 }
 
 /// Runs a training job to completion, with a progress bar when `o.progress`.
 pub fn train(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<TrainReport> {
+    if let Some(dir) = &o.resume {
+        // Nothing left to do is said before anything is opened or written.
+        check_options(o)?;
+        let state = TrainState::read(dir)?;
+        let conf = LoraConfig { rank: o.rank, alpha: o.alpha, targets: parse_targets(&o.targets) };
+        check_resume(o, dir, &state, &conf, &hyper_json(o))?;
+        if state.step >= o.steps {
+            let (losses, lora_file) = (Vec::new(), o.output.join("lora.safetensors"));
+            let r = TrainReport {
+                losses,
+                mean_step_ms: 0.0,
+                dispatches_per_step: 0,
+                peak_activation_bytes: 0,
+                lora_file,
+                up_to_date: Some(state.step),
+            };
+            return Ok(r);
+        }
+    }
     let mut t = Trainer::new(gpu, o)?;
     let bar = progress_bar(o.progress, o.steps, t.steps_done());
     while !t.done() {
@@ -382,9 +432,15 @@ fn save_checkpoint(
     adamw: &AdamW,
     lora: &mut LoraParams,
     state: &TrainState,
-    out: &std::path::Path,
+    o: &TrainOptions,
 ) -> Result<()> {
+    let out = &o.output;
+    if let Some(r) = &o.resume {
+        // Only a renamed checkpoint folder could be saved over: saves are at steps above the resumed one.
+        crate::outputs::check_outputs(&[r], &[&checkpoint_dir(out, state.step)])?;
+    }
     download_lora(tr, lora)?;
+    check_lora_finite(lora, o)?;
     let (m, v) = adamw.moments()?;
     let c = Checkpoint { state: state.clone(), lora: lora.clone(), m, v };
     let dir = c.save(out)?;

@@ -248,12 +248,18 @@ fn assemble(
         return Err(err(format!("A {:?} and B {:?} are not [r, in] and [out, r]", a.shape, b.shape)));
     }
     let r = a.shape[0];
+    if r == 0 {
+        return Err(err(format!("rank 0 (A {:?}, B {:?}): a LoRA has rank 1 or more", a.shape, b.shape)));
+    }
     let alpha = match (alpha, meta) {
         (Some(t), _) if t.data.len() == 1 => t.data[0] as f64,
         (Some(t), _) => return Err(err(format!("alpha tensor has shape {:?}; expected a scalar", t.shape))),
         (None, Some(m)) => m.alpha_for(module, r).map_err(err)?,
         (None, None) => r as f64,
     };
+    if !alpha.is_finite() {
+        return Err(err(format!("alpha is {alpha}; expected a finite number")));
+    }
     Ok(LoraModule { a, b, alpha })
 }
 

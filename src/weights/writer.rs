@@ -170,7 +170,8 @@ fn release(p: &Piece) {
 }
 
 /// A temporary output next to its final path (`<name>.tmp-<pid>`), removed on drop unless
-/// committed by an atomic rename.
+/// committed by an atomic rename. Temporaries of `<name>` left by processes that no longer run
+/// are removed when a new one is made (`outputs::remove_stale_temps`).
 pub struct TempOutput {
     pub tmp: PathBuf,
     pub dest: PathBuf,
@@ -193,6 +194,7 @@ impl TempOutput {
             dest.file_name().ok_or_else(|| Error::input(format!("output {} has no file name", dest.display())))?;
         let tmp = dest.with_file_name(format!("{}.tmp-{}", name.to_string_lossy(), std::process::id()));
         let out = TempOutput { tmp, dest: dest.to_path_buf(), done: false };
+        crate::outputs::remove_stale_temps(dest);
         out.remove_tmp();
         if folder {
             std::fs::create_dir(&out.tmp).map_err(|e| Error::io(&out.tmp, e))?;

@@ -1,6 +1,7 @@
 //! The `wgdit` command line: contracts (outputs equal to the references) and clear errors on bad
 //! input (non-zero exit, a message naming the problem, no output file).
 
+mod bad_inputs;
 mod forward;
 mod generate;
 mod vae;

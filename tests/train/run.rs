@@ -115,3 +115,51 @@ fn a_lora_on_the_merged_qkv_projection_trains_and_exports_merged_keys() {
     assert!(e.contains("--qkv merged or fused"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_resume_with_changed_hyper_parameters_is_refused_unless_overridden_and_nothing_left_is_said() {
+    let gpu = test_gpu();
+    let dir = std::env::temp_dir().join(format!("wgdit-resume-check-{}", std::process::id()));
+    write_dataset(&dir.join("data"), 2, 4);
+    let mut o = options(&dir.join("data"), &dir.join("run"), 2);
+    (o.save_every, o.checkpointing) = (2, false);
+    train(&gpu, &o).unwrap();
+    let ckpt = dir.join("run/checkpoint-2");
+    let mut r = options(&dir.join("data"), &dir.join("more"), 3);
+    (r.checkpointing, r.resume) = (false, Some(ckpt.clone()));
+    (r.lr, r.seed, r.rank) = (1e-3, 9, 8);
+    let e = train(&gpu, &r).unwrap_err().to_string();
+    for want in ["lr: saved 0.003, given 0.001", "seed: saved 1, given 9", "rank: saved 4, given 8"] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    assert!(!dir.join("more").exists(), "a refused resume writes nothing");
+    r.resume_override = vec!["rank".into()];
+    let e = train(&gpu, &r).unwrap_err().to_string();
+    assert!(e.contains("cannot change on resume"), "{e}");
+    r.resume_override = vec!["learning_rate".into()];
+    assert!(train(&gpu, &r).unwrap_err().to_string().contains("not a hyper-parameter key"));
+    r.rank = 4;
+    r.resume_override = vec!["lr".into(), "seed".into()];
+    assert_eq!(train(&gpu, &r).unwrap().losses.len(), 1);
+    // Already at --steps: said as such, nothing written.
+    let mut done = options(&dir.join("data"), &dir.join("none"), 2);
+    (done.checkpointing, done.resume) = (false, Some(ckpt));
+    assert_eq!(train(&gpu, &done).unwrap().up_to_date, Some(2));
+    assert!(!dir.join("none").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_second_run_into_a_busy_output_folder_is_refused_with_the_pid() {
+    let gpu = test_gpu();
+    let dir = std::env::temp_dir().join(format!("wgdit-lock-{}", std::process::id()));
+    write_dataset(&dir.join("data"), 1, 4);
+    let o = options(&dir.join("data"), &dir.join("out"), 1);
+    let first = wgdit::train::run::Trainer::new(&gpu, &o).unwrap();
+    let e = wgdit::train::run::Trainer::new(&gpu, &o).err().unwrap().to_string();
+    assert!(e.contains("in use by another training run") && e.contains(&std::process::id().to_string()), "{e}");
+    drop(first);
+    assert!(!dir.join("out/.wgdit-train.lock").exists(), "the lock is released on drop");
+    assert!(wgdit::train::run::Trainer::new(&gpu, &o).is_ok());
+    std::fs::remove_dir_all(&dir).ok();
+}

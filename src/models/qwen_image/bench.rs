@@ -107,6 +107,19 @@ pub struct DispatchBench {
 }
 
 impl DispatchBench {
+    /// Refuses sizes outside the forward's bounds (`--tokens`, `--text-tokens`).
+    pub fn check(&self) -> crate::Result<()> {
+        use super::dit::{MAX_IMAGE_TOKENS, MAX_TEXT_TOKENS};
+        for (flag, v, max) in
+            [("tokens", self.tokens, MAX_IMAGE_TOKENS), ("text-tokens", self.text_tokens, MAX_TEXT_TOKENS)]
+        {
+            if v == 0 || v > max {
+                return Err(crate::Error::input(format!("--{flag} {v}: must be 1..={max}")));
+            }
+        }
+        self.shape().check()
+    }
+
     pub fn shape(&self) -> ForwardShape {
         ForwardShape { batch: 1, s_txt: self.text_tokens, img_shapes: vec![grid_for(self.tokens)], masked: false }
     }

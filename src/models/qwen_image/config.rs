@@ -143,17 +143,39 @@ impl DitConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let sum: usize = self.axes_dims_rope.iter().sum();
-        if sum != self.attention_head_dim {
+        // Bounds: the real model's values with ≥ 16× headroom, so that no count derived from a
+        // config (tensor names, weight bytes, RoPE tables) can overflow or allocate without limit.
+        let bounds: [(&str, usize, usize); 7] = [
+            ("patch_size", self.patch_size, 32),
+            ("in_channels", self.in_channels, 4096),
+            ("out_channels", self.out_channels, 4096),
+            ("num_layers", self.num_layers, 1000),
+            ("attention_head_dim", self.attention_head_dim, 4096),
+            ("num_attention_heads", self.num_attention_heads, 1024),
+            ("joint_attention_dim", self.joint_attention_dim, 65536),
+        ];
+        for (key, v, max) in bounds {
+            if v == 0 || v > max {
+                return Err(Error::input(format!("config key `{key}` is {v}; wgdit supports 1..={max}")));
+            }
+        }
+        if self.hidden() > 65536 {
             return Err(Error::input(format!(
-                "axes_dims_rope {:?} sums to {sum} but attention_head_dim is {}",
+                "num_attention_heads × attention_head_dim = {} × {} exceeds 65536",
+                self.num_attention_heads, self.attention_head_dim
+            )));
+        }
+        let sum = self.axes_dims_rope.iter().try_fold(0usize, |a, &d| a.checked_add(d));
+        if sum != Some(self.attention_head_dim) {
+            return Err(Error::input(format!(
+                "axes_dims_rope {:?} does not sum to attention_head_dim {}",
                 self.axes_dims_rope, self.attention_head_dim
             )));
         }
         if self.axes_dims_rope.iter().any(|d| d % 2 != 0) || self.attention_head_dim % 2 != 0 {
             return Err(Error::input("RoPE axis dims and attention_head_dim must be even (rotations act on pairs)"));
         }
-        if self.patch_size == 0 || self.in_channels % (self.patch_size * self.patch_size) != 0 {
+        if self.in_channels % (self.patch_size * self.patch_size) != 0 {
             return Err(Error::input(format!(
                 "in_channels {} is not a multiple of patch_size² ({})",
                 self.in_channels,
@@ -185,6 +207,23 @@ mod tests {
     fn layered_variant_is_refused() {
         let v = serde_json::json!({"use_layer3d_rope": true});
         assert!(DitConfig::from_json(&v).unwrap_err().to_string().contains("use_layer3d_rope"));
+    }
+
+    #[test]
+    fn huge_or_zero_sizes_are_refused_before_anything_is_derived_from_them() {
+        for (key, v) in [
+            ("num_layers", 1_000_000_000u64),
+            ("patch_size", 1 << 33),
+            ("attention_head_dim", 1 << 40),
+            ("num_layers", 0),
+        ] {
+            let e = DitConfig::from_json(&serde_json::json!({ key: v })).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let v = serde_json::json!({"num_attention_heads": 1024, "attention_head_dim": 4096, "axes_dims_rope": [1024, 1536, 1536]});
+        assert!(DitConfig::from_json(&v).unwrap_err().to_string().contains("exceeds 65536"));
+        let v = serde_json::json!({"axes_dims_rope": [usize::MAX, 2, 128]});
+        assert!(DitConfig::from_json(&v).unwrap_err().to_string().contains("does not sum"));
     }
 
     #[test]

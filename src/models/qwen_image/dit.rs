@@ -46,7 +46,54 @@ pub struct ForwardShape {
     pub masked: bool,
 }
 
+/// Bounds of one forward (file- and flag-supplied sizes are checked against them before anything
+/// is allocated): image tokens per sample (a 1024² picture is 4096; this is 256× that), text
+/// tokens per sample, samples, and joint rows in all.
+pub const MAX_IMAGE_TOKENS: usize = 1 << 20;
+pub const MAX_TEXT_TOKENS: usize = 1 << 16;
+pub const MAX_BATCH: usize = 1 << 10;
+pub const MAX_ROWS: usize = 1 << 24;
+
 impl ForwardShape {
+    /// Checks the shape with checked arithmetic against the bounds above: one or more samples,
+    /// text tokens and images, every image side positive.
+    pub fn check(&self) -> crate::Result<()> {
+        let err = |m: String| Err(crate::Error::input(m));
+        if self.batch == 0 || self.batch > MAX_BATCH {
+            return err(format!("batch {}: must be 1..={MAX_BATCH}", self.batch));
+        }
+        if self.s_txt == 0 || self.s_txt > MAX_TEXT_TOKENS {
+            return err(format!(
+                "{} text tokens: must be 1..={MAX_TEXT_TOKENS} (an empty prompt still has tokens)",
+                self.s_txt
+            ));
+        }
+        if self.img_shapes.is_empty() {
+            return err("img_shapes is empty: the target image comes first".into());
+        }
+        let mut s_img = 0usize;
+        for s in &self.img_shapes {
+            let n = s[0].checked_mul(s[1]).and_then(|n| n.checked_mul(s[2])).filter(|&n| n > 0);
+            match n.and_then(|n| s_img.checked_add(n)).filter(|&t| t <= MAX_IMAGE_TOKENS) {
+                Some(t) => s_img = t,
+                None => {
+                    return err(format!(
+                        "img_shapes {:?}: image {s:?} gives a zero or too large token count (at most {MAX_IMAGE_TOKENS} image tokens per sample)",
+                        self.img_shapes
+                    ))
+                }
+            }
+        }
+        let rows = (self.s_txt + s_img).checked_mul(self.batch).filter(|&r| r <= MAX_ROWS);
+        if rows.is_none() {
+            return err(format!(
+                "batch {} × ({} text + {s_img} image tokens) exceeds {MAX_ROWS} rows",
+                self.batch, self.s_txt
+            ));
+        }
+        Ok(())
+    }
+
     pub fn s_img(&self) -> usize {
         self.img_shapes.iter().map(|s| s[0] * s[1] * s[2]).sum()
     }

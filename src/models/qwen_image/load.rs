@@ -24,6 +24,11 @@ pub trait TensorSource {
     fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>>;
     /// Where the tensors come from, for messages.
     fn describe(&self) -> String;
+    /// The stored dtype name of a tensor that is present but in a dtype wgdit cannot read
+    /// (`F8_E4M3`, ...), for messages; `None` otherwise.
+    fn unsupported_dtype(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Where a standard-named tensor lives in a source: itself, or a row block of a merged tensor.
@@ -80,8 +85,31 @@ pub fn validate(cfg: &DitConfig, src: &dyn TensorSource) -> Result<()> {
     }
     let mut unexpected: Vec<String> = src.names().into_iter().filter(|n| !used.contains(n)).collect();
     unexpected.sort();
-    if missing.is_empty() && misshaped.is_empty() && unexpected.is_empty() {
+    // A tensor present in an unreadable dtype is neither missing nor unexpected: say the dtype.
+    let mut unsupported: Vec<(String, String)> = Vec::new();
+    unexpected.retain(|n| match src.unsupported_dtype(n) {
+        Some(d) => {
+            unsupported.push((n.clone(), d));
+            false
+        }
+        None => true,
+    });
+    missing.retain(|n| !unsupported.iter().any(|(u, _)| u == n || merged_home(n).is_some_and(|(m, _)| &m == u)));
+    if missing.is_empty() && misshaped.is_empty() && unexpected.is_empty() && unsupported.is_empty() {
         return Ok(());
+    }
+    if let Some((name, dtype)) = unsupported.first() {
+        let mut dtypes: Vec<&str> = unsupported.iter().map(|(_, d)| d.as_str()).collect();
+        dtypes.sort_unstable();
+        dtypes.dedup();
+        return Err(Error::input(format!(
+            "{}: {} tensor(s) are stored as {} (e.g. {name} is {dtype}), a dtype wgdit does not read (it reads F32, F16 and BF16, and `wgdit convert` cannot read it either); \
+             use the BF16 release of the model, or dequantize the file to bf16 first (e.g. in PyTorch: \
+             save_file({{k: v.to(torch.bfloat16) for k, v in load_file(path).items()}}, out), applying any scale tensors of a \"scaled\" fp8 file)",
+            src.describe(),
+            unsupported.len(),
+            dtypes.join(", ")
+        )));
     }
     let list = |v: &[String]| {
         let head: Vec<&str> = v.iter().take(12).map(String::as_str).collect();
@@ -138,7 +166,8 @@ impl WeightCache {
                         info.bytes()
                     )));
                 }
-                let tensor = Tensor::from_bytes(gpu, &bytes, &info.shape, info.dtype, &info.name)?;
+                let tensor = Tensor::from_bytes(gpu, &bytes, &info.shape, info.dtype, &info.name)
+                    .map_err(|e| binding_advice(e, &ps.parts, info.dtype))?;
                 self.uploaded.insert(key.clone(), tensor);
             }
             out.insert(*t, self.uploaded[&key].clone());
@@ -150,6 +179,27 @@ impl WeightCache {
     pub fn bytes(&self) -> u64 {
         self.uploaded.values().map(Tensor::bytes).sum()
     }
+}
+
+/// What to do about a weight above the binding limit. Stacked weights come from the modes:
+/// `--qkv fused` stacks a block's txt_mod and img_mod (12·D rows: 216 MiB of bf16 on the real
+/// model, above lavapipe's 128 MiB) and both streams' q/k/v, `merged` stacks q, k and v; `merged`
+/// and `standard` keep each stream's modulation on its own, `standard` every tensor. Only f32
+/// weights get narrower.
+fn binding_advice(e: Error, parts: &[String], dtype: DType) -> Error {
+    let Error::TooLarge(mut m) = e else { return e };
+    if parts.len() > 1 {
+        let mode = if parts.iter().any(|p| p.contains("_mod.")) {
+            "--qkv merged (or standard) binds each stream's modulation on its own"
+        } else {
+            "--qkv standard binds every checkpoint tensor on its own"
+        };
+        m += &format!("; this weight stacks {} checkpoint tensors ({}, …): {mode}", parts.len(), parts[0]);
+    }
+    if dtype == DType::F32 {
+        m += "; the weights are f32: converting them to bf16 halves every binding (wgdit convert --dtype bf16)";
+    }
+    Error::TooLarge(m)
 }
 
 /// A model with random weights (every tensor of the config, seeded): the built-in default of the
@@ -197,5 +247,23 @@ impl TensorSource for RandomWeights {
     }
     fn describe(&self) -> String {
         "built-in random weights".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_advice_suggests_standard_mode_for_stacked_weights_and_bf16_only_for_f32() {
+        let e = || Error::TooLarge("w binds at most 1 byte".into());
+        let parts = vec!["a.to_q.weight".to_string(), "a.to_k.weight".into(), "a.to_v.weight".into()];
+        let m = binding_advice(e(), &parts, DType::BF16).to_string();
+        assert!(m.contains("--qkv standard") && !m.contains("bf16"), "{m}");
+        let mods = vec!["b.0.txt_mod.1.weight".to_string(), "b.0.img_mod.1.weight".into()];
+        let m = binding_advice(e(), &mods, DType::BF16).to_string();
+        assert!(m.contains("--qkv merged") && !m.contains("bf16"), "{m}");
+        let m = binding_advice(e(), &parts[..1], DType::F32).to_string();
+        assert!(!m.contains("--qkv standard") && m.contains("--dtype bf16"), "{m}");
     }
 }

@@ -31,6 +31,9 @@ pub struct LoraSet {
 pub fn parse_lora_arg(s: &str) -> Result<(PathBuf, f32)> {
     if let Some((p, sc)) = s.rsplit_once(':') {
         if let Ok(v) = sc.parse::<f32>() {
+            if !v.is_finite() {
+                return Err(Error::input(format!("--lora {s}: the strength {sc} is not a finite number")));
+            }
             return Ok((PathBuf::from(p), v));
         }
     }

@@ -113,6 +113,13 @@ pub fn is_linear_module(path: &str) -> bool {
     }
 }
 
+/// Whether a tensor name (prefix removed) belongs to the DiT: a block tensor, `txt_norm`, or a
+/// weight or bias of one of its linear modules.
+pub fn is_dit_tensor(name: &str) -> bool {
+    let stem = name.strip_suffix(".weight").or_else(|| name.strip_suffix(".bias")).unwrap_or(name);
+    split_block(name).is_some() || stem == "txt_norm" || is_linear_module(stem)
+}
+
 /// The merged-layout role of a module path: which group it belongs to and its part index
 /// (0, 1, 2 for q, k, v) or `None` for the merged module itself.
 pub fn qkv_role(path: &str) -> Option<(usize, QkvGroup, Option<usize>)> {

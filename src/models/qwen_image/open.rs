@@ -24,6 +24,10 @@ impl TensorSource for Checkpoint {
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
+    fn unsupported_dtype(&self, name: &str) -> Option<String> {
+        let info = self.info(self.get(name)?);
+        crate::weights::safetensors::dtype_from_str(&info.dtype).is_none().then(|| info.dtype.clone())
+    }
 }
 
 /// The config of a model path: `config` if given, else `<dir>/config.json`, else a

@@ -52,6 +52,7 @@ impl Dit {
 
     /// Plans (and binds) the forward for `shape`, uploading weights not yet on the GPU.
     pub fn plan(&mut self, shape: &ForwardShape, keep_block_outputs: bool) -> Result<DitPlan> {
+        shape.check()?;
         let graph = self.graph(shape, keep_block_outputs);
         self.plan_graph(graph, HashMap::new())
     }

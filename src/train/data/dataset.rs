@@ -228,7 +228,16 @@ fn ref_shapes(f: &SafeFile, c: usize, p: usize) -> std::result::Result<Vec<[usiz
     let mut ids = Vec::new();
     for t in &f.tensors {
         if let Some(k) = t.name.strip_prefix("ref_latents.") {
-            ids.push(k.parse::<usize>().map_err(|_| format!("tensor {}: reference index is not a number", t.name))?);
+            // Only the canonical spelling: `ref_latents.00` or `.+0` would parse as 0 but name another tensor.
+            match k.parse::<usize>() {
+                Ok(i) if i.to_string() == k => ids.push(i),
+                _ => {
+                    return Err(format!(
+                        "tensor {}: the reference index must be a plain number (ref_latents.0, .1, …)",
+                        t.name
+                    ))
+                }
+            }
         }
     }
     ids.sort_unstable();
@@ -240,7 +249,10 @@ fn ref_shapes(f: &SafeFile, c: usize, p: usize) -> std::result::Result<Vec<[usiz
         ));
     }
     (0..ids.len())
-        .map(|k| Ok(latent_shape(f, &format!("ref_latents.{k}"), c, p)?.expect("cannot fail: listed above")))
+        .map(|k| {
+            let name = format!("ref_latents.{k}");
+            latent_shape(f, &name, c, p)?.ok_or_else(|| format!("missing tensor `{name}`"))
+        })
         .collect()
 }
 

@@ -1,0 +1,135 @@
+//! The checks of a training run (docs/training.md, "Resume, run folders and failures"): flag
+//! ranges, outputs against inputs, a resume against its checkpoint, and finite results.
+
+use super::checkpoint::TrainState;
+use super::lora::{LoraConfig, LoraParams};
+use super::run::TrainOptions;
+use crate::error::{Error, Result};
+
+/// Range checks of the hyper-parameters (NaN and Inf are refused everywhere).
+pub(super) fn check_options(o: &TrainOptions) -> Result<()> {
+    let bad = |flag: &str, v: String, rule: &str| Err(Error::input(format!("--{flag} {v}: must be {rule}")));
+    let finite = |v: f64| v.is_finite();
+    if !(finite(o.lr) && o.lr > 0.0) {
+        return bad("lr", o.lr.to_string(), "a finite number > 0");
+    }
+    if !(finite(o.weight_decay) && o.weight_decay >= 0.0) {
+        return bad("weight-decay", o.weight_decay.to_string(), "a finite number ≥ 0");
+    }
+    if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
+        return bad("max-grad-norm", o.max_grad_norm.to_string(), "a finite number ≥ 0 (0: no clipping)");
+    }
+    if !(finite(o.alpha) && o.alpha > 0.0) {
+        return bad("alpha", o.alpha.to_string(), "a finite number > 0");
+    }
+    for (flag, v) in [
+        ("steps", o.steps),
+        ("rank", o.rank as u64),
+        ("batch-size", o.batch_size as u64),
+        ("grad-accum", o.grad_accum as u64),
+    ] {
+        if v == 0 {
+            return bad(flag, "0".into(), "at least 1");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses outputs that would replace an input, before anything is read.
+pub(super) fn check_train_paths(o: &TrainOptions) -> Result<()> {
+    let mut inputs: Vec<&std::path::Path> = vec![&o.model, &o.data];
+    inputs.extend(o.config.as_deref());
+    inputs.extend(o.resume.as_deref());
+    let (lora, loss) = (o.output.join("lora.safetensors"), o.output.join("loss.csv"));
+    crate::outputs::check_outputs(&inputs, &[&o.output, &lora, &loss])
+}
+
+/// Resume keys that are the LoRA's shape: never overridable.
+const LORA_SHAPE_KEYS: [&str; 3] = ["rank", "alpha", "targets"];
+
+/// The keys a resume compares: the recorded hyper-parameters and the LoRA config.
+fn with_lora(hyper: &serde_json::Value, l: &LoraConfig) -> serde_json::Value {
+    let mut m = hyper.as_object().cloned().unwrap_or_default();
+    m.insert("rank".into(), l.rank.into());
+    m.insert("alpha".into(), l.alpha.into());
+    m.insert("targets".into(), l.targets.join(",").into());
+    serde_json::Value::Object(m)
+}
+
+/// A resume must run with the checkpoint's hyper-parameters and LoRA config, except the keys of
+/// `--resume-override`; the error lists every difference as (key, saved, given).
+pub(super) fn check_resume(
+    o: &TrainOptions,
+    dir: &std::path::Path,
+    state: &TrainState,
+    conf: &LoraConfig,
+    hyper: &serde_json::Value,
+) -> Result<()> {
+    let (saved, given) = (with_lora(&state.hyper, &state.lora), with_lora(hyper, conf));
+    let diffs = super::checkpoint::hyper_diff(&saved, &given);
+    if let Some(k) =
+        o.resume_override.iter().find(|k| given.get(k.as_str()).is_none() && saved.get(k.as_str()).is_none())
+    {
+        return Err(Error::input(format!("--resume-override {k}: not a hyper-parameter key (keys: {})", keys(&given))));
+    }
+    if let Some(k) = o.resume_override.iter().find(|k| LORA_SHAPE_KEYS.contains(&k.as_str())) {
+        return Err(Error::input(format!(
+            "--resume-override {k}: rank, alpha and targets are the shape of the checkpoint's LoRA and cannot change on resume"
+        )));
+    }
+    let refused: Vec<String> = diffs
+        .iter()
+        .filter(|(k, _, _)| !o.resume_override.contains(k))
+        .map(|(k, saved, given)| format!("{k}: saved {saved}, given {given}"))
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> =
+        diffs.iter().map(|d| d.0.as_str()).filter(|k| !o.resume_override.iter().any(|o| o == k)).collect();
+    let hint = if names.iter().any(|k| LORA_SHAPE_KEYS.contains(k)) {
+        "rank, alpha and targets are the shape of the checkpoint's LoRA: pass its values".to_string()
+    } else {
+        format!("pass the saved values, or --resume-override {} to change them on purpose", names.join(","))
+    };
+    Err(Error::input(format!(
+        "--resume {}: the command line differs from the checkpoint's hyper-parameters:\n  {}\n{hint}",
+        dir.display(),
+        refused.join("\n  ")
+    )))
+}
+
+fn keys(v: &serde_json::Value) -> String {
+    v.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_default()
+}
+
+/// The message of a resume with nothing left to do.
+pub fn nothing_left(dir: &std::path::Path, saved: u64, steps: u64) -> String {
+    format!(
+        "nothing left to do: {} is at step {saved} and --steps is {steps}; no file was written (raise --steps to train further)",
+        dir.display()
+    )
+}
+
+/// Where a stopped run can continue from.
+pub(super) fn last_good(out: &std::path::Path) -> String {
+    match super::checkpoint::latest(out) {
+        Some(c) => format!("the last good checkpoint is {} (continue with --resume)", c.display()),
+        None => "no checkpoint was saved (use --save-every to keep some)".into(),
+    }
+}
+
+/// Refuses a trained LoRA with NaN/Inf values (unless `--allow-nonfinite`).
+pub(super) fn check_lora_finite(lora: &LoraParams, o: &TrainOptions) -> Result<()> {
+    if o.allow_nonfinite {
+        return Ok(());
+    }
+    for (name, shape, data) in lora.tensors() {
+        let hint = format!(
+            " (a non-finite gradient; lower --lr or set --max-grad-norm); nothing was written (--allow-nonfinite writes it anyway), {}",
+            last_good(&o.output)
+        );
+        crate::outputs::check_finite(&format!("the trained LoRA tensor {name}"), data, &shape, &hint)?;
+    }
+    Ok(())
+}
