@@ -1,11 +1,31 @@
 //! Entry points for fuzzing every parser of untrusted bytes: each takes raw bytes, runs the
 //! parser (and what a caller then does with a successful parse), and must never panic, hang or
-//! allocate without bound. The cargo-fuzz targets in `fuzz/` call these (`cargo +nightly fuzz run
-//! <target>`); the tests below run a deterministic mutation sweep of real fixture files through
-//! each one on stable Rust, so CI exercises them too.
+//! allocate without bound. Nothing here touches the disk: safetensors inputs are parsed in memory
+//! ([`SafeFile::from_bytes`]). The cargo-fuzz targets in `fuzz/` call these (docs/fuzzing.md);
+//! the tests below run a deterministic mutation sweep of real fixture files through each one, and
+//! replay every reproducer committed under `tests/fixtures/fuzz/<target>/`, on stable Rust, so
+//! CI exercises them too.
 
 use crate::models::qwen_image::DitConfig;
 use crate::models::qwen_image_vae::VaeConfig;
+use crate::weights::safetensors::SafeFile;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// The tiny DiT of the fixtures (`tests/fixtures/dit/tiny/config.json`): 2 blocks, D = 32, text
+/// width 24, 16 packed channels; what the LoRA, checkpoint and training fixtures are made for.
+fn fixture_config() -> &'static DitConfig {
+    static CFG: OnceLock<DitConfig> = OnceLock::new();
+    CFG.get_or_init(|| {
+        let v = serde_json::from_str(include_str!("../tests/fixtures/dit/tiny/config.json"));
+        DitConfig::from_json(&v.expect("cannot fail: a fixture")).expect("cannot fail: a fixture")
+    })
+}
+
+/// An in-memory safetensors file named `name` (for messages), or None when it does not parse.
+fn safe_file(name: &str, data: &[u8]) -> Option<SafeFile> {
+    SafeFile::from_bytes(Path::new(name), data.to_vec()).ok()
+}
 
 /// `model_index.json` of a pipeline folder.
 pub fn model_index(data: &[u8]) {
@@ -64,6 +84,198 @@ pub fn dit_inputs(data: &[u8]) {
     }
 }
 
+/// Any safetensors file (model, LoRA, inputs, samples): the 8-byte length, the JSON header and the
+/// layout checks; every tensor of a decodable dtype is then decoded.
+pub fn safetensors(data: &[u8]) {
+    if let Some(f) = safe_file("fuzz.safetensors", data) {
+        for t in &f.tensors {
+            if let Ok(v) = f.view(t) {
+                assert_eq!(v.to_f32().len(), v.numel(), "a validated tensor decodes to its shape");
+            }
+        }
+        f.release_range(0, f.data_len());
+    }
+}
+
+/// The JSON header of a safetensors file alone (no length prefix, no data buffer), with the layout
+/// checked against a buffer as long as its last tensor claims.
+pub fn safetensors_header(data: &[u8]) {
+    use crate::weights::safetensors::{parse_header, validate_layout};
+    if let Ok((tensors, _)) = parse_header(data) {
+        let end = tensors.last().map_or(0, |t| t.end);
+        let _ = validate_layout(&tensors, end);
+    }
+}
+
+/// A DiT weights file as `wgdit forward`/`convert` open it: the checkpoint (ComfyUI prefixes,
+/// duplicates), its q/k/v layout and the check against the fixture model's tensor list.
+pub fn dit_checkpoint(data: &[u8]) {
+    use crate::weights::checkpoint::{looks_like_lora, Checkpoint};
+    let Some(f) = safe_file("fuzz.safetensors", data) else { return };
+    let Ok(ck) = Checkpoint::from_files(Path::new("fuzz.safetensors"), false, vec![f], None) else { return };
+    let _ = looks_like_lora(ck.entries.iter().map(|e| e.key.as_str()));
+    let _ = crate::models::qwen_image::names::checkpoint_layout(&ck);
+    let _ = crate::models::qwen_image::load::validate(fixture_config(), &ck);
+}
+
+/// The shard files named by the tiny sharded fixture's index, each with the tensors (empty, F32)
+/// that index puts in it: what a fuzzed index is checked against.
+fn fixture_shards() -> &'static [(String, Vec<u8>)] {
+    static SHARDS: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
+    SHARDS.get_or_init(|| {
+        let text = include_str!("../tests/fixtures/dit/tiny-sharded/diffusion_pytorch_model.safetensors.index.json");
+        let (map, names) =
+            crate::weights::checkpoint::parse_weight_map(Path::new("index"), text).expect("cannot fail: a fixture");
+        let entry = serde_json::json!({"dtype": "F32", "shape": [0], "data_offsets": [0, 0]});
+        let shard = |n: &String| {
+            let h: serde_json::Map<String, serde_json::Value> =
+                map.iter().filter(|(_, s)| *s == n).map(|(k, _)| (k.clone(), entry.clone())).collect();
+            let h = serde_json::to_vec(&h).expect("cannot fail: plain data");
+            let mut b = (h.len() as u64).to_le_bytes().to_vec();
+            b.extend(h);
+            (n.clone(), b)
+        };
+        names.iter().map(shard).collect()
+    })
+}
+
+/// `diffusion_pytorch_model.safetensors.index.json` of a sharded model folder, checked against the
+/// tiny sharded fixture's shards (a shard the fixture lacks stands for a missing file), then
+/// opened as a checkpoint.
+pub fn sharded_index(data: &[u8]) {
+    use crate::weights::checkpoint::{check_weight_map, parse_weight_map, Checkpoint};
+    let index = Path::new("index.json");
+    let Ok((map, names)) = parse_weight_map(index, &String::from_utf8_lossy(data)) else { return };
+    let files: Option<Vec<SafeFile>> = names
+        .iter()
+        .map(|n| fixture_shards().iter().find(|(s, _)| s == n).and_then(|(s, b)| safe_file(s, b)))
+        .collect();
+    let Some(files) = files else { return };
+    let shards: Vec<(&Path, &[_])> = files.iter().map(|f| (f.path.as_path(), &f.tensors[..])).collect();
+    if check_weight_map(index, &map, &names, &shards).is_ok() {
+        if let Ok(ck) = Checkpoint::from_files(Path::new("model"), true, files, None) {
+            let _ = crate::models::qwen_image::names::checkpoint_layout(&ck);
+        }
+    }
+}
+
+/// The DiT `config.json` (`--config`, `<model>/config.json`); a parsed config must give its
+/// tensor list, hidden size and output width.
+pub fn dit_config(data: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    if let Ok(c) = DitConfig::from_json(&v) {
+        let _ = (crate::models::qwen_image::names::expected_tensors(&c), c.hidden(), c.out_features());
+    }
+}
+
+/// A LoRA file (`--lora`, `wgdit lora`), read in any format against the Qwen-Image module names and
+/// resolved onto the fixture model's Linears as `wgdit forward --lora` does.
+pub fn lora(data: &[u8]) {
+    use crate::models::qwen_image::{lora, names::QwenImageNames};
+    static SHAPES: OnceLock<std::collections::BTreeMap<String, Vec<usize>>> = OnceLock::new();
+    let Some(f) = safe_file("fuzz-lora.safetensors", data) else { return };
+    if let Ok(l) = crate::weights::lora::read_lora_file(&f, &QwenImageNames) {
+        let shapes = SHAPES.get_or_init(|| lora::linear_shapes(fixture_config()));
+        let _ = lora::LoraSet::default().add(&f.path, &l, 0.5, shapes);
+    }
+}
+
+/// LoRA key mapping alone: one tensor key per line, through format detection (all four formats,
+/// kohya's flattened names resolved against the Qwen-Image module list).
+pub fn lora_keys(data: &[u8]) {
+    use crate::models::qwen_image::names::QwenImageNames;
+    let text = String::from_utf8_lossy(data);
+    let _ = crate::weights::lora::detect_format(Path::new("keys"), text.lines(), &QwenImageNames);
+}
+
+/// `metadata.jsonl` of a training dataset: every non-blank line's `file` entry.
+pub fn train_metadata(data: &[u8]) {
+    for line in String::from_utf8_lossy(data).lines().filter(|l| !l.trim().is_empty()) {
+        let _ = crate::train::data::dataset::file_entry(line);
+    }
+}
+
+/// One training sample file, validated against the fixture model as `Dataset::open` does, then
+/// decoded and packed as a batch of it would be.
+pub fn train_sample(data: &[u8]) {
+    use crate::models::qwen_image::latents::pack;
+    use crate::train::data::dataset::{decode, inspect_file};
+    let cfg = fixture_config();
+    let Some(f) = safe_file("sample.safetensors", data) else { return };
+    let Ok(info) = inspect_file(&f, "sample.safetensors", cfg) else { return };
+    let _ = info.img_shapes(cfg.patch_size);
+    if let Ok(s) = decode(&f, &info) {
+        let _ = pack(&s.latents, info.latents, cfg.patch_size);
+        for (r, shape) in s.refs.iter().zip(&info.refs) {
+            let _ = pack(r, *shape, cfg.patch_size);
+        }
+    }
+}
+
+/// The rank-2 LoRA of the training fixtures (to_q and to_k of the fixture model), which fuzzed
+/// training states and optimizer files are checked against.
+fn fixture_lora() -> &'static crate::train::lora::LoraParams {
+    use crate::train::lora::{LoraConfig, LoraParams};
+    static LORA: OnceLock<LoraParams> = OnceLock::new();
+    LORA.get_or_init(|| {
+        let conf = LoraConfig { rank: 2, alpha: 2.0, targets: vec!["to_q".into(), "to_k".into()] };
+        LoraParams::init(fixture_config(), &conf, &mut crate::rng::Rng::new(0)).expect("cannot fail: valid targets")
+    })
+}
+
+/// A training checkpoint's `state.json` as `--resume` reads it: parsed, its LoRA settings checked
+/// against the fixture LoRA, its data position resumed on a small batcher, its hyper-parameters
+/// compared.
+pub fn train_state(data: &[u8]) {
+    use crate::train::checkpoint::{hyper_differences, TrainState};
+    use crate::train::lora::LoraParams;
+    let Ok(mut state) = TrainState::from_json_str(Path::new("state.json"), &String::from_utf8_lossy(data)) else {
+        return;
+    };
+    let lora = fixture_lora().to_lora(crate::dtype::DType::F32);
+    let _ = LoraParams::from_lora(fixture_config(), &state.lora, &lora);
+    let mut batcher = crate::train::data::Batcher::from_groups(vec![vec![0, 1, 2], vec![3]], 2, 7);
+    if batcher.resume(state.data).is_ok() {
+        let _ = batcher.nth(3);
+    }
+    let _ = (state.rng.next_u64(), state.rng.normal());
+    let _ = hyper_differences(&state.hyper, &serde_json::json!({"lr": 1e-4, "seed": 0}));
+}
+
+/// A training checkpoint's `optimizer.safetensors` (AdamW moments), checked against the fixture LoRA.
+pub fn train_moments(data: &[u8]) {
+    if let Some(f) = safe_file("optimizer.safetensors", data) {
+        let _ = crate::train::checkpoint::read_moments_file(&f, fixture_lora());
+    }
+}
+
+/// Every entry point by its cargo-fuzz target name (`fuzz/fuzz_targets/<name>.rs`), and the folder
+/// name of its committed reproducers (`tests/fixtures/fuzz/<name>/`).
+/// An entry point: the bytes of one input.
+pub type Target = fn(&[u8]);
+
+pub const TARGETS: &[(&str, Target)] = &[
+    ("model_index", model_index),
+    ("scheduler_config", scheduler_config),
+    ("vae_config", vae_config),
+    ("prompt_embeds", prompt_embeds),
+    ("noise", noise),
+    ("vae_latents", vae_latents),
+    ("image", image),
+    ("dit_inputs", dit_inputs),
+    ("safetensors", safetensors),
+    ("safetensors_header", safetensors_header),
+    ("dit_checkpoint", dit_checkpoint),
+    ("sharded_index", sharded_index),
+    ("dit_config", dit_config),
+    ("lora", lora),
+    ("lora_keys", lora_keys),
+    ("train_metadata", train_metadata),
+    ("train_sample", train_sample),
+    ("train_state", train_state),
+    ("train_moments", train_moments),
+];
+
 #[cfg(test)]
 mod tests {
     use crate::rng::Rng;
@@ -117,6 +329,81 @@ mod tests {
     }
 
     #[test]
+    fn every_weights_and_training_parser_survives_mutated_real_files() {
+        let header = |f: &str| {
+            let b = fixture(f);
+            let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+            b[8..8 + n].to_vec()
+        };
+        sweep(super::safetensors, &fixture("lora/peft.safetensors"), 1500, 11);
+        sweep(super::safetensors, &fixture("fuzz/seeds/train_sample.safetensors"), 1500, 12);
+        sweep(super::safetensors_header, &header("lora/kohya.safetensors"), 1500, 13);
+        sweep(super::dit_checkpoint, &fixture("dit/tiny-merged.safetensors"), 300, 14);
+        sweep(
+            super::sharded_index,
+            &fixture("dit/tiny-sharded/diffusion_pytorch_model.safetensors.index.json"),
+            1000,
+            15,
+        );
+        sweep(super::dit_config, &fixture("dit/tiny/config.json"), 2000, 16);
+        sweep(super::lora, &fixture("lora/kohya.safetensors"), 300, 17);
+        sweep(super::lora, &fixture("lora/peft.safetensors"), 300, 18);
+        sweep(super::lora_keys, &fixture("fuzz/seeds/lora_keys.txt"), 2000, 19);
+        sweep(super::train_metadata, &fixture("fuzz/seeds/metadata.jsonl"), 2000, 20);
+        sweep(super::train_sample, &fixture("fuzz/seeds/train_sample.safetensors"), 2000, 21);
+        sweep(super::train_state, &fixture("fuzz/seeds/state.json"), 2000, 22);
+        sweep(super::train_moments, &fixture("fuzz/seeds/optimizer.safetensors"), 1000, 23);
+    }
+
+    /// Feeds every file under `tests/fixtures/fuzz/<dir>/<target>/` to its entry point; returns how many.
+    fn replay(dir: &str) -> usize {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz").join(dir);
+        let mut n = 0;
+        for target in std::fs::read_dir(&root).into_iter().flatten().map(|e| e.unwrap().path()) {
+            let name = target.file_name().unwrap().to_string_lossy().into_owned();
+            if !target.is_dir() || name == "seeds" || name == "pending" {
+                continue;
+            }
+            let (_, entry) = super::TARGETS
+                .iter()
+                .find(|(t, _)| *t == name)
+                .unwrap_or_else(|| panic!("{}: no fuzz target of that name", target.display()));
+            for f in std::fs::read_dir(&target).unwrap().map(|e| e.unwrap().path()) {
+                eprintln!("replaying {}", f.display());
+                entry(&std::fs::read(&f).unwrap());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Every crash, timeout or OOM the fuzzers found, minimised (docs/fuzzing.md): none may panic again.
+    #[test]
+    fn committed_fuzz_reproducers_no_longer_crash() {
+        replay("");
+    }
+
+    /// Reproducers of sites fixed on branch `safe` (issue 9): moved up to `tests/fixtures/fuzz/<target>/`
+    /// when it lands.
+    #[test]
+    #[ignore = "fixed on branch safe"]
+    fn pending_fuzz_reproducers_no_longer_crash() {
+        replay("pending");
+    }
+
+    #[test]
+    fn every_entry_point_has_a_cargo_fuzz_target() {
+        let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/Cargo.toml")).unwrap();
+        for (name, _) in super::TARGETS {
+            let bin = format!("name = \"{name}\"\npath = \"fuzz_targets/{name}.rs\"");
+            assert!(manifest.contains(&bin), "fuzz/Cargo.toml lacks the [[bin]] {name}");
+            let src = format!("fuzz/fuzz_targets/{name}.rs");
+            let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(&src)).unwrap();
+            assert!(text.contains(&format!("wgdit::fuzzing::{name}(data)")), "{src} does not call its entry point");
+        }
+    }
+
+    #[test]
     fn the_real_seeds_parse() {
         use crate::pipeline::folder::{parse_index, PipelineClass};
         let text = String::from_utf8(fixture("pipeline/edit-plus/model_index.json")).unwrap();
@@ -125,5 +412,34 @@ mod tests {
         let noise =
             crate::pipeline::generate::noise_from_bytes(&fixture("pipeline/cases/t2i_cfg.safetensors"), [4, 8, 12]);
         assert_eq!(noise.unwrap().len(), 4 * 8 * 12);
+    }
+
+    /// The seeds of the weights and training targets reach the end of their entry points.
+    #[test]
+    fn the_weights_and_training_seeds_parse() {
+        use crate::weights::checkpoint::{check_weight_map, parse_weight_map, Checkpoint};
+        let file = |name: &str, p: &str| super::safe_file(name, &fixture(p)).unwrap();
+        let cfg = super::fixture_config();
+        let ck = Checkpoint::from_files(Path::new("m"), false, vec![file("m", "dit/tiny-merged.safetensors")], None);
+        crate::models::qwen_image::load::validate(cfg, &ck.unwrap()).unwrap();
+        let index = fixture("dit/tiny-sharded/diffusion_pytorch_model.safetensors.index.json");
+        let (map, names) = parse_weight_map(Path::new("i"), std::str::from_utf8(&index).unwrap()).unwrap();
+        let files: Vec<_> = super::fixture_shards().iter().map(|(n, b)| super::safe_file(n, b).unwrap()).collect();
+        let shards: Vec<(&Path, &[_])> = files.iter().map(|f| (f.path.as_path(), &f.tensors[..])).collect();
+        check_weight_map(Path::new("i"), &map, &names, &shards).unwrap();
+        let names = crate::models::qwen_image::names::QwenImageNames;
+        let l = crate::weights::lora::read_lora_file(&file("l", "lora/kohya.safetensors"), &names).unwrap();
+        let shapes = crate::models::qwen_image::lora::linear_shapes(cfg);
+        crate::models::qwen_image::lora::LoraSet::default().add(Path::new("l"), &l, 1.0, &shapes).unwrap();
+        let f = file("s", "fuzz/seeds/train_sample.safetensors");
+        let info = crate::train::data::dataset::inspect_file(&f, "s", cfg).unwrap();
+        assert_eq!((info.refs.len(), info.has_mask), (1, true));
+        crate::train::data::dataset::decode(&f, &info).unwrap();
+        let text = String::from_utf8(fixture("fuzz/seeds/state.json")).unwrap();
+        let state = crate::train::checkpoint::TrainState::from_json_str(Path::new("s"), &text).unwrap();
+        let lora = super::fixture_lora().to_lora(crate::dtype::DType::F32);
+        crate::train::lora::LoraParams::from_lora(cfg, &state.lora, &lora).unwrap();
+        let moments = file("o", "fuzz/seeds/optimizer.safetensors");
+        crate::train::checkpoint::read_moments_file(&moments, super::fixture_lora()).unwrap();
     }
 }

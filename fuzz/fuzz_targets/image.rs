@@ -1,4 +1,4 @@
-//! `cargo +nightly fuzz run image`: see `wgdit::fuzzing::image`.
+//! `cargo fuzz run image` (docs/fuzzing.md): see `wgdit::fuzzing::image`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| wgdit::fuzzing::image(data));

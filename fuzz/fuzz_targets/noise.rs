@@ -1,4 +1,4 @@
-//! `cargo +nightly fuzz run noise`: see `wgdit::fuzzing::noise`.
+//! `cargo fuzz run noise` (docs/fuzzing.md): see `wgdit::fuzzing::noise`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| wgdit::fuzzing::noise(data));

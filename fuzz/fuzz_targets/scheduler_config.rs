@@ -1,4 +1,4 @@
-//! `cargo +nightly fuzz run scheduler_config`: see `wgdit::fuzzing::scheduler_config`.
+//! `cargo fuzz run scheduler_config` (docs/fuzzing.md): see `wgdit::fuzzing::scheduler_config`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| wgdit::fuzzing::scheduler_config(data));

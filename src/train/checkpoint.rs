@@ -80,12 +80,7 @@ impl TrainState {
         }
         let sp = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-        let state: TrainState =
-            serde_json::from_str(&text).map_err(|e| Error::file(&sp, format!("not a wgdit training state: {e}")))?;
-        if state.version != VERSION {
-            return Err(Error::file(&sp, format!("state version {} (this wgdit reads {VERSION})", state.version)));
-        }
-        Ok(state)
+        TrainState::from_json_str(&sp, &text)
     }
 }
 
@@ -148,9 +143,26 @@ impl Checkpoint {
     }
 }
 
+impl TrainState {
+    /// Parses `state.json` (`path` names it in messages) and checks its version.
+    pub fn from_json_str(path: &Path, text: &str) -> Result<TrainState> {
+        let state: TrainState =
+            serde_json::from_str(text).map_err(|e| Error::file(path, format!("not a wgdit training state: {e}")))?;
+        if state.version != VERSION {
+            return Err(Error::file(path, format!("state version {} (this wgdit reads {VERSION})", state.version)));
+        }
+        Ok(state)
+    }
+}
+
 /// Moments of every LoRA tensor, with their shapes checked.
 fn read_moments(path: &Path, lora: &LoraParams) -> Result<Moments> {
-    let f = SafeFile::open(path)?;
+    read_moments_file(&SafeFile::open(path)?, lora)
+}
+
+/// [`read_moments`] of a file already opened (or held in memory).
+pub(crate) fn read_moments_file(f: &SafeFile, lora: &LoraParams) -> Result<Moments> {
+    let path = f.path.as_path();
     let (mut m, mut v) = (Vec::new(), Vec::new());
     for (name, shape, _) in lora.tensors() {
         for (kind, out) in [("m", &mut m), ("v", &mut v)] {

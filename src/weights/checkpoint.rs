@@ -51,6 +51,18 @@ impl Checkpoint {
     pub fn open(path: &Path) -> Result<Checkpoint> {
         let (files, is_folder) =
             if path.is_dir() { (open_folder(path)?, true) } else { (vec![SafeFile::open(path)?], false) };
+        let config = Some(path.join("config.json")).filter(|p| is_folder && p.is_file());
+        Checkpoint::from_files(path, is_folder, files, config)
+    }
+
+    /// The checkpoint of files already opened (`path` is what the user passed): prefixes
+    /// detected, names indexed, duplicates refused.
+    pub fn from_files(
+        path: &Path,
+        is_folder: bool,
+        files: Vec<SafeFile>,
+        config: Option<PathBuf>,
+    ) -> Result<Checkpoint> {
         let prefix = detect_prefix(files.iter().flat_map(|f| f.tensors.iter().map(|t| t.name.as_str())));
         let mut entries = Vec::new();
         let mut by_name = HashMap::new();
@@ -66,8 +78,7 @@ impl Checkpoint {
                 entries.push(Entry { key: t.name.clone(), name, foreign, file: fi, tensor: ti });
             }
         }
-        let metadata = files[0].metadata.clone();
-        let config = Some(path.join("config.json")).filter(|p| is_folder && p.is_file());
+        let metadata = files.first().map(|f| f.metadata.clone()).unwrap_or_default();
         Ok(Checkpoint {
             path: path.to_path_buf(),
             is_folder,
@@ -146,38 +157,56 @@ fn open_folder(dir: &Path) -> Result<Vec<SafeFile>> {
 
 fn open_sharded(dir: &Path, index: &Path) -> Result<Vec<SafeFile>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let (map, shard_names) = parse_weight_map(index, &text)?;
+    let files: Vec<SafeFile> = shard_names.iter().map(|s| SafeFile::open(&dir.join(s))).collect::<Result<_>>()?;
+    let shards: Vec<(&Path, &[TensorInfo])> = files.iter().map(|f| (f.path.as_path(), &f.tensors[..])).collect();
+    check_weight_map(index, &map, &shard_names, &shards)?;
+    Ok(files)
+}
+
+/// The `weight_map` of a sharded index (tensor → shard file name) and its shard names, sorted.
+pub fn parse_weight_map(index: &Path, text: &str) -> Result<(BTreeMap<String, String>, Vec<String>)> {
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::file(index, format!("bad index JSON: {e}")))?;
+        serde_json::from_str(text).map_err(|e| Error::file(index, format!("bad index JSON: {e}")))?;
     let map =
         json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(index, "no weight_map object"))?;
-    let mut shard_names: Vec<&str> = Vec::new();
+    let mut weight_map = BTreeMap::new();
+    let mut shard_names: Vec<String> = Vec::new();
     for (k, v) in map {
         let s = v.as_str().ok_or_else(|| Error::file(index, format!("weight_map[{k}] is not a file name")))?;
         if s.contains('/') || s.contains("..") {
             return Err(Error::file(index, format!("weight_map[{k}] = {s} is not a file in this folder")));
         }
-        if !shard_names.contains(&s) {
-            shard_names.push(s);
+        if !shard_names.iter().any(|n| n == s) {
+            shard_names.push(s.to_string());
         }
+        weight_map.insert(k.clone(), s.to_string());
     }
     shard_names.sort_unstable();
-    let files: Vec<SafeFile> = shard_names.iter().map(|s| SafeFile::open(&dir.join(s))).collect::<Result<_>>()?;
-    // Every key of the index must be in the shard the index names, and every tensor indexed.
+    Ok((weight_map, shard_names))
+}
+
+/// Every key of the index must be in the shard the index names, and every tensor indexed.
+/// `shards` are (path, tensors) of the files `shard_names` name, in that order.
+pub fn check_weight_map(
+    index: &Path,
+    map: &BTreeMap<String, String>,
+    shard_names: &[String],
+    shards: &[(&Path, &[TensorInfo])],
+) -> Result<()> {
     for (k, v) in map {
-        let f = &files[shard_names
-            .iter()
-            .position(|s| s == &v.as_str().unwrap_or_default())
-            .expect("cannot fail: collected above")];
-        if !f.tensors.iter().any(|t| &t.name == k) {
+        let (path, tensors) =
+            shards[shard_names.iter().position(|s| s == v).expect("cannot fail: collected by parse_weight_map")];
+        if !tensors.iter().any(|t| &t.name == k) {
             return Err(Error::file(
                 index,
-                format!("weight_map says {k} is in {} but that file has no such tensor", f.path.display()),
+                format!("weight_map says {k} is in {} but that file has no such tensor", path.display()),
             ));
         }
     }
-    let listed: usize = files.iter().map(|f| f.tensors.len()).sum();
+    let listed: usize = shards.iter().map(|(_, t)| t.len()).sum();
     if listed != map.len() {
         return Err(Error::file(index, format!("the shards hold {listed} tensors but weight_map lists {}", map.len())));
     }
-    Ok(files)
+    Ok(())
 }

@@ -197,7 +197,12 @@ pub fn detect_format<'a>(
 
 /// Reads a LoRA file in any supported format, against the module paths of `names`.
 pub fn read_lora(path: &Path, names: &dyn ModulePaths) -> Result<Lora> {
-    let file = SafeFile::open(path)?;
+    read_lora_file(&SafeFile::open(path)?, names)
+}
+
+/// [`read_lora`] of a file already opened (or held in memory).
+pub fn read_lora_file(file: &SafeFile, names: &dyn ModulePaths) -> Result<Lora> {
+    let path = file.path.as_path();
     let format = detect_format(path, file.tensors.iter().map(|t| t.name.as_str()), names)?;
     let mut parts: BTreeMap<String, [Option<HostTensor>; 3]> = BTreeMap::new();
     for t in &file.tensors {

@@ -76,10 +76,26 @@ fn dtype_bytes(s: &str) -> Option<usize> {
     })
 }
 
-/// A memory-mapped safetensors file.
+/// The bytes of a file: a read-only map, or (for [`SafeFile::from_bytes`]) an owned buffer.
+enum Storage {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Storage {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Storage::Map(m) => m,
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+/// A safetensors file, memory-mapped (or held in memory: [`SafeFile::from_bytes`]).
 pub struct SafeFile {
     pub path: PathBuf,
-    mmap: Mmap,
+    mmap: Storage,
     data_start: usize,
     /// Tensors in data order (ascending offsets).
     pub tensors: Vec<TensorInfo>,
@@ -99,6 +115,21 @@ impl SafeFile {
         // SAFETY: the map is read-only; the file must not be truncated by another process while
         // it is mapped (the usual contract of every safetensors loader).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        SafeFile::new(path, Storage::Map(mmap))
+    }
+
+    /// The same validation for a file already in memory (`path` only names it in messages);
+    /// nothing is read from or written to disk.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<SafeFile> {
+        if bytes.len() < 8 {
+            let len = bytes.len();
+            return Err(Error::file(path, format!("not a safetensors file: only {len} bytes (truncated?)")));
+        }
+        SafeFile::new(path, Storage::Owned(bytes))
+    }
+
+    fn new(path: &Path, mmap: Storage) -> Result<SafeFile> {
+        let len = mmap.len() as u64;
         let n = u64::from_le_bytes(mmap[..8].try_into().expect("cannot fail: 8 bytes"));
         if n > MAX_HEADER || 8 + n > len {
             return Err(Error::file(
@@ -146,23 +177,25 @@ impl SafeFile {
         let page = 4096;
         let start = (self.data_start + begin) / page * page;
         let stop = ((self.data_start + end).div_ceil(page) * page).min(self.mmap.len());
-        if stop > start {
+        if let (Storage::Map(mmap), true) = (&self.mmap, stop > start) {
             // SAFETY: the map is a read-only, file-backed mapping: MADV_DONTNEED only drops clean
             // pages, which are re-read from the file when touched again; no content changes.
-            let _ =
-                unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, stop - start) };
+            let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, stop - start) };
         }
     }
 
     /// Hints sequential access for the whole map (readahead).
     pub fn advise_sequential(&self) {
-        let _ = self.mmap.advise(memmap2::Advice::Sequential);
+        if let Storage::Map(mmap) = &self.mmap {
+            let _ = mmap.advise(memmap2::Advice::Sequential);
+        }
     }
 }
 
-type Header = (Vec<TensorInfo>, BTreeMap<String, String>);
+pub(crate) type Header = (Vec<TensorInfo>, BTreeMap<String, String>);
 
-fn parse_header(raw: &[u8]) -> std::result::Result<Header, String> {
+/// The JSON header (without its 8-byte length): entries sorted by offset, and `__metadata__`.
+pub(crate) fn parse_header(raw: &[u8]) -> std::result::Result<Header, String> {
     let text = std::str::from_utf8(raw)
         .map_err(|_| "bad safetensors header: not UTF-8 (truncated or not a safetensors file)".to_string())?;
     let json: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text.trim_end())
@@ -212,7 +245,7 @@ fn parse_entry(name: String, v: &serde_json::Value) -> std::result::Result<Tenso
 }
 
 /// The buffer must be indexed contiguously from 0 to its end (no holes, no overlaps).
-fn validate_layout(tensors: &[TensorInfo], data_len: usize) -> std::result::Result<(), String> {
+pub(crate) fn validate_layout(tensors: &[TensorInfo], data_len: usize) -> std::result::Result<(), String> {
     let mut pos = 0;
     for t in tensors {
         if t.begin != pos {

@@ -52,19 +52,22 @@ impl LoraSet {
     /// Reads every file and resolves its modules against the config; unknown modules and shape
     /// mismatches are reported together.
     pub fn load(files: &[(PathBuf, f32)], cfg: &DitConfig) -> Result<LoraSet> {
-        let shapes: BTreeMap<String, Vec<usize>> = expected_tensors(cfg)
-            .into_iter()
-            .filter_map(|(n, s)| n.strip_suffix(".weight").filter(|_| s.len() == 2).map(|m| (m.to_string(), s)))
-            .collect();
+        let shapes = linear_shapes(cfg);
         let mut set = LoraSet::default();
         for (path, strength) in files {
-            set.add_file(path, *strength, &shapes)?;
+            set.add(path, &read_lora(path)?, *strength, &shapes)?;
         }
         Ok(set)
     }
 
-    fn add_file(&mut self, path: &Path, strength: f32, shapes: &BTreeMap<String, Vec<usize>>) -> Result<()> {
-        let lora = read_lora(path)?;
+    /// Resolves one LoRA read from `path` onto the Linears of `shapes` ([`linear_shapes`]).
+    pub(crate) fn add(
+        &mut self,
+        path: &Path,
+        lora: &crate::weights::Lora,
+        strength: f32,
+        shapes: &BTreeMap<String, Vec<usize>>,
+    ) -> Result<()> {
         let mut problems = Vec::new();
         for (module, m) in &lora.modules {
             let scale = (m.scale() * strength as f64) as f32;
@@ -94,6 +97,14 @@ impl LoraSet {
         }
         Err(Error::file(path, format!("LoRA does not match the model:\n  {}", problems.join("\n  "))))
     }
+}
+
+/// Linear module path → weight shape [out, in], for every Linear of the model.
+pub(crate) fn linear_shapes(cfg: &DitConfig) -> BTreeMap<String, Vec<usize>> {
+    expected_tensors(cfg)
+        .into_iter()
+        .filter_map(|(n, s)| n.strip_suffix(".weight").filter(|_| s.len() == 2).map(|m| (m.to_string(), s)))
+        .collect()
 }
 
 /// The standard modules a LoRA module path acts on: itself, or q, k, v for a merged module.

@@ -121,19 +121,7 @@ impl Dataset {
     /// Reads sample `i` (memory-mapped, decoded to f32; the map is dropped on return).
     pub fn load(&self, i: usize) -> Result<Sample> {
         let info = &self.samples[i];
-        let f = SafeFile::open(&info.path)?;
-        let get = |name: &str| -> Result<Vec<f32>> {
-            let t = find(&f, name).ok_or_else(|| Error::file(&info.path, format!("tensor {name} disappeared")))?;
-            Ok(f.view(t)?.to_f32())
-        };
-        let latents = get("latents")?;
-        let prompt_embeds = get("prompt_embeds")?;
-        let prompt_mask = match find(&f, "prompt_mask") {
-            Some(t) => decode_mask(f.bytes(t), &t.dtype).ok_or_else(|| Error::file(&info.path, "bad prompt_mask"))?,
-            None => vec![true; info.txt_len],
-        };
-        let refs = (0..info.refs.len()).map(|k| get(&format!("ref_latents.{k}"))).collect::<Result<_>>()?;
-        Ok(Sample { latents, prompt_embeds, prompt_mask, refs })
+        decode(&SafeFile::open(&info.path)?, info)
     }
 
     /// Batches of up to `max_batch` samples of identical shapes, in dataset order (groups in the
@@ -152,8 +140,24 @@ impl Dataset {
     }
 }
 
+/// A sample's tensors decoded to f32, by the shapes `inspect` validated.
+pub(crate) fn decode(f: &SafeFile, info: &SampleInfo) -> Result<Sample> {
+    let get = |name: &str| -> Result<Vec<f32>> {
+        let t = find(f, name).ok_or_else(|| Error::file(&info.path, format!("tensor {name} disappeared")))?;
+        Ok(f.view(t)?.to_f32())
+    };
+    let latents = get("latents")?;
+    let prompt_embeds = get("prompt_embeds")?;
+    let prompt_mask = match find(f, "prompt_mask") {
+        Some(t) => decode_mask(f.bytes(t), &t.dtype).ok_or_else(|| Error::file(&info.path, "bad prompt_mask"))?,
+        None => vec![true; info.txt_len],
+    };
+    let refs = (0..info.refs.len()).map(|k| get(&format!("ref_latents.{k}"))).collect::<Result<_>>()?;
+    Ok(Sample { latents, prompt_embeds, prompt_mask, refs })
+}
+
 /// The `file` value of one metadata line.
-fn file_entry(line: &str) -> std::result::Result<String, String> {
+pub(crate) fn file_entry(line: &str) -> std::result::Result<String, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
     let file = v.get("file").ok_or("no \"file\" key")?;
     file.as_str().map(str::to_string).ok_or_else(|| "\"file\" is not a string".to_string())
@@ -170,10 +174,16 @@ fn inspect(dir: &Path, name: &str, cfg: &DitConfig) -> std::result::Result<Sampl
         return Err(format!("file not found: {}", path.display()));
     }
     let f = SafeFile::open(&path).map_err(|e| format!("bad header: {e}"))?;
+    inspect_file(&f, name, cfg)
+}
+
+/// Validates one sample file already opened (its `path` is the sample's).
+pub(crate) fn inspect_file(f: &SafeFile, name: &str, cfg: &DitConfig) -> std::result::Result<SampleInfo, String> {
+    let path = f.path.clone();
     let p = cfg.patch_size;
     let c = cfg.in_channels / (p * p);
-    let latents = latent_shape(&f, "latents", c, p)?.ok_or("missing tensor `latents`")?;
-    let emb = find(&f, "prompt_embeds").ok_or("missing tensor `prompt_embeds`")?;
+    let latents = latent_shape(f, "latents", c, p)?.ok_or("missing tensor `latents`")?;
+    let emb = find(f, "prompt_embeds").ok_or("missing tensor `prompt_embeds`")?;
     float_dtype(emb)?;
     if emb.shape.len() != 2 || emb.shape[0] == 0 || emb.shape[1] != cfg.joint_attention_dim {
         return Err(format!(
@@ -182,7 +192,7 @@ fn inspect(dir: &Path, name: &str, cfg: &DitConfig) -> std::result::Result<Sampl
         ));
     }
     let txt_len = emb.shape[0];
-    let has_mask = match find(&f, "prompt_mask") {
+    let has_mask = match find(f, "prompt_mask") {
         None => false,
         Some(m) if m.shape != [txt_len] => {
             return Err(format!(
@@ -195,7 +205,7 @@ fn inspect(dir: &Path, name: &str, cfg: &DitConfig) -> std::result::Result<Sampl
         }
         Some(_) => true,
     };
-    let refs = ref_shapes(&f, c, p)?;
+    let refs = ref_shapes(f, c, p)?;
     Ok(SampleInfo { name: name.to_string(), path, latents, txt_len, has_mask, refs })
 }
 
