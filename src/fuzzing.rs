@@ -249,9 +249,12 @@ pub fn train_moments(data: &[u8]) {
     }
 }
 
+/// A byte-level entry point.
+pub type EntryPoint = fn(&[u8]);
+
 /// Every entry point by its cargo-fuzz target name (`fuzz/fuzz_targets/<name>.rs`), and the folder
 /// name of its committed reproducers (`tests/fixtures/fuzz/<name>/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, EntryPoint)] = &[
     ("model_index", model_index),
     ("scheduler_config", scheduler_config),
     ("vae_config", vae_config),
