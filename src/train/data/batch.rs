@@ -55,6 +55,10 @@ impl Batcher {
 
     /// Continues from a saved position.
     pub fn resume(&mut self, state: BatcherState) -> Result<()> {
+        // the epoch after the last one would overflow in `next` (fuzz target train_state)
+        if state.epoch == u64::MAX {
+            return Err(Error::input(format!("data epoch {} is not an epoch a run can reach", state.epoch)));
+        }
         if state.position > self.batches_per_epoch() {
             return Err(Error::input(format!(
                 "data position {} is past the {} batches of an epoch (was the dataset or batch size changed?)",
