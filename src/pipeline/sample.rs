@@ -89,10 +89,16 @@ pub fn sample(
     assert_eq!(latents.len(), target_tokens * features, "sample: latents do not match the grid");
     let refs: Vec<f32> = s.references.iter().flat_map(|r| r.tokens.iter().copied()).collect();
     let hidden = |l: &[f32]| -> Vec<f32> { l.iter().chain(&refs).copied().collect() };
-    let shape_of = |p: &PromptEmbeds| s.inputs(p, hidden(&latents), 0.0).shape();
-    let cond_plan = dit.plan(&shape_of(s.prompt), false)?;
+    // Text, mask and the RoPE table are the same at every step: written once per plan.
+    let plan_for = |dit: &mut Dit, p: &PromptEmbeds| -> Result<DitPlan> {
+        let inputs = s.inputs(p, hidden(&latents), 0.0);
+        let plan = dit.plan(&inputs.shape(), false)?;
+        plan.write_inputs(&inputs);
+        Ok(plan)
+    };
+    let cond_plan = plan_for(dit, s.prompt)?;
     let uncond_plan: Option<DitPlan> = match (s.cfg(), s.negative) {
-        (true, Some(n)) => Some(dit.plan(&shape_of(n), false)?),
+        (true, Some(n)) => Some(plan_for(dit, n)?),
         _ => None,
     };
     let per_pass = |p: &DitPlan| p.plan.report().total;
@@ -107,15 +113,17 @@ pub fn sample(
         let t0 = std::time::Instant::now();
         let t = s.schedule.dit_timestep(i);
         // The prediction of the target tokens only (edits append the references after them).
-        let predict = |plan: &DitPlan, p: &PromptEmbeds| -> Result<Vec<f32>> {
-            let mut out = plan.forward(&s.inputs(p, hidden(&latents), t))?;
+        let x = hidden(&latents);
+        let predict = |plan: &DitPlan| -> Result<Vec<f32>> {
+            plan.write_step(&x, &[t]);
+            let mut out = plan.run()?;
             out.truncate(target_tokens * out_features);
             Ok(out)
         };
-        let cond = predict(&cond_plan, s.prompt)?;
-        let pred = match (&uncond_plan, s.negative) {
-            (Some(plan), Some(neg)) => true_cfg(&cond, &predict(plan, neg)?, s.true_cfg as f64, out_features),
-            _ => cond,
+        let cond = predict(&cond_plan)?;
+        let pred = match &uncond_plan {
+            Some(plan) => true_cfg(&cond, &predict(plan)?, s.true_cfg as f64, out_features),
+            None => cond,
         };
         s.schedule.step(i, &pred, &mut latents);
         let ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -103,30 +103,43 @@ impl DitPlan {
     pub fn write_inputs(&self, inputs: &ForwardInputs) {
         assert_eq!(inputs.shape(), self.shape, "inputs do not match the planned shape");
         let g = &self.graph;
-        // hidden_states go to the image rows of the joint layout; the text rows stay zero.
-        let c = self.cfg.in_channels;
-        let mut hidden = vec![0.0; (inputs.batch * inputs.s_txt) * c];
-        hidden.extend_from_slice(&inputs.hidden);
-        self.plan.write_input(g.hidden, &hidden);
+        self.write_step(&inputs.hidden, &inputs.timestep);
         self.plan.write_input(g.text, &inputs.text);
         if let (Some(m), Some(v)) = (g.mask, &inputs.mask) {
             self.plan.write_input(m, v);
         }
-        let mut t = inputs.timestep.clone();
-        if self.cfg.zero_cond_t {
-            // Edit-2511: temb rows [σ_b..., 0...]; reference tokens read the t = 0 rows.
-            t.extend(std::iter::repeat_n(0.0, inputs.batch));
-        }
-        self.plan.write_input(g.timestep, &t);
         let shapes: Vec<(usize, usize, usize)> = inputs.img_shapes.iter().map(|s| (s[0], s[1], s[2])).collect();
         self.plan.write_input(g.rope, &rope::table(&self.cfg.axes_dims_rope, &shapes, inputs.s_txt));
+    }
+
+    /// Rewrites only what changes between denoising steps: `hidden` [B·S_img, in_channels] (the
+    /// image rows) and the per-sample timesteps. Text, mask and the RoPE table keep what
+    /// [`write_inputs`](Self::write_inputs) wrote.
+    pub fn write_step(&self, hidden: &[f32], timestep: &[f32]) {
+        let (g, b) = (&self.graph, self.shape.batch);
+        assert_eq!(timestep.len(), b, "one timestep per sample");
+        // hidden_states go to the image rows of the joint layout; the text rows stay zero.
+        let mut h = vec![0.0; b * self.shape.s_txt * self.cfg.in_channels];
+        h.extend_from_slice(hidden);
+        self.plan.write_input(g.hidden, &h);
+        let mut t = timestep.to_vec();
+        if self.cfg.zero_cond_t {
+            // Edit-2511: temb rows [σ_b..., 0...]; reference tokens read the t = 0 rows.
+            t.extend(std::iter::repeat_n(0.0, b));
+        }
+        self.plan.write_input(g.timestep, &t);
+    }
+
+    /// Runs the plan on the inputs already written; the model output's image rows.
+    pub fn run(&self) -> Result<Vec<f32>> {
+        self.plan.run()?;
+        self.image_rows(self.graph.output)
     }
 
     /// One forward: the model output [B, S_img, patch²·out_channels] (all image tokens).
     pub fn forward(&self, inputs: &ForwardInputs) -> Result<Vec<f32>> {
         self.write_inputs(inputs);
-        self.plan.run()?;
-        self.image_rows(self.graph.output)
+        self.run()
     }
 
     /// The image rows (B·S_txt ..) of a joint-layout tensor.
