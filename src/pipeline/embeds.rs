@@ -27,11 +27,7 @@ impl PromptEmbeds {
     /// Reads `path`; `negative` also accepts the `negative_prompt_embeds` names (preferred when
     /// both are present). `dim` is the transformer's joint_attention_dim.
     pub fn from_file(path: &Path, dim: usize, negative: bool) -> Result<PromptEmbeds> {
-        let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-        if len > MAX_FILE_BYTES {
-            return Err(Error::file(path, format!("{len} bytes: too large for a prompt embeddings file")));
-        }
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::pipeline::folder::read_bounded_bytes(path, MAX_FILE_BYTES)?;
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
         PromptEmbeds::from_safetensors(&st, dim, negative).map_err(|e| Error::file(path, e.to_string()))

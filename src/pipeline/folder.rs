@@ -158,11 +158,16 @@ pub fn parse_index(text: &str) -> Result<(PipelineClass, Vec<(&'static str, bool
 
 /// Reads a small text file, refusing one larger than `max` bytes before reading it.
 pub fn read_bounded(path: &Path, max: u64) -> Result<String> {
+    String::from_utf8(read_bounded_bytes(path, max)?).map_err(|_| Error::file(path, "not UTF-8 text"))
+}
+
+/// Reads a file whole, refusing one larger than `max` bytes before allocating for it.
+pub fn read_bounded_bytes(path: &Path, max: u64) -> Result<Vec<u8>> {
     let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     if len > max {
         return Err(Error::file(path, format!("{len} bytes: too large for this file (at most {max})")));
     }
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    std::fs::read(path).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

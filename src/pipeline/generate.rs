@@ -387,7 +387,9 @@ fn read_prompt(p: &Prompt, dim: usize, negative: bool) -> Result<PromptEmbeds> {
 
 /// `noise` [1, 1, C, h, w] f32 of a safetensors file.
 fn read_noise(path: &Path, chw: [usize; 3]) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // The f32 tensor plus a generous header: anything larger is not this noise.
+    let max = 4 * chw.iter().product::<usize>() as u64 + (1 << 20);
+    let bytes = crate::pipeline::folder::read_bounded_bytes(path, max)?;
     noise_from_bytes(&bytes, chw).map_err(|e| Error::file(path, e.to_string()))
 }
 

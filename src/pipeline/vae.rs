@@ -128,7 +128,8 @@ pub fn run_decode(gpu: &Arc<Gpu>, t: &DecodeTask) -> Result<VaeReport> {
         return Err(Error::input(format!("--output {}: write .png or .safetensors", t.output.display())));
     }
     check_outputs(&[&t.model, &t.latents], &[&t.output])?;
-    let bytes = std::fs::read(&t.latents).map_err(|e| Error::io(&t.latents, e))?;
+    // A 16384² image's latents at factor 8 and z_dim 16 are 64 MiB: 1 GiB leaves ample room.
+    let bytes = crate::pipeline::folder::read_bounded_bytes(&t.latents, 1 << 30)?;
     let mut vae = Vae::open(gpu, &t.model)?;
     let (z, h, w) = latents_from_bytes(&bytes, vae.config.z_dim).map_err(|e| Error::file(&t.latents, e.to_string()))?;
     let t0 = Instant::now();
