@@ -22,6 +22,9 @@ pub enum Error {
     /// The device ran out of memory.
     #[error("out of GPU memory while {0}; try a smaller shape, fewer tokens, or a GPU with more memory")]
     OutOfMemory(String),
+    /// A plan needs more memory than the budget (device or host) allows; nothing was allocated.
+    #[error("{0}")]
+    OverBudget(String),
     /// Any other error reported by the GPU runtime.
     #[error("GPU error while {context}: {message}")]
     Gpu { context: String, message: String },

@@ -32,10 +32,12 @@
 //! - [`fuzzing`]: byte-level entry points of every untrusted-input parser (fuzz/ targets, and a
 //!   mutation sweep in the tests).
 //! - [`outputs`]: output safety: outputs never replace inputs, stale temporaries are removed, a
-//!   training folder is locked by its run.
+//!   training folder is locked by its run; [`budget`]: host and device memory budgets, and the
+//!   check that refuses a plan that does not fit before anything is allocated.
 //! - [`testing`]: scale-aware tolerances shared by the tests; [`rng`]: the seeded generator.
 //! - `main.rs`: the `wgdit` CLI; it only parses, calls the library and prints.
 
+pub mod budget;
 pub mod convert;
 pub mod dtype;
 pub mod error;

@@ -931,6 +931,10 @@ fn devices(opts: &GpuOptions, json: bool) -> wgdit::Result<()> {
             mib(l.max_storage_binding), mib(l.max_buffer), l.max_workgroup_storage,
             l.max_invocations_per_workgroup, l.max_workgroups_per_dim, l.max_storage_buffers_per_stage
         );
+        match a.device_memory {
+            Some(b) => println!("    device memory: {} (largest device-local heap)", wgdit::budget::human(b)),
+            None => println!("    device memory: not reported by this backend"),
+        }
     }
     Ok(())
 }

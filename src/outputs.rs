@@ -176,7 +176,7 @@ impl RunLock {
                     match text.trim().parse::<u32>() {
                         Ok(pid) if pid_alive(pid) => {
                             return Err(Error::input(format!(
-                                "output folder {} is in use by another training run (pid {pid}, lock {}); wait for it or choose another --output",
+                                "output folder {} is in use by another training run (pid {pid}, lock {}); wait for it or choose another --output (if that run is gone, delete the lock file)",
                                 dir.display(),
                                 path.display()
                             )))

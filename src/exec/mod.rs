@@ -35,6 +35,7 @@ impl Plan {
     /// Plans and binds `g`. `params` maps every param tensor of the graph to its uploaded weight.
     pub fn new(gpu: &Arc<Gpu>, g: &Graph, params: &HashMap<TensorId, Tensor>) -> Result<Plan> {
         let memory = memory::plan(g);
+        check_fits(gpu, g, &memory, params)?;
         let slots = memory
             .slot_bytes
             .iter()
@@ -133,6 +134,32 @@ impl Plan {
     pub fn labels(&self) -> &[Label] {
         &self.labels
     }
+}
+
+/// Refuses a plan whose activations (device) or results (host, read back as f32) do not fit,
+/// before anything is allocated. Weights are checked where they are uploaded.
+fn check_fits(gpu: &Gpu, g: &Graph, memory: &MemoryPlan, params: &HashMap<TensorId, Tensor>) -> Result<()> {
+    let need: u64 = memory.slot_bytes.iter().sum();
+    let largest = memory.slot_bytes.iter().copied().max().unwrap_or(0);
+    let unbound = g.tensors.iter().enumerate().filter(|(t, i)| {
+        memory.slot_of[*t].is_none()
+            && !matches!(i.kind, TensorKind::Param | TensorKind::Accumulator)
+            && !params.contains_key(t)
+    });
+    let private: u64 = unbound.map(|(_, i)| i.bytes()).sum();
+    let what = format!(
+        "the activations of a {}-node graph ({} buffers, the largest {})",
+        g.nodes.len(),
+        memory.slot_bytes.len(),
+        crate::budget::human(largest)
+    );
+    gpu.check_device_fits(
+        need + private,
+        &what,
+        "lower the image size, the batch or the number of text tokens (the VAE: --tiling), or use a GPU with more memory",
+    )?;
+    let results: u64 = g.outputs.iter().map(|&t| g.tensors[t].shape.iter().product::<usize>() as u64 * 8).sum();
+    crate::budget::check_host(results, "reading the results back to the host", "lower the image size or the batch")
 }
 
 fn bind_param(params: &HashMap<TensorId, Tensor>, t: TensorId, info: &crate::graph::TensorInfo) -> Result<Tensor> {

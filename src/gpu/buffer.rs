@@ -1,14 +1,18 @@
 //! Storage buffers: creation (checked against the adapter's limits), upload, download through
 //! reused staging buffers, and NaN poisoning for tests.
 
+use super::memory::Allocation;
 use super::{gpu_err, Gpu};
 use crate::error::{Error, Result};
+use std::sync::Arc;
 
 /// A GPU storage buffer, always bound whole. Cheap to clone (reference counted).
 #[derive(Clone, Debug)]
 pub struct Buffer {
     pub(super) inner: wgpu::Buffer,
     pub(super) size: u64,
+    /// Counts `size` in the device's held bytes while any handle exists.
+    _allocation: Arc<Allocation>,
 }
 
 impl Buffer {
@@ -59,7 +63,12 @@ impl Gpu {
         if pollster::block_on(scope.pop()).is_some() {
             return Err(Error::OutOfMemory(format!("allocating {label} ({size} bytes)")));
         }
-        Ok(Buffer { inner, size })
+        Ok(self.wrap(inner, size))
+    }
+
+    /// A `Buffer` handle over a buffer made elsewhere in this module (counted like the others).
+    pub(super) fn wrap(&self, inner: wgpu::Buffer, size: u64) -> Buffer {
+        Buffer { inner, size, _allocation: Allocation::new(size, &self.held) }
     }
 
     /// A storage buffer holding `data` (padded with zeros to a multiple of 4 bytes).

@@ -73,6 +73,8 @@ pub struct AdapterReport {
     pub driver_info: String,
     pub caps: Caps,
     pub limits: DeviceLimits,
+    /// The largest device-local heap in bytes (Vulkan; `None` where the backend does not say).
+    pub device_memory: Option<u64>,
 }
 
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
@@ -129,6 +131,7 @@ fn report(index: usize, a: &wgpu::Adapter) -> AdapterReport {
         driver_info: info.driver_info,
         caps: caps_of(wanted_features(a), a),
         limits: limits_of(&a.limits()),
+        device_memory: super::memory::adapter_memory(a),
     }
 }
 
@@ -198,7 +201,8 @@ impl Gpu {
             }
         }));
         let report = report(0, &adapter);
-        Ok(Arc::new(Gpu::assemble(adapter, device, queue, report, uncaptured)))
+        let memory = super::memory::device_memory(&adapter)?;
+        Ok(Arc::new(Gpu::assemble(adapter, device, queue, report, uncaptured, memory)))
     }
 
     /// The default adapter, honouring `WGDIT_BACKEND` / `WGDIT_ADAPTER`.

@@ -11,14 +11,17 @@
 mod buffer;
 mod device;
 mod kernel;
+mod memory;
 mod run;
 
 pub use buffer::Buffer;
 pub use device::{list_adapters, AdapterReport, Backend, GpuOptions};
 pub use kernel::{Access, Kernel};
+pub use memory::DeviceMemory;
 pub use run::{Bound, Launch};
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 /// Optional features the adapter offers (and, except `cooperative_matrix`, that the device enabled).
@@ -56,6 +59,9 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
     staging: Mutex<Vec<wgpu::Buffer>>,
     uncaptured: Arc<Mutex<Vec<String>>>,
+    memory: DeviceMemory,
+    /// Bytes of wgdit's live buffers (see `memory::Allocation`).
+    held: Arc<AtomicU64>,
 }
 
 impl Gpu {
@@ -65,6 +71,7 @@ impl Gpu {
         queue: wgpu::Queue,
         report: AdapterReport,
         uncaptured: Arc<Mutex<Vec<String>>>,
+        memory: DeviceMemory,
     ) -> Gpu {
         Gpu {
             caps: report.caps,
@@ -76,6 +83,8 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             staging: Mutex::new(Vec::new()),
             uncaptured,
+            memory,
+            held: Arc::new(AtomicU64::new(0)),
         }
     }
 

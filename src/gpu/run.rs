@@ -131,8 +131,7 @@ impl Gpu {
             }
             enc.resolve_query_set(&qs, 0..n, &resolve, 0);
             self.queue.submit([enc.finish()]);
-            let ticks: Vec<u64> =
-                bytemuck::pod_collect_to_vec(&self.download(&Buffer { inner: resolve, size: n as u64 * 8 })?);
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.download(&self.wrap(resolve, n as u64 * 8))?);
             out.extend(ticks.chunks(2).map(|t| t[1].saturating_sub(t[0]) as f64 * period));
         }
         Ok(Some(out))

@@ -1,8 +1,8 @@
 //! Learning-rate schedules and the AdamW optimizer over many GPU parameter tensors.
 //!
 //! [`AdamW`] owns the m/v moments of each parameter and binds, once, the launches of one step:
-//! the global squared gradient norm (`kernels::norm::sq_norm`, only when clipping) and one
-//! `kernels::adamw` dispatch per parameter. Each step only rewrites the uniforms (lr, bias
+//! the global squared gradient norm (`kernels::norm::sq_norm`, read back every step: a non-finite
+//! gradient is never applied; clipping uses it too) and one `kernels::adamw` dispatch per parameter. Each step only rewrites the uniforms (lr, bias
 //! corrections, gradient scale) with `Gpu::set_params`; bind groups are never rebuilt.
 
 use crate::gpu::{Bound, Gpu};
@@ -68,7 +68,9 @@ pub struct AdamW {
     gpu: Arc<Gpu>,
     opts: AdamWOptions,
     slots: Vec<Slot>,
+    /// The launches of the global squared gradient norm, into `sq`.
     norm: Vec<Bound>,
+    sq: Tensor,
 }
 
 impl AdamW {
@@ -77,40 +79,47 @@ impl AdamW {
     pub fn new(gpu: &Arc<Gpu>, pairs: &[(Tensor, Tensor)], opts: AdamWOptions) -> Result<AdamW> {
         assert!(!pairs.is_empty(), "adamw: no parameters");
         let lens: Vec<usize> = pairs.iter().map(|(p, _)| p.numel()).collect();
-        let (sq, norm) = if opts.max_norm > 0.0 {
-            let partials = Tensor::zeros(gpu, &[sq_norm::partials(&lens)], DType::F32, "adamw.norm_partials")?;
-            let out = Tensor::zeros(gpu, &[1], DType::F32, "adamw.sq_norm")?;
-            let grads: Vec<&Tensor> = pairs.iter().map(|(_, g)| g).collect();
-            let launches = sq_norm::launch(gpu, &sq_norm::Args { tensors: &grads, partials: &partials, out: &out })?;
-            let bound = launches.iter().map(|l| gpu.bind(l)).collect::<Result<Vec<_>>>()?;
-            (Some(out), bound)
-        } else {
-            (None, Vec::new())
-        };
+        // The global squared norm is computed every step, clipping or not: the trainer reads it
+        // back to stop at the first non-finite gradient before the update is applied.
+        let partials = Tensor::zeros(gpu, &[sq_norm::partials(&lens)], DType::F32, "adamw.norm_partials")?;
+        let sq = Tensor::zeros(gpu, &[1], DType::F32, "adamw.sq_norm")?;
+        let grads: Vec<&Tensor> = pairs.iter().map(|(_, g)| g).collect();
+        let launches = sq_norm::launch(gpu, &sq_norm::Args { tensors: &grads, partials: &partials, out: &sq })?;
+        let norm = launches.iter().map(|l| gpu.bind(l)).collect::<Result<Vec<_>>>()?;
+        let clip = (opts.max_norm > 0.0).then_some(&sq);
         let mut slots = Vec::with_capacity(pairs.len());
         for (param, grad) in pairs {
             assert_eq!(grad.numel(), param.numel(), "adamw: grad and param sizes differ");
             let m = Tensor::zeros(gpu, &param.shape, DType::F32, "adamw.m")?;
             let v = Tensor::zeros(gpu, &param.shape, DType::F32, "adamw.v")?;
             let p = adamw::params(param.numel(), &opts.hyper, 1, 1.0, opts.max_norm);
-            let args = adamw::Args { params: p, grad, sq_norm: sq.as_ref(), param, m: &m, v: &v };
+            let args = adamw::Args { params: p, grad, sq_norm: clip, param, m: &m, v: &v };
             let bound = gpu.bind(&adamw::launch(gpu, &args)?)?;
             slots.push(Slot { param: param.clone(), grad: grad.clone(), m, v, bound });
         }
-        Ok(AdamW { gpu: gpu.clone(), opts, slots, norm })
+        Ok(AdamW { gpu: gpu.clone(), opts, slots, norm, sq })
     }
 
-    /// Queues one update (not waited for): `step` is 1-based, `lr` this step's rate,
-    /// `grad_scale` multiplies the summed gradients first (1/accumulation steps to average
-    /// micro-batches).
-    pub fn step(&self, step: u32, lr: f64, grad_scale: f32) -> Result<()> {
+    /// One update, unless the gradients are not finite: computes the global squared norm of the
+    /// summed (unscaled) gradients on the GPU and reads it back (waits); a NaN/Inf norm applies
+    /// nothing and is returned as `Err(norm)`, else the update is queued (not waited for) and
+    /// `Ok(norm)` returned. `step` is 1-based, `lr` this step's rate, `grad_scale` multiplies the
+    /// summed gradients first (1/accumulation steps to average micro-batches).
+    pub fn step(&self, step: u32, lr: f64, grad_scale: f32) -> Result<std::result::Result<f32, f32>> {
+        let norm: Vec<&Bound> = self.norm.iter().collect();
+        self.gpu.submit(&norm)?;
+        let sq = self.sq.to_f32(&self.gpu)?[0];
+        if !sq.is_finite() {
+            return Ok(Err(sq));
+        }
         let hyper = Hyper { lr, ..self.opts.hyper };
         for s in &self.slots {
             let p = adamw::params(s.param.numel(), &hyper, step, grad_scale, self.opts.max_norm);
             self.gpu.set_params(&s.bound, bytemuck::bytes_of(&p));
         }
-        let list: Vec<&Bound> = self.norm.iter().chain(self.slots.iter().map(|s| &s.bound)).collect();
-        self.gpu.submit(&list)
+        let list: Vec<&Bound> = self.slots.iter().map(|s| &s.bound).collect();
+        self.gpu.submit(&list)?;
+        Ok(Ok(sq))
     }
 
     /// Zeroes every gradient (queued before the next submission).
@@ -141,6 +150,7 @@ impl AdamW {
 
     /// Number of dispatches one step submits.
     pub fn dispatches(&self) -> usize {
+        // the norm (its own submission, read back), then one dispatch per parameter
         self.norm.len() + self.slots.len()
     }
 }

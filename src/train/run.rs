@@ -346,10 +346,16 @@ impl Trainer {
                 last_good(&o.output)
             )));
         }
+        let lr = self.lr_sched.lr(o.lr, self.state.step + 1);
+        if let Err(sq) = self.adamw.step(self.state.step as u32 + 1, lr, 1.0 / accum as f32)? {
+            return Err(Error::input(format!(
+                "training stopped at step {}: the loss is finite ({loss}) but the gradient is not (squared norm {sq}: NaN/Inf in a gradient, or a norm beyond f32); lower --lr or set --max-grad-norm. Nothing of this step was applied or written; {}",
+                self.state.step + 1,
+                last_good(&o.output)
+            )));
+        }
         self.state.step += 1;
         let step = self.state.step;
-        let lr = self.lr_sched.lr(o.lr, step);
-        self.adamw.step(step as u32, lr, 1.0 / accum as f32)?;
         self.adamw.zero_grads();
         self.model.gpu.sync()?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -14,7 +14,14 @@ const DEAD_PID: u32 = 0x7fff_fff0;
 
 /// Runs the binary; (exit code, stdout + stderr).
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wgdit")).args(args).env("NODEVICE_SELECT", "1").output().unwrap();
+    run_env(args, &[])
+}
+
+/// Runs the binary with extra environment variables.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgdit"));
+    cmd.args(args).env("NODEVICE_SELECT", "1").envs(env.iter().copied());
+    let out = cmd.output().unwrap();
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), log)
 }
@@ -40,8 +47,14 @@ fn hash(p: &Path) -> u64 {
 /// leaves `inputs` unchanged.
 #[track_caller]
 fn refused(args: &[&str], inputs: &[&Path], outputs: &[&Path], needle: &str) {
+    refused_env(args, &[], inputs, outputs, needle)
+}
+
+/// [`refused`] with extra environment variables.
+#[track_caller]
+fn refused_env(args: &[&str], env: &[(&str, &str)], inputs: &[&Path], outputs: &[&Path], needle: &str) {
     let before: Vec<u64> = inputs.iter().map(|p| hash(p)).collect();
-    let (code, log) = run(args);
+    let (code, log) = run_env(args, env);
     assert_eq!(code, 1, "exit code 1 expected for {args:?}: {log}");
     assert!(!log.contains("panicked"), "a panic: {log}");
     assert!(log.contains(needle), "error should mention `{needle}`: {log}");
@@ -279,6 +292,30 @@ fn vae_and_generate_never_overwrite_their_inputs() {
     let out = sc.p("out.safetensors");
     let both = [&gen[..], &["--output", s(&out), "--save-latents", s(&out)]].concat();
     refused(&both, &[&embeds], &[&out], "--save-latents and --output");
+}
+
+#[test]
+fn plans_over_the_memory_budget_are_refused_before_anything_is_allocated() {
+    let sc = Scratch::new("budget");
+    let (model, inputs, out) = (sc.model(), sc.p("inputs.safetensors"), sc.p("out.safetensors"));
+    let fwd = forward(&sc, s(&model), s(&inputs), s(&out));
+    let small = [("WGDIT_VRAM_BUDGET", "64K")];
+    refused_env(&fwd, &small, &[&model, &inputs], &[&out], "of device memory, but the adapter has 64.0 KiB");
+    refused_env(&fwd, &small, &[], &[&out], "WGDIT_VRAM_BUDGET");
+    // A CPU adapter's device memory is the host's; with the device budget set, the host check
+    // is the one that refuses (the results read back).
+    let tiny_ram = [("WGDIT_RAM_BUDGET", "16")];
+    refused_env(&fwd, &tiny_ram, &[&model, &inputs], &[&out], "of device memory, but the adapter has 16 B");
+    let host_only = [("WGDIT_VRAM_BUDGET", "1G"), ("WGDIT_RAM_BUDGET", "16")];
+    refused_env(&fwd, &host_only, &[&model, &inputs], &[&out], "of host memory but only 16 B is available");
+    refused_env(&fwd, &[("WGDIT_VRAM_BUDGET", "lots")], &[], &[&out], "`lots` is not a size");
+    let folder = fixture("pipeline/t2i");
+    let embeds = fixture("pipeline/cases/t2i_cfg.safetensors");
+    let png = sc.p("x.png");
+    let gen = ["generate", "--model", &folder, "--prompt-embeds", &embeds, "--steps", "2", "--output", s(&png)];
+    refused_env(&gen, &[("WGDIT_VRAM_BUDGET", "200K")], &[], &[&png], "of device memory");
+    let (code, log) = run_env(&fwd, &[("WGDIT_VRAM_BUDGET", "1G"), ("WGDIT_RAM_BUDGET", "1G")]);
+    assert_eq!(code, 0, "a budget that fits runs: {log}");
 }
 
 /// The tiny model's config, for writing datasets.

@@ -105,7 +105,7 @@ fn compare(seed: u64, scale: f32, max_norm: f32, steps: u32) {
         for (t, g) in run.grads.iter().zip(&grads) {
             run.gpu.write(&t.buffer, 0, bytemuck::cast_slice(g));
         }
-        run.opt.step(step, lr, scale).unwrap();
+        run.opt.step(step, lr, scale).unwrap().expect("finite gradients");
         host.step(&Hyper { lr, ..hyper }, step, &grads, scale, max_norm);
         if max_norm > 0.0 {
             let refs: Vec<&[f32]> = grads.iter().map(|g| &g[..]).collect();
@@ -126,7 +126,8 @@ fn compare(seed: u64, scale: f32, max_norm: f32, steps: u32) {
         "adamw scale {scale} max_norm {max_norm}: worst max_abs {:.2e}, rel_l2 {:.2e} over {steps} steps",
         worst.0, worst.1
     );
-    assert_eq!(run.opt.dispatches(), SHAPES.len() + if max_norm > 0.0 { SHAPES.len() + 1 } else { 0 });
+    // one AdamW dispatch per tensor, and the global norm (read back every step, clipping or not)
+    assert_eq!(run.opt.dispatches(), SHAPES.len() + SHAPES.len() + 1);
 }
 
 #[test]
@@ -138,6 +139,27 @@ fn adamw_over_four_tensors_matches_the_cpu_reference_for_six_steps() {
 fn adamw_with_accumulation_scale_and_global_norm_clipping_matches_the_cpu_reference() {
     // grads ~0.7·N(0,1) over 4412 elements: norm ≈ 46·0.25 ≫ 0.5, so clipping is active
     compare(2, 0.25, 0.5, 4);
+}
+
+#[test]
+fn a_non_finite_gradient_is_reported_and_never_applied() {
+    let gpu = test_gpu();
+    for (bad, max_norm) in [(f32::NAN, 0.0), (f32::INFINITY, 0.0), (f32::NAN, 1.0), (3e30, 0.0)] {
+        let start = init(7);
+        let run = setup(&gpu, &start, AdamWOptions { max_norm, ..AdamWOptions::default() });
+        for (i, t) in run.grads.iter().enumerate() {
+            let mut g = vec![0.25f32; t.numel()];
+            if i == 2 {
+                g[t.numel() / 2] = bad; // 3e30² overflows the f32 norm
+            }
+            gpu.write(&t.buffer, 0, bytemuck::cast_slice(&g));
+        }
+        let sq = run.opt.step(1, 1e-2, 1.0).unwrap().expect_err("a non-finite norm");
+        assert!(!sq.is_finite(), "{bad}: norm {sq}");
+        for (p, want) in run.params.iter().zip(&start) {
+            assert_eq!(&p.to_f32(&gpu).unwrap(), want, "{bad}: a parameter moved");
+        }
+    }
 }
 
 #[test]
@@ -166,7 +188,7 @@ fn moments_restored_into_a_new_optimizer_continue_identically() {
         for (t, g) in r.grads.iter().zip(g) {
             r.gpu.write(&t.buffer, 0, bytemuck::cast_slice(g));
         }
-        r.opt.step(step, 1e-2, 1.0).unwrap();
+        r.opt.step(step, 1e-2, 1.0).unwrap().expect("finite gradients");
     };
     feed(&a, &grads[0], 1);
     feed(&a, &grads[1], 2);
@@ -206,7 +228,7 @@ fn lora_parameters_upload_train_and_download() {
     for g in &grads {
         gpu.write(&g.buffer, 0, bytemuck::cast_slice(&vec![1.0f32; g.numel()]));
     }
-    opt.step(1, 1e-3, 1.0).unwrap();
+    opt.step(1, 1e-3, 1.0).unwrap().expect("finite gradients");
     lora.download(&gpu, &params).unwrap();
     // step 1 with g = 1: p·(1 − lr·wd) − lr·m̂/(√v̂ + eps) ≈ p − 1e-3 for every element
     for (b, a) in before.params.iter().zip(&lora.params) {

@@ -149,6 +149,13 @@ impl WeightCache {
         params: &[(TensorId, ParamSource)],
         graph: &crate::graph::Graph,
     ) -> Result<HashMap<TensorId, Tensor>> {
+        let missing = params.iter().filter(|(_, ps)| !self.uploaded.contains_key(&(ps.parts.clone(), ps.dtype)));
+        let (count, need) = missing.fold((0, 0), |(n, b), (t, _)| (n + 1, b + graph.info(*t).bytes()));
+        gpu.check_device_fits(
+            need,
+            &format!("the upload of {count} DiT weight tensors"),
+            "store the weights in bf16 if they are f32 (wgdit convert --dtype bf16), or use a GPU with more memory",
+        )?;
         let mut out = HashMap::new();
         for (t, ps) in params {
             let key = (ps.parts.clone(), ps.dtype);

@@ -310,6 +310,13 @@ impl Vae {
 
     /// Uploads (once) and binds the graph's params.
     fn bind(&mut self, params: &[(TensorId, vae::ParamSrc)], g: &VaeGraph) -> Result<HashMap<TensorId, Tensor>> {
+        let missing = params.iter().map(|(t, _)| g.graph.info(*t)).filter(|i| !self.weights.contains_key(&i.name));
+        let (count, need) = missing.fold((0, 0), |(n, b), i| (n + 1, b + i.bytes()));
+        self.gpu.check_device_fits(
+            need,
+            &format!("the upload of {count} VAE weight tensors"),
+            "use a GPU with more memory",
+        )?;
         let mut out = HashMap::new();
         for (t, src) in params {
             let info = g.graph.info(*t);
