@@ -24,6 +24,8 @@
 //!   training graph, the dispatch bench; [`models::qwen_image_vae`] is the VAE
 //!   (`AutoencoderKLQwenImage`) for single images: encoder/decoder graphs, loading, tiling (docs/vae.md).
 //! - [`pipeline`]: tasks on the models (`wgdit forward`, `wgdit vae encode|decode`).
+//! - [`text`]: the Qwen2 tokenizer (tokenizer.json, or vocab.json + merges.txt) and the pipelines'
+//!   prompt templates with their drop indices.
 //! - [`weights`]: memory-mapped safetensors checkpoints (files, diffusers folders, ComfyUI
 //!   prefixes, merged q/k/v layout) and LoRA files in every common format.
 //! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`).
@@ -56,6 +58,7 @@ pub mod rng;
 pub mod shaders;
 pub mod tensor;
 pub mod testing;
+pub mod text;
 pub mod train;
 pub mod weights;
 
