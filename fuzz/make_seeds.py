@@ -2,8 +2,12 @@
 """Writes the fuzz seeds that no other fixture provides into tests/fixtures/fuzz/seeds/ (committed;
 rerun only to change them): a training sample with a mask and a reference, its metadata.jsonl, a
 training state.json and the optimizer moments of the rank-2 to_q/to_k LoRA that
-`wgdit::fuzzing::fixture_lora` builds for the tiny fixture model (2 blocks, D = 32, text width 24)."""
-import json, struct, pathlib
+`wgdit::fuzzing::fixture_lora` builds for the tiny fixture model (2 blocks, D = 32, text width 24); and
+two small tokenizers cut from the fixture Qwen2 tokenizer (the first 300 tokens, the merges among them,
+the 22 added tokens at their ids in tokenizer.json, renumbered after the 300 for the slow files):
+tokenizer.json, and vocab.json + merges.txt +
+tokenizer_config.json joined by "\n\0\n" (tokenizer_slow.bin, as `wgdit::fuzzing::tokenizer_slow` splits it)."""
+import gzip, json, struct, pathlib
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests/fixtures/fuzz/seeds"
 
@@ -22,6 +26,22 @@ def safetensors(tensors, metadata=None):
 
 def f32(n, start=0.0):
     return struct.pack(f"<{n}f", *[start + 0.25 * i for i in range(n)])
+
+
+def tokenizer_seeds():
+    t = json.loads(gzip.open(OUT.parent.parent / "text/tokenizer/tokenizer.json.gz").read())
+    vocab = {k: v for k, v in t["model"]["vocab"].items() if v < 300}
+    pair = lambda m: m if isinstance(m, list) else m.split(" ")
+    merges = [m for m in t["model"]["merges"] if all(x in vocab for x in pair(m)) and "".join(pair(m)) in vocab]
+    t["model"]["vocab"], t["model"]["merges"] = vocab, merges
+    (OUT / "tokenizer.json").write_text(json.dumps(t, ensure_ascii=False))  # added tokens keep 151643..
+    for i, a in enumerate(t["added_tokens"]):
+        a["id"] = 300 + i
+    m = "#version: 0.2\n" + "".join(" ".join(pair(x)) + "\n" for x in merges)
+    cfg = {"added_tokens_decoder": {str(a["id"]): {"content": a["content"], "special": a["special"]}
+                                    for a in t["added_tokens"]}}
+    sep = "\n\0\n"
+    (OUT / "tokenizer_slow.bin").write_text(json.dumps(vocab, ensure_ascii=False) + sep + m + sep + json.dumps(cfg))
 
 
 def main():
@@ -59,3 +79,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    tokenizer_seeds()

@@ -28,6 +28,12 @@ seed lora $F/lora/*.safetensors
 seed lora_keys $S/lora_keys.txt
 seed train_metadata $S/metadata.jsonl
 seed train_sample $S/train_sample.safetensors
+seed tokenizer_json $S/tokenizer.json
+seed tokenizer_slow $S/tokenizer_slow.bin
+mkdir -p fuzz/corpus/prompt
+printf 'A cat' >fuzz/corpus/prompt/plain
+printf '一只猫 🐈‍⬛ <|im_end|>\n<|image_pad|> 12345 '"'"'LL' >fuzz/corpus/prompt/mixed
+printf '  \t\r\n\n  <|im_start' >fuzz/corpus/prompt/space
 seed train_state $S/state.json
 seed train_moments $S/optimizer.safetensors
 # the JSON header of a few safetensors files, and every LoRA fixture's key list

@@ -249,6 +249,66 @@ pub fn train_moments(data: &[u8]) {
     }
 }
 
+/// Text every tokenizer entry point encodes: templates, specials, CJK, emoji, digits.
+const SAMPLE_TEXT: &str =
+    "<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>一只猫 🐈‍⬛ 'LL 2024<|im_end|>\n";
+
+/// A `tokenizer/tokenizer.json`; a parsed one encodes and decodes sample text.
+pub fn tokenizer_json(data: &[u8]) {
+    if let Ok(t) = crate::text::Qwen2Tokenizer::from_tokenizer_json(data) {
+        if let Ok(ids) = t.encode(SAMPLE_TEXT) {
+            let _ = t.decode(&ids);
+        }
+    }
+}
+
+/// A tokenizer folder without tokenizer.json: `vocab.json`, `merges.txt` and (optionally)
+/// `tokenizer_config.json`, joined by `\n\0\n` in that order.
+pub fn tokenizer_slow(data: &[u8]) {
+    let parts = split_parts(data);
+    let (Some(vocab), Some(merges)) = (parts.first(), parts.get(1)) else { return };
+    if let Ok(t) = crate::text::Qwen2Tokenizer::from_slow_files(vocab, merges, parts.get(2).copied()) {
+        if let Ok(ids) = t.encode(SAMPLE_TEXT) {
+            let _ = t.decode(&ids);
+        }
+    }
+}
+
+/// `data` split at each `\n\0\n`.
+fn split_parts(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let Some(i) = rest.windows(3).position(|w| w == b"\n\0\n") {
+        out.push(&rest[..i]);
+        rest = &rest[i + 3..];
+    }
+    out.push(rest);
+    out
+}
+
+/// The fixture Qwen2 tokenizer (tests/fixtures/text/tokenizer, unpacked once).
+fn fixture_tokenizer() -> &'static crate::text::Qwen2Tokenizer {
+    static TOK: OnceLock<crate::text::Qwen2Tokenizer> = OnceLock::new();
+    TOK.get_or_init(|| {
+        let dir = crate::testing::unpacked_fixture("text/tokenizer").expect("cannot fail: a fixture");
+        crate::text::Qwen2Tokenizer::from_folder(&dir).expect("cannot fail: a fixture")
+    })
+}
+
+/// A prompt (`--prompt`, `--negative-prompt`: any text a user types) through each pipeline's
+/// template and the real tokenizer; the ids must decode back to the template's text.
+pub fn prompt(data: &[u8]) {
+    use crate::text::Template;
+    let text = String::from_utf8_lossy(data);
+    let tok = fixture_tokenizer();
+    for (t, images) in [(Template::TextToImage, 0), (Template::Edit, 1), (Template::EditPlus, 2)] {
+        let filled = t.fill(&text, images);
+        if let Ok(ids) = tok.encode(&filled) {
+            assert!(ids.len() > t.drop(), "a template is longer than its drop");
+        }
+    }
+}
+
 /// A byte-level entry point.
 pub type EntryPoint = fn(&[u8]);
 
@@ -274,6 +334,9 @@ pub const TARGETS: &[(&str, EntryPoint)] = &[
     ("train_sample", train_sample),
     ("train_state", train_state),
     ("train_moments", train_moments),
+    ("tokenizer_json", tokenizer_json),
+    ("tokenizer_slow", tokenizer_slow),
+    ("prompt", prompt),
 ];
 
 #[cfg(test)]
@@ -355,6 +418,13 @@ mod tests {
         sweep(super::train_moments, &fixture("fuzz/seeds/optimizer.safetensors"), 1000, 23);
     }
 
+    #[test]
+    fn every_text_parser_survives_mutated_real_files() {
+        sweep(super::tokenizer_json, &fixture("fuzz/seeds/tokenizer.json"), 300, 24);
+        sweep(super::tokenizer_slow, &fixture("fuzz/seeds/tokenizer_slow.bin"), 300, 25);
+        sweep(super::prompt, "A cat <|im_end|> 一只猫 🐈 12 'LL\r\n".as_bytes(), 300, 26);
+    }
+
     /// Feeds every file under `tests/fixtures/fuzz/<dir><target>/` to its entry point; returns how many.
     fn replay(dir: &str) -> usize {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz").join(dir);
@@ -405,6 +475,15 @@ mod tests {
         let noise =
             crate::pipeline::generate::noise_from_bytes(&fixture("pipeline/cases/t2i_cfg.safetensors"), [4, 8, 12]);
         assert_eq!(noise.unwrap().len(), 4 * 8 * 12);
+        // The tokenizer.json seed (300 tokens, the 22 added tokens at their real ids) loads and
+        // encodes; the slow-files seed cannot hold <|im_start|> at 151644 with 300 entries, so it
+        // stops at the Qwen2 check, past every parser.
+        let t = crate::text::Qwen2Tokenizer::from_tokenizer_json(&fixture("fuzz/seeds/tokenizer.json")).unwrap();
+        assert_eq!(t.encode("<|im_start|>").unwrap(), [151_644]);
+        let slow = fixture("fuzz/seeds/tokenizer_slow.bin");
+        let parts = super::split_parts(&slow);
+        let e = crate::text::Qwen2Tokenizer::from_slow_files(parts[0], parts[1], Some(parts[2])).unwrap_err();
+        assert!(e.to_string().contains("not a Qwen2"), "{e}");
     }
 
     /// The seeds of the weights and training targets reach the end of their entry points.

@@ -123,3 +123,67 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A committed fixture folder (`tests/fixtures/<rel>`, recursively) with every `<name>.gz`
+/// decompressed to `<name>` and the other files copied, in a cache folder under the system temp
+/// dir keyed by the files' names and sizes (shared by all tests; built in a temporary folder and
+/// renamed, so concurrent tests never see half a folder). The tokenizer and the tiny text encoder
+/// are committed compressed (tests/fixtures/text/README.md).
+pub fn unpacked_fixture(rel: &str) -> crate::Result<std::path::PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel);
+    let files = list_files(&src)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in &files {
+        f.hash(&mut h);
+        std::fs::metadata(src.join(f)).map_err(|e| crate::Error::io(src.join(f), e))?.len().hash(&mut h);
+    }
+    let root = std::env::temp_dir().join("wgdit-fixtures");
+    let dest = root.join(format!("{}-{:016x}", rel.replace('/', "_"), h.finish()));
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let tmp = root.join(format!(".{}.{}.tmp", rel.replace('/', "_"), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    for f in &files {
+        let from = src.join(f);
+        let bytes = std::fs::read(&from).map_err(|e| crate::Error::io(&from, e))?;
+        let (name, data) = match f.strip_suffix(".gz") {
+            Some(stem) => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out)
+                    .map_err(|e| crate::Error::io(&from, e))?;
+                (stem.to_string(), out)
+            }
+            None => (f.clone(), bytes),
+        };
+        let to = tmp.join(name);
+        std::fs::create_dir_all(to.parent().expect("cannot fail: a file under tmp"))
+            .map_err(|e| crate::Error::io(&to, e))?;
+        std::fs::write(&to, data).map_err(|e| crate::Error::io(&to, e))?;
+    }
+    // Another test may have won the race: its folder is identical.
+    if std::fs::rename(&tmp, &dest).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(dest)
+}
+
+/// Files under `dir`, as sorted relative paths with `/` separators.
+fn list_files(dir: &std::path::Path) -> crate::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(|e| crate::Error::io(&d, e))? {
+            let p = e.map_err(|e| crate::Error::io(&d, e))?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).expect("cannot fail: under dir");
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -208,9 +208,9 @@ fn parse_vocab(bytes: &[u8]) -> Result<HashMap<String, u32>> {
             Some(s) if !*s => *s = true,
             _ => {
                 return Err(Error::input(format!(
-                    "vocab.json: id {id} of `{tok}` is a duplicate or not below the entry count {} (ids must be 0..n-1)",
-                    v.len()
-                )))
+                "vocab.json: id {id} of `{tok}` is a duplicate or not below the entry count {} (ids must be 0..n-1)",
+                v.len()
+            )))
             }
         }
     }
@@ -248,7 +248,8 @@ fn parse_added(bytes: &[u8]) -> Result<Vec<(u32, AddedToken)>> {
     let v: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| Error::input(format!("tokenizer_config.json: not JSON: {e}")))?;
     let Some(map) = v.get("added_tokens_decoder") else { return Ok(default_added()) };
-    let map = map.as_object().ok_or_else(|| Error::input("tokenizer_config.json: added_tokens_decoder is not an object"))?;
+    let map =
+        map.as_object().ok_or_else(|| Error::input("tokenizer_config.json: added_tokens_decoder is not an object"))?;
     let mut out = Vec::with_capacity(map.len());
     for (key, entry) in map {
         let id: u32 = key
@@ -275,4 +276,103 @@ fn default_added() -> Vec<(u32, AddedToken)> {
         .enumerate()
         .map(|(i, t)| (QWEN2_REGULAR_TOKENS + i as u32, AddedToken::from(t.to_string(), i < 14).normalized(false)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::unpacked_fixture;
+
+    /// (name, text, ids); a case recorded with `max_length` is compared after truncating to it.
+    fn cases() -> Vec<(String, String, Vec<u32>, Option<usize>)> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/tokenizer_cases.json");
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        v.iter()
+            .map(|c| {
+                let ids = c["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+                let max = c.get("max_length").map(|m| m.as_u64().unwrap() as usize);
+                (c["name"].as_str().unwrap().into(), c["text"].as_str().unwrap().into(), ids, max)
+            })
+            .collect()
+    }
+
+    /// The fixture tokenizer folder without its tokenizer.json: the slow files alone.
+    fn slow_only(dir: &Path, tag: &str) -> crate::testing::TempDir {
+        let t = crate::testing::TempDir::new(tag);
+        for f in ["vocab.json", "merges.txt", "tokenizer_config.json"] {
+            std::fs::copy(dir.join(f), t.path().join(f)).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn token_ids_equal_transformers_from_tokenizer_json_and_from_vocab_and_merges() {
+        let dir = unpacked_fixture("text/tokenizer").unwrap();
+        let fast = Qwen2Tokenizer::from_folder(&dir).unwrap();
+        let slow_dir = slow_only(&dir, "tok-slow");
+        let slow = Qwen2Tokenizer::from_folder(slow_dir.path()).unwrap();
+        let cases = cases();
+        assert!(cases.len() >= 40, "{} cases", cases.len());
+        for (name, text, want, max) in &cases {
+            for (which, t) in [("tokenizer.json", &fast), ("vocab.json + merges.txt", &slow)] {
+                let mut got = t.encode(text).unwrap();
+                got.truncate(max.unwrap_or(usize::MAX));
+                assert_eq!(&got, want, "{name} ({which})");
+            }
+        }
+        assert_eq!(fast.vocab_size(), 151_665);
+        assert_eq!(slow.vocab_size(), 151_665);
+        for (i, tok) in QWEN2_ADDED.iter().enumerate() {
+            assert_eq!(slow.token_to_id(tok), Some(QWEN2_REGULAR_TOKENS + i as u32), "{tok}");
+        }
+    }
+
+    #[test]
+    fn without_tokenizer_config_the_qwen2_added_tokens_are_used() {
+        let dir = unpacked_fixture("text/tokenizer").unwrap();
+        let t = slow_only(&dir, "tok-noconfig");
+        std::fs::remove_file(t.path().join("tokenizer_config.json")).unwrap();
+        let tok = Qwen2Tokenizer::from_folder(t.path()).unwrap();
+        let fast = Qwen2Tokenizer::from_folder(&dir).unwrap();
+        for (name, text, _, _) in cases() {
+            assert_eq!(tok.encode(&text).unwrap(), fast.encode(&text).unwrap(), "{name}");
+        }
+    }
+
+    #[test]
+    fn broken_tokenizer_files_are_named_errors() {
+        let dir = unpacked_fixture("text/tokenizer").unwrap();
+        let empty = crate::testing::TempDir::new("tok-empty");
+        let e = Qwen2Tokenizer::from_folder(empty.path()).unwrap_err().to_string();
+        assert!(e.contains("expected tokenizer.json, or vocab.json + merges.txt"), "{e}");
+        let v = std::fs::read(dir.join("vocab.json")).unwrap();
+        let m = std::fs::read(dir.join("merges.txt")).unwrap();
+        let bad = |vocab: &[u8], merges: &[u8], config: Option<&[u8]>, needle: &str| {
+            let e = Qwen2Tokenizer::from_slow_files(vocab, merges, config).unwrap_err().to_string();
+            assert!(e.contains(needle), "`{needle}` not in: {e}");
+        };
+        bad(b"[1, 2]", &m, None, "vocab.json: not a token");
+        bad(br#"{"a": 0, "b": 0}"#, b"a b\n", None, "is a duplicate");
+        bad(br#"{"a": 0, "b": 7}"#, b"a b\n", None, "not below the entry count");
+        bad(&v, b"#version: 0.2\nonlyone\n", None, "merges.txt line 2");
+        bad(&v, b"x y z\n", None, "merges.txt line 1");
+        bad(&v, &m, Some(b"{"), "tokenizer_config.json: not JSON");
+        bad(&v, &m, Some(br#"{"added_tokens_decoder": {"9": {"content": "<x>"}}}"#), "must follow it in id order");
+        bad(&v, &m, Some(br#"{"added_tokens_decoder": {"q": {}}}"#), "is not a number");
+        bad(
+            br#"{"a": 0, "b": 1, "ab": 2}"#,
+            b"a b\n",
+            Some(br#"{"added_tokens_decoder": {}}"#),
+            "not a Qwen2 / Qwen2.5-VL tokenizer",
+        );
+        let e = Qwen2Tokenizer::from_tokenizer_json(b"{\"model\": 3}").unwrap_err().to_string();
+        assert!(e.contains("not a tokenizer.json"), "{e}");
+    }
+
+    #[test]
+    fn decoding_gives_back_the_text() {
+        let tok = Qwen2Tokenizer::from_folder(&unpacked_fixture("text/tokenizer").unwrap()).unwrap();
+        let text = "<|im_start|>user\n一只猫 🐈 'LL 12345<|im_end|>";
+        assert_eq!(tok.decode(&tok.encode(text).unwrap()).unwrap(), text);
+    }
 }
