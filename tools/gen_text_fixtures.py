@@ -10,10 +10,19 @@ Writes, under OUT (default tests/fixtures/text; tests/fixtures/text/README.md de
   tokenizer/            vocab.json.gz, merges.txt.gz, tokenizer.json.gz (gzip -9n) + tokenizer_config.json,
                         special_tokens_map.json, added_tokens.json
   tokenizer_cases.json  {"name", "text", "ids"} cases, ids as transformers gives them (no special tokens added)
+  text_encoder/         config.json + model.safetensors.gz: a tiny Qwen2.5-VL (bf16, original key layout)
+  processor/            preprocessor_config.json (processor/ = this + the tokenizer files)
+  cases/<name>.safetensors.gz + .json   encode_prompt references (t2i, t2i_batch, t2i_maxlen, edit, edit_plus)
+                        and whole pipelines from prompt strings (gen_*; also gen_*.png), on the tiny pipeline
+                        folders of tests/fixtures/pipeline (written by gen_pipeline_fixtures.py, imported here)
+
+The Edit pipelines' text encoder is wrapped so that it receives mm_token_type_ids (transformers 4.x's 3-D M-RoPE;
+see transformers4_positions). At the end everything is reloaded from the written files and every case is re-run;
+the script fails unless everything is reproduced exactly.
 
 Run from the repository root (the reference env comes from /work/shared/tools/refenv.sh):
   LD_LIBRARY_PATH=/work/refenv/cudastub /work/refenv/bin/python tools/gen_text_fixtures.py [--out DIR]
-It deletes and rewrites OUT except OUT/README.md.
+It deletes and rewrites OUT except OUT/README.md. Takes about 45 s on one core.
 """
 import argparse
 import base64
@@ -30,6 +39,7 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import regex
 import tiktoken
 import torch
@@ -1070,6 +1080,199 @@ def write_encode_cases(out, pipes, pictures):
                  if "rel_l2_transformers5_1d_vs_3d" in meta else ""))
 
 
+# ----------------------------------------------------------------------------------------- whole pipelines
+
+@contextlib.contextmanager
+def pipeline_areas(kind, log):
+    """gen_pipeline_fixtures.patched_areas with Edit v1's area raised to EDIT_AREA (Edit-Plus keeps its patched
+    areas: VAE REF_AREA = 48², condition CONDITION_AREA = 40²)."""
+    saved = gpf.REF_AREA
+    gpf.REF_AREA = EDIT_AREA if kind == "edit" else saved
+    try:
+        with gpf.patched_areas(log):
+            yield
+    finally:
+        gpf.REF_AREA = saved
+
+
+def gen_kwargs(spec, pictures):
+    kw = dict(prompt=spec["prompt"], num_inference_steps=spec["steps"], output_type="pt", width=spec["width"],
+              height=spec["height"], generator=torch.Generator("cpu").manual_seed(spec["seed"]))
+    if spec.get("negative") is not None:
+        kw["negative_prompt"] = spec["negative"]
+    if spec["true_cfg_scale"] is not None:
+        kw["true_cfg_scale"] = spec["true_cfg_scale"]
+    if "images" in spec:
+        imgs = spec["images"]
+        kw["image"] = [pictures[n] for n in imgs] if isinstance(imgs, list) else pictures[imgs]
+    return kw
+
+
+def gen_call_text(spec):
+    cls = gpf.FOLDERS[spec["folder"]][0].__name__
+    args = [f"prompt={spec['prompt']!r}"]
+    if spec.get("negative") is not None:
+        args.append(f"negative_prompt={spec['negative']!r}")
+    if spec["true_cfg_scale"] is not None:
+        args.append(f"true_cfg_scale={spec['true_cfg_scale']}")
+    if "images" in spec:
+        imgs = spec["images"]
+        pic = lambda n: f"PIL.Image.open('tests/fixtures/pipeline/inputs/{n}.png')"
+        args.append("image=" + (f"[{', '.join(pic(n) for n in imgs)}]" if isinstance(imgs, list) else pic(imgs)))
+    args += [f"width={spec['width']}", f"height={spec['height']}", f"num_inference_steps={spec['steps']}",
+             'output_type="pt"', f"generator=torch.Generator('cpu').manual_seed({spec['seed']})"]
+    comps = "text_encoder=TE, tokenizer=TOK" + ("" if spec["kind"] == "t2i" else ", processor=PROC")
+    return f"{cls}.from_pretrained('tests/fixtures/pipeline/{spec['folder']}', {comps})({', '.join(args)})"
+
+
+def run_gen(pipe, spec, pictures, prompt_embeds=None):
+    """One pipeline call from prompt strings (or, with prompt_embeds, from the given embeddings instead)."""
+    log = []
+    cap = gpf.Capture(pipe)
+    enc = EncoderCapture(pipe.text_encoder)
+    texts = []
+    h = pipe.transformer.register_forward_pre_hook(
+        lambda _m, _a, kw: texts.append(kw["encoder_hidden_states"].detach().clone()), with_kwargs=True)
+    kw = gen_kwargs(spec, pictures)
+    if prompt_embeds is not None:
+        kw.pop("prompt")
+        kw.pop("negative_prompt", None)
+        kw.update(prompt_embeds)
+    try:
+        with pipeline_areas(spec["kind"], log), transformers4_positions(pipe.text_encoder), torch.no_grad():
+            image = pipe(**kw, callback_on_step_end=cap.callback).images
+    finally:
+        cap.close()
+        enc.close()
+        h.remove()
+    return image, cap, enc.calls, texts, log
+
+
+def gen_case(pipes, name, pictures):
+    spec = GEN_CASES[name]
+    pipe = pipes[spec["kind"]]
+    image, cap, enc_calls, texts, log = run_gen(pipe, spec, pictures)
+    cfg = spec.get("negative") is not None and (spec["true_cfg_scale"] or 4.0) > 1
+    n = spec["steps"]
+    assert len(cap.calls) == n * (2 if cfg else 1) and len(enc_calls) == (2 if cfg else 1)
+    img_shapes = [tuple(x) for x in cap.calls[0]["img_shapes"][0]]
+    s_t = img_shapes[0][1] * img_shapes[0][2]
+    height, width = image.shape[2:]
+    rec = {}
+    for prefix, k in (("", 0), ("negative.", 1)) if cfg else (("", 0),):
+        emb = texts[k]
+        assert all(torch.equal(t, emb) for t in texts[k::2 if cfg else 1]), "text changed between steps"
+        mask = cap.calls[k]["mask"]
+        rec[prefix + "prompt_embeds"] = emb
+        rec[prefix + "prompt_embeds_mask"] = (torch.ones(emb.shape[:2], dtype=torch.int64) if mask is None
+                                              else mask.to(torch.int64))
+        rec[prefix + "input_ids"] = enc_calls[k]["input_ids"]
+    first = cap.calls[0]["hidden_states"]
+    rec["latents_init"] = first[:, :s_t].clone()
+    if len(img_shapes) > 1:
+        rec["image_latents"] = first[:, s_t:].clone()
+    noise = torch.randn(gpf.noise_shape(width, height), generator=torch.Generator("cpu").manual_seed(spec["seed"]))
+    assert torch.equal(pipe._pack_latents(noise, 1, gpf.VAE_Z, noise.shape[3], noise.shape[4]), rec["latents_init"])
+    rec["noise"] = noise
+    rec["img_shapes"] = torch.tensor(img_shapes, dtype=torch.int64)
+    rec["sigmas"] = pipe.scheduler.sigmas.clone()
+    for i in range(n):
+        rec[f"step{i}.latents"] = cap.steps[i]
+    rec["latents_final"] = pipe._unpack_latents(cap.steps[-1], height, width, gpf.VAE_FACTOR)
+    rec["image"] = image
+    rec["image_u8"] = torch.from_numpy(np.ascontiguousarray(
+        (gpf.VaeImageProcessor.pt_to_numpy(image)[0] * 255).round().astype("uint8")))
+    rec = {k: v.contiguous() for k, v in rec.items()}
+    meta = {"case": name, "folder": f"tests/fixtures/pipeline/{spec['folder']}",
+            "pipeline_class": type(pipe).__name__, "call": gen_call_text(spec), "prompt": spec["prompt"],
+            "negative_prompt": spec.get("negative"), "true_cfg_scale_passed": spec["true_cfg_scale"],
+            "do_true_cfg": cfg, "seed": spec["seed"], "num_inference_steps": n, "output_size_wh": [width, height],
+            "img_shapes": [list(x) for x in img_shapes], "image_seq_len": s_t, "sigmas": rec["sigmas"].tolist(),
+            "mu": gpf.mu_for(s_t),
+            "mask_passed_to_transformer": ["None" if c["mask"] is None else "mask" for c in cap.calls[:2 if cfg else 1]],
+            "calculate_dimensions_calls": [{"module": m, "target_area_asked": a, "target_area_used": u,
+                                            "ratio_w_over_h": r, "result_wh": list(res[:2])} for m, a, u, r, res in log],
+            "text_encoder_wrapped": "transformers4_positions (3-D M-RoPE)"}
+    if spec["kind"] != "t2i":
+        meta["areas"] = ({"vae_vision_and_default_output_area": EDIT_AREA} if spec["kind"] == "edit" else
+                         {"vae_area": gpf.REF_AREA, "condition_area": gpf.CONDITION_AREA})
+    # the same call from these prompt_embeds (text encoder bypassed) gives the same image, bit for bit
+    emb_kw = {"prompt_embeds": rec["prompt_embeds"], "prompt_embeds_mask": None}
+    if cfg:
+        emb_kw.update(negative_prompt_embeds=rec["negative.prompt_embeds"], negative_prompt_embeds_mask=None)
+    image2 = run_gen(pipe, spec, pictures, emb_kw)[0]
+    assert torch.equal(image2, image), f"{name}: prompt_embeds path differs"
+    return rec, meta
+
+
+# which encode_prompt case each whole-pipeline case must reproduce exactly (same prompt, images and areas)
+GEN_SAME_EMBEDS = {"gen_t2i_cfg": ("t2i", False), "gen_edit": ("edit", False), "gen_edit_plus": ("edit_plus", True)}
+
+
+def write_gen_cases(out, pipes, pictures):
+    for name in GEN_CASES:
+        rec, meta = gen_case(pipes, name, pictures)
+        if name in GEN_SAME_EMBEDS:
+            other, neg = GEN_SAME_EMBEDS[name]
+            want = load_case(out, other)
+            assert torch.equal(rec["prompt_embeds"], want["prompt_embeds"]), f"{name} != {other} prompt_embeds"
+            if neg:
+                assert torch.equal(rec["negative.prompt_embeds"], want["negative.prompt_embeds"]), name
+            meta["prompt_embeds_equal_to"] = f"cases/{other}.safetensors.gz" + (" (and its negative)" if neg else "")
+        save_case(out, name, rec, meta)
+        PIL.Image.fromarray(rec["image_u8"].numpy(), mode="RGB").save(out / "cases" / f"{name}.png", format="PNG")
+        im = rec["image"]
+        print(f"case {name:14s} {meta['pipeline_class']:26s} img_shapes {meta['img_shapes']} image rms "
+              f"{im.pow(2).mean().sqrt():.3f} range [{im.min():.3f}, {im.max():.3f}]")
+
+
+def check_gen_paths(pipes, pictures):
+    """How much the prompt strings move the final image (relative L2, asserted > 1%)."""
+    def run(name, **over):
+        spec = dict(GEN_CASES[name], **over)
+        return run_gen(pipes[spec["kind"]], spec, pictures)[0]
+
+    checks = {"gen_t2i_cfg: other prompt": (run("gen_t2i_cfg"), run("gen_t2i_cfg", prompt="dance tiger")),
+              "gen_t2i_cfg: other negative prompt": (run("gen_t2i_cfg"), run("gen_t2i_cfg", negative=" ")),
+              "gen_edit: other prompt": (run("gen_edit"), run("gen_edit", prompt="A cat"))}
+    out = {}
+    for k, (a, b) in checks.items():
+        out[k] = rel(b, a)
+        print(f"sanity pipeline: image change from {k:36s} {out[k]:.4f}")
+    assert all(v > 0.01 for v in out.values()), out
+
+
+# ------------------------------------------------------------------------------------------------ self-check
+
+def self_check(out):
+    """Reload everything from the written files and re-run every case: exact equality."""
+    plain = unpack_tokenizer(out / "tokenizer", Path(tempfile.mkdtemp(prefix="qwen2tok-check-")))
+    toks = load_tokenizers(plain)
+    enc = tiktoken_encoding(qwen_ranks())
+    for c in json.loads((out / "tokenizer_cases.json").read_text(encoding="utf-8")):
+        if c.get("truncated"):
+            got = toks["transformers"]([c["text"]], max_length=c["max_length"], padding=True,
+                                       truncation=True).input_ids[0]
+        else:
+            got = encode_all(toks, enc, c["text"])
+        assert got == c["ids"], c["name"]
+    tok = toks["transformers"]
+    te = load_text_encoder(out / "text_encoder")
+    pipes = text_pipelines(te, tok, load_processor(out / "processor", tok), PIPELINE_DIR)
+    pictures = {n: gpf.read_picture(PIPELINE_DIR / "inputs" / f"{n}.png") for n in ("ref_a", "ref_b")}
+    for name in list(ENCODE_CASES) + list(GEN_CASES):
+        got, _ = (encode_case if name in ENCODE_CASES else gen_case)(pipes, name, pictures)
+        want = load_case(out, name)
+        assert got.keys() == want.keys(), (name, sorted(set(got) ^ set(want)))
+        for k in want:
+            assert torch.equal(got[k], want[k]), f"{name}/{k}"
+        if name in GEN_CASES:
+            png = np.array(gpf.read_picture(out / "cases" / f"{name}.png"))
+            assert np.array_equal(png, want["image_u8"].numpy()), name
+    shutil.rmtree(plain)
+    print("self-check: tokenizer, text encoder and processor reloaded from the files, every case reproduced exactly")
+
+
 # ------------------------------------------------------------------------------------------------------ main
 
 def main():
@@ -1101,7 +1304,10 @@ def main():
     pipes = text_pipelines(te, tok, load_processor(out / "processor", tok), PIPELINE_DIR)
     check_encoder_paths(pipes, pictures)
     write_encode_cases(out, pipes, pictures)
+    write_gen_cases(out, pipes, pictures)
+    check_gen_paths(pipes, pictures)
     shutil.rmtree(plain)
+    self_check(out)
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"total size of {out}: {total} bytes")
 
