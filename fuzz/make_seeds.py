@@ -4,8 +4,7 @@ rerun only to change them): a training sample with a mask and a reference, its m
 training state.json and the optimizer moments of the rank-2 to_q/to_k LoRA that
 `wgdit::fuzzing::fixture_lora` builds for the tiny fixture model (2 blocks, D = 32, text width 24); and
 two small tokenizers cut from the fixture Qwen2 tokenizer (the first 300 tokens, the merges among them,
-the 22 added tokens at their ids in tokenizer.json, renumbered after the 300 for the slow files):
-tokenizer.json, and vocab.json + merges.txt +
+the 22 added tokens renumbered after them): tokenizer.json, and vocab.json + merges.txt +
 tokenizer_config.json joined by "\n\0\n" (tokenizer_slow.bin, as `wgdit::fuzzing::tokenizer_slow` splits it)."""
 import gzip, json, struct, pathlib
 
@@ -34,9 +33,9 @@ def tokenizer_seeds():
     pair = lambda m: m if isinstance(m, list) else m.split(" ")
     merges = [m for m in t["model"]["merges"] if all(x in vocab for x in pair(m)) and "".join(pair(m)) in vocab]
     t["model"]["vocab"], t["model"]["merges"] = vocab, merges
-    (OUT / "tokenizer.json").write_text(json.dumps(t, ensure_ascii=False))  # added tokens keep 151643..
     for i, a in enumerate(t["added_tokens"]):
         a["id"] = 300 + i
+    (OUT / "tokenizer.json").write_text(json.dumps(t, ensure_ascii=False))
     m = "#version: 0.2\n" + "".join(" ".join(pair(x)) + "\n" for x in merges)
     cfg = {"added_tokens_decoder": {str(a["id"]): {"content": a["content"], "special": a["special"]}
                                     for a in t["added_tokens"]}}

@@ -253,9 +253,10 @@ pub fn train_moments(data: &[u8]) {
 const SAMPLE_TEXT: &str =
     "<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>一只猫 🐈‍⬛ 'LL 2024<|im_end|>\n";
 
-/// A `tokenizer/tokenizer.json`; a parsed one encodes and decodes sample text.
+/// A `tokenizer/tokenizer.json` (without the check that the specials sit at Qwen2's ids, so that
+/// small seeds reach the pipeline); a parsed one encodes and decodes sample text.
 pub fn tokenizer_json(data: &[u8]) {
-    if let Ok(t) = crate::text::Qwen2Tokenizer::from_tokenizer_json(data) {
+    if let Ok(t) = crate::text::Qwen2Tokenizer::from_tokenizer_json_any(data) {
         if let Ok(ids) = t.encode(SAMPLE_TEXT) {
             let _ = t.decode(&ids);
         }
@@ -267,7 +268,7 @@ pub fn tokenizer_json(data: &[u8]) {
 pub fn tokenizer_slow(data: &[u8]) {
     let parts = split_parts(data);
     let (Some(vocab), Some(merges)) = (parts.first(), parts.get(1)) else { return };
-    if let Ok(t) = crate::text::Qwen2Tokenizer::from_slow_files(vocab, merges, parts.get(2).copied()) {
+    if let Ok(t) = crate::text::Qwen2Tokenizer::from_slow_files_any(vocab, merges, parts.get(2).copied()) {
         if let Ok(ids) = t.encode(SAMPLE_TEXT) {
             let _ = t.decode(&ids);
         }
@@ -475,15 +476,16 @@ mod tests {
         let noise =
             crate::pipeline::generate::noise_from_bytes(&fixture("pipeline/cases/t2i_cfg.safetensors"), [4, 8, 12]);
         assert_eq!(noise.unwrap().len(), 4 * 8 * 12);
-        // The tokenizer.json seed (300 tokens, the 22 added tokens at their real ids) loads and
-        // encodes; the slow-files seed cannot hold <|im_start|> at 151644 with 300 entries, so it
-        // stops at the Qwen2 check, past every parser.
-        let t = crate::text::Qwen2Tokenizer::from_tokenizer_json(&fixture("fuzz/seeds/tokenizer.json")).unwrap();
-        assert_eq!(t.encode("<|im_start|>").unwrap(), [151_644]);
+        // The tokenizer seeds (300 tokens, the 22 added tokens after them) build the pipeline and
+        // encode; the Qwen2 check (specials at 151643..) refuses them, so the entry points skip it.
+        use crate::text::Qwen2Tokenizer;
+        let json = fixture("fuzz/seeds/tokenizer.json");
+        assert_eq!(Qwen2Tokenizer::from_tokenizer_json_any(&json).unwrap().encode("<|im_start|>").unwrap(), [301]);
+        assert!(Qwen2Tokenizer::from_tokenizer_json(&json).unwrap_err().to_string().contains("not a Qwen2"));
         let slow = fixture("fuzz/seeds/tokenizer_slow.bin");
-        let parts = super::split_parts(&slow);
-        let e = crate::text::Qwen2Tokenizer::from_slow_files(parts[0], parts[1], Some(parts[2])).unwrap_err();
-        assert!(e.to_string().contains("not a Qwen2"), "{e}");
+        let p = super::split_parts(&slow);
+        let t = Qwen2Tokenizer::from_slow_files_any(p[0], p[1], Some(p[2])).unwrap();
+        assert_eq!(t.encode("<|im_end|>a").unwrap(), [302, 64]);
     }
 
     /// The seeds of the weights and training targets reach the end of their entry points.

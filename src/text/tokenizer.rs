@@ -97,51 +97,39 @@ impl Qwen2Tokenizer {
         Ok(t)
     }
 
-    /// A `tokenizer.json` held in memory.
+    /// A `tokenizer.json` held in memory. It is read here, not by the `tokenizers` crate's
+    /// deserializer (which panics on some malformed files, found by fuzzing): its vocabulary,
+    /// merges and added tokens are taken and its normalizer, pre-tokenizer and model must be
+    /// Qwen2's, then the same pipeline as from the slow files is built.
     pub fn from_tokenizer_json(bytes: &[u8]) -> Result<Qwen2Tokenizer> {
-        let inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::input(format!("not a tokenizer.json: {e}")))?;
-        let t = Qwen2Tokenizer { inner, source: PathBuf::from("tokenizer.json") };
+        let t = Qwen2Tokenizer::from_tokenizer_json_any(bytes)?;
         t.check_specials()?;
         Ok(t)
+    }
+
+    /// [`Qwen2Tokenizer::from_tokenizer_json`] without the check that the added tokens sit at
+    /// Qwen2's ids (for fuzzing the pipeline on small vocabularies).
+    pub fn from_tokenizer_json_any(bytes: &[u8]) -> Result<Qwen2Tokenizer> {
+        let parts = json_parts(bytes)?;
+        build(parts, "tokenizer.json")
     }
 
     /// The pipeline built from `vocab.json` + `merges.txt` bytes and an optional
     /// `tokenizer_config.json`, as transformers' `Qwen2Converter` builds it.
     pub fn from_slow_files(vocab: &[u8], merges: &[u8], config: Option<&[u8]>) -> Result<Qwen2Tokenizer> {
-        let vocab = parse_vocab(vocab)?;
-        let merges = parse_merges(merges)?;
+        let t = Qwen2Tokenizer::from_slow_files_any(vocab, merges, config)?;
+        t.check_specials()?;
+        Ok(t)
+    }
+
+    /// [`Qwen2Tokenizer::from_slow_files`] without the Qwen2 special-token check (fuzzing).
+    pub fn from_slow_files_any(vocab: &[u8], merges: &[u8], config: Option<&[u8]>) -> Result<Qwen2Tokenizer> {
         let added = match config {
             Some(c) => parse_added(c)?,
             None => default_added(),
         };
-        let model = BPE::builder()
-            .vocab_and_merges(vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merges)
-            .build()
-            .map_err(|e| Error::input(format!("vocab.json/merges.txt do not form a BPE model: {e}")))?;
-        let mut inner = Tokenizer::new(model);
-        let split = Split::new(SplitPattern::Regex(SPLIT_REGEX.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| Error::input(format!("the Qwen split regex: {e}")))?;
-        let byte_level = ByteLevel::new(false, false, false);
-        inner
-            .with_normalizer(Some(NFC))
-            .with_pre_tokenizer(Some(Sequence::new(vec![split.into(), byte_level.into()])))
-            .with_decoder(Some(byte_level));
-        let base = inner.get_vocab_size(false) as u32;
-        for (i, (id, tok)) in added.iter().enumerate() {
-            if *id != base + i as u32 {
-                return Err(Error::input(format!(
-                    "added token `{}` has id {id}, but the vocabulary has {base} entries: added tokens must follow it in id order",
-                    tok.content
-                )));
-            }
-            inner.add_tokens(std::slice::from_ref(tok));
-            if inner.token_to_id(&tok.content) != Some(*id) {
-                return Err(Error::input(format!("added token `{}` is also a vocabulary entry", tok.content)));
-            }
-        }
-        let t = Qwen2Tokenizer { inner, source: PathBuf::from("vocab.json + merges.txt") };
-        t.check_specials()?;
-        Ok(t)
+        let parts = Parts { vocab: parse_vocab(vocab)?, merges: parse_merges(merges)?, added };
+        build(parts, "vocab.json + merges.txt")
     }
 
     /// The pipelines need the chat markers and the image pad; a tokenizer without them is not Qwen2's.
@@ -187,6 +175,111 @@ impl Qwen2Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// What a tokenizer is made of: the BPE vocabulary and merges, and the added tokens in id order.
+struct Parts {
+    vocab: HashMap<String, u32>,
+    merges: Vec<(String, String)>,
+    added: Vec<(u32, AddedToken)>,
+}
+
+/// The Qwen2 pipeline over `parts` (NFC, the split regex, byte-level, BPE, the added tokens at
+/// their ids right after the vocabulary).
+fn build(parts: Parts, source: &str) -> Result<Qwen2Tokenizer> {
+    let model = BPE::builder()
+        .vocab_and_merges(parts.vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(), parts.merges)
+        .build()
+        .map_err(|e| Error::input(format!("{source}: the vocabulary and merges do not form a BPE model: {e}")))?;
+    let mut inner = Tokenizer::new(model);
+    let split = Split::new(SplitPattern::Regex(SPLIT_REGEX.into()), SplitDelimiterBehavior::Isolated, false)
+        .map_err(|e| Error::input(format!("the Qwen split regex: {e}")))?;
+    let byte_level = ByteLevel::new(false, false, false);
+    inner
+        .with_normalizer(Some(NFC))
+        .with_pre_tokenizer(Some(Sequence::new(vec![split.into(), byte_level.into()])))
+        .with_decoder(Some(byte_level));
+    let base = inner.get_vocab_size(false) as u32;
+    for (i, (id, tok)) in parts.added.iter().enumerate() {
+        if *id != base + i as u32 {
+            return Err(Error::input(format!(
+                "{source}: added token `{}` has id {id}, but the vocabulary has {base} entries: added tokens must follow it in id order",
+                tok.content
+            )));
+        }
+        inner.add_tokens(std::slice::from_ref(tok));
+        if inner.token_to_id(&tok.content) != Some(*id) {
+            return Err(Error::input(format!("{source}: added token `{}` is also a vocabulary entry", tok.content)));
+        }
+    }
+    Ok(Qwen2Tokenizer { inner, source: PathBuf::from(source) })
+}
+
+/// The parts of a `tokenizer.json`, whose pipeline must be Qwen2's.
+fn json_parts(bytes: &[u8]) -> Result<Parts> {
+    use serde_json::Value;
+    let bad = |m: String| Error::input(format!("not a Qwen2 tokenizer.json: {m}"));
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let model = v.get("model").filter(|m| m.is_object()).ok_or_else(|| bad("no `model` object".into()))?;
+    if let Some(t) = model.get("type").filter(|t| t.as_str() != Some("BPE")) {
+        return Err(bad(format!("model type {t}, expected \"BPE\"")));
+    }
+    for (key, want) in [("normalizer", "NFC"), ("decoder", "ByteLevel")] {
+        let t = v.get(key).and_then(|n| n.get("type")).and_then(Value::as_str);
+        if t != Some(want) {
+            return Err(bad(format!("{key} is {t:?}, Qwen2's is {want}")));
+        }
+    }
+    let pre = v.get("pre_tokenizer").ok_or_else(|| bad("no pre_tokenizer".into()))?;
+    let regex = pre
+        .get("pretokenizers")
+        .and_then(Value::as_array)
+        .and_then(|p| p.first())
+        .and_then(|s| s.get("pattern"))
+        .and_then(|p| p.get("Regex"))
+        .and_then(Value::as_str);
+    if regex != Some(SPLIT_REGEX) {
+        return Err(bad("the pre-tokenizer is not the Qwen split regex + ByteLevel sequence".into()));
+    }
+    let vocab_v = model.get("vocab").ok_or_else(|| bad("no model.vocab".into()))?;
+    let vocab = parse_vocab(&serde_json::to_vec(vocab_v).map_err(|e| bad(e.to_string()))?)?;
+    let merges_v = model.get("merges").and_then(Value::as_array).ok_or_else(|| bad("no model.merges list".into()))?;
+    if merges_v.len() > MAX_VOCAB {
+        return Err(bad(format!("{} merges (at most {MAX_VOCAB})", merges_v.len())));
+    }
+    let mut merges = Vec::with_capacity(merges_v.len());
+    for (i, m) in merges_v.iter().enumerate() {
+        let pair = match m {
+            Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
+            Value::Array(a) if a.len() == 2 => match (a[0].as_str(), a[1].as_str()) {
+                (Some(x), Some(y)) => Some((x.to_string(), y.to_string())),
+                _ => None,
+            },
+            _ => None,
+        };
+        merges.push(pair.ok_or_else(|| bad(format!("merge {i} is neither \"a b\" nor [\"a\", \"b\"]")))?);
+    }
+    let mut added = Vec::new();
+    for (i, t) in v.get("added_tokens").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let id = t.get("id").and_then(Value::as_u64).filter(|&id| id < u32::MAX as u64);
+        let content = t.get("content").and_then(Value::as_str).filter(|c| !c.is_empty());
+        let (Some(id), Some(content)) = (id, content) else {
+            return Err(bad(format!("added token {i} lacks an `id` or a non-empty `content`")));
+        };
+        added.push((id as u32, added_token(content, t)));
+    }
+    added.sort_by_key(|(id, _)| *id);
+    Ok(Parts { vocab, merges, added })
+}
+
+/// An added token with the flags of its JSON entry (transformers' defaults where absent).
+fn added_token(content: &str, entry: &serde_json::Value) -> AddedToken {
+    let flag = |k: &str, d: bool| entry.get(k).and_then(|x| x.as_bool()).unwrap_or(d);
+    AddedToken::from(content.to_string(), flag("special", true))
+        .single_word(flag("single_word", false))
+        .lstrip(flag("lstrip", false))
+        .rstrip(flag("rstrip", false))
+        .normalized(flag("normalized", false))
 }
 
 fn file_err(path: &Path, e: Error) -> Error {
@@ -258,13 +351,7 @@ fn parse_added(bytes: &[u8]) -> Result<Vec<(u32, AddedToken)>> {
         let content = entry.get("content").and_then(|c| c.as_str()).filter(|c| !c.is_empty()).ok_or_else(|| {
             Error::input(format!("tokenizer_config.json: added token {id} has no non-empty `content` string"))
         })?;
-        let flag = |k: &str, d: bool| entry.get(k).and_then(|x| x.as_bool()).unwrap_or(d);
-        let tok = AddedToken::from(content.to_string(), flag("special", true))
-            .single_word(flag("single_word", false))
-            .lstrip(flag("lstrip", false))
-            .rstrip(flag("rstrip", false))
-            .normalized(flag("normalized", false));
-        out.push((id, tok));
+        out.push((id, added_token(content, entry)));
     }
     out.sort_by_key(|(id, _)| *id);
     Ok(out)
@@ -365,8 +452,15 @@ mod tests {
             Some(br#"{"added_tokens_decoder": {}}"#),
             "not a Qwen2 / Qwen2.5-VL tokenizer",
         );
-        let e = Qwen2Tokenizer::from_tokenizer_json(b"{\"model\": 3}").unwrap_err().to_string();
-        assert!(e.contains("not a tokenizer.json"), "{e}");
+        for (json, needle) in [
+            (&b"{\"model\": 3}"[..], "no `model` object"),
+            (b"[", "not JSON"),
+            (br#"{"model": {"type": "Unigram"}}"#, "model type"),
+            (br#"{"model": {}, "normalizer": {"type": "NFKC"}}"#, "normalizer is Some(\"NFKC\")"),
+        ] {
+            let e = Qwen2Tokenizer::from_tokenizer_json(json).unwrap_err().to_string();
+            assert!(e.contains(needle), "`{needle}` not in: {e}");
+        }
     }
 
     #[test]
