@@ -217,6 +217,36 @@ enum Cmd {
         #[command(subcommand)]
         what: VaeCmd,
     },
+    /// Print the token ids of a prompt with a pipeline folder's Qwen2 tokenizer (optionally inside
+    /// a pipeline's prompt template).
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum TemplateArg {
+    T2i,
+    Edit,
+    EditPlus,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    /// A pipeline folder (its tokenizer/ or processor/), or a tokenizer folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// The text to tokenize.
+    #[arg(long)]
+    prompt: String,
+    /// Fill the prompt into this pipeline's template first (image placeholders unexpanded: one
+    /// `<|image_pad|>` per image).
+    #[arg(long, value_enum)]
+    template: Option<TemplateArg>,
+    /// Condition images of the Edit-Plus template (`Picture i:` prefixes).
+    #[arg(long, default_value_t = 1)]
+    images: usize,
+    /// Print JSON (ids, tokens, text, drop) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -624,7 +654,38 @@ fn run(cli: Cli) -> wgdit::Result<()> {
         Cmd::Bench { what: BenchCmd::Generate(args) } => bench_generate(args),
         Cmd::Vae { what } => vae(what),
         Cmd::Generate(args) => generate(args),
+        Cmd::Tokenize(args) => tokenize(args),
     }
+}
+
+fn tokenize(a: TokenizeArgs) -> wgdit::Result<()> {
+    use wgdit::text::Template;
+    let template = a.template.map(|t| match t {
+        TemplateArg::T2i => Template::TextToImage,
+        TemplateArg::Edit => Template::Edit,
+        TemplateArg::EditPlus => Template::EditPlus,
+    });
+    let r = wgdit::text::tokenize(&a.model, &a.prompt, template, a.images)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r).expect("cannot fail: plain data"));
+        return Ok(());
+    }
+    let ids: Vec<String> = r.ids.iter().map(u32::to_string).collect();
+    println!("{}", ids.join(" "));
+    eprintln!(
+        "{} tokens ({}), tokenizer {}",
+        r.ids.len(),
+        match template {
+            Some(t) => format!(
+                "{t:?} template; the pipeline keeps the {} from index {}",
+                r.ids.len().saturating_sub(r.drop),
+                r.drop
+            ),
+            None => "no template".into(),
+        },
+        r.tokenizer.display()
+    );
+    Ok(())
 }
 
 fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {

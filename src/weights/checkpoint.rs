@@ -49,8 +49,17 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Opens a `.safetensors` file or a diffusers model folder.
     pub fn open(path: &Path) -> Result<Checkpoint> {
-        let (files, is_folder) =
-            if path.is_dir() { (open_folder(path)?, true) } else { (vec![SafeFile::open(path)?], false) };
+        Checkpoint::open_named(path, SINGLE_NAME, INDEX_NAME)
+    }
+
+    /// [`Checkpoint::open`] with a folder's own file names (transformers models use
+    /// `model.safetensors` and `model.safetensors.index.json`).
+    pub fn open_named(path: &Path, single: &str, index: &str) -> Result<Checkpoint> {
+        let (files, is_folder) = if path.is_dir() {
+            (open_folder(path, single, index)?, true)
+        } else {
+            (vec![SafeFile::open(path)?], false)
+        };
         let config = Some(path.join("config.json")).filter(|p| is_folder && p.is_file());
         Checkpoint::from_files(path, is_folder, files, config)
     }
@@ -140,18 +149,18 @@ fn detect_prefix<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> &'static st
 }
 
 /// The weight files of a diffusers folder: the shards listed by the index, or the single file.
-fn open_folder(dir: &Path) -> Result<Vec<SafeFile>> {
-    let index = dir.join(INDEX_NAME);
+fn open_folder(dir: &Path, single_name: &str, index_name: &str) -> Result<Vec<SafeFile>> {
+    let index = dir.join(index_name);
     if index.is_file() {
         return open_sharded(dir, &index);
     }
-    let single = dir.join(SINGLE_NAME);
+    let single = dir.join(single_name);
     if single.is_file() {
         return Ok(vec![SafeFile::open(&single)?]);
     }
     Err(Error::file(
         dir,
-        format!("no {SINGLE_NAME} or {INDEX_NAME} here (for a pipeline folder, pass its transformer/ subfolder)"),
+        format!("no {single_name} or {index_name} here (for a pipeline folder, pass its component subfolder)"),
     ))
 }
 

@@ -153,7 +153,7 @@ impl WeightCache {
         let (count, need) = missing.fold((0, 0), |(n, b), (t, _)| (n + 1, b + graph.info(*t).bytes()));
         gpu.check_device_fits(
             need,
-            &format!("the upload of {count} DiT weight tensors"),
+            &format!("the upload of {count} weight tensors of {}", src.describe()),
             "store the weights in bf16 if they are f32 (wgdit convert --dtype bf16), or use a GPU with more memory",
         )?;
         let mut out = HashMap::new();
