@@ -220,6 +220,9 @@ enum Cmd {
     /// Print the token ids of a prompt with a pipeline folder's Qwen2 tokenizer (optionally inside
     /// a pipeline's prompt template).
     Tokenize(TokenizeArgs),
+    /// Encode a prompt with a pipeline folder's text encoder into the embeddings file that
+    /// `generate --prompt-embeds` reads (diffusers' encode_prompt).
+    EncodePrompt(EncodePromptArgs),
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -365,7 +368,8 @@ struct GenerateArgs {
     /// QwenImageEditPlusPipeline (Edit-2509/2511), with model_index.json, transformer/, vae/, scheduler/.
     #[arg(long)]
     model: PathBuf,
-    /// The prompt (needs the text encoder: not yet; use --prompt-embeds).
+    /// The prompt, encoded with the folder's text_encoder/ and tokenizer (text to image; the Edit
+    /// pipelines need --prompt-embeds until the vision tower lands).
     #[arg(long, conflicts_with = "prompt_embeds")]
     prompt: Option<String>,
     /// `prompt_embeds` [1, S, D] f32 + `prompt_embeds_mask` [1, S] (i64/i32), as diffusers' encode_prompt returns them.
@@ -427,6 +431,63 @@ struct GenerateArgs {
     /// Write the image and latents even when it holds NaN or Inf values (refused by default).
     #[arg(long)]
     allow_nonfinite: bool,
+    #[command(flatten)]
+    text: TextEncoderArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum ResidencyArg {
+    /// Resident when the layers' weights fit half the free device memory, else streamed.
+    Auto,
+    /// Every layer's weights uploaded once.
+    Resident,
+    /// One layer's weights on the device at a time.
+    Streamed,
+}
+
+#[derive(Args)]
+struct TextEncoderArgs {
+    /// Where the text encoder's layer weights live while it runs.
+    #[arg(long, value_enum, default_value_t = ResidencyArg::Auto)]
+    text_encoder_weights: ResidencyArg,
+}
+
+impl TextEncoderArgs {
+    fn residency(&self) -> Option<wgdit::models::qwen2_5_vl::runtime::Residency> {
+        use wgdit::models::qwen2_5_vl::runtime::Residency;
+        match self.text_encoder_weights {
+            ResidencyArg::Auto => None,
+            ResidencyArg::Resident => Some(Residency::Resident),
+            ResidencyArg::Streamed => Some(Residency::Streamed),
+        }
+    }
+}
+
+/// `wgdit encode-prompt` (README: CLI contract).
+#[derive(Args)]
+struct EncodePromptArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// A diffusers pipeline folder with text_encoder/ and tokenizer/ (processor/ for the Edit pipelines).
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// A picture the prompt refers to (the Edit pipelines; needs the vision tower: not yet).
+    #[arg(long = "image", value_name = "FILE")]
+    images: Vec<PathBuf>,
+    /// Target area of Edit v1's reference (its vision input), as in `generate`.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    ref_area: u64,
+    /// Target area of Edit-Plus's vision-encoder images, as in `generate`.
+    #[arg(long, default_value_t = 384 * 384)]
+    condition_area: u64,
+    /// `prompt_embeds` [1, S, D] f32 + `prompt_embeds_mask` [1, S] i64 (what `generate --prompt-embeds` reads).
+    #[arg(long)]
+    output: PathBuf,
+    #[command(flatten)]
+    text: TextEncoderArgs,
 }
 
 /// `N` or `HxW` (positive integers).
@@ -655,7 +716,31 @@ fn run(cli: Cli) -> wgdit::Result<()> {
         Cmd::Vae { what } => vae(what),
         Cmd::Generate(args) => generate(args),
         Cmd::Tokenize(args) => tokenize(args),
+        Cmd::EncodePrompt(args) => encode_prompt(args),
     }
+}
+
+fn encode_prompt(a: EncodePromptArgs) -> wgdit::Result<()> {
+    if !a.images.is_empty() {
+        return Err(wgdit::Error::input(
+            "--image: encoding images needs the Qwen2.5-VL vision tower, which wgdit does not run yet (the Edit pipelines take --prompt-embeds from diffusers meanwhile)",
+        ));
+    }
+    let _ = (a.ref_area, a.condition_area);
+    let gpu = gpu::Gpu::new(&a.gpu.options())?;
+    let r = wgdit::pipeline::prompt::encode_to_file(&gpu, &a.model, &a.prompt, a.text.residency(), &a.output)?;
+    eprintln!(
+        "wrote {} (prompt_embeds [1, {}, {}], {}; {} encoder tokens, weights {:?}, {:.2} s) on {}",
+        r.output.display(),
+        r.tokens,
+        r.dim,
+        r.class,
+        r.encoder_tokens,
+        r.residency,
+        r.seconds,
+        gpu.info().name
+    );
+    Ok(())
 }
 
 fn tokenize(a: TokenizeArgs) -> wgdit::Result<()> {
@@ -750,6 +835,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     };
     o.vae_budget = a.vae_budget_mib << 20;
     o.allow_nonfinite = a.allow_nonfinite;
+    o.text_residency = a.text.residency();
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let bar = indicatif::ProgressBar::new(o.steps as u64);
     let style = indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")
@@ -766,7 +852,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     let per_step = r.step_ms.iter().sum::<f64>() / r.step_ms.len().max(1) as f64 / 1e3;
     let tiles = if r.vae_tiles > 0 { format!(", {} tiles", r.vae_tiles) } else { String::new() };
     eprintln!(
-        "wrote {} ({}x{}, {}, {} steps{}, {:.2} s/step, {} dispatches/step; planned peak: DiT {:.1} MiB + weights {:.1} MiB, VAE decode {:.1} MiB{tiles}; VAE encode {:.0} ms, decode {:.0} ms) on {}",
+        "wrote {} ({}x{}, {}, {} steps{}, {:.2} s/step, {} dispatches/step; planned peak: DiT {:.1} MiB + weights {:.1} MiB, VAE decode {:.1} MiB{tiles}; text encoder {:.0} ms, VAE encode {:.0} ms, decode {:.0} ms) on {}",
         r.output.display(),
         r.width,
         r.height,
@@ -778,6 +864,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
         mib(r.dit_peak_bytes),
         mib(r.weight_bytes),
         mib(r.vae_decode_peak_bytes),
+        r.text_encode_ms,
         r.vae_encode_ms,
         r.vae_decode_ms,
         gpu.info().name

@@ -187,3 +187,42 @@ fn list_files(dir: &std::path::Path) -> crate::Result<Vec<String>> {
     out.sort();
     Ok(out)
 }
+
+/// A tiny pipeline folder with its text encoder: `tests/fixtures/pipeline/<name>/` plus the
+/// unpacked `text/text_encoder/`, `text/tokenizer/` and `processor/` (the tokenizer files + the
+/// image processor config), assembled once into the fixture cache (tests/fixtures/text/README.md).
+pub fn text_pipeline(name: &str) -> crate::Result<std::path::PathBuf> {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let te = unpacked_fixture("text/text_encoder")?;
+    let tok = unpacked_fixture("text/tokenizer")?;
+    let dest = te.parent().expect("cannot fail: under the cache").join(format!(
+        "pipeline-{name}-{}",
+        te.file_name().expect("cannot fail: a folder").to_string_lossy()
+    ));
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let tmp = dest.with_extension(format!("{}.tmp", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let src = fixtures.join("pipeline").join(name);
+    let copy = |from: &std::path::Path, rel: &str| -> crate::Result<()> {
+        let to = tmp.join(rel);
+        std::fs::create_dir_all(to.parent().expect("cannot fail: under tmp")).map_err(|e| crate::Error::io(&to, e))?;
+        std::fs::copy(from, &to).map_err(|e| crate::Error::io(from, e)).map(|_| ())
+    };
+    for f in list_files(&src)? {
+        copy(&src.join(&f), &f)?;
+    }
+    for f in list_files(&te)? {
+        copy(&te.join(&f), &format!("text_encoder/{f}"))?;
+    }
+    for f in list_files(&tok)? {
+        copy(&tok.join(&f), &format!("tokenizer/{f}"))?;
+        copy(&tok.join(&f), &format!("processor/{f}"))?;
+    }
+    copy(&fixtures.join("text/processor/preprocessor_config.json"), "processor/preprocessor_config.json")?;
+    if std::fs::rename(&tmp, &dest).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(dest)
+}

@@ -107,6 +107,8 @@ pub struct GenerateOptions {
     pub save_latents: Option<PathBuf>,
     /// Write outputs with NaN/Inf values instead of refusing them.
     pub allow_nonfinite: bool,
+    /// Text encoder weights resident or streamed per layer (`None`: chosen from device memory).
+    pub text_residency: Option<crate::models::qwen2_5_vl::runtime::Residency>,
 }
 
 /// `--vae-tiling`.
@@ -142,6 +144,7 @@ impl GenerateOptions {
             vae_budget: 8 << 30,
             save_latents: None,
             allow_nonfinite: false,
+            text_residency: None,
         }
     }
 }
@@ -163,6 +166,8 @@ pub struct GenerateReport {
     pub vae_decode_peak_bytes: u64,
     pub vae_encode_ms: f64,
     pub vae_decode_ms: f64,
+    /// Tokenizing and running the text encoder (0 when embeddings were given).
+    pub text_encode_ms: f64,
     /// Decode tiles (0: untiled).
     pub vae_tiles: usize,
     /// Reference images encoded (Edit pipelines).
@@ -207,8 +212,10 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     check_arguments(&folder, o)?;
     let (dcfg, ckpt) = open(&folder.transformer, None)?;
     let sched_cfg = SchedulerConfig::from_file(&folder.scheduler_config)?;
-    let mut prompt = read_prompt(&o.prompt, dcfg.joint_attention_dim, false)?;
-    let mut negative = o.negative.as_ref().map(|p| read_prompt(p, dcfg.joint_attention_dim, true)).transpose()?;
+    // The text encoder runs first and is dropped before the DiT and the VAE are loaded.
+    let t_text = std::time::Instant::now();
+    let (mut prompt, mut negative) = read_prompts(gpu, &folder, o, dcfg.joint_attention_dim)?;
+    let text_encode_ms = t_text.elapsed().as_secs_f64() * 1e3;
     if folder.class == PipelineClass::TextToImage {
         prompt.truncate(MAX_SEQUENCE_LENGTH);
         if let Some(n) = &mut negative {
@@ -339,6 +346,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         vae_decode_peak_bytes: decode_mem.peak_bytes,
         vae_encode_ms,
         vae_decode_ms,
+        text_encode_ms,
         vae_tiles: decoded.tiles,
         references: references.len(),
         vae_encode_dispatches: enc.iter().map(|m| m.dispatches).sum(),
@@ -374,15 +382,37 @@ fn check_arguments(folder: &PipelineFolder, o: &GenerateOptions) -> Result<()> {
     }
 }
 
-fn read_prompt(p: &Prompt, dim: usize, negative: bool) -> Result<PromptEmbeds> {
-    match p {
-        Prompt::Embeds(path) => PromptEmbeds::from_file(path, dim, negative),
-        Prompt::Text(_) => Err(Error::input(format!(
-            "--{}prompt TEXT needs the Qwen2.5-VL text encoder, which wgdit does not run yet: pass --{}prompt-embeds FILE (prompt_embeds + prompt_embeds_mask, as diffusers' encode_prompt returns them)",
-            if negative { "negative-" } else { "" },
-            if negative { "negative-" } else { "" }
-        ))),
-    }
+/// The prompt and negative prompt as embeddings: files read, text encoded with the folder's text
+/// encoder (opened once for both, and released on return).
+fn read_prompts(
+    gpu: &Arc<Gpu>,
+    folder: &PipelineFolder,
+    o: &GenerateOptions,
+    dim: usize,
+) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
+    use crate::pipeline::prompt::PromptEncoder;
+    let mut encoder: Option<PromptEncoder> = None;
+    let mut read = |p: &Prompt, negative: bool| -> Result<PromptEmbeds> {
+        let text = match p {
+            Prompt::Embeds(path) => return PromptEmbeds::from_file(path, dim, negative),
+            Prompt::Text(t) => t,
+        };
+        if encoder.is_none() {
+            encoder = Some(PromptEncoder::open(gpu, folder, o.text_residency)?);
+        }
+        let enc = encoder.as_mut().expect("cannot fail: opened above");
+        let e = enc.encode(text, crate::text::templates::DEFAULT_MAX_SEQUENCE_LENGTH)?;
+        if e.dim != dim {
+            return Err(Error::input(format!(
+                "the text encoder's hidden size {} differs from the transformer's joint_attention_dim {dim}: mismatched components",
+                e.dim
+            )));
+        }
+        Ok(e)
+    };
+    let prompt = read(&o.prompt, false)?;
+    let negative = o.negative.as_ref().map(|p| read(p, true)).transpose()?;
+    Ok((prompt, negative))
 }
 
 /// `noise` [1, 1, C, h, w] f32 of a safetensors file.

@@ -1,7 +1,8 @@
 //! Tasks on top of the models: `wgdit forward` (one DiT call from an inputs file), `wgdit vae
 //! encode|decode` (`vae.rs`) and the sampling pipeline of `wgdit generate`: diffusers pipeline
 //! folders (`folder`), prompt embeddings (`embeds`), noise, schedule, CFG, image sizes (`noise`,
-//! `scheduler`, `cfg`, `dims`) and the denoising loop (`sample`).
+//! `scheduler`, `cfg`, `dims`), the denoising loop (`sample`) and prompt text → embeddings
+//! (`prompt`, `wgdit encode-prompt`).
 
 pub mod bench;
 pub mod cfg;
@@ -12,6 +13,7 @@ pub mod forward;
 pub mod generate;
 pub mod inputs;
 pub mod noise;
+pub mod prompt;
 pub mod sample;
 pub mod scheduler;
 pub mod vae;

@@ -4,6 +4,7 @@
 mod bad_inputs;
 mod forward;
 mod generate;
+mod text;
 mod vae;
 
 use std::path::{Path, PathBuf};

@@ -12,4 +12,5 @@ mod graph;
 mod lora;
 mod rope;
 mod sampler;
+mod text;
 mod vae;

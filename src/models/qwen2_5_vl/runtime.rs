@@ -1,0 +1,179 @@
+//! Running the language model: the residual stream starts as the embedding rows (gathered on the
+//! host), the M-RoPE table is computed on the host, and the decoder layers run either resident
+//! (one plan over all layers, every weight uploaded once) or streamed (a plan over one layer;
+//! each layer's weights are written into that plan's weight buffers before it runs, so only one
+//! layer's weights are on the GPU). Both run the same kernels on the same shapes: the outputs are
+//! bit-identical.
+
+use super::config::EncoderConfig;
+use super::lm::{self, LmGraph};
+use super::rope::{self, Pos3};
+use super::weights::EncoderWeights;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::exec::Plan;
+use crate::gpu::Gpu;
+use crate::models::qwen_image::load::{stored_dtype, TensorSource, WeightCache};
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Where the layers' weights live while the encoder runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Residency {
+    /// Every layer uploaded once (fastest; needs all weights on the device).
+    Resident,
+    /// One layer's weights on the device at a time, rewritten from the memory-mapped file.
+    Streamed,
+}
+
+/// The text encoder, opened on a device.
+pub struct TextEncoder {
+    gpu: Arc<Gpu>,
+    pub config: EncoderConfig,
+    pub weights: EncoderWeights,
+    cache: WeightCache,
+    pub residency: Residency,
+}
+
+impl TextEncoder {
+    /// Opens `text_encoder/` (config.json + weights), checking every tensor. `residency` `None`
+    /// keeps the layers resident when their weights take at most half of the device memory left
+    /// (the rest is for activations and, later, the DiT), else streams them.
+    pub fn open(gpu: &Arc<Gpu>, dir: &Path, residency: Option<Residency>) -> Result<TextEncoder> {
+        let cfg_path = dir.join("config.json");
+        let text = crate::pipeline::folder::read_bounded(&cfg_path, 1 << 20)?;
+        let config =
+            EncoderConfig::from_json_str(&text).map_err(|e| crate::Error::file(&cfg_path, e.to_string()))?;
+        let weights = EncoderWeights::open(dir, &config)?;
+        let residency = residency.unwrap_or_else(|| {
+            let need = layer_weight_bytes(&weights);
+            match gpu.device_memory().total {
+                Some(total) if need > total.saturating_sub(gpu.held_bytes()) / 2 => Residency::Streamed,
+                _ => Residency::Resident,
+            }
+        });
+        Ok(TextEncoder { gpu: gpu.clone(), config, weights, cache: WeightCache::default(), residency })
+    }
+
+    /// Bytes of the decoder layers' weights as stored (the embedding table stays on the host).
+    pub fn layer_weight_bytes(&self) -> u64 {
+        layer_weight_bytes(&self.weights)
+    }
+
+    /// `hidden_states[-1]` [L, D] of token `ids` (text only: positions 0..L−1).
+    pub fn encode(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let x0 = self.weights.embed_rows(ids, &self.config)?;
+        self.encode_embeds(x0, &rope::text_positions(&vec![true; ids.len()]))
+    }
+
+    /// The decoder over input embeddings `x0` [L, D] at M-RoPE `positions`.
+    pub fn encode_embeds(&mut self, x0: Vec<f32>, positions: &[Pos3]) -> Result<Vec<f32>> {
+        let (l, t) = (positions.len(), &self.config.text);
+        assert_eq!(x0.len(), l * t.hidden_size, "text encoder: embeddings and positions disagree");
+        let x = Tensor::from_f32(&self.gpu, &x0, &[l, t.hidden_size], DType::F32, "lm.x")?;
+        let table = rope::cos_sin_table(t, positions);
+        let rope_t = Tensor::from_f32(&self.gpu, &table, &[l, t.head_dim / 2, 2], DType::F32, "lm.rope")?;
+        let layers = t.num_hidden_layers;
+        match self.residency {
+            Residency::Resident => {
+                let g = self.graph(l, 0..layers, true);
+                let plan = self.plan(&g, &x, &rope_t, &mut None)?;
+                plan.run()?;
+                plan.read(g.out.expect("cannot fail: built with the final norm"))
+            }
+            Residency::Streamed => self.streamed(l, &x, &rope_t, None),
+        }
+    }
+
+    /// Layer-by-layer states of token `ids` (text positions), for finding where a mismatch
+    /// starts: the embeddings, the residual stream after each decoder layer, the final norm
+    /// (transformers' `hidden_states`, except that its last entry is the normed one).
+    pub fn encode_layers(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let t = &self.config.text;
+        let (l, d, hd) = (ids.len(), t.hidden_size, t.head_dim);
+        let x0 = self.weights.embed_rows(ids, &self.config)?;
+        let table = rope::cos_sin_table(t, &rope::text_positions(&vec![true; l]));
+        let x = Tensor::from_f32(&self.gpu, &x0, &[l, d], DType::F32, "lm.x")?;
+        let rope_t = Tensor::from_f32(&self.gpu, &table, &[l, hd / 2, 2], DType::F32, "lm.rope")?;
+        let mut states = vec![x0];
+        let out = self.streamed(l, &x, &rope_t, Some(&mut states))?;
+        states.push(out);
+        Ok(states)
+    }
+
+    fn graph(&self, l: usize, layers: std::ops::Range<usize>, final_norm: bool) -> LmGraph {
+        let w = &self.weights;
+        lm::build(&self.config.text, l, layers, final_norm, &|name: &str| stored_dtype(w, name))
+    }
+
+    /// Binds `g`: weights from the cache (resident) or into `own` fresh buffers (streamed), the
+    /// residual stream and the table from outside.
+    fn plan(&mut self, g: &LmGraph, x: &Tensor, rope_t: &Tensor, own: &mut Option<WeightCache>) -> Result<Plan> {
+        let cache = own.as_mut().unwrap_or(&mut self.cache);
+        let mut params = cache.bind(&self.gpu, &self.weights, &g.params, &g.graph)?;
+        params.insert(g.x, x.clone());
+        params.insert(g.rope, rope_t.clone());
+        Plan::new(&self.gpu, &g.graph, &params)
+    }
+
+    /// One plan over layer 0's shapes; before each layer its weights are written into that plan's
+    /// weight buffers (queued writes run before the next submission, after the previous one).
+    fn streamed(&mut self, l: usize, x: &Tensor, rope_t: &Tensor, mut states: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
+        let layers = self.config.text.num_hidden_layers;
+        let g = self.graph(l, 0..1, false);
+        let mut own = Some(WeightCache::default());
+        let bound = {
+            let cache = own.as_mut().expect("cannot fail: just set");
+            cache.bind(&self.gpu, &self.weights, &g.params, &g.graph)?
+        };
+        let mut params: HashMap<_, _> = bound.clone();
+        params.insert(g.x, x.clone());
+        params.insert(g.rope, rope_t.clone());
+        let plan = Plan::new(&self.gpu, &g.graph, &params)?;
+        for i in 0..layers {
+            if i > 0 {
+                for (t, src) in &g.params {
+                    let name = layer_name(&src.parts, i);
+                    let dtype = g.graph.info(*t).dtype;
+                    let bytes = self.stacked_bytes(&name, dtype)?;
+                    self.gpu.write(&bound[t].buffer, 0, &bytes);
+                }
+            }
+            plan.run()?;
+            if let Some(s) = states.as_mut() {
+                s.push(x.to_f32(&self.gpu)?);
+            }
+        }
+        let tail = self.graph(l, 0..0, true);
+        let plan = self.plan(&tail, x, rope_t, &mut None)?;
+        plan.run()?;
+        plan.read(tail.out.expect("cannot fail: built with the final norm"))
+    }
+
+    /// The bytes of the parts stacked, in `dtype` (as the cache uploads them).
+    fn stacked_bytes(&self, parts: &[String], dtype: DType) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for p in parts {
+            let (dt, _) = self.weights.meta(p).ok_or_else(|| crate::Error::input(format!("tensor {p} missing")))?;
+            let raw = self.weights.bytes(p)?;
+            out.extend(if dt == dtype { raw.to_vec() } else { dtype.encode(&dt.decode(&raw)) });
+        }
+        Ok(out)
+    }
+}
+
+fn layer_weight_bytes(w: &EncoderWeights) -> u64 {
+    w.names()
+        .iter()
+        .filter(|n| n.starts_with("model.layers.") || n.as_str() == "model.norm.weight")
+        .filter_map(|n| w.meta(n))
+        .map(|(dt, shape)| dt.bytes(shape.iter().product()) as u64)
+        .sum()
+}
+
+/// Layer 0's parameter names moved to layer `i`.
+fn layer_name(parts: &[String], i: usize) -> Vec<String> {
+    parts.iter().map(|p| p.replacen("model.layers.0.", &format!("model.layers.{i}."), 1)).collect()
+}

@@ -1,0 +1,65 @@
+//! `wgdit tokenize`, `wgdit encode-prompt` and `generate --prompt` on the tiny pipeline with its
+//! text encoder (tests/fixtures/text): the ids are transformers', the embeddings file is the one
+//! `generate --prompt-embeds` reads, and bad requests are refused with nothing written.
+
+use crate::{assert_refused, fixture, tmp, wgdit};
+use wgdit::testing::text_pipeline;
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn tokenize_prints_transformers_ids_of_the_filled_template() {
+    let folder = text_pipeline("t2i").unwrap();
+    let (ok, log) = wgdit(&["tokenize", "--model", s(&folder), "--prompt", "A cat", "--template", "t2i", "--json"]);
+    assert!(ok, "{log}");
+    let json: serde_json::Value = serde_json::from_str(&log[..log.rfind('}').unwrap() + 1]).unwrap();
+    let ids: Vec<u64> = json["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    // spec Appendix B: the T2I template with "A cat"
+    assert_eq!(ids.len(), 41);
+    assert_eq!(&ids[..4], [151_644, 8948, 198, 74785]);
+    assert_eq!(&ids[34..], [32, 8251, 151_645, 198, 151_644, 77091, 198]);
+    assert_eq!(json["drop"], 34);
+    let (ok, log) = wgdit(&["tokenize", "--model", &fixture("pipeline/t2i/vae"), "--prompt", "x"]);
+    assert!(!ok && log.contains("no tokenizer"), "{log}");
+}
+
+#[test]
+fn encode_prompt_writes_what_generate_reads_and_gives_the_same_picture() {
+    let folder = text_pipeline("t2i").unwrap();
+    let (embeds, a, b) = (tmp("e.safetensors"), tmp("a.safetensors"), tmp("b.safetensors"));
+    let (ok, log) = wgdit(&["encode-prompt", "--model", s(&folder), "--prompt", "A cat", "--output", s(&embeds)]);
+    assert!(ok && log.contains("prompt_embeds [1, 7, 24]"), "{log}");
+    let gen = ["generate", "--model", s(&folder), "--steps", "2", "--width", "16", "--height", "16", "--seed", "3"];
+    let (ok, log) = wgdit(&[&gen[..], &["--prompt", "A cat", "--output", s(&a)]].concat());
+    assert!(ok && log.contains("text encoder"), "{log}");
+    let (ok, log) = wgdit(&[&gen[..], &["--prompt-embeds", s(&embeds), "--output", s(&b)]].concat());
+    assert!(ok, "{log}");
+    let read = |p: &std::path::Path| {
+        let bytes = std::fs::read(p).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensor("image").unwrap().data().to_vec()
+    };
+    assert_eq!(read(&a), read(&b), "--prompt and --prompt-embeds of encode-prompt give the same image");
+    for p in [embeds, a, b] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
+fn encode_prompt_refuses_what_it_cannot_do_and_writes_nothing() {
+    let folder = text_pipeline("t2i").unwrap();
+    let out = tmp("refused.safetensors");
+    let no_te = fixture("pipeline/t2i");
+    let _ = std::fs::remove_file(&out);
+    // the committed fixture folder has no text_encoder/ files (only the assembled one does)
+    assert_refused(&["encode-prompt", "--model", &no_te, "--prompt", "x", "--output", s(&out)], &out, "text_encoder");
+    let img = fixture("pipeline/inputs/ref_a.png");
+    let args = ["encode-prompt", "--model", s(&folder), "--prompt", "x", "--image", &img, "--output", s(&out)];
+    assert_refused(&args, &out, "vision tower");
+    let inside = folder.join("tokenizer/vocab.json");
+    let args = ["encode-prompt", "--model", s(&folder), "--prompt", "x", "--output", s(&inside)];
+    let (ok, log) = wgdit(&args);
+    assert!(!ok && log.contains("input"), "{log}");
+}
