@@ -324,5 +324,6 @@ fn ew(e: Ew) -> elementwise::Op {
         Ew::Mul => elementwise::Op::Mul,
         Ew::Silu => elementwise::Op::Silu,
         Ew::GeluTanh => elementwise::Op::GeluTanh,
+        Ew::GeluErf => elementwise::Op::GeluErf,
     }
 }

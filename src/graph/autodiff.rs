@@ -128,7 +128,7 @@ impl Diff<'_> {
                 self.g.push_partial(op, &label);
             }
             // forward: y = f(x)   =>   dx = f'(x)·dy
-            Op::Elementwise { f: f @ (Ew::Silu | Ew::GeluTanh), a: x, b: None, y } => {
+            Op::Elementwise { f: f @ (Ew::Silu | Ew::GeluTanh | Ew::GeluErf), a: x, b: None, y } => {
                 let dy = self.grad(*y);
                 let dx = self.dest(*x, true, "act");
                 self.g.push(Op::ElementwiseBackward { f: *f, x: *x, dy, dx }, &label);

@@ -332,6 +332,7 @@ impl Op {
             Op::Elementwise { f: Ew::Mul, .. } => "mul",
             Op::Elementwise { f: Ew::Silu, .. } => "silu",
             Op::Elementwise { f: Ew::GeluTanh, .. } => "gelu",
+            Op::Elementwise { f: Ew::GeluErf, .. } => "gelu_erf",
             Op::Gemm { .. } => "gemm",
             Op::LoraDown { .. } => "lora_down",
             Op::LayerNormMod { .. } => "layer_norm_mod",

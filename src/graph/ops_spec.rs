@@ -92,11 +92,13 @@ pub enum Ew {
     Mul,
     Silu,
     GeluTanh,
+    /// Exact GELU `x·Φ(x)` (torch `nn.GELU()` default).
+    GeluErf,
 }
 
 impl Ew {
     pub fn is_unary(self) -> bool {
-        matches!(self, Ew::Silu | Ew::GeluTanh)
+        matches!(self, Ew::Silu | Ew::GeluTanh | Ew::GeluErf)
     }
 }
 
