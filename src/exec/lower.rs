@@ -73,8 +73,17 @@ pub fn lower(gpu: &Gpu, op: &Op, tensors: &[Tensor]) -> Result<Vec<Launch>> {
             };
             one(qkv_post::launch_forward(gpu, &a)?)
         }
-        Op::Attention { shape, q, k, v, mask, o, lse } => {
-            let a = attention::Args { q: t(*q), k: t(*k), v: t(*v), mask: mask.map(t), o: t(*o), lse: t(*lse) };
+        Op::Attention { shape, opts, q, k, v, mask, segments, o, lse } => {
+            let a = attention::Args {
+                q: t(*q),
+                k: t(*k),
+                v: t(*v),
+                mask: mask.map(t),
+                segments: segments.map(t),
+                opts: *opts,
+                o: t(*o),
+                lse: t(*lse),
+            };
             one(attention::launch_forward(gpu, shape, &a)?)
         }
         Op::TimestepEmbed { t: ts, emb } => {

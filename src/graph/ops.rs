@@ -58,8 +58,21 @@ pub enum Op {
     /// QK-RMSNorm + RoPE + head-major Q, K, V. `qkv` = [merged] or [q, k, v] (per `layout`);
     /// norm_weights [4, Dh], rope [S_joint, Dh/2, 2]; saves the q/k rstd [2, rows, H].
     QkvPost { shape: JointShape, layout: QkvLayout, qkv: Vec<T>, norm_weights: T, rope: T, q: T, k: T, v: T, saved: T },
-    /// Joint flash attention; o in joint rows, lse saved for the backward.
-    Attention { shape: JointShape, q: T, k: T, v: T, mask: Option<T>, o: T, lse: T },
+    /// Joint flash attention; o [rows, H·Dh] in joint rows, lse [B, H, S] saved for the backward.
+    /// q [B, H, S, Dh], k and v [B, opts.kv_heads, S, Dh] f32; mask [B, s_txt] (1 = valid text key);
+    /// `segments` = f32 boundaries [0, .., S] of block-diagonal attention (cu_seqlens). GQA, causal
+    /// and segments are forward-only (autodiff refuses them).
+    Attention {
+        shape: JointShape,
+        opts: AttnOptions,
+        q: T,
+        k: T,
+        v: T,
+        mask: Option<T>,
+        segments: Option<T>,
+        o: T,
+        lse: T,
+    },
     /// The 256-channel sinusoid of σ·1000 (cos first): t [B] → emb [B, 256].
     TimestepEmbed { t: T, emb: T },
     /// `y = value` over the whole tensor.
@@ -195,12 +208,15 @@ macro_rules! visit_operands {
                 $o(v);
                 $o(saved)
             }
-            Op::Attention { q, k, v, mask, o, lse, .. } => {
+            Op::Attention { q, k, v, mask, segments, o, lse, .. } => {
                 $i(q);
                 $i(k);
                 $i(v);
                 if let Some(m) = mask {
                     $i(m)
+                }
+                if let Some(s) = segments {
+                    $i(s)
                 }
                 $o(o);
                 $o(lse)
@@ -462,8 +478,24 @@ impl Op {
                     assert_eq!(g.shape(*o), &hm, "{name}: head-major outputs");
                 }
             }
-            Op::Attention { shape, o, .. } => {
+            Op::Attention { shape, opts, q, k, v, mask, segments, o, lse } => {
+                let kv = opts.kv_heads;
+                assert!(kv >= 1 && shape.heads % kv == 0, "{name}: kv_heads {kv} must divide heads {}", shape.heads);
+                f32_only(&[*q, *k, *v, *o, *lse]);
+                assert_eq!(numel(*q), shape.head_major_len(), "{name}: q [B, H, S, Dh]");
+                for t in [k, v] {
+                    assert_eq!(numel(*t), opts.kv_len(shape), "{name}: k, v [B, kv_heads, S, Dh]");
+                }
                 assert_eq!(g.shape(*o), &[shape.rows(), shape.hidden()], "{name}: output rows");
+                assert_eq!(numel(*lse), shape.lse_len(), "{name}: lse [B, H, S]");
+                if let Some(m) = mask {
+                    f32_only(&[*m]);
+                    assert_eq!(numel(*m), shape.batch * shape.s_txt, "{name}: mask [B, s_txt]");
+                }
+                if let Some(sg) = segments {
+                    f32_only(&[*sg]);
+                    assert!(numel(*sg) >= 2, "{name}: segments need at least the boundaries [0, S]");
+                }
             }
             Op::TimestepEmbed { t, emb } => {
                 assert_eq!(g.shape(*emb), &[numel(*t), 256], "{name}: [B, 256]");
