@@ -161,6 +161,15 @@ impl SampleRows {
     }
 }
 
+/// Which dims of a head RoPE rotates together; pair i takes entry i of the table row (cos, sin).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs (2i, 2i + 1) (diffusers Qwen-Image, complex multiplication).
+    Interleaved,
+    /// Pairs (i, i + Dh/2) (transformers `rotate_half`: `x·cos + rotate_half(x)·sin`, Qwen2.5-VL).
+    Half,
+}
+
 /// How q, k, v arrive at the QK-norm + RoPE step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QkvLayout {
