@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
 use wgdit::gpu::Gpu;
 use wgdit::kernels::attention::{launch_backward, launch_forward, Args, BackwardArgs};
-use wgdit::layout::JointShape;
+use wgdit::layout::{AttnOptions, JointShape};
 use wgdit::rng::Rng;
 use wgdit::tensor::{DType, Tensor};
 
@@ -37,8 +37,9 @@ fn bench(c: &mut Criterion) {
     let [q, k, v, o, d_o, dq, dk, dv] =
         ["q", "k", "v", "o", "do", "dq", "dk", "dv"].map(|name| tensor(&gpu, &mut rng, n, name));
     let [lse, delta] = ["lse", "delta"].map(|name| tensor(&gpu, &mut rng, sh.lse_len(), name));
-    let fwd =
-        launch_forward(&gpu, &sh, &Args { q: &q, k: &k, v: &v, mask: None, o: &o, lse: &lse }).expect("forward launch");
+    let opts = AttnOptions::full(heads);
+    let args = Args { q: &q, k: &k, v: &v, mask: None, segments: None, opts, o: &o, lse: &lse };
+    let fwd = launch_forward(&gpu, &sh, &args).expect("forward launch");
     let args = BackwardArgs {
         q: &q,
         k: &k,

@@ -58,6 +58,33 @@ impl JointShape {
     }
 }
 
+/// Which keys each query of an attention call sees beyond the text mask, and how query heads share
+/// K/V heads (`kernels::attention`, `Op::Attention`). The text mask and the segment boundaries
+/// (block-diagonal attention) are tensors, operands of the op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnOptions {
+    /// Heads of K and V (grouped-query attention); divides `JointShape::heads`. Query head h reads
+    /// K/V head `h / (heads / kv_heads)`; k and v are head-major `[B, kv_heads, S, Dh]`.
+    pub kv_heads: usize,
+    /// Key j is visible to query i only when j ≤ i (joint positions).
+    pub causal: bool,
+}
+
+impl AttnOptions {
+    /// Full multi-head attention, every key visible (the DiT's joint attention).
+    pub fn full(heads: usize) -> AttnOptions {
+        AttnOptions { kv_heads: heads, causal: false }
+    }
+    /// Query heads per K/V head.
+    pub fn group(&self, shape: &JointShape) -> usize {
+        shape.heads / self.kv_heads
+    }
+    /// Elements of k or v `[B, kv_heads, S, Dh]`.
+    pub fn kv_len(&self, shape: &JointShape) -> usize {
+        shape.batch * self.kv_heads * shape.seq() * shape.head_dim
+    }
+}
+
 /// Where a per-sample vector (a modulation shift, scale or gate) is read: element
 /// `offset + sample_row(b, j) * sample_stride + col`, where `sample_row(b, j) = b`, or
 /// `b + alt_shift` for tokens `j >= split` (Edit-2511 `zero_cond_t`: reference tokens read the
@@ -132,6 +159,15 @@ impl SampleRows {
     pub fn wgsl_fields(&self) -> [u32; 5] {
         [self.row0, self.samples, self.rows_per_sample, self.split_eff(), self.alt_rows].map(|v| v as u32)
     }
+}
+
+/// Which dims of a head RoPE rotates together; pair i takes entry i of the table row (cos, sin).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs (2i, 2i + 1) (diffusers Qwen-Image, complex multiplication).
+    Interleaved,
+    /// Pairs (i, i + Dh/2) (transformers `rotate_half`: `x·cos + rotate_half(x)·sin`, Qwen2.5-VL).
+    Half,
 }
 
 /// How q, k, v arrive at the QK-norm + RoPE step.

@@ -1,4 +1,5 @@
-// attention_backward: FlashAttention-2 style backward of shaders/attention.wgsl from the saved lse.
+// attention_backward: FlashAttention-2 style backward of shaders/attention.wgsl from the saved lse, for full
+// attention only (kv_heads = heads, not causal, no segments: the forward's options are forward-only).
 // forward: S = Q Kᵀ·scale + maskbias, P = exp(S − lse), O = P V   =>
 //   D_i = rowsum(dO_i ⊙ O_i);  dP = dO Vᵀ;  dS = P ⊙ (dP − D);
 //   dQ = dS K · scale;  dK = dSᵀ Q · scale;  dV = Pᵀ dO;  masked keys get dK = dV = 0.

@@ -25,3 +25,30 @@ fn act_gelu_tanh_grad(v: f32) -> f32 {
     let inner = select(0.0, 0.5 * v * sech2 * k * (1.0 + 0.134145 * v * v), abs(v) < 20.0);
     return 0.5 * (1.0 + t) + inner;
 }
+
+// The standard normal CDF Φ(v) = erfc(|v|/√2)/2 for v < 0 and 1 − erfc(|v|/√2)/2 otherwise (WGSL has no erf;
+// taking erfc of |v| keeps the negative tail's relative accuracy, where 1 + erf(v/√2) would cancel).
+// erfc(z) = t·exp(−z² + P(t)), t = 1/(1 + z/2): Numerical Recipes' Chebyshev fit `erfcc` (Press et al., 2nd
+// ed., §6.2), fractional error < 1.2e-7 everywhere in exact arithmetic. z² = v²/2 is formed from v directly
+// (one rounding: the f32 error of the exp argument, ~v²/2 · 6e-8, dominates the far negative tail). |v| is
+// capped at 14 (Φ(−14) ≈ 8e-45 is already 0 in f32), so v² never overflows.
+fn act_phi(v: f32) -> f32 {
+    let a = min(abs(v), 14.0);
+    let t = 1.0 / (1.0 + 0.35355339059327373 * a); // z/2 = a/(2√2)
+    let poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
+        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+    let c = 0.5 * t * exp(poly - 0.5 * a * a);
+    return select(c, 1.0 - c, v >= 0.0);
+}
+
+// Exact GELU (torch nn.GELU() default, approximate='none'): v·Φ(v).
+fn act_gelu_erf(v: f32) -> f32 {
+    return v * act_phi(v);
+}
+
+// The derivative of act_gelu_erf: Φ(v) + v·φ(v), φ(v) = exp(−v²/2)/√(2π); |v| is capped at 20 inside φ
+// (exp(−200) is 0 in f32), so v² never overflows.
+fn act_gelu_erf_grad(v: f32) -> f32 {
+    let a = min(abs(v), 20.0);
+    return act_phi(v) + v * (0.3989422804014327 * exp(-0.5 * a * a));
+}

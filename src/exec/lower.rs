@@ -1,7 +1,7 @@
 //! Lowering: one graph node → its kernel launches. The only place that maps ops to kernels.
 
 use crate::gpu::{Gpu, Launch};
-use crate::graph::ops::{Activation, Ew, GateProblem, GemmOp, LayerNormModOp, LoraApplyOp, Op};
+use crate::graph::ops::{Activation, Ew, GateProblem, GemmOp, LayerNormModOp, LoraApplyOp, Op, QkvLayout};
 use crate::graph::TensorId;
 use crate::kernels::attention;
 use crate::kernels::conv;
@@ -63,18 +63,43 @@ pub fn lower(gpu: &Gpu, op: &Op, tensors: &[Tensor]) -> Result<Vec<Launch>> {
             let a = qkv_post::Args {
                 shape: *shape,
                 layout: *layout,
+                opts: qkv_post::Options::dit(shape),
                 x: &x,
-                norm_weights: t(*norm_weights),
+                norm_weights: Some(t(*norm_weights)),
                 rope: t(*rope),
                 q: t(*q),
                 k: t(*k),
                 v: t(*v),
-                saved: t(*saved),
+                saved: Some(t(*saved)),
             };
             one(qkv_post::launch_forward(gpu, &a)?)
         }
-        Op::Attention { shape, q, k, v, mask, o, lse } => {
-            let a = attention::Args { q: t(*q), k: t(*k), v: t(*v), mask: mask.map(t), o: t(*o), lse: t(*lse) };
+        Op::QkvRope { shape, kv_heads, qkv, rope, q, k, v } => {
+            let a = qkv_post::Args {
+                shape: *shape,
+                layout: QkvLayout::Merged,
+                opts: qkv_post::Options::rotate_half(*kv_heads),
+                x: &[t(*qkv)],
+                norm_weights: None,
+                rope: t(*rope),
+                q: t(*q),
+                k: t(*k),
+                v: t(*v),
+                saved: None,
+            };
+            one(qkv_post::launch_forward(gpu, &a)?)
+        }
+        Op::Attention { shape, opts, q, k, v, mask, segments, o, lse } => {
+            let a = attention::Args {
+                q: t(*q),
+                k: t(*k),
+                v: t(*v),
+                mask: mask.map(t),
+                segments: segments.map(t),
+                opts: *opts,
+                o: t(*o),
+                lse: t(*lse),
+            };
             one(attention::launch_forward(gpu, shape, &a)?)
         }
         Op::TimestepEmbed { t: ts, emb } => {
@@ -324,5 +349,6 @@ fn ew(e: Ew) -> elementwise::Op {
         Ew::Mul => elementwise::Op::Mul,
         Ew::Silu => elementwise::Op::Silu,
         Ew::GeluTanh => elementwise::Op::GeluTanh,
+        Ew::GeluErf => elementwise::Op::GeluErf,
     }
 }

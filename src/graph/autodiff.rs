@@ -128,7 +128,7 @@ impl Diff<'_> {
                 self.g.push_partial(op, &label);
             }
             // forward: y = f(x)   =>   dx = f'(x)·dy
-            Op::Elementwise { f: f @ (Ew::Silu | Ew::GeluTanh), a: x, b: None, y } => {
+            Op::Elementwise { f: f @ (Ew::Silu | Ew::GeluTanh | Ew::GeluErf), a: x, b: None, y } => {
                 let dy = self.grad(*y);
                 let dx = self.dest(*x, true, "act");
                 self.g.push(Op::ElementwiseBackward { f: *f, x: *x, dy, dx }, &label);
@@ -185,7 +185,15 @@ impl Diff<'_> {
                 }
             }
             // forward: O = softmax(QKᵀ/√d)V   =>   dQ, dK, dV (=) from the saved lse
-            Op::Attention { shape, q, k, v, mask, o, lse } => {
+            Op::Attention { shape, opts, q, k, v, mask, segments, o, lse } => {
+                assert!(
+                    opts.kv_heads == shape.heads,
+                    "autodiff: attention backward does not implement GQA (kv_heads {} of {} heads)",
+                    opts.kv_heads,
+                    shape.heads
+                );
+                assert!(!opts.causal, "autodiff: attention backward does not implement the causal option");
+                assert!(segments.is_none(), "autodiff: attention backward does not implement segments");
                 let d_o = self.grad(*o);
                 let [dq, dk, dv] = [*q, *k, *v].map(|t| self.dest(t, true, "attention"));
                 let delta = self.fresh(*lse, "delta");

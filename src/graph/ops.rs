@@ -58,8 +58,26 @@ pub enum Op {
     /// QK-RMSNorm + RoPE + head-major Q, K, V. `qkv` = [merged] or [q, k, v] (per `layout`);
     /// norm_weights [4, Dh], rope [S_joint, Dh/2, 2]; saves the q/k rstd [2, rows, H].
     QkvPost { shape: JointShape, layout: QkvLayout, qkv: Vec<T>, norm_weights: T, rope: T, q: T, k: T, v: T, saved: T },
-    /// Joint flash attention; o in joint rows, lse saved for the backward.
-    Attention { shape: JointShape, q: T, k: T, v: T, mask: Option<T>, o: T, lse: T },
+    /// Head split + rotate-half RoPE of q and k (Qwen2.5-VL; no norm), forward only: `qkv`
+    /// [B·S, (H + 2·kv_heads)·Dh] f32 rows `[q | k | v]` → q [B, H, S, Dh], k and v
+    /// [B, kv_heads, S, Dh]; rope [S, Dh/2, 2] (cos, sin of angle i, shared by dims i and i + Dh/2)
+    /// shared by the batch, or [B, S, Dh/2, 2] per sample. Dh % 8 == 0.
+    QkvRope { shape: JointShape, kv_heads: usize, qkv: T, rope: T, q: T, k: T, v: T },
+    /// Joint flash attention; o [rows, H·Dh] in joint rows, lse [B, H, S] saved for the backward.
+    /// q [B, H, S, Dh], k and v [B, opts.kv_heads, S, Dh] f32; mask [B, s_txt] (1 = valid text key);
+    /// `segments` = f32 boundaries [0, .., S] of block-diagonal attention (cu_seqlens). GQA, causal
+    /// and segments are forward-only (autodiff refuses them).
+    Attention {
+        shape: JointShape,
+        opts: AttnOptions,
+        q: T,
+        k: T,
+        v: T,
+        mask: Option<T>,
+        segments: Option<T>,
+        o: T,
+        lse: T,
+    },
     /// The 256-channel sinusoid of σ·1000 (cos first): t [B] → emb [B, 256].
     TimestepEmbed { t: T, emb: T },
     /// `y = value` over the whole tensor.
@@ -195,12 +213,22 @@ macro_rules! visit_operands {
                 $o(v);
                 $o(saved)
             }
-            Op::Attention { q, k, v, mask, o, lse, .. } => {
+            Op::QkvRope { qkv, rope, q, k, v, .. } => {
+                $i(qkv);
+                $i(rope);
+                $o(q);
+                $o(k);
+                $o(v)
+            }
+            Op::Attention { q, k, v, mask, segments, o, lse, .. } => {
                 $i(q);
                 $i(k);
                 $i(v);
                 if let Some(m) = mask {
                     $i(m)
+                }
+                if let Some(s) = segments {
+                    $i(s)
                 }
                 $o(o);
                 $o(lse)
@@ -332,11 +360,13 @@ impl Op {
             Op::Elementwise { f: Ew::Mul, .. } => "mul",
             Op::Elementwise { f: Ew::Silu, .. } => "silu",
             Op::Elementwise { f: Ew::GeluTanh, .. } => "gelu",
+            Op::Elementwise { f: Ew::GeluErf, .. } => "gelu_erf",
             Op::Gemm { .. } => "gemm",
             Op::LoraDown { .. } => "lora_down",
             Op::LayerNormMod { .. } => "layer_norm_mod",
             Op::RmsNorm { .. } => "rms_norm",
             Op::QkvPost { .. } => "qkv_post",
+            Op::QkvRope { .. } => "qkv_rope",
             Op::Attention { .. } => "attention",
             Op::TimestepEmbed { .. } => "timestep_embed",
             Op::Fill { .. } => "fill",
@@ -461,8 +491,41 @@ impl Op {
                     assert_eq!(g.shape(*o), &hm, "{name}: head-major outputs");
                 }
             }
-            Op::Attention { shape, o, .. } => {
+            Op::QkvRope { shape, kv_heads, qkv, rope, q, k, v } => {
+                let kv = *kv_heads;
+                assert!(kv >= 1 && shape.heads % kv == 0, "{name}: kv_heads {kv} must divide heads {}", shape.heads);
+                assert_eq!(shape.head_dim % 8, 0, "{name}: rotate-half RoPE needs head_dim % 8 == 0");
+                f32_only(&[*qkv, *rope, *q, *k, *v]);
+                let cols = (shape.heads + 2 * kv) * shape.head_dim;
+                assert_eq!(numel(*qkv), shape.rows() * cols, "{name}: qkv [B·S, (H + 2·kv_heads)·Dh]");
+                let table = shape.seq() * shape.head_dim;
+                assert!(
+                    numel(*rope) == table || numel(*rope) == shape.batch * table,
+                    "{name}: rope [S, Dh/2, 2] or [B, S, Dh/2, 2]"
+                );
+                assert_eq!(g.shape(*q), &[shape.batch, shape.heads, shape.seq(), shape.head_dim], "{name}: q");
+                for t in [k, v] {
+                    assert_eq!(g.shape(*t), &[shape.batch, kv, shape.seq(), shape.head_dim], "{name}: k, v");
+                }
+            }
+            Op::Attention { shape, opts, q, k, v, mask, segments, o, lse } => {
+                let kv = opts.kv_heads;
+                assert!(kv >= 1 && shape.heads % kv == 0, "{name}: kv_heads {kv} must divide heads {}", shape.heads);
+                f32_only(&[*q, *k, *v, *o, *lse]);
+                assert_eq!(numel(*q), shape.head_major_len(), "{name}: q [B, H, S, Dh]");
+                for t in [k, v] {
+                    assert_eq!(numel(*t), opts.kv_len(shape), "{name}: k, v [B, kv_heads, S, Dh]");
+                }
                 assert_eq!(g.shape(*o), &[shape.rows(), shape.hidden()], "{name}: output rows");
+                assert_eq!(numel(*lse), shape.lse_len(), "{name}: lse [B, H, S]");
+                if let Some(m) = mask {
+                    f32_only(&[*m]);
+                    assert_eq!(numel(*m), shape.batch * shape.s_txt, "{name}: mask [B, s_txt]");
+                }
+                if let Some(sg) = segments {
+                    f32_only(&[*sg]);
+                    assert!(numel(*sg) >= 2, "{name}: segments need at least the boundaries [0, S]");
+                }
             }
             Op::TimestepEmbed { t, emb } => {
                 assert_eq!(g.shape(*emb), &[numel(*t), 256], "{name}: [B, 256]");

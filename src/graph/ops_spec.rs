@@ -2,7 +2,7 @@
 //! joint layout: one buffer holds [text rows of every sample | image rows of every sample], and a
 //! grouped op runs one problem per stream (`crate::layout`).
 
-pub use crate::layout::{Conv2dShape, ConvOut, JointShape, PerSampleRef, QkvLayout};
+pub use crate::layout::{AttnOptions, Conv2dShape, ConvOut, JointShape, PerSampleRef, QkvLayout};
 
 /// One problem of a grouped GEMM: rows `row0 .. row0 + rows` of x produce the same rows of y
 /// with the weight at element `w_offset` ([n, k] row-major).
@@ -92,11 +92,13 @@ pub enum Ew {
     Mul,
     Silu,
     GeluTanh,
+    /// Exact GELU `x·Φ(x)` (torch `nn.GELU()` default).
+    GeluErf,
 }
 
 impl Ew {
     pub fn is_unary(self) -> bool {
-        matches!(self, Ew::Silu | Ew::GeluTanh)
+        matches!(self, Ew::Silu | Ew::GeluTanh | Ew::GeluErf)
     }
 }
 

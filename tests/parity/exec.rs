@@ -128,3 +128,63 @@ fn checkpointing_recomputes_segments_with_less_memory_and_same_result() {
     assert_eq!(r1.total, r0.total + 2 * depth);
     assert_eq!(r1.by_op["recompute/act"], depth);
 }
+
+/// The text encoder's attention ops through graph → plan → run: merged q|k|v rows → `QkvRope`
+/// (rotate-half, GQA 3:1) → causal `Attention` with a left-padding mask (or block-diagonal
+/// segments) → exact GELU, against the CPU references composed by hand.
+fn lm_attention_block(segments: Option<&[f32]>, causal: bool, seed: u64) {
+    use wgdit::graph::ops::{AttnOptions, JointShape};
+    use wgdit::kernels::{attention, qkv_post};
+    let gpu = test_gpu();
+    let (b, h, kv, dh, s) = (2, 6, 2, 16, 21);
+    let sh = JointShape { batch: b, heads: h, head_dim: dh, s_txt: s, s_img: 0 };
+    let cols = (h + 2 * kv) * dh;
+    let mut g = Graph::new();
+    let qkv = g.input("qkv", &[b * s, cols], DType::F32);
+    let rope = g.input("rope", &[s, dh / 2, 2], DType::F32);
+    let mask = g.input("mask", &[b, s], DType::F32);
+    let seg = segments.map(|sg| g.input("segments", &[sg.len()], DType::F32));
+    let (q, k, v) = (
+        g.activation("q", &[b, h, s, dh], DType::F32),
+        g.activation("k", &[b, kv, s, dh], DType::F32),
+        g.activation("v", &[b, kv, s, dh], DType::F32),
+    );
+    g.push(Op::QkvRope { shape: sh, kv_heads: kv, qkv, rope, q, k, v }, "qkv_rope");
+    let (o, lse) = (g.activation("o", &[b * s, h * dh], DType::F32), g.activation("lse", &[b, h, s], DType::F32));
+    let opts = AttnOptions { kv_heads: kv, causal };
+    g.push(Op::Attention { shape: sh, opts, q, k, v, mask: Some(mask), segments: seg, o, lse }, "attention");
+    let y = g.activation("y", &[b * s, h * dh], DType::F32);
+    g.push(Op::Elementwise { f: Ew::GeluErf, a: o, b: None, y }, "gelu");
+    g.mark_output(y);
+    let plan = Plan::new(&gpu, &g, &HashMap::new()).unwrap();
+    let mut rng = Rng::new(seed);
+    let xv = rng.vec_normal(b * s * cols, 1.0);
+    let table: Vec<f32> = (0..s * dh / 2).flat_map(|i| [(i as f32 * 0.37).cos(), (i as f32 * 0.37).sin()]).collect();
+    let mv: Vec<f32> = (0..b * s).map(|i| (i % s >= 4 * (i / s)) as u8 as f32).collect(); // sample 1: 4 pads
+    plan.poison_activations();
+    plan.write_input(qkv, &xv);
+    plan.write_input(rope, &table);
+    plan.write_input(mask, &mv);
+    if let (Some(t), Some(sg)) = (seg, segments) {
+        plan.write_input(t, sg);
+    }
+    plan.run().unwrap();
+    let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let [qr, kr, vr] = qkv_post::cpu::forward_rotate_half(&sh, kv, &f64s(&xv), &table);
+    let vis = attention::cpu::Visibility { mask: Some(&mv), opts, segments };
+    let (or, _) = attention::cpu::forward(&sh, &vis, &qr, &kr, &vr);
+    let want: Vec<f32> = or.iter().map(|&x| cpu::gelu_erf(x) as f32).collect();
+    // The rotation's f32 error (≈5e-7) feeds the attention's (abs 2e-6, its kernel tolerance); GELU's
+    // slope is at most 1.13.
+    assert_close("lm attention block", &plan.read(y).unwrap(), &want, Tol { abs: 3e-6, rel: 1e-5, rel_l2: 1e-5 });
+}
+
+#[test]
+fn language_model_attention_ops_run_through_the_graph() {
+    lm_attention_block(None, true, 11);
+}
+
+#[test]
+fn window_attention_ops_run_through_the_graph() {
+    lm_attention_block(Some(&[0.0, 8.0, 9.0, 21.0]), false, 12);
+}

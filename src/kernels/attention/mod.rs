@@ -8,6 +8,17 @@
 //! the masked softmax denominator) is saved for the backward, which writes dq, dk, dv with `=` in
 //! two dispatches (`delta` = rowsum(dO ⊙ O) is scratch). head_dim: a multiple of 4, at most 128.
 //!
+//! Forward-only options ([`AttnOptions`] and the `segments` operand), for the Qwen2.5-VL text
+//! encoder (spec vae-and-text-encoder.md §2.6-2.8): grouped-query attention (k, v `[B, Hkv, S, Dh]`,
+//! query head h reads K/V head `h / (H / Hkv)`), causal (key j visible to query i iff j ≤ i), and
+//! block-diagonal segments (flash-attn's `cu_seqlens` as f32 boundaries `[0, .., S]`, shared by
+//! the batch: query i sees key j only inside its own segment); all combine with the text mask.
+//! `s_img = 0` is allowed (the language model is one text stream, s_txt = L); a row that sees no key
+//! (left padding + causal) writes O = 0 and lse = [`EMPTY_ROW_LSE`] (finite). The backward
+//! implements full attention only: `graph::autodiff` refuses the options, and the backward launcher
+//! keeps `s_img >= 1`. With [`AttnOptions::full`] and no segments the forward performs the same f32
+//! operations in the same order as before the options existed (bit-identical DiT results).
+//!
 //! Memory is O(S·Dh): no S×S buffer. Dispatch geometry and tiling are described in the shaders.
 //!
 //! Performance notes (measured on lavapipe, 2-core VM shared with other jobs, so noisy):
@@ -21,7 +32,7 @@
 //! (subgroup shuffles) or cooperative matrices would fix that. Not measured on a real GPU yet.
 
 use crate::gpu::{Buffer, Gpu, Launch};
-use crate::layout::JointShape;
+use crate::layout::{AttnOptions, JointShape};
 use crate::shaders::{ATTENTION, ATTENTION_BACKWARD};
 use crate::tensor::{DType, Tensor};
 use crate::Result;
@@ -33,6 +44,11 @@ const ROWS_PER_GROUP: usize = 64;
 const TILE_VEC4: usize = 512;
 /// Largest staged tile in rows; `MAX_BK` in the shaders.
 const MAX_TILE_ROWS: usize = 32;
+/// The lse of a query row without any visible key (`NEG_BIG` in attention.wgsl): a finite stand-in
+/// for −∞ (WGSL implementations may assume no infinities).
+pub const EMPTY_ROW_LSE: f32 = -3.0e38;
+/// Segment boundaries are f32 integers, exact below 2^24.
+const MAX_SEGMENTED_SEQ: usize = 1 << 24;
 
 /// Kernel geometry of a joint attention call.
 trait Geometry {
@@ -40,18 +56,20 @@ trait Geometry {
     fn tile_rows(&self) -> usize;
     fn constants(&self) -> [(&'static str, f64); 2];
     fn groups(&self) -> [u32; 3];
-    fn params(&self, mask: Option<&Tensor>) -> Params;
+    fn backward_params(&self, mask: Option<&Tensor>) -> BackwardParams;
 }
 
 impl Geometry for JointShape {
+    /// The forward's contract: any S ≥ 1 (s_img may be 0).
     fn check(&self, who: &str) {
         assert!(
             self.head_dim % 4 == 0 && (4..=128).contains(&self.head_dim),
             "{who}: head_dim {} must be a multiple of 4 in 4..=128",
             self.head_dim
         );
-        assert!(self.batch >= 1 && self.heads >= 1 && self.s_img >= 1, "{who}: empty shape {self:?}");
+        assert!(self.batch >= 1 && self.heads >= 1 && self.seq() >= 1, "{who}: empty shape {self:?}");
         assert!(self.batch * self.heads <= 65535, "{who}: batch·heads {} over 65535", self.batch * self.heads);
+        assert!(self.seq().div_ceil(ROWS_PER_GROUP) <= 65535, "{who}: S = {} over 64·65535", self.seq());
     }
     /// Rows per staged tile: as many as fit TILE_VEC4, at most MAX_TILE_ROWS.
     fn tile_rows(&self) -> usize {
@@ -63,8 +81,8 @@ impl Geometry for JointShape {
     fn groups(&self) -> [u32; 3] {
         [self.seq().div_ceil(ROWS_PER_GROUP) as u32, (self.batch * self.heads) as u32, 1]
     }
-    fn params(&self, mask: Option<&Tensor>) -> Params {
-        Params {
+    fn backward_params(&self, mask: Option<&Tensor>) -> BackwardParams {
+        BackwardParams {
             batch: self.batch as u32,
             heads: self.heads as u32,
             s_txt: self.s_txt as u32,
@@ -76,7 +94,7 @@ impl Geometry for JointShape {
     }
 }
 
-/// Mirrors `Params` of both attention shaders.
+/// Mirrors `Params` of attention.wgsl (the forward).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -86,9 +104,61 @@ pub struct Params {
     pub s_img: u32,
     pub has_mask: u32,
     pub scale: f32,
-    pub _pad: [u32; 2],
+    pub kv_heads: u32,
+    pub causal: u32,
+    /// Segment count (0: no segments, the boundary binding is unused).
+    pub segments: u32,
+    pub _pad: [u32; 3],
 }
 crate::assert_params!(Params);
+
+/// Mirrors `Params` of attention_backward.wgsl (full attention only).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BackwardParams {
+    pub batch: u32,
+    pub heads: u32,
+    pub s_txt: u32,
+    pub s_img: u32,
+    pub has_mask: u32,
+    pub scale: f32,
+    pub _pad: [u32; 2],
+}
+crate::assert_params!(BackwardParams);
+
+fn forward_params(shape: &JointShape, a: &Args) -> Params {
+    let b = shape.backward_params(a.mask);
+    Params {
+        batch: b.batch,
+        heads: b.heads,
+        s_txt: b.s_txt,
+        s_img: b.s_img,
+        has_mask: b.has_mask,
+        scale: b.scale,
+        kv_heads: a.opts.kv_heads as u32,
+        causal: a.opts.causal as u32,
+        segments: a.segments.map_or(0, |t| t.numel() - 1) as u32,
+        _pad: [0; 3],
+    }
+}
+
+/// The forward's option contract: GQA grouping, segment boundaries.
+fn check_options(who: &str, shape: &JointShape, a: &Args) {
+    let kv = a.opts.kv_heads;
+    assert!(kv >= 1 && shape.heads % kv == 0, "{who}: kv_heads {kv} must divide heads {}", shape.heads);
+    for (n, t) in [("k", a.k), ("v", a.v)] {
+        check_f32(who, n, t, a.opts.kv_len(shape));
+    }
+    if let Some(sg) = a.segments {
+        assert!(
+            sg.dtype == DType::F32 && sg.numel() >= 2,
+            "{who}: segments must be f32 boundaries [0, .., S] (at least 2), got {:?} {:?}",
+            sg.dtype,
+            sg.shape
+        );
+        assert!(shape.seq() < MAX_SEGMENTED_SEQ, "{who}: S = {} too long for f32 segment boundaries", shape.seq());
+    }
+}
 
 fn check_f32(who: &str, name: &str, t: &Tensor, len: usize) {
     assert!(
@@ -110,13 +180,18 @@ fn mask_buffer(who: &str, shape: &JointShape, mask: Option<&Tensor>, fallback: &
     }
 }
 
-/// Operands of the forward: head-major q, k, v [B, H, S_joint, Dh], the text mask [B, S_txt]
-/// (1 = valid), `o` in stream-major joint rows and `lse` [B, H, S_joint].
+/// Operands of the forward: head-major q [B, H, S_joint, Dh], k and v [B, Hkv, S_joint, Dh], the
+/// text mask [B, S_txt] (1 = valid), the segment boundaries, `o` in stream-major joint rows
+/// [B·S, H·Dh] and `lse` [B, H, S_joint].
 pub struct Args<'a> {
     pub q: &'a Tensor,
     pub k: &'a Tensor,
     pub v: &'a Tensor,
     pub mask: Option<&'a Tensor>,
+    /// Block-diagonal segments: f32 boundaries `[0, b1, .., S]` (cu_seqlens; n + 1 values for n
+    /// segments, non-decreasing), shared by every sample. The kernel cannot check the values.
+    pub segments: Option<&'a Tensor>,
+    pub opts: AttnOptions,
     pub o: &'a Tensor,
     pub lse: &'a Tensor,
 }
@@ -125,11 +200,12 @@ pub struct Args<'a> {
 pub fn launch_forward(gpu: &Gpu, shape: &JointShape, a: &Args) -> Result<Launch> {
     const WHO: &str = "attention::launch_forward";
     shape.check(WHO);
-    for (n, t) in [("q", a.q), ("k", a.k), ("v", a.v), ("o", a.o)] {
+    check_options(WHO, shape, a);
+    for (n, t) in [("q", a.q), ("o", a.o)] {
         check_f32(WHO, n, t, shape.head_major_len());
     }
     check_f32(WHO, "lse", a.lse, shape.lse_len());
-    let p = shape.params(a.mask);
+    let p = forward_params(shape, a);
     Ok(Launch {
         kernel: gpu.kernel(&ATTENTION, "attention", &shape.constants())?,
         params: bytemuck::bytes_of(&p).to_vec(),
@@ -138,6 +214,7 @@ pub fn launch_forward(gpu: &Gpu, shape: &JointShape, a: &Args) -> Result<Launch>
             a.k.buffer.clone(),
             a.v.buffer.clone(),
             mask_buffer(WHO, shape, a.mask, a.q),
+            a.segments.unwrap_or(a.q).buffer.clone(),
             a.o.buffer.clone(),
             a.lse.buffer.clone(),
         ],
@@ -170,6 +247,8 @@ pub struct BackwardArgs<'a> {
 pub fn launch_backward(gpu: &Gpu, shape: &JointShape, a: &BackwardArgs) -> Result<Vec<Launch>> {
     const WHO: &str = "attention::launch_backward";
     shape.check(WHO);
+    // Every row needs a visible key (the lse of an empty row is a sentinel, not a log-sum).
+    assert!(shape.s_img >= 1, "{WHO}: the backward needs s_img >= 1 (every query sees an image key), got {shape:?}");
     for (n, t) in
         [("q", a.q), ("k", a.k), ("v", a.v), ("o", a.o), ("d_o", a.d_o), ("dq", a.dq), ("dk", a.dk), ("dv", a.dv)]
     {
@@ -177,7 +256,7 @@ pub fn launch_backward(gpu: &Gpu, shape: &JointShape, a: &BackwardArgs) -> Resul
     }
     check_f32(WHO, "lse", a.lse, shape.lse_len());
     check_f32(WHO, "delta", a.delta, shape.lse_len());
-    let p = bytemuck::bytes_of(&shape.params(a.mask)).to_vec();
+    let p = bytemuck::bytes_of(&shape.backward_params(a.mask)).to_vec();
     let buffers = vec![
         a.q.buffer.clone(),
         a.k.buffer.clone(),
@@ -203,7 +282,7 @@ pub fn launch_backward(gpu: &Gpu, shape: &JointShape, a: &BackwardArgs) -> Resul
     Ok(vec![launch("attention_backward_dq")?, launch("attention_backward_dkdv")?])
 }
 
-/// Convenience: runs the forward and returns `(o, lse)`.
+/// Convenience: runs the full (DiT) forward and returns `(o, lse)`.
 pub fn run_forward(
     gpu: &Arc<Gpu>,
     shape: &JointShape,
@@ -215,7 +294,8 @@ pub fn run_forward(
     let rows = shape.batch * shape.seq();
     let o = Tensor::zeros(gpu, &[rows, shape.heads * shape.head_dim], DType::F32, "attention.o")?;
     let lse = Tensor::zeros(gpu, &[shape.batch, shape.heads, shape.seq()], DType::F32, "attention.lse")?;
-    gpu.run(&[launch_forward(gpu, shape, &Args { q, k, v, mask, o: &o, lse: &lse })?])?;
+    let args = Args { q, k, v, mask, segments: None, opts: AttnOptions::full(shape.heads), o: &o, lse: &lse };
+    gpu.run(&[launch_forward(gpu, shape, &args)?])?;
     Ok((o, lse))
 }
 
@@ -244,30 +324,57 @@ pub fn run_backward(
 
 /// f64 reference with materialised scores (fine on the CPU at test sizes).
 pub mod cpu {
-    use crate::layout::JointShape;
+    use crate::layout::{AttnOptions, JointShape};
 
-    /// Softmax probabilities P [S, S] of head (b, h) and the lse per query, in f64.
-    pub fn probs(
-        sh: &JointShape,
-        q: &[f64],
-        k: &[f64],
-        mask: Option<&[f32]>,
-        b: usize,
-        h: usize,
-    ) -> (Vec<f64>, Vec<f64>) {
+    /// Which keys each query sees: the text mask, the options and the segment boundaries.
+    pub struct Visibility<'a> {
+        pub mask: Option<&'a [f32]>,
+        pub opts: AttnOptions,
+        /// Boundaries `[0, .., S]` of the block-diagonal segments.
+        pub segments: Option<&'a [f32]>,
+    }
+
+    impl<'a> Visibility<'a> {
+        /// Full attention with an optional text mask (the DiT's).
+        pub fn full(sh: &JointShape, mask: Option<&'a [f32]>) -> Visibility<'a> {
+            Visibility { mask, opts: AttnOptions::full(sh.heads), segments: None }
+        }
+        /// The segment index of position i (the rule in its plainest form: a linear scan).
+        fn segment(&self, i: usize) -> usize {
+            let b = self.segments.map_or(&[][..], |b| b);
+            (1..b.len()).filter(|&t| b[t] as usize <= i).count()
+        }
+        /// Whether query i of sample b sees key j.
+        pub fn sees(&self, sh: &JointShape, b: usize, i: usize, j: usize) -> bool {
+            let text_ok = j >= sh.s_txt || self.mask.is_none_or(|m| m[b * sh.s_txt + j] != 0.0);
+            text_ok && (!self.opts.causal || j <= i) && self.segment(i) == self.segment(j)
+        }
+    }
+
+    /// Softmax probabilities P [S, S] of head (b, h) and the lse per query, in f64; a row without a
+    /// visible key gets P = 0 and lse = EMPTY_ROW_LSE (as the kernel writes).
+    pub fn probs(sh: &JointShape, vis: &Visibility, q: &[f64], k: &[f64], b: usize, h: usize) -> (Vec<f64>, Vec<f64>) {
         let (s, dh) = (sh.seq(), sh.head_dim);
+        if let Some(bounds) = vis.segments {
+            assert!(bounds[0] == 0.0 && bounds[bounds.len() - 1] as usize == s, "segments must span [0, S]");
+            assert!(bounds.windows(2).all(|w| w[0] <= w[1]), "segment boundaries must not decrease");
+        }
         let base = (b * sh.heads + h) * s * dh;
+        let kv_base = (b * vis.opts.kv_heads + h / vis.opts.group(sh)) * s * dh;
         let scale = 1.0 / (dh as f64).sqrt();
-        let valid = |j: usize| j >= sh.s_txt || mask.is_none_or(|m| m[b * sh.s_txt + j] != 0.0);
         let mut p = vec![0.0; s * s];
-        let mut lse = vec![0.0; s];
+        let mut lse = vec![super::EMPTY_ROW_LSE as f64; s];
         for i in 0..s {
             let row = &mut p[i * s..(i + 1) * s];
             let mut mx = f64::NEG_INFINITY;
             for (j, r) in row.iter_mut().enumerate() {
-                let dot: f64 = (0..dh).map(|d| q[base + i * dh + d] * k[base + j * dh + d]).sum();
-                *r = if valid(j) { dot * scale } else { f64::NEG_INFINITY };
+                let dot: f64 = (0..dh).map(|d| q[base + i * dh + d] * k[kv_base + j * dh + d]).sum();
+                *r = if vis.sees(sh, b, i, j) { dot * scale } else { f64::NEG_INFINITY };
                 mx = mx.max(*r);
+            }
+            if mx == f64::NEG_INFINITY {
+                row.fill(0.0);
+                continue;
             }
             let sum: f64 = row.iter().map(|x| (x - mx).exp()).sum();
             row.iter_mut().for_each(|x| *x = (*x - mx).exp() / sum);
@@ -276,21 +383,22 @@ pub mod cpu {
         (p, lse)
     }
 
-    /// Forward in f64: (O in stream-major joint rows [B·S, H·Dh], lse [B, H, S]).
-    pub fn forward(sh: &JointShape, q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
+    /// Forward in f64: (O in stream-major joint rows [B·S, H·Dh], lse [B, H, S]); v is
+    /// `[B, kv_heads, S, Dh]` like k.
+    pub fn forward(sh: &JointShape, vis: &Visibility, q: &[f64], k: &[f64], v: &[f64]) -> (Vec<f64>, Vec<f64>) {
         let (s, dh, hd) = (sh.seq(), sh.head_dim, sh.heads * sh.head_dim);
         let mut o = vec![0.0; sh.head_major_len()];
         let mut lse = vec![0.0; sh.lse_len()];
         for b in 0..sh.batch {
             for h in 0..sh.heads {
-                let base = (b * sh.heads + h) * s * dh;
-                let (p, l) = probs(sh, q, k, mask, b, h);
+                let kv_base = (b * vis.opts.kv_heads + h / vis.opts.group(sh)) * s * dh;
+                let (p, l) = probs(sh, vis, q, k, b, h);
                 lse[(b * sh.heads + h) * s..][..s].copy_from_slice(&l);
                 for i in 0..s {
                     let orow = sh.joint_row(b, i) * hd + h * dh;
                     for j in 0..s {
                         for d in 0..dh {
-                            o[orow + d] += p[i * s + j] * v[base + j * dh + d];
+                            o[orow + d] += p[i * s + j] * v[kv_base + j * dh + d];
                         }
                     }
                 }
@@ -314,7 +422,7 @@ pub mod cpu {
         for b in 0..sh.batch {
             for h in 0..sh.heads {
                 let base = (b * sh.heads + h) * s * dh;
-                let (p, _) = probs(sh, q, k, mask, b, h);
+                let (p, _) = probs(sh, &Visibility::full(sh, mask), q, k, b, h);
                 let gout = |i: usize, d: usize| d_o[sh.joint_row(b, i) * hd + h * dh + d];
                 for i in 0..s {
                     let dp: Vec<f64> =

@@ -3,6 +3,7 @@
 
 use crate::gpu::Gpu;
 use crate::kernels::attention::{self, cpu, BackwardArgs};
+use crate::layout::AttnOptions;
 use crate::layout::JointShape;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
@@ -23,6 +24,7 @@ enum MaskKind {
     AllValid,
     Padded,        // trailing zeros: the last third of the text tokens of the last sample
     NonContiguous, // [1,0,1,0,1,1,0] repeated, every sample
+    LeftPadded,    // leading zeros: the first (b + 1)·s_txt / (2B) text tokens of sample b
 }
 
 struct Case {
@@ -43,6 +45,7 @@ fn mask_values(sh: &JointShape, kind: MaskKind) -> Option<Vec<f32>> {
             MaskKind::None | MaskKind::AllValid => 1.0,
             MaskKind::Padded => (b + 1 < sh.batch || j < n - n / 3) as u8 as f32,
             MaskKind::NonContiguous => [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0][j % 7],
+            MaskKind::LeftPadded => (j >= (b + 1) * n / (2 * sh.batch)) as u8 as f32,
         }
     };
     match kind {
@@ -101,7 +104,8 @@ fn run_gpu(gpu: &Gpu, sh: &JointShape, x: &Inputs) -> GpuRun {
     let mask = x.mask.as_ref().map(|m| upload(gpu, m, "mask"));
     let (n, nl) = (sh.head_major_len(), sh.lse_len());
     let (o, lse) = (poisoned(gpu, n, "o"), poisoned(gpu, nl, "lse"));
-    let args = attention::Args { q: &q, k: &k, v: &v, mask: mask.as_ref(), o: &o, lse: &lse };
+    let opts = AttnOptions::full(sh.heads);
+    let args = attention::Args { q: &q, k: &k, v: &v, mask: mask.as_ref(), segments: None, opts, o: &o, lse: &lse };
     gpu.run(&[attention::launch_forward(gpu, sh, &args).unwrap()]).unwrap();
     let (dq, dk, dv, delta) =
         (poisoned(gpu, n, "dq"), poisoned(gpu, n, "dk"), poisoned(gpu, n, "dv"), poisoned(gpu, nl, "delta"));
@@ -129,7 +133,7 @@ fn check_case(gpu: &Gpu, case: &Case, seed: u64) -> [Stats; 5] {
     let x = inputs(case, seed);
     let got = run_gpu(gpu, sh, &x);
     let (q, k, v) = (f64s(&x.q), f64s(&x.k), f64s(&x.v));
-    let (o, lse) = cpu::forward(sh, &q, &k, &v, x.mask.as_deref());
+    let (o, lse) = cpu::forward(sh, &cpu::Visibility::full(sh, x.mask.as_deref()), &q, &k, &v);
     let g = cpu::backward(sh, &q, &k, &v, x.mask.as_deref(), &f64s(&x.d_o));
     let name = format!("{sh:?} {:?} amp {}", case.mask, case.amp);
     let s_o = assert_close(&format!("O {name}"), &got.o, &f32s(&o), TOL_O);
@@ -227,7 +231,7 @@ fn attention_over_2565_tokens_matches_cpu_reference() {
 
 /// L = Σ O·dO in f64.
 fn loss(sh: &JointShape, q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f32]>, d_o: &[f64]) -> f64 {
-    let (o, _) = cpu::forward(sh, q, k, v, mask);
+    let (o, _) = cpu::forward(sh, &cpu::Visibility::full(sh, mask), q, k, v);
     o.iter().zip(d_o).map(|(a, b)| a * b).sum()
 }
 
@@ -259,3 +263,5 @@ fn cpu_backward_matches_central_finite_differences() {
         }
     }
 }
+
+mod options;

@@ -1,5 +1,5 @@
 //! Backward of the element-wise activations (`shaders/elementwise/elementwise_backward.wgsl`):
-//! `dx = dy·f'(x)` for SiLU and tanh-GELU (forward: `kernels::elementwise`), dx written (`=`).
+//! `dx = dy·f'(x)` for SiLU, tanh-GELU and exact GELU (forward: `kernels::elementwise`), dx written (`=`).
 //!
 //! Gated residual `d_gate[b] += Σ_rows dy·y` is `reduce_rows::Mode::Product`.
 
@@ -23,6 +23,7 @@ fn entry(op: Op) -> &'static str {
     match op {
         Op::Silu => "silu_backward",
         Op::GeluTanh => "gelu_tanh_backward",
+        Op::GeluErf => "gelu_erf_backward",
         other => panic!("elementwise_backward: {other:?} is not a unary activation (use mul_backward for Mul)"),
     }
 }
@@ -72,6 +73,11 @@ pub mod cpu {
                 let k = 0.7978845608028654;
                 let t = (k * (x + 0.044715 * x * x * x)).tanh();
                 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
+            }
+            // f = x·Φ(x)  =>  f' = Φ(x) + x·φ(x)
+            Op::GeluErf => {
+                let phi = 0.5 * crate::kernels::elementwise::cpu::erfc(-x * std::f64::consts::FRAC_1_SQRT_2);
+                phi + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
             }
             other => panic!("no unary derivative for {other:?}"),
         }

@@ -9,9 +9,18 @@
 //! every sample (diffusers builds it from `img_shapes[0]`). The norm-weight gradient allocates its
 //! partial-sum scratch when the launches are built; the returned launches hold it.
 //!
-//! Constraints: head_dim % 4 == 0 and head_dim <= 1024. All buffers f32.
+//! Forward-only options ([`Options`]), for the Qwen2.5-VL language model and vision tower
+//! (transformers `apply_rotary_pos_emb` / `apply_rotary_pos_emb_vision`): no QK-norm, rotate-half
+//! RoPE (pairs `(i, i + Dh/2)`, the table's entry i holding the (cos, sin) shared by both dims), and
+//! grouped-query heads (merged input rows `[q (H·Dh) | k (Hkv·Dh) | v (Hkv·Dh)]`, outputs q
+//! `[B, H, S, Dh]`, k and v `[B, Hkv, S, Dh]`). The table may also be per sample
+//! (`[B, S, Dh/2, 2]`, e.g. positions shifted by left padding). The backward implements the DiT's
+//! options only ([`Options::dit`], shared table).
+//!
+//! Constraints: head_dim % 4 == 0 and head_dim <= 1024 (rotate-half: head_dim % 8 == 0). All buffers f32.
 
 use crate::gpu::{Gpu, Launch};
+pub use crate::layout::RopeStyle;
 use crate::layout::{JointShape, QkvLayout};
 use crate::shaders::{QKV_POST, QKV_POST_BACKWARD, QKV_POST_NORM_GRAD};
 use crate::tensor::{DType, Tensor};
@@ -49,24 +58,52 @@ impl Geometry for JointShape {
     }
 }
 
+/// What the forward epilogue does besides the head split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Per-head QK-RMSNorm with the four stream weights (and rstd saved).
+    pub norm: bool,
+    pub rope: RopeStyle,
+    /// Heads of k and v (divides `shape.heads`; below it only with the merged layout and no norm).
+    pub kv_heads: usize,
+}
+
+impl Options {
+    /// The DiT's: QK-RMSNorm, interleaved RoPE, as many K/V heads as query heads.
+    pub fn dit(shape: &JointShape) -> Options {
+        Options { norm: true, rope: RopeStyle::Interleaved, kv_heads: shape.heads }
+    }
+    /// Qwen2.5-VL's: no norm, rotate-half RoPE, `kv_heads` K/V heads.
+    pub fn rotate_half(kv_heads: usize) -> Options {
+        Options { norm: false, rope: RopeStyle::Half, kv_heads }
+    }
+    /// Elements of k or v `[B, kv_heads, S, Dh]`.
+    pub fn kv_len(&self, shape: &JointShape) -> usize {
+        shape.batch * self.kv_heads * shape.seq() * shape.head_dim
+    }
+}
+
 impl QkvLayout {
-    /// (row stride, q, k, v column offsets) in elements.
-    fn strides(self, d: usize) -> (usize, [usize; 3]) {
+    /// (row stride, q, k, v column offsets) in elements, for `kv` K/V heads.
+    fn strides(self, shape: &JointShape, kv: usize) -> (usize, [usize; 3]) {
+        let (dq, dkv) = (shape.hidden(), kv * shape.head_dim);
         match self {
-            QkvLayout::Merged => (3 * d, [0, d, 2 * d]),
-            QkvLayout::Standard => (d, [0, 0, 0]),
+            QkvLayout::Merged => (dq + 2 * dkv, [0, dq, dq + dkv]),
+            QkvLayout::Standard => (dq, [0, 0, 0]),
         }
     }
-    /// The three buffers bound as q, k, v (the merged buffer three times).
-    fn bind3<'a>(self, shape: &JointShape, t: &[&'a Tensor], what: &str) -> [&'a Tensor; 3] {
+    /// The three buffers bound as q, k, v (the merged buffer three times), for `kv` K/V heads.
+    fn bind3<'a>(self, shape: &JointShape, kv: usize, t: &[&'a Tensor], what: &str) -> [&'a Tensor; 3] {
         let (rows, d) = (shape.rows(), shape.hidden());
         let ok = |x: &Tensor, cols| x.dtype == DType::F32 && x.numel() == rows * cols;
         match (self, t) {
             (QkvLayout::Merged, [x]) => {
-                assert!(ok(x, 3 * d), "qkv_post: {what} must be f32 [{rows}, {}], got {:?}", 3 * d, x.shape);
+                let cols = self.strides(shape, kv).0;
+                assert!(ok(x, cols), "qkv_post: {what} must be f32 [{rows}, {cols}], got {:?}", x.shape);
                 [x, x, x]
             }
             (QkvLayout::Standard, [a, b, c]) => {
+                assert_eq!(kv, shape.heads, "qkv_post: grouped K/V heads need the merged layout");
                 for x in [a, b, c] {
                     assert!(ok(x, d), "qkv_post: {what} must be f32 [{rows}, {d}], got {:?}", x.shape);
                 }
@@ -81,7 +118,8 @@ impl QkvLayout {
     }
 }
 
-/// Mirrors `Params` of qkv_post.wgsl and qkv_post_backward.wgsl (the backward ignores `eps`).
+/// Mirrors `Params` of qkv_post.wgsl and qkv_post_backward.wgsl (the backward ignores `eps`,
+/// `kv_heads` and `rope_b4`: it supports the DiT's options only).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -95,7 +133,9 @@ pub struct Params {
     pub v_off4: u32,
     pub units: u32,
     pub eps: f32,
-    pub _pad: [u32; 2],
+    pub kv_heads: u32,
+    /// vec4 offset between consecutive samples' RoPE tables (0: one table for the batch).
+    pub rope_b4: u32,
 }
 crate::assert_params!(Params);
 
@@ -117,8 +157,8 @@ pub struct NormGradParams {
 }
 crate::assert_params!(NormGradParams);
 
-fn params(shape: &JointShape, layout: QkvLayout) -> Params {
-    let (stride, off) = layout.strides(shape.hidden());
+fn params(shape: &JointShape, layout: QkvLayout, kv_heads: usize, rope_b4: usize) -> Params {
+    let (stride, off) = layout.strides(shape, kv_heads);
     Params {
         batch: shape.batch as u32,
         heads: shape.heads as u32,
@@ -130,7 +170,8 @@ fn params(shape: &JointShape, layout: QkvLayout) -> Params {
         v_off4: (off[2] / 4) as u32,
         units: shape.units() as u32,
         eps: EPS,
-        _pad: [0; 2],
+        kv_heads: kv_heads as u32,
+        rope_b4: rope_b4 as u32,
     }
 }
 
@@ -143,7 +184,7 @@ fn check_f32(t: &Tensor, n: usize, what: &str) {
     );
 }
 
-/// Checks the side tensors shared by forward and backward.
+/// Checks the backward's side tensors (the DiT's options: norm weights, saved rstd, shared table).
 fn check_common(shape: &JointShape, norm_weights: &Tensor, rope_table: &Tensor, saved: &Tensor) {
     shape.check();
     check_f32(norm_weights, 4 * shape.head_dim, "norm_weights [4, Dh]");
@@ -163,36 +204,77 @@ fn lane_consts(shape: &JointShape) -> [(&'static str, f64); 2] {
 pub struct Args<'a> {
     pub shape: JointShape,
     pub layout: QkvLayout,
+    pub opts: Options,
     /// The projections: [qkv] (merged) or [q, k, v] (standard), joint rows.
     pub x: &'a [&'a Tensor],
-    /// The four QK-norm weights [4, Dh]: norm_q, norm_k, norm_added_q, norm_added_k.
-    pub norm_weights: &'a Tensor,
-    /// [S_joint, Dh/2, 2] (cos, sin).
+    /// The four QK-norm weights [4, Dh]: norm_q, norm_k, norm_added_q, norm_added_k (with `opts.norm`).
+    pub norm_weights: Option<&'a Tensor>,
+    /// [S_joint, Dh/2, 2] (cos, sin), shared by the batch, or [B, S_joint, Dh/2, 2] per sample.
     pub rope: &'a Tensor,
-    /// Head-major outputs [B, H, S_joint, Dh].
+    /// Head-major outputs q [B, H, S_joint, Dh], k and v [B, kv_heads, S_joint, Dh].
     pub q: &'a Tensor,
     pub k: &'a Tensor,
     pub v: &'a Tensor,
-    /// rstd of q then k, [2, rows, H].
-    pub saved: &'a Tensor,
+    /// rstd of q then k, [2, rows, H] (with `opts.norm`).
+    pub saved: Option<&'a Tensor>,
+}
+
+/// Checks the forward's options and side tensors; returns the per-sample table offset in vec4.
+fn check_forward(a: &Args) -> usize {
+    let (shape, o) = (&a.shape, &a.opts);
+    shape.check();
+    assert!(
+        o.kv_heads >= 1 && shape.heads % o.kv_heads == 0,
+        "qkv_post: kv_heads {} must divide heads {}",
+        o.kv_heads,
+        shape.heads
+    );
+    assert!(!o.norm || o.kv_heads == shape.heads, "qkv_post: QK-norm with grouped K/V heads is not implemented");
+    assert!(
+        o.rope == RopeStyle::Interleaved || shape.head_dim % 8 == 0,
+        "qkv_post: rotate-half RoPE needs head_dim % 8 == 0, got {}",
+        shape.head_dim
+    );
+    match (o.norm, a.norm_weights, a.saved) {
+        (true, Some(w), Some(saved)) => {
+            check_f32(w, 4 * shape.head_dim, "norm_weights [4, Dh]");
+            check_f32(saved, 2 * shape.units(), "saved rstd [2, rows, H]");
+        }
+        (false, None, None) => {}
+        _ => panic!("qkv_post: norm_weights and saved are given exactly when opts.norm ({o:?})"),
+    }
+    let table = shape.seq() * shape.head_dim;
+    let n = a.rope.numel();
+    assert!(
+        a.rope.dtype == DType::F32 && (n == table || n == shape.batch * table),
+        "qkv_post: rope table must be f32 [S_joint, Dh/2, 2] or [B, S_joint, Dh/2, 2], got {:?} {:?}",
+        a.rope.dtype,
+        a.rope.shape
+    );
+    if n == table {
+        0
+    } else {
+        table / 4
+    }
 }
 
 /// The forward epilogue: see the module docs.
 pub fn launch_forward(gpu: &Gpu, a: &Args) -> Result<Launch> {
-    let shape = a.shape;
-    check_common(&shape, a.norm_weights, a.rope, a.saved);
-    let [xq, xk, xv] = a.layout.bind3(&shape, a.x, "inputs");
-    for (t, n) in [(a.q, "q"), (a.k, "k"), (a.v, "v")] {
-        check_f32(t, shape.head_major_len(), n);
-    }
-    let p = params(&shape, a.layout);
+    let (shape, o) = (a.shape, a.opts);
+    let rope_b4 = check_forward(a);
+    let [xq, xk, xv] = a.layout.bind3(&shape, o.kv_heads, a.x, "inputs");
+    check_f32(a.q, shape.head_major_len(), "q");
+    check_f32(a.k, o.kv_len(&shape), "k");
+    check_f32(a.v, o.kv_len(&shape), "v");
+    let p = params(&shape, a.layout, o.kv_heads, rope_b4);
+    // Without the norm, bindings 4 and 9 are never accessed: the table and q stand in.
+    let (nw, saved) = (a.norm_weights.unwrap_or(a.rope), a.saved.unwrap_or(a.q));
+    let [hd, pl] = lane_consts(&shape);
+    let consts = [hd, pl, ("NORM", o.norm as u8 as f64), ("ROPE_HALF", (o.rope == RopeStyle::Half) as u8 as f64)];
     Ok(Launch {
-        kernel: gpu.kernel(&QKV_POST, "qkv_post", &lane_consts(&shape))?,
+        kernel: gpu.kernel(&QKV_POST, "qkv_post", &consts)?,
         params: bytemuck::bytes_of(&p).to_vec(),
-        buffers: [xq, xk, xv, a.norm_weights, a.rope, a.q, a.k, a.v, a.saved]
-            .iter()
-            .map(|t| t.buffer.clone())
-            .collect(),
+        buffers: [xq, xk, xv, nw, a.rope, a.q, a.k, a.v, saved].iter().map(|t| t.buffer.clone()).collect(),
         groups: crate::kernels::grid_2d(shape.units().div_ceil(shape.units_per_group()) as u32),
     })
 }
@@ -206,7 +288,7 @@ pub struct QkvOut {
     pub saved: Tensor,
 }
 
-/// Convenience for tests and one-off use: allocates the outputs and runs [`launch`].
+/// Convenience for tests and one-off use: allocates the outputs and runs the DiT's epilogue.
 pub fn run_forward(
     gpu: &Arc<Gpu>,
     shape: JointShape,
@@ -225,13 +307,14 @@ pub fn run_forward(
     let a = Args {
         shape,
         layout,
+        opts: Options::dit(&shape),
         x: inputs,
-        norm_weights,
+        norm_weights: Some(norm_weights),
         rope: rope_table,
         q: &out.q,
         k: &out.k,
         v: &out.v,
-        saved: &out.saved,
+        saved: Some(&out.saved),
     };
     let l = launch_forward(gpu, &a)?;
     gpu.run(&[l])?;
@@ -261,12 +344,12 @@ pub struct BackwardArgs<'a> {
 pub fn launch_backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
     let shape = a.shape;
     check_common(&shape, a.norm_weights, a.rope, a.saved);
-    let [xq, xk, _] = a.layout.bind3(&shape, a.x, "inputs");
-    let [gq, gk, gv] = a.layout.bind3(&shape, a.d_x, "dinputs");
+    let [xq, xk, _] = a.layout.bind3(&shape, shape.heads, a.x, "inputs");
+    let [gq, gk, gv] = a.layout.bind3(&shape, shape.heads, a.d_x, "dinputs");
     for (t, n) in [(a.dq, "dq"), (a.dk, "dk"), (a.dv, "dv")] {
         check_f32(t, shape.head_major_len(), n);
     }
-    let p = params(&shape, a.layout);
+    let p = params(&shape, a.layout, shape.heads, 0);
     let mut out = vec![Launch {
         kernel: gpu.kernel(&QKV_POST_BACKWARD, "qkv_post_backward", &lane_consts(&shape))?,
         params: bytemuck::bytes_of(&p).to_vec(),
@@ -389,6 +472,49 @@ pub mod cpu {
             }
         }
         f
+    }
+
+    /// Rotate-half RoPE of one head in place (transformers `apply_rotary_pos_emb`):
+    /// `x' = x·cos + rotate_half(x)·sin`, `rotate_half(x) = cat(−x[Dh/2:], x[:Dh/2])`, with
+    /// `cos = cat(c, c)`, `sin = cat(s, s)` and (c_i, s_i) = `cs[2i], cs[2i + 1]`, i < Dh/2.
+    pub fn rotate_half(x: &mut [f64], cs: &[f32]) {
+        let half = x.len() / 2;
+        assert_eq!(cs.len(), x.len(), "rotate_half: head dim vs table row");
+        let rot: Vec<f64> = (0..x.len()).map(|d| if d < half { -x[d + half] } else { x[d - half] }).collect();
+        for (d, xd) in x.iter_mut().enumerate() {
+            let i = d % half;
+            *xd = *xd * cs[2 * i] as f64 + rot[d] * cs[2 * i + 1] as f64;
+        }
+    }
+
+    /// The Qwen2.5-VL epilogue ([`Options::rotate_half`](super::Options::rotate_half)): `qkv`
+    /// `[rows, (H + 2·kv_heads)·Dh]` rows `[q | k | v]`, `table` `[S, Dh/2, 2]` or `[B, S, Dh/2, 2]`;
+    /// returns q `[B, H, S, Dh]`, k and v `[B, kv_heads, S, Dh]`.
+    pub fn forward_rotate_half(shape: &JointShape, kv_heads: usize, qkv: &[f64], table: &[f32]) -> [Vec<f64>; 3] {
+        let (dh, h, s) = (shape.head_dim, shape.heads, shape.seq());
+        let cols = (h + 2 * kv_heads) * dh;
+        let per_sample = table.len() == shape.batch * s * dh;
+        let n_kv = shape.batch * kv_heads * s * dh;
+        let (mut q, mut k, mut v) = (vec![0.0; shape.head_major_len()], vec![0.0; n_kv], vec![0.0; n_kv]);
+        for row in 0..shape.rows() {
+            let (b, pos, _) = shape.token(row);
+            let t = if per_sample { b * s + pos } else { pos };
+            let cs = &table[t * dh..(t + 1) * dh];
+            let x = &qkv[row * cols..(row + 1) * cols];
+            for hq in 0..h {
+                let mut y = x[hq * dh..(hq + 1) * dh].to_vec();
+                rotate_half(&mut y, cs);
+                q[((b * h + hq) * s + pos) * dh..][..dh].copy_from_slice(&y);
+            }
+            for hk in 0..kv_heads {
+                let o = ((b * kv_heads + hk) * s + pos) * dh;
+                let mut y = x[(h + hk) * dh..(h + hk + 1) * dh].to_vec();
+                rotate_half(&mut y, cs);
+                k[o..o + dh].copy_from_slice(&y);
+                v[o..o + dh].copy_from_slice(&x[(h + kv_heads + hk) * dh..(h + kv_heads + hk + 1) * dh]);
+            }
+        }
+        [q, k, v]
     }
 
     pub struct Backward {

@@ -109,13 +109,14 @@ fn gpu_forward(gpu: &Arc<Gpu>, c: &Case, layout: QkvLayout, ins: &[Tensor]) -> [
     let a = qkv_post::Args {
         shape: s,
         layout,
+        opts: qkv_post::Options::dit(&s),
         x: &refs,
-        norm_weights: &w,
+        norm_weights: Some(&w),
         rope: &t,
         q: &out[0],
         k: &out[1],
         v: &out[2],
-        saved: &out[3],
+        saved: Some(&out[3]),
     };
     let l = qkv_post::launch_forward(gpu, &a).unwrap();
     gpu.run(&[l]).unwrap();
@@ -336,7 +337,18 @@ fn throughput_at_a_dit_block_shape() {
     let (qkv, dqkv) = (upload(&gpu, &rng.vec_normal(3 * n, 1.0), "qkv"), new(3 * n));
     let (q, k, v, saved) = (new(hm), new(hm), new(hm), new(2 * s.units()));
     let (layout, x, d_x) = (QkvLayout::Merged, [&qkv], [&dqkv]);
-    let a = qkv_post::Args { shape: s, layout, x: &x, norm_weights: &w, rope: &t, q: &q, k: &k, v: &v, saved: &saved };
+    let a = qkv_post::Args {
+        shape: s,
+        layout,
+        opts: qkv_post::Options::dit(&s),
+        x: &x,
+        norm_weights: Some(&w),
+        rope: &t,
+        q: &q,
+        k: &k,
+        v: &v,
+        saved: Some(&saved),
+    };
     let fwd = qkv_post::launch_forward(&gpu, &a).unwrap();
     let b = qkv_post::BackwardArgs {
         shape: s,
@@ -367,3 +379,5 @@ fn throughput_at_a_dit_block_shape() {
         );
     }
 }
+
+mod rotate_half;

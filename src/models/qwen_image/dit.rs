@@ -599,7 +599,8 @@ impl<'a> Builder<'a> {
         };
         let o = self.act("attn_out", &[r.total(), d]);
         let lse = self.act("lse", &[r.b, js.heads, r.s_txt + r.s_img]);
-        self.g.push(Op::Attention { shape: js, q, k, v, mask, o, lse }, "attention");
+        let opts = AttnOptions::full(js.heads);
+        self.g.push(Op::Attention { shape: js, opts, q, k, v, mask, segments: None, o, lse }, "attention");
         let x1 = self.act("x_attn", &[r.total(), d]);
         let out = |s: Stream| vec![format!("{p}.attn.{}", if s == Stream::Txt { "to_add_out" } else { "to_out.0" })];
         self.project(o, x1, &both, &out, d, d, Activation::None, Some((x, &m, 2)), "out_proj");

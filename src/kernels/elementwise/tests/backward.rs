@@ -15,7 +15,7 @@ fn activation_backward_matches_reference_at_awkward_sizes() {
         let x = rng.vec_uniform(n, -8.0, 8.0);
         let dy = normal(&mut rng, n, 1.0);
         let (tx, tdy) = (up(&gpu, &x, &[n]), up(&gpu, &dy, &[n]));
-        for op in [Op::Silu, Op::GeluTanh] {
+        for op in [Op::Silu, Op::GeluTanh, Op::GeluErf] {
             let dx = poisoned(&gpu, &[n]);
             gpu.run(&[elementwise_backward::launch_backward(&gpu, op, &tx, &tdy, &dx).unwrap()]).unwrap();
             let s = assert_close(
@@ -37,7 +37,7 @@ fn activation_backward_stays_finite_for_huge_inputs() {
     let x = vec![-3e38f32, -1e13, -2e7, -90.0, -20.0, -19.9, 0.0, 19.9, 20.0, 90.0, 2e7, 1e13, 3e38];
     let dy = vec![1.0f32; x.len()];
     let (tx, tdy) = (up(&gpu, &x, &[x.len()]), up(&gpu, &dy, &[x.len()]));
-    for op in [Op::Silu, Op::GeluTanh] {
+    for op in [Op::Silu, Op::GeluTanh, Op::GeluErf] {
         let dx = poisoned(&gpu, &[x.len()]);
         gpu.run(&[elementwise_backward::launch_backward(&gpu, op, &tx, &tdy, &dx).unwrap()]).unwrap();
         // the f64 reference is finite everywhere except silu' at -3e38 (exp overflow → 0·(-inf) in f64 too)
@@ -63,8 +63,12 @@ fn mul_backward_gives_both_operand_gradients() {
 #[test]
 fn activation_derivatives_match_finite_differences() {
     let mut rng = Rng::new(3);
-    for op in [Op::Silu, Op::GeluTanh] {
-        let f = |x: f64| if op == Op::Silu { fwd::silu(x) } else { fwd::gelu_tanh(x) };
+    for op in [Op::Silu, Op::GeluTanh, Op::GeluErf] {
+        let f = |x: f64| match op {
+            Op::Silu => fwd::silu(x),
+            Op::GeluTanh => fwd::gelu_tanh(x),
+            _ => fwd::gelu_erf(x),
+        };
         for _ in 0..200 {
             let x = rng.range(-8.0, 8.0) as f64;
             let h = 1e-5;

@@ -14,7 +14,7 @@ fn elementwise_ops_match_cpu_reference_at_awkward_sizes() {
         let b = rng.vec_uniform(n, -2.0, 2.0);
         let ta = Tensor::from_f32(&gpu, &a, &[n], DType::F32, "a").unwrap();
         let tb = Tensor::from_f32(&gpu, &b, &[n], DType::F32, "b").unwrap();
-        for op in [Op::Add, Op::Mul, Op::Silu, Op::GeluTanh] {
+        for op in [Op::Add, Op::Mul, Op::Silu, Op::GeluTanh, Op::GeluErf] {
             let y = Tensor::zeros(&gpu, &[n], DType::F32, "y").unwrap();
             gpu.poison(&y.buffer);
             let bb = (!op.is_unary()).then_some(&tb);
@@ -33,6 +33,67 @@ fn gelu_tanh_stays_finite_for_large_inputs() {
     let t = Tensor::from_f32(&gpu, &a, &[a.len()], DType::F32, "a").unwrap();
     let y = elementwise::run_forward(&gpu, Op::GeluTanh, &t, None).unwrap().to_f32(&gpu).unwrap();
     assert_close("gelu large", &y, &cpu::apply(Op::GeluTanh, &a, None), Tol::F32_ELEMENTWISE);
+}
+
+#[test]
+fn erfc_reference_matches_tabulated_values() {
+    // erfc values from Abramowitz & Stegun Table 7.1 / mpmath (15+ digits).
+    let table = [
+        (0.0, 1.0),
+        (0.5, 0.4795001221869535),
+        (1.0, 0.15729920705028513),
+        (2.0, 0.004677734981047266),
+        (2.5, 0.000_406_952_017_444_959),
+        (3.0, 2.209049699858544e-05),
+        (5.0, 1.537_459_794_428_035e-12),
+        (7.0, 4.183825607779414e-23),
+        (-1.0, 1.8427007929497148),
+    ];
+    for (z, want) in table {
+        let got = cpu::erfc(z);
+        assert!((got - want).abs() <= 1e-12 * want, "erfc({z}) = {got}, want {want}");
+    }
+}
+
+/// Exact GELU on a dense grid of [-10, 10] (plus the tails) vs the f64 reference. Measured on
+/// lavapipe (Mesa 22.3): max |err| 3.8e-7 over [-10, 10] (below 0.5 ulp of 10), 1.1e-7 for |x| ≤ 1;
+/// relative error 4.6e-7 for x ≥ -1, 8.4e-7 down to x = -3 and 6.7e-6 down to -10 (|gelu| ≈ 8e-23
+/// there): the negative tail's error is the f32 rounding of the exp argument −x²/2 (≈ 50·6e-8 at
+/// x = −10) plus WGSL's exp accuracy (3 + 2|arg| ulp allowed). Bounds leave about 2× headroom.
+#[test]
+fn gelu_erf_is_accurate_over_minus_10_to_10() {
+    let gpu = test_gpu();
+    let n = 200_001;
+    let mut a: Vec<f32> = (0..n).map(|i| -10.0 + 20.0 * i as f32 / (n - 1) as f32).collect();
+    a.extend([-1e4f32, -90.0, -14.0, -1e-30, 0.0, 1e-30, 14.0, 90.0, 1e4, 3e38, -3e38]);
+    let t = Tensor::from_f32(&gpu, &a, &[a.len()], DType::F32, "a").unwrap();
+    let y = Tensor::zeros(&gpu, &[a.len()], DType::F32, "y").unwrap();
+    gpu.poison(&y.buffer);
+    gpu.run(&[elementwise::launch_forward(&gpu, Op::GeluErf, &t, None, &y).unwrap()]).unwrap();
+    let got = y.to_f32(&gpu).unwrap();
+    // (lowest x, highest x, max abs error, max relative error) per range
+    let mut ranges = [
+        (-1.0, 1.0, 0f64, 0f64),
+        (-10.0, 10.0, 0.0, 0.0),
+        (-3.0, f64::INFINITY, 0.0, 0.0),
+        (-1.0, f64::INFINITY, 0.0, 0.0),
+    ];
+    for (&x, &g) in a.iter().zip(&got) {
+        let want = cpu::gelu_erf(x as f64);
+        assert!(g.is_finite(), "gelu_erf({x}) = {g}");
+        let err = (g as f64 - want).abs();
+        for r in ranges.iter_mut().filter(|r| (r.0..=r.1).contains(&(x as f64))) {
+            r.2 = r.2.max(err);
+            if want.abs() >= 1e-30 {
+                r.3 = r.3.max(err / want.abs());
+            }
+        }
+    }
+    let bounds = [(2.5e-7, 1.0), (1e-6, 1.5e-5), (1.0, 3e-6), (1.0, 1e-6)]; // (abs, rel) per range
+    for (r, (abs, rel)) in ranges.iter().zip(bounds) {
+        println!("gelu_erf on [{}, {}]: max abs {:.2e}, max rel {:.2e}", r.0, r.1, r.2, r.3);
+        assert!(r.2 <= abs && r.3 <= rel, "gelu_erf on [{}, {}]: abs {:.2e} rel {:.2e}", r.0, r.1, r.2, r.3);
+    }
 }
 
 #[test]
