@@ -195,10 +195,10 @@ pub fn text_pipeline(name: &str) -> crate::Result<std::path::PathBuf> {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let te = unpacked_fixture("text/text_encoder")?;
     let tok = unpacked_fixture("text/tokenizer")?;
-    let dest = te.parent().expect("cannot fail: under the cache").join(format!(
-        "pipeline-{name}-{}",
-        te.file_name().expect("cannot fail: a folder").to_string_lossy()
-    ));
+    let dest = te
+        .parent()
+        .expect("cannot fail: under the cache")
+        .join(format!("pipeline-{name}-{}", te.file_name().expect("cannot fail: a folder").to_string_lossy()));
     if dest.is_dir() {
         return Ok(dest);
     }

@@ -106,7 +106,7 @@ pub fn encode_to_file(
     residency: Option<Residency>,
     output: &Path,
 ) -> Result<EncodeReport> {
-    crate::outputs::check_outputs(&[model.to_path_buf()], &[output.to_path_buf()])?;
+    crate::outputs::check_outputs(&[model], &[output])?;
     let t0 = std::time::Instant::now();
     let folder = PipelineFolder::open(model)?;
     let mut enc = PromptEncoder::open(gpu, &folder, residency)?;
@@ -127,9 +127,8 @@ pub fn encode_to_file(
 /// `prompt_embeds` [1, S, D] f32 and `prompt_embeds_mask` [1, S] i64, written atomically.
 pub fn write_embeds(path: &Path, p: &PromptEmbeds) -> Result<()> {
     use safetensors::tensor::TensorView;
-    let mask: Vec<u8> = (0..p.tokens)
-        .flat_map(|i| (p.mask.as_ref().map_or(1, |m| (m[i] != 0.0) as i64)).to_le_bytes())
-        .collect();
+    let mask: Vec<u8> =
+        (0..p.tokens).flat_map(|i| (p.mask.as_ref().map_or(1, |m| (m[i] != 0.0) as i64)).to_le_bytes()).collect();
     let embeds: &[u8] = bytemuck::cast_slice(&p.embeds);
     let views = vec![
         ("prompt_embeds", TensorView::new(safetensors::Dtype::F32, vec![1, p.tokens, p.dim], embeds)),

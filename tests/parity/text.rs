@@ -19,8 +19,17 @@ fn case_file(case: &str) -> PathBuf {
     unpacked_fixture("text/cases").unwrap().join(format!("{case}.safetensors"))
 }
 
+/// A tensor of a case as f32 (f32, or i64 ids and masks).
 fn tensor(case: &str, name: &str) -> Vec<f32> {
-    crate::diffusers_fixtures::Fixture::read(&case_file(case)).get(name)
+    let bytes = std::fs::read(case_file(case)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{case}: {name}: {e}"));
+    match t.dtype() {
+        safetensors::Dtype::I64 => {
+            t.data().chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+        }
+        _ => crate::diffusers_fixtures::Fixture::read(&case_file(case)).get(name),
+    }
 }
 
 fn ids(case: &str, name: &str) -> Vec<u32> {

@@ -56,7 +56,14 @@ impl Builder<'_> {
         t
     }
     /// `y = x·Wᵀ (+ b)` into a new [rows, n], or `y += x·Wᵀ` into `into`.
-    fn gemm(&mut self, x: TensorId, w: TensorId, bias: Option<TensorId>, into: Option<TensorId>, label: &str) -> TensorId {
+    fn gemm(
+        &mut self,
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        into: Option<TensorId>,
+        label: &str,
+    ) -> TensorId {
         let (rows, k) = (self.g.shape(x)[0], self.g.shape(x)[1]);
         let n = self.g.shape(w)[0];
         let y = into.unwrap_or_else(|| self.g.activation(label, &[rows, n], DType::F32));
@@ -68,7 +75,13 @@ impl Builder<'_> {
             y_col0: 0,
             accumulate: into.is_some(),
         };
-        self.g.push(Op::Gemm { gemm, x, w, bias, gated: None, lora: None, y }, label);
+        let op = Op::Gemm { gemm, x, w, bias, gated: None, lora: None, y };
+        // Accumulating into the residual stream writes it again in every layer: a partial write.
+        if into.is_some() {
+            self.g.push_partial(op, label);
+        } else {
+            self.g.push(op, label);
+        }
         y
     }
     fn rms_norm(&mut self, x: TensorId, weight: &str, eps: f32, label: &str) -> TensorId {
@@ -80,7 +93,8 @@ impl Builder<'_> {
         y
     }
     fn ew(&mut self, f: Ew, a: TensorId, b: Option<TensorId>, label: &str) -> TensorId {
-        let y = self.g.activation(label, &self.g.shape(a).to_vec(), DType::F32);
+        let shape = self.g.shape(a).to_vec();
+        let y = self.g.activation(label, &shape, DType::F32);
         self.g.push(Op::Elementwise { f, a, b, y }, label);
         y
     }
@@ -140,7 +154,7 @@ fn attention(b: &mut Builder, cfg: &TextConfig, p: &str, h: TensorId, x: TensorI
     let q = b.g.activation("q", &[1, hq, l, hd], DType::F32);
     let k = b.g.activation("k", &[1, hkv, l, hd], DType::F32);
     let v = b.g.activation("v", &[1, hkv, l, hd], DType::F32);
-    b.g.push(Op::RopeHeads { shape, kv_heads: hkv, qkv, rope, q, k, v }, "rope");
+    b.g.push(Op::QkvRope { shape, kv_heads: hkv, qkv, rope, q, k, v }, "rope");
     let o = b.g.activation("attn", &[l, hq * hd], DType::F32);
     let lse = b.g.activation("attn.lse", &[1, hq, l], DType::F32);
     b.g.push(Op::Attention { shape, opts, q, k, v, mask: None, segments: None, o, lse }, "attention");

@@ -44,8 +44,7 @@ impl TextEncoder {
     pub fn open(gpu: &Arc<Gpu>, dir: &Path, residency: Option<Residency>) -> Result<TextEncoder> {
         let cfg_path = dir.join("config.json");
         let text = crate::pipeline::folder::read_bounded(&cfg_path, 1 << 20)?;
-        let config =
-            EncoderConfig::from_json_str(&text).map_err(|e| crate::Error::file(&cfg_path, e.to_string()))?;
+        let config = EncoderConfig::from_json_str(&text).map_err(|e| crate::Error::file(&cfg_path, e.to_string()))?;
         let weights = EncoderWeights::open(dir, &config)?;
         let residency = residency.unwrap_or_else(|| {
             let need = layer_weight_bytes(&weights);
@@ -120,7 +119,13 @@ impl TextEncoder {
 
     /// One plan over layer 0's shapes; before each layer its weights are written into that plan's
     /// weight buffers (queued writes run before the next submission, after the previous one).
-    fn streamed(&mut self, l: usize, x: &Tensor, rope_t: &Tensor, mut states: Option<&mut Vec<Vec<f32>>>) -> Result<Vec<f32>> {
+    fn streamed(
+        &mut self,
+        l: usize,
+        x: &Tensor,
+        rope_t: &Tensor,
+        mut states: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<Vec<f32>> {
         let layers = self.config.text.num_hidden_layers;
         let g = self.graph(l, 0..1, false);
         let mut own = Some(WeightCache::default());
