@@ -1,10 +1,11 @@
 //! Quickstart: a picture from the built-in tiny pipeline, then the Qwen-Image DiT forward on the
 //! default adapter, on a small built-in model.
 //!
-//! 0. `wgdit generate` on the tiny diffusers pipeline folder in tests/fixtures/pipeline/t2i
-//!    (QwenImagePipeline: the real architecture, random weights, 2 blocks, a 4-channel VAE) at
-//!    256×256, 20 steps, true CFG, seed 42, with random prompt embeddings: writes
-//!    target/quickstart.png. Random weights make abstract pictures; real ones need the real model.
+//! 0. `wgdit generate --prompt` on the tiny diffusers pipeline folder tests/fixtures/pipeline/t2i
+//!    with its tiny Qwen2.5-VL text encoder and the Qwen2 tokenizer (tests/fixtures/text, unpacked
+//!    into the temp dir): QwenImagePipeline, the real architecture, random weights (2 blocks, a
+//!    4-channel VAE), 256×256, 20 steps, true CFG, seed 42; writes target/quickstart.png. Random
+//!    weights make abstract pictures; real ones need the real model.
 //!
 //! Then it builds a 4-block DiT with seeded random bf16 weights (no checkpoint download), runs the
 //! fused forward through the executor on random inputs, and prints:
@@ -67,20 +68,21 @@ fn main() -> wgdit::Result<()> {
 
     // 0. A picture from the built-in tiny pipeline.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let fixtures = root.join("tests/fixtures/pipeline");
-    let embeds = fixtures.join("cases/t2i_cfg.safetensors");
+    let folder = wgdit::testing::text_pipeline("t2i")?;
     let out = root.join("target/quickstart.png");
-    let mut o = GenerateOptions::new(fixtures.join("t2i"), Prompt::Embeds(embeds.clone()), out.clone());
-    o.negative = Some(Prompt::Embeds(embeds));
+    let prompt = "A lighthouse on a cliff at dusk, waves below";
+    let mut o = GenerateOptions::new(folder, Prompt::Text(prompt.into()), out.clone());
+    o.negative = Some(Prompt::Text("blurry, low quality".into()));
     (o.width, o.height, o.steps, o.noise) = (Some(256), Some(256), 20, Noise::Seed(42));
     let r = generate(&gpu, &o, &mut |_| {})?;
-    println!("== 0. wgdit generate on the built-in tiny pipeline (tests/fixtures/pipeline/t2i)");
+    println!("== 0. wgdit generate --prompt \"{prompt}\" on the built-in tiny pipeline (tests/fixtures/pipeline/t2i)");
     println!(
-        "wrote {} ({}x{}, {} steps with true CFG, {:.2} s/step, VAE decode {:.2} s)",
+        "wrote {} ({}x{}, {} steps with true CFG, text encoder {:.2} s, {:.2} s/step, VAE decode {:.2} s)",
         r.output.display(),
         r.width,
         r.height,
         r.steps,
+        r.text_encode_ms / 1e3,
         r.step_ms.iter().sum::<f64>() / r.step_ms.len() as f64 / 1e3,
         r.vae_decode_ms / 1e3
     );

@@ -42,6 +42,10 @@ pub struct GenerateBench {
     /// DiT weight bytes (bf16 for presets; as stored for a folder) and VAE weight bytes.
     pub dit_weight_bytes: u64,
     pub vae_weight_bytes: u64,
+    /// Text encoder decoder-layer weights (bf16): all of them (resident) and one layer (streamed);
+    /// the embedding table stays on the host. 0 when not planned.
+    pub text_weight_bytes: u64,
+    pub text_layer_bytes: u64,
 }
 
 impl GenerateBench {
@@ -73,10 +77,18 @@ impl GenerateBench {
             ));
         }
         s.push_str(&format!(
-            "weights: DiT {:.2} MiB, VAE {:.2} MiB\n",
+            "weights: DiT {:.2} MiB, VAE {:.2} MiB",
             mib(self.dit_weight_bytes),
             mib(self.vae_weight_bytes)
         ));
+        if self.text_weight_bytes > 0 {
+            s.push_str(&format!(
+                ", text encoder {:.2} MiB resident or {:.2} MiB streamed (one layer)",
+                mib(self.text_weight_bytes),
+                mib(self.text_layer_bytes)
+            ));
+        }
+        s.push('\n');
         s
     }
 }
@@ -114,6 +126,12 @@ pub fn plan_preset(
     let (out, refs) = sizes(class, &rules, width, height)?;
     let scores = 256 << 20;
     let mut phases = Vec::new();
+    let te = crate::models::qwen2_5_vl::EncoderConfig::qwen2_5_vl_7b();
+    let te_tokens = text_tokens + crate::pipeline::prompt::template_of(class).drop();
+    let (te_phase, text_weight_bytes, text_layer_bytes) = text_encoder_plan(&te, te_tokens);
+    if class == PipelineClass::TextToImage {
+        phases.push(te_phase);
+    }
     for r in &refs {
         let m = planned_memory(vae, Pass::Encode, r.height as usize, r.width as usize, scores);
         phases.push(Phase {
@@ -156,7 +174,37 @@ pub fn plan_preset(
         phases,
         dit_weight_bytes: 2 * count(crate::models::qwen_image::names::expected_tensors(dit)),
         vae_weight_bytes: 4 * count(crate::models::qwen_image_vae::names::expected_tensors(vae)),
+        text_weight_bytes: if class == PipelineClass::TextToImage { text_weight_bytes } else { 0 },
+        text_layer_bytes: if class == PipelineClass::TextToImage { text_layer_bytes } else { 0 },
     })
+}
+
+/// The text encoder's phase at `tokens` encoder tokens (prompt and negative: 2 runs), with its
+/// bf16 layer weights all resident and one layer (streamed).
+fn text_encoder_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, tokens: usize) -> (Phase, u64, u64) {
+    use crate::models::qwen2_5_vl::{lm, names};
+    let t = &cfg.text;
+    let g = lm::build(t, tokens, 0..t.num_hidden_layers, true, &|_| DType::BF16);
+    let mem = crate::exec::memory::plan(&g.graph);
+    let bytes = |pred: &dyn Fn(&str) -> bool| -> u64 {
+        names::text_tensors(cfg)
+            .iter()
+            .filter(|(n, _)| pred(n))
+            .map(|(_, s)| 2 * s.iter().product::<usize>() as u64)
+            .sum()
+    };
+    let all = bytes(&|n| n != "model.embed_tokens.weight");
+    let one = bytes(&|n| n.starts_with("model.layers.0."));
+    // x (the residual stream) and the RoPE table are bound from outside the plan.
+    let io = 4 * (tokens * t.hidden_size + tokens * t.head_dim) as u64;
+    let phase = Phase {
+        phase: format!("text encoder, {tokens} tok"),
+        count: 2,
+        dispatches: g.graph.dispatch_count(),
+        planned_peak_bytes: mem.peak_activation_bytes + io,
+        ms: None,
+    };
+    (phase, all, one)
 }
 
 /// What `bench generate --model` runs.
@@ -237,5 +285,8 @@ pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
         phases,
         dit_weight_bytes: r.weight_bytes,
         vae_weight_bytes: r.vae_weight_bytes,
+        // random embeddings: the text encoder does not run
+        text_weight_bytes: 0,
+        text_layer_bytes: 0,
     })
 }

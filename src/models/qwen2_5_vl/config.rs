@@ -63,6 +63,40 @@ const MAX_LAYERS: u64 = 1000;
 const MAX_HEADS: u64 = 1024;
 
 impl EncoderConfig {
+    /// Qwen2.5-VL-7B-Instruct as the Qwen-Image text encoder (spec §2.6-2.7), for planning
+    /// without the files.
+    pub fn qwen2_5_vl_7b() -> EncoderConfig {
+        EncoderConfig {
+            text: TextConfig {
+                vocab_size: 152_064,
+                hidden_size: 3584,
+                intermediate_size: 18_944,
+                num_hidden_layers: 28,
+                num_attention_heads: 28,
+                num_key_value_heads: 4,
+                head_dim: 128,
+                rms_norm_eps: 1e-6,
+                rope_theta: 1e6,
+                mrope_section: [16, 24, 24],
+                tie_word_embeddings: false,
+            },
+            vision: VisionConfig {
+                depth: 32,
+                hidden_size: 1280,
+                intermediate_size: 3420,
+                num_heads: 16,
+                out_hidden_size: 3584,
+                patch_size: 14,
+                temporal_patch_size: 2,
+                spatial_merge_size: 2,
+                window_size: 112,
+                fullatt_block_indexes: vec![7, 15, 23, 31],
+                in_channels: 3,
+            },
+            tokens: TokenIds { image: 151_655, vision_start: 151_652, vision_end: 151_653 },
+        }
+    }
+
     pub fn from_json_str(text: &str) -> Result<EncoderConfig> {
         let v: Value = serde_json::from_str(text).map_err(|e| Error::input(format!("not JSON: {e}")))?;
         EncoderConfig::from_json(&v)
