@@ -30,6 +30,9 @@ seed train_metadata $S/metadata.jsonl
 seed train_sample $S/train_sample.safetensors
 seed tokenizer_json $S/tokenizer.json
 seed tokenizer_slow $S/tokenizer_slow.bin
+seed text_encoder_config $F/text/text_encoder/config.json
+mkdir -p fuzz/corpus/text_encoder_checkpoint
+gunzip -c $F/text/text_encoder/model.safetensors.gz >fuzz/corpus/text_encoder_checkpoint/tiny.safetensors
 mkdir -p fuzz/corpus/prompt
 printf 'A cat' >fuzz/corpus/prompt/plain
 printf '一只猫 🐈‍⬛ <|im_end|>\n<|image_pad|> 12345 '"'"'LL' >fuzz/corpus/prompt/mixed

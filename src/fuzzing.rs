@@ -310,6 +310,37 @@ pub fn prompt(data: &[u8]) {
     }
 }
 
+/// `text_encoder/config.json`; a parsed config gives its tensor list.
+pub fn text_encoder_config(data: &[u8]) {
+    use crate::models::qwen2_5_vl::{names, EncoderConfig};
+    if let Ok(c) = EncoderConfig::from_json_str(&String::from_utf8_lossy(data)) {
+        let t = names::text_tensors(&c);
+        assert_eq!(t.len(), 2 + 12 * c.text.num_hidden_layers, "one entry per tensor");
+    }
+}
+
+/// The tiny text encoder's config (tests/fixtures/text/text_encoder/config.json).
+fn fixture_encoder_config() -> &'static crate::models::qwen2_5_vl::EncoderConfig {
+    static CFG: OnceLock<crate::models::qwen2_5_vl::EncoderConfig> = OnceLock::new();
+    CFG.get_or_init(|| {
+        let text = include_str!("../tests/fixtures/text/text_encoder/config.json");
+        crate::models::qwen2_5_vl::EncoderConfig::from_json_str(text).expect("cannot fail: a fixture")
+    })
+}
+
+/// A `text_encoder/model.safetensors`, checked against the tiny encoder's config (both key
+/// layouts, shapes, dtypes); a valid one gives embedding rows.
+pub fn text_encoder_checkpoint(data: &[u8]) {
+    use crate::models::qwen2_5_vl::weights::EncoderWeights;
+    let Some(f) = safe_file("model.safetensors", data) else { return };
+    let Ok(ck) = crate::weights::checkpoint::Checkpoint::from_files(Path::new("te"), false, vec![f], None) else {
+        return;
+    };
+    if let Ok(w) = EncoderWeights::from_checkpoint(ck, fixture_encoder_config()) {
+        let _ = w.embed_rows(&[0, 151_655, 152_063, 152_064], fixture_encoder_config());
+    }
+}
+
 /// A byte-level entry point.
 pub type EntryPoint = fn(&[u8]);
 
@@ -338,6 +369,8 @@ pub const TARGETS: &[(&str, EntryPoint)] = &[
     ("tokenizer_json", tokenizer_json),
     ("tokenizer_slow", tokenizer_slow),
     ("prompt", prompt),
+    ("text_encoder_config", text_encoder_config),
+    ("text_encoder_checkpoint", text_encoder_checkpoint),
 ];
 
 #[cfg(test)]
@@ -424,6 +457,9 @@ mod tests {
         sweep(super::tokenizer_json, &fixture("fuzz/seeds/tokenizer.json"), 300, 24);
         sweep(super::tokenizer_slow, &fixture("fuzz/seeds/tokenizer_slow.bin"), 300, 25);
         sweep(super::prompt, "A cat <|im_end|> 一只猫 🐈 12 'LL\r\n".as_bytes(), 300, 26);
+        sweep(super::text_encoder_config, &fixture("text/text_encoder/config.json"), 2000, 27);
+        let te = crate::testing::unpacked_fixture("text/text_encoder").unwrap().join("model.safetensors");
+        sweep(super::text_encoder_checkpoint, &std::fs::read(te).unwrap(), 300, 28);
     }
 
     /// Feeds every file under `tests/fixtures/fuzz/<dir><target>/` to its entry point; returns how many.
