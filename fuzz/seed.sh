@@ -31,6 +31,7 @@ seed train_sample $S/train_sample.safetensors
 seed tokenizer_json $S/tokenizer.json
 seed tokenizer_slow $S/tokenizer_slow.bin
 seed text_encoder_config $F/text/text_encoder/config.json
+seed processor_config $F/text/processor/preprocessor_config.json
 mkdir -p fuzz/corpus/text_encoder_checkpoint
 gunzip -c $F/text/text_encoder/model.safetensors.gz >fuzz/corpus/text_encoder_checkpoint/tiny.safetensors
 mkdir -p fuzz/corpus/prompt

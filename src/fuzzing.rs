@@ -341,6 +341,18 @@ pub fn text_encoder_checkpoint(data: &[u8]) {
     }
 }
 
+/// `processor/preprocessor_config.json`; a parsed config sizes and flattens a small image.
+pub fn processor_config(data: &[u8]) {
+    use crate::models::qwen2_5_vl::processor::{preprocess, ProcessorConfig};
+    if let Ok(c) = ProcessorConfig::from_json_str(&String::from_utf8_lossy(data)) {
+        // Only configs whose resized image stays small are run through (the bounds allow 2^32 pixels).
+        if matches!(c.smart_resize(30, 50), Ok((h, w)) if h * w <= 1 << 16) {
+            let img = ::image::RgbImage::from_fn(50, 30, |x, y| ::image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
+            let _ = preprocess(&img, &c);
+        }
+    }
+}
+
 /// A byte-level entry point.
 pub type EntryPoint = fn(&[u8]);
 
@@ -371,6 +383,7 @@ pub const TARGETS: &[(&str, EntryPoint)] = &[
     ("prompt", prompt),
     ("text_encoder_config", text_encoder_config),
     ("text_encoder_checkpoint", text_encoder_checkpoint),
+    ("processor_config", processor_config),
 ];
 
 #[cfg(test)]
@@ -458,6 +471,7 @@ mod tests {
         sweep(super::tokenizer_slow, &fixture("fuzz/seeds/tokenizer_slow.bin"), 300, 25);
         sweep(super::prompt, "A cat <|im_end|> 一只猫 🐈 12 'LL\r\n".as_bytes(), 300, 26);
         sweep(super::text_encoder_config, &fixture("text/text_encoder/config.json"), 2000, 27);
+        sweep(super::processor_config, &fixture("text/processor/preprocessor_config.json"), 2000, 29);
         let te = crate::testing::unpacked_fixture("text/text_encoder").unwrap().join("model.safetensors");
         sweep(super::text_encoder_checkpoint, &std::fs::read(te).unwrap(), 300, 28);
     }

@@ -1,13 +1,13 @@
-//! `PIL.Image.resize((w, h), Image.LANCZOS)` for 8-bit RGB, bit for bit (Pillow 13.0.0,
-//! `src/libImaging/Resample.c`). diffusers' `VaeImageProcessor.resize` calls exactly this
+//! `PIL.Image.resize((w, h), Image.LANCZOS | Image.BICUBIC)` for 8-bit RGB, bit for bit (Pillow
+//! 13.0.0, `src/libImaging/Resample.c`). diffusers' `VaeImageProcessor.resize` calls LANCZOS
 //! (`resample="lanczos"`, `reducing_gap=None`, full-image box) for the Edit pipelines' VAE and
-//! VL-encoder images.
+//! VL-encoder images; the Qwen2-VL image processor (Pillow backend) resizes with BICUBIC.
 //!
 //! Pillow resamples separably: one pass per axis that changes, each with its own coefficient table.
 //! - `precompute_coeffs` (f64): `scale = in/out`, `filterscale = max(scale, 1)`,
-//!   `support = 3·filterscale`; output pixel `i` has centre `(i + 0.5)·scale`, taps from
+//!   `support = filter_support·filterscale` (Lanczos 3, bicubic 2); output pixel `i` has centre `(i + 0.5)·scale`, taps from
 //!   `trunc(centre − support + 0.5)` (≥ 0) to `trunc(centre + support + 0.5)` (≤ in), weights
-//!   `lanczos((j − centre + 0.5)·(1/filterscale))` normalised by their sum.
+//!   `filter((j − centre + 0.5)·(1/filterscale))` normalised by their sum.
 //! - 8-bit path: weights become fixed point with 22 fractional bits (`PRECISION_BITS = 32 − 8 − 2`),
 //!   rounded half away from zero; each output is `clip8((1 << 21) + Σ pixel·weight)` with
 //!   `clip8(v) = clamp(v >> 22, 0, 255)`, so the intermediate image between the passes is u8.
@@ -24,12 +24,39 @@ use crate::Result;
 
 /// `PRECISION_BITS` of Pillow's 8-bit resampler.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
-/// Support radius of the Lanczos-3 filter (in output pixels when upscaling).
-const LANCZOS_SUPPORT: f64 = 3.0;
+/// Pillow's resampling filters (`Image.Resampling`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// `LANCZOS`: `sinc(x)·sinc(x/3)`, support 3.
+    Lanczos,
+    /// `BICUBIC`: Keys' cubic with a = −0.5, support 2.
+    Bicubic,
+}
+
+impl Filter {
+    /// Support radius (in output pixels when upscaling).
+    fn support(self) -> f64 {
+        match self {
+            Filter::Lanczos => 3.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Filter::Lanczos => lanczos(x),
+            Filter::Bicubic => bicubic(x),
+        }
+    }
+}
 
 /// Pillow LANCZOS resize of an RGB image to `width`×`height`. Errors if either target side is 0 or
 /// the target exceeds [`crate::image::pixels::MAX_SIDE`] / [`crate::image::pixels::MAX_PIXELS`].
 pub fn resize_lanczos(src: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
+    resize(src, width, height, Filter::Lanczos)
+}
+
+/// Pillow resize of an RGB image with `filter` (see [`resize_lanczos`]).
+pub fn resize(src: &RgbImage, width: u32, height: u32, filter: Filter) -> Result<RgbImage> {
     check_dimensions(width, height, "resize target")?;
     check_dimensions(src.width(), src.height(), "resize source")?;
     let (in_w, in_h) = (src.width() as usize, src.height() as usize);
@@ -42,12 +69,12 @@ pub fn resize_lanczos(src: &RgbImage, width: u32, height: u32) -> Result<RgbImag
     let vertical_first = dy > 0 && dy > dx * 2;
     let mut img = Plane { width: in_w, height: in_h, data: src.as_raw().clone() };
     if vertical_first {
-        img = resample_vertical(&img, &Coeffs::new(in_h, out_h), 0..in_h);
+        img = resample_vertical(&img, &Coeffs::new(in_h, out_h, filter), 0..in_h);
         if out_w != in_w {
-            img = resample_horizontal(&img, &Coeffs::new(in_w, out_w));
+            img = resample_horizontal(&img, &Coeffs::new(in_w, out_w, filter));
         }
     } else {
-        let vert = Coeffs::new(in_h, out_h);
+        let vert = Coeffs::new(in_h, out_h, filter);
         if out_w != in_w {
             // Only the source rows the vertical pass reads get a horizontal pass (Pillow's ybox).
             let rows = if out_h != in_h { vert.rows_used() } else { 0..in_h };
@@ -57,7 +84,7 @@ pub fn resize_lanczos(src: &RgbImage, width: u32, height: u32) -> Result<RgbImag
                 data: img.data[rows.start * in_w * 3..rows.end * in_w * 3].to_vec(),
             };
             let shifted = vert.shifted(rows.start);
-            img = resample_horizontal(&window, &Coeffs::new(in_w, out_w));
+            img = resample_horizontal(&window, &Coeffs::new(in_w, out_w, filter));
             if out_h != in_h {
                 img = resample_vertical(&img, &shifted, 0..img.height);
             }
@@ -98,13 +125,26 @@ fn lanczos(x: f64) -> f64 {
     }
 }
 
+/// Pillow's `bicubic_filter` (a = −0.5).
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
 impl Coeffs {
     /// `precompute_coeffs` + `normalize_coeffs_8bpc` for the full-image box `(0, in_size)`.
-    fn new(in_size: usize, out_size: usize) -> Coeffs {
+    fn new(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
         // `(double)(in1 - in0) / outSize`, the box edges being f32.
         let scale = (in_size as f32 - 0.0f32) as f64 / out_size as f64;
         let filterscale = scale.max(1.0);
-        let support = LANCZOS_SUPPORT * filterscale;
+        let support = filter.support() * filterscale;
         let inv_filterscale = 1.0 / filterscale;
         let mut start = Vec::with_capacity(out_size);
         let mut weights = Vec::with_capacity(out_size);
@@ -114,7 +154,7 @@ impl Coeffs {
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let taps: Vec<f64> =
-                (xmin..xmax.max(xmin)).map(|j| lanczos((j as f64 - center + 0.5) * inv_filterscale)).collect();
+                (xmin..xmax.max(xmin)).map(|j| filter.weight((j as f64 - center + 0.5) * inv_filterscale)).collect();
             let mut sum = 0.0;
             for &w in &taps {
                 sum += w;
