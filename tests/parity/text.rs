@@ -137,3 +137,39 @@ fn generate_with_a_prompt_makes_the_picture_diffusers_makes() {
         close(&format!("{case} image"), &got, &tensor(case, "image"), IMAGE_REL_L2);
     }
 }
+
+/// Case images (the processor's input, u8) through the processor.
+fn case_images(case: &str, n: usize) -> Vec<wgdit::models::qwen2_5_vl::processor::VisionInput> {
+    use wgdit::models::qwen2_5_vl::processor::{preprocess, ProcessorConfig};
+    let cfg = ProcessorConfig::from_json_str(
+        &std::fs::read_to_string(crate::diffusers_fixtures::fixtures().join("text/processor/preprocessor_config.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let bytes = std::fs::read(case_file(case)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    (0..n)
+        .map(|i| {
+            let t = st.tensor(&format!("image{i}.u8")).unwrap();
+            let img = image::RgbImage::from_raw(t.shape()[1] as u32, t.shape()[0] as u32, t.data().to_vec()).unwrap();
+            preprocess(&img, &cfg).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn the_vision_tower_and_the_edit_prompt_embeddings_match_transformers() {
+    let mut enc = encoder(Residency::Resident);
+    for (case, n) in [("edit", 1), ("edit_plus", 2)] {
+        let images = case_images(case, n);
+        let features = enc.vision(&images).unwrap();
+        if case == "edit" {
+            close("edit vision.merger", &features, &tensor(case, "vision.merger"), COMPONENT_REL_L2);
+        }
+        let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid).collect();
+        let hidden = enc.encode_with_images(&ids(case, "input_ids"), &features, &grids).unwrap();
+        close(&format!("{case} lm.norm"), &hidden, &tensor(case, "lm.norm"), COMPONENT_REL_L2);
+        let want = tensor(case, "prompt_embeds");
+        close(&format!("{case} prompt_embeds"), &hidden[64 * 24..], &want, COMPONENT_REL_L2);
+    }
+}

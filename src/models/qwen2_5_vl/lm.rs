@@ -36,27 +36,28 @@ pub struct LmGraph {
     pub out: Option<TensorId>,
 }
 
-struct Builder<'a> {
-    g: Graph,
-    params: Vec<(TensorId, ParamSource)>,
-    dtype: &'a dyn Fn(&str) -> DType,
+/// A graph with its checkpoint params (shared with the vision tower's builder).
+pub(super) struct Builder<'a> {
+    pub g: Graph,
+    pub params: Vec<(TensorId, ParamSource)>,
+    pub dtype: &'a dyn Fn(&str) -> DType,
 }
 
 impl Builder<'_> {
     /// A weight stacked (rows in order) from `names`, in its stored dtype.
-    fn weight(&mut self, names: &[String], n: usize, k: usize) -> TensorId {
+    pub(super) fn weight(&mut self, names: &[String], n: usize, k: usize) -> TensorId {
         let t = self.g.param(&names.join("+"), &[n, k], (self.dtype)(&names[0]));
         self.params.push((t, ParamSource { parts: names.to_vec(), dtype: None }));
         t
     }
     /// A vector (bias, norm weight) stacked from `names`, widened to f32.
-    fn vector(&mut self, names: &[String], n: usize) -> TensorId {
+    pub(super) fn vector(&mut self, names: &[String], n: usize) -> TensorId {
         let t = self.g.param(&names.join("+"), &[n], DType::F32);
         self.params.push((t, ParamSource { parts: names.to_vec(), dtype: Some(DType::F32) }));
         t
     }
     /// `y = x·Wᵀ (+ b)` into a new [rows, n], or `y += x·Wᵀ` into `into`.
-    fn gemm(
+    pub(super) fn gemm(
         &mut self,
         x: TensorId,
         w: TensorId,
@@ -84,7 +85,7 @@ impl Builder<'_> {
         }
         y
     }
-    fn rms_norm(&mut self, x: TensorId, weight: &str, eps: f32, label: &str) -> TensorId {
+    pub(super) fn rms_norm(&mut self, x: TensorId, weight: &str, eps: f32, label: &str) -> TensorId {
         let (rows, cols) = (self.g.shape(x)[0], self.g.shape(x)[1]);
         let w = self.vector(&[weight.to_string()], cols);
         let y = self.g.activation(label, &[rows, cols], DType::F32);
@@ -92,7 +93,7 @@ impl Builder<'_> {
         self.g.push(Op::RmsNorm { cols, eps, x, weight: w, y, rstd }, label);
         y
     }
-    fn ew(&mut self, f: Ew, a: TensorId, b: Option<TensorId>, label: &str) -> TensorId {
+    pub(super) fn ew(&mut self, f: Ew, a: TensorId, b: Option<TensorId>, label: &str) -> TensorId {
         let shape = self.g.shape(a).to_vec();
         let y = self.g.activation(label, &shape, DType::F32);
         self.g.push(Op::Elementwise { f, a, b, y }, label);

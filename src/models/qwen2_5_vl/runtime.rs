@@ -102,6 +102,81 @@ impl TextEncoder {
         Ok(states)
     }
 
+    /// The vision tower over `images` (processed): their merged-token features, concatenated in
+    /// raster order per image, [Σ tokens, out_hidden].
+    pub fn vision(&mut self, images: &[super::processor::VisionInput]) -> Result<Vec<f32>> {
+        use super::positions::{patch_positions, window_index};
+        let v = self.config.vision.clone();
+        if !self.weights.vision_missing.is_empty() {
+            return Err(crate::Error::file(
+                &self.weights.ckpt.path,
+                format!(
+                    "the vision tower's weights are missing ({} tensors, e.g. {}): this text encoder cannot read images",
+                    self.weights.vision_missing.len(),
+                    self.weights.vision_missing[0]
+                ),
+            ));
+        }
+        let (m, unit) = (v.spatial_merge_size, v.spatial_merge_size * v.spatial_merge_size);
+        let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid).collect();
+        let window = v.window_size / v.patch_size / m;
+        let (index, cu) = window_index(&grids, m, window);
+        let cols = images[0].pixel_values.len() / (grids[0].iter().product::<usize>());
+        let pixels: Vec<f32> = images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
+        let pos: Vec<[u32; 2]> = grids.iter().flat_map(|&g| patch_positions(g, m)).collect();
+        let n = pos.len();
+        // Window order, in units of one merge group (4 consecutive patches).
+        let mut px = Vec::with_capacity(pixels.len());
+        let mut ppos = Vec::with_capacity(n);
+        for &j in &index {
+            px.extend_from_slice(&pixels[j * unit * cols..(j + 1) * unit * cols]);
+            ppos.extend_from_slice(&pos[j * unit..(j + 1) * unit]);
+        }
+        let hd = v.hidden_size / v.num_heads;
+        let table = super::vision::rope_table(hd, &ppos);
+        let rope_t = Tensor::from_f32(&self.gpu, &table, &[n, hd / 2, 2], DType::F32, "vision.rope")?;
+        let mut image_cu = vec![0usize];
+        for g in &grids {
+            image_cu.push(image_cu.last().expect("cannot fail: starts with 0") + g.iter().product::<usize>());
+        }
+        let w = &self.weights;
+        let g = super::vision::build(&v, n, cu.len() - 1, images.len(), &|name: &str| stored_dtype(w, name));
+        let mut params = self.cache.bind(&self.gpu, &self.weights, &g.params, &g.graph)?;
+        params.insert(g.rope, rope_t);
+        let plan = Plan::new(&self.gpu, &g.graph, &params)?;
+        plan.write_input(g.pixels, &px);
+        plan.write_input(g.windows, &cu.iter().map(|&c| c as f32).collect::<Vec<_>>());
+        plan.write_input(g.images, &image_cu.iter().map(|&c| c as f32).collect::<Vec<_>>());
+        plan.run()?;
+        let out = plan.read(g.out)?;
+        let d = v.out_hidden_size;
+        let mut raster = vec![0.0f32; out.len()];
+        for (row, &j) in index.iter().enumerate() {
+            raster[j * d..(j + 1) * d].copy_from_slice(&out[row * d..(row + 1) * d]);
+        }
+        Ok(raster)
+    }
+
+    /// `hidden_states[-1]` of token `ids` whose `<|image_pad|>` runs are replaced by `features`
+    /// (the vision tower's rows, in order), at the 3-D M-RoPE positions of `grids`.
+    pub fn encode_with_images(&mut self, ids: &[u32], features: &[f32], grids: &[[usize; 3]]) -> Result<Vec<f32>> {
+        let (d, image) = (self.config.text.hidden_size, self.config.tokens.image);
+        let mut x0 = self.weights.embed_rows(ids, &self.config)?;
+        let pads: Vec<usize> = ids.iter().enumerate().filter(|(_, &t)| t == image).map(|(i, _)| i).collect();
+        if pads.len() * d != features.len() {
+            return Err(crate::Error::input(format!(
+                "{} <|image_pad|> tokens but the images give {} features",
+                pads.len(),
+                features.len() / d
+            )));
+        }
+        for (k, &i) in pads.iter().enumerate() {
+            x0[i * d..(i + 1) * d].copy_from_slice(&features[k * d..(k + 1) * d]);
+        }
+        let positions = super::positions::rope_index(ids, image, grids, self.config.vision.spatial_merge_size)?;
+        self.encode_embeds(x0, &positions)
+    }
+
     fn graph(&self, l: usize, layers: std::ops::Range<usize>, final_norm: bool) -> LmGraph {
         let w = &self.weights;
         lm::build(&self.config.text, l, layers, final_norm, &|name: &str| stored_dtype(w, name))

@@ -21,6 +21,8 @@ pub struct EncoderWeights {
     pub ckpt: Checkpoint,
     /// canonical name → stored key
     keys: HashMap<String, String>,
+    /// Vision tensors the checkpoint lacks (empty for a full Qwen2.5-VL checkpoint).
+    pub vision_missing: Vec<String>,
 }
 
 impl EncoderWeights {
@@ -50,8 +52,24 @@ impl EncoderWeights {
             }
             keys.insert(name, key);
         }
+        // The vision tower's tensors: indexed when present (a text-only checkpoint still encodes
+        // prompts; images then fail with the missing names), shapes checked.
+        let mut vision_missing = Vec::new();
+        for (name, shape) in super::vision::vision_tensors(&cfg.vision) {
+            let Some(key) = names::candidates(&name).into_iter().find(|k| ckpt.get(k).is_some()) else {
+                vision_missing.push(name);
+                continue;
+            };
+            let info = ckpt.info(ckpt.get(&key).expect("cannot fail: found"));
+            if crate::weights::safetensors::dtype_from_str(&info.dtype).is_none() {
+                bad.push(format!("{key}: dtype {} (wgdit reads BF16, F16, F32)", info.dtype));
+            } else if info.shape != shape {
+                bad.push(format!("{key}: shape {:?}, expected {shape:?}", info.shape));
+            }
+            keys.insert(name, key);
+        }
         if missing.is_empty() && bad.is_empty() {
-            return Ok(EncoderWeights { ckpt, keys });
+            return Ok(EncoderWeights { ckpt, keys, vision_missing });
         }
         let list = |v: &[String]| {
             let head: Vec<&str> = v.iter().take(6).map(String::as_str).collect();
