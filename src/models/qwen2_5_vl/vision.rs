@@ -39,13 +39,11 @@ pub struct VisionGraph {
 /// The names every vision tensor has (canonical, `visual.*`) with its shape.
 pub fn vision_tensors(v: &VisionConfig) -> Vec<(String, Vec<usize>)> {
     let (c, i, o) = (v.hidden_size, v.intermediate_size, v.out_hidden_size);
-    let k = v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size;
     let m = c * v.spatial_merge_size * v.spatial_merge_size;
     let mut t = vec![(
         "visual.patch_embed.proj.weight".to_string(),
         vec![c, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size],
     )];
-    let _ = k;
     for b in 0..v.depth {
         let p = format!("visual.blocks.{b}");
         for (name, shape) in [
@@ -153,9 +151,9 @@ pub fn rope_table(head_dim: usize, positions: &[[u32; 2]]) -> Vec<f32> {
     let inv: Vec<f32> = (0..dim / 2).map(|k| (1.0 / 10000f64.powf(2.0 * k as f64 / dim as f64)) as f32).collect();
     let mut out = Vec::with_capacity(positions.len() * dim * 2);
     for p in positions {
-        for axis in 0..2 {
+        for &coord in p {
             for &f in &inv {
-                let a = p[axis] as f32 * f;
+                let a = coord as f32 * f;
                 out.extend([a.cos(), a.sin()]);
             }
         }
