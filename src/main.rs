@@ -368,8 +368,8 @@ struct GenerateArgs {
     /// QwenImageEditPlusPipeline (Edit-2509/2511), with model_index.json, transformer/, vae/, scheduler/.
     #[arg(long)]
     model: PathBuf,
-    /// The prompt, encoded with the folder's text_encoder/ and tokenizer (text to image; the Edit
-    /// pipelines need --prompt-embeds until the vision tower lands).
+    /// The prompt, encoded with the folder's text_encoder/ and tokenizer (and, for the Edit
+    /// pipelines, with the --image pictures through the vision tower).
     #[arg(long, conflicts_with = "prompt_embeds")]
     prompt: Option<String>,
     /// `prompt_embeds` [1, S, D] f32 + `prompt_embeds_mask` [1, S] (i64/i32), as diffusers' encode_prompt returns them.
@@ -474,7 +474,7 @@ struct EncodePromptArgs {
     /// The prompt.
     #[arg(long)]
     prompt: String,
-    /// A picture the prompt refers to (the Edit pipelines; needs the vision tower: not yet).
+    /// A picture to edit (the Edit pipelines: one; Edit-2509/2511: one or more), encoded with the prompt.
     #[arg(long = "image", value_name = "FILE")]
     images: Vec<PathBuf>,
     /// Target area of Edit v1's reference (its vision input), as in `generate`.
@@ -721,14 +721,17 @@ fn run(cli: Cli) -> wgdit::Result<()> {
 }
 
 fn encode_prompt(a: EncodePromptArgs) -> wgdit::Result<()> {
-    if !a.images.is_empty() {
-        return Err(wgdit::Error::input(
-            "--image: encoding images needs the Qwen2.5-VL vision tower, which wgdit does not run yet (the Edit pipelines take --prompt-embeds from diffusers meanwhile)",
-        ));
-    }
-    let _ = (a.ref_area, a.condition_area);
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
-    let r = wgdit::pipeline::prompt::encode_to_file(&gpu, &a.model, &a.prompt, a.text.residency(), &a.output)?;
+    let req = wgdit::pipeline::prompt::EncodeRequest {
+        model: &a.model,
+        prompt: &a.prompt,
+        images: &a.images,
+        ref_area: a.ref_area,
+        condition_area: a.condition_area,
+        residency: a.text.residency(),
+        output: &a.output,
+    };
+    let r = wgdit::pipeline::prompt::encode_to_file(&gpu, &req)?;
     eprintln!(
         "wrote {} (prompt_embeds [1, {}, {}], {}; {} encoder tokens, weights {:?}, {:.2} s) on {}",
         r.output.display(),

@@ -392,6 +392,8 @@ fn read_prompts(
 ) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
     use crate::pipeline::prompt::PromptEncoder;
     let mut encoder: Option<PromptEncoder> = None;
+    // The Edit pipelines' pictures through the vision tower, once for both prompts.
+    let mut features: Option<crate::pipeline::prompt::ImageFeatures> = None;
     let mut read = |p: &Prompt, negative: bool| -> Result<PromptEmbeds> {
         let text = match p {
             Prompt::Embeds(path) => return PromptEmbeds::from_file(path, dim, negative),
@@ -401,7 +403,19 @@ fn read_prompts(
             encoder = Some(PromptEncoder::open(gpu, folder, o.text_residency)?);
         }
         let enc = encoder.as_mut().expect("cannot fail: opened above");
-        let e = enc.encode(text, crate::text::templates::DEFAULT_MAX_SEQUENCE_LENGTH)?;
+        let e = if folder.class == PipelineClass::TextToImage {
+            enc.encode(text, crate::text::templates::DEFAULT_MAX_SEQUENCE_LENGTH)?
+        } else {
+            if features.is_none() {
+                let originals = o.images.iter().map(|p| pixels::load_rgb(p)).collect::<Result<Vec<_>>>()?;
+                let vl =
+                    crate::pipeline::prompt::vision_images(folder.class, &originals, o.ref_area, o.condition_area)?;
+                let processor =
+                    folder.processor.clone().ok_or_else(|| Error::file(&folder.root, "no processor/ folder"))?;
+                features = Some(enc.image_features(&processor, &vl)?);
+            }
+            enc.encode_with_images(text, features.as_ref().expect("cannot fail: computed above"))?
+        };
         if e.dim != dim {
             return Err(Error::input(format!(
                 "the text encoder's hidden size {} differs from the transformer's joint_attention_dim {dim}: mismatched components",

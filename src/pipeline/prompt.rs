@@ -64,7 +64,7 @@ impl PromptEncoder {
     pub fn encode(&mut self, prompt: &str, max_sequence_length: usize) -> Result<PromptEmbeds> {
         if self.class != PipelineClass::TextToImage {
             return Err(Error::input(format!(
-                "{}: encoding a prompt with its images needs the Qwen2.5-VL vision tower, which wgdit does not run yet; pass --prompt-embeds (made by diffusers' encode_prompt) for the Edit pipelines",
+                "{}: the Edit pipelines encode the prompt with its pictures (encode_with_images)",
                 self.class.class_name()
             )));
         }
@@ -84,6 +84,101 @@ impl PromptEncoder {
     }
 }
 
+/// The Edit pipelines' vision input: the pictures as the processor gets them (already resized to
+/// their vision size) → the tower's features and grids, computed once for the prompt and the
+/// negative prompt (true CFG encodes the negative with the same images).
+pub struct ImageFeatures {
+    pub features: Vec<f32>,
+    pub grids: Vec<[usize; 3]>,
+    /// Image tokens per picture.
+    pub tokens: Vec<usize>,
+}
+
+impl PromptEncoder {
+    /// Runs the image processor and the vision tower on `images` (PIL images as `__call__` hands
+    /// them to the processor: Edit's reference, Edit-Plus's condition images).
+    pub fn image_features(&mut self, processor: &Path, images: &[::image::RgbImage]) -> Result<ImageFeatures> {
+        use crate::models::qwen2_5_vl::processor::{preprocess, ProcessorConfig};
+        let cfg_path = ["preprocessor_config.json", "processor_config.json"]
+            .iter()
+            .map(|f| processor.join(f))
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::file(processor, "no preprocessor_config.json or processor_config.json"))?;
+        let text = crate::pipeline::folder::read_bounded(&cfg_path, 1 << 20)?;
+        let cfg = ProcessorConfig::from_json_str(&text).map_err(|e| Error::file(&cfg_path, e.to_string()))?;
+        let inputs = images.iter().map(|i| preprocess(i, &cfg)).collect::<Result<Vec<_>>>()?;
+        let features = self.encoder.vision(&inputs)?;
+        let merge = cfg.merge_size;
+        Ok(ImageFeatures {
+            features,
+            grids: inputs.iter().map(|i| i.grid).collect(),
+            tokens: inputs.iter().map(|i| i.tokens(merge)).collect(),
+        })
+    }
+
+    /// `encode_prompt(prompt, image)` of the Edit pipelines: the template with one vision block per
+    /// picture (Edit: one), each `<|image_pad|>` expanded to the picture's tokens, the features
+    /// spliced in, 3-D M-RoPE, the 64-token drop; no `max_sequence_length` (the Edit pipelines
+    /// ignore it).
+    pub fn encode_with_images(&mut self, prompt: &str, img: &ImageFeatures) -> Result<PromptEmbeds> {
+        let n = img.tokens.len();
+        if self.template == Template::Edit && n != 1 {
+            return Err(Error::input(format!("QwenImageEditPipeline encodes one image with the prompt, not {n}")));
+        }
+        let pad = self.encoder.config.tokens.image;
+        let raw = self.tokenizer.encode(&self.template.fill(prompt, n))?;
+        let mut ids = Vec::with_capacity(raw.len() + img.tokens.iter().sum::<usize>());
+        let mut picture = img.tokens.iter();
+        for t in raw {
+            if t == pad {
+                let k = picture.next().ok_or_else(|| {
+                    Error::input("the prompt holds an <|image_pad|> of its own: more image blocks than pictures")
+                })?;
+                ids.extend(std::iter::repeat_n(pad, *k));
+            } else {
+                ids.push(t);
+            }
+        }
+        let (drop, d) = (self.template.drop(), self.encoder.config.text.hidden_size);
+        let hidden = self.encoder.encode_with_images(&ids, &img.features, &img.grids)?;
+        crate::outputs::check_finite("the text encoder's hidden states", &hidden, &[ids.len(), d], "")?;
+        let tokens = ids.len() - drop;
+        Ok(PromptEmbeds { embeds: hidden[drop * d..].to_vec(), tokens, dim: d, mask: None })
+    }
+}
+
+/// The pictures the Edit pipelines' processor gets: Edit's first image LANCZOS-resized to
+/// `calculate_dimensions(ref_area)`, Edit-Plus's every image to `calculate_dimensions(condition_area)`.
+pub fn vision_images(
+    class: PipelineClass,
+    images: &[::image::RgbImage],
+    ref_area: u64,
+    condition_area: u64,
+) -> Result<Vec<::image::RgbImage>> {
+    use crate::pipeline::dims::calculate_dimensions;
+    let area = match class {
+        PipelineClass::TextToImage => return Ok(Vec::new()),
+        PipelineClass::Edit => ref_area,
+        PipelineClass::EditPlus => condition_area,
+    };
+    let take = if class == PipelineClass::Edit { 1 } else { images.len() };
+    images
+        .iter()
+        .take(take)
+        .map(|img| {
+            let (w, h) = calculate_dimensions(area, img.width() as f64 / img.height().max(1) as f64);
+            if w == 0 || h == 0 {
+                return Err(Error::input(format!(
+                    "a {}x{} picture gives a vision input of {w}x{h}: the aspect ratio is too extreme",
+                    img.width(),
+                    img.height()
+                )));
+            }
+            crate::image::resize::resize_lanczos(img, w, h)
+        })
+        .collect()
+}
+
 /// What `wgdit encode-prompt` did.
 #[derive(Debug, serde::Serialize)]
 pub struct EncodeReport {
@@ -99,19 +194,45 @@ pub struct EncodeReport {
 }
 
 /// `wgdit encode-prompt`: encodes `prompt` with the folder's text encoder and writes the file.
-pub fn encode_to_file(
-    gpu: &Arc<Gpu>,
-    model: &Path,
-    prompt: &str,
-    residency: Option<Residency>,
-    output: &Path,
-) -> Result<EncodeReport> {
-    crate::outputs::check_outputs(&[model], &[output])?;
+pub struct EncodeRequest<'a> {
+    pub model: &'a Path,
+    pub prompt: &'a str,
+    pub images: &'a [PathBuf],
+    pub ref_area: u64,
+    pub condition_area: u64,
+    pub residency: Option<Residency>,
+    pub output: &'a Path,
+}
+
+pub fn encode_to_file(gpu: &Arc<Gpu>, r: &EncodeRequest) -> Result<EncodeReport> {
+    let (model, prompt, output) = (r.model, r.prompt, r.output);
+    let mut inputs: Vec<&Path> = vec![model];
+    inputs.extend(r.images.iter().map(PathBuf::as_path));
+    crate::outputs::check_outputs(&inputs, &[output])?;
     let t0 = std::time::Instant::now();
     let folder = PipelineFolder::open(model)?;
-    let mut enc = PromptEncoder::open(gpu, &folder, residency)?;
-    let encoder_tokens = enc.token_ids(prompt)?.len();
-    let p = enc.encode(prompt, DEFAULT_MAX_SEQUENCE_LENGTH)?;
+    let mut enc = PromptEncoder::open(gpu, &folder, r.residency)?;
+    let (p, encoder_tokens) = if folder.class == PipelineClass::TextToImage {
+        if !r.images.is_empty() {
+            return Err(Error::input("QwenImagePipeline takes no --image (text to image)"));
+        }
+        let n = enc.token_ids(prompt)?.len();
+        (enc.encode(prompt, DEFAULT_MAX_SEQUENCE_LENGTH)?, n)
+    } else {
+        if r.images.is_empty() {
+            return Err(Error::input(format!(
+                "{} encodes the prompt with its pictures: give --image",
+                folder.class.class_name()
+            )));
+        }
+        let originals = r.images.iter().map(|p| crate::image::pixels::load_rgb(p)).collect::<Result<Vec<_>>>()?;
+        let vl = vision_images(folder.class, &originals, r.ref_area, r.condition_area)?;
+        let processor = folder.processor.clone().ok_or_else(|| Error::file(&folder.root, "no processor/ folder"))?;
+        let img = enc.image_features(&processor, &vl)?;
+        let p = enc.encode_with_images(prompt, &img)?;
+        let n = p.tokens + enc.template.drop();
+        (p, n)
+    };
     write_embeds(output, &p)?;
     Ok(EncodeReport {
         output: output.to_path_buf(),

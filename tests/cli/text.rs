@@ -48,6 +48,42 @@ fn encode_prompt_writes_what_generate_reads_and_gives_the_same_picture() {
 }
 
 #[test]
+fn encode_prompt_with_two_pictures_writes_edit_plus_embeddings_as_diffusers() {
+    let folder = text_pipeline("edit-plus").unwrap();
+    let out = tmp("plus.safetensors");
+    let (a, b) = (fixture("pipeline/inputs/ref_a.png"), fixture("pipeline/inputs/ref_b.png"));
+    let prompt = "Put the hat from picture 2 on the cat in picture 1.";
+    let args = [
+        "encode-prompt",
+        "--model",
+        s(&folder),
+        "--prompt",
+        prompt,
+        "--image",
+        &a,
+        "--image",
+        &b,
+        "--condition-area",
+        "1600",
+        "--output",
+        s(&out),
+    ];
+    let (ok, log) = wgdit(&args);
+    assert!(ok, "{log}");
+    let read = |p: &std::path::Path, name: &str| -> Vec<f32> {
+        let bytes = std::fs::read(p).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        bytemuck::pod_collect_to_vec(st.tensor(name).unwrap().data())
+    };
+    let want =
+        read(&wgdit::testing::unpacked_fixture("text/cases").unwrap().join("edit_plus.safetensors"), "prompt_embeds");
+    let got = read(&out, "prompt_embeds");
+    let s = wgdit::testing::stats(&got, &want);
+    assert!(s.rel_l2 <= 1e-4, "edit_plus prompt_embeds rel_l2 {:.2e}", s.rel_l2);
+    let _ = std::fs::remove_file(out);
+}
+
+#[test]
 fn encode_prompt_refuses_what_it_cannot_do_and_writes_nothing() {
     let folder = text_pipeline("t2i").unwrap();
     let out = tmp("refused.safetensors");
@@ -57,7 +93,9 @@ fn encode_prompt_refuses_what_it_cannot_do_and_writes_nothing() {
     assert_refused(&["encode-prompt", "--model", &no_te, "--prompt", "x", "--output", s(&out)], &out, "text_encoder");
     let img = fixture("pipeline/inputs/ref_a.png");
     let args = ["encode-prompt", "--model", s(&folder), "--prompt", "x", "--image", &img, "--output", s(&out)];
-    assert_refused(&args, &out, "vision tower");
+    assert_refused(&args, &out, "takes no --image");
+    let plus = text_pipeline("edit-plus").unwrap();
+    assert_refused(&["encode-prompt", "--model", s(&plus), "--prompt", "x", "--output", s(&out)], &out, "give --image");
     let inside = folder.join("tokenizer/vocab.json");
     let args = ["encode-prompt", "--model", s(&folder), "--prompt", "x", "--output", s(&inside)];
     let (ok, log) = wgdit(&args);

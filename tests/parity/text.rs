@@ -173,3 +173,37 @@ fn the_vision_tower_and_the_edit_prompt_embeddings_match_transformers() {
         close(&format!("{case} prompt_embeds"), &hidden[64 * 24..], &want, COMPONENT_REL_L2);
     }
 }
+
+#[test]
+fn edit_pipelines_with_prompts_and_pictures_make_the_pictures_diffusers_makes() {
+    let dir = TempDir::new("gen-edit-text");
+    // (case, folder, images, ref_area, condition_area): the areas the fixture patched (json["areas"]).
+    let cases: [(&str, &str, &[&str], u64, u64); 3] = [
+        ("gen_edit", "edit", &["ref_a"], 19_600, 384 * 384),
+        ("gen_edit_plus", "edit-plus", &["ref_a", "ref_b"], 2304, 1600),
+        ("gen_edit_2511", "edit-2511", &["ref_b", "ref_a"], 2304, 1600),
+    ];
+    for (case, folder, images, ref_area, condition_area) in cases {
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(unpacked_fixture("text/cases").unwrap().join(format!("{case}.json"))).unwrap(),
+        )
+        .unwrap();
+        let out = dir.path().join(format!("{case}.safetensors"));
+        let prompt = Prompt::Text(json["prompt"].as_str().unwrap().to_string());
+        let mut o = GenerateOptions::new(text_pipeline(folder).unwrap(), prompt, out.clone());
+        o.negative = json["negative_prompt"].as_str().map(|n| Prompt::Text(n.to_string()));
+        o.images = images
+            .iter()
+            .map(|n| crate::diffusers_fixtures::fixtures().join(format!("pipeline/inputs/{n}.png")))
+            .collect();
+        (o.ref_area, o.condition_area) = (ref_area, condition_area);
+        o.steps = json["num_inference_steps"].as_u64().unwrap() as usize;
+        o.noise = Noise::Seed(json["seed"].as_u64().unwrap());
+        let wh = json["output_size_wh"].as_array().unwrap();
+        (o.width, o.height) = (wh[0].as_u64().map(|v| v as u32), wh[1].as_u64().map(|v| v as u32));
+        let r = generate(&test_gpu(), &o, &mut |_| {}).unwrap();
+        assert!(r.cfg, "{case}: CFG");
+        let got = crate::diffusers_fixtures::Fixture::read(&out).get("image");
+        close(&format!("{case} image"), &got, &tensor(case, "image"), IMAGE_REL_L2);
+    }
+}
