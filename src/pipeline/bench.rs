@@ -46,6 +46,8 @@ pub struct GenerateBench {
     /// the embedding table stays on the host. 0 when not planned.
     pub text_weight_bytes: u64,
     pub text_layer_bytes: u64,
+    /// The vision tower's weights (bf16, always resident; Edit pipelines), 0 when not planned.
+    pub vision_weight_bytes: u64,
 }
 
 impl GenerateBench {
@@ -88,6 +90,9 @@ impl GenerateBench {
                 mib(self.text_layer_bytes)
             ));
         }
+        if self.vision_weight_bytes > 0 {
+            s.push_str(&format!(", vision tower {:.2} MiB", mib(self.vision_weight_bytes)));
+        }
         s.push('\n');
         s
     }
@@ -127,11 +132,26 @@ pub fn plan_preset(
     let scores = 256 << 20;
     let mut phases = Vec::new();
     let te = crate::models::qwen2_5_vl::EncoderConfig::qwen2_5_vl_7b();
-    let te_tokens = text_tokens + crate::pipeline::prompt::template_of(class).drop();
-    let (te_phase, text_weight_bytes, text_layer_bytes) = text_encoder_plan(&te, te_tokens);
-    if class == PipelineClass::TextToImage {
-        phases.push(te_phase);
+    // The Edit pipelines' vision input: Edit's reference, Edit-Plus's condition picture (384²).
+    let vision_sizes: Vec<Size> = match class {
+        PipelineClass::TextToImage => vec![],
+        PipelineClass::Edit => refs.clone(),
+        PipelineClass::EditPlus => {
+            let (w, h) = dims::calculate_dimensions(rules.condition_area, width as f64 / height.max(1) as f64);
+            vec![Size::new(w, h)]
+        }
+    };
+    let mut image_tokens = 0;
+    for v in &vision_sizes {
+        let (phase, tokens) = vision_plan(&te, v)?;
+        image_tokens += tokens;
+        phases.push(phase);
     }
+    // Template + prompt + per picture its tokens and `Picture i: <|vision_start|> … <|vision_end|>`.
+    let te_tokens =
+        text_tokens + crate::pipeline::prompt::template_of(class).drop() + image_tokens + 7 * vision_sizes.len();
+    let (te_phase, text_weight_bytes, text_layer_bytes) = text_encoder_plan(&te, te_tokens);
+    phases.push(te_phase);
     for r in &refs {
         let m = planned_memory(vae, Pass::Encode, r.height as usize, r.width as usize, scores);
         phases.push(Phase {
@@ -174,9 +194,37 @@ pub fn plan_preset(
         phases,
         dit_weight_bytes: 2 * count(crate::models::qwen_image::names::expected_tensors(dit)),
         vae_weight_bytes: 4 * count(crate::models::qwen_image_vae::names::expected_tensors(vae)),
-        text_weight_bytes: if class == PipelineClass::TextToImage { text_weight_bytes } else { 0 },
-        text_layer_bytes: if class == PipelineClass::TextToImage { text_layer_bytes } else { 0 },
+        text_weight_bytes,
+        text_layer_bytes,
+        vision_weight_bytes: if vision_sizes.is_empty() {
+            0
+        } else {
+            let t = crate::models::qwen2_5_vl::vision::vision_tensors(&te.vision);
+            t.iter().map(|(_, s)| 2 * s.iter().product::<usize>() as u64).sum()
+        },
     })
+}
+
+/// The vision tower's phase on one picture of `size` (after `smart_resize`), and its image tokens.
+fn vision_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, size: &Size) -> Result<(Phase, usize)> {
+    use crate::models::qwen2_5_vl::{positions, processor::ProcessorConfig, vision};
+    let p = ProcessorConfig::default();
+    let (h, w) = p.smart_resize(size.height as usize, size.width as usize)?;
+    let grid = [1, h / p.patch_size, w / p.patch_size];
+    let v = &cfg.vision;
+    let window = v.window_size / v.patch_size / v.spatial_merge_size;
+    let (_, cu) = positions::window_index(&[grid], v.spatial_merge_size, window);
+    let n = grid[1] * grid[2];
+    let g = vision::build(v, n, cu.len() - 1, 1, &|_| DType::BF16);
+    let mem = crate::exec::memory::plan(&g.graph);
+    let phase = Phase {
+        phase: format!("vision tower {w}x{h}, {n} patches"),
+        count: 1,
+        dispatches: g.graph.dispatch_count(),
+        planned_peak_bytes: mem.peak_activation_bytes + 4 * (n * (v.hidden_size / v.num_heads)) as u64,
+        ms: None,
+    };
+    Ok((phase, n / (v.spatial_merge_size * v.spatial_merge_size)))
 }
 
 /// The text encoder's phase at `tokens` encoder tokens (prompt and negative: 2 runs), with its
@@ -288,5 +336,6 @@ pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
         // random embeddings: the text encoder does not run
         text_weight_bytes: 0,
         text_layer_bytes: 0,
+        vision_weight_bytes: 0,
     })
 }

@@ -93,10 +93,19 @@ fn bench_generate_plans_every_phase_of_the_real_models_without_weights() {
     assert!(ok, "{log}");
     let v: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     let phases: Vec<&str> = v["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
-    assert_eq!(phases.len(), 3, "{phases:?}");
-    assert!(phases[0].starts_with("VAE encode 1024x1024") && phases[2].starts_with("VAE decode 1024x1024"));
+    assert_eq!(phases.len(), 5, "{phases:?}");
+    // spec §2.4: a 1024² reference → 1036² for the vision tower → 74×74 patches → 1369 image tokens;
+    // the encoder sees 128 prompt + 64 template + 1369 + 7 tokens.
+    assert_eq!(phases[0], "vision tower 1036x1036, 5476 patches");
+    assert_eq!(phases[1], "text encoder, 1568 tok");
+    assert!(phases[2].starts_with("VAE encode 1024x1024") && phases[4].starts_with("VAE decode 1024x1024"));
     // 4096 target + 4096 reference + 128 text tokens.
-    assert!(phases[1].contains("8320 tok"), "{phases:?}");
+    assert!(phases[3].contains("8320 tok"), "{phases:?}");
+    let vision = v["vision_weight_bytes"].as_u64().unwrap();
+    assert_eq!(vision, 2 * 676_550_144, "the vision tower's 676.55 M parameters (spec §2.6) in bf16");
+    let text = v["text_weight_bytes"].as_u64().unwrap();
+    // 28 layers of 233 057 792 parameters + the final norm (spec §2.6), bf16
+    assert_eq!(text, 2 * (28 * 233_057_792 + 3584));
     let dit = v["dit_weight_bytes"].as_u64().unwrap();
     assert!((40_000_000_000..41_500_000_000).contains(&dit), "20.4B bf16 parameters: {dit}");
 }
