@@ -450,6 +450,10 @@ struct TextEncoderArgs {
     /// Where the text encoder's layer weights live while it runs.
     #[arg(long, value_enum, default_value_t = ResidencyArg::Auto)]
     text_encoder_weights: ResidencyArg,
+    /// A text encoder other than the folder's text_encoder/: a folder, or one safetensors file
+    /// (e.g. ComfyUI's qwen_2.5_vl_7b.safetensors) with its config.json beside it, else Qwen2.5-VL-7B's.
+    #[arg(long, value_name = "PATH")]
+    text_encoder: Option<PathBuf>,
 }
 
 impl TextEncoderArgs {
@@ -729,6 +733,7 @@ fn encode_prompt(a: EncodePromptArgs) -> wgdit::Result<()> {
         ref_area: a.ref_area,
         condition_area: a.condition_area,
         residency: a.text.residency(),
+        text_encoder: a.text.text_encoder.as_deref(),
         output: &a.output,
     };
     let r = wgdit::pipeline::prompt::encode_to_file(&gpu, &req)?;
@@ -839,6 +844,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     o.vae_budget = a.vae_budget_mib << 20;
     o.allow_nonfinite = a.allow_nonfinite;
     o.text_residency = a.text.residency();
+    o.text_encoder = a.text.text_encoder.clone();
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let bar = indicatif::ProgressBar::new(o.steps as u64);
     let style = indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")

@@ -109,6 +109,8 @@ pub struct GenerateOptions {
     pub allow_nonfinite: bool,
     /// Text encoder weights resident or streamed per layer (`None`: chosen from device memory).
     pub text_residency: Option<crate::models::qwen2_5_vl::runtime::Residency>,
+    /// A text encoder other than the folder's `text_encoder/` (a folder or one safetensors file).
+    pub text_encoder: Option<PathBuf>,
 }
 
 /// `--vae-tiling`.
@@ -145,6 +147,7 @@ impl GenerateOptions {
             save_latents: None,
             allow_nonfinite: false,
             text_residency: None,
+            text_encoder: None,
         }
     }
 }
@@ -194,6 +197,7 @@ fn check_generate_paths(o: &GenerateOptions) -> Result<()> {
     }
     inputs.extend(o.images.iter().map(PathBuf::as_path));
     inputs.extend(o.loras.iter().map(|(p, _)| p.as_path()));
+    inputs.extend(o.text_encoder.as_deref());
     let mut outputs: Vec<&Path> = vec![&o.output];
     if let Some(l) = &o.save_latents {
         if l == &o.output {
@@ -400,7 +404,7 @@ fn read_prompts(
             Prompt::Text(t) => t,
         };
         if encoder.is_none() {
-            encoder = Some(PromptEncoder::open(gpu, folder, o.text_residency)?);
+            encoder = Some(PromptEncoder::open_with(gpu, folder, o.text_residency, o.text_encoder.as_deref())?);
         }
         let enc = encoder.as_mut().expect("cannot fail: opened above");
         let e = if folder.class == PipelineClass::TextToImage {

@@ -38,7 +38,26 @@ impl PromptEncoder {
     /// Opens the folder's `text_encoder/` and its tokenizer (`tokenizer/`, or `processor/` for
     /// the Edit pipelines).
     pub fn open(gpu: &Arc<Gpu>, folder: &PipelineFolder, residency: Option<Residency>) -> Result<PromptEncoder> {
+        PromptEncoder::open_with(gpu, folder, residency, None)
+    }
+
+    /// [`PromptEncoder::open`] with the text encoder taken from `text_encoder` instead of the
+    /// folder's `text_encoder/`: a folder, or a single safetensors file (ComfyUI's
+    /// `text_encoders/qwen_2.5_vl_7b.safetensors` holds the original key layout) with its
+    /// config.json beside it, else Qwen2.5-VL-7B's.
+    pub fn open_with(
+        gpu: &Arc<Gpu>,
+        folder: &PipelineFolder,
+        residency: Option<Residency>,
+        text_encoder: Option<&Path>,
+    ) -> Result<PromptEncoder> {
         let template = template_of(folder.class);
+        if let Some(te) = text_encoder {
+            let tdir = crate::text::tokenizer_dir(&folder.root, Some(template))?;
+            let tokenizer = Qwen2Tokenizer::from_folder(&tdir)?;
+            let encoder = TextEncoder::open(gpu, te, residency)?;
+            return Ok(PromptEncoder { class: folder.class, template, tokenizer, encoder });
+        }
         let te = folder.text_encoder.as_ref().ok_or_else(|| {
             Error::file(
                 &folder.root,
@@ -201,6 +220,8 @@ pub struct EncodeRequest<'a> {
     pub ref_area: u64,
     pub condition_area: u64,
     pub residency: Option<Residency>,
+    /// A text encoder other than the folder's (folder or single file).
+    pub text_encoder: Option<&'a Path>,
     pub output: &'a Path,
 }
 
@@ -208,10 +229,11 @@ pub fn encode_to_file(gpu: &Arc<Gpu>, r: &EncodeRequest) -> Result<EncodeReport>
     let (model, prompt, output) = (r.model, r.prompt, r.output);
     let mut inputs: Vec<&Path> = vec![model];
     inputs.extend(r.images.iter().map(PathBuf::as_path));
+    inputs.extend(r.text_encoder);
     crate::outputs::check_outputs(&inputs, &[output])?;
     let t0 = std::time::Instant::now();
     let folder = PipelineFolder::open(model)?;
-    let mut enc = PromptEncoder::open(gpu, &folder, r.residency)?;
+    let mut enc = PromptEncoder::open_with(gpu, &folder, r.residency, r.text_encoder)?;
     let (p, encoder_tokens) = if folder.class == PipelineClass::TextToImage {
         if !r.images.is_empty() {
             return Err(Error::input("QwenImagePipeline takes no --image (text to image)"));

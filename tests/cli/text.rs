@@ -101,3 +101,25 @@ fn encode_prompt_refuses_what_it_cannot_do_and_writes_nothing() {
     let (ok, log) = wgdit(&args);
     assert!(!ok && log.contains("input"), "{log}");
 }
+
+#[test]
+fn a_single_file_text_encoder_replaces_the_folders_and_without_a_config_is_checked_as_the_7b() {
+    let folder = text_pipeline("t2i").unwrap();
+    let dir = tmp("single-te");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("qwen_tiny.safetensors");
+    std::fs::copy(folder.join("text_encoder/model.safetensors"), &file).unwrap();
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    let base = ["encode-prompt", "--model", s(&folder), "--prompt", "A cat"];
+    let (ok, log) = wgdit(&[&base[..], &["--output", s(&a)]].concat());
+    assert!(ok, "{log}");
+    // No config.json beside the file: it is taken as Qwen2.5-VL-7B, and the tiny weights do not fit.
+    let single = [&base[..], &["--text-encoder", s(&file), "--output", s(&b)]].concat();
+    assert_refused(&single, &b, "not the text encoder this config describes");
+    std::fs::copy(folder.join("text_encoder/config.json"), dir.join("config.json")).unwrap();
+    let (ok, log) = wgdit(&single);
+    assert!(ok, "{log}");
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the same embeddings file");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -42,9 +42,15 @@ impl TextEncoder {
     /// keeps the layers resident when their weights take at most half of the device memory left
     /// (the rest is for activations and, later, the DiT), else streams them.
     pub fn open(gpu: &Arc<Gpu>, dir: &Path, residency: Option<Residency>) -> Result<TextEncoder> {
-        let cfg_path = dir.join("config.json");
-        let text = crate::pipeline::folder::read_bounded(&cfg_path, 1 << 20)?;
-        let config = EncoderConfig::from_json_str(&text).map_err(|e| crate::Error::file(&cfg_path, e.to_string()))?;
+        // A folder holds config.json; a single file may have one beside it, else it is taken to be
+        // Qwen2.5-VL-7B (ComfyUI's text_encoders files come without a config).
+        let cfg_path = if dir.is_dir() { dir.join("config.json") } else { dir.with_file_name("config.json") };
+        let config = if dir.is_dir() || cfg_path.is_file() {
+            let text = crate::pipeline::folder::read_bounded(&cfg_path, 1 << 20)?;
+            EncoderConfig::from_json_str(&text).map_err(|e| crate::Error::file(&cfg_path, e.to_string()))?
+        } else {
+            EncoderConfig::qwen2_5_vl_7b()
+        };
         let weights = EncoderWeights::open(dir, &config)?;
         let residency = residency.unwrap_or_else(|| {
             let need = layer_weight_bytes(&weights);
