@@ -207,3 +207,14 @@ fn edit_pipelines_with_prompts_and_pictures_make_the_pictures_diffusers_makes() 
         close(&format!("{case} image"), &got, &tensor(case, "image"), IMAGE_REL_L2);
     }
 }
+
+#[test]
+fn a_processor_config_that_disagrees_with_the_vision_tower_is_an_error() {
+    use wgdit::models::qwen2_5_vl::processor::{preprocess, ProcessorConfig};
+    let mut enc = encoder(Residency::Resident);
+    let cfg = ProcessorConfig::from_json_str(r#"{"patch_size": 16}"#).unwrap();
+    let img = image::RgbImage::from_pixel(64, 64, image::Rgb([9, 99, 199]));
+    let e = enc.vision(&[preprocess(&img, &cfg).unwrap()]).unwrap_err().to_string();
+    assert!(e.contains("disagree"), "{e}");
+    assert!(enc.vision(&[]).unwrap_err().to_string().contains("at least one picture"));
+}

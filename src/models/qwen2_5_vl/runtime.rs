@@ -13,7 +13,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::exec::Plan;
 use crate::gpu::Gpu;
-use crate::models::qwen_image::load::{stored_dtype, TensorSource, WeightCache};
+use crate::models::qwen_image::load::{stacked_bytes, stored_dtype, TensorSource, WeightCache};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 use std::path::Path;
@@ -124,10 +124,24 @@ impl TextEncoder {
             ));
         }
         let (m, unit) = (v.spatial_merge_size, v.spatial_merge_size * v.spatial_merge_size);
+        let cols = v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size;
+        // The processor's config must describe the tower's patches (a hand-edited
+        // preprocessor_config.json could disagree with text_encoder/config.json).
+        for i in images {
+            let [_, gh, gw] = i.grid;
+            if i.pixel_values.len() != i.grid.iter().product::<usize>() * cols || gh % m != 0 || gw % m != 0 {
+                return Err(crate::Error::input(format!(
+                    "the image processor made {} values for a {gh}×{gw} patch grid, but the vision tower takes {cols} per patch in {m}×{m} merge groups: preprocessor_config.json and text_encoder/config.json disagree (patch_size, temporal_patch_size, merge_size)",
+                    i.pixel_values.len()
+                )));
+            }
+        }
+        if images.is_empty() {
+            return Err(crate::Error::input("the vision tower needs at least one picture"));
+        }
         let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid).collect();
         let window = v.window_size / v.patch_size / m;
         let (index, cu) = window_index(&grids, m, window);
-        let cols = images[0].pixel_values.len() / (grids[0].iter().product::<usize>());
         let pixels: Vec<f32> = images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
         let pos: Vec<[u32; 2]> = grids.iter().flat_map(|&g| patch_positions(g, m)).collect();
         let n = pos.len();
@@ -223,7 +237,7 @@ impl TextEncoder {
                 for (t, src) in &g.params {
                     let name = layer_name(&src.parts, i);
                     let dtype = g.graph.info(*t).dtype;
-                    let bytes = self.stacked_bytes(&name, dtype)?;
+                    let bytes = stacked_bytes(&self.weights, &name, dtype)?;
                     self.gpu.write(&bound[t].buffer, 0, &bytes);
                 }
             }
@@ -236,17 +250,6 @@ impl TextEncoder {
         let plan = self.plan(&tail, x, rope_t, &mut None)?;
         plan.run()?;
         plan.read(tail.out.expect("cannot fail: built with the final norm"))
-    }
-
-    /// The bytes of the parts stacked, in `dtype` (as the cache uploads them).
-    fn stacked_bytes(&self, parts: &[String], dtype: DType) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        for p in parts {
-            let (dt, _) = self.weights.meta(p).ok_or_else(|| crate::Error::input(format!("tensor {p} missing")))?;
-            let raw = self.weights.bytes(p)?;
-            out.extend(if dt == dtype { raw.to_vec() } else { dtype.encode(&dt.decode(&raw)) });
-        }
-        Ok(out)
     }
 }
 

@@ -45,6 +45,15 @@ pub fn stored_dtype(src: &dyn TensorSource, name: &str) -> DType {
     locate(src, name).and_then(|(n, _)| src.meta(&n)).map_or(DType::F32, |m| m.0)
 }
 
+/// The bytes of `parts` stacked in order, each in `dtype` (how a param is uploaded).
+pub fn stacked_bytes(src: &dyn TensorSource, parts: &[String], dtype: DType) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    for part in parts {
+        bytes.extend(standard_bytes(src, part, dtype)?);
+    }
+    Ok(bytes)
+}
+
 /// The bytes of a standard-named tensor in `dtype`.
 fn standard_bytes(src: &dyn TensorSource, name: &str, dtype: DType) -> Result<Vec<u8>> {
     let (stored, block) =
@@ -161,10 +170,7 @@ impl WeightCache {
             let key = (ps.parts.clone(), ps.dtype);
             if !self.uploaded.contains_key(&key) {
                 let info = graph.info(*t);
-                let mut bytes = Vec::with_capacity(info.bytes() as usize);
-                for part in &ps.parts {
-                    bytes.extend(standard_bytes(src, part, info.dtype)?);
-                }
+                let bytes = stacked_bytes(src, &ps.parts, info.dtype)?;
                 if bytes.len() as u64 != info.bytes() {
                     return Err(Error::input(format!(
                         "param {} has {} bytes, expected {}",
