@@ -242,7 +242,14 @@ fn json_parts(bytes: &[u8]) -> Result<Parts> {
         return Err(bad("the pre-tokenizer is not the Qwen split regex + ByteLevel sequence".into()));
     }
     let vocab_v = model.get("vocab").ok_or_else(|| bad("no model.vocab".into()))?;
-    let vocab = parse_vocab(&serde_json::to_vec(vocab_v).map_err(|e| bad(e.to_string()))?)?;
+    let entries = vocab_v.as_object().ok_or_else(|| bad("model.vocab is not a token → id object".into()))?;
+    let mut vocab = HashMap::with_capacity(entries.len().min(MAX_VOCAB));
+    for (tok, id) in entries {
+        let id =
+            id.as_u64().filter(|&i| i < u32::MAX as u64).ok_or_else(|| bad(format!("vocab id of `{tok}` is {id}")))?;
+        vocab.insert(tok.clone(), id as u32);
+    }
+    let vocab = check_vocab(vocab)?;
     let merges_v = model.get("merges").and_then(Value::as_array).ok_or_else(|| bad("no model.merges list".into()))?;
     if merges_v.len() > MAX_VOCAB {
         return Err(bad(format!("{} merges (at most {MAX_VOCAB})", merges_v.len())));
@@ -292,6 +299,11 @@ fn file_err(path: &Path, e: Error) -> Error {
 fn parse_vocab(bytes: &[u8]) -> Result<HashMap<String, u32>> {
     let v: HashMap<String, u32> =
         serde_json::from_slice(bytes).map_err(|e| Error::input(format!("vocab.json: not a token → id object: {e}")))?;
+    check_vocab(v)
+}
+
+/// Ids must be exactly 0..n−1 (n within bounds).
+fn check_vocab(v: HashMap<String, u32>) -> Result<HashMap<String, u32>> {
     if v.is_empty() || v.len() > MAX_VOCAB {
         return Err(Error::input(format!("vocab.json: {} entries (expected 1..={MAX_VOCAB})", v.len())));
     }
