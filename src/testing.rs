@@ -126,24 +126,18 @@ impl Drop for TempDir {
 
 /// A committed fixture folder (`tests/fixtures/<rel>`, recursively) with every `<name>.gz`
 /// decompressed to `<name>` and the other files copied, in a cache folder under the system temp
-/// dir keyed by the files' names and sizes (shared by all tests; built in a temporary folder and
+/// dir keyed by the files' names and bytes (shared by all tests; built in a temporary folder and
 /// renamed, so concurrent tests never see half a folder). The tokenizer and the tiny text encoder
 /// are committed compressed (tests/fixtures/text/README.md).
 pub fn unpacked_fixture(rel: &str) -> crate::Result<std::path::PathBuf> {
-    use std::hash::{Hash, Hasher};
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel);
     let files = list_files(&src)?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for f in &files {
-        f.hash(&mut h);
-        std::fs::metadata(src.join(f)).map_err(|e| crate::Error::io(src.join(f), e))?.len().hash(&mut h);
-    }
     let root = std::env::temp_dir().join("wgdit-fixtures");
-    let dest = root.join(format!("{}-{:016x}", rel.replace('/', "_"), h.finish()));
+    let dest = root.join(format!("{}-{:016x}", rel.replace('/', "_"), content_key(&src, &files)?));
     if dest.is_dir() {
         return Ok(dest);
     }
-    let tmp = root.join(format!(".{}.{}.tmp", rel.replace('/', "_"), std::process::id()));
+    let tmp = root.join(format!(".{}.{}.tmp", rel.replace('/', "_"), unique_suffix()));
     let _ = std::fs::remove_dir_all(&tmp);
     for f in &files {
         let from = src.join(f);
@@ -167,6 +161,26 @@ pub fn unpacked_fixture(rel: &str) -> crate::Result<std::path::PathBuf> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     Ok(dest)
+}
+
+/// `<pid>-<n>`, unique per call: concurrent tests (threads of one process too) build their own
+/// temporary folder, and the first rename wins.
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A hash of `files` (relative to `dir`): names and bytes, so a regenerated fixture gets a new
+/// cache folder.
+fn content_key(dir: &std::path::Path, files: &[String]) -> crate::Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        std::fs::read(dir.join(f)).map_err(|e| crate::Error::io(dir.join(f), e))?.hash(&mut h);
+    }
+    Ok(h.finish())
 }
 
 /// Files under `dir`, as sorted relative paths with `/` separators.
@@ -195,16 +209,23 @@ pub fn text_pipeline(name: &str) -> crate::Result<std::path::PathBuf> {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let te = unpacked_fixture("text/text_encoder")?;
     let tok = unpacked_fixture("text/tokenizer")?;
-    let dest = te
-        .parent()
-        .expect("cannot fail: under the cache")
-        .join(format!("pipeline-{name}-{}", te.file_name().expect("cannot fail: a folder").to_string_lossy()));
+    let src = fixtures.join("pipeline").join(name);
+    let processor = fixtures.join("text/processor");
+    // Keyed by every source: the pipeline folder and the processor config by content, the
+    // unpacked encoder and tokenizer by their folder names (which carry their content keys).
+    let key =
+        content_key(&src, &list_files(&src)?)? ^ content_key(&processor, &list_files(&processor)?)?.rotate_left(1);
+    let name_of = |d: &std::path::Path| d.file_name().expect("cannot fail: a folder").to_string_lossy().into_owned();
+    let dest = te.parent().expect("cannot fail: under the cache").join(format!(
+        "pipeline-{name}-{key:016x}-{}-{}",
+        name_of(&te),
+        name_of(&tok)
+    ));
     if dest.is_dir() {
         return Ok(dest);
     }
-    let tmp = dest.with_extension(format!("{}.tmp", std::process::id()));
+    let tmp = dest.with_extension(format!("{}.tmp", unique_suffix()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let src = fixtures.join("pipeline").join(name);
     let copy = |from: &std::path::Path, rel: &str| -> crate::Result<()> {
         let to = tmp.join(rel);
         std::fs::create_dir_all(to.parent().expect("cannot fail: under tmp")).map_err(|e| crate::Error::io(&to, e))?;
@@ -220,7 +241,7 @@ pub fn text_pipeline(name: &str) -> crate::Result<std::path::PathBuf> {
         copy(&tok.join(&f), &format!("tokenizer/{f}"))?;
         copy(&tok.join(&f), &format!("processor/{f}"))?;
     }
-    copy(&fixtures.join("text/processor/preprocessor_config.json"), "processor/preprocessor_config.json")?;
+    copy(&processor.join("preprocessor_config.json"), "processor/preprocessor_config.json")?;
     if std::fs::rename(&tmp, &dest).is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
