@@ -56,13 +56,16 @@ pub fn dtype_from_str(s: &str) -> Option<DType> {
     }
 }
 
-/// The safetensors dtype string of a storage dtype.
-pub fn dtype_str(d: DType) -> &'static str {
-    match d {
+/// The safetensors dtype string of a storage dtype; block formats have none (GGUF holds them).
+pub fn dtype_str(d: DType) -> Option<&'static str> {
+    Some(match d {
         DType::F32 => "F32",
         DType::F16 => "F16",
         DType::BF16 => "BF16",
-    }
+        DType::F8E4M3 => "F8_E4M3",
+        DType::F8E5M2 => "F8_E5M2",
+        _ => return None,
+    })
 }
 
 /// Byte size of a safetensors dtype, for validating entries of types we do not decode.

@@ -75,7 +75,7 @@ pub fn header_bytes(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) 
         let name = serde_json::to_string(&t.name).expect("cannot fail: string");
         s += &format!(
             "{name}:{{\"dtype\":\"{}\",\"shape\":{:?},\"data_offsets\":[{off},{end}]}}",
-            dtype_str(t.dtype),
+            dtype_str(t.dtype).expect("cannot fail: callers refuse block formats for safetensors outputs"),
             t.shape
         );
         off = end;
