@@ -6,7 +6,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models::qwen_image::load::TensorSource;
 use crate::models::qwen_image::DitConfig;
-use crate::weights::checkpoint::{looks_like_lora, Checkpoint};
+use crate::weights::checkpoint::{is_fp8_scale_tensor, looks_like_lora, Checkpoint};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
@@ -16,21 +16,10 @@ impl TensorSource for Checkpoint {
         names.filter(|n| !is_fp8_scale_tensor(n)).collect()
     }
     fn meta(&self, name: &str) -> Option<(DType, Vec<usize>)> {
-        self.get(name)?;
-        let v = self.view(name).ok()?;
-        let dtype = match (v.dtype, fp8_scale(self, name).is_some()) {
-            (DType::F8E4M3, true) => DType::F8E4M3Scaled,
-            (DType::F8E5M2, true) => DType::F8E5M2Scaled,
-            (d, _) => d,
-        };
-        Some((dtype, v.shape.to_vec()))
+        self.model_meta(name)
     }
     fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
-        let v = self.view(name)?;
-        match fp8_scale(self, name) {
-            None => Ok(Cow::Borrowed(v.bytes)),
-            Some(scale) => Ok(Cow::Owned(scaled_fp8_blocks(name, v.bytes, scale?)?)),
-        }
+        self.model_bytes(name)
     }
     fn describe(&self) -> String {
         self.path.display().to_string()
@@ -39,48 +28,6 @@ impl TensorSource for Checkpoint {
         let info = self.info(self.get(name)?);
         crate::weights::safetensors::dtype_from_str(&info.dtype).is_none().then(|| info.dtype.clone())
     }
-}
-
-/// The per-tensor scale tensors of ComfyUI's "scaled fp8" files (`<module>.scale_weight`, and the
-/// `scale_input` of its fp8 matmul path, which a dequantizing reader does not need), and the
-/// `scaled_fp8` marker tensor: read with their weights, not model tensors themselves.
-fn is_fp8_scale_tensor(name: &str) -> bool {
-    name == "scaled_fp8" || name.ends_with(".scale_weight") || name.ends_with(".scale_input")
-}
-
-/// The `scale_weight` of an fp8 weight `<module>.weight` of a scaled-fp8 file, if it has one.
-fn fp8_scale(ck: &Checkpoint, name: &str) -> Option<Result<f32>> {
-    let module = name.strip_suffix(".weight")?;
-    let scale = ck.get(&format!("{module}.scale_weight"))?;
-    let v = match ck.view_entry(scale) {
-        Ok(v) => v,
-        Err(e) => return Some(Err(e)),
-    };
-    let values = v.to_f32();
-    Some(match values.as_slice() {
-        [s] if s.is_finite() => Ok(*s),
-        _ => Err(Error::file(
-            &ck.path,
-            format!("{module}.scale_weight must be one finite number, got {} values {:?}", values.len(), v.shape),
-        )),
-    })
-}
-
-/// A scaled-fp8 weight as wgdit's GPU blocks: per 32 elements, the f32 scale then the 32 bytes
-/// (so that tensors stacked into one param keep their own scales).
-fn scaled_fp8_blocks(name: &str, fp8: &[u8], scale: f32) -> Result<Vec<u8>> {
-    if fp8.len() % 32 != 0 {
-        return Err(Error::input(format!(
-            "{name}: a scaled fp8 tensor of {} elements is not whole 32-element blocks",
-            fp8.len()
-        )));
-    }
-    let mut out = Vec::with_capacity(fp8.len() / 32 * 36);
-    for block in fp8.chunks_exact(32) {
-        out.extend_from_slice(&scale.to_le_bytes());
-        out.extend_from_slice(block);
-    }
-    Ok(out)
 }
 
 /// The config of a model path: `config` if given, else `<dir>/config.json`, else a
