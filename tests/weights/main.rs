@@ -5,3 +5,4 @@ mod synthetic_checkpoint;
 
 mod convert;
 mod lora_formats;
+mod quant_formats;
