@@ -7,3 +7,4 @@ mod synthetic_checkpoint;
 mod convert;
 mod gguf;
 mod lora_formats;
+mod quant_formats;
