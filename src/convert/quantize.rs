@@ -32,8 +32,8 @@ pub const F16_PREFIXES: [&str; 3] = ["txt_in.", "time_text_embed.", "norm_out."]
 const E4M3_MAX: f32 = 448.0;
 /// The largest finite E5M2 value.
 const E5M2_MAX: f32 = 57344.0;
-/// Elements per thread chunk, at least (smaller chunks are not worth a thread).
-const MIN_CHUNK: usize = 1 << 16;
+/// Values per quantization chunk: whole blocks of every format (2^18 = 1024 · 256).
+const CHUNK: usize = 1 << 18;
 
 /// `--keep PATTERN[=TYPE]`: tensors whose name contains `pattern` get `dtype` (default f16).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -478,35 +478,58 @@ fn fp8_scale(x: &[f32], d: DType) -> f32 {
     }
 }
 
-/// Encodes `x / scale` as `d` on up to `threads` threads, in chunks of whole blocks (blocks
-/// quantize independently, so the bytes equal one `d.encode`); also decodes each chunk to sum
-/// the squared error of `decode · scale` against `x`.
+/// Encodes `x / scale` as `d` on `threads` threads, in chunks of [`CHUNK`] values (whole blocks:
+/// blocks quantize independently, so the bytes equal one `d.encode`); each chunk is decoded again
+/// to sum the squared error of `decode · scale` against `x`. Chunks are below the dtype module's
+/// own threading threshold (2^20 values), so `threads` is what runs.
 fn encode(d: DType, x: &[f32], scale: f32, threads: usize) -> (Vec<u8>, Stats) {
-    let chunk = x.len().div_ceil(threads).max(MIN_CHUNK).next_multiple_of(d.block_elems());
     let one = |c: &[f32]| {
         let scaled: Cow<[f32]> =
             if scale == 1.0 { Cow::Borrowed(c) } else { Cow::Owned(c.iter().map(|v| v / scale).collect()) };
         let b = d.encode(&scaled);
-        let back = d.decode(&b);
         let mut s = Stats::default();
-        for (q, v) in back.iter().zip(c) {
+        for (q, v) in d.decode(&b).iter().zip(c) {
             let e = (*q * scale) as f64 - *v as f64;
             s.err2 += e * e;
             s.ref2 += (*v as f64) * (*v as f64);
         }
         (b, s)
     };
-    let parts: Vec<(Vec<u8>, Stats)> = if x.len() <= chunk {
-        vec![one(x)]
+    let chunks: Vec<&[f32]> = x.chunks(CHUNK).collect();
+    let threads = threads.min(chunks.len()).max(1);
+    let mut parts: Vec<(usize, Vec<u8>, Stats)> = if threads == 1 {
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let (b, s) = one(c);
+                (i, b, s)
+            })
+            .collect()
     } else {
         std::thread::scope(|sc| {
-            let handles: Vec<_> = x.chunks(chunk).map(|c| sc.spawn(move || one(c))).collect();
-            handles.into_iter().map(|h| h.join().expect("quantize: an encoding thread panicked")).collect()
+            let (one, chunks) = (&one, &chunks);
+            // Worker w takes chunks w, w + threads, …: equal chunks, so equal shares.
+            let workers: Vec<_> = (0..threads)
+                .map(|w| {
+                    sc.spawn(move || {
+                        (w..chunks.len())
+                            .step_by(threads)
+                            .map(|i| {
+                                let (b, s) = one(chunks[i]);
+                                (i, b, s)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers.into_iter().flat_map(|h| h.join().expect("quantize: an encoding thread panicked")).collect()
         })
     };
+    parts.sort_by_key(|p| p.0);
     let mut bytes = Vec::with_capacity(d.bytes(x.len()));
     let mut stats = Stats::default();
-    for (b, s) in parts {
+    for (_, b, s) in parts {
         bytes.extend_from_slice(&b);
         stats.err2 += s.err2;
         stats.ref2 += s.ref2;
@@ -533,7 +556,10 @@ mod tests {
         assert_eq!(planned_dtype("img_in.weight", &[3072, 64], t, &[]), DType::F32);
         assert_eq!(planned_dtype("proj_out.weight", &[64, 3072], t, &[]), DType::F32);
         assert_eq!(planned_dtype("txt_in.weight", &[3072, 3584], t, &[]), DType::F16);
-        assert_eq!(planned_dtype("time_text_embed.timestep_embedder.linear_1.weight", &[3072, 256], t, &[]), DType::F16);
+        assert_eq!(
+            planned_dtype("time_text_embed.timestep_embedder.linear_1.weight", &[3072, 256], t, &[]),
+            DType::F16
+        );
         assert_eq!(planned_dtype("norm_out.linear.weight", &[6144, 3072], t, &[]), DType::F16);
         // 3584 = 14 · 256 fits; 100 fits neither 256 nor 32
         assert_eq!(planned_dtype("transformer_blocks.0.x.weight", &[64, 3584], t, &[]), DType::Q4K);
@@ -572,8 +598,8 @@ mod tests {
 
     #[test]
     fn threaded_encoding_gives_the_bytes_of_one_encode() {
-        let x: Vec<f32> = (0..3 * MIN_CHUNK + 64).map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0).collect();
-        for d in [DType::F16, DType::BF16] {
+        let x: Vec<f32> = (0..3 * CHUNK + 256).map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0).collect();
+        for d in [DType::F16, DType::BF16, DType::Q8_0, DType::Q4_1, DType::F8E4M3] {
             let (b, s) = encode(d, &x, 1.0, 4);
             assert_eq!(b, d.encode(&x), "{}", d.name());
             assert!(s.err2 > 0.0 && s.ref2 > 0.0);

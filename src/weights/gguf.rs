@@ -353,7 +353,9 @@ fn alignment(kvs: &[(String, Value)]) -> Res<usize> {
         None => Ok(DEFAULT_ALIGNMENT),
         Some(Value::U32(a)) if a.is_power_of_two() => Ok(*a as usize),
         Some(Value::U32(a)) => Err(format!("bad GGUF metadata: general.alignment is {a}; it must be a power of two")),
-        Some(v) => Err(format!("bad GGUF metadata: general.alignment is a {}; it must be a u32", v.value_type().name())),
+        Some(v) => {
+            Err(format!("bad GGUF metadata: general.alignment is a {}; it must be a u32", v.value_type().name()))
+        }
     }
 }
 
@@ -413,11 +415,10 @@ fn tensor_info(r: RawInfo, meta: &Meta, data_len: usize) -> Res<TensorInfo> {
     if let Some(i) = r.ne.iter().position(|&d| d == 0) {
         return Err(format!("bad GGUF tensor info: tensor {name} has a dimension of 0 (ne[{i}] of {:?})", r.ne));
     }
-    let numel = r
-        .ne
-        .iter()
-        .try_fold(1usize, |a, &d| usize::try_from(d).ok().and_then(|d| a.checked_mul(d)))
-        .ok_or_else(|| format!("bad GGUF tensor info: tensor {name}: the element count of ne {:?} overflows", r.ne))?;
+    let numel =
+        r.ne.iter().try_fold(1usize, |a, &d| usize::try_from(d).ok().and_then(|d| a.checked_mul(d))).ok_or_else(
+            || format!("bad GGUF tensor info: tensor {name}: the element count of ne {:?} overflows", r.ne),
+        )?;
     let row = r.ne.first().map_or(1, |&d| d as usize);
     if row % dtype.block_elems() != 0 {
         return Err(format!(

@@ -145,7 +145,11 @@ impl GgufWriter {
         for t in &tensors {
             t.check()?;
             if !names.insert(t.name.as_str()) {
-                return Err(Error::input(format!("cannot write GGUF {}: tensor {} appears twice", dest.display(), t.name)));
+                return Err(Error::input(format!(
+                    "cannot write GGUF {}: tensor {} appears twice",
+                    dest.display(),
+                    t.name
+                )));
             }
         }
         let out = TempOutput::new(dest, false)?;
@@ -177,7 +181,13 @@ impl GgufWriter {
 
     /// Flushes, syncs and renames the file onto its destination; returns the bytes written.
     pub fn finish(self) -> Result<u64> {
-        assert_eq!(self.next, self.tensors.len(), "gguf_write: {} of {} tensors written", self.next, self.tensors.len());
+        assert_eq!(
+            self.next,
+            self.tensors.len(),
+            "gguf_write: {} of {} tensors written",
+            self.next,
+            self.tensors.len()
+        );
         let io = |e| Error::io(&self.out.tmp, e);
         let file = self.w.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;

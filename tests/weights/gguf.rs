@@ -232,7 +232,10 @@ fn bad_gguf_headers_are_refused_with_what_is_wrong() {
     refused(Bad { version: 3 << 24, ..Bad::ok() }.bytes(), &["big-endian"]);
     assert!(SafeFile::from_bytes(Path::new("v2.gguf"), Bad { version: 2, ..Bad::ok() }.bytes()).is_ok());
     // a key whose string length runs past the end of the file
-    refused(patched(Bad::ok().bytes(), 24, 1 << 50), &["the key of metadata entry 0", "string of 1125899906842624 bytes"]);
+    refused(
+        patched(Bad::ok().bytes(), 24, 1 << 50),
+        &["the key of metadata entry 0", "string of 1125899906842624 bytes"],
+    );
     let mut a = 4u32.to_le_bytes().to_vec();
     a.extend_from_slice(&(1u64 << 50).to_le_bytes());
     let lying_array = Bad { kvs: vec![("test.array".into(), 9, a)], ..Bad::ok() };
@@ -256,8 +259,14 @@ fn bad_gguf_tensor_infos_are_refused_naming_the_tensor() {
         &["tensor transformer_blocks.0.attn.to_q.weight has GGML type IQ2_XXS (16)", "wgdit reads F32, F16, BF16"],
     );
     refused(Bad::ok().tensor("u", &[4], 0, 4).bytes(), &["tensor u starts at data offset 4", "alignment 32"]);
-    refused(Bad { data: 256, ..Bad::ok() }.tensor("u", &[16], 0, 32).bytes(), &["tensors t (data bytes 0..64) and u", "overlap"]);
-    refused(Bad { data: 1024, ..Bad::ok() }.tensor("q", &[100, 2], 12, 64).bytes(), &["tensor q (Q4_K", "rows of 100", "blocks of 256"]);
+    refused(
+        Bad { data: 256, ..Bad::ok() }.tensor("u", &[16], 0, 32).bytes(),
+        &["tensors t (data bytes 0..64) and u", "overlap"],
+    );
+    refused(
+        Bad { data: 1024, ..Bad::ok() }.tensor("q", &[100, 2], 12, 64).bytes(),
+        &["tensor q (Q4_K", "rows of 100", "blocks of 256"],
+    );
     refused(Bad::ok().tensor("five", &[1, 1, 1, 1, 1], 0, 64).bytes(), &["tensor five has n_dims 5", "at most 4"]);
     refused(Bad::ok().tensor("z", &[4, 0], 0, 64).bytes(), &["tensor z has a dimension of 0"]);
     refused(Bad::ok().tensor("big", &[1 << 32, 1 << 32, 1 << 32], 0, 64).bytes(), &["tensor big", "overflows"]);
@@ -298,7 +307,8 @@ fn the_gguf_writer_round_trips_tensors_and_every_metadata_type() {
         ("a.empty".into(), Value::Array(ValueType::F32, vec![])),
         ("a.nested".into(), Value::Array(ValueType::Array, vec![inner(vec![1]), inner(vec![])])),
     ];
-    let tensors = [(DType::F32, vec![3usize, 5]), (DType::F16, vec![7]), (DType::BF16, vec![2, 3, 4]), (DType::F32, vec![])];
+    let tensors =
+        [(DType::F32, vec![3usize, 5]), (DType::F16, vec![7]), (DType::BF16, vec![2, 3, 4]), (DType::F32, vec![])];
     let infos: Vec<GgufTensor> = tensors
         .iter()
         .enumerate()

@@ -8,3 +8,4 @@ mod convert;
 mod gguf;
 mod lora_formats;
 mod quant_formats;
+mod quantize;
