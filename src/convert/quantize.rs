@@ -213,7 +213,7 @@ impl fmt::Display for QuantizeReport {
         for r in &self.rows {
             let err = match r.rel_l2() {
                 None => "copied".to_string(),
-                Some(e) if e == 0.0 => format!("exact ({} converted)", r.converted),
+                Some(0.0) => format!("exact ({} converted)", r.converted),
                 Some(e) => format!("{e:.3e} ({} converted)", r.converted),
             };
             writeln!(f, "{:<8} {:>7} {:>12}  {err}", r.dtype.name(), r.tensors, mb(r.bytes))?;
