@@ -209,6 +209,9 @@ enum Cmd {
     Train(TrainArgs),
     /// Convert a checkpoint or LoRA between the standard and merged q/k/v layouts (exact, streaming).
     Convert(ConvertArgs),
+    /// Quantize a checkpoint to a GGUF file (ComfyUI-GGUF's layout) or a ComfyUI fp8 safetensors
+    /// file, tensor by tensor (see docs/quantize.md).
+    Quantize(QuantizeArgs),
     /// Make a picture (text to image) or edit pictures with a diffusers Qwen-Image pipeline folder.
     Generate(GenerateArgs),
     /// The Qwen-Image VAE: `vae encode` (PNG → latents), `vae decode` (latents → PNG or
@@ -703,6 +706,30 @@ struct ConvertArgs {
     dry_run: bool,
 }
 
+#[derive(Args)]
+struct QuantizeArgs {
+    /// Checkpoint: a safetensors file (any ComfyUI prefix) or a diffusers model folder.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output: a .gguf file, or a .safetensors file for the fp8 types.
+    #[arg(long)]
+    output: PathBuf,
+    /// q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, f16, bf16, f32 (.gguf);
+    /// f8_e4m3, f8_e5m2 (.safetensors).
+    #[arg(long = "type", value_name = "TYPE")]
+    target: String,
+    /// Tensors whose name contains PATTERN get TYPE (default f16) instead; repeatable, the first
+    /// match wins.
+    #[arg(long = "keep", value_name = "PATTERN[=TYPE]")]
+    keep: Vec<String>,
+    /// fp8 only: ComfyUI "scaled fp8" (per-tensor scale_weight, amax / max(fp8)).
+    #[arg(long)]
+    scaled: bool,
+    /// Quantization threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -718,6 +745,7 @@ fn run(cli: Cli) -> wgdit::Result<()> {
     match cli.cmd {
         Cmd::Devices { gpu, json } => devices(&gpu.options(), json),
         Cmd::Convert(args) => convert(args),
+        Cmd::Quantize(args) => quantize(args),
         Cmd::Forward(args) => forward(args),
         Cmd::Train(args) => train(args),
         Cmd::Bench { what: BenchCmd::Dispatches(args) } => bench_dispatches(args),
@@ -1050,6 +1078,21 @@ fn convert(a: ConvertArgs) -> wgdit::Result<()> {
         progress: true,
     };
     println!("{}", convert::convert(&opts)?);
+    Ok(())
+}
+
+fn quantize(a: QuantizeArgs) -> wgdit::Result<()> {
+    use wgdit::convert::quantize::{self, KeepRule, QuantizeOptions};
+    let opts = QuantizeOptions {
+        input: a.input,
+        output: a.output,
+        target: quantize::parse_target(&a.target)?,
+        keep: a.keep.iter().map(|k| KeepRule::parse(k)).collect::<wgdit::Result<_>>()?,
+        scaled: a.scaled,
+        threads: a.threads.unwrap_or_else(quantize::default_threads),
+        progress: true,
+    };
+    println!("{}", quantize::quantize(&opts)?);
     Ok(())
 }
 

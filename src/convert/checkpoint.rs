@@ -278,7 +278,7 @@ fn split_shards(tensors: &[OutTensor], max: u64) -> Vec<Range<usize>> {
     shards
 }
 
-fn progress_bar(show: bool, total: u64) -> ProgressBar {
+pub(crate) fn progress_bar(show: bool, total: u64) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }

@@ -1,5 +1,5 @@
-//! A base checkpoint: one safetensors file or a diffusers folder (single or sharded with its
-//! `.index.json`), memory-mapped, with key prefixes normalised to canonical diffusers names.
+//! A base checkpoint: one safetensors or GGUF file, or a diffusers folder (single or sharded with
+//! its `.index.json`), memory-mapped, with key prefixes normalised to canonical diffusers names.
 
 use super::safetensors::{SafeFile, TensorInfo, TensorView};
 use crate::dtype::DType;
@@ -100,6 +100,12 @@ impl Checkpoint {
             metadata,
             config,
         })
+    }
+
+    /// `general.architecture` of a GGUF checkpoint (`qwen_image` for city96's Qwen-Image files);
+    /// None for safetensors and for GGUF files without one (sd.cpp-style files).
+    pub fn architecture(&self) -> Option<&str> {
+        self.files.first().and_then(|f| f.architecture())
     }
 
     pub fn get(&self, name: &str) -> Option<&Entry> {
