@@ -1079,7 +1079,11 @@ fn cache(a: CacheArgs) -> wgdit::Result<()> {
     o.progress = true;
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let r = cache(&gpu, &o)?;
-    let per = if r.encoded > 0 { format!(", {:.2} s/picture", (r.text_seconds + r.vae_seconds) / r.encoded as f64) } else { String::new() };
+    let per = if r.encoded > 0 {
+        format!(", {:.2} s/picture", (r.text_seconds + r.vae_seconds) / r.encoded as f64)
+    } else {
+        String::new()
+    };
     let buckets: Vec<String> = r.buckets.iter().map(|(s, n)| format!("{}x{}: {n}", s.width, s.height)).collect();
     eprintln!(
         "wrote {} ({} samples, {} lines with repeats, {}; {} encoded, {} already cached, {} bad skipped{}; buckets {}; text encoder {:.1} s, VAE {:.1} s, {:.1} s in all{per}) on {}",

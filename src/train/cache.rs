@@ -115,6 +115,14 @@ pub fn cache(gpu: &Arc<Gpu>, o: &CacheOptions) -> Result<CacheReport> {
     if o.output.is_file() {
         return Err(Error::file(&o.output, "is a file: --output is the cache folder"));
     }
+    // Only a new, empty or earlier cache folder: its metadata.jsonl is rewritten.
+    let non_empty = std::fs::read_dir(&o.output).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if non_empty && !o.output.join(store::SAMPLES).is_dir() {
+        return Err(Error::file(
+            &o.output,
+            "exists and is not a wgdit cache (no samples/ folder): choose a new or empty --output folder",
+        ));
+    }
     let folder = PipelineFolder::open(&o.model)?;
     let vae_cfg = VaeConfig::from_file(&crate::models::qwen_image_vae::resolve_dir(&folder.vae)?.join("config.json"))?;
     let dit = DitConfig::from_file(&folder.transformer.join("config.json"))?;
@@ -136,7 +144,13 @@ pub fn cache(gpu: &Arc<Gpu>, o: &CacheOptions) -> Result<CacheReport> {
     let source = sources::read(&o.data, &[&o.output])?;
     check_class(&folder, &source)?;
     let (text_model, vae_model) = plan::model_identity(&folder, o.text_encoder.as_deref())?;
-    let pin = plan::PlanInputs { class: folder.class, buckets: &bucket_rule, rules, text_model: &text_model, vae_model: &vae_model };
+    let pin = plan::PlanInputs {
+        class: folder.class,
+        buckets: &bucket_rule,
+        rules,
+        text_model: &text_model,
+        vae_model: &vae_model,
+    };
     let (planned, mut bad) = plan::plan(&source.entries, &pin);
     bad.splice(0..0, source.bad.iter().cloned());
     let existing = store::scan(&o.output)?;
@@ -212,7 +226,12 @@ fn report_bad(data: &Path, bad: &[Bad], skip: bool) -> Result<()> {
     let list: Vec<String> = bad.iter().map(|b| format!("{}: {}", b.file, b.reason)).collect();
     Err(Error::file(
         data,
-        format!("{} bad entr{} (fix them, or pass --skip-bad to leave them out):\n  {}", bad.len(), if bad.len() == 1 { "y" } else { "ies" }, list.join("\n  ")),
+        format!(
+            "{} bad entr{} (fix them, or pass --skip-bad to leave them out):\n  {}",
+            bad.len(),
+            if bad.len() == 1 { "y" } else { "ies" },
+            list.join("\n  ")
+        ),
     ))
 }
 
@@ -257,7 +276,13 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn finish(&self, planned: Vec<Planned>, mut existing: store::Existing, bad: Vec<Bad>, t0: Instant) -> Result<CacheReport> {
+    fn finish(
+        &self,
+        planned: Vec<Planned>,
+        mut existing: store::Existing,
+        bad: Vec<Bad>,
+        t0: Instant,
+    ) -> Result<CacheReport> {
         let mut seen = HashSet::new();
         let todo: Vec<&Planned> =
             planned.iter().filter(|s| !existing.by_key.contains_key(&s.key) && seen.insert(s.key.clone())).collect();
@@ -333,7 +358,8 @@ impl Run<'_> {
             return Ok(files);
         }
         std::fs::create_dir_all(self.o.output.join(store::STAGING)).map_err(|e| Error::io(&self.o.output, e))?;
-        let mut enc = PromptEncoder::open_with(self.gpu, self.folder, self.o.residency, self.o.text_encoder.as_deref())?;
+        let mut enc =
+            PromptEncoder::open_with(self.gpu, self.folder, self.o.residency, self.o.text_encoder.as_deref())?;
         let bar = self.bar(need.len(), "captions (text encoder)");
         for s in need {
             let e = self.encode_caption(&mut enc, s).map_err(|e| Error::input(format!("{}: {e}", s.entry.name)))?;
@@ -377,7 +403,8 @@ impl Run<'_> {
         let mut vae = Vae::open(self.gpu, &self.folder.vae)?;
         let bar = self.bar(todo.len(), "pictures (VAE)");
         for s in todo {
-            let tensors = self.encode_pictures(&mut vae, s).map_err(|e| Error::input(format!("{}: {e}", s.entry.name)))?;
+            let tensors =
+                self.encode_pictures(&mut vae, s).map_err(|e| Error::input(format!("{}: {e}", s.entry.name)))?;
             let name = existing.fresh_name(next);
             let meta = BTreeMap::from([
                 (store::KEY.to_string(), s.key.clone()),

@@ -48,7 +48,10 @@ impl Buckets {
             Buckets::Dynamic { max_pixels } => {
                 let s = dynamic_size(w, h, *max_pixels, multiple);
                 if s.width == 0 || s.height == 0 {
-                    return Err(format!("tiny image: {w}x{h} gives {}x{} at multiples of {multiple}", s.width, s.height));
+                    return Err(format!(
+                        "tiny image: {w}x{h} gives {}x{} at multiples of {multiple}",
+                        s.width, s.height
+                    ));
                 }
                 Ok(s)
             }

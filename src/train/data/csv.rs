@@ -177,9 +177,8 @@ pub fn image_list(cell: &str) -> Result<Vec<String>, String> {
     if let Ok(v) = serde_json::from_str::<Vec<String>>(t) {
         return Ok(v);
     }
-    python_list(t).ok_or_else(|| {
-        format!("`{}` is not a list of quoted paths (write [\"a.jpg\", \"b.jpg\"])", clip(t, 80))
-    })
+    python_list(t)
+        .ok_or_else(|| format!("`{}` is not a list of quoted paths (write [\"a.jpg\", \"b.jpg\"])", clip(t, 80)))
 }
 
 /// `['a', "b"]`: Python string literals (with `\\`, `\'`, `\"` escapes) separated by commas.
@@ -233,10 +232,14 @@ mod tests {
 
     #[test]
     fn quoted_fields_hold_commas_quotes_and_line_breaks_and_lines_are_counted() {
-        let text = "\u{feff}image,prompt\r\na.png,\"a cat, sitting\"\n\n\"b.png\",\"two\nlines \"\"quoted\"\"\"\r\nc.png\n";
+        let text =
+            "\u{feff}image,prompt\r\na.png,\"a cat, sitting\"\n\n\"b.png\",\"two\nlines \"\"quoted\"\"\"\r\nc.png\n";
         let t = parse(text).unwrap();
         assert_eq!(t.header, ["image", "prompt"]);
-        assert_eq!(rows(&t), [vec!["a.png", "a cat, sitting"], vec!["b.png", "two\nlines \"quoted\""], vec!["c.png", ""]]);
+        assert_eq!(
+            rows(&t),
+            [vec!["a.png", "a cat, sitting"], vec!["b.png", "two\nlines \"quoted\""], vec!["c.png", ""]]
+        );
         assert_eq!(t.rows.iter().map(|r| r.line).collect::<Vec<_>>(), [2, 4, 6]);
     }
 

@@ -80,8 +80,11 @@ pub fn read(data: &Path, exclude: &[&Path]) -> Result<Source> {
     if !data.is_dir() {
         return Err(Error::file(data, "not found: --data takes a folder of pictures (or a metadata.csv)"));
     }
-    let found: Vec<PathBuf> =
-        ["metadata.csv", "metadata.json", "metadata.jsonl"].iter().map(|f| data.join(f)).filter(|p| p.is_file()).collect();
+    let found: Vec<PathBuf> = ["metadata.csv", "metadata.json", "metadata.jsonl"]
+        .iter()
+        .map(|f| data.join(f))
+        .filter(|p| p.is_file())
+        .collect();
     match found.as_slice() {
         [] => read_kohya(data, exclude),
         [one] => read_metadata(data, one),
@@ -89,7 +92,10 @@ pub fn read(data: &Path, exclude: &[&Path]) -> Result<Source> {
             data,
             format!(
                 "holds {}: pass the one to read as --data",
-                many.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy()).collect::<Vec<_>>().join(" and ")
+                many.iter()
+                    .map(|p| p.file_name().unwrap_or_default().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             ),
         )),
     }
@@ -138,7 +144,10 @@ pub fn csv_rows(text: &str) -> std::result::Result<Vec<Row>, String> {
     let t = csv::parse(text)?;
     let col = |name: &str| {
         t.column(name).ok_or_else(|| {
-            format!("no `{name}` column (the header has: {}); DiffSynth's metadata.csv has image,prompt[,edit_image]", t.header.join(", "))
+            format!(
+                "no `{name}` column (the header has: {}); DiffSynth's metadata.csv has image,prompt[,edit_image]",
+                t.header.join(", ")
+            )
         })
     };
     let (image, prompt) = (col("image")?, col("prompt")?);
@@ -235,7 +244,9 @@ fn read_kohya(root: &Path, exclude: &[&Path]) -> Result<Source> {
         }
         match repeat_prefix(&name).map(str::parse::<u32>) {
             Some(Ok(n)) if n >= 1 => folders.push((p, n)),
-            Some(_) => s.bad.push(Bad { file: format!("{name}/"), reason: "the repeat count must be 1 or more".into() }),
+            Some(_) => {
+                s.bad.push(Bad { file: format!("{name}/"), reason: "the repeat count must be 1 or more".into() })
+            }
             None => {
                 s.notes.push(format!("{name}/ has no N_ prefix: its pictures count once"));
                 folders.push((p, 1));
@@ -263,7 +274,10 @@ fn read_kohya(root: &Path, exclude: &[&Path]) -> Result<Source> {
         }
     }
     if other > 0 {
-        s.notes.push(format!("{other} file(s) that are neither pictures ({}) nor captions were not read", IMAGE_EXTENSIONS.join(", ")));
+        s.notes.push(format!(
+            "{other} file(s) that are neither pictures ({}) nor captions were not read",
+            IMAGE_EXTENSIONS.join(", ")
+        ));
     }
     if s.entries.is_empty() && s.bad.is_empty() {
         return Err(Error::file(
@@ -319,7 +333,8 @@ mod tests {
 
     #[test]
     fn json_metadata_takes_lists_and_refuses_a_cached_dataset() {
-        let rows = json_rows(r#"[{"image": "t.jpg", "prompt": "p", "edit_image": ["a.jpg", "b.jpg"]}]"#, false).unwrap();
+        let rows =
+            json_rows(r#"[{"image": "t.jpg", "prompt": "p", "edit_image": ["a.jpg", "b.jpg"]}]"#, false).unwrap();
         assert_eq!(rows[0].edit, Ok(vec!["a.jpg".to_string(), "b.jpg".to_string()]));
         let e = json_rows("{\"file\": \"samples/0.safetensors\"}\n", true).unwrap_err();
         assert!(e.contains("cached dataset"), "{e}");
