@@ -416,6 +416,11 @@ struct GenerateArgs {
     loras: Vec<String>,
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// A transformer other than the folder's transformer/: a GGUF file (city96/QuantStack
+    /// Q8_0 … Q2_K), a ComfyUI fp8 or bf16 safetensors file, or a diffusers folder; its config is
+    /// the one beside it, else the folder's transformer/config.json.
+    #[arg(long, value_name = "PATH")]
+    transformer: Option<PathBuf>,
     /// Target area in pixels of the VAE reference images (diffusers: 1024·1024).
     #[arg(long, default_value_t = 1024 * 1024)]
     ref_area: u64,
@@ -873,6 +878,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     o.allow_nonfinite = a.allow_nonfinite;
     o.text_residency = a.text.residency();
     o.text_encoder = a.text.text_encoder.clone();
+    o.transformer = a.transformer.clone();
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let bar = indicatif::ProgressBar::new(o.steps as u64);
     let style = indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")

@@ -93,6 +93,11 @@ impl<'a> Linears<'a> {
 
     pub fn param(&mut self, g: &mut Graph, shape: &[usize], parts: Vec<String>, dtype: Option<DType>) -> TensorId {
         let dt = dtype.unwrap_or_else(|| (self.wdtype)(&parts[0]));
+        debug_assert!(
+            dtype.is_some() || parts.iter().all(|p| (self.wdtype)(p) == dt),
+            "{}: a stacked weight mixes dtypes",
+            parts[0]
+        );
         let t = g.param(&parts.join("+"), shape, dt);
         self.params.push((t, ParamSource { parts, dtype }));
         t
@@ -118,12 +123,15 @@ impl<'a> Linears<'a> {
         let (rows, k) = (g.shape(x)[0], g.shape(x)[1]);
         let y = g.activation(module, &[rows, n], DType::F32);
         let problems = vec![GemmProblem::rows(0, rows)];
-        self.emit(g, Emit { x, y, n, k, problems, modules: vec![vec![module.to_string()]], act, gated: None, label });
+        let modules = vec![vec![module.to_string()]];
+        self.emit(g, Emit { x, y, n, k, problems, modules, act, gated: None, label, y_col0: 0 });
         y
     }
 }
 
-/// One GEMM dispatch to emit: problem p computes `modules[p]` (stacked along N, `n` rows in all).
+/// One GEMM dispatch to emit: problem p computes `modules[p]` (stacked along N, `n` rows in all)
+/// into columns `y_col0..y_col0 + n` of y.
+#[derive(Clone)]
 pub struct Emit<'l> {
     pub x: TensorId,
     pub y: TensorId,
@@ -135,6 +143,7 @@ pub struct Emit<'l> {
     /// (residual, gate source) of a gated residual epilogue.
     pub gated: Option<(TensorId, TensorId)>,
     pub label: &'l str,
+    pub y_col0: usize,
 }
 
 /// Stacks of at most this many modules per problem (q, k, v) take their LoRAs through the GEMM's
@@ -144,10 +153,53 @@ const MAX_EPILOGUE_STACK: usize = 3;
 
 impl<'a> Linears<'a> {
     /// Emits the weights, the LoRA side path of any LoRA'd module, and the GEMM (a partial write:
-    /// the problems cover only their rows of y).
-    pub fn emit(&mut self, g: &mut Graph, mut e: Emit) {
+    /// the problems cover only their rows of y). A stack whose modules are stored in different
+    /// dtypes (GGUF files keep some `to_v` in Q6_K next to Q4_K `to_q`, `to_k`; `norm_out` in
+    /// F16 next to quantized modulations) is emitted as one GEMM per run of equal dtypes, each
+    /// on its own columns: one dispatch reads one weight dtype, and re-encoding a quantized
+    /// tensor into another format would change its values.
+    pub fn emit(&mut self, g: &mut Graph, e: Emit) {
+        match self.dtype_runs(&e) {
+            None => self.emit_uniform(g, e, true),
+            Some(runs) => {
+                for run in runs {
+                    self.emit_uniform(g, run, false);
+                }
+                if self.train.is_some() {
+                    self.train_loras(g, &e);
+                }
+            }
+        }
+    }
+
+    /// The single-dtype GEMMs a mixed-dtype stack splits into (`None` when it has one dtype):
+    /// per problem, each run of consecutive modules of one dtype on its columns of y.
+    fn dtype_runs<'l>(&self, e: &Emit<'l>) -> Option<Vec<Emit<'l>>> {
+        let dtype = |m: &String| self.stored_dtype(&format!("{m}.weight"));
+        let first = dtype(&e.modules[0][0]);
+        if e.modules.iter().flatten().all(|m| dtype(m) == first) {
+            return None;
+        }
+        let mut runs = Vec::new();
+        for (pr, ms) in e.problems.iter().zip(&e.modules) {
+            let mut col = 0;
+            for run in ms.chunk_by(|a, b| dtype(a) == dtype(b)) {
+                let n: usize = if run.len() == ms.len() { e.n } else { run.iter().map(|m| self.out_rows[m]).sum() };
+                assert!(e.gated.is_none() || n == e.n, "{}: a gated epilogue over a mixed-dtype stack", run[0]);
+                let problems = vec![GemmProblem { w_offset: 0, b_offset: 0, lora_b_offset: 0, ..pr.clone() }];
+                let modules = vec![run.to_vec()];
+                runs.push(Emit { n, problems, modules, y_col0: e.y_col0 + col, ..e.clone() });
+                col += n;
+            }
+        }
+        Some(runs)
+    }
+
+    /// [`emit`](Self::emit) for a stack of one dtype; `train_loras`: add the trainable LoRAs
+    /// (a split stack adds them once over the whole stack instead).
+    fn emit_uniform(&mut self, g: &mut Graph, mut e: Emit, train_loras: bool) {
         if self.train.is_some() {
-            return self.emit_train(g, e);
+            return self.emit_train(g, e, train_loras);
         }
         let names: Vec<String> = e.modules.concat();
         let (w, b) = self.stacked_weights(g, &mut e);
@@ -161,7 +213,8 @@ impl<'a> Linears<'a> {
             }
             SideLora { t, b, rank }
         });
-        let gemm = GemmOp { n: e.n, k: e.k, problems: e.problems.clone(), act: e.act, y_col0: 0, accumulate: false };
+        let gemm =
+            GemmOp { n: e.n, k: e.k, problems: e.problems.clone(), act: e.act, y_col0: e.y_col0, accumulate: false };
         g.push_partial(Op::Gemm { gemm, x: e.x, w, bias: Some(b), gated, lora, y: e.y }, e.label);
         if has_lora && !epilogue {
             self.lora_accumulate(g, &e);
@@ -229,7 +282,7 @@ impl<'a> Linears<'a> {
     fn lora_accumulate(&mut self, g: &mut Graph, e: &Emit) {
         assert_eq!(e.problems.len(), 1, "stacked-module LoRA path takes one problem");
         let pr = e.problems[0].clone();
-        let mut col = 0;
+        let mut col = e.y_col0;
         for m in e.modules.concat() {
             let rows = self.out_rows[&m];
             let parts = self.lora_parts(&m);
@@ -266,21 +319,28 @@ impl<'a> Linears<'a> {
         }
     }
 
-    /// Training GEMM: the plain GEMM, then one trainable LoRA (down + accumulating up) per
-    /// targeted module on its columns and its problem's rows.
-    fn emit_train(&mut self, g: &mut Graph, mut e: Emit) {
+    /// Training GEMM: the plain GEMM, then (`with_loras`) one trainable LoRA (down +
+    /// accumulating up) per targeted module on its columns and its problem's rows.
+    fn emit_train(&mut self, g: &mut Graph, mut e: Emit, with_loras: bool) {
         assert!(e.act == Activation::None && e.gated.is_none(), "training graphs do not fuse epilogues");
-        let train = self.train.expect("cannot fail: training graph");
         let (w, b) = self.stacked_weights(g, &mut e);
         let gemm = GemmOp {
             n: e.n,
             k: e.k,
             problems: e.problems.clone(),
             act: Activation::None,
-            y_col0: 0,
+            y_col0: e.y_col0,
             accumulate: false,
         };
         g.push_partial(Op::Gemm { gemm, x: e.x, w, bias: Some(b), gated: None, lora: None, y: e.y }, e.label);
+        if with_loras {
+            self.train_loras(g, &e);
+        }
+    }
+
+    /// The trainable LoRAs of the modules of `e`, each on its columns and its problem's rows.
+    fn train_loras(&mut self, g: &mut Graph, e: &Emit) {
+        let train = self.train.expect("cannot fail: training graph");
         let x_rows = g.shape(e.x)[0];
         for (pr, ms) in e.problems.iter().zip(&e.modules) {
             // A LoRA on a merged q/k/v module (`--targets to_qkv,...`) spans the stacked q, k, v.
@@ -288,7 +348,7 @@ impl<'a> Linears<'a> {
                 Some(merged) => vec![(merged, ms.iter().map(|m| self.out_rows[m]).sum())],
                 None => ms.iter().map(|m| (m.clone(), self.out_rows[m])).collect(),
             };
-            let mut col = 0;
+            let mut col = e.y_col0;
             for (m, rows) in units {
                 if train.modules.contains(&m) {
                     let r = train.rank;

@@ -17,7 +17,7 @@ use crate::models::qwen_image::latents::{pack, unpack};
 use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::Dit;
-use crate::models::qwen_image::QkvMode;
+use crate::models::qwen_image::{DitConfig, QkvMode};
 use crate::models::qwen_image_vae::config::{denormalize_latents, normalize_latents};
 use crate::models::qwen_image_vae::runtime::{Pass, Tiling, Vae};
 use crate::models::qwen_image_vae::tiling::TileSpec;
@@ -28,6 +28,7 @@ use crate::pipeline::folder::{PipelineClass, PipelineFolder};
 use crate::pipeline::noise::randn;
 use crate::pipeline::sample::{sample, Reference, Sampling, StepInfo};
 use crate::pipeline::scheduler::{Schedule, SchedulerConfig};
+use crate::weights::checkpoint::Checkpoint;
 use crate::weights::writer::write_f32_tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -111,6 +112,10 @@ pub struct GenerateOptions {
     pub text_residency: Option<crate::models::qwen2_5_vl::runtime::Residency>,
     /// A text encoder other than the folder's `text_encoder/` (a folder or one safetensors file).
     pub text_encoder: Option<PathBuf>,
+    /// A transformer other than the folder's `transformer/`: a GGUF file (city96 / QuantStack
+    /// quantizations), an fp8 or bf16 safetensors file, or a diffusers folder. Its config is the
+    /// one beside it, else the folder's `transformer/config.json`.
+    pub transformer: Option<PathBuf>,
 }
 
 /// `--vae-tiling`.
@@ -148,6 +153,7 @@ impl GenerateOptions {
             allow_nonfinite: false,
             text_residency: None,
             text_encoder: None,
+            transformer: None,
         }
     }
 }
@@ -198,6 +204,7 @@ fn check_generate_paths(o: &GenerateOptions) -> Result<()> {
     inputs.extend(o.images.iter().map(PathBuf::as_path));
     inputs.extend(o.loras.iter().map(|(p, _)| p.as_path()));
     inputs.extend(o.text_encoder.as_deref());
+    inputs.extend(o.transformer.as_deref());
     let mut outputs: Vec<&Path> = vec![&o.output];
     if let Some(l) = &o.save_latents {
         if l == &o.output {
@@ -208,13 +215,21 @@ fn check_generate_paths(o: &GenerateOptions) -> Result<()> {
     check_outputs(&inputs, &outputs)
 }
 
+/// The pipeline's transformer: the folder's, or `--transformer` with the config beside it or,
+/// failing that, the folder's (a downloaded GGUF file has none of its own).
+fn open_transformer(folder: &PipelineFolder, file: Option<&Path>) -> Result<(DitConfig, Checkpoint)> {
+    let Some(file) = file else { return open(&folder.transformer, None) };
+    let own = crate::models::qwen_image::open::config_path(file, None).ok();
+    open(file, Some(&own.unwrap_or_else(|| folder.transformer.join("config.json"))))
+}
+
 /// Runs the pipeline; `on_step` sees every denoising step (the CLI's progress bar).
 pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&StepInfo<'_>)) -> Result<GenerateReport> {
     let kind = OutputKind::of(&o.output)?;
     check_generate_paths(o)?;
     let folder = PipelineFolder::open(&o.model)?;
     check_arguments(&folder, o)?;
-    let (dcfg, ckpt) = open(&folder.transformer, None)?;
+    let (dcfg, ckpt) = open_transformer(&folder, o.transformer.as_deref())?;
     let sched_cfg = SchedulerConfig::from_file(&folder.scheduler_config)?;
     // The text encoder runs first and is dropped before the DiT and the VAE are loaded.
     let t_text = std::time::Instant::now();

@@ -57,6 +57,8 @@ pub fn dtype_from_str(s: &str) -> Option<DType> {
         "F32" => DType::F32,
         "F16" => DType::F16,
         "BF16" => DType::BF16,
+        "F8_E4M3" => DType::F8E4M3,
+        "F8_E5M2" => DType::F8E5M2,
         // GGML block formats: only GGUF files have them (safetensors headers with these dtypes
         // are refused by `parse_entry`).
         "Q8_0" => DType::Q8_0,
@@ -190,13 +192,16 @@ impl SafeFile {
         &self.mmap[self.data_start + t.begin..self.data_start + t.end]
     }
 
-    /// A typed view; dtypes other than F32/F16/BF16 (and, in GGUF files, the GGML block formats)
-    /// are an error naming the tensor.
+    /// A typed view; dtypes other than F32/F16/BF16/F8_E4M3/F8_E5M2 (and, in GGUF files, the GGML
+    /// block formats) are an error naming the tensor.
     pub fn view<'a>(&'a self, t: &'a TensorInfo) -> Result<TensorView<'a>> {
         let dtype = dtype_from_str(&t.dtype).ok_or_else(|| {
             Error::file(
                 &self.path,
-                format!("tensor {} has dtype {}; only F32, F16 and BF16 are supported (fp8/quantized checkpoints need dequantizing first)", t.name, t.dtype),
+                format!(
+                    "tensor {} has dtype {}; only F32, F16, BF16, F8_E4M3 and F8_E5M2 are supported",
+                    t.name, t.dtype
+                ),
             )
         })?;
         Ok(TensorView { name: &t.name, dtype, shape: &t.shape, bytes: self.bytes(t) })

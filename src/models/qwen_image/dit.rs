@@ -372,6 +372,7 @@ impl<'a> Builder<'a> {
                 act: Activation::None,
                 gated: None,
                 label: "embed",
+                y_col0: 0,
             });
         }
         x0
@@ -398,15 +399,24 @@ impl<'a> Builder<'a> {
             .map(|i| (vec![format!("{}.txt_mod.1", block_name(i)), format!("{}.img_mod.1", block_name(i))], 12 * d))
             .collect();
         units.push((vec!["norm_out.linear".into()], 2 * d));
-        let bytes_per_row = self.lin.stored_dtype("norm_out.linear.weight").bytes(d) as u64;
+        // Bytes of a unit's weights (its modules may differ in dtype in GGUF files).
+        let sizes: Vec<u64> = units
+            .iter()
+            .map(|u| {
+                let per_module = u.1 / u.0.len();
+                u.0.iter().map(|m| self.lin.stored_dtype(&format!("{m}.weight")).bytes(per_module * d) as u64).sum()
+            })
+            .collect();
         let mut blocks = Vec::with_capacity(layers);
         let mut norm_out = None;
         let mut start = 0;
         while start < units.len() {
             let mut end = start + 1;
             let mut n = units[start].1;
-            while end < units.len() && ((n + units[end].1) as u64) * bytes_per_row <= self.max_binding {
+            let mut bytes = sizes[start];
+            while end < units.len() && bytes + sizes[end] <= self.max_binding {
                 n += units[end].1;
+                bytes += sizes[end];
                 end += 1;
             }
             let modules: Vec<String> = units[start..end].iter().flat_map(|u| u.0.clone()).collect();
@@ -422,6 +432,7 @@ impl<'a> Builder<'a> {
                 act: Activation::None,
                 gated: None,
                 label: "modulation",
+                y_col0: 0,
             };
             self.emit_gemm(e);
             let mut col = 0;
@@ -536,7 +547,7 @@ impl<'a> Builder<'a> {
                 .collect();
             let gated_inputs = gated.map(|(res, m, _)| (res, self.group_mod(m, &group)));
             let modules = group.iter().map(|&s| modules(s)).collect();
-            self.emit_gemm(Emit { x, y, n, k, problems, modules, act, gated: gated_inputs, label });
+            self.emit_gemm(Emit { x, y, n, k, problems, modules, act, gated: gated_inputs, label, y_col0: 0 });
         }
     }
 
@@ -690,6 +701,7 @@ impl<'a> Builder<'a> {
             act: Activation::None,
             gated: None,
             label: "final",
+            y_col0: 0,
         });
         y
     }

@@ -10,6 +10,7 @@ pub mod load;
 pub mod lora;
 pub mod names;
 pub mod open;
+pub mod residency;
 pub mod rope;
 pub mod runtime;
 pub mod training;
