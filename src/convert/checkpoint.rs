@@ -147,17 +147,6 @@ fn plan<'a>(ck: &'a Checkpoint, opts: &ConvertOptions, prefix: &str) -> Result<(
             format!("two output tensors would be named {} (does the input hold both layouts?)", dup.name),
         ));
     }
-    if let Some(t) = out.iter().find(|t| crate::weights::safetensors::dtype_str(t.dtype).is_none()) {
-        return Err(Error::file(
-            &ck.path,
-            format!(
-                "tensor {} would be written as {}, a GGUF block format that safetensors cannot hold: \
-                 pass --dtype bf16, f16 or f32 to dequantize it",
-                t.name,
-                t.dtype.name()
-            ),
-        ));
-    }
     Ok((out, actions))
 }
 

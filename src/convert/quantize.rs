@@ -10,7 +10,7 @@
 use super::checkpoint::progress_bar;
 use crate::dtype::DType;
 use crate::models::qwen_image::names::{self, Layout};
-use crate::weights::checkpoint::{looks_like_lora, Checkpoint, Entry};
+use crate::weights::checkpoint::{is_fp8_scale_tensor, looks_like_lora, Checkpoint, Entry};
 use crate::weights::gguf::Value;
 use crate::weights::gguf_write::{GgufTensor, GgufWriter};
 use crate::weights::writer::{write_safetensors, OutTensor, Piece, Source, TempOutput};
@@ -37,6 +37,11 @@ const E4M3_MAX: f32 = 448.0;
 const E5M2_MAX: f32 = 57344.0;
 /// Values per quantization chunk: whole blocks of every format (2^18 = 1024 · 256).
 const CHUNK: usize = 1 << 18;
+
+/// Block formats [`DType::encode`] cannot produce yet: `src/dtype/formats.rs` decodes the
+/// k-quants but has no k-quant quantizer. Refused before anything is written (instead of a panic
+/// mid-file); remove an entry when its quantizer lands.
+const NOT_ENCODABLE: [DType; 5] = [DType::Q2K, DType::Q3K, DType::Q4K, DType::Q5K, DType::Q6K];
 
 /// `--keep PATTERN[=TYPE]`: tensors whose name contains `pattern` get `dtype` (default f16).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,8 +152,25 @@ pub struct QuantizeOptions {
 struct Planned<'a> {
     entry: &'a Entry,
     src: DType,
+    /// The `scale_weight` its stored values are multiplied by (a scaled-fp8 input), else 1.
+    src_scale: f32,
     out: DType,
     shape: Vec<usize>,
+}
+
+impl Planned<'_> {
+    /// Whether the stored bytes can be written as they are.
+    fn copies(&self) -> bool {
+        self.out == self.src && self.src_scale == 1.0
+    }
+    /// The tensor's values in f32 (scale applied).
+    fn values(&self, ck: &Checkpoint) -> Result<Vec<f32>> {
+        let mut x = ck.view_entry(self.entry)?.to_f32();
+        if self.src_scale != 1.0 {
+            x.iter_mut().for_each(|v| *v *= self.src_scale);
+        }
+        Ok(x)
+    }
 }
 
 /// Runs `wgdit quantize`.
@@ -214,6 +236,15 @@ fn check_options(opts: &QuantizeOptions) -> Result<OutKind> {
             opts.output.display()
         )));
     }
+    let wanted = std::iter::once(opts.target).chain(opts.keep.iter().map(|k| k.dtype));
+    if let Some(d) = wanted.into_iter().find(|d| NOT_ENCODABLE.contains(d)) {
+        return Err(Error::input(format!(
+            "{}: wgdit cannot quantize to the k-quants yet (it reads them); use q8_0, q5_1, q5_0, q4_1 or q4_0, \
+             or quantize an F16 GGUF from `wgdit quantize --type f16` with llama.cpp's llama-quantize patched by \
+             city96's lcpp.patch",
+            d.name()
+        )));
+    }
     if opts.scaled && kind != OutKind::Fp8 {
         return Err(Error::input("--scaled is for fp8 safetensors outputs (--type f8_e4m3|f8_e5m2)"));
     }
@@ -231,9 +262,14 @@ pub fn parse_target(s: &str) -> Result<DType> {
 }
 
 /// Every model tensor with its type; tensors outside the model's key prefix are dropped (as
-/// city96's convert.py does), with a note.
+/// city96's convert.py does), with a note. The scales of a scaled-fp8 input are applied to their
+/// weights, not written.
 fn plan<'a>(ck: &'a Checkpoint, opts: &QuantizeOptions, report: &mut QuantizeReport) -> Result<Vec<Planned<'a>>> {
-    let model: Vec<&Entry> = ck.entries.iter().filter(|e| !e.foreign).collect();
+    let scales = ck.entries.iter().filter(|e| !e.foreign && is_fp8_scale_tensor(&e.name)).count();
+    if scales > 0 {
+        report.notes.push(format!("a scaled-fp8 input: its {scales} scale tensor(s) are applied to their weights"));
+    }
+    let model: Vec<&Entry> = ck.entries.iter().filter(|e| !e.foreign && !is_fp8_scale_tensor(&e.name)).collect();
     if !model.iter().any(|e| names::is_dit_tensor(&e.name)) {
         let eg: Vec<&str> = ck.entries.iter().take(3).map(|e| e.key.as_str()).collect();
         return Err(Error::file(
@@ -247,7 +283,7 @@ fn plan<'a>(ck: &'a Checkpoint, opts: &QuantizeOptions, report: &mut QuantizeRep
     }
     report.input_kind =
         format!("checkpoint ({} file(s), key prefix {:?}, {} tensors)", ck.files.len(), ck.prefix, model.len());
-    let dropped = ck.entries.len() - model.len();
+    let dropped = ck.entries.len() - model.len() - scales;
     if dropped > 0 {
         report.notes.push(format!("{dropped} tensor(s) outside the {:?} prefix were left out", ck.prefix));
     }
@@ -273,7 +309,8 @@ fn plan<'a>(ck: &'a Checkpoint, opts: &QuantizeOptions, report: &mut QuantizeRep
                 d.name()
             ));
         }
-        out.push(Planned { entry: e, src: v.dtype, out: d, shape: v.shape.to_vec() });
+        let src_scale = ck.fp8_scale(&e.name).transpose()?.unwrap_or(1.0);
+        out.push(Planned { entry: e, src: v.dtype, src_scale, out: d, shape: v.shape.to_vec() });
     }
     Ok(out)
 }
@@ -294,10 +331,10 @@ fn write_gguf(ck: &Checkpoint, plan: &[Planned], opts: &QuantizeOptions, report:
     let pb = progress_bar(opts.progress, report.input_bytes);
     for p in plan {
         let v = ck.view_entry(p.entry)?;
-        let (bytes, stats) = if p.out == v.dtype {
+        let (bytes, stats) = if p.copies() {
             (Cow::Borrowed(v.bytes), None)
         } else {
-            let (b, s) = encode(p.out, &v.to_f32(), 1.0, opts.threads);
+            let (b, s) = encode(p.out, &p.values(ck)?, 1.0, opts.threads);
             (Cow::Owned(b), Some(s))
         };
         w.write_tensor(&bytes)?;
@@ -324,18 +361,21 @@ fn write_fp8(ck: &Checkpoint, plan: &[Planned], opts: &QuantizeOptions, report: 
         let module = p.entry.name.strip_suffix(".weight").filter(|_| fp8 && opts.scaled);
         let mut scale = None;
         let mut stats = None;
-        if p.out != p.src {
+        if !p.copies() {
             // The error pass (and the amax of a scaled tensor): one tensor in memory, then released.
-            let x = ck.view_entry(p.entry)?.to_f32();
+            let x = p.values(ck)?;
             let s = module.map(|_| fp8_scale(&x, p.out));
             stats = Some(encode(p.out, &x, s.unwrap_or(1.0), opts.threads).1);
             scale = s;
             ck.files[p.entry.file].release(info);
         }
         report.add(p.out, p.out.bytes(p.shape.iter().product()) as u64, stats);
-        let source = match scale {
-            Some(s) => Source::Scaled { dtype: p.src, pieces, scale: s },
-            None => Source::Mapped { dtype: p.src, pieces },
+        // The writer divides the stored values by this: the output's scale over the input's.
+        let divide = scale.unwrap_or(1.0) / p.src_scale;
+        let source = if divide == 1.0 {
+            Source::Mapped { dtype: p.src, pieces }
+        } else {
+            Source::Scaled { dtype: p.src, pieces, scale: divide }
         };
         tensors.push(OutTensor { name: p.entry.name.clone(), dtype: p.out, shape: p.shape.clone(), source });
         if let (Some(m), Some(s)) = (module, scale) {

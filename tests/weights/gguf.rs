@@ -346,7 +346,7 @@ fn convert_dequantizes_a_gguf_file_with_dtype_and_refuses_block_formats_without(
     let out = dir.join("tiny.safetensors");
     let mut o = crate::synthetic_checkpoint::opts(&fixture("tiny.gguf"), &out, Target::Standard);
     let err = convert(&o).err().unwrap().to_string();
-    assert!(err.contains("a GGUF block format") && err.contains("--dtype"), "{err}");
+    assert!(err.contains("block format safetensors cannot hold") && err.contains("--dtype"), "{err}");
     assert!(!out.exists());
     o.dtype = DtypeChoice::To(DType::F32);
     convert(&o).unwrap();

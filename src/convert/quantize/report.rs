@@ -83,9 +83,10 @@ impl fmt::Display for QuantizeReport {
             writeln!(f, "{:<8} {:>7} {:>12}  {err}", r.dtype.name(), r.tensors, mb(r.bytes))?;
         }
         let ratio = self.input_bytes as f64 / self.output_bytes.max(1) as f64;
+        let size = if ratio >= 1.0 { format!("{ratio:.2}x smaller") } else { format!("{:.2}x larger", 1.0 / ratio) };
         write!(
             f,
-            "wrote {}: {} -> {} ({ratio:.2}x smaller) in {:.2} s",
+            "wrote {}: {} -> {} ({size}) in {:.2} s",
             self.output.display(),
             mb(self.input_bytes),
             mb(self.output_bytes),
