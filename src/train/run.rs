@@ -177,7 +177,7 @@ impl LoraModel {
         let out_features = self.out_features;
         let sp = self.plan(key, c)?;
         sp.plan.write_inputs(&inputs);
-        sp.plan.plan.run_nodes(0..sp.forward_nodes)?;
+        sp.plan.run_nodes(0..sp.forward_nodes)?;
         let pred = sp.plan.image_rows(sp.plan.graph.output)?;
         // loss = mean_b w_b · mean((pred − target)²) over the target tokens; d/dpred on the host.
         let s_img = inputs.shape().s_img();
@@ -195,7 +195,7 @@ impl LoraModel {
             loss += weights[b] * sq / n / c.batch as f64;
         }
         sp.plan.plan.write_input(sp.d_output, &d_out);
-        sp.plan.plan.run_nodes(sp.forward_nodes..sp.plan.plan.nodes())?;
+        sp.plan.run_nodes(sp.forward_nodes..sp.plan.plan.nodes())?;
         Ok((loss, sigmas.iter().sum::<f32>() / sigmas.len() as f32))
     }
 }

@@ -165,11 +165,11 @@ pub fn time_forward(
 ) -> crate::Result<f64> {
     let plan = dit.plan(&inputs.shape(), false)?;
     plan.write_inputs(inputs);
-    plan.plan.run()?;
+    plan.submit()?;
     gpu.sync()?;
     let t0 = std::time::Instant::now();
     for _ in 0..runs.max(1) {
-        plan.plan.run()?;
+        plan.submit()?;
         gpu.sync()?;
     }
     Ok(t0.elapsed().as_secs_f64() * 1e3 / runs.max(1) as f64)
