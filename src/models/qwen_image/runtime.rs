@@ -38,6 +38,8 @@ pub struct Dit {
     budget: Option<u64>,
     /// Tests and benches: exactly this many blocks resident, whatever the budget.
     forced: Option<usize>,
+    /// Assemble streamed blocks on a worker thread while the GPU computes (default on).
+    upload_worker: bool,
     ring: Option<Arc<Ring>>,
 }
 
@@ -54,6 +56,7 @@ impl Dit {
             lora: LoraSet::default(),
             budget: None,
             forced: None,
+            upload_worker: true,
             ring: None,
         })
     }
@@ -75,6 +78,12 @@ impl Dit {
     /// back to the budget.
     pub fn set_resident_blocks(&mut self, k: Option<usize>) {
         self.forced = k;
+    }
+
+    /// Whether plans made from now on assemble streamed blocks on a worker thread while the GPU
+    /// computes (on by default; benches compare with assembling in turn).
+    pub fn set_upload_worker(&mut self, on: bool) {
+        self.upload_worker = on;
     }
 
     /// The budget plans are decided against, and where it comes from.
@@ -174,7 +183,8 @@ impl Dit {
             _ => None,
         };
         let plan = Plan::with_memory(&self.gpu, &graph.graph, &params, mem)?;
-        Ok(DitPlan { plan, graph, shape, cfg: self.cfg.clone(), gpu: self.gpu.clone(), residency, stream })
+        let (cfg, gpu, worker) = (self.cfg.clone(), self.gpu.clone(), self.upload_worker);
+        Ok(DitPlan { plan, graph, shape, cfg, gpu, residency, stream, worker })
     }
 
     /// The residency within the budget (`None`: no budget known, all resident).
@@ -258,6 +268,7 @@ pub struct DitPlan {
     /// The residency decided for this plan (`None`: no budget known, every block resident).
     pub residency: Option<Residency>,
     stream: Option<Streamed>,
+    worker: bool,
 }
 
 impl DitPlan {
@@ -302,7 +313,7 @@ impl DitPlan {
     pub fn submit(&self) -> Result<()> {
         match &self.stream {
             None => self.plan.run(),
-            Some(s) => s.run(&self.gpu, &self.plan, 0..self.plan.nodes()),
+            Some(s) => s.run(&self.gpu, &self.plan, 0..self.plan.nodes(), self.worker),
         }
     }
 
@@ -311,7 +322,7 @@ impl DitPlan {
     pub fn run_nodes(&self, nodes: std::ops::Range<usize>) -> Result<()> {
         match &self.stream {
             None => self.plan.run_nodes(nodes),
-            Some(s) => s.run(&self.gpu, &self.plan, nodes),
+            Some(s) => s.run(&self.gpu, &self.plan, nodes, self.worker),
         }
     }
 

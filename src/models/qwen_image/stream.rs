@@ -229,9 +229,16 @@ impl StreamReport {
         (self.upload_ms() > 0.0).then(|| (1.0 - gap / self.upload_ms()).clamp(0.0, 1.0))
     }
 
-    /// One line for `--verbose` and summaries.
+    /// One line for summaries.
     pub fn line(&self) -> String {
         let mib = |b: u64| b as f64 / 1048576.0;
+        if self.resident_blocks == self.blocks {
+            return format!(
+                "weight streaming: all {} blocks resident (planned peak {:.1} MiB)",
+                self.blocks,
+                mib(self.planned_peak_bytes)
+            );
+        }
         let hidden =
             self.hidden_fraction().map_or("unknown (no GPU timestamps)".into(), |h| format!("{:.0}%", h * 100.0));
         format!(
@@ -263,6 +270,14 @@ pub struct Streamed {
     need: Vec<Option<usize>>,
     source: SharedSource,
     report: Mutex<StreamReport>,
+}
+
+/// Where the blocks to upload come from, in order.
+enum Feed {
+    /// Assembled ahead on a worker thread (at most one waiting).
+    Worker(std::sync::mpsc::Receiver<Result<(Vec<u8>, Duration)>>),
+    /// Assembled on the calling thread when needed.
+    Inline(std::vec::IntoIter<usize>),
 }
 
 /// One submission: the uploads queued before it (block, slot) and its nodes.
@@ -356,46 +371,47 @@ impl Streamed {
         segs
     }
 
-    /// Runs graph nodes `nodes` of `plan`: per segment, its blocks' uploads (assembled on a worker
-    /// thread, in order), then its submission. Does not wait for the GPU at the end.
-    pub fn run(&self, gpu: &Gpu, plan: &Plan, nodes: Range<usize>) -> Result<()> {
+    /// Runs graph nodes `nodes` of `plan`: per segment, its blocks' uploads (assembled in order
+    /// on a worker thread, or here when `worker` is off), then its submission. Returns when the
+    /// GPU has finished (the segments' timestamps are read back).
+    pub fn run(&self, gpu: &Gpu, plan: &Plan, nodes: Range<usize>, worker: bool) -> Result<()> {
         let t0 = Instant::now();
         let mut state = self.ring.state.lock().unwrap_or_else(|p| p.into_inner());
         let segs = self.segments(nodes, &mut state.held);
         let loads: Vec<usize> = segs.iter().flat_map(|s| s.loads.iter().map(|l| l.0)).collect();
         let stamps = gpu.stamps(segs.len());
         let mut r = StreamReport::default();
+        let (layouts, src) = (&self.layouts, self.source.as_ref());
+        let assemble = move |b: usize| -> Result<(Vec<u8>, Duration)> {
+            let t = Instant::now();
+            let bytes = layouts[b].as_ref().expect("cannot fail: streamed").assemble(src)?;
+            Ok((bytes, t.elapsed()))
+        };
         let done = std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Vec<u8>, Duration)>>(1);
-            let (layouts, src) = (&self.layouts, self.source.as_ref());
-            scope.spawn(move || {
-                for b in loads {
-                    let t = Instant::now();
-                    let bytes = layouts[b].as_ref().expect("cannot fail: streamed").assemble(src);
-                    if tx.send(bytes.map(|v| (v, t.elapsed()))).is_err() {
-                        break;
+            let mut feed = if worker {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                scope.spawn(move || {
+                    for b in loads {
+                        if tx.send(assemble(b)).is_err() {
+                            break;
+                        }
                     }
+                });
+                Feed::Worker(rx)
+            } else {
+                Feed::Inline(loads.into_iter())
+            };
+            let mut next = || -> Result<(Vec<u8>, Duration)> {
+                match &mut feed {
+                    Feed::Worker(rx) => {
+                        rx.recv().map_err(|_| Error::input("the weight upload worker stopped early"))?
+                    }
+                    Feed::Inline(it) => assemble(it.next().expect("cannot fail: one per load")),
                 }
-            });
+            };
             for (k, seg) in segs.iter().enumerate() {
                 for &(_, s) in &seg.loads {
-                    let t = Instant::now();
-                    let (bytes, took) =
-                        rx.recv().map_err(|_| Error::input("the weight upload worker stopped early"))??;
-                    r.wait_assembly_ms += ms(t.elapsed());
-                    r.assembly_ms += ms(took);
-                    // The slot's previous block may still be read by a queued submission: the write
-                    // would be ordered after it anyway; waiting bounds the staging memory to the ring.
-                    if let Some(sub) = state.last_reader[s].take() {
-                        let t = Instant::now();
-                        gpu.wait_for(&sub)?;
-                        r.wait_gpu_ms += ms(t.elapsed());
-                    }
-                    let t = Instant::now();
-                    gpu.write(&self.ring.slots[s], 0, &bytes);
-                    r.write_ms += ms(t.elapsed());
-                    r.uploads += 1;
-                    r.uploaded_bytes += bytes.len() as u64;
+                    self.upload(gpu, &mut state, s, &mut next, &mut r)?;
                 }
                 let sub = plan.submit_nodes(seg.nodes.clone(), stamps.as_ref().map(|st| (st, k as u32)))?;
                 for &s in &seg.reads {
@@ -410,16 +426,47 @@ impl Streamed {
         }
         done?;
         drop(state);
-        if let Some(st) = &stamps {
-            let pairs = gpu.read_stamps(st)?;
-            let compute: f64 = pairs.iter().map(|p| p.1 - p.0).sum();
-            let span = pairs.last().map_or(0.0, |l| l.1) - pairs.first().map_or(0.0, |f| f.0);
-            r.gpu_compute_ms = Some(compute / 1e6);
-            r.gpu_gap_ms = Some((span - compute).max(0.0) / 1e6);
+        match &stamps {
+            Some(st) => {
+                let pairs = gpu.read_stamps(st)?;
+                let compute: f64 = pairs.iter().map(|p| p.1 - p.0).sum();
+                let span = pairs.last().map_or(0.0, |l| l.1) - pairs.first().map_or(0.0, |f| f.0);
+                r.gpu_compute_ms = Some(compute / 1e6);
+                r.gpu_gap_ms = Some((span - compute).max(0.0) / 1e6);
+            }
+            None => gpu.sync()?,
         }
         r.wall_ms = ms(t0.elapsed());
         r.runs = 1;
         self.report.lock().unwrap_or_else(|p| p.into_inner()).add(&r);
+        Ok(())
+    }
+
+    /// One upload into slot `s`: the next assembled block, written once the GPU is done with the
+    /// slot's previous block. Under wgpu's one queue the write would be ordered after that
+    /// block's submission anyway; waiting bounds the host's staging copies to the ring's blocks.
+    fn upload(
+        &self,
+        gpu: &Gpu,
+        state: &mut RingState,
+        s: usize,
+        next: &mut dyn FnMut() -> Result<(Vec<u8>, Duration)>,
+        r: &mut StreamReport,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let (bytes, took) = next()?;
+        r.wait_assembly_ms += ms(t.elapsed());
+        r.assembly_ms += ms(took);
+        if let Some(sub) = state.last_reader[s].take() {
+            let t = Instant::now();
+            gpu.wait_for(&sub)?;
+            r.wait_gpu_ms += ms(t.elapsed());
+        }
+        let t = Instant::now();
+        gpu.write(&self.ring.slots[s], 0, &bytes);
+        r.write_ms += ms(t.elapsed());
+        r.uploads += 1;
+        r.uploaded_bytes += bytes.len() as u64;
         Ok(())
     }
 
