@@ -441,6 +441,12 @@ struct GenerateArgs {
     allow_nonfinite: bool,
     #[command(flatten)]
     text: TextEncoderArgs,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// With --text-encoder-weights auto it also decides the text encoder's residency. Default:
+    /// the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -502,6 +508,11 @@ struct EncodePromptArgs {
     text: TextEncoderArgs,
 }
 
+/// A byte size (`--vram-budget`): 800M, 16G, 1.5GiB.
+fn parse_budget(s: &str) -> Result<u64, String> {
+    wgdit::budget::parse_size(s).map_err(|e| e.to_string())
+}
+
 /// `N` or `HxW` (positive integers).
 fn parse_hw(s: &str) -> Result<(usize, usize), String> {
     let num = |t: &str| t.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or(format!("`{s}`: expected N or HxW"));
@@ -538,6 +549,11 @@ struct ForwardArgs {
     /// Write the output even when it holds NaN or Inf values (refused by default).
     #[arg(long)]
     allow_nonfinite: bool,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// Default: the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -605,6 +621,11 @@ struct TrainArgs {
     /// Write the LoRA even when it holds NaN or Inf values (refused by default).
     #[arg(long)]
     allow_nonfinite: bool,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// Default: the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -647,6 +668,9 @@ struct BenchGenerateArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// With --model: the DiT's device memory budget (blocks past it stream; docs/streaming.md).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget, requires = "model")]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -679,6 +703,10 @@ struct DispatchArgs {
     /// With --preset: count a LoRA training step (DiffSynth targets at this rank) instead.
     #[arg(long)]
     train_rank: Option<usize>,
+    /// With --model: also time the forward with the blocks this budget streams (e.g. 64M) next
+    /// to the all-resident one: ratio, bytes uploaded, upload time and how much of it is hidden.
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget, requires = "model")]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -832,6 +860,7 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
                 images: a.images,
                 mode: a.qkv.mode(),
                 ref_area: a.ref_area,
+                vram_budget: a.vram_budget,
             };
             let b = run(&gpu, &r)?;
             eprintln!("on {}", gpu.info().name);
@@ -879,6 +908,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     o.text_residency = a.text.residency();
     o.text_encoder = a.text.text_encoder.clone();
     o.transformer = a.transformer.clone();
+    o.vram_budget = a.vram_budget;
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let bar = indicatif::ProgressBar::new(o.steps as u64);
     let style = indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")
@@ -912,6 +942,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
         r.vae_decode_ms,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
 }
 
@@ -967,7 +998,8 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
     let loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
     let output = a.output.clone();
     let (model, config, inputs, mode, allow_nonfinite) = (a.model, a.config, a.inputs, a.qkv.mode(), a.allow_nonfinite);
-    let task = ForwardTask { model, config, inputs, output, mode, loras, allow_nonfinite };
+    let vram_budget = a.vram_budget;
+    let task = ForwardTask { model, config, inputs, output, mode, loras, allow_nonfinite, vram_budget };
     let r = run_forward(&gpu, &task)?;
     eprintln!(
         "wrote {} output {:?} ({} mode, {} dispatches, plan {:.1} ms, run {:.1} ms, weights {:.1} MiB, activations {:.1} MiB) on {}",
@@ -981,7 +1013,18 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
         r.peak_activation_bytes as f64 / 1048576.0,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
+}
+
+/// The weight-streaming line of each DiT plan: when blocks streamed, or a budget was given.
+fn print_streaming<'a>(
+    reports: impl Iterator<Item = &'a wgdit::models::qwen_image::stream::StreamReport>,
+    asked: bool,
+) {
+    for s in reports.filter(|s| asked || s.resident_blocks < s.blocks) {
+        eprintln!("{}", s.line());
+    }
 }
 
 fn train(a: TrainArgs) -> wgdit::Result<()> {
@@ -1000,7 +1043,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     };
     (o.weight_decay, o.warmup, o.max_grad_norm) = (a.weight_decay, a.warmup, a.max_grad_norm);
     o.format = a.format.format().lora();
-    (o.resume_override, o.allow_nonfinite) = (a.resume_override, a.allow_nonfinite);
+    (o.resume_override, o.allow_nonfinite, o.vram_budget) = (a.resume_override, a.allow_nonfinite, a.vram_budget);
     o.progress = true;
     let r = train(&gpu, &o)?;
     if let (Some(step), Some(dir)) = (r.up_to_date, &o.resume) {
@@ -1017,6 +1060,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
         r.peak_activation_bytes as f64 / 1048576.0,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
 }
 
@@ -1043,6 +1087,21 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
                     r.mode, r.checkpointing, r.dispatches_per_block, r.dispatches_per_step,
                     r.peak_activation_bytes as f64 / 1048576.0, r.lora_parameters
                 );
+            }
+        }
+        return Ok(());
+    }
+    if let (Some(m), Some(budget)) = (&a.model, a.vram_budget) {
+        let g = gpu::Gpu::new(&a.gpu.options())?;
+        for (mode, rows) in bench::stream_model(&g, m, a.config.as_deref(), &b, &modes, budget)? {
+            match a.json {
+                true => println!("{}", serde_json::to_string(&rows).expect("cannot fail: plain data")),
+                false => print!(
+                    "{} mode, weight streaming on {}:\n{}",
+                    mode.name(),
+                    g.info().name,
+                    bench::stream_table(&rows)
+                ),
             }
         }
         return Ok(());

@@ -48,6 +48,9 @@ pub struct GenerateBench {
     pub text_layer_bytes: u64,
     /// The vision tower's weights (bf16, always resident; Edit pipelines), 0 when not planned.
     pub vision_weight_bytes: u64,
+    /// Weight streaming of each DiT plan over the run (run with a folder and a known budget).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
 }
 
 impl GenerateBench {
@@ -94,6 +97,9 @@ impl GenerateBench {
             s.push_str(&format!(", vision tower {:.2} MiB", mib(self.vision_weight_bytes)));
         }
         s.push('\n');
+        for r in self.stream.iter().filter(|r| r.resident_blocks < r.blocks) {
+            s.push_str(&format!("{}\n", r.line()));
+        }
         s
     }
 }
@@ -202,6 +208,7 @@ pub fn plan_preset(
             let t = crate::models::qwen2_5_vl::vision::vision_tensors(&te.vision);
             t.iter().map(|(_, s)| 2 * s.iter().product::<usize>() as u64).sum()
         },
+        stream: Vec::new(),
     })
 }
 
@@ -267,6 +274,8 @@ pub struct BenchRun {
     pub mode: QkvMode,
     /// `--ref-area` of the run.
     pub ref_area: u64,
+    /// `--vram-budget` of the DiT (`None`: the adapter's memory).
+    pub vram_budget: Option<u64>,
 }
 
 /// Runs the pipeline once with random prompt embeddings (prompt and a negative of the same
@@ -295,7 +304,7 @@ pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
     o.negative = Some(Prompt::Embeds(embeds));
     (o.width, o.height, o.steps, o.noise, o.images, o.qkv) =
         (Some(b.width), Some(b.height), b.steps, Noise::Seed(0), images, b.mode);
-    o.ref_area = b.ref_area;
+    (o.ref_area, o.vram_budget) = (b.ref_area, b.vram_budget);
     let r = generate(gpu, &o, &mut |_| {});
     let _ = std::fs::remove_dir_all(&dir);
     let r = r?;
@@ -337,5 +346,6 @@ pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
         text_weight_bytes: 0,
         text_layer_bytes: 0,
         vision_weight_bytes: 0,
+        stream: r.stream,
     })
 }

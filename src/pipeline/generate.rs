@@ -116,6 +116,9 @@ pub struct GenerateOptions {
     /// quantizations), an fp8 or bf16 safetensors file, or a diffusers folder. Its config is the
     /// one beside it, else the folder's `transformer/config.json`.
     pub transformer: Option<PathBuf>,
+    /// Device memory the DiT (and `auto` text-encoder residency) may plan within
+    /// (`--vram-budget`; `None`: the adapter's).
+    pub vram_budget: Option<u64>,
 }
 
 /// `--vae-tiling`.
@@ -154,6 +157,7 @@ impl GenerateOptions {
             text_residency: None,
             text_encoder: None,
             transformer: None,
+            vram_budget: None,
         }
     }
 }
@@ -188,6 +192,8 @@ pub struct GenerateReport {
     pub vae_decode_dispatches: usize,
     pub vae_weight_bytes: u64,
     pub weight_bytes: u64,
+    /// Weight streaming of each DiT plan (the prompt's, then the negative's) over the run.
+    pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
 }
 
 /// Refuses outputs that would replace an input (or each other), before anything is read.
@@ -304,6 +310,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     let loras = LoraSet::load(&o.loras, &dcfg)?;
     let mut dit = Dit::new(gpu, dcfg, Box::new(ckpt), o.qkv)?;
     dit.set_loras(loras);
+    dit.set_vram_budget(o.vram_budget);
     let s = Sampling {
         prompt: &prompt,
         negative: negative.as_ref(),
@@ -373,6 +380,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         vae_decode_dispatches: decoded.dispatches,
         vae_weight_bytes: vae.weight_bytes(),
         weight_bytes: dit.weight_bytes(),
+        stream: report.stream,
     })
 }
 
@@ -419,7 +427,18 @@ fn read_prompts(
             Prompt::Text(t) => t,
         };
         if encoder.is_none() {
-            encoder = Some(PromptEncoder::open_with(gpu, folder, o.text_residency, o.text_encoder.as_deref())?);
+            let mut e = PromptEncoder::open_with(gpu, folder, o.text_residency, o.text_encoder.as_deref())?;
+            if let (None, Some(budget)) = (o.text_residency, o.vram_budget) {
+                // `auto` under --vram-budget: the encoder's own rule (resident when its layers take at
+                // most half of the memory left) against the budget instead of the adapter's memory.
+                let left = budget.saturating_sub(gpu.held_bytes());
+                e.encoder.residency = if e.encoder.layer_weight_bytes() > left / 2 {
+                    crate::models::qwen2_5_vl::runtime::Residency::Streamed
+                } else {
+                    crate::models::qwen2_5_vl::runtime::Residency::Resident
+                };
+            }
+            encoder = Some(e);
         }
         let enc = encoder.as_mut().expect("cannot fail: opened above");
         let e = if folder.class == PipelineClass::TextToImage {

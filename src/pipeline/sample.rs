@@ -49,6 +49,8 @@ pub struct SampleReport {
     /// Planned activation bytes of the DiT plans (both passes' plans are alive together).
     pub peak_activation_bytes: u64,
     pub step_ms: Vec<f64>,
+    /// Weight streaming of each plan (the prompt's, then the negative's) over all steps.
+    pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
 }
 
 impl Sampling<'_> {
@@ -131,5 +133,7 @@ pub fn sample(
         on_step(&StepInfo { step: i + 1, steps: s.schedule.len(), ms, latents: &latents });
     }
     let (dispatches_per_step, peak_activation_bytes) = report_base;
-    Ok((latents, SampleReport { dispatches_per_step, peak_activation_bytes, step_ms }))
+    let stream =
+        [Some(&cond_plan), uncond_plan.as_ref()].into_iter().flatten().filter_map(|p| p.stream_report()).collect();
+    Ok((latents, SampleReport { dispatches_per_step, peak_activation_bytes, step_ms, stream }))
 }

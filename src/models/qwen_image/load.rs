@@ -14,8 +14,9 @@ use crate::tensor::{DType, Tensor};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// Stored tensors by canonical (standard or merged diffusers) name.
-pub trait TensorSource {
+/// Stored tensors by canonical (standard or merged diffusers) name. Shared across threads: the
+/// weight-streaming runtime assembles blocks on a worker thread (`stream.rs`).
+pub trait TensorSource: Send + Sync {
     /// Every stored tensor name (canonical, prefixes stripped).
     fn names(&self) -> Vec<String>;
     /// Stored dtype and shape, or `None` when absent.
@@ -195,6 +196,12 @@ impl WeightCache {
             out.insert(*t, self.uploaded[&key].clone());
         }
         Ok(out)
+    }
+
+    /// Forgets the upload of a param (a block that now streams); plans that bound it keep it
+    /// alive until they are dropped.
+    pub fn evict(&mut self, ps: &ParamSource) {
+        self.uploaded.remove(&(ps.parts.clone(), ps.dtype));
     }
 
     /// Bytes of weights on the GPU.

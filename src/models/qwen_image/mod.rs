@@ -13,6 +13,7 @@ pub mod open;
 pub mod residency;
 pub mod rope;
 pub mod runtime;
+pub mod stream;
 pub mod training;
 
 pub use config::DitConfig;
