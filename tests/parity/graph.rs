@@ -6,7 +6,7 @@ use wgdit::models::qwen_image::DitConfig;
 use wgdit::tensor::DType;
 
 fn graph(mode: QkvMode, cfg: &DitConfig, shape: &ForwardShape) -> wgdit::models::qwen_image::dit::ForwardGraph {
-    let opts = BuildOptions { train: None, lora: None, mode, max_binding: 2 << 30, keep_block_outputs: false };
+    let opts = BuildOptions { train: None, lora: None, mode, max_binding: 2 << 30, keep_block_outputs: false, modulation: Default::default() };
     build_forward(cfg, shape, opts, &|_| DType::BF16)
 }
 

@@ -35,7 +35,7 @@ pub fn summarize(
     max_binding: u64,
     wdtype: &dyn Fn(&str) -> DType,
 ) -> DispatchSummary {
-    let opts = BuildOptions { train: None, lora: None, mode, max_binding, keep_block_outputs: false };
+    let opts = BuildOptions { train: None, lora: None, mode, max_binding, keep_block_outputs: false, modulation: Default::default() };
     summarize_graph(mode, &build_forward(cfg, shape, opts, wdtype))
 }
 

@@ -8,6 +8,8 @@ use crate::graph::TensorId;
 use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardGraph, ForwardShape, QkvMode};
 use crate::models::qwen_image::load::{stored_dtype, validate, TensorSource, WeightCache};
 use crate::models::qwen_image::lora::LoraSet;
+use crate::models::qwen_image::modulation::Modulation;
+use crate::models::qwen_image::precompute::ModulationStore;
 use crate::models::qwen_image::rope;
 use crate::models::qwen_image::DitConfig;
 use crate::nn::TrainLora;
@@ -17,19 +19,32 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct Dit {
-    gpu: Arc<Gpu>,
+    pub(super) gpu: Arc<Gpu>,
     pub cfg: DitConfig,
     pub mode: QkvMode,
-    source: Box<dyn TensorSource>,
-    cache: WeightCache,
-    lora: LoraSet,
+    pub(super) source: Box<dyn TensorSource>,
+    pub(super) cache: WeightCache,
+    pub(super) lora: LoraSet,
+    /// Whether [`prepare_timesteps`](Self::prepare_timesteps) precomputes the modulation.
+    pub(super) modulation: Modulation,
+    /// Precomputed modulation vectors: plans made while set read them instead of computing them.
+    pub(super) premod: Option<Arc<ModulationStore>>,
 }
 
 impl Dit {
     /// Validates the source against the config; weights upload lazily with the first plan.
     pub fn new(gpu: &Arc<Gpu>, cfg: DitConfig, source: Box<dyn TensorSource>, mode: QkvMode) -> Result<Dit> {
         validate(&cfg, source.as_ref())?;
-        Ok(Dit { gpu: gpu.clone(), cfg, mode, source, cache: WeightCache::default(), lora: LoraSet::default() })
+        Ok(Dit {
+            gpu: gpu.clone(),
+            cfg,
+            mode,
+            source,
+            cache: WeightCache::default(),
+            lora: LoraSet::default(),
+            modulation: Modulation::Inline,
+            premod: None,
+        })
     }
 
     /// Applies runtime LoRAs (replacing any set before) to the plans made from now on.
@@ -45,16 +60,30 @@ impl Dit {
             mode: self.mode,
             max_binding: self.gpu.limits().max_storage_binding,
             keep_block_outputs,
+            modulation: if self.premod.is_some() { Modulation::Precompute } else { Modulation::Inline },
         };
         let src = self.source.as_ref();
         build_forward(&self.cfg, shape, opts, &|name| stored_dtype(src, name))
     }
 
-    /// Plans (and binds) the forward for `shape`, uploading weights not yet on the GPU.
+    /// Plans (and binds) the forward for `shape`, uploading weights not yet on the GPU. With
+    /// precomputed modulation the plan gets its own `[t_rows, cols]` modulation buffer, which
+    /// [`DitPlan::write_step`] fills from the store for each step's timesteps.
     pub fn plan(&mut self, shape: &ForwardShape, keep_block_outputs: bool) -> Result<DitPlan> {
         shape.check()?;
         let graph = self.graph(shape, keep_block_outputs);
-        self.plan_graph(graph, HashMap::new())
+        let mut extra = HashMap::new();
+        let premod = match (&self.premod, graph.modulation) {
+            (Some(store), Some(m)) => {
+                let t = Tensor::zeros(&self.gpu, graph.graph.shape(m), DType::F32, "modulation")?;
+                extra.insert(m, t.clone());
+                Some((store.clone(), t))
+            }
+            _ => None,
+        };
+        let mut plan = self.plan_graph(graph, extra)?;
+        plan.premod = premod;
+        Ok(plan)
     }
 
     /// The training graph for `shape` (forward without fused epilogues, trainable LoRAs on
@@ -66,6 +95,7 @@ impl Dit {
             mode: self.mode,
             max_binding: self.gpu.limits().max_storage_binding,
             keep_block_outputs: false,
+            modulation: Modulation::Inline,
         };
         let src = self.source.as_ref();
         build_forward(&self.cfg, shape, opts, &|name| stored_dtype(src, name))
@@ -82,7 +112,7 @@ impl Dit {
         }
         params.extend(extra);
         let plan = Plan::new(&self.gpu, &graph.graph, &params)?;
-        Ok(DitPlan { plan, graph, shape, cfg: self.cfg.clone() })
+        Ok(DitPlan { plan, graph, shape, cfg: self.cfg.clone(), premod: None })
     }
 
     /// Bytes of weights uploaded so far.
@@ -96,6 +126,8 @@ pub struct DitPlan {
     pub graph: ForwardGraph,
     pub shape: ForwardShape,
     cfg: DitConfig,
+    /// Precomputed modulation: the store and this plan's modulation input.
+    premod: Option<(Arc<ModulationStore>, Tensor)>,
 }
 
 impl DitPlan {
@@ -127,7 +159,17 @@ impl DitPlan {
             // Edit-2511: temb rows [σ_b..., 0...]; reference tokens read the t = 0 rows.
             t.extend(std::iter::repeat_n(0.0, b));
         }
-        self.plan.write_input(g.timestep, &t);
+        match (&self.premod, g.timestep) {
+            (Some((store, m)), _) => store.write_rows(m, &t),
+            (None, Some(ts)) => self.plan.write_input(ts, &t),
+            (None, None) => unreachable!("a graph without a timestep input reads precomputed modulation"),
+        }
+    }
+
+    /// Bytes of the modulation vectors this plan reads from outside (its input rows; the store
+    /// they are copied from is [`ModulationStore::bytes`]), 0 when computed inline.
+    pub fn modulation_input_bytes(&self) -> u64 {
+        self.premod.as_ref().map_or(0, |(_, t)| t.bytes())
     }
 
     /// Runs the plan on the inputs already written; the model output's image rows.
