@@ -663,6 +663,9 @@ struct BenchGenerateArgs {
     ref_area: u64,
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// Modulation vectors precomputed before the loop (as `generate` does by default) or inline.
+    #[arg(long, value_enum, default_value = "precompute")]
+    modulation: ModulationArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -812,9 +815,16 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
     use wgdit::models::qwen_image_vae::VaeConfig;
     use wgdit::pipeline::bench::{plan_preset, run, BenchRun};
     let b = match (a.preset, a.model) {
-        (Some(p), _) => {
-            plan_preset(&p.dit()?, &VaeConfig::qwen_image(), p.class(), a.width, a.height, a.text_tokens, a.qkv.mode())?
-        }
+        (Some(p), _) => plan_preset(
+            &p.dit()?,
+            &VaeConfig::qwen_image(),
+            p.class(),
+            a.width,
+            a.height,
+            a.text_tokens,
+            a.qkv.mode(),
+            a.modulation.modulation(),
+        )?,
         (None, Some(model)) => {
             let gpu = gpu::Gpu::new(&a.gpu.options())?;
             let r = BenchRun {
@@ -825,6 +835,7 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
                 text_tokens: a.text_tokens,
                 images: a.images,
                 mode: a.qkv.mode(),
+                modulation: a.modulation.modulation(),
                 ref_area: a.ref_area,
             };
             let b = run(&gpu, &r)?;

@@ -19,6 +19,7 @@ use std::ops::Range;
 
 /// Where the modulation vectors come from in a forward graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Modulation {
     /// Computed inside the graph from its `timestep` input (the time embedding and every
     /// modulation GEMM run in each forward).
@@ -157,6 +158,83 @@ pub fn build_piece<'a>(
     b.emit_modulation_piece(silu_temb, store, layout, piece);
     b.g.mark_output(store);
     PieceGraph { graph: b.g, timestep, store, params: b.lin.params, host_params: b.lin.host_params }
+}
+
+/// Device bytes of a checkpoint tensor as the loader uploads it: 2-D weights in their stored
+/// dtype, 1-D tensors (biases, norm weights) widened to f32.
+pub fn device_bytes(shape: &[usize], stored: DType) -> u64 {
+    let numel: usize = shape.iter().product();
+    if shape.len() == 2 {
+        stored.bytes(numel) as u64
+    } else {
+        4 * numel as u64
+    }
+}
+
+/// What precomputing `rows` timestep rows needs, planned without weights or a GPU.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PrecomputePlan {
+    pub rows: usize,
+    pub pieces: usize,
+    /// Dispatches of all pieces (each runs once).
+    pub dispatches: usize,
+    /// The f32 vectors of every row, kept on the GPU through the loop.
+    pub store_bytes: u64,
+    /// Device bytes of the largest piece's params (its modulation weights and the time
+    /// embedding's): the most weight memory the precompute holds at once.
+    pub weight_peak_bytes: u64,
+    /// Planned activation peak of the largest piece graph.
+    pub activation_peak_bytes: u64,
+    /// Device bytes of every modulation and time-embedding tensor: what the loop no longer holds.
+    pub released_bytes: u64,
+}
+
+impl PrecomputePlan {
+    /// Device bytes while the precompute runs: the store, one piece's weights, its activations.
+    pub fn peak_bytes(&self) -> u64 {
+        self.store_bytes + self.weight_peak_bytes + self.activation_peak_bytes
+    }
+}
+
+/// Plans the precompute of `rows` timesteps for `mode` (no GPU): every piece graph built and its
+/// memory planned.
+pub fn plan_precompute(
+    cfg: &DitConfig,
+    mode: crate::models::qwen_image::QkvMode,
+    max_binding: u64,
+    rows: usize,
+    wdtype: &dyn Fn(&str) -> DType,
+) -> PrecomputePlan {
+    let layout = ModLayout::new(cfg, max_binding, wdtype);
+    let opts = BuildOptions {
+        lora: None,
+        mode,
+        max_binding,
+        keep_block_outputs: false,
+        train: None,
+        modulation: Modulation::Inline,
+    };
+    let (mut dispatches, mut weight_peak, mut act_peak) = (0, 0, 0);
+    for piece in &layout.pieces {
+        let pg = build_piece(cfg, &layout, piece, rows, opts, wdtype);
+        dispatches += pg.graph.dispatch_count();
+        weight_peak = weight_peak.max(pg.params.iter().map(|(t, _)| pg.graph.info(*t).bytes()).sum());
+        act_peak = act_peak.max(crate::exec::memory::plan(&pg.graph).peak_activation_bytes);
+    }
+    let released = crate::models::qwen_image::names::expected_tensors(cfg)
+        .iter()
+        .filter(|(n, _)| is_modulation_tensor(n))
+        .map(|(n, s)| device_bytes(s, wdtype(n)))
+        .sum();
+    PrecomputePlan {
+        rows,
+        pieces: layout.pieces.len(),
+        dispatches,
+        store_bytes: layout.row_bytes(rows),
+        weight_peak_bytes: weight_peak,
+        activation_peak_bytes: act_peak,
+        released_bytes: released,
+    }
 }
 
 #[cfg(test)]
