@@ -46,6 +46,26 @@ impl QkvArg {
 }
 
 /// `bench dispatches --qkv`: one mode or all three.
+/// `--modulation`: where the modulation vectors of each step come from.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum ModulationArg {
+    /// Computed for every step of the schedule before the loop; the modulation weights (a third
+    /// of the model) are released before the blocks' are uploaded.
+    Precompute,
+    /// Computed in every forward from the timestep (the modulation weights stay on the GPU).
+    Inline,
+}
+
+impl ModulationArg {
+    fn modulation(self) -> wgdit::models::qwen_image::Modulation {
+        use wgdit::models::qwen_image::Modulation;
+        match self {
+            ModulationArg::Precompute => Modulation::Precompute,
+            ModulationArg::Inline => Modulation::Inline,
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 enum BenchQkv {
     Standard,
@@ -421,6 +441,9 @@ struct GenerateArgs {
     /// the one beside it, else the folder's transformer/config.json.
     #[arg(long, value_name = "PATH")]
     transformer: Option<PathBuf>,
+    /// Modulation vectors: precomputed for the whole schedule before the loop, or inline.
+    #[arg(long, value_enum, default_value = "precompute")]
+    modulation: ModulationArg,
     /// Target area in pixels of the VAE reference images (diffusers: 1024·1024).
     #[arg(long, default_value_t = 1024 * 1024)]
     ref_area: u64,
@@ -542,6 +565,10 @@ struct ForwardArgs {
     /// Execution mode: standard (6 Q/K/V projections per block), merged (2) or fused.
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// Modulation vectors: computed in the forward (inline) or precomputed for the inputs'
+    /// timesteps first (the modulation weights then never reach the forward's plan).
+    #[arg(long, value_enum, default_value = "inline")]
+    modulation: ModulationArg,
     /// A LoRA file (diffusers/PEFT, DiffSynth, kohya/musubi or ComfyUI keys), optionally with a
     /// strength: `--lora style.safetensors:0.8`. Repeatable; the base weights are not modified.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
@@ -665,6 +692,9 @@ struct BenchGenerateArgs {
     ref_area: u64,
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// Modulation vectors precomputed before the loop (as `generate` does by default) or inline.
+    #[arg(long, value_enum, default_value = "precompute")]
+    modulation: ModulationArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -846,9 +876,16 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
     use wgdit::models::qwen_image_vae::VaeConfig;
     use wgdit::pipeline::bench::{plan_preset, run, BenchRun};
     let b = match (a.preset, a.model) {
-        (Some(p), _) => {
-            plan_preset(&p.dit()?, &VaeConfig::qwen_image(), p.class(), a.width, a.height, a.text_tokens, a.qkv.mode())?
-        }
+        (Some(p), _) => plan_preset(
+            &p.dit()?,
+            &VaeConfig::qwen_image(),
+            p.class(),
+            a.width,
+            a.height,
+            a.text_tokens,
+            a.qkv.mode(),
+            a.modulation.modulation(),
+        )?,
         (None, Some(model)) => {
             let gpu = gpu::Gpu::new(&a.gpu.options())?;
             let r = BenchRun {
@@ -859,6 +896,7 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
                 text_tokens: a.text_tokens,
                 images: a.images,
                 mode: a.qkv.mode(),
+                modulation: a.modulation.modulation(),
                 ref_area: a.ref_area,
                 vram_budget: a.vram_budget,
             };
@@ -896,8 +934,8 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
         (s, None) => Noise::Seed(s.unwrap_or(0)),
     };
     o.loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
-    (o.qkv, o.ref_area, o.condition_area, o.save_latents) =
-        (a.qkv.mode(), a.ref_area, a.condition_area, a.save_latents);
+    (o.qkv, o.modulation, o.ref_area, o.condition_area, o.save_latents) =
+        (a.qkv.mode(), a.modulation.modulation(), a.ref_area, a.condition_area, a.save_latents);
     o.vae_tiling = match a.vae_tiling {
         TilingArg::Auto => VaeTiling::Auto,
         TilingArg::On => VaeTiling::On,
@@ -924,8 +962,18 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     let mib = |b: u64| b as f64 / 1048576.0;
     let per_step = r.step_ms.iter().sum::<f64>() / r.step_ms.len().max(1) as f64 / 1e3;
     let tiles = if r.vae_tiles > 0 { format!(", {} tiles", r.vae_tiles) } else { String::new() };
+    let premod = match &r.precompute {
+        Some(p) => format!(
+            " + precomputed modulation {:.1} MiB ({} timesteps, {:.0} ms; {:.1} MiB of weights released)",
+            mib(r.modulation_bytes),
+            p.rows,
+            p.ms,
+            mib(p.released_bytes)
+        ),
+        None => " (modulation inline)".into(),
+    };
     eprintln!(
-        "wrote {} ({}x{}, {}, {} steps{}, {:.2} s/step, {} dispatches/step; planned peak: DiT {:.1} MiB + weights {:.1} MiB, VAE decode {:.1} MiB{tiles}; text encoder {:.0} ms, VAE encode {:.0} ms, decode {:.0} ms) on {}",
+        "wrote {} ({}x{}, {}, {} steps{}, {:.2} s/step, {} dispatches/step; planned peak: DiT {:.1} MiB + weights {:.1} MiB{premod}, VAE decode {:.1} MiB{tiles}; text encoder {:.0} ms, VAE encode {:.0} ms, decode {:.0} ms) on {}",
         r.output.display(),
         r.width,
         r.height,
@@ -999,7 +1047,8 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
     let output = a.output.clone();
     let (model, config, inputs, mode, allow_nonfinite) = (a.model, a.config, a.inputs, a.qkv.mode(), a.allow_nonfinite);
     let vram_budget = a.vram_budget;
-    let task = ForwardTask { model, config, inputs, output, mode, loras, allow_nonfinite, vram_budget };
+    let modulation = a.modulation.modulation();
+    let task = ForwardTask { model, config, inputs, output, mode, modulation, loras, allow_nonfinite, vram_budget };
     let r = run_forward(&gpu, &task)?;
     eprintln!(
         "wrote {} output {:?} ({} mode, {} dispatches, plan {:.1} ms, run {:.1} ms, weights {:.1} MiB, activations {:.1} MiB) on {}",

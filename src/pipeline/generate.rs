@@ -17,7 +17,7 @@ use crate::models::qwen_image::latents::{pack, unpack};
 use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::Dit;
-use crate::models::qwen_image::{DitConfig, QkvMode};
+use crate::models::qwen_image::{DitConfig, Modulation, QkvMode};
 use crate::models::qwen_image_vae::config::{denormalize_latents, normalize_latents};
 use crate::models::qwen_image_vae::runtime::{Pass, Tiling, Vae};
 use crate::models::qwen_image_vae::tiling::TileSpec;
@@ -97,6 +97,9 @@ pub struct GenerateOptions {
     pub noise: Noise,
     pub loras: Vec<(PathBuf, f32)>,
     pub qkv: QkvMode,
+    /// The modulation vectors: precomputed for the whole schedule (weights released before
+    /// the loop) or computed in every forward.
+    pub modulation: Modulation,
     pub ref_area: u64,
     pub condition_area: u64,
     pub vae_tiling: VaeTiling,
@@ -131,7 +134,7 @@ pub enum VaeTiling {
 
 impl GenerateOptions {
     /// diffusers' defaults: 50 steps, true_cfg 4.0, seed 0, areas 1024² (references) and 384²
-    /// (vision images), tiling when needed, fused QKV.
+    /// (vision images), tiling when needed, fused QKV; precomputed modulation.
     pub fn new(model: PathBuf, prompt: Prompt, output: PathBuf) -> GenerateOptions {
         GenerateOptions {
             model,
@@ -147,6 +150,7 @@ impl GenerateOptions {
             noise: Noise::Seed(0),
             loras: Vec::new(),
             qkv: QkvMode::Fused,
+            modulation: Modulation::Precompute,
             ref_area: 1024 * 1024,
             condition_area: 384 * 384,
             vae_tiling: VaeTiling::Auto,
@@ -194,6 +198,9 @@ pub struct GenerateReport {
     pub weight_bytes: u64,
     /// Weight streaming of each DiT plan (the prompt's, then the negative's) over the run.
     pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
+    /// The modulation precompute (None: inline) and the bytes of its vectors on the GPU.
+    pub precompute: Option<crate::models::qwen_image::precompute::PrecomputeReport>,
+    pub modulation_bytes: u64,
 }
 
 /// Refuses outputs that would replace an input (or each other), before anything is read.
@@ -311,6 +318,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     let mut dit = Dit::new(gpu, dcfg, Box::new(ckpt), o.qkv)?;
     dit.set_loras(loras);
     dit.set_vram_budget(o.vram_budget);
+    dit.set_modulation(o.modulation);
     let s = Sampling {
         prompt: &prompt,
         negative: negative.as_ref(),
@@ -381,6 +389,8 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         vae_weight_bytes: vae.weight_bytes(),
         weight_bytes: dit.weight_bytes(),
         stream: report.stream,
+        precompute: report.precompute,
+        modulation_bytes: report.modulation_bytes,
     })
 }
 

@@ -4,7 +4,7 @@
 use crate::dtype::DType;
 use crate::exec::memory;
 use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardShape, QkvMode};
-use crate::models::qwen_image::DitConfig;
+use crate::models::qwen_image::{DitConfig, Modulation};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -35,7 +35,19 @@ pub fn summarize(
     max_binding: u64,
     wdtype: &dyn Fn(&str) -> DType,
 ) -> DispatchSummary {
-    let opts = BuildOptions { train: None, lora: None, mode, max_binding, keep_block_outputs: false };
+    summarize_with(cfg, shape, mode, Modulation::Inline, max_binding, wdtype)
+}
+
+/// [`summarize`] of the graph with its modulation inline or precomputed (an input).
+pub fn summarize_with(
+    cfg: &DitConfig,
+    shape: &ForwardShape,
+    mode: QkvMode,
+    modulation: Modulation,
+    max_binding: u64,
+    wdtype: &dyn Fn(&str) -> DType,
+) -> DispatchSummary {
+    let opts = BuildOptions { train: None, lora: None, mode, max_binding, keep_block_outputs: false, modulation };
     summarize_graph(mode, &build_forward(cfg, shape, opts, wdtype))
 }
 
@@ -303,7 +315,7 @@ pub fn measure_streaming(
         let t0 = std::time::Instant::now();
         for _ in 0..runs {
             plan.submit()?;
-            plan.plan.read(plan.graph.timestep)?; // waits for the GPU (4 bytes)
+            plan.plan.read(plan.graph.timestep.unwrap_or(plan.graph.text))?; // waits for the GPU (a small input)
         }
         let forward_ms = t0.elapsed().as_secs_f64() * 1e3 / runs as f64;
         let r = plan.stream_report().unwrap_or_default();

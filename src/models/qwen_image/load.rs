@@ -208,6 +208,20 @@ impl WeightCache {
     pub fn bytes(&self) -> u64 {
         self.uploaded.values().map(Tensor::bytes).sum()
     }
+
+    /// Drops the cached params whose parts all satisfy `pred` (their GPU memory is freed once no
+    /// plan holds them); returns the bytes dropped.
+    pub fn release(&mut self, pred: &dyn Fn(&str) -> bool) -> u64 {
+        let mut bytes = 0;
+        self.uploaded.retain(|(parts, _), t| {
+            let drop = parts.iter().all(|p| pred(p));
+            if drop {
+                bytes += t.bytes();
+            }
+            !drop
+        });
+        bytes
+    }
 }
 
 /// What to do about a weight above the binding limit. Stacked weights come from the modes:
