@@ -8,7 +8,7 @@
 //! The per-dtype shape defaults to M64 K3072 N3072 (seconds per dtype on lavapipe);
 //! `WGDIT_BENCH_GEMM_SHAPE=MxKxN` sets another, e.g. `4096x12288x3072` (the DiT's FF down
 //! projection at 1024², 4096 image tokens). `WGDIT_BENCH_GEMM_DTYPES=f16,q4_k` limits the dtypes.
-//! Weights are uniform random values quantized by the host (`DType::encode`).
+//! Float weights are uniform random values; quantized and fp8 ones random valid blocks ([`weight`]).
 //!
 //! Roofline (derived): 256x256x768 moves 1.8 MB in f32 for 101 MFLOP (≈55 FLOP/B) and
 //! 256x1024x256 2.4 MB for 134 MFLOP (≈57 FLOP/B): above the f32 ridge of every GPU in
@@ -31,13 +31,48 @@ struct Setup {
     flops: u64,
 }
 
+/// A bench weight [n, k]: uniform values in [-1, 1] for f32/f16/bf16; for the quantized and fp8
+/// dtypes random quant bits with every block scale 2^-8 and fp8 NaN/infinity codes moved to
+/// finite ones. The decode cost does not depend on the values, and no host quantizer is needed.
+fn weight(gpu: &Gpu, dtype: DType, n: usize, k: usize) -> Tensor {
+    let mut rng = Rng::new(8);
+    if matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Tensor::from_f32(gpu, &rng.vec_uniform(n * k, -1.0, 1.0), &[n, k], dtype, "bench").expect("upload");
+    }
+    let mut b: Vec<u8> = (0..dtype.bytes(n * k)).map(|_| rng.next_u64() as u8).collect();
+    // Byte offsets of each block's scales: f16 fields, or the f32 of the scaled fp8 blocks.
+    let (f16s, f32s): (&[usize], &[usize]) = match dtype {
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => (&[0], &[]),
+        DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => (&[0, 2], &[]),
+        DType::Q2K => (&[80, 82], &[]),
+        DType::Q3K => (&[108], &[]),
+        DType::Q6K => (&[208], &[]),
+        _ => (&[], if dtype.is_blocked() { &[0] } else { &[] }),
+    };
+    if matches!(dtype, DType::F8E4M3 | DType::F8E5M2 | DType::F8E4M3Scaled | DType::F8E5M2Scaled) {
+        // inf/NaN codes (E5M2 exponent all ones, E4M3 0x7f/0xff) lose an exponent bit.
+        let e5m2 = matches!(dtype, DType::F8E5M2 | DType::F8E5M2Scaled);
+        let bad = |q: u8| if e5m2 { q & 0x7c == 0x7c } else { q & 0x7f == 0x7f };
+        b.iter_mut().filter(|q| bad(**q)).for_each(|q| *q &= !0x40);
+    }
+    for blk in b.chunks_exact_mut(dtype.block_bytes()) {
+        for &o in f16s {
+            blk[o..o + 2].copy_from_slice(&0x1c00u16.to_le_bytes()); // f16 2^-8
+        }
+        for &o in f32s {
+            blk[o..o + 4].copy_from_slice(&(1.0f32 / 256.0).to_le_bytes());
+        }
+    }
+    Tensor::from_bytes(gpu, &b, &[n, k], dtype, "bench").expect("upload")
+}
+
 fn setup(gpu: &Gpu, (m, k, n): (usize, usize, usize), dtype: DType, fused: bool, v: Variant) -> Setup {
     let mut rng = Rng::new(7);
     let mut t = |len: usize, shape: &[usize], dt: DType| {
         Tensor::from_f32(gpu, &rng.vec_uniform(len, -1.0, 1.0), shape, dt, "bench").expect("upload")
     };
     let x = t(m * k, &[m, k], DType::F32);
-    let w = t(n * k, &[n, k], dtype);
+    let w = weight(gpu, dtype, n, k);
     let bias = t(n, &[n], DType::F32);
     let (r, gate) = (32, t(3 * n, &[3 * n], DType::F32));
     let (lt, lb) = (t(m * r, &[m, r], DType::F32), t(n * r, &[n, r], DType::F32));

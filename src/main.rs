@@ -46,6 +46,26 @@ impl QkvArg {
 }
 
 /// `bench dispatches --qkv`: one mode or all three.
+/// `--modulation`: where the modulation vectors of each step come from.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum ModulationArg {
+    /// Computed for every step of the schedule before the loop; the modulation weights (a third
+    /// of the model) are released before the blocks' are uploaded.
+    Precompute,
+    /// Computed in every forward from the timestep (the modulation weights stay on the GPU).
+    Inline,
+}
+
+impl ModulationArg {
+    fn modulation(self) -> wgdit::models::qwen_image::Modulation {
+        use wgdit::models::qwen_image::Modulation;
+        match self {
+            ModulationArg::Precompute => Modulation::Precompute,
+            ModulationArg::Inline => Modulation::Inline,
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 enum BenchQkv {
     Standard,
@@ -421,6 +441,9 @@ struct GenerateArgs {
     /// the one beside it, else the folder's transformer/config.json.
     #[arg(long, value_name = "PATH")]
     transformer: Option<PathBuf>,
+    /// Modulation vectors: precomputed for the whole schedule before the loop, or inline.
+    #[arg(long, value_enum, default_value = "precompute")]
+    modulation: ModulationArg,
     /// Target area in pixels of the VAE reference images (diffusers: 1024·1024).
     #[arg(long, default_value_t = 1024 * 1024)]
     ref_area: u64,
@@ -441,6 +464,12 @@ struct GenerateArgs {
     allow_nonfinite: bool,
     #[command(flatten)]
     text: TextEncoderArgs,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// With --text-encoder-weights auto it also decides the text encoder's residency. Default:
+    /// the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -502,6 +531,11 @@ struct EncodePromptArgs {
     text: TextEncoderArgs,
 }
 
+/// A byte size (`--vram-budget`): 800M, 16G, 1.5GiB.
+fn parse_budget(s: &str) -> Result<u64, String> {
+    wgdit::budget::parse_size(s).map_err(|e| e.to_string())
+}
+
 /// `N` or `HxW` (positive integers).
 fn parse_hw(s: &str) -> Result<(usize, usize), String> {
     let num = |t: &str| t.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or(format!("`{s}`: expected N or HxW"));
@@ -531,6 +565,10 @@ struct ForwardArgs {
     /// Execution mode: standard (6 Q/K/V projections per block), merged (2) or fused.
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// Modulation vectors: computed in the forward (inline) or precomputed for the inputs'
+    /// timesteps first (the modulation weights then never reach the forward's plan).
+    #[arg(long, value_enum, default_value = "inline")]
+    modulation: ModulationArg,
     /// A LoRA file (diffusers/PEFT, DiffSynth, kohya/musubi or ComfyUI keys), optionally with a
     /// strength: `--lora style.safetensors:0.8`. Repeatable; the base weights are not modified.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
@@ -538,6 +576,11 @@ struct ForwardArgs {
     /// Write the output even when it holds NaN or Inf values (refused by default).
     #[arg(long)]
     allow_nonfinite: bool,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// Default: the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -605,6 +648,11 @@ struct TrainArgs {
     /// Write the LoRA even when it holds NaN or Inf values (refused by default).
     #[arg(long)]
     allow_nonfinite: bool,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// Default: the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -644,9 +692,15 @@ struct BenchGenerateArgs {
     ref_area: u64,
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// Modulation vectors precomputed before the loop (as `generate` does by default) or inline.
+    #[arg(long, value_enum, default_value = "precompute")]
+    modulation: ModulationArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// With --model: the DiT's device memory budget (blocks past it stream; docs/streaming.md).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget, requires = "model")]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -679,6 +733,10 @@ struct DispatchArgs {
     /// With --preset: count a LoRA training step (DiffSynth targets at this rank) instead.
     #[arg(long)]
     train_rank: Option<usize>,
+    /// With --model: also time the forward with the blocks this budget streams (e.g. 64M) next
+    /// to the all-resident one: ratio, bytes uploaded, upload time and how much of it is hidden.
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget, requires = "model")]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -818,9 +876,16 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
     use wgdit::models::qwen_image_vae::VaeConfig;
     use wgdit::pipeline::bench::{plan_preset, run, BenchRun};
     let b = match (a.preset, a.model) {
-        (Some(p), _) => {
-            plan_preset(&p.dit()?, &VaeConfig::qwen_image(), p.class(), a.width, a.height, a.text_tokens, a.qkv.mode())?
-        }
+        (Some(p), _) => plan_preset(
+            &p.dit()?,
+            &VaeConfig::qwen_image(),
+            p.class(),
+            a.width,
+            a.height,
+            a.text_tokens,
+            a.qkv.mode(),
+            a.modulation.modulation(),
+        )?,
         (None, Some(model)) => {
             let gpu = gpu::Gpu::new(&a.gpu.options())?;
             let r = BenchRun {
@@ -831,7 +896,9 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
                 text_tokens: a.text_tokens,
                 images: a.images,
                 mode: a.qkv.mode(),
+                modulation: a.modulation.modulation(),
                 ref_area: a.ref_area,
+                vram_budget: a.vram_budget,
             };
             let b = run(&gpu, &r)?;
             eprintln!("on {}", gpu.info().name);
@@ -867,8 +934,8 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
         (s, None) => Noise::Seed(s.unwrap_or(0)),
     };
     o.loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
-    (o.qkv, o.ref_area, o.condition_area, o.save_latents) =
-        (a.qkv.mode(), a.ref_area, a.condition_area, a.save_latents);
+    (o.qkv, o.modulation, o.ref_area, o.condition_area, o.save_latents) =
+        (a.qkv.mode(), a.modulation.modulation(), a.ref_area, a.condition_area, a.save_latents);
     o.vae_tiling = match a.vae_tiling {
         TilingArg::Auto => VaeTiling::Auto,
         TilingArg::On => VaeTiling::On,
@@ -879,6 +946,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     o.text_residency = a.text.residency();
     o.text_encoder = a.text.text_encoder.clone();
     o.transformer = a.transformer.clone();
+    o.vram_budget = a.vram_budget;
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let bar = indicatif::ProgressBar::new(o.steps as u64);
     let style = indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")
@@ -894,8 +962,18 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     let mib = |b: u64| b as f64 / 1048576.0;
     let per_step = r.step_ms.iter().sum::<f64>() / r.step_ms.len().max(1) as f64 / 1e3;
     let tiles = if r.vae_tiles > 0 { format!(", {} tiles", r.vae_tiles) } else { String::new() };
+    let premod = match &r.precompute {
+        Some(p) => format!(
+            " + precomputed modulation {:.1} MiB ({} timesteps, {:.0} ms; {:.1} MiB of weights released)",
+            mib(r.modulation_bytes),
+            p.rows,
+            p.ms,
+            mib(p.released_bytes)
+        ),
+        None => " (modulation inline)".into(),
+    };
     eprintln!(
-        "wrote {} ({}x{}, {}, {} steps{}, {:.2} s/step, {} dispatches/step; planned peak: DiT {:.1} MiB + weights {:.1} MiB, VAE decode {:.1} MiB{tiles}; text encoder {:.0} ms, VAE encode {:.0} ms, decode {:.0} ms) on {}",
+        "wrote {} ({}x{}, {}, {} steps{}, {:.2} s/step, {} dispatches/step; planned peak: DiT {:.1} MiB + weights {:.1} MiB{premod}, VAE decode {:.1} MiB{tiles}; text encoder {:.0} ms, VAE encode {:.0} ms, decode {:.0} ms) on {}",
         r.output.display(),
         r.width,
         r.height,
@@ -912,6 +990,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
         r.vae_decode_ms,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
 }
 
@@ -967,7 +1046,9 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
     let loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
     let output = a.output.clone();
     let (model, config, inputs, mode, allow_nonfinite) = (a.model, a.config, a.inputs, a.qkv.mode(), a.allow_nonfinite);
-    let task = ForwardTask { model, config, inputs, output, mode, loras, allow_nonfinite };
+    let vram_budget = a.vram_budget;
+    let modulation = a.modulation.modulation();
+    let task = ForwardTask { model, config, inputs, output, mode, modulation, loras, allow_nonfinite, vram_budget };
     let r = run_forward(&gpu, &task)?;
     eprintln!(
         "wrote {} output {:?} ({} mode, {} dispatches, plan {:.1} ms, run {:.1} ms, weights {:.1} MiB, activations {:.1} MiB) on {}",
@@ -981,7 +1062,18 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
         r.peak_activation_bytes as f64 / 1048576.0,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
+}
+
+/// The weight-streaming line of each DiT plan: when blocks streamed, or a budget was given.
+fn print_streaming<'a>(
+    reports: impl Iterator<Item = &'a wgdit::models::qwen_image::stream::StreamReport>,
+    asked: bool,
+) {
+    for s in reports.filter(|s| asked || s.resident_blocks < s.blocks) {
+        eprintln!("{}", s.line());
+    }
 }
 
 fn train(a: TrainArgs) -> wgdit::Result<()> {
@@ -1000,7 +1092,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     };
     (o.weight_decay, o.warmup, o.max_grad_norm) = (a.weight_decay, a.warmup, a.max_grad_norm);
     o.format = a.format.format().lora();
-    (o.resume_override, o.allow_nonfinite) = (a.resume_override, a.allow_nonfinite);
+    (o.resume_override, o.allow_nonfinite, o.vram_budget) = (a.resume_override, a.allow_nonfinite, a.vram_budget);
     o.progress = true;
     let r = train(&gpu, &o)?;
     if let (Some(step), Some(dir)) = (r.up_to_date, &o.resume) {
@@ -1017,6 +1109,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
         r.peak_activation_bytes as f64 / 1048576.0,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
 }
 
@@ -1043,6 +1136,21 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
                     r.mode, r.checkpointing, r.dispatches_per_block, r.dispatches_per_step,
                     r.peak_activation_bytes as f64 / 1048576.0, r.lora_parameters
                 );
+            }
+        }
+        return Ok(());
+    }
+    if let (Some(m), Some(budget)) = (&a.model, a.vram_budget) {
+        let g = gpu::Gpu::new(&a.gpu.options())?;
+        for (mode, rows) in bench::stream_model(&g, m, a.config.as_deref(), &b, &modes, budget)? {
+            match a.json {
+                true => println!("{}", serde_json::to_string(&rows).expect("cannot fail: plain data")),
+                false => print!(
+                    "{} mode, weight streaming on {}:\n{}",
+                    mode.name(),
+                    g.info().name,
+                    bench::stream_table(&rows)
+                ),
             }
         }
         return Ok(());

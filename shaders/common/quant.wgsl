@@ -17,8 +17,10 @@
 // `d·q − m` rounds once either way; Q3_K and Q6_K round once in their last product,
 // (d·sc)·q, which is therefore kept in that order.
 //
-// Cost per 4 elements (words = u32 loads; f16 weights take 2): Q8_0 ~3, Q4_0/Q4_1/Q5_x 3-5,
-// Q2_K 3, Q3_K ~8, Q4_K/Q5_K 5-6, Q6_K ~6, fp8 1, scaled fp8 2; plus ~10-30 integer ops.
+// Cost per 4 elements in u32 loads (f16 weights take 2; the block header is re-read each time):
+// Q8_0/Q4_0 2-3, Q4_1 2, Q5_0 3-5, Q5_1 3, Q2_K 3, Q3_K 5-7, Q4_K 4-5, Q5_K 5-6, Q6_K 4-6,
+// fp8 1, scaled fp8 2; plus ~10-30 integer ops. Measured on lavapipe: 0.65-1.55x the f16 GEMM
+// time (docs/quantize-kernels.md).
 
 // ---- byte access (addresses in bytes from the start of `weight`) ----------------------------
 

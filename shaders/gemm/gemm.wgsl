@@ -15,9 +15,8 @@
 //     Dispatch: [ceil(N/64), ceil(max_rows/64), problems].
 // Vector weight loads (4 consecutive k) need runs the packing allows: for halves an even K and w_off,
 // for fp8 both multiples of 4 (else scalar loads, any K works); block formats always (whole blocks).
-// Quantized weights cost (common/quant header) ~1-2 extra word loads and ~10-30 integer ops per
-// 4 weights over f16: at the lavapipe shapes of benches/gemm.rs the GEMM stays FMA-bound, see
-// docs/quantize-kernels.md for the measured ratios.
+// Cost: quantized weights take 1-7 u32 loads and ~10-30 integer ops per 4 weights (f16: 2 loads;
+// common/quant header); measured 0.65-1.55x the f16 GEMM time on lavapipe (docs/quantize-kernels.md).
 
 override DTYPE: u32 = 0u;     // weight storage: DType::code (0 f32, 1 f16, 2 bf16, 3.. common/quant)
 override HAS_BIAS: bool = false;

@@ -14,8 +14,9 @@ use crate::tensor::{DType, Tensor};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// Stored tensors by canonical (standard or merged diffusers) name.
-pub trait TensorSource {
+/// Stored tensors by canonical (standard or merged diffusers) name. Shared across threads: the
+/// weight-streaming runtime assembles blocks on a worker thread (`stream.rs`).
+pub trait TensorSource: Send + Sync {
     /// Every stored tensor name (canonical, prefixes stripped).
     fn names(&self) -> Vec<String>;
     /// Stored dtype and shape, or `None` when absent.
@@ -197,9 +198,29 @@ impl WeightCache {
         Ok(out)
     }
 
+    /// Forgets the upload of a param (a block that now streams); plans that bound it keep it
+    /// alive until they are dropped.
+    pub fn evict(&mut self, ps: &ParamSource) {
+        self.uploaded.remove(&(ps.parts.clone(), ps.dtype));
+    }
+
     /// Bytes of weights on the GPU.
     pub fn bytes(&self) -> u64 {
         self.uploaded.values().map(Tensor::bytes).sum()
+    }
+
+    /// Drops the cached params whose parts all satisfy `pred` (their GPU memory is freed once no
+    /// plan holds them); returns the bytes dropped.
+    pub fn release(&mut self, pred: &dyn Fn(&str) -> bool) -> u64 {
+        let mut bytes = 0;
+        self.uploaded.retain(|(parts, _), t| {
+            let drop = parts.iter().all(|p| pred(p));
+            if drop {
+                bytes += t.bytes();
+            }
+            !drop
+        });
+        bytes
     }
 }
 
