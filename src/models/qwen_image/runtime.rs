@@ -311,7 +311,8 @@ impl DitPlan {
         self.image_rows(self.graph.output)
     }
 
-    /// Submits every node (uploading streamed blocks on the way); does not read anything back.
+    /// Submits every node, without reading anything back. A streamed plan uploads its blocks on
+    /// the way and returns when the GPU has finished (its report reads the segments' timestamps).
     pub fn submit(&self) -> Result<()> {
         match &self.stream {
             None => self.plan.run(),
@@ -320,7 +321,7 @@ impl DitPlan {
     }
 
     /// Submits graph nodes `nodes` (a training graph's forward, then its backward), uploading
-    /// the streamed blocks they read.
+    /// the streamed blocks they read (a streamed plan returns when the GPU has finished).
     pub fn run_nodes(&self, nodes: std::ops::Range<usize>) -> Result<()> {
         match &self.stream {
             None => self.plan.run_nodes(nodes),

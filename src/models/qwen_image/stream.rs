@@ -314,6 +314,7 @@ impl Streamed {
         for n in &fg.graph.nodes {
             let mut blocks: Vec<usize> =
                 n.op.inputs().iter().filter_map(|t| bp.block_of.get(t).copied()).filter(|&b| b >= first).collect();
+            blocks.sort_unstable();
             blocks.dedup();
             if blocks.len() > 1 {
                 return Err(Error::input(format!(
