@@ -109,7 +109,10 @@ impl Gpu {
     pub fn copy(&self, copies: &[BufferCopy<'_>]) {
         let mut enc = self.device.create_command_encoder(&Default::default());
         for c in copies {
-            debug_assert!(c.src_offset + c.bytes <= c.src.size && c.dst_offset + c.bytes <= c.dst.size, "copy past the end");
+            debug_assert!(
+                c.src_offset + c.bytes <= c.src.size && c.dst_offset + c.bytes <= c.dst.size,
+                "copy past the end"
+            );
             debug_assert!((c.src_offset | c.dst_offset | c.bytes) % 4 == 0, "copy: unaligned range");
             enc.copy_buffer_to_buffer(&c.src.inner, c.src_offset, &c.dst.inner, c.dst_offset, c.bytes);
         }

@@ -13,6 +13,7 @@ pub mod forward;
 pub mod generate;
 pub mod inputs;
 pub mod noise;
+pub mod plan;
 pub mod prompt;
 pub mod sample;
 pub mod scheduler;

@@ -10,7 +10,7 @@ use crate::exec::Plan;
 use crate::gpu::{BufferCopy, Gpu};
 use crate::models::qwen_image::dit::BuildOptions;
 use crate::models::qwen_image::load::stored_dtype;
-use crate::models::qwen_image::modulation::{build_piece, is_modulation_tensor, ModLayout, Modulation};
+use crate::models::qwen_image::modulation::{build_piece, is_modulation_tensor, ModLayout, Modulation, PIECE_BYTES};
 use crate::models::qwen_image::runtime::Dit;
 use crate::tensor::{DType, Tensor};
 use std::sync::Arc;
@@ -43,9 +43,10 @@ impl ModulationStore {
         assert_eq!(dst.numel(), timesteps.len() * self.layout.cols, "modulation input shape");
         let mut copies = Vec::with_capacity(timesteps.len() * self.pieces.len());
         for (r, &t) in timesteps.iter().enumerate() {
-            let k = self.row_of(t).unwrap_or_else(|| {
-                panic!("timestep {t} was not precomputed (prepared: {:?})", self.timesteps)
-            }) as u64;
+            let k = self
+                .row_of(t)
+                .unwrap_or_else(|| panic!("timestep {t} was not precomputed (prepared: {:?})", self.timesteps))
+                as u64;
             for (piece, store) in self.layout.pieces.iter().zip(&self.pieces) {
                 let n = piece.cols as u64;
                 copies.push(BufferCopy {
@@ -93,10 +94,17 @@ impl Dit {
         }
     }
 
-    /// Runs every piece of the modulation layout over the distinct `timesteps` (the same GEMMs,
-    /// LoRAs included, as this mode's forward), keeps the results on the GPU and drops the
-    /// modulation weights from the cache. Plans made from now on read the store.
+    /// Runs every piece of the modulation layout (`modulation::PIECE_BYTES` of weights each) over
+    /// the distinct `timesteps` (the same GEMMs, LoRAs included, as this mode's forward), keeps
+    /// the results on the GPU and drops the modulation weights from the cache. Plans made from
+    /// now on read the store.
     pub fn precompute_modulation(&mut self, timesteps: &[f32]) -> Result<PrecomputeReport> {
+        self.precompute_in_pieces(timesteps, PIECE_BYTES)
+    }
+
+    /// [`precompute_modulation`](Self::precompute_modulation) with pieces of at most
+    /// `piece_bytes` of weights (one unit per piece when smaller than every unit).
+    pub fn precompute_in_pieces(&mut self, timesteps: &[f32], piece_bytes: u64) -> Result<PrecomputeReport> {
         let t0 = std::time::Instant::now();
         let mut rows: Vec<f32> = Vec::new();
         for &t in timesteps.iter().chain(self.cfg.zero_cond_t.then_some(&0.0)) {
@@ -110,7 +118,7 @@ impl Dit {
         let max_binding = self.gpu.limits().max_storage_binding;
         let src = self.source.as_ref();
         let wdtype = |n: &str| stored_dtype(src, n);
-        let layout = ModLayout::new(&self.cfg, max_binding, &wdtype);
+        let layout = ModLayout::new(&self.cfg, piece_bytes.min(max_binding), &wdtype);
         let mut pieces = Vec::with_capacity(layout.pieces.len());
         let mut released = 0;
         for piece in &layout.pieces {

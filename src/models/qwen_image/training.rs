@@ -38,7 +38,14 @@ pub fn build_unloaded(
     max_binding: u64,
     wdtype: &dyn Fn(&str) -> DType,
 ) -> TrainGraph {
-    let opts = BuildOptions { train: Some(train), lora: None, mode, max_binding, keep_block_outputs: false, modulation: Modulation::Inline };
+    let opts = BuildOptions {
+        train: Some(train),
+        lora: None,
+        mode,
+        max_binding,
+        keep_block_outputs: false,
+        modulation: Modulation::Inline,
+    };
     finish(build_forward(cfg, shape, opts, wdtype), cfg.out_features(), train)
 }
 
