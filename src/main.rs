@@ -990,11 +990,11 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     let tiles = if r.vae_tiles > 0 { format!(", {} tiles", r.vae_tiles) } else { String::new() };
     let premod = match &r.precompute {
         Some(p) => format!(
-            " + precomputed modulation {:.1} MiB ({} timesteps, {:.0} ms; {:.1} MiB of weights released)",
-            mib(r.modulation_bytes),
+            " + precomputed modulation {} ({} timesteps, {:.0} ms; {} of weights released)",
+            wgdit::budget::human(r.modulation_bytes),
             p.rows,
             p.ms,
-            mib(p.released_bytes)
+            wgdit::budget::human(p.released_bytes)
         ),
         None => " (modulation inline)".into(),
     };

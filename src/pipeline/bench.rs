@@ -354,7 +354,7 @@ pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
         phases.push(Phase {
             phase: format!("modulation precompute, {} t", p.rows),
             count: 1,
-            dispatches: 0,
+            dispatches: p.dispatches,
             planned_peak_bytes: p.store_bytes,
             ms: Some(p.ms),
         });

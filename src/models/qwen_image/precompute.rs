@@ -67,8 +67,9 @@ impl ModulationStore {
 pub struct PrecomputeReport {
     /// Timestep rows computed.
     pub rows: usize,
-    /// GEMM pieces (one weight upload each).
+    /// GEMM pieces (one weight upload each) and their dispatches in all.
     pub pieces: usize,
+    pub dispatches: usize,
     pub store_bytes: u64,
     /// Weight bytes released from the cache (the modulation and time-embedding weights).
     pub released_bytes: u64,
@@ -120,7 +121,7 @@ impl Dit {
         let wdtype = |n: &str| stored_dtype(src, n);
         let layout = ModLayout::new(&self.cfg, piece_bytes.min(max_binding), &wdtype);
         let mut pieces = Vec::with_capacity(layout.pieces.len());
-        let mut released = 0;
+        let (mut released, mut dispatches) = (0, 0);
         for piece in &layout.pieces {
             let opts = BuildOptions {
                 train: None,
@@ -139,6 +140,7 @@ impl Dit {
             }
             params.insert(pg.store, store.clone());
             let plan = Plan::new(&self.gpu, &pg.graph, &params)?;
+            dispatches += pg.graph.dispatch_count();
             plan.write_input(pg.timestep, &rows);
             plan.run()?;
             // Wait, so that the piece's weights are free before the next piece uploads its own.
@@ -152,6 +154,7 @@ impl Dit {
         let report = PrecomputeReport {
             rows: store.timesteps.len(),
             pieces: store.pieces.len(),
+            dispatches,
             store_bytes: store.bytes(),
             released_bytes: released,
             ms: t0.elapsed().as_secs_f64() * 1e3,
