@@ -172,14 +172,17 @@ enum Preset {
 }
 
 impl Preset {
-    fn dit(self) -> wgdit::Result<DitConfig> {
-        DitConfig::preset(match self {
+    fn name(self) -> &'static str {
+        match self {
             Preset::QwenImage => "qwen-image",
             Preset::QwenImageEdit => "qwen-image-edit",
             Preset::QwenImageEdit2509 => "qwen-image-edit-2509",
             Preset::QwenImageEdit2511 => "qwen-image-edit-2511",
             Preset::QwenImage2512 => "qwen-image-2512",
-        })
+        }
+    }
+    fn dit(self) -> wgdit::Result<DitConfig> {
+        DitConfig::preset(self.name())
     }
     fn class(self) -> wgdit::pipeline::folder::PipelineClass {
         use wgdit::pipeline::folder::PipelineClass;
@@ -246,6 +249,55 @@ enum Cmd {
     /// Encode a prompt with a pipeline folder's text encoder into the embeddings file that
     /// `generate --prompt-embeds` reads (diffusers' encode_prompt).
     EncodePrompt(EncodePromptArgs),
+    /// The device memory a `generate` run needs (weights by dtype, what stays resident, activation
+    /// peak, streaming per step) and whether it fits a budget; no GPU, no weights for presets.
+    Plan(PlanArgs),
+}
+
+/// `wgdit plan` (docs/plan.md).
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("plan_source").required(true).args(["model", "preset"])))]
+struct PlanArgs {
+    /// A pipeline folder, a diffusers transformer folder or a single checkpoint file (then
+    /// --config): bytes of its own tensors.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The transformer's config.json (with --model as a single file).
+    #[arg(long, requires = "model")]
+    config: Option<PathBuf>,
+    /// A real model's config, with every tensor in the dtype of a file quantized to --weights.
+    #[arg(long, value_enum, requires = "weights")]
+    preset: Option<Preset>,
+    /// With --preset: f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, f8_e4m3, f8_e5m2.
+    #[arg(long, conflicts_with = "model")]
+    weights: Option<String>,
+    #[arg(long, default_value_t = 1024)]
+    width: u32,
+    #[arg(long, default_value_t = 1024)]
+    height: u32,
+    /// Reference images of an edit (each the output size); Edit-Plus takes several. 0: the
+    /// pipeline's default (none for text to image, one for the Edit pipelines).
+    #[arg(long, default_value_t = 0)]
+    images: usize,
+    /// Prompt tokens per pass (the negative prompt as long).
+    #[arg(long, default_value_t = 128)]
+    text_tokens: usize,
+    #[arg(long, default_value_t = wgdit::pipeline::scheduler::DEFAULT_NUM_INFERENCE_STEPS)]
+    steps: usize,
+    /// Plan one DiT pass per step (no negative prompt) instead of true CFG's two.
+    #[arg(long)]
+    no_cfg: bool,
+    #[arg(long, value_enum, default_value = "fused")]
+    qkv: QkvArg,
+    /// Device memory to fit (e.g. 16G, 12GiB; env WGDIT_VRAM_BUDGET); without one nothing is checked.
+    #[arg(long)]
+    vram_budget: Option<String>,
+    /// Also plan a LoRA training step of this rank (DiffSynth targets, checkpointing on).
+    #[arg(long)]
+    train_rank: Option<usize>,
+    /// Print one JSON object instead of a report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -812,7 +864,45 @@ fn run(cli: Cli) -> wgdit::Result<()> {
         Cmd::Generate(args) => generate(args),
         Cmd::Tokenize(args) => tokenize(args),
         Cmd::EncodePrompt(args) => encode_prompt(args),
+        Cmd::Plan(args) => plan(args),
     }
+}
+
+fn plan(a: PlanArgs) -> wgdit::Result<()> {
+    use wgdit::pipeline::plan::{plan, weights_type, PlanModel, PlanRequest};
+    let model = match (a.preset, a.model) {
+        (Some(p), _) => PlanModel::Preset {
+            name: p.name().into(),
+            dit: p.dit()?,
+            class: p.class(),
+            weights: weights_type(a.weights.as_deref().unwrap_or("bf16"))?,
+        },
+        (None, Some(path)) => PlanModel::Model { path, config: a.config },
+        (None, None) => unreachable!("clap requires --model or --preset"),
+    };
+    let budget = match &a.vram_budget {
+        Some(s) => Some(wgdit::budget::parse_size(s).map_err(|e| wgdit::Error::input(format!("--vram-budget: {e}")))?),
+        None => wgdit::budget::env_budget(wgdit::budget::VRAM_ENV)?,
+    };
+    let req = PlanRequest {
+        model,
+        width: a.width,
+        height: a.height,
+        images: a.images,
+        text_tokens: a.text_tokens,
+        steps: a.steps,
+        cfg: !a.no_cfg,
+        mode: a.qkv.mode(),
+        budget,
+        train_rank: a.train_rank,
+    };
+    let p = plan(&req)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&p).expect("cannot fail: plain data"));
+    } else {
+        print!("{}", p.table());
+    }
+    Ok(())
 }
 
 fn encode_prompt(a: EncodePromptArgs) -> wgdit::Result<()> {
@@ -964,11 +1054,11 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     let tiles = if r.vae_tiles > 0 { format!(", {} tiles", r.vae_tiles) } else { String::new() };
     let premod = match &r.precompute {
         Some(p) => format!(
-            " + precomputed modulation {:.1} MiB ({} timesteps, {:.0} ms; {:.1} MiB of weights released)",
-            mib(r.modulation_bytes),
+            " + precomputed modulation {} ({} timesteps, {:.0} ms; {} of weights released)",
+            wgdit::budget::human(r.modulation_bytes),
             p.rows,
             p.ms,
-            mib(p.released_bytes)
+            wgdit::budget::human(p.released_bytes)
         ),
         None => " (modulation inline)".into(),
     };

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::models::qwen_image::bench::{summarize_with, REAL_GPU_MAX_BINDING};
 use crate::models::qwen_image::dit::ForwardShape;
-use crate::models::qwen_image::modulation::{plan_precompute, ModLayout};
+use crate::models::qwen_image::modulation::{plan_precompute, ModLayout, PIECE_BYTES};
 use crate::models::qwen_image::{DitConfig, Modulation, QkvMode};
 use crate::models::qwen_image_vae::{planned_memory, Pass, VaeConfig};
 use crate::pipeline::dims::{self, Size, SizeRules};
@@ -197,7 +197,7 @@ pub fn plan_preset(
     let (mut modulation_weight_bytes, mut modulation_vector_bytes, mut step_inputs) = (0, 0, 0);
     if modulation == Modulation::Precompute {
         let rows = STEPS + usize::from(dit.zero_cond_t);
-        let p = plan_precompute(dit, mode, REAL_GPU_MAX_BINDING, rows, &bf16);
+        let p = plan_precompute(dit, mode, REAL_GPU_MAX_BINDING, PIECE_BYTES, rows, &bf16);
         let t_rows = 1 + usize::from(dit.zero_cond_t);
         step_inputs = 2 * ModLayout::new(dit, REAL_GPU_MAX_BINDING, &bf16).row_bytes(t_rows);
         (modulation_weight_bytes, modulation_vector_bytes) = (p.released_bytes, p.store_bytes + step_inputs);
@@ -252,7 +252,7 @@ pub fn plan_preset(
 }
 
 /// The vision tower's phase on one picture of `size` (after `smart_resize`), and its image tokens.
-fn vision_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, size: &Size) -> Result<(Phase, usize)> {
+pub(crate) fn vision_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, size: &Size) -> Result<(Phase, usize)> {
     use crate::models::qwen2_5_vl::{positions, processor::ProcessorConfig, vision};
     let p = ProcessorConfig::default();
     let (h, w) = p.smart_resize(size.height as usize, size.width as usize)?;
@@ -275,7 +275,7 @@ fn vision_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, size: &Size) -> R
 
 /// The text encoder's phase at `tokens` encoder tokens (prompt and negative: 2 runs), with its
 /// bf16 layer weights all resident and one layer (streamed).
-fn text_encoder_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, tokens: usize) -> (Phase, u64, u64) {
+pub(crate) fn text_encoder_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, tokens: usize) -> (Phase, u64, u64) {
     use crate::models::qwen2_5_vl::{lm, names};
     let t = &cfg.text;
     let g = lm::build(t, tokens, 0..t.num_hidden_layers, true, &|_| DType::BF16);
@@ -363,7 +363,7 @@ pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
         phases.push(Phase {
             phase: format!("modulation precompute, {} t", p.rows),
             count: 1,
-            dispatches: 0,
+            dispatches: p.dispatches,
             planned_peak_bytes: p.store_bytes,
             ms: Some(p.ms),
         });

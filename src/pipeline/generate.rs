@@ -328,6 +328,9 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         schedule: &schedule,
     };
     let (latents, report) = sample(&mut dit, &s, pack(&noise, [z_dim, lh, lw], patch), on_step)?;
+    // The DiT's weights leave the GPU before the decode needs its memory.
+    let weight_bytes = dit.weight_bytes();
+    drop(dit);
     let mut z = unpack(&latents, [z_dim, lh, lw], patch);
     if !o.allow_nonfinite {
         check_finite("the final latents", &z, &[1, z_dim, 1, lh, lw], NONFINITE_OUTPUT_HINT)?;
@@ -387,7 +390,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         vae_encode_peak_bytes: enc.iter().map(|m| m.peak_bytes).max().unwrap_or(0),
         vae_decode_dispatches: decoded.dispatches,
         vae_weight_bytes: vae.weight_bytes(),
-        weight_bytes: dit.weight_bytes(),
+        weight_bytes,
         stream: report.stream,
         precompute: report.precompute,
         modulation_bytes: report.modulation_bytes,

@@ -167,9 +167,10 @@ fn mixed_dtype_stacks_split_into_gemms_that_equal_the_uniform_checkpoint_in_ever
     }
 }
 
-/// One forward of a case with the modulation inline or precomputed for the inputs' timesteps:
-/// (output, weight bytes on the GPU after planning, bytes of the plan graph's checkpoint params).
-fn forward_modulation(case: &str, mode: QkvMode, lora: &str, m: Modulation) -> (Vec<f32>, u64, u64) {
+/// One forward of a case with the modulation inline or precomputed for the inputs' timesteps
+/// (in pieces of at most `piece_bytes` of weights): (output, weight bytes on the GPU after
+/// planning, bytes of the plan graph's checkpoint params).
+fn forward_modulation(case: &str, mode: QkvMode, lora: &str, m: Modulation, piece_bytes: u64) -> (Vec<f32>, u64, u64) {
     let inputs = fixtures().join(format!("dit/cases/{case}.inputs.safetensors"));
     let (mp, cp) = model_paths(&Fixture::read(&inputs).meta("model"));
     let (cfg, ckpt) = open(&mp, cp.as_deref()).unwrap();
@@ -180,9 +181,9 @@ fn forward_modulation(case: &str, mode: QkvMode, lora: &str, m: Modulation) -> (
     let inputs = ForwardInputs::from_file(&inputs, &cfg).unwrap();
     let mut dit = Dit::new(&wgdit::testing::test_gpu(), cfg, Box::new(ckpt), mode).unwrap();
     dit.set_loras(set);
-    dit.set_modulation(m);
-    let report = dit.prepare_timesteps(&inputs.timestep).unwrap();
-    assert_eq!(report.is_some(), m == Modulation::Precompute);
+    if m == Modulation::Precompute {
+        dit.precompute_in_pieces(&inputs.timestep, piece_bytes).unwrap();
+    }
     let plan = dit.plan(&inputs.shape(), false).unwrap();
     plan.plan.poison_activations();
     let g = &plan.graph;
@@ -222,13 +223,21 @@ fn precomputed_modulation_equals_the_inline_forward_bit_for_bit_in_every_mode() 
     {
         let released = modulation_weight_bytes(case);
         for mode in QkvMode::ALL {
-            let (want, inline_weights, inline_params) = forward_modulation(case, mode, lora, Modulation::Inline);
-            let (got, pre_weights, pre_params) = forward_modulation(case, mode, lora, Modulation::Precompute);
-            assert!(got.iter().all(|v| v.is_finite()), "{case} {mode:?}: non-finite output");
-            let diff = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-            assert_eq!(diff, 0, "{case} {lora} {mode:?}: {diff} outputs differ from the inline forward");
-            assert_eq!(inline_weights - pre_weights, released, "{case} {mode:?}: weights on the GPU");
-            assert_eq!(inline_params - pre_params, released, "{case} {mode:?}: the plan's weight bytes");
+            let (want, inline_weights, inline_params) = forward_modulation(case, mode, lora, Modulation::Inline, 0);
+            // One piece for everything, and one unit per piece (a block's two modulations, then
+            // norm_out): the stacking around a column changes no value.
+            for piece_bytes in [u64::MAX, 1] {
+                let (got, pre_weights, pre_params) =
+                    forward_modulation(case, mode, lora, Modulation::Precompute, piece_bytes);
+                assert!(got.iter().all(|v| v.is_finite()), "{case} {mode:?}: non-finite output");
+                let diff = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(
+                    diff, 0,
+                    "{case} {lora} {mode:?} pieces ≤ {piece_bytes} B: {diff} outputs differ from inline"
+                );
+                assert_eq!(inline_weights - pre_weights, released, "{case} {mode:?}: weights on the GPU");
+                assert_eq!(inline_params - pre_params, released, "{case} {mode:?}: the plan's weight bytes");
+            }
             println!("{case} {lora} {}: bit-identical; {released} weight bytes released", mode.name());
         }
     }

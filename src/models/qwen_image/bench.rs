@@ -214,7 +214,8 @@ pub struct TrainSummary {
     pub lora_parameters: usize,
 }
 
-pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], rank: usize) -> Vec<TrainSummary> {
+/// DiffSynth's 12 LoRA targets of every block (its Qwen-Image training scripts).
+pub fn diffsynth_modules(cfg: &DitConfig) -> Vec<String> {
     let suffixes = [
         "attn.to_q",
         "attn.to_k",
@@ -229,8 +230,11 @@ pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], ran
         "txt_mlp.net.2",
         "txt_mod.1",
     ];
-    let modules: Vec<String> =
-        (0..cfg.num_layers).flat_map(|i| suffixes.map(|s| format!("transformer_blocks.{i}.{s}"))).collect();
+    (0..cfg.num_layers).flat_map(|i| suffixes.map(|s| format!("transformer_blocks.{i}.{s}"))).collect()
+}
+
+pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], rank: usize) -> Vec<TrainSummary> {
+    let modules = diffsynth_modules(cfg);
     let mut out = Vec::new();
     for &mode in modes {
         for checkpointing in [false, true] {

@@ -17,6 +17,12 @@ use crate::models::qwen_image::DitConfig;
 use crate::nn::ParamSource;
 use std::ops::Range;
 
+/// Weights per precompute piece (capped by the binding limit): the precompute then holds little
+/// more than its store (512 MiB is 2 blocks' modulations in bf16, 8 in Q4_K), while each piece's
+/// GEMM still spans thousands of columns. Pieces change no value: every output element is its
+/// own dot product, whatever is stacked next to it.
+pub const PIECE_BYTES: u64 = 512 << 20;
+
 /// Where the modulation vectors come from in a forward graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -196,16 +202,17 @@ impl PrecomputePlan {
     }
 }
 
-/// Plans the precompute of `rows` timesteps for `mode` (no GPU): every piece graph built and its
-/// memory planned.
+/// Plans the precompute of `rows` timesteps for `mode` (no GPU): every piece graph (pieces of
+/// at most `piece_bytes` of weights) built and its memory planned.
 pub fn plan_precompute(
     cfg: &DitConfig,
     mode: crate::models::qwen_image::QkvMode,
     max_binding: u64,
+    piece_bytes: u64,
     rows: usize,
     wdtype: &dyn Fn(&str) -> DType,
 ) -> PrecomputePlan {
-    let layout = ModLayout::new(cfg, max_binding, wdtype);
+    let layout = ModLayout::new(cfg, piece_bytes.min(max_binding), wdtype);
     let opts = BuildOptions {
         lora: None,
         mode,

@@ -10,7 +10,7 @@ use crate::exec::Plan;
 use crate::gpu::{BufferCopy, Gpu};
 use crate::models::qwen_image::dit::BuildOptions;
 use crate::models::qwen_image::load::stored_dtype;
-use crate::models::qwen_image::modulation::{build_piece, is_modulation_tensor, ModLayout, Modulation};
+use crate::models::qwen_image::modulation::{build_piece, is_modulation_tensor, ModLayout, Modulation, PIECE_BYTES};
 use crate::models::qwen_image::runtime::Dit;
 use crate::tensor::{DType, Tensor};
 use std::sync::Arc;
@@ -67,8 +67,9 @@ impl ModulationStore {
 pub struct PrecomputeReport {
     /// Timestep rows computed.
     pub rows: usize,
-    /// GEMM pieces (one weight upload each).
+    /// GEMM pieces (one weight upload each) and their dispatches in all.
     pub pieces: usize,
+    pub dispatches: usize,
     pub store_bytes: u64,
     /// Weight bytes released from the cache (the modulation and time-embedding weights).
     pub released_bytes: u64,
@@ -94,10 +95,17 @@ impl Dit {
         }
     }
 
-    /// Runs every piece of the modulation layout over the distinct `timesteps` (the same GEMMs,
-    /// LoRAs included, as this mode's forward), keeps the results on the GPU and drops the
-    /// modulation weights from the cache. Plans made from now on read the store.
+    /// Runs every piece of the modulation layout (`modulation::PIECE_BYTES` of weights each) over
+    /// the distinct `timesteps` (the same GEMMs, LoRAs included, as this mode's forward), keeps
+    /// the results on the GPU and drops the modulation weights from the cache. Plans made from
+    /// now on read the store.
     pub fn precompute_modulation(&mut self, timesteps: &[f32]) -> Result<PrecomputeReport> {
+        self.precompute_in_pieces(timesteps, PIECE_BYTES)
+    }
+
+    /// [`precompute_modulation`](Self::precompute_modulation) with pieces of at most
+    /// `piece_bytes` of weights (one unit per piece when smaller than every unit).
+    pub fn precompute_in_pieces(&mut self, timesteps: &[f32], piece_bytes: u64) -> Result<PrecomputeReport> {
         let t0 = std::time::Instant::now();
         let mut rows: Vec<f32> = Vec::new();
         for &t in timesteps.iter().chain(self.cfg.zero_cond_t.then_some(&0.0)) {
@@ -111,9 +119,9 @@ impl Dit {
         let max_binding = self.gpu.limits().max_storage_binding;
         let src = self.source.as_ref();
         let wdtype = |n: &str| stored_dtype(src, n);
-        let layout = ModLayout::new(&self.cfg, max_binding, &wdtype);
+        let layout = ModLayout::new(&self.cfg, piece_bytes.min(max_binding), &wdtype);
         let mut pieces = Vec::with_capacity(layout.pieces.len());
-        let mut released = 0;
+        let (mut released, mut dispatches) = (0, 0);
         for piece in &layout.pieces {
             let opts = BuildOptions {
                 train: None,
@@ -132,6 +140,7 @@ impl Dit {
             }
             params.insert(pg.store, store.clone());
             let plan = Plan::new(&self.gpu, &pg.graph, &params)?;
+            dispatches += pg.graph.dispatch_count();
             plan.write_input(pg.timestep, &rows);
             plan.run()?;
             // Wait, so that the piece's weights are free before the next piece uploads its own.
@@ -145,6 +154,7 @@ impl Dit {
         let report = PrecomputeReport {
             rows: store.timesteps.len(),
             pieces: store.pieces.len(),
+            dispatches,
             store_bytes: store.bytes(),
             released_bytes: released,
             ms: t0.elapsed().as_secs_f64() * 1e3,
