@@ -97,6 +97,22 @@ pub fn safetensors(data: &[u8]) {
     }
 }
 
+/// A GGUF file (`--model x.gguf`, `wgdit quantize --input`): magic, version, counts, KVs (strings,
+/// nested arrays), tensor infos (types, shapes, offsets, alignment, `orig_shape`); every tensor
+/// decoded; then the checkpoint it makes, checked against the fixture model as a loader does.
+pub fn gguf(data: &[u8]) {
+    use crate::weights::checkpoint::Checkpoint;
+    let Ok(f) = SafeFile::from_bytes(Path::new("fuzz.gguf"), data.to_vec()) else { return };
+    for t in &f.tensors {
+        if let Ok(v) = f.view(t) {
+            assert_eq!(v.to_f32().len(), v.numel(), "a validated GGUF tensor decodes to its shape");
+        }
+    }
+    let _ = (f.architecture(), f.metadata.len());
+    let Ok(ck) = Checkpoint::from_files(Path::new("fuzz.gguf"), false, vec![f], None) else { return };
+    let _ = crate::models::qwen_image::load::validate(fixture_config(), &ck);
+}
+
 /// The JSON header of a safetensors file alone (no length prefix, no data buffer), with the layout
 /// checked against a buffer as long as its last tensor claims.
 pub fn safetensors_header(data: &[u8]) {
@@ -193,6 +209,20 @@ pub fn train_metadata(data: &[u8]) {
     for line in String::from_utf8_lossy(data).lines().filter(|l| !l.trim().is_empty()) {
         let _ = crate::train::data::dataset::file_entry(line);
     }
+}
+
+/// A DiffSynth `metadata.csv` of `wgdit cache --data`: the CSV reader, the `image` / `prompt`
+/// columns and every `edit_image` cell as a path list; the same bytes as `metadata.json` and
+/// `metadata.jsonl`.
+pub fn dataset_csv(data: &[u8]) {
+    use crate::train::data::sources::{csv_rows, json_rows};
+    let text = String::from_utf8_lossy(data);
+    if let Ok(rows) = csv_rows(&text) {
+        for r in rows {
+            let _ = (r.image.len(), r.prompt.map(|p| p.len()), r.edit.map(|e| e.len()));
+        }
+    }
+    let _ = (json_rows(&text, false), json_rows(&text, true));
 }
 
 /// One training sample file, validated against the fixture model as `Dataset::open` does, then
@@ -369,12 +399,14 @@ pub const TARGETS: &[(&str, EntryPoint)] = &[
     ("dit_inputs", dit_inputs),
     ("safetensors", safetensors),
     ("safetensors_header", safetensors_header),
+    ("gguf", gguf),
     ("dit_checkpoint", dit_checkpoint),
     ("sharded_index", sharded_index),
     ("dit_config", dit_config),
     ("lora", lora),
     ("lora_keys", lora_keys),
     ("train_metadata", train_metadata),
+    ("dataset_csv", dataset_csv),
     ("train_sample", train_sample),
     ("train_state", train_state),
     ("train_moments", train_moments),
@@ -460,9 +492,15 @@ mod tests {
         sweep(super::lora, &fixture("lora/peft.safetensors"), 300, 18);
         sweep(super::lora_keys, &fixture("fuzz/seeds/lora_keys.txt"), 2000, 19);
         sweep(super::train_metadata, &fixture("fuzz/seeds/metadata.jsonl"), 2000, 20);
+        sweep(super::dataset_csv, &fixture("fuzz/seeds/metadata.csv"), 3000, 34);
         sweep(super::train_sample, &fixture("fuzz/seeds/train_sample.safetensors"), 2000, 21);
         sweep(super::train_state, &fixture("fuzz/seeds/state.json"), 2000, 22);
         sweep(super::train_moments, &fixture("fuzz/seeds/optimizer.safetensors"), 1000, 23);
+        // the small seeds whole (the sweep mutates the first 4 KB), the gguf-py fixture's header
+        sweep(super::gguf, &fixture("fuzz/gguf/q4k.gguf"), 1000, 30);
+        sweep(super::gguf, &fixture("fuzz/gguf/mixed.gguf"), 1000, 31);
+        sweep(super::gguf, &fixture("fuzz/gguf/small_k.gguf"), 500, 32);
+        sweep(super::gguf, &fixture("gguf/tiny.gguf"), 1000, 33);
     }
 
     #[test]
@@ -520,6 +558,9 @@ mod tests {
     #[test]
     fn the_real_seeds_parse() {
         use crate::pipeline::folder::{parse_index, PipelineClass};
+        let csv = String::from_utf8(fixture("fuzz/seeds/metadata.csv")).unwrap();
+        let rows = crate::train::data::sources::csv_rows(&csv).unwrap();
+        assert_eq!(rows.iter().map(|r| r.edit.as_ref().map_or(9, Vec::len)).collect::<Vec<_>>(), [1, 2, 2, 0]);
         let text = String::from_utf8(fixture("pipeline/edit-plus/model_index.json")).unwrap();
         assert_eq!(parse_index(&text).unwrap().0, PipelineClass::EditPlus);
         assert!(crate::image::pixels::decode_rgb(&fixture("pipeline/inputs/ref_a.png")).is_ok());
@@ -565,5 +606,9 @@ mod tests {
         crate::train::lora::LoraParams::from_lora(cfg, &state.lora, &lora).unwrap();
         let moments = file("o", "fuzz/seeds/optimizer.safetensors");
         crate::train::checkpoint::read_moments_file(&moments, super::fixture_lora()).unwrap();
+        for seed in ["fuzz/gguf/q4k.gguf", "fuzz/gguf/mixed.gguf", "fuzz/gguf/small_k.gguf", "gguf/tiny.gguf"] {
+            let f = super::safe_file("s.gguf", &fixture(seed)).unwrap();
+            assert!(f.tensors.iter().all(|t| f.view(t).is_ok()), "{seed}: every tensor has a view");
+        }
     }
 }

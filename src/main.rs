@@ -46,6 +46,26 @@ impl QkvArg {
 }
 
 /// `bench dispatches --qkv`: one mode or all three.
+/// `--modulation`: where the modulation vectors of each step come from.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum ModulationArg {
+    /// Computed for every step of the schedule before the loop; the modulation weights (a third
+    /// of the model) are released before the blocks' are uploaded.
+    Precompute,
+    /// Computed in every forward from the timestep (the modulation weights stay on the GPU).
+    Inline,
+}
+
+impl ModulationArg {
+    fn modulation(self) -> wgdit::models::qwen_image::Modulation {
+        use wgdit::models::qwen_image::Modulation;
+        match self {
+            ModulationArg::Precompute => Modulation::Precompute,
+            ModulationArg::Inline => Modulation::Inline,
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 enum BenchQkv {
     Standard,
@@ -152,14 +172,17 @@ enum Preset {
 }
 
 impl Preset {
-    fn dit(self) -> wgdit::Result<DitConfig> {
-        DitConfig::preset(match self {
+    fn name(self) -> &'static str {
+        match self {
             Preset::QwenImage => "qwen-image",
             Preset::QwenImageEdit => "qwen-image-edit",
             Preset::QwenImageEdit2509 => "qwen-image-edit-2509",
             Preset::QwenImageEdit2511 => "qwen-image-edit-2511",
             Preset::QwenImage2512 => "qwen-image-2512",
-        })
+        }
+    }
+    fn dit(self) -> wgdit::Result<DitConfig> {
+        DitConfig::preset(self.name())
     }
     fn class(self) -> wgdit::pipeline::folder::PipelineClass {
         use wgdit::pipeline::folder::PipelineClass;
@@ -207,8 +230,14 @@ enum Cmd {
     },
     /// Fine-tune a LoRA on cached latents and text embeddings (see docs/training.md).
     Train(TrainArgs),
+    /// Pictures and captions (a DiffSynth metadata.csv folder or a kohya folder tree) → the cached
+    /// latents and embeddings `train --data` reads (docs/training.md, "From pictures").
+    Cache(CacheArgs),
     /// Convert a checkpoint or LoRA between the standard and merged q/k/v layouts (exact, streaming).
     Convert(ConvertArgs),
+    /// Quantize a checkpoint to a GGUF file (ComfyUI-GGUF's layout) or a ComfyUI fp8 safetensors
+    /// file, tensor by tensor (see docs/quantize.md).
+    Quantize(QuantizeArgs),
     /// Make a picture (text to image) or edit pictures with a diffusers Qwen-Image pipeline folder.
     Generate(GenerateArgs),
     /// The Qwen-Image VAE: `vae encode` (PNG → latents), `vae decode` (latents → PNG or
@@ -223,6 +252,55 @@ enum Cmd {
     /// Encode a prompt with a pipeline folder's text encoder into the embeddings file that
     /// `generate --prompt-embeds` reads (diffusers' encode_prompt).
     EncodePrompt(EncodePromptArgs),
+    /// The device memory a `generate` run needs (weights by dtype, what stays resident, activation
+    /// peak, streaming per step) and whether it fits a budget; no GPU, no weights for presets.
+    Plan(PlanArgs),
+}
+
+/// `wgdit plan` (docs/plan.md).
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("plan_source").required(true).args(["model", "preset"])))]
+struct PlanArgs {
+    /// A pipeline folder, a diffusers transformer folder or a single checkpoint file (then
+    /// --config): bytes of its own tensors.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The transformer's config.json (with --model as a single file).
+    #[arg(long, requires = "model")]
+    config: Option<PathBuf>,
+    /// A real model's config, with every tensor in the dtype of a file quantized to --weights.
+    #[arg(long, value_enum, requires = "weights")]
+    preset: Option<Preset>,
+    /// With --preset: f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, f8_e4m3, f8_e5m2.
+    #[arg(long, conflicts_with = "model")]
+    weights: Option<String>,
+    #[arg(long, default_value_t = 1024)]
+    width: u32,
+    #[arg(long, default_value_t = 1024)]
+    height: u32,
+    /// Reference images of an edit (each the output size); Edit-Plus takes several. 0: the
+    /// pipeline's default (none for text to image, one for the Edit pipelines).
+    #[arg(long, default_value_t = 0)]
+    images: usize,
+    /// Prompt tokens per pass (the negative prompt as long).
+    #[arg(long, default_value_t = 128)]
+    text_tokens: usize,
+    #[arg(long, default_value_t = wgdit::pipeline::scheduler::DEFAULT_NUM_INFERENCE_STEPS)]
+    steps: usize,
+    /// Plan one DiT pass per step (no negative prompt) instead of true CFG's two.
+    #[arg(long)]
+    no_cfg: bool,
+    #[arg(long, value_enum, default_value = "fused")]
+    qkv: QkvArg,
+    /// Device memory to fit (e.g. 16G, 12GiB; env WGDIT_VRAM_BUDGET); without one nothing is checked.
+    #[arg(long)]
+    vram_budget: Option<String>,
+    /// Also plan a LoRA training step of this rank (DiffSynth targets, checkpointing on).
+    #[arg(long)]
+    train_rank: Option<usize>,
+    /// Print one JSON object instead of a report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -413,6 +491,14 @@ struct GenerateArgs {
     loras: Vec<String>,
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// A transformer other than the folder's transformer/: a GGUF file (city96/QuantStack
+    /// Q8_0 … Q2_K), a ComfyUI fp8 or bf16 safetensors file, or a diffusers folder; its config is
+    /// the one beside it, else the folder's transformer/config.json.
+    #[arg(long, value_name = "PATH")]
+    transformer: Option<PathBuf>,
+    /// Modulation vectors: precomputed for the whole schedule before the loop, or inline.
+    #[arg(long, value_enum, default_value = "precompute")]
+    modulation: ModulationArg,
     /// Target area in pixels of the VAE reference images (diffusers: 1024·1024).
     #[arg(long, default_value_t = 1024 * 1024)]
     ref_area: u64,
@@ -505,6 +591,52 @@ fn parse_budget(s: &str) -> Result<u64, String> {
     wgdit::budget::parse_size(s).map_err(|e| e.to_string())
 }
 
+/// `wgdit cache` (docs/training.md).
+#[derive(Args)]
+struct CacheArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// A diffusers pipeline folder: text to image gives T2I samples, an Edit pipeline edit samples.
+    #[arg(long)]
+    model: PathBuf,
+    /// A DiffSynth-Studio folder with metadata.csv (image, prompt[, edit_image]) or that file, or
+    /// a kohya-style folder of pictures with same-name .txt captions (`N_name` sub-folders repeat N times).
+    #[arg(long)]
+    data: PathBuf,
+    /// The cache folder (metadata.jsonl + samples/); a rerun skips what is cached.
+    #[arg(long)]
+    output: PathBuf,
+    /// Bucket target area in pixels, `N` or `WxH` (1024x1024 = 1048576).
+    #[arg(long, default_value = "1048576", value_parser = parse_area)]
+    resolution: u64,
+    /// Explicit buckets `WxH,WxH,…` (multiples of 2·vae_scale), or `dynamic` (DiffSynth: each
+    /// picture at its own size, at most --resolution pixels).
+    #[arg(long)]
+    buckets: Option<String>,
+    /// Target area in pixels of the VAE reference images, as in `generate`.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    ref_area: u64,
+    /// Target area in pixels of Edit-Plus's vision-encoder images, as in `generate`.
+    #[arg(long, default_value_t = 384 * 384)]
+    condition_area: u64,
+    /// Leave out bad entries (each warned) instead of refusing the dataset.
+    #[arg(long)]
+    skip_bad: bool,
+    #[command(flatten)]
+    text: TextEncoderArgs,
+    #[command(flatten)]
+    tiling: VaeTilingArgs,
+}
+
+/// An area: `N` pixels or `WxH`.
+fn parse_area(s: &str) -> Result<u64, String> {
+    let num = |t: &str| t.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or(format!("`{s}`: expected N or WxH"));
+    match s.split_once(['x', 'X']) {
+        Some((w, h)) => num(w)?.checked_mul(num(h)?).ok_or(format!("`{s}`: too large")),
+        None => num(s),
+    }
+}
+
 /// `N` or `HxW` (positive integers).
 fn parse_hw(s: &str) -> Result<(usize, usize), String> {
     let num = |t: &str| t.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or(format!("`{s}`: expected N or HxW"));
@@ -534,6 +666,10 @@ struct ForwardArgs {
     /// Execution mode: standard (6 Q/K/V projections per block), merged (2) or fused.
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// Modulation vectors: computed in the forward (inline) or precomputed for the inputs'
+    /// timesteps first (the modulation weights then never reach the forward's plan).
+    #[arg(long, value_enum, default_value = "inline")]
+    modulation: ModulationArg,
     /// A LoRA file (diffusers/PEFT, DiffSynth, kohya/musubi or ComfyUI keys), optionally with a
     /// strength: `--lora style.safetensors:0.8`. Repeatable; the base weights are not modified.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
@@ -657,6 +793,9 @@ struct BenchGenerateArgs {
     ref_area: u64,
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// Modulation vectors precomputed before the loop (as `generate` does by default) or inline.
+    #[arg(long, value_enum, default_value = "precompute")]
+    modulation: ModulationArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -726,6 +865,30 @@ struct ConvertArgs {
     dry_run: bool,
 }
 
+#[derive(Args)]
+struct QuantizeArgs {
+    /// Checkpoint: a safetensors file (any ComfyUI prefix) or a diffusers model folder.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output: a .gguf file, or a .safetensors file for the fp8 types.
+    #[arg(long)]
+    output: PathBuf,
+    /// q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, f16, bf16, f32 (.gguf);
+    /// f8_e4m3, f8_e5m2 (.safetensors).
+    #[arg(long = "type", value_name = "TYPE")]
+    target: String,
+    /// Tensors whose name contains PATTERN get TYPE (default f16) instead; repeatable, the first
+    /// match wins.
+    #[arg(long = "keep", value_name = "PATTERN[=TYPE]")]
+    keep: Vec<String>,
+    /// fp8 only: ComfyUI "scaled fp8" (per-tensor scale_weight, amax / max(fp8)).
+    #[arg(long)]
+    scaled: bool,
+    /// Quantization threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -741,15 +904,55 @@ fn run(cli: Cli) -> wgdit::Result<()> {
     match cli.cmd {
         Cmd::Devices { gpu, json } => devices(&gpu.options(), json),
         Cmd::Convert(args) => convert(args),
+        Cmd::Quantize(args) => quantize(args),
         Cmd::Forward(args) => forward(args),
         Cmd::Train(args) => train(args),
+        Cmd::Cache(args) => cache(args),
         Cmd::Bench { what: BenchCmd::Dispatches(args) } => bench_dispatches(args),
         Cmd::Bench { what: BenchCmd::Generate(args) } => bench_generate(args),
         Cmd::Vae { what } => vae(what),
         Cmd::Generate(args) => generate(args),
         Cmd::Tokenize(args) => tokenize(args),
         Cmd::EncodePrompt(args) => encode_prompt(args),
+        Cmd::Plan(args) => plan(args),
     }
+}
+
+fn plan(a: PlanArgs) -> wgdit::Result<()> {
+    use wgdit::pipeline::plan::{plan, weights_type, PlanModel, PlanRequest};
+    let model = match (a.preset, a.model) {
+        (Some(p), _) => PlanModel::Preset {
+            name: p.name().into(),
+            dit: p.dit()?,
+            class: p.class(),
+            weights: weights_type(a.weights.as_deref().unwrap_or("bf16"))?,
+        },
+        (None, Some(path)) => PlanModel::Model { path, config: a.config },
+        (None, None) => unreachable!("clap requires --model or --preset"),
+    };
+    let budget = match &a.vram_budget {
+        Some(s) => Some(wgdit::budget::parse_size(s).map_err(|e| wgdit::Error::input(format!("--vram-budget: {e}")))?),
+        None => wgdit::budget::env_budget(wgdit::budget::VRAM_ENV)?,
+    };
+    let req = PlanRequest {
+        model,
+        width: a.width,
+        height: a.height,
+        images: a.images,
+        text_tokens: a.text_tokens,
+        steps: a.steps,
+        cfg: !a.no_cfg,
+        mode: a.qkv.mode(),
+        budget,
+        train_rank: a.train_rank,
+    };
+    let p = plan(&req)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&p).expect("cannot fail: plain data"));
+    } else {
+        print!("{}", p.table());
+    }
+    Ok(())
 }
 
 fn encode_prompt(a: EncodePromptArgs) -> wgdit::Result<()> {
@@ -813,9 +1016,16 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
     use wgdit::models::qwen_image_vae::VaeConfig;
     use wgdit::pipeline::bench::{plan_preset, run, BenchRun};
     let b = match (a.preset, a.model) {
-        (Some(p), _) => {
-            plan_preset(&p.dit()?, &VaeConfig::qwen_image(), p.class(), a.width, a.height, a.text_tokens, a.qkv.mode())?
-        }
+        (Some(p), _) => plan_preset(
+            &p.dit()?,
+            &VaeConfig::qwen_image(),
+            p.class(),
+            a.width,
+            a.height,
+            a.text_tokens,
+            a.qkv.mode(),
+            a.modulation.modulation(),
+        )?,
         (None, Some(model)) => {
             let gpu = gpu::Gpu::new(&a.gpu.options())?;
             let r = BenchRun {
@@ -826,6 +1036,7 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
                 text_tokens: a.text_tokens,
                 images: a.images,
                 mode: a.qkv.mode(),
+                modulation: a.modulation.modulation(),
                 ref_area: a.ref_area,
                 vram_budget: a.vram_budget,
             };
@@ -863,8 +1074,8 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
         (s, None) => Noise::Seed(s.unwrap_or(0)),
     };
     o.loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
-    (o.qkv, o.ref_area, o.condition_area, o.save_latents) =
-        (a.qkv.mode(), a.ref_area, a.condition_area, a.save_latents);
+    (o.qkv, o.modulation, o.ref_area, o.condition_area, o.save_latents) =
+        (a.qkv.mode(), a.modulation.modulation(), a.ref_area, a.condition_area, a.save_latents);
     o.vae_tiling = match a.vae_tiling {
         TilingArg::Auto => VaeTiling::Auto,
         TilingArg::On => VaeTiling::On,
@@ -874,6 +1085,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     o.allow_nonfinite = a.allow_nonfinite;
     o.text_residency = a.text.residency();
     o.text_encoder = a.text.text_encoder.clone();
+    o.transformer = a.transformer.clone();
     o.vram_budget = a.vram_budget;
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let bar = indicatif::ProgressBar::new(o.steps as u64);
@@ -890,8 +1102,18 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     let mib = |b: u64| b as f64 / 1048576.0;
     let per_step = r.step_ms.iter().sum::<f64>() / r.step_ms.len().max(1) as f64 / 1e3;
     let tiles = if r.vae_tiles > 0 { format!(", {} tiles", r.vae_tiles) } else { String::new() };
+    let premod = match &r.precompute {
+        Some(p) => format!(
+            " + precomputed modulation {} ({} timesteps, {:.0} ms; {} of weights released)",
+            wgdit::budget::human(r.modulation_bytes),
+            p.rows,
+            p.ms,
+            wgdit::budget::human(p.released_bytes)
+        ),
+        None => " (modulation inline)".into(),
+    };
     eprintln!(
-        "wrote {} ({}x{}, {}, {} steps{}, {:.2} s/step, {} dispatches/step; planned peak: DiT {:.1} MiB + weights {:.1} MiB, VAE decode {:.1} MiB{tiles}; text encoder {:.0} ms, VAE encode {:.0} ms, decode {:.0} ms) on {}",
+        "wrote {} ({}x{}, {}, {} steps{}, {:.2} s/step, {} dispatches/step; planned peak: DiT {:.1} MiB + weights {:.1} MiB{premod}, VAE decode {:.1} MiB{tiles}; text encoder {:.0} ms, VAE encode {:.0} ms, decode {:.0} ms) on {}",
         r.output.display(),
         r.width,
         r.height,
@@ -965,7 +1187,8 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
     let output = a.output.clone();
     let (model, config, inputs, mode, allow_nonfinite) = (a.model, a.config, a.inputs, a.qkv.mode(), a.allow_nonfinite);
     let vram_budget = a.vram_budget;
-    let task = ForwardTask { model, config, inputs, output, mode, loras, allow_nonfinite, vram_budget };
+    let modulation = a.modulation.modulation();
+    let task = ForwardTask { model, config, inputs, output, mode, modulation, loras, allow_nonfinite, vram_budget };
     let r = run_forward(&gpu, &task)?;
     eprintln!(
         "wrote {} output {:?} ({} mode, {} dispatches, plan {:.1} ms, run {:.1} ms, weights {:.1} MiB, activations {:.1} MiB) on {}",
@@ -1027,6 +1250,40 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
         gpu.info().name
     );
     print_streaming(r.stream.iter(), a.vram_budget.is_some());
+    Ok(())
+}
+
+fn cache(a: CacheArgs) -> wgdit::Result<()> {
+    use wgdit::train::cache::{cache, CacheOptions};
+    let mut o = CacheOptions::new(a.model, a.data, a.output);
+    (o.resolution, o.buckets, o.ref_area, o.condition_area) = (a.resolution, a.buckets, a.ref_area, a.condition_area);
+    (o.skip_bad, o.residency, o.text_encoder) = (a.skip_bad, a.text.residency(), a.text.text_encoder.clone());
+    o.tiling = a.tiling.tiling()?;
+    o.progress = true;
+    let gpu = gpu::Gpu::new(&a.gpu.options())?;
+    let r = cache(&gpu, &o)?;
+    let per = if r.encoded > 0 {
+        format!(", {:.2} s/picture", (r.text_seconds + r.vae_seconds) / r.encoded as f64)
+    } else {
+        String::new()
+    };
+    let buckets: Vec<String> = r.buckets.iter().map(|(s, n)| format!("{}x{}: {n}", s.width, s.height)).collect();
+    eprintln!(
+        "wrote {} ({} samples, {} lines with repeats, {}; {} encoded, {} already cached, {} bad skipped{}; buckets {}; text encoder {:.1} s, VAE {:.1} s, {:.1} s in all{per}) on {}",
+        o.output.join("metadata.jsonl").display(),
+        r.samples,
+        r.lines,
+        r.class.class_name(),
+        r.encoded,
+        r.reused,
+        r.skipped.len(),
+        if r.stale > 0 { format!(", {} stale sample files left in samples/", r.stale) } else { String::new() },
+        buckets.join(", "),
+        r.text_seconds,
+        r.vae_seconds,
+        r.seconds,
+        gpu.info().name
+    );
     Ok(())
 }
 
@@ -1103,6 +1360,21 @@ fn convert(a: ConvertArgs) -> wgdit::Result<()> {
         progress: true,
     };
     println!("{}", convert::convert(&opts)?);
+    Ok(())
+}
+
+fn quantize(a: QuantizeArgs) -> wgdit::Result<()> {
+    use wgdit::convert::quantize::{self, KeepRule, QuantizeOptions};
+    let opts = QuantizeOptions {
+        input: a.input,
+        output: a.output,
+        target: quantize::parse_target(&a.target)?,
+        keep: a.keep.iter().map(|k| KeepRule::parse(k)).collect::<wgdit::Result<_>>()?,
+        scaled: a.scaled,
+        threads: a.threads.unwrap_or_else(quantize::default_threads),
+        progress: true,
+    };
+    println!("{}", quantize::quantize(&opts)?);
     Ok(())
 }
 

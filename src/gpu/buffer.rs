@@ -51,6 +51,16 @@ impl Buffer {
     }
 }
 
+/// One range of a [`Gpu::copy`]: `bytes` from `src` at `src_offset` to `dst` at `dst_offset`.
+#[derive(Clone, Copy, Debug)]
+pub struct BufferCopy<'a> {
+    pub src: &'a Buffer,
+    pub src_offset: u64,
+    pub dst: &'a Buffer,
+    pub dst_offset: u64,
+    pub bytes: u64,
+}
+
 const STORAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
@@ -137,6 +147,22 @@ impl Gpu {
         };
         debug_assert!(offset + bytes.len() as u64 <= buf.size, "write past the end of {:?}", buf.inner);
         self.queue.write_buffer(&buf.inner, buf.offset + offset, bytes);
+    }
+
+    /// Copies byte ranges between buffers on the GPU, all in one submission (ordered after the
+    /// work submitted before it and before the work submitted after it). Offsets and lengths are
+    /// multiples of 4.
+    pub fn copy(&self, copies: &[BufferCopy<'_>]) {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        for c in copies {
+            debug_assert!(
+                c.src_offset + c.bytes <= c.src.size && c.dst_offset + c.bytes <= c.dst.size,
+                "copy past the end"
+            );
+            debug_assert!((c.src_offset | c.dst_offset | c.bytes) % 4 == 0, "copy: unaligned range");
+            enc.copy_buffer_to_buffer(&c.src.inner, c.src_offset, &c.dst.inner, c.dst_offset, c.bytes);
+        }
+        self.queue.submit([enc.finish()]);
     }
 
     /// Fills the buffer with 0xFF bytes: NaN as f32, f16 and bf16. Tests use it to prove that a

@@ -15,7 +15,7 @@ mod kernel;
 mod memory;
 mod run;
 
-pub use buffer::Buffer;
+pub use buffer::{Buffer, BufferCopy};
 pub use device::{list_adapters, AdapterReport, Backend, GpuOptions};
 pub use kernel::{Access, Kernel};
 pub use memory::DeviceMemory;

@@ -6,7 +6,7 @@ use crate::gpu::Gpu;
 use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::Dit;
-use crate::models::qwen_image::QkvMode;
+use crate::models::qwen_image::{Modulation, QkvMode};
 use crate::outputs::{check_finite, check_outputs, NONFINITE_OUTPUT_HINT};
 use crate::pipeline::inputs::ForwardInputs;
 use crate::weights::writer::{write_safetensors, OutTensor, Source, TempOutput};
@@ -21,6 +21,8 @@ pub struct ForwardTask {
     pub inputs: PathBuf,
     pub output: PathBuf,
     pub mode: QkvMode,
+    /// `Inline` (the default of `wgdit forward`) or `Precompute` (the inputs' timesteps first).
+    pub modulation: Modulation,
     /// Runtime LoRAs: (file, strength).
     pub loras: Vec<(PathBuf, f32)>,
     /// Write an output with NaN/Inf values instead of refusing it.
@@ -54,6 +56,8 @@ pub fn run_forward(gpu: &Arc<Gpu>, t: &ForwardTask) -> Result<ForwardReport> {
     let mut dit = Dit::new(gpu, cfg, Box::new(ckpt), t.mode)?;
     dit.set_loras(loras);
     dit.set_vram_budget(t.vram_budget);
+    dit.set_modulation(t.modulation);
+    dit.prepare_timesteps(&inputs.timestep)?;
     let plan = dit.plan(&inputs.shape(), false)?;
     gpu.sync()?;
     let t1 = std::time::Instant::now();

@@ -17,7 +17,7 @@ use crate::models::qwen_image::latents::{pack, unpack};
 use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::Dit;
-use crate::models::qwen_image::QkvMode;
+use crate::models::qwen_image::{DitConfig, Modulation, QkvMode};
 use crate::models::qwen_image_vae::config::{denormalize_latents, normalize_latents};
 use crate::models::qwen_image_vae::runtime::{Pass, Tiling, Vae};
 use crate::models::qwen_image_vae::tiling::TileSpec;
@@ -28,6 +28,7 @@ use crate::pipeline::folder::{PipelineClass, PipelineFolder};
 use crate::pipeline::noise::randn;
 use crate::pipeline::sample::{sample, Reference, Sampling, StepInfo};
 use crate::pipeline::scheduler::{Schedule, SchedulerConfig};
+use crate::weights::checkpoint::Checkpoint;
 use crate::weights::writer::write_f32_tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,9 @@ pub struct GenerateOptions {
     pub noise: Noise,
     pub loras: Vec<(PathBuf, f32)>,
     pub qkv: QkvMode,
+    /// The modulation vectors: precomputed for the whole schedule (weights released before
+    /// the loop) or computed in every forward.
+    pub modulation: Modulation,
     pub ref_area: u64,
     pub condition_area: u64,
     pub vae_tiling: VaeTiling,
@@ -111,6 +115,10 @@ pub struct GenerateOptions {
     pub text_residency: Option<crate::models::qwen2_5_vl::runtime::Residency>,
     /// A text encoder other than the folder's `text_encoder/` (a folder or one safetensors file).
     pub text_encoder: Option<PathBuf>,
+    /// A transformer other than the folder's `transformer/`: a GGUF file (city96 / QuantStack
+    /// quantizations), an fp8 or bf16 safetensors file, or a diffusers folder. Its config is the
+    /// one beside it, else the folder's `transformer/config.json`.
+    pub transformer: Option<PathBuf>,
     /// Device memory the DiT (and `auto` text-encoder residency) may plan within
     /// (`--vram-budget`; `None`: the adapter's).
     pub vram_budget: Option<u64>,
@@ -126,7 +134,7 @@ pub enum VaeTiling {
 
 impl GenerateOptions {
     /// diffusers' defaults: 50 steps, true_cfg 4.0, seed 0, areas 1024² (references) and 384²
-    /// (vision images), tiling when needed, fused QKV.
+    /// (vision images), tiling when needed, fused QKV; precomputed modulation.
     pub fn new(model: PathBuf, prompt: Prompt, output: PathBuf) -> GenerateOptions {
         GenerateOptions {
             model,
@@ -142,6 +150,7 @@ impl GenerateOptions {
             noise: Noise::Seed(0),
             loras: Vec::new(),
             qkv: QkvMode::Fused,
+            modulation: Modulation::Precompute,
             ref_area: 1024 * 1024,
             condition_area: 384 * 384,
             vae_tiling: VaeTiling::Auto,
@@ -151,6 +160,7 @@ impl GenerateOptions {
             allow_nonfinite: false,
             text_residency: None,
             text_encoder: None,
+            transformer: None,
             vram_budget: None,
         }
     }
@@ -188,6 +198,9 @@ pub struct GenerateReport {
     pub weight_bytes: u64,
     /// Weight streaming of each DiT plan (the prompt's, then the negative's) over the run.
     pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
+    /// The modulation precompute (None: inline) and the bytes of its vectors on the GPU.
+    pub precompute: Option<crate::models::qwen_image::precompute::PrecomputeReport>,
+    pub modulation_bytes: u64,
 }
 
 /// Refuses outputs that would replace an input (or each other), before anything is read.
@@ -204,6 +217,7 @@ fn check_generate_paths(o: &GenerateOptions) -> Result<()> {
     inputs.extend(o.images.iter().map(PathBuf::as_path));
     inputs.extend(o.loras.iter().map(|(p, _)| p.as_path()));
     inputs.extend(o.text_encoder.as_deref());
+    inputs.extend(o.transformer.as_deref());
     let mut outputs: Vec<&Path> = vec![&o.output];
     if let Some(l) = &o.save_latents {
         if l == &o.output {
@@ -214,13 +228,21 @@ fn check_generate_paths(o: &GenerateOptions) -> Result<()> {
     check_outputs(&inputs, &outputs)
 }
 
+/// The pipeline's transformer: the folder's, or `--transformer` with the config beside it or,
+/// failing that, the folder's (a downloaded GGUF file has none of its own).
+fn open_transformer(folder: &PipelineFolder, file: Option<&Path>) -> Result<(DitConfig, Checkpoint)> {
+    let Some(file) = file else { return open(&folder.transformer, None) };
+    let own = crate::models::qwen_image::open::config_path(file, None).ok();
+    open(file, Some(&own.unwrap_or_else(|| folder.transformer.join("config.json"))))
+}
+
 /// Runs the pipeline; `on_step` sees every denoising step (the CLI's progress bar).
 pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&StepInfo<'_>)) -> Result<GenerateReport> {
     let kind = OutputKind::of(&o.output)?;
     check_generate_paths(o)?;
     let folder = PipelineFolder::open(&o.model)?;
     check_arguments(&folder, o)?;
-    let (dcfg, ckpt) = open(&folder.transformer, None)?;
+    let (dcfg, ckpt) = open_transformer(&folder, o.transformer.as_deref())?;
     let sched_cfg = SchedulerConfig::from_file(&folder.scheduler_config)?;
     // The text encoder runs first and is dropped before the DiT and the VAE are loaded.
     let t_text = std::time::Instant::now();
@@ -296,6 +318,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     let mut dit = Dit::new(gpu, dcfg, Box::new(ckpt), o.qkv)?;
     dit.set_loras(loras);
     dit.set_vram_budget(o.vram_budget);
+    dit.set_modulation(o.modulation);
     let s = Sampling {
         prompt: &prompt,
         negative: negative.as_ref(),
@@ -305,6 +328,9 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         schedule: &schedule,
     };
     let (latents, report) = sample(&mut dit, &s, pack(&noise, [z_dim, lh, lw], patch), on_step)?;
+    // The DiT's weights leave the GPU before the decode needs its memory.
+    let weight_bytes = dit.weight_bytes();
+    drop(dit);
     let mut z = unpack(&latents, [z_dim, lh, lw], patch);
     if !o.allow_nonfinite {
         check_finite("the final latents", &z, &[1, z_dim, 1, lh, lw], NONFINITE_OUTPUT_HINT)?;
@@ -364,8 +390,10 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         vae_encode_peak_bytes: enc.iter().map(|m| m.peak_bytes).max().unwrap_or(0),
         vae_decode_dispatches: decoded.dispatches,
         vae_weight_bytes: vae.weight_bytes(),
-        weight_bytes: dit.weight_bytes(),
+        weight_bytes,
         stream: report.stream,
+        precompute: report.precompute,
+        modulation_bytes: report.modulation_bytes,
     })
 }
 

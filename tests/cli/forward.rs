@@ -30,6 +30,37 @@ fn forward_writes_the_output_tensor_and_matches_diffusers() {
 }
 
 #[test]
+fn forward_with_precomputed_modulation_writes_the_same_bits_as_inline() {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map(|b| {
+            let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+            st.tensor("output").unwrap().data().to_vec()
+        })
+    };
+    let mut outs = Vec::new();
+    for m in ["inline", "precompute"] {
+        let out = tmp(&format!("out-{m}.safetensors"));
+        let (ok, log) = wgdit(&[
+            "forward",
+            "--model",
+            &fixture("dit/tiny/diffusion_pytorch_model.safetensors"),
+            "--config",
+            &fixture("dit/tiny-2511/config.json"),
+            "--inputs",
+            &fixture("dit/cases/zero_cond_t.inputs.safetensors"),
+            "--output",
+            out.to_str().unwrap(),
+            "--modulation",
+            m,
+        ]);
+        assert!(ok, "{log}");
+        outs.push(read(&out).unwrap());
+        std::fs::remove_file(out).ok();
+    }
+    assert_eq!(outs[0], outs[1], "zero_cond_t forward: precompute differs from inline");
+}
+
+#[test]
 fn forward_refuses_inputs_that_disagree_with_the_model_and_writes_nothing() {
     // Only a (mis-shaped) hidden_states: the first problem found is reported by name.
     let inputs = tmp("bad.safetensors");

@@ -4,7 +4,7 @@
 use crate::dtype::DType;
 use crate::exec::memory;
 use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardShape, QkvMode};
-use crate::models::qwen_image::DitConfig;
+use crate::models::qwen_image::{DitConfig, Modulation};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -35,7 +35,19 @@ pub fn summarize(
     max_binding: u64,
     wdtype: &dyn Fn(&str) -> DType,
 ) -> DispatchSummary {
-    let opts = BuildOptions { train: None, lora: None, mode, max_binding, keep_block_outputs: false };
+    summarize_with(cfg, shape, mode, Modulation::Inline, max_binding, wdtype)
+}
+
+/// [`summarize`] of the graph with its modulation inline or precomputed (an input).
+pub fn summarize_with(
+    cfg: &DitConfig,
+    shape: &ForwardShape,
+    mode: QkvMode,
+    modulation: Modulation,
+    max_binding: u64,
+    wdtype: &dyn Fn(&str) -> DType,
+) -> DispatchSummary {
+    let opts = BuildOptions { train: None, lora: None, mode, max_binding, keep_block_outputs: false, modulation };
     summarize_graph(mode, &build_forward(cfg, shape, opts, wdtype))
 }
 
@@ -202,7 +214,8 @@ pub struct TrainSummary {
     pub lora_parameters: usize,
 }
 
-pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], rank: usize) -> Vec<TrainSummary> {
+/// DiffSynth's 12 LoRA targets of every block (its Qwen-Image training scripts).
+pub fn diffsynth_modules(cfg: &DitConfig) -> Vec<String> {
     let suffixes = [
         "attn.to_q",
         "attn.to_k",
@@ -217,8 +230,11 @@ pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], ran
         "txt_mlp.net.2",
         "txt_mod.1",
     ];
-    let modules: Vec<String> =
-        (0..cfg.num_layers).flat_map(|i| suffixes.map(|s| format!("transformer_blocks.{i}.{s}"))).collect();
+    (0..cfg.num_layers).flat_map(|i| suffixes.map(|s| format!("transformer_blocks.{i}.{s}"))).collect()
+}
+
+pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], rank: usize) -> Vec<TrainSummary> {
+    let modules = diffsynth_modules(cfg);
     let mut out = Vec::new();
     for &mode in modes {
         for checkpointing in [false, true] {
@@ -308,7 +324,7 @@ pub fn measure_streaming(
         for (_, _, _, plan, times) in plans.iter_mut() {
             let t0 = std::time::Instant::now();
             plan.submit()?;
-            plan.plan.read(plan.graph.timestep)?; // waits for the GPU (4 bytes)
+            plan.plan.read(plan.graph.timestep.unwrap_or(plan.graph.text))?; // waits for the GPU (a small input)
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
     }

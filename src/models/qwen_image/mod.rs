@@ -8,8 +8,10 @@ pub mod dit;
 pub mod latents;
 pub mod load;
 pub mod lora;
+pub mod modulation;
 pub mod names;
 pub mod open;
+pub mod precompute;
 pub mod residency;
 pub mod rope;
 pub mod runtime;
@@ -18,3 +20,4 @@ pub mod training;
 
 pub use config::DitConfig;
 pub use dit::{build_forward, ForwardShape, QkvMode};
+pub use modulation::Modulation;

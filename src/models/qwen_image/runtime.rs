@@ -11,6 +11,8 @@ use crate::graph::TensorId;
 use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardGraph, ForwardShape, QkvMode};
 use crate::models::qwen_image::load::{stored_dtype, validate, TensorSource, WeightCache};
 use crate::models::qwen_image::lora::LoraSet;
+use crate::models::qwen_image::modulation::Modulation;
+use crate::models::qwen_image::precompute::ModulationStore;
 use crate::models::qwen_image::residency::{plan_residency, residency, Residency};
 use crate::models::qwen_image::rope;
 use crate::models::qwen_image::stream::{
@@ -28,12 +30,12 @@ use std::sync::Arc;
 const AUTO_MARGIN_MAX: u64 = 2 << 30;
 
 pub struct Dit {
-    gpu: Arc<Gpu>,
+    pub(super) gpu: Arc<Gpu>,
     pub cfg: DitConfig,
     pub mode: QkvMode,
-    source: SharedSource,
-    cache: WeightCache,
-    lora: LoraSet,
+    pub(super) source: SharedSource,
+    pub(super) cache: WeightCache,
+    pub(super) lora: LoraSet,
     /// `None`: the adapter's device memory less a margin (or WGDIT_VRAM_BUDGET).
     budget: Option<u64>,
     /// Tests and benches: exactly this many blocks resident, whatever the budget.
@@ -41,6 +43,10 @@ pub struct Dit {
     /// Assemble streamed blocks on a worker thread while the GPU computes (default on).
     upload_worker: bool,
     ring: Option<Arc<Ring>>,
+    /// Whether [`prepare_timesteps`](Self::prepare_timesteps) precomputes the modulation.
+    pub(super) modulation: Modulation,
+    /// Precomputed modulation vectors: plans made while set read them instead of computing them.
+    pub(super) premod: Option<Arc<ModulationStore>>,
 }
 
 impl Dit {
@@ -58,6 +64,8 @@ impl Dit {
             forced: None,
             upload_worker: true,
             ring: None,
+            modulation: Modulation::Inline,
+            premod: None,
         })
     }
 
@@ -108,16 +116,30 @@ impl Dit {
             mode: self.mode,
             max_binding: self.gpu.limits().max_storage_binding,
             keep_block_outputs,
+            modulation: if self.premod.is_some() { Modulation::Precompute } else { Modulation::Inline },
         };
         let src = self.source.as_ref();
         build_forward(&self.cfg, shape, opts, &|name| stored_dtype(src, name))
     }
 
-    /// Plans (and binds) the forward for `shape`, uploading weights not yet on the GPU.
+    /// Plans (and binds) the forward for `shape`, uploading weights not yet on the GPU. With
+    /// precomputed modulation the plan gets its own `[t_rows, cols]` modulation buffer, which
+    /// [`DitPlan::write_step`] fills from the store for each step's timesteps.
     pub fn plan(&mut self, shape: &ForwardShape, keep_block_outputs: bool) -> Result<DitPlan> {
         shape.check()?;
         let graph = self.graph(shape, keep_block_outputs);
-        self.plan_graph(graph, HashMap::new())
+        let mut extra = HashMap::new();
+        let premod = match (&self.premod, graph.modulation) {
+            (Some(store), Some(m)) => {
+                let t = Tensor::zeros(&self.gpu, graph.graph.shape(m), DType::F32, "modulation")?;
+                extra.insert(m, t.clone());
+                Some((store.clone(), t))
+            }
+            _ => None,
+        };
+        let mut plan = self.plan_graph(graph, extra)?;
+        plan.premod = premod;
+        Ok(plan)
     }
 
     /// The training graph for `shape` (forward without fused epilogues, trainable LoRAs on
@@ -129,6 +151,7 @@ impl Dit {
             mode: self.mode,
             max_binding: self.gpu.limits().max_storage_binding,
             keep_block_outputs: false,
+            modulation: Modulation::Inline,
         };
         let src = self.source.as_ref();
         build_forward(&self.cfg, shape, opts, &|name| stored_dtype(src, name))
@@ -186,7 +209,7 @@ impl Dit {
         };
         let plan = Plan::with_memory(&self.gpu, &graph.graph, &params, mem)?;
         let (cfg, gpu, worker) = (self.cfg.clone(), self.gpu.clone(), self.upload_worker);
-        Ok(DitPlan { plan, graph, shape, cfg, gpu, residency, stream, worker })
+        Ok(DitPlan { plan, graph, shape, cfg, gpu, residency, stream, worker, premod: None })
     }
 
     /// The residency within the budget (`None`: no budget known, all resident).
@@ -271,6 +294,8 @@ pub struct DitPlan {
     pub residency: Option<Residency>,
     stream: Option<Streamed>,
     worker: bool,
+    /// Precomputed modulation: the store and this plan's modulation input.
+    premod: Option<(Arc<ModulationStore>, Tensor)>,
 }
 
 impl DitPlan {
@@ -302,7 +327,17 @@ impl DitPlan {
             // Edit-2511: temb rows [σ_b..., 0...]; reference tokens read the t = 0 rows.
             t.extend(std::iter::repeat_n(0.0, b));
         }
-        self.plan.write_input(g.timestep, &t);
+        match (&self.premod, g.timestep) {
+            (Some((store, m)), _) => store.write_rows(m, &t),
+            (None, Some(ts)) => self.plan.write_input(ts, &t),
+            (None, None) => unreachable!("a graph without a timestep input reads precomputed modulation"),
+        }
+    }
+
+    /// Bytes of the modulation vectors this plan reads from outside (its input rows; the store
+    /// they are copied from is [`ModulationStore::bytes`]), 0 when computed inline.
+    pub fn modulation_input_bytes(&self) -> u64 {
+        self.premod.as_ref().map_or(0, |(_, t)| t.bytes())
     }
 
     /// Runs the plan on the inputs already written; the model output's image rows.
