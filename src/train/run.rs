@@ -496,6 +496,7 @@ pub fn eval_loss(
     let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
     let dataset = Dataset::open(&o.data, &cfg)?;
     let mut dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
+    dit.set_vram_budget(o.vram_budget);
     if let Some(path) = lora {
         dit.set_loras(crate::models::qwen_image::lora::LoraSet::load(&[(path.to_path_buf(), 1.0)], &cfg)?);
     }
