@@ -139,7 +139,6 @@ fn quantize_to_float_and_legacy_block_types_writes_planned_types_and_encode_byte
 }
 
 #[test]
-#[ignore = "src/dtype/formats.rs has no k-quant quantizer yet (quantize refuses them: see the refusal test)"]
 fn quantize_to_k_quants_keeps_rows_that_are_not_whole_super_blocks_in_f16() {
     let dir = tmpdir("quantize-kquant");
     let input = dir.join("m.safetensors");
@@ -243,14 +242,6 @@ fn quantize_refuses_loras_its_own_input_and_types_the_output_cannot_hold() {
             "--keep a=f8_e4m3",
         ),
         (opts(&dir.join("missing"), &out("x.gguf"), DType::Q8_0), "does not exist"),
-        (opts(&input, &out("x.gguf"), DType::Q4K), "q4_k: wgdit cannot quantize to the k-quants yet"),
-        (
-            QuantizeOptions {
-                keep: vec![KeepRule::parse("to_v=q6_k").unwrap()],
-                ..opts(&input, &out("x.gguf"), DType::Q8_0)
-            },
-            "q6_k: wgdit cannot quantize",
-        ),
     ];
     for (o, needle) in cases {
         let err = quantize(&o).err().unwrap_or_else(|| panic!("accepted; expected {needle:?}")).to_string();
