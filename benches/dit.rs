@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let t0 = Instant::now();
                 for _ in 0..iters {
-                    plan.plan.run().expect("run");
+                    plan.submit().expect("run");
                     gpu.sync().expect("sync");
                 }
                 let dt = t0.elapsed();

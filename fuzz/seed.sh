@@ -20,6 +20,7 @@ seed image $F/pipeline/inputs/ref_a.png $F/pipeline_math/images/photo.jpg $F/pip
 seed dit_inputs $F/dit/cases/*.inputs.safetensors
 seed safetensors $F/dit/cases/odd_grid.inputs.safetensors $F/lora/peft.safetensors $S/train_sample.safetensors \
     $F/pipeline/cases/vae_decode.safetensors
+seed gguf $F/gguf/*.gguf $F/fuzz/gguf/*.gguf
 seed dit_checkpoint $F/dit/tiny/diffusion_pytorch_model.safetensors $F/dit/tiny-comfy.safetensors \
     $F/dit/tiny-merged.safetensors
 seed sharded_index $F/dit/tiny-sharded/diffusion_pytorch_model.safetensors.index.json

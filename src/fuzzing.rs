@@ -97,6 +97,22 @@ pub fn safetensors(data: &[u8]) {
     }
 }
 
+/// A GGUF file (`--model x.gguf`, `wgdit quantize --input`): magic, version, counts, KVs (strings,
+/// nested arrays), tensor infos (types, shapes, offsets, alignment, `orig_shape`); every tensor
+/// decoded; then the checkpoint it makes, checked against the fixture model as a loader does.
+pub fn gguf(data: &[u8]) {
+    use crate::weights::checkpoint::Checkpoint;
+    let Ok(f) = SafeFile::from_bytes(Path::new("fuzz.gguf"), data.to_vec()) else { return };
+    for t in &f.tensors {
+        if let Ok(v) = f.view(t) {
+            assert_eq!(v.to_f32().len(), v.numel(), "a validated GGUF tensor decodes to its shape");
+        }
+    }
+    let _ = (f.architecture(), f.metadata.len());
+    let Ok(ck) = Checkpoint::from_files(Path::new("fuzz.gguf"), false, vec![f], None) else { return };
+    let _ = crate::models::qwen_image::load::validate(fixture_config(), &ck);
+}
+
 /// The JSON header of a safetensors file alone (no length prefix, no data buffer), with the layout
 /// checked against a buffer as long as its last tensor claims.
 pub fn safetensors_header(data: &[u8]) {
@@ -369,6 +385,7 @@ pub const TARGETS: &[(&str, EntryPoint)] = &[
     ("dit_inputs", dit_inputs),
     ("safetensors", safetensors),
     ("safetensors_header", safetensors_header),
+    ("gguf", gguf),
     ("dit_checkpoint", dit_checkpoint),
     ("sharded_index", sharded_index),
     ("dit_config", dit_config),
@@ -463,6 +480,11 @@ mod tests {
         sweep(super::train_sample, &fixture("fuzz/seeds/train_sample.safetensors"), 2000, 21);
         sweep(super::train_state, &fixture("fuzz/seeds/state.json"), 2000, 22);
         sweep(super::train_moments, &fixture("fuzz/seeds/optimizer.safetensors"), 1000, 23);
+        // the small seeds whole (the sweep mutates the first 4 KB), the gguf-py fixture's header
+        sweep(super::gguf, &fixture("fuzz/gguf/q4k.gguf"), 1000, 30);
+        sweep(super::gguf, &fixture("fuzz/gguf/mixed.gguf"), 1000, 31);
+        sweep(super::gguf, &fixture("fuzz/gguf/small_k.gguf"), 500, 32);
+        sweep(super::gguf, &fixture("gguf/tiny.gguf"), 1000, 33);
     }
 
     #[test]
@@ -565,5 +587,9 @@ mod tests {
         crate::train::lora::LoraParams::from_lora(cfg, &state.lora, &lora).unwrap();
         let moments = file("o", "fuzz/seeds/optimizer.safetensors");
         crate::train::checkpoint::read_moments_file(&moments, super::fixture_lora()).unwrap();
+        for seed in ["fuzz/gguf/q4k.gguf", "fuzz/gguf/mixed.gguf", "fuzz/gguf/small_k.gguf", "gguf/tiny.gguf"] {
+            let f = super::safe_file("s.gguf", &fixture(seed)).unwrap();
+            assert!(f.tensors.iter().all(|t| f.view(t).is_ok()), "{seed}: every tensor has a view");
+        }
     }
 }

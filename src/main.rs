@@ -232,6 +232,9 @@ enum Cmd {
     Train(TrainArgs),
     /// Convert a checkpoint or LoRA between the standard and merged q/k/v layouts (exact, streaming).
     Convert(ConvertArgs),
+    /// Quantize a checkpoint to a GGUF file (ComfyUI-GGUF's layout) or a ComfyUI fp8 safetensors
+    /// file, tensor by tensor (see docs/quantize.md).
+    Quantize(QuantizeArgs),
     /// Make a picture (text to image) or edit pictures with a diffusers Qwen-Image pipeline folder.
     Generate(GenerateArgs),
     /// The Qwen-Image VAE: `vae encode` (PNG → latents), `vae decode` (latents → PNG or
@@ -268,6 +271,9 @@ struct PlanArgs {
     /// With --preset: f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, f8_e4m3, f8_e5m2.
     #[arg(long, conflicts_with = "model")]
     weights: Option<String>,
+    /// With --preset: `wgdit quantize`'s rule, tensors whose name contains PATTERN in TYPE (default f16).
+    #[arg(long = "keep", value_name = "PATTERN[=TYPE]", requires = "preset")]
+    keep: Vec<String>,
     #[arg(long, default_value_t = 1024)]
     width: u32,
     #[arg(long, default_value_t = 1024)]
@@ -485,6 +491,11 @@ struct GenerateArgs {
     loras: Vec<String>,
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// A transformer other than the folder's transformer/: a GGUF file (city96/QuantStack
+    /// Q8_0 … Q2_K), a ComfyUI fp8 or bf16 safetensors file, or a diffusers folder; its config is
+    /// the one beside it, else the folder's transformer/config.json.
+    #[arg(long, value_name = "PATH")]
+    transformer: Option<PathBuf>,
     /// Modulation vectors: precomputed for the whole schedule before the loop, or inline.
     #[arg(long, value_enum, default_value = "precompute")]
     modulation: ModulationArg,
@@ -508,6 +519,12 @@ struct GenerateArgs {
     allow_nonfinite: bool,
     #[command(flatten)]
     text: TextEncoderArgs,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// With --text-encoder-weights auto it also decides the text encoder's residency. Default:
+    /// the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -569,6 +586,11 @@ struct EncodePromptArgs {
     text: TextEncoderArgs,
 }
 
+/// A byte size (`--vram-budget`): 800M, 16G, 1.5GiB.
+fn parse_budget(s: &str) -> Result<u64, String> {
+    wgdit::budget::parse_size(s).map_err(|e| e.to_string())
+}
+
 /// `N` or `HxW` (positive integers).
 fn parse_hw(s: &str) -> Result<(usize, usize), String> {
     let num = |t: &str| t.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or(format!("`{s}`: expected N or HxW"));
@@ -609,6 +631,11 @@ struct ForwardArgs {
     /// Write the output even when it holds NaN or Inf values (refused by default).
     #[arg(long)]
     allow_nonfinite: bool,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// Default: the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -676,6 +703,11 @@ struct TrainArgs {
     /// Write the LoRA even when it holds NaN or Inf values (refused by default).
     #[arg(long)]
     allow_nonfinite: bool,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// Default: the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -721,6 +753,9 @@ struct BenchGenerateArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// With --model: the DiT's device memory budget (blocks past it stream; docs/streaming.md).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget, requires = "model")]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -753,6 +788,10 @@ struct DispatchArgs {
     /// With --preset: count a LoRA training step (DiffSynth targets at this rank) instead.
     #[arg(long)]
     train_rank: Option<usize>,
+    /// With --model: also time the forward with the blocks this budget streams (e.g. 64M) next
+    /// to the all-resident one: ratio, bytes uploaded, upload time and how much of it is hidden.
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget, requires = "model")]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -780,6 +819,30 @@ struct ConvertArgs {
     dry_run: bool,
 }
 
+#[derive(Args)]
+struct QuantizeArgs {
+    /// Checkpoint: a safetensors file (any ComfyUI prefix) or a diffusers model folder.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output: a .gguf file, or a .safetensors file for the fp8 types.
+    #[arg(long)]
+    output: PathBuf,
+    /// q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, f16, bf16, f32 (.gguf);
+    /// f8_e4m3, f8_e5m2 (.safetensors).
+    #[arg(long = "type", value_name = "TYPE")]
+    target: String,
+    /// Tensors whose name contains PATTERN get TYPE (default f16) instead; repeatable, the first
+    /// match wins.
+    #[arg(long = "keep", value_name = "PATTERN[=TYPE]")]
+    keep: Vec<String>,
+    /// fp8 only: ComfyUI "scaled fp8" (per-tensor scale_weight, amax / max(fp8)).
+    #[arg(long)]
+    scaled: bool,
+    /// Quantization threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -795,6 +858,7 @@ fn run(cli: Cli) -> wgdit::Result<()> {
     match cli.cmd {
         Cmd::Devices { gpu, json } => devices(&gpu.options(), json),
         Cmd::Convert(args) => convert(args),
+        Cmd::Quantize(args) => quantize(args),
         Cmd::Forward(args) => forward(args),
         Cmd::Train(args) => train(args),
         Cmd::Bench { what: BenchCmd::Dispatches(args) } => bench_dispatches(args),
@@ -815,6 +879,7 @@ fn plan(a: PlanArgs) -> wgdit::Result<()> {
             dit: p.dit()?,
             class: p.class(),
             weights: weights_type(a.weights.as_deref().unwrap_or("bf16"))?,
+            keep: a.keep.iter().map(|k| wgdit::convert::quantize::KeepRule::parse(k)).collect::<wgdit::Result<_>>()?,
         },
         (None, Some(path)) => PlanModel::Model { path, config: a.config },
         (None, None) => unreachable!("clap requires --model or --preset"),
@@ -927,6 +992,7 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
                 mode: a.qkv.mode(),
                 modulation: a.modulation.modulation(),
                 ref_area: a.ref_area,
+                vram_budget: a.vram_budget,
             };
             let b = run(&gpu, &r)?;
             eprintln!("on {}", gpu.info().name);
@@ -973,6 +1039,8 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     o.allow_nonfinite = a.allow_nonfinite;
     o.text_residency = a.text.residency();
     o.text_encoder = a.text.text_encoder.clone();
+    o.transformer = a.transformer.clone();
+    o.vram_budget = a.vram_budget;
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let bar = indicatif::ProgressBar::new(o.steps as u64);
     let style = indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")
@@ -1016,6 +1084,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
         r.vae_decode_ms,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
 }
 
@@ -1071,8 +1140,9 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
     let loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
     let output = a.output.clone();
     let (model, config, inputs, mode, allow_nonfinite) = (a.model, a.config, a.inputs, a.qkv.mode(), a.allow_nonfinite);
+    let vram_budget = a.vram_budget;
     let modulation = a.modulation.modulation();
-    let task = ForwardTask { model, config, inputs, output, mode, modulation, loras, allow_nonfinite };
+    let task = ForwardTask { model, config, inputs, output, mode, modulation, loras, allow_nonfinite, vram_budget };
     let r = run_forward(&gpu, &task)?;
     eprintln!(
         "wrote {} output {:?} ({} mode, {} dispatches, plan {:.1} ms, run {:.1} ms, weights {:.1} MiB, activations {:.1} MiB) on {}",
@@ -1086,7 +1156,18 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
         r.peak_activation_bytes as f64 / 1048576.0,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
+}
+
+/// The weight-streaming line of each DiT plan: when blocks streamed, or a budget was given.
+fn print_streaming<'a>(
+    reports: impl Iterator<Item = &'a wgdit::models::qwen_image::stream::StreamReport>,
+    asked: bool,
+) {
+    for s in reports.filter(|s| asked || s.resident_blocks < s.blocks) {
+        eprintln!("{}", s.line());
+    }
 }
 
 fn train(a: TrainArgs) -> wgdit::Result<()> {
@@ -1105,7 +1186,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     };
     (o.weight_decay, o.warmup, o.max_grad_norm) = (a.weight_decay, a.warmup, a.max_grad_norm);
     o.format = a.format.format().lora();
-    (o.resume_override, o.allow_nonfinite) = (a.resume_override, a.allow_nonfinite);
+    (o.resume_override, o.allow_nonfinite, o.vram_budget) = (a.resume_override, a.allow_nonfinite, a.vram_budget);
     o.progress = true;
     let r = train(&gpu, &o)?;
     if let (Some(step), Some(dir)) = (r.up_to_date, &o.resume) {
@@ -1122,6 +1203,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
         r.peak_activation_bytes as f64 / 1048576.0,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
 }
 
@@ -1148,6 +1230,21 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
                     r.mode, r.checkpointing, r.dispatches_per_block, r.dispatches_per_step,
                     r.peak_activation_bytes as f64 / 1048576.0, r.lora_parameters
                 );
+            }
+        }
+        return Ok(());
+    }
+    if let (Some(m), Some(budget)) = (&a.model, a.vram_budget) {
+        let g = gpu::Gpu::new(&a.gpu.options())?;
+        for (mode, rows) in bench::stream_model(&g, m, a.config.as_deref(), &b, &modes, budget)? {
+            match a.json {
+                true => println!("{}", serde_json::to_string(&rows).expect("cannot fail: plain data")),
+                false => print!(
+                    "{} mode, weight streaming on {}:\n{}",
+                    mode.name(),
+                    g.info().name,
+                    bench::stream_table(&rows)
+                ),
             }
         }
         return Ok(());
@@ -1183,6 +1280,21 @@ fn convert(a: ConvertArgs) -> wgdit::Result<()> {
         progress: true,
     };
     println!("{}", convert::convert(&opts)?);
+    Ok(())
+}
+
+fn quantize(a: QuantizeArgs) -> wgdit::Result<()> {
+    use wgdit::convert::quantize::{self, KeepRule, QuantizeOptions};
+    let opts = QuantizeOptions {
+        input: a.input,
+        output: a.output,
+        target: quantize::parse_target(&a.target)?,
+        keep: a.keep.iter().map(|k| KeepRule::parse(k)).collect::<wgdit::Result<_>>()?,
+        scaled: a.scaled,
+        threads: a.threads.unwrap_or_else(quantize::default_threads),
+        progress: true,
+    };
+    println!("{}", quantize::quantize(&opts)?);
     Ok(())
 }
 

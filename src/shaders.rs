@@ -4,8 +4,11 @@
 //! WGSL has no include: a shader that `uses` preludes is their text joined before its own at
 //! compile time (`concat!` of `include_str!`s: no build script, no templates, no runtime cost).
 //! Preludes hold pure functions and constants only (the block reduction also owns its workgroup
-//! scratch), their names carry the prelude's prefix (`decode_*`, `reduce_*`, `act_*`), and each
-//! starts with the header a kernel has. `tests/shaders.rs` validates every composed source and
+//! scratch), their names carry the prelude's prefix (`decode_*`, `reduce_*`, `act_*`, `quant_*`),
+//! and each starts with the header a kernel has. One exception: `common/quant`'s decoders read
+//! the kernel's `weight: array<u32>` binding (a quantized block is decoded where it lies); every
+//! shader using it declares that binding, and alone it is validated against a private stand-in
+//! (`reads` below), which is not part of the composed source. `tests/shaders.rs` validates every composed source and
 //! every prelude alone with naga, and fails on a prelude no shader uses or an unregistered file.
 
 /// A WGSL source compiled into the binary: a kernel with its preludes joined in front.
@@ -36,17 +39,23 @@ macro_rules! shaders {
 }
 
 macro_rules! preludes {
-    ($($file:literal),* $(,)?) => {
-        /// Every shared prelude, alone (what `tests/shaders.rs` validates standalone).
+    ($($file:literal $(reads $stand_in:literal)?),* $(,)?) => {
+        /// Every shared prelude, alone (what `tests/shaders.rs` validates standalone), after the
+        /// stand-ins of the kernel globals it reads.
         pub const PRELUDES: &[Shader] = &[$(Shader {
             name: $file,
             preludes: &[],
-            source: include_str!(concat!("../shaders/", $file, ".wgsl")),
+            source: concat!($($stand_in, "\n",)? include_str!(concat!("../shaders/", $file, ".wgsl"))),
         }),*];
     };
 }
 
-preludes!["common/act", "common/decode", "common/reduce"];
+preludes![
+    "common/act",
+    "common/decode",
+    "common/quant" reads "var<private> weight: array<u32, 1>; // stand-in for the kernel's binding",
+    "common/reduce",
+];
 
 shaders! {
     ADAMW => "adamw/adamw",
@@ -58,9 +67,9 @@ shaders! {
     ELEMENTWISE_BACKWARD => "elementwise/elementwise_backward" uses ["common/act"],
     FILL => "fill/fill",
     GATED_RESIDUAL => "gated_residual/gated_residual",
-    GEMM => "gemm/gemm" uses ["common/decode", "common/act"],
+    GEMM => "gemm/gemm" uses ["common/decode", "common/quant", "common/act"],
     GEMM_DW => "gemm/gemm_dw",
-    GEMM_DX => "gemm/gemm_dx" uses ["common/decode"],
+    GEMM_DX => "gemm/gemm_dx" uses ["common/decode", "common/quant"],
     LAYER_NORM_MOD => "norm/layer_norm_mod" uses ["common/reduce"],
     LAYER_NORM_MOD_BACKWARD => "norm/layer_norm_mod_backward" uses ["common/reduce"],
     QKV_POST => "qkv_post/qkv_post",

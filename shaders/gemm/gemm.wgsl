@@ -1,6 +1,7 @@
 // gemm: y = epilogue(alpha·x·Wᵀ + b + t·Bᵀ) for up to 4 row-range problems in one dispatch.
 //   x: [M, K] f32 (row stride K)   W: problem p's [N, K] block at element w_off in `weight`
-//   (f32, or f16/bf16 packed 2 per u32, low half first: DTYPE)   bias: [N] at bias_off
+//   (DTYPE: f32; f16/bf16 packed 2 per u32, low half first; quantized and fp8 formats as stored,
+//   decoded in the load stage by common/quant: K and w_off in whole blocks)   bias: [N] at bias_off
 //   LoRA side path: t [M, R] f32 (already scaled), B: [N, R] f32 at lora_off; R = p.rank
 //   epilogue, in this order: acc = alpha·x·Wᵀ (+ b) (+ t·Bᵀ); (GELU tanh); (·gate); (+ residual)
 //   gate: row [N] of the row's sample: gate[gate_off + srow·gate_stride + n], srow = b + (j >= split ? alt : 0)
@@ -12,9 +13,12 @@
 //     Dispatch: [ceil(N/32), ceil(max_rows/32), problems].
 //   gemm_tiled: 64x64 tiles staged through workgroup memory (discrete GPUs), see below.
 //     Dispatch: [ceil(N/64), ceil(max_rows/64), problems].
-// Half-type weights in `gemm`: vec4 loads need an even K and w_off; otherwise scalar loads (any K works).
+// Vector weight loads (4 consecutive k) need runs the packing allows: for halves an even K and w_off,
+// for fp8 both multiples of 4 (else scalar loads, any K works); block formats always (whole blocks).
+// Cost: quantized weights take 1-7 u32 loads and ~10-30 integer ops per 4 weights (f16: 2 loads;
+// common/quant header); measured 0.65-1.55x the f16 GEMM time on lavapipe (docs/quantize-kernels.md).
 
-override DTYPE: u32 = 0u;     // weight storage: 0 f32, 1 f16, 2 bf16 (DType::code)
+override DTYPE: u32 = 0u;     // weight storage: DType::code (0 f32, 1 f16, 2 bf16, 3.. common/quant)
 override HAS_BIAS: bool = false;
 override LORA: bool = false;
 override GELU: bool = false;
@@ -61,16 +65,26 @@ struct Params {
 // One weight element at element index i (any alignment).
 fn load_w1(i: u32) -> f32 {
     if (DTYPE == 0u) { return bitcast<f32>(weight[i]); }
+    if (DTYPE >= 3u) { return quant_load_w1(DTYPE, i); }
     return decode_half(DTYPE, weight[i >> 1u], (i & 1u) == 1u);
 }
 
-// Four weight elements from element index i (i even for half types).
+// Four weight elements from element index i (i even for half types, a multiple of 4 for the
+// quantized and fp8 ones).
 fn load_w4(i: u32) -> vec4<f32> {
     if (DTYPE == 0u) {
         return vec4<f32>(bitcast<f32>(weight[i]), bitcast<f32>(weight[i + 1u]),
                          bitcast<f32>(weight[i + 2u]), bitcast<f32>(weight[i + 3u]));
     }
+    if (DTYPE >= 3u) { return quant_load_w4(DTYPE, i); }
     return decode_half4(DTYPE, weight[i >> 1u], weight[(i >> 1u) + 1u]);
+}
+
+// Whether W rows of problem pr can be read 4-wide (see the header): every row start
+// w_off + n·K keeps the alignment of w_off when K has it.
+fn w4_aligned(w_off: u32) -> bool {
+    let mask = select(1u, 3u, DTYPE >= 3u);
+    return DTYPE == 0u || ((p.k | w_off) & mask) == 0u;
 }
 
 fn load_x4(i: u32) -> vec4<f32> {
@@ -119,8 +133,7 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    let odd = ((K | pr.w_off) & 1u) == 1u;
-    let kv = select(K & ~3u, 0u, DTYPE != 0u && odd);
+    let kv = select(0u, K & ~3u, w4_aligned(pr.w_off));
     for (var k = 0u; k < kv; k += 4u) {
         let w0 = load_w4(wb0 + k);
         let w1 = load_w4(wb1 + k);
@@ -177,7 +190,9 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
 // 16x16 invocations per workgroup own a 64x64 tile of y; each K step stages a 64x16 slab of x
 // and of W (decoded to f32) in workgroup memory with coalesced loads (16 consecutive k per row),
 // stored k-major so that invocation (tx, ty) reads its 4 rows (4ty..4ty+3) and its 4 columns
-// (4tx..4tx+3) as one vec4 each: 16 FMAs per 2 workgroup-memory loads.
+// (4tx..4tx+3) as one vec4 each: 16 FMAs per 2 workgroup-memory loads. Quantized and fp8 weights
+// are decoded 4 consecutive k at a time while staged (invocation t: column t/4, k 4·(t%4)..+3),
+// so each block header is read once per 4 weights, never a dequantized copy in global memory.
 // (On lavapipe barriers and workgroup memory are ~10x slower: the launcher picks `gemm` there.)
 // Dispatch: [ceil(N/64), ceil(max_rows/64), problems].
 
@@ -198,6 +213,7 @@ fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
     let tx = lid.x;
     let ty = lid.y;
     let tid = ty * 16u + tx;
+    let w4 = DTYPE >= 3u && w4_aligned(pr.w_off);  // uniform across the workgroup
     var acc0 = vec4<f32>(0.0);  // row 4ty, columns 4tx..4tx+3
     var acc1 = vec4<f32>(0.0);  // row 4ty + 1
     var acc2 = vec4<f32>(0.0);
@@ -211,9 +227,19 @@ fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
             var xv = 0.0;
             if (rb + r < pr.rows && kg < K) { xv = x[(pr.row0 + rb + r) * K + kg]; }
             xs[kk * LDV + r / 4u][r % 4u] = xv;
-            var wv = 0.0;
-            if (cb + r < p.n && kg < K) { wv = load_w1(pr.w_off + (cb + r) * K + kg); }
-            ws[kk * LDV + r / 4u][r % 4u] = wv;
+            if (!w4) {
+                var wv = 0.0;
+                if (cb + r < p.n && kg < K) { wv = load_w1(pr.w_off + (cb + r) * K + kg); }
+                ws[kk * LDV + r / 4u][r % 4u] = wv;
+            }
+        }
+        if (w4) {
+            let c = tid / 4u;
+            let kk = 4u * (tid % 4u);
+            var wv = vec4<f32>(0.0);
+            // K % 4 == 0 here, so a run that starts inside K ends inside it.
+            if (cb + c < p.n && k0 + kk < K) { wv = load_w4(pr.w_off + (cb + c) * K + k0 + kk); }
+            for (var e = 0u; e < 4u; e += 1u) { ws[(kk + e) * LDV + c / 4u][c % 4u] = wv[e]; }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk += 1u) {

@@ -1,14 +1,16 @@
 // gemm_dx: the input gradient of y = x·Wᵀ: dx (= or +=) alpha · dy·W, per row-range problem.
-//   dy: [M, N] f32   W: problem p's [N, K] block at element w_off in `weight` (f32, or f16/bf16
-//   packed 2 per u32: DTYPE)   dx: [M, K] f32. ACCUMULATE: dx += ... (residual branches add up).
+//   dy: [M, N] f32   W: problem p's [N, K] block at element w_off in `weight` (DTYPE: f32, f16/bf16
+//   packed 2 per u32, or a quantized/fp8 format decoded by common/quant: K and w_off in whole
+//   blocks)   dx: [M, K] f32. ACCUMULATE: dx += ... (residual branches add up).
 //   Problem p owns rows [row0, row0 + rows); other rows of dx are not touched.
 // Each invocation computes a 4x4 block of dx (4 rows x 4 columns) as a sum of outer products
 // over n (W rows are contiguous in k: one vec4 load per n). 8x8 invocations per workgroup = a
-// 32x32 tile, no workgroup memory. Half-type vec4 loads need an even K and w_off; otherwise
-// scalar loads (any K works).
+// 32x32 tile, no workgroup memory. Vector loads of 4 columns need an even K and w_off for halves,
+// multiples of 4 for fp8; otherwise scalar loads (any K works). Block formats always load 4-wide
+// (one block header read per 4 weights).
 // Dispatch: [ceil(K/32), ceil(max_rows/32), problems].
 
-override DTYPE: u32 = 0u;     // weight storage: 0 f32, 1 f16, 2 bf16 (DType::code)
+override DTYPE: u32 = 0u;     // weight storage: DType::code (0 f32, 1 f16, 2 bf16, 3.. common/quant)
 override ACCUMULATE: bool = false;
 
 struct Problem {
@@ -37,15 +39,18 @@ struct Params {
 
 fn load_w1(i: u32) -> f32 {
     if (DTYPE == 0u) { return bitcast<f32>(weight[i]); }
+    if (DTYPE >= 3u) { return quant_load_w1(DTYPE, i); }
     return decode_half(DTYPE, weight[i >> 1u], (i & 1u) == 1u);
 }
 
-// Four weight elements from element index i (i even for half types).
+// Four weight elements from element index i (i even for half types, a multiple of 4 for the
+// quantized and fp8 ones).
 fn load_w4(i: u32) -> vec4<f32> {
     if (DTYPE == 0u) {
         return vec4<f32>(bitcast<f32>(weight[i]), bitcast<f32>(weight[i + 1u]),
                          bitcast<f32>(weight[i + 2u]), bitcast<f32>(weight[i + 3u]));
     }
+    if (DTYPE >= 3u) { return quant_load_w4(DTYPE, i); }
     return decode_half4(DTYPE, weight[i >> 1u], weight[(i >> 1u) + 1u]);
 }
 
@@ -71,8 +76,9 @@ fn gemm_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id)
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    let odd = ((K | pr.w_off) & 1u) == 1u;
-    let vec_ok = c0 + 3u < K && !(DTYPE != 0u && odd);
+    // Row starts w_off + n·K keep w_off's alignment when K has it (see the header).
+    let mask = select(1u, 3u, DTYPE >= 3u);
+    let vec_ok = c0 + 3u < K && (DTYPE == 0u || ((K | pr.w_off) & mask) == 0u);
     // Clamped columns for the scalar path: edge invocations compute duplicates, skip their stores.
     let c1 = min(c0 + 1u, K - 1u);
     let c2 = min(c0 + 2u, K - 1u);

@@ -129,6 +129,17 @@ fn plan<'a>(ck: &'a Checkpoint, opts: &ConvertOptions, prefix: &str) -> Result<(
             }
         }
     }
+    if let Some(t) = out.iter().find(|t| crate::weights::safetensors::dtype_str(t.dtype).is_none()) {
+        return Err(Error::file(
+            &ck.path,
+            format!(
+                "tensor {} is {}, a block format safetensors cannot hold: pass --dtype bf16 (or f16, f32) to \
+                 dequantize, or use `wgdit quantize` to write GGUF",
+                t.name,
+                t.dtype.name()
+            ),
+        ));
+    }
     let mut seen = HashSet::new();
     if let Some(dup) = out.iter().find(|t| !seen.insert(t.name.as_str())) {
         return Err(Error::file(
@@ -267,7 +278,7 @@ fn split_shards(tensors: &[OutTensor], max: u64) -> Vec<Range<usize>> {
     shards
 }
 
-fn progress_bar(show: bool, total: u64) -> ProgressBar {
+pub(crate) fn progress_bar(show: bool, total: u64) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }

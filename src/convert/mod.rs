@@ -7,10 +7,14 @@
 //! - LoRA files ([`lora`]) are read into the canonical form of [`crate::weights::lora`], merged or
 //!   split exactly, and written in the chosen format.
 //!
+//! - `wgdit quantize` ([`quantize`]) writes GGUF files (GGML block formats) and ComfyUI fp8
+//!   safetensors files from a checkpoint, tensor by tensor (docs/quantize.md).
+//!
 //! Outputs are written to `<output>.tmp-<pid>` and renamed; the input is never overwritten.
 
 pub mod checkpoint;
 pub mod lora;
+pub mod quantize;
 
 use crate::dtype::DType;
 use crate::weights::checkpoint::looks_like_lora;

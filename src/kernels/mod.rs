@@ -28,6 +28,20 @@ pub mod timestep_embed;
 #[cfg(test)]
 mod test_util;
 
+/// Kernels that decode only f32, f16 and bf16 weights (`shaders/common/decode.wgsl`: conv2d, the
+/// RMS norms) refuse the block formats and fp8 with an error naming the dtype: their weights
+/// are small, and a loader that meets one there widens it on the host.
+pub fn require_float_weight(kernel: &str, dtype: crate::tensor::DType) -> crate::Result<()> {
+    use crate::tensor::DType;
+    if matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Ok(());
+    }
+    Err(crate::Error::input(format!(
+        "{kernel}: weights stored as {} are not supported (f32, f16 or bf16 only); widen this tensor on the host",
+        dtype.name()
+    )))
+}
+
 /// Splits `groups` workgroups into an (x, y) grid within the per-dimension limit (65535).
 pub fn grid_2d(groups: u32) -> [u32; 3] {
     const MAX: u32 = 65535;

@@ -49,6 +49,9 @@ pub struct GenerateBench {
     pub text_layer_bytes: u64,
     /// The vision tower's weights (bf16, always resident; Edit pipelines), 0 when not planned.
     pub vision_weight_bytes: u64,
+    /// Weight streaming of each DiT plan over the run (run with a folder and a known budget).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
     /// Where the DiT's modulation vectors come from.
     pub modulation: Modulation,
     /// With precompute: the DiT weight bytes released before the loop (modulation and time
@@ -101,6 +104,9 @@ impl GenerateBench {
             s.push_str(&format!(", vision tower {:.2} MiB", mib(self.vision_weight_bytes)));
         }
         s.push('\n');
+        for r in self.stream.iter().filter(|r| r.resident_blocks < r.blocks) {
+            s.push_str(&format!("{}\n", r.line()));
+        }
         match self.modulation {
             Modulation::Precompute => s.push_str(&format!(
                 "modulation: precomputed before the loop ({:.2} MiB of vectors kept; {:.2} MiB of DiT weights released before the blocks upload)\n",
@@ -238,6 +244,7 @@ pub fn plan_preset(
             let t = crate::models::qwen2_5_vl::vision::vision_tensors(&te.vision);
             t.iter().map(|(_, s)| 2 * s.iter().product::<usize>() as u64).sum()
         },
+        stream: Vec::new(),
         modulation,
         modulation_weight_bytes,
         modulation_vector_bytes,
@@ -307,6 +314,8 @@ pub struct BenchRun {
     pub modulation: Modulation,
     /// `--ref-area` of the run.
     pub ref_area: u64,
+    /// `--vram-budget` of the DiT (`None`: the adapter's memory).
+    pub vram_budget: Option<u64>,
 }
 
 /// Runs the pipeline once with random prompt embeddings (prompt and a negative of the same
@@ -335,7 +344,7 @@ pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
     o.negative = Some(Prompt::Embeds(embeds));
     (o.width, o.height, o.steps, o.noise, o.images, o.qkv) =
         (Some(b.width), Some(b.height), b.steps, Noise::Seed(0), images, b.mode);
-    (o.ref_area, o.modulation) = (b.ref_area, b.modulation);
+    (o.ref_area, o.vram_budget, o.modulation) = (b.ref_area, b.vram_budget, b.modulation);
     let r = generate(gpu, &o, &mut |_| {});
     let _ = std::fs::remove_dir_all(&dir);
     let r = r?;
@@ -386,6 +395,7 @@ pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
         text_weight_bytes: 0,
         text_layer_bytes: 0,
         vision_weight_bytes: 0,
+        stream: r.stream,
         modulation: b.modulation,
         modulation_weight_bytes: r.precompute.as_ref().map_or(0, |p| p.released_bytes),
         modulation_vector_bytes: r.modulation_bytes,

@@ -17,7 +17,7 @@ use crate::models::qwen_image::latents::{pack, unpack};
 use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::Dit;
-use crate::models::qwen_image::{Modulation, QkvMode};
+use crate::models::qwen_image::{DitConfig, Modulation, QkvMode};
 use crate::models::qwen_image_vae::config::{denormalize_latents, normalize_latents};
 use crate::models::qwen_image_vae::runtime::{Pass, Tiling, Vae};
 use crate::models::qwen_image_vae::tiling::TileSpec;
@@ -28,6 +28,7 @@ use crate::pipeline::folder::{PipelineClass, PipelineFolder};
 use crate::pipeline::noise::randn;
 use crate::pipeline::sample::{sample, Reference, Sampling, StepInfo};
 use crate::pipeline::scheduler::{Schedule, SchedulerConfig};
+use crate::weights::checkpoint::Checkpoint;
 use crate::weights::writer::write_f32_tensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -114,6 +115,13 @@ pub struct GenerateOptions {
     pub text_residency: Option<crate::models::qwen2_5_vl::runtime::Residency>,
     /// A text encoder other than the folder's `text_encoder/` (a folder or one safetensors file).
     pub text_encoder: Option<PathBuf>,
+    /// A transformer other than the folder's `transformer/`: a GGUF file (city96 / QuantStack
+    /// quantizations), an fp8 or bf16 safetensors file, or a diffusers folder. Its config is the
+    /// one beside it, else the folder's `transformer/config.json`.
+    pub transformer: Option<PathBuf>,
+    /// Device memory the DiT (and `auto` text-encoder residency) may plan within
+    /// (`--vram-budget`; `None`: the adapter's).
+    pub vram_budget: Option<u64>,
 }
 
 /// `--vae-tiling`.
@@ -152,6 +160,8 @@ impl GenerateOptions {
             allow_nonfinite: false,
             text_residency: None,
             text_encoder: None,
+            transformer: None,
+            vram_budget: None,
         }
     }
 }
@@ -186,6 +196,8 @@ pub struct GenerateReport {
     pub vae_decode_dispatches: usize,
     pub vae_weight_bytes: u64,
     pub weight_bytes: u64,
+    /// Weight streaming of each DiT plan (the prompt's, then the negative's) over the run.
+    pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
     /// The modulation precompute (None: inline) and the bytes of its vectors on the GPU.
     pub precompute: Option<crate::models::qwen_image::precompute::PrecomputeReport>,
     pub modulation_bytes: u64,
@@ -205,6 +217,7 @@ fn check_generate_paths(o: &GenerateOptions) -> Result<()> {
     inputs.extend(o.images.iter().map(PathBuf::as_path));
     inputs.extend(o.loras.iter().map(|(p, _)| p.as_path()));
     inputs.extend(o.text_encoder.as_deref());
+    inputs.extend(o.transformer.as_deref());
     let mut outputs: Vec<&Path> = vec![&o.output];
     if let Some(l) = &o.save_latents {
         if l == &o.output {
@@ -215,13 +228,21 @@ fn check_generate_paths(o: &GenerateOptions) -> Result<()> {
     check_outputs(&inputs, &outputs)
 }
 
+/// The pipeline's transformer: the folder's, or `--transformer` with the config beside it or,
+/// failing that, the folder's (a downloaded GGUF file has none of its own).
+fn open_transformer(folder: &PipelineFolder, file: Option<&Path>) -> Result<(DitConfig, Checkpoint)> {
+    let Some(file) = file else { return open(&folder.transformer, None) };
+    let own = crate::models::qwen_image::open::config_path(file, None).ok();
+    open(file, Some(&own.unwrap_or_else(|| folder.transformer.join("config.json"))))
+}
+
 /// Runs the pipeline; `on_step` sees every denoising step (the CLI's progress bar).
 pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&StepInfo<'_>)) -> Result<GenerateReport> {
     let kind = OutputKind::of(&o.output)?;
     check_generate_paths(o)?;
     let folder = PipelineFolder::open(&o.model)?;
     check_arguments(&folder, o)?;
-    let (dcfg, ckpt) = open(&folder.transformer, None)?;
+    let (dcfg, ckpt) = open_transformer(&folder, o.transformer.as_deref())?;
     let sched_cfg = SchedulerConfig::from_file(&folder.scheduler_config)?;
     // The text encoder runs first and is dropped before the DiT and the VAE are loaded.
     let t_text = std::time::Instant::now();
@@ -296,6 +317,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     let loras = LoraSet::load(&o.loras, &dcfg)?;
     let mut dit = Dit::new(gpu, dcfg, Box::new(ckpt), o.qkv)?;
     dit.set_loras(loras);
+    dit.set_vram_budget(o.vram_budget);
     dit.set_modulation(o.modulation);
     let s = Sampling {
         prompt: &prompt,
@@ -369,6 +391,7 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         vae_decode_dispatches: decoded.dispatches,
         vae_weight_bytes: vae.weight_bytes(),
         weight_bytes,
+        stream: report.stream,
         precompute: report.precompute,
         modulation_bytes: report.modulation_bytes,
     })
@@ -417,7 +440,18 @@ fn read_prompts(
             Prompt::Text(t) => t,
         };
         if encoder.is_none() {
-            encoder = Some(PromptEncoder::open_with(gpu, folder, o.text_residency, o.text_encoder.as_deref())?);
+            let mut e = PromptEncoder::open_with(gpu, folder, o.text_residency, o.text_encoder.as_deref())?;
+            if let (None, Some(budget)) = (o.text_residency, o.vram_budget) {
+                // `auto` under --vram-budget: the encoder's own rule (resident when its layers take at
+                // most half of the memory left) against the budget instead of the adapter's memory.
+                let left = budget.saturating_sub(gpu.held_bytes());
+                e.encoder.residency = if e.encoder.layer_weight_bytes() > left / 2 {
+                    crate::models::qwen2_5_vl::runtime::Residency::Streamed
+                } else {
+                    crate::models::qwen2_5_vl::runtime::Residency::Resident
+                };
+            }
+            encoder = Some(e);
         }
         let enc = encoder.as_mut().expect("cannot fail: opened above");
         let e = if folder.class == PipelineClass::TextToImage {

@@ -50,6 +50,8 @@ pub struct SampleReport {
     /// Planned activation bytes of the DiT plans (both passes' plans are alive together).
     pub peak_activation_bytes: u64,
     pub step_ms: Vec<f64>,
+    /// Weight streaming of each plan (the prompt's, then the negative's) over all steps.
+    pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
     /// The modulation precompute, when the model precomputes (`Dit::set_modulation`).
     pub precompute: Option<PrecomputeReport>,
     /// Bytes of precomputed modulation on the GPU: the store and the plans' input rows.
@@ -144,6 +146,9 @@ pub fn sample(
         on_step(&StepInfo { step: i + 1, steps: s.schedule.len(), ms, latents: &latents });
     }
     let (dispatches_per_step, peak_activation_bytes) = report_base;
-    let report = SampleReport { dispatches_per_step, peak_activation_bytes, step_ms, precompute, modulation_bytes };
+    let stream =
+        [Some(&cond_plan), uncond_plan.as_ref()].into_iter().flatten().filter_map(|p| p.stream_report()).collect();
+    let report =
+        SampleReport { dispatches_per_step, peak_activation_bytes, step_ms, stream, precompute, modulation_bytes };
     Ok((latents, report))
 }

@@ -1,8 +1,10 @@
-//! A base checkpoint: one safetensors file or a diffusers folder (single or sharded with its
-//! `.index.json`), memory-mapped, with key prefixes normalised to canonical diffusers names.
+//! A base checkpoint: one safetensors or GGUF file, or a diffusers folder (single or sharded with
+//! its `.index.json`), memory-mapped, with key prefixes normalised to canonical diffusers names.
 
 use super::safetensors::{SafeFile, TensorInfo, TensorView};
+use crate::dtype::DType;
 use crate::{Error, Result};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -100,6 +102,12 @@ impl Checkpoint {
         })
     }
 
+    /// `general.architecture` of a GGUF checkpoint (`qwen_image` for city96's Qwen-Image files);
+    /// None for safetensors and for GGUF files without one (sd.cpp-style files).
+    pub fn architecture(&self) -> Option<&str> {
+        self.files.first().and_then(|f| f.architecture())
+    }
+
     pub fn get(&self, name: &str) -> Option<&Entry> {
         self.by_name.get(name).map(|&i| &self.entries[i])
     }
@@ -131,6 +139,64 @@ impl Checkpoint {
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.data_len() as u64).sum()
     }
+
+    /// Dtype and shape of a tensor as a model reads it: an fp8 weight with a `scale_weight`
+    /// (ComfyUI's "scaled fp8") is [`DType::F8E4M3Scaled`] / [`DType::F8E5M2Scaled`].
+    pub fn model_meta(&self, name: &str) -> Option<(DType, Vec<usize>)> {
+        let v = self.view(name).ok()?;
+        let dtype = match (v.dtype, self.fp8_scale(name).is_some()) {
+            (DType::F8E4M3, true) => DType::F8E4M3Scaled,
+            (DType::F8E5M2, true) => DType::F8E5M2Scaled,
+            (d, _) => d,
+        };
+        Some((dtype, v.shape.to_vec()))
+    }
+
+    /// The bytes of a tensor in its [`Checkpoint::model_meta`] dtype: borrowed from the map, or
+    /// (scaled fp8) the scale-prefixed blocks.
+    pub fn model_bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
+        let v = self.view(name)?;
+        match self.fp8_scale(name) {
+            None => Ok(Cow::Borrowed(v.bytes)),
+            Some(scale) => Ok(Cow::Owned(scaled_fp8_blocks(name, v.dtype, v.bytes, scale?)?)),
+        }
+    }
+
+    /// The `scale_weight` of an fp8 weight `<module>.weight` of a scaled-fp8 file, if it has one.
+    pub fn fp8_scale(&self, name: &str) -> Option<Result<f32>> {
+        let module = name.strip_suffix(".weight")?;
+        let scale = self.get(&format!("{module}.scale_weight"))?;
+        let values = match self.view_entry(scale) {
+            Ok(v) => (v.to_f32(), v.shape.to_vec()),
+            Err(e) => return Some(Err(e)),
+        };
+        Some(match values.0.as_slice() {
+            [s] if s.is_finite() => Ok(*s),
+            v => Err(Error::file(
+                &self.path,
+                format!("{module}.scale_weight must be one finite number, got {} values {:?}", v.len(), values.1),
+            )),
+        })
+    }
+}
+
+/// The per-tensor scale tensors of ComfyUI's "scaled fp8" files (`<module>.scale_weight`, and the
+/// `scale_input` of its fp8 matmul path, which a dequantizing reader does not need) and the
+/// `scaled_fp8` marker: read with their weights, not model tensors themselves.
+pub fn is_fp8_scale_tensor(name: &str) -> bool {
+    name == "scaled_fp8" || name.ends_with(".scale_weight") || name.ends_with(".scale_input")
+}
+
+/// A scaled-fp8 weight as wgdit's GPU blocks (per 32 elements the f32 scale, then the bytes), so
+/// that tensors stacked into one param keep their own scales.
+fn scaled_fp8_blocks(name: &str, fp8: DType, bytes: &[u8], scale: f32) -> Result<Vec<u8>> {
+    if bytes.len() % 32 != 0 {
+        return Err(Error::input(format!(
+            "{name}: a scaled fp8 tensor of {} elements is not whole 32-element blocks",
+            bytes.len()
+        )));
+    }
+    Ok(crate::dtype::scaled_blocks(fp8, bytes, scale))
 }
 
 /// Whether a set of keys looks like a LoRA file rather than a base checkpoint.

@@ -5,7 +5,12 @@
 //! header length N, N bytes of JSON `{"__metadata__": {str: str}, name: {"dtype", "shape",
 //! "data_offsets": [begin, end]}}`, then the data buffer; offsets are relative to the buffer, and
 //! the buffer must be fully indexed without holes or overlaps.
+//!
+//! A GGUF file (recognised by its magic, whatever its name) opens as the same [`SafeFile`]:
+//! [`super::gguf`] validates it with GGUF's own rules and gives the tensor list (dtype = the GGML
+//! type name, `Q4_K`; shape = `ne` reversed) and the metadata (every KV rendered as a string).
 
+use super::gguf;
 use crate::dtype::DType;
 use crate::{Error, Result};
 use memmap2::Mmap;
@@ -46,14 +51,28 @@ impl TensorView<'_> {
     }
 }
 
-/// Maps a safetensors dtype string to a storage dtype.
+/// Maps a safetensors dtype string, or a GGUF tensor's GGML type name, to a storage dtype.
 pub fn dtype_from_str(s: &str) -> Option<DType> {
-    match s {
-        "F32" => Some(DType::F32),
-        "F16" => Some(DType::F16),
-        "BF16" => Some(DType::BF16),
-        _ => None,
-    }
+    Some(match s {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F8_E4M3" => DType::F8E4M3,
+        "F8_E5M2" => DType::F8E5M2,
+        // GGML block formats: only GGUF files have them (safetensors headers with these dtypes
+        // are refused by `parse_entry`).
+        "Q8_0" => DType::Q8_0,
+        "Q4_0" => DType::Q4_0,
+        "Q4_1" => DType::Q4_1,
+        "Q5_0" => DType::Q5_0,
+        "Q5_1" => DType::Q5_1,
+        "Q2_K" => DType::Q2K,
+        "Q3_K" => DType::Q3K,
+        "Q4_K" => DType::Q4K,
+        "Q5_K" => DType::Q5K,
+        "Q6_K" => DType::Q6K,
+        _ => return None,
+    })
 }
 
 /// The safetensors dtype string of a storage dtype; block formats have none (GGUF holds them).
@@ -95,15 +114,17 @@ impl std::ops::Deref for Storage {
     }
 }
 
-/// A safetensors file, memory-mapped (or held in memory: [`SafeFile::from_bytes`]).
+/// A safetensors or GGUF file, memory-mapped (or held in memory: [`SafeFile::from_bytes`]).
 pub struct SafeFile {
     pub path: PathBuf,
     mmap: Storage,
     data_start: usize,
     /// Tensors in data order (ascending offsets).
     pub tensors: Vec<TensorInfo>,
-    /// The `__metadata__` string map (empty when absent).
+    /// The `__metadata__` string map (empty when absent); for GGUF, every KV rendered as a string.
     pub metadata: BTreeMap<String, String>,
+    /// The typed GGUF header (version, alignment, KVs); None for safetensors.
+    pub gguf: Option<gguf::Meta>,
 }
 
 impl SafeFile {
@@ -113,7 +134,7 @@ impl SafeFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len < 8 {
-            return Err(Error::file(path, format!("not a safetensors file: only {len} bytes (truncated?)")));
+            return Err(Error::file(path, format!("not a safetensors or GGUF file: only {len} bytes (truncated?)")));
         }
         // SAFETY: the map is read-only; the file must not be truncated by another process while
         // it is mapped (the usual contract of every safetensors loader).
@@ -126,12 +147,16 @@ impl SafeFile {
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<SafeFile> {
         if bytes.len() < 8 {
             let len = bytes.len();
-            return Err(Error::file(path, format!("not a safetensors file: only {len} bytes (truncated?)")));
+            return Err(Error::file(path, format!("not a safetensors or GGUF file: only {len} bytes (truncated?)")));
         }
         SafeFile::new(path, Storage::Owned(bytes))
     }
 
     fn new(path: &Path, mmap: Storage) -> Result<SafeFile> {
+        let named_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if gguf::is_gguf(&mmap) || named_gguf {
+            return SafeFile::new_gguf(path, mmap);
+        }
         let len = mmap.len() as u64;
         let n = u64::from_le_bytes(mmap[..8].try_into().expect("cannot fail: 8 bytes"));
         if n > MAX_HEADER || 8 + n > len {
@@ -143,7 +168,18 @@ impl SafeFile {
         let data_start = 8 + n as usize;
         let (tensors, metadata) = parse_header(&mmap[8..data_start]).map_err(|m| Error::file(path, m))?;
         validate_layout(&tensors, mmap.len() - data_start).map_err(|m| Error::file(path, m))?;
-        Ok(SafeFile { path: path.to_path_buf(), mmap, data_start, tensors, metadata })
+        Ok(SafeFile { path: path.to_path_buf(), mmap, data_start, tensors, metadata, gguf: None })
+    }
+
+    fn new_gguf(path: &Path, mmap: Storage) -> Result<SafeFile> {
+        let p = gguf::parse(&mmap).map_err(|m| Error::file(path, m))?;
+        let (tensors, metadata, data_start) = (p.tensors, p.metadata, p.data_start);
+        Ok(SafeFile { path: path.to_path_buf(), mmap, data_start, tensors, metadata, gguf: Some(p.meta) })
+    }
+
+    /// `general.architecture` of a GGUF file (None for safetensors, or a GGUF file without one).
+    pub fn architecture(&self) -> Option<&str> {
+        self.gguf.as_ref().and_then(|m| m.architecture())
     }
 
     /// Size of the data buffer in bytes.
@@ -156,12 +192,16 @@ impl SafeFile {
         &self.mmap[self.data_start + t.begin..self.data_start + t.end]
     }
 
-    /// A typed view; dtypes other than F32/F16/BF16 are an error naming the tensor.
+    /// A typed view; dtypes other than F32/F16/BF16/F8_E4M3/F8_E5M2 (and, in GGUF files, the GGML
+    /// block formats) are an error naming the tensor.
     pub fn view<'a>(&'a self, t: &'a TensorInfo) -> Result<TensorView<'a>> {
         let dtype = dtype_from_str(&t.dtype).ok_or_else(|| {
             Error::file(
                 &self.path,
-                format!("tensor {} has dtype {}; only F32, F16 and BF16 are supported (fp8/quantized checkpoints need dequantizing first)", t.name, t.dtype),
+                format!(
+                    "tensor {} has dtype {}; only F32, F16, BF16, F8_E4M3 and F8_E5M2 are supported",
+                    t.name, t.dtype
+                ),
             )
         })?;
         Ok(TensorView { name: &t.name, dtype, shape: &t.shape, bytes: self.bytes(t) })

@@ -42,6 +42,9 @@ pub enum Source<'a> {
     /// Mapped pieces of one source dtype, concatenated (a copy is one piece, a q/k/v merge three,
     /// a split one sub-range).
     Mapped { dtype: DType, pieces: Vec<Piece<'a>> },
+    /// As `Mapped`, with every value divided by `scale` before it is encoded: ComfyUI's scaled
+    /// fp8, where the file holds `w / scale` and `<module>.scale_weight` holds `scale`.
+    Scaled { dtype: DType, pieces: Vec<Piece<'a>>, scale: f32 },
     /// Host values (LoRA factors), encoded to the output dtype on write.
     Host(Cow<'a, [f32]>),
 }
@@ -125,35 +128,58 @@ fn write_tensor(w: &mut impl Write, t: &OutTensor, buf: &mut Vec<u8>) -> std::io
                 n += buf.len() as u64;
             }
         }
-        Source::Mapped { dtype, pieces } => {
-            // Window by window, releasing each window's pages once written, so that resident
-            // memory stays at about one window whatever the tensor size.
-            let window = dtype.bytes(CHUNK);
-            for p in pieces {
-                let mut at = p.begin;
-                while at < p.end {
-                    let sub = Piece { begin: at, end: (at + window).min(p.end), ..*p };
-                    n += write_converted(w, sub.bytes(), *dtype, t.dtype, buf)?;
-                    release(&sub);
-                    at = sub.end;
-                }
-            }
+        Source::Mapped { dtype, pieces } => n = write_pieces(w, pieces, *dtype, t.dtype, None, buf)?,
+        Source::Scaled { dtype, pieces, scale } => n = write_pieces(w, pieces, *dtype, t.dtype, Some(*scale), buf)?,
+    }
+    Ok(n)
+}
+
+/// Window by window, releasing each window's pages once written, so that resident memory stays
+/// at about one window whatever the tensor size.
+fn write_pieces(
+    w: &mut impl Write,
+    pieces: &[Piece],
+    from: DType,
+    to: DType,
+    scale: Option<f32>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<u64> {
+    let window = from.bytes(CHUNK);
+    let mut n = 0;
+    for p in pieces {
+        let mut at = p.begin;
+        while at < p.end {
+            let sub = Piece { begin: at, end: (at + window).min(p.end), ..*p };
+            n += write_converted(w, sub.bytes(), from, to, scale, buf)?;
+            release(&sub);
+            at = sub.end;
         }
     }
     Ok(n)
 }
 
-/// Copies `src` (little-endian `from` values) as `to` values: raw when the dtypes agree, else
-/// through f32 chunk by chunk (exact widening; narrowing rounds to nearest even).
-fn write_converted(w: &mut impl Write, src: &[u8], from: DType, to: DType, buf: &mut Vec<u8>) -> std::io::Result<u64> {
-    if from == to {
+/// Copies `src` (little-endian `from` values) as `to` values: raw when the dtypes agree (and no
+/// scale), else through f32 chunk by chunk (exact widening; narrowing rounds to nearest even).
+fn write_converted(
+    w: &mut impl Write,
+    src: &[u8],
+    from: DType,
+    to: DType,
+    scale: Option<f32>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<u64> {
+    if from == to && scale.is_none() {
         w.write_all(src)?;
         return Ok(src.len() as u64);
     }
     let mut n = 0;
     for c in src.chunks(from.bytes(CHUNK)) {
         buf.clear();
-        encode_into(&from.decode(c), to, buf);
+        let mut v = from.decode(c);
+        if let Some(s) = scale {
+            v.iter_mut().for_each(|x| *x /= s);
+        }
+        encode_into(&v, to, buf);
         w.write_all(buf)?;
         n += buf.len() as u64;
     }

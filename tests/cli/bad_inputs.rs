@@ -240,15 +240,15 @@ fn a_non_finite_forward_output_is_refused_unless_allowed_and_stale_temporaries_a
 }
 
 #[test]
-fn fp8_weights_are_named_as_an_unsupported_dtype() {
-    let sc = Scratch::new("fp8");
+fn integer_weights_are_named_as_an_unsupported_dtype() {
+    let sc = Scratch::new("int8");
     let mut w = read_tensors(&sc.weights());
     let t = w.get_mut("transformer_blocks.0.attn.norm_q.weight").unwrap();
-    (t.0, t.2) = (safetensors::Dtype::F8_E4M3, vec![0x38; 16]);
+    (t.0, t.2) = (safetensors::Dtype::I8, vec![0x38; 16]);
     write_tensors(&sc.weights(), &w);
     let (model, inputs, out) = (sc.model(), sc.p("inputs.safetensors"), sc.p("out.safetensors"));
     let args = forward(&sc, s(&model), s(&inputs), s(&out));
-    refused(&args, &[&model, &inputs], &[&out], "F8_E4M3");
+    refused(&args, &[&model, &inputs], &[&out], "I8");
     let (_, log) = run(&args);
     assert!(!log.contains("missing:") && !log.contains("unexpected:"), "one message, not missing + unexpected: {log}");
 }

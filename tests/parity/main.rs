@@ -12,5 +12,6 @@ mod graph;
 mod lora;
 mod rope;
 mod sampler;
+mod stream;
 mod text;
 mod vae;

@@ -127,6 +127,7 @@ pub fn launch_forward(gpu: &Gpu, a: &Args) -> Result<Launch> {
 /// [`launch_forward`] with an explicit choice of entry point.
 pub fn launch_variant(gpu: &Gpu, a: &Args, variant: Variant) -> Result<Launch> {
     check(a);
+    crate::kernels::require_float_weight("conv2d", a.weight.dtype)?;
     let s = &a.shape;
     let tiled = match variant {
         Variant::Auto => !gpu.is_cpu(),

@@ -187,3 +187,30 @@ fn conv2d_applies_the_channel_norm_and_silu_while_gathering() {
     let up = Conv2dShape { upsample: true, ..Conv2dShape::same(3, 5, 5, 3, 3) };
     run_both(&Case { pre: Some(true), ..Case::new(up) }, 81);
 }
+
+#[test]
+fn conv2d_refuses_quantized_and_fp8_weights_with_an_error_naming_the_dtype() {
+    let gpu = test_gpu();
+    let s = Conv2dShape::matmul(4, 32, 2);
+    let x = up(&gpu, &[1.0; 128], &[4, 32]);
+    let y = poisoned(&gpu, &[4, 2]);
+    for dt in [DType::Q4K, DType::F8E5M2Scaled] {
+        let numel = (2 * 32usize).next_multiple_of(dt.block_elems());
+        let w = Tensor::from_bytes(&gpu, &vec![0; dt.bytes(numel)], &[numel], dt, "w").unwrap();
+        let a = Args {
+            shape: s,
+            x: &x,
+            x_pix0: 0,
+            weight: &w,
+            w_offset: 0,
+            bias: None,
+            residual: Residual::None,
+            pre: None,
+            alpha: 1.0,
+            y: &y,
+            y_layout: ConvOut::Rows { row0: 0 },
+        };
+        let e = launch_variant(&gpu, &a, Variant::Registers).unwrap_err().to_string();
+        assert!(e.contains("conv2d") && e.contains(dt.name()), "{e}");
+    }
+}

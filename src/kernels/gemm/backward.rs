@@ -6,7 +6,7 @@
 //! Accumulation rule: parameter gradients `+=` (micro-batches add up); activation gradients `=`
 //! (`dx` may opt into `+=` where residual branches add up).
 
-use super::{grid, u32_of, GemmProblem, LoraProblem, MAX_PROBLEMS, TILE};
+use super::{check_weight, grid, u32_of, GemmProblem, LoraProblem, MAX_PROBLEMS, TILE};
 use crate::gpu::{Gpu, Launch};
 use crate::shaders::{GEMM_DW, GEMM_DX};
 use crate::tensor::{DType, Tensor};
@@ -62,7 +62,8 @@ pub struct DwParams {
 }
 crate::assert_params!(DwParams);
 
-/// Input gradient of `y = alpha·x·Wᵀ`: dy [M, N], W per problem at `weight_offset`, dx [M, K].
+/// Input gradient of `y = alpha·x·Wᵀ`: dy [M, N], W per problem at `weight_offset` (any dtype,
+/// as in the forward: [`check_weight`]), dx [M, K].
 #[derive(Clone, Copy, Debug)]
 pub struct DxArgs<'a> {
     pub dy: &'a Tensor,
@@ -82,10 +83,13 @@ pub fn launch_dx(gpu: &Gpu, a: &DxArgs) -> Result<Launch> {
     assert!(col0 + n <= a.dy.shape[1], "gemm_dx: dy columns {col0}+{n} past {}", a.dy.shape[1]);
     assert!(a.dy.dtype == DType::F32 && a.dx.dtype == DType::F32, "gemm_dx: dy, dx must be f32");
     assert!((1..=MAX_PROBLEMS).contains(&a.problems.len()), "gemm_dx: 1 to {MAX_PROBLEMS} problems");
-    let mut prob = [DxProblemParams::default(); MAX_PROBLEMS];
-    for (d, p) in prob.iter_mut().zip(a.problems) {
+    for p in a.problems {
         assert!(p.row0 + p.rows <= m.min(a.dx.shape[0]), "gemm_dx: rows of {p:?} out of range");
         assert!(p.weight_offset + n * k <= a.weight.numel(), "gemm_dx: weight too small for {p:?}");
+    }
+    check_weight("gemm_dx", a.weight, n, k, a.problems)?;
+    let mut prob = [DxProblemParams::default(); MAX_PROBLEMS];
+    for (d, p) in prob.iter_mut().zip(a.problems) {
         let (row0, rows) = (u32_of(p.row0, "row0"), u32_of(p.rows, "rows"));
         *d = DxProblemParams { row0, rows, w_off: u32_of(p.weight_offset, "weight offset"), alpha: p.alpha };
     }

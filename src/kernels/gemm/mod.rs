@@ -1,14 +1,18 @@
-//! Linear layers: `y = epilogue(x·Wᵀ + b + t·Bᵀ)` with f32/f16/bf16 weights, up to 4 row-range
-//! problems per dispatch, fused epilogues and a LoRA side path (`shaders/gemm/gemm.wgsl`).
+//! Linear layers: `y = epilogue(x·Wᵀ + b + t·Bᵀ)` with weights in any [`DType`], up to 4
+//! row-range problems per dispatch, fused epilogues and a LoRA side path (`shaders/gemm/gemm.wgsl`).
 //!
-//! Weights: f16/bf16 are packed 2 per u32. Any K works; with an even K and even weight offset
-//! the kernel uses vec4 weight loads, otherwise scalar loads (slower, same result).
+//! Weights stay in their storage dtype on the GPU: f16/bf16 packed 2 per u32, the GGML block
+//! formats and fp8 as their bytes, decoded in the kernels' load stage (`shaders/common/quant.wgsl`,
+//! docs/quantize-kernels.md). Block formats need K and every weight offset in whole blocks
+//! ([`check_weight`] says so as an error); otherwise any K works, with vector weight loads when
+//! K and the offset suit the packing (even for halves, multiples of 4 for fp8) and scalar loads
+//! otherwise (slower, same result).
 
 use crate::gpu::{Gpu, Launch};
 use crate::layout::PerSampleRef;
 use crate::shaders::GEMM;
 use crate::tensor::{DType, Tensor};
-use crate::Result;
+use crate::{Error, Result};
 
 /// Most problems per dispatch (the size of the Params problem table).
 pub const MAX_PROBLEMS: usize = 4;
@@ -128,7 +132,7 @@ pub struct Epilogue<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct GemmArgs<'a> {
     pub x: &'a Tensor,
-    /// f32, f16 or bf16; problems index into it by element offset.
+    /// Any dtype; problems index into it by element offset.
     pub weight: &'a Tensor,
     pub n: usize,
     pub problems: &'a [GemmProblem],
@@ -228,6 +232,37 @@ fn check(a: &GemmArgs) {
     }
 }
 
+/// Whether the GEMM kernels can read problems' `[n, k]` weights at their offsets in `w`: a block
+/// format needs K and each offset in whole blocks (then every 4-aligned run of k lies in one
+/// block), and the kernels index elements in u32. An error, not a panic: a checkpoint decides
+/// the dtype and K, and the loader reports it with the tensor's name.
+pub fn check_weight(kernel: &str, w: &Tensor, n: usize, k: usize, problems: &[GemmProblem]) -> Result<()> {
+    let (dt, be) = (w.dtype, w.dtype.block_elems());
+    if k % be != 0 {
+        return Err(Error::input(format!(
+            "{kernel}: K = {k} is not a multiple of {}'s {be}-element blocks (each weight row must be whole \
+             blocks; store this tensor as f16/bf16 or in a format whose block divides K)",
+            dt.name()
+        )));
+    }
+    for (i, p) in problems.iter().enumerate() {
+        if p.weight_offset % be != 0 {
+            return Err(Error::input(format!(
+                "{kernel}: problem {i}'s weight offset {} is not on a {} block boundary ({be} elements)",
+                p.weight_offset,
+                dt.name()
+            )));
+        }
+        let end = p.weight_offset + n * k;
+        if end > u32::MAX as usize {
+            return Err(Error::TooLarge(format!(
+                "{kernel}: weight elements up to {end} exceed the kernels' u32 indexing; split the tensor"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `y = epilogue(alpha·x·Wᵀ + b + t·Bᵀ)` per problem (see [`Epilogue`] for the order).
 pub fn launch_forward(gpu: &Gpu, a: &GemmArgs) -> Result<Launch> {
     launch_variant(gpu, a, Variant::Auto)
@@ -236,6 +271,7 @@ pub fn launch_forward(gpu: &Gpu, a: &GemmArgs) -> Result<Launch> {
 /// [`launch`] with an explicit choice of entry point.
 pub fn launch_variant(gpu: &Gpu, a: &GemmArgs, variant: Variant) -> Result<Launch> {
     check(a);
+    check_weight("gemm", a.weight, a.n, a.x.shape[1], a.problems)?;
     let tiled = match variant {
         Variant::Auto => !gpu.is_cpu(),
         Variant::Registers => false,

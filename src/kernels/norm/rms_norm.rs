@@ -60,6 +60,7 @@ fn params(rows: usize, cols: usize, eps: f32) -> Vec<u8> {
 
 pub fn launch_forward(gpu: &Gpu, a: &Args) -> Result<Launch> {
     let (rows, cols) = shape(a.x, a.weight);
+    crate::kernels::require_float_weight("rms_norm", a.weight.dtype)?;
     Ok(Launch {
         kernel: gpu.kernel(&RMS_NORM, "rms_norm", &[("DTYPE", a.weight.dtype.code())])?,
         params: params(rows, cols, a.eps),
@@ -88,6 +89,7 @@ pub fn scratch_elems(rows: usize, cols: usize) -> usize {
 // forward: y = x·rstd·w   =>   dw += Σ_rows dy·x·rstd;  dx = rstd·(w·dy − x·rstd²·mean(w·dy·x))
 pub fn launch_backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
     let (rows, cols) = shape(a.x, a.weight);
+    crate::kernels::require_float_weight("rms_norm_backward", a.weight.dtype)?;
     let mut out = vec![Launch {
         kernel: gpu.kernel(&RMS_NORM_BACKWARD, "rms_norm_backward", &[("DTYPE", a.weight.dtype.code())])?,
         params: params(rows, cols, EPS),

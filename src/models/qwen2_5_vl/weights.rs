@@ -43,8 +43,8 @@ impl EncoderWeights {
                 continue;
             };
             let info = ckpt.info(ckpt.get(&key).expect("cannot fail: found"));
-            match crate::weights::safetensors::dtype_from_str(&info.dtype) {
-                None => bad.push(format!("{key}: dtype {} (wgdit reads BF16, F16, F32)", info.dtype)),
+            match readable(&info.dtype) {
+                None => bad.push(format!("{key}: dtype {} ({READABLE})", info.dtype)),
                 Some(_) if info.shape != shape => {
                     bad.push(format!("{key}: shape {:?}, expected {shape:?}", info.shape))
                 }
@@ -61,8 +61,8 @@ impl EncoderWeights {
                 continue;
             };
             let info = ckpt.info(ckpt.get(&key).expect("cannot fail: found"));
-            if crate::weights::safetensors::dtype_from_str(&info.dtype).is_none() {
-                bad.push(format!("{key}: dtype {} (wgdit reads BF16, F16, F32)", info.dtype));
+            if readable(&info.dtype).is_none() {
+                bad.push(format!("{key}: dtype {} ({READABLE})", info.dtype));
             } else if info.shape != shape {
                 bad.push(format!("{key}: shape {:?}, expected {shape:?}", info.shape));
             }
@@ -93,7 +93,9 @@ impl EncoderWeights {
     /// The embedding rows of `ids` as f32 [ids.len(), hidden] (`embed_tokens(input_ids)`).
     pub fn embed_rows(&self, ids: &[u32], cfg: &EncoderConfig) -> Result<Vec<f32>> {
         let d = cfg.text.hidden_size;
-        let view = self.ckpt.view(&self.keys["model.embed_tokens.weight"])?;
+        let key = &self.keys["model.embed_tokens.weight"];
+        let view = self.ckpt.view(key)?;
+        let scale = self.ckpt.fp8_scale(key).transpose()?.unwrap_or(1.0);
         let row_bytes = view.dtype.bytes(d);
         let mut out = Vec::with_capacity(ids.len() * d);
         for &id in ids {
@@ -104,10 +106,18 @@ impl EncoderWeights {
                 )));
             }
             let at = id as usize * row_bytes;
-            out.extend(view.dtype.decode(&view.bytes[at..at + row_bytes]));
+            out.extend(view.dtype.decode(&view.bytes[at..at + row_bytes]).into_iter().map(|v| v * scale));
         }
         Ok(out)
     }
+}
+
+/// The text encoder reads float and fp8 safetensors (ComfyUI's `qwen_2.5_vl_7b_fp8_scaled`); its
+/// GGUF releases use llama.cpp's own tensor names, which it does not map.
+const READABLE: &str = "the text encoder reads BF16, F16, F32 and F8_E4M3/F8_E5M2, scaled or not";
+
+fn readable(dtype: &str) -> Option<DType> {
+    crate::weights::safetensors::dtype_from_str(dtype).filter(|d| !d.is_blocked())
 }
 
 impl TensorSource for EncoderWeights {
@@ -115,13 +125,12 @@ impl TensorSource for EncoderWeights {
         self.keys.keys().cloned().collect()
     }
     fn meta(&self, name: &str) -> Option<(DType, Vec<usize>)> {
-        let v = self.ckpt.view(self.keys.get(name)?).ok()?;
-        Some((v.dtype, v.shape.to_vec()))
+        self.ckpt.model_meta(self.keys.get(name)?)
     }
     fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         let key =
             self.keys.get(name).ok_or_else(|| Error::input(format!("tensor {name} missing from the text encoder")))?;
-        Ok(Cow::Borrowed(self.ckpt.view(key)?.bytes))
+        self.ckpt.model_bytes(key)
     }
     fn describe(&self) -> String {
         self.ckpt.path.display().to_string()

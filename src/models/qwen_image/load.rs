@@ -14,8 +14,9 @@ use crate::tensor::{DType, Tensor};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// Stored tensors by canonical (standard or merged diffusers) name.
-pub trait TensorSource {
+/// Stored tensors by canonical (standard or merged diffusers) name. Shared across threads: the
+/// weight-streaming runtime assembles blocks on a worker thread (`stream.rs`).
+pub trait TensorSource: Send + Sync {
     /// Every stored tensor name (canonical, prefixes stripped).
     fn names(&self) -> Vec<String>;
     /// Stored dtype and shape, or `None` when absent.
@@ -25,7 +26,7 @@ pub trait TensorSource {
     /// Where the tensors come from, for messages.
     fn describe(&self) -> String;
     /// The stored dtype name of a tensor that is present but in a dtype wgdit cannot read
-    /// (`F8_E4M3`, ...), for messages; `None` otherwise.
+    /// (`I8`, a GGUF `IQ4_XS`, ...), for messages; `None` otherwise.
     fn unsupported_dtype(&self, _name: &str) -> Option<String> {
         None
     }
@@ -82,13 +83,21 @@ pub fn validate(cfg: &DitConfig, src: &dyn TensorSource) -> Result<()> {
             missing.push(name);
             continue;
         };
-        let (_, got) = src.meta(&stored).expect("cannot fail: located");
+        let (dtype, got) = src.meta(&stored).expect("cannot fail: located");
         let want: Vec<usize> = match block {
             None => shape.clone(),
             Some(_) => std::iter::once(shape[0] * 3).chain(shape[1..].iter().copied()).collect(),
         };
         if got != want {
             misshaped.push(format!("{stored}: {got:?}, expected {want:?}"));
+        } else if got.last().is_some_and(|k| k % dtype.block_elems() != 0) {
+            // A row that is not whole blocks cannot be addressed by the GEMM's row offsets.
+            misshaped.push(format!(
+                "{stored}: rows of {} elements are not whole {}-element {} blocks",
+                got[got.len() - 1],
+                dtype.block_elems(),
+                dtype.name()
+            ));
         }
         used.insert(stored);
     }
@@ -112,9 +121,10 @@ pub fn validate(cfg: &DitConfig, src: &dyn TensorSource) -> Result<()> {
         dtypes.sort_unstable();
         dtypes.dedup();
         return Err(Error::input(format!(
-            "{}: {} tensor(s) are stored as {} (e.g. {name} is {dtype}), a dtype wgdit does not read (it reads F32, F16 and BF16, and `wgdit convert` cannot read it either); \
-             use the BF16 release of the model, or dequantize the file to bf16 first (e.g. in PyTorch: \
-             save_file({{k: v.to(torch.bfloat16) for k, v in load_file(path).items()}}, out), applying any scale tensors of a \"scaled\" fp8 file)",
+            "{}: {} tensor(s) are stored as {} (e.g. {name} is {dtype}), a dtype wgdit does not read (it reads \
+             F32, F16, BF16, F8_E4M3, F8_E5M2 (scaled or not) and the GGUF types F32, F16, BF16, Q8_0, Q4_0, Q4_1, \
+             Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); use a release in one of those, or quantize the BF16 \
+             release with `wgdit quantize --type q8_0` (or q4_k, …)",
             src.describe(),
             unsupported.len(),
             dtypes.join(", ")
@@ -186,6 +196,12 @@ impl WeightCache {
             out.insert(*t, self.uploaded[&key].clone());
         }
         Ok(out)
+    }
+
+    /// Forgets the upload of a param (a block that now streams); plans that bound it keep it
+    /// alive until they are dropped.
+    pub fn evict(&mut self, ps: &ParamSource) {
+        self.uploaded.remove(&(ps.parts.clone(), ps.dtype));
     }
 
     /// Bytes of weights on the GPU.

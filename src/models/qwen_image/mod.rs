@@ -15,6 +15,7 @@ pub mod precompute;
 pub mod residency;
 pub mod rope;
 pub mod runtime;
+pub mod stream;
 pub mod training;
 
 pub use config::DitConfig;

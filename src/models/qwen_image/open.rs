@@ -6,20 +6,20 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models::qwen_image::load::TensorSource;
 use crate::models::qwen_image::DitConfig;
-use crate::weights::checkpoint::{looks_like_lora, Checkpoint};
+use crate::weights::checkpoint::{is_fp8_scale_tensor, looks_like_lora, Checkpoint};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 impl TensorSource for Checkpoint {
     fn names(&self) -> Vec<String> {
-        self.entries.iter().filter(|e| !e.foreign).map(|e| e.name.clone()).collect()
+        let names = self.entries.iter().filter(|e| !e.foreign).map(|e| e.name.clone());
+        names.filter(|n| !is_fp8_scale_tensor(n)).collect()
     }
     fn meta(&self, name: &str) -> Option<(DType, Vec<usize>)> {
-        self.get(name)?;
-        self.view(name).ok().map(|v| (v.dtype, v.shape.to_vec()))
+        self.model_meta(name)
     }
     fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
-        Ok(Cow::Borrowed(self.view(name)?.bytes))
+        self.model_bytes(name)
     }
     fn describe(&self) -> String {
         self.path.display().to_string()
@@ -48,12 +48,32 @@ pub fn config_path(model: &Path, config: Option<&Path>) -> Result<PathBuf> {
     )))
 }
 
-/// Opens the checkpoint (memory-mapped) and its config.
+/// Opens the checkpoint (memory-mapped) and its config. A single file with no config (a GGUF or
+/// ComfyUI file as downloaded) whose tensors are exactly the released Qwen-Image architecture's
+/// is read with that config ([`DitConfig::qwen_image`]); Edit-2511's `zero_cond_t` cannot be seen
+/// in the weights, so such a file needs `--config` (or, in `generate`, its pipeline folder's).
 pub fn open(model: &Path, config: Option<&Path>) -> Result<(DitConfig, Checkpoint)> {
-    let cfg = DitConfig::from_file(&config_path(model, config)?)?;
+    let cfg_path = config_path(model, config);
     let ckpt = Checkpoint::open(model)?;
     if looks_like_lora(ckpt.entries.iter().map(|e| e.key.as_str())) {
         return Err(Error::file(model, "this is a LoRA file, not a model checkpoint: pass it with --lora"));
     }
+    if let Some(arch) = ckpt.metadata.get("general.architecture").filter(|a| a.as_str() != "qwen_image") {
+        return Err(Error::file(
+            model,
+            format!("a GGUF file of architecture `{arch}`, not a Qwen-Image DiT (`qwen_image`)"),
+        ));
+    }
+    let cfg = match cfg_path {
+        Ok(p) => DitConfig::from_file(&p)?,
+        Err(e) if ckpt.is_folder => return Err(e),
+        Err(e) => {
+            let real = DitConfig::qwen_image();
+            if crate::models::qwen_image::load::validate(&real, &ckpt).is_err() {
+                return Err(e);
+            }
+            real
+        }
+    };
     Ok((cfg, ckpt))
 }

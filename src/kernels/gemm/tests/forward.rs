@@ -10,10 +10,10 @@ use crate::tensor::{DType, Tensor};
 use crate::testing::{assert_close, test_gpu, Tol};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-const VARIANTS: [Variant; 2] = [Variant::Registers, Variant::Workgroup];
+pub(super) const VARIANTS: [Variant; 2] = [Variant::Registers, Variant::Workgroup];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Res {
+pub(super) enum Res {
     None,
     From,
     InPlace,
@@ -21,25 +21,25 @@ enum Res {
 
 /// One forward case: shapes, problems and which epilogue parts are on.
 #[derive(Clone, Debug)]
-struct Case {
-    m: usize,
-    n: usize,
-    k: usize,
-    dtype: DType,
-    problems: Vec<GemmProblem>,
-    bias: bool,
-    gelu: bool,
-    rank: usize,
-    gate: bool,
-    res: Res,
+pub(super) struct Case {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub dtype: DType,
+    pub problems: Vec<GemmProblem>,
+    pub bias: bool,
+    pub gelu: bool,
+    pub rank: usize,
+    pub gate: bool,
+    pub res: Res,
 }
 
 impl Case {
-    fn plain(m: usize, n: usize, k: usize, dtype: DType) -> Case {
+    pub fn plain(m: usize, n: usize, k: usize, dtype: DType) -> Case {
         let problems = vec![GemmProblem::rows(0, m)];
         Case { m, n, k, dtype, problems, bias: false, gelu: false, rank: 0, gate: false, res: Res::None }
     }
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         format!(
             "gemm {}x{}x{} {} problems={} bias={} gelu={} rank={} gate={} res={:?}",
             self.m,
@@ -62,10 +62,11 @@ fn gate_end(p: &GemmProblem, n: usize) -> usize {
     p.gate.offset + (samples - 1 + alt) * p.gate.sample_stride + n
 }
 
-/// Random inputs sized for a case; the weights already rounded to the case's dtype.
-struct Data {
-    x: Vec<f32>,
-    w: Vec<f32>,
+/// Random inputs sized for a case: the weights as stored (`w_bytes`) and decoded (`w`).
+pub(super) struct Data {
+    pub x: Vec<f32>,
+    pub w_bytes: Vec<u8>,
+    pub w: Vec<f32>,
     bias: Vec<f32>,
     gate: Vec<f32>,
     res: Vec<f32>,
@@ -73,12 +74,24 @@ struct Data {
     lb: Vec<f32>,
 }
 
-fn data(rng: &mut Rng, c: &Case) -> Data {
+/// Random weights of `len` elements as stored in `dtype`: uniform in [-1, 1] rounded for the
+/// float types, random valid blocks for the quantized and fp8 ones (`quant::random_weight`).
+fn weight_bytes(rng: &mut Rng, dtype: DType, len: usize) -> Vec<u8> {
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => dtype.encode(&rng.vec_uniform(len, -1.0, 1.0)),
+        _ => super::quant::random_weight(rng, dtype, len),
+    }
+}
+
+pub(super) fn data(rng: &mut Rng, c: &Case) -> Data {
     let end = |f: &dyn Fn(&GemmProblem) -> usize| c.problems.iter().map(f).max().unwrap_or(0).max(1);
     let wlen = end(&|p| p.weight_offset + c.n * c.k);
+    let x = rng.vec_uniform(c.m * c.k, -1.0, 1.0);
+    let w_bytes = weight_bytes(rng, c.dtype, wlen);
     Data {
-        x: rng.vec_uniform(c.m * c.k, -1.0, 1.0),
-        w: c.dtype.round(&rng.vec_uniform(wlen, -1.0, 1.0)),
+        x,
+        w: c.dtype.decode(&w_bytes),
+        w_bytes,
         bias: rng.vec_uniform(end(&|p| p.bias_offset + c.n), -1.0, 1.0),
         gate: rng.vec_uniform(end(&|p| gate_end(p, c.n)), -1.0, 1.0),
         res: rng.vec_uniform(c.m * c.n, -1.0, 1.0),
@@ -96,9 +109,9 @@ fn f64s(v: &[f32]) -> Vec<f64> {
 }
 
 /// Runs the case on the GPU as one launch per entry of `groups` (problem index lists).
-fn gpu_forward(gpu: &Gpu, c: &Case, d: &Data, groups: &[Vec<usize>], v: Variant) -> Vec<f32> {
+pub(super) fn gpu_forward(gpu: &Gpu, c: &Case, d: &Data, groups: &[Vec<usize>], v: Variant) -> Vec<f32> {
     let x = Tensor::from_f32(gpu, &d.x, &[c.m, c.k], DType::F32, "x").unwrap();
-    let w = up(gpu, &d.w, c.dtype, "w");
+    let w = Tensor::from_bytes(gpu, &d.w_bytes, &[d.w.len()], c.dtype, "w").unwrap();
     let (bias, gate, lb) =
         (up(gpu, &d.bias, DType::F32, "b"), up(gpu, &d.gate, DType::F32, "g"), up(gpu, &d.lb, DType::F32, "B"));
     let res = Tensor::from_f32(gpu, &d.res, &[c.m, c.n], DType::F32, "res").unwrap();
@@ -130,7 +143,7 @@ fn gpu_forward(gpu: &Gpu, c: &Case, d: &Data, groups: &[Vec<usize>], v: Variant)
     y.to_f32(gpu).unwrap()
 }
 
-fn cpu_forward(c: &Case, d: &Data) -> Vec<f32> {
+pub(super) fn cpu_forward(c: &Case, d: &Data) -> Vec<f32> {
     let (x, w, bias, gate, res, t, lb) =
         (f64s(&d.x), f64s(&d.w), f64s(&d.bias), f64s(&d.gate), f64s(&d.res), f64s(&d.t), f64s(&d.lb));
     let g = cpu::Gemm {
@@ -153,13 +166,13 @@ fn cpu_forward(c: &Case, d: &Data) -> Vec<f32> {
 }
 
 /// GPU (all problems in one launch, each variant) vs the reference; returns the inputs.
-fn check(gpu: &Gpu, rng: &mut Rng, c: &Case) -> Data {
+pub(super) fn check(gpu: &Gpu, rng: &mut Rng, c: &Case) -> Data {
     let d = data(rng, c);
     check_with(gpu, c, &d);
     d
 }
 
-fn check_with(gpu: &Gpu, c: &Case, d: &Data) {
+pub(super) fn check_with(gpu: &Gpu, c: &Case, d: &Data) {
     let want = cpu_forward(c, d);
     for v in VARIANTS {
         let got = gpu_forward(gpu, c, d, &[(0..c.problems.len()).collect()], v);
@@ -171,7 +184,7 @@ fn check_with(gpu: &Gpu, c: &Case, d: &Data) {
 /// The scaled-down DiT layout: txt 2 samples x 16 tokens, then img 2 samples x 32 tokens (M = 96);
 /// per-stream weights, biases and LoRA Bs packed in one buffer each; gates in modulation-style
 /// rows ([shift | scale | gate], stride 3N). `split` < 32 turns on zero_cond_t for the img stream.
-fn dit_problems(n: usize, k: usize, rank: usize, split: usize) -> Vec<GemmProblem> {
+pub(super) fn dit_problems(n: usize, k: usize, rank: usize, split: usize) -> Vec<GemmProblem> {
     let txt = GemmProblem::rows(0, 32).samples(16).gate(PerSampleRef::per_sample(2 * n, 3 * n));
     let img_gate = PerSampleRef::per_sample(6 * n + 2 * n, 3 * n).zero_cond(split, 2);
     let img = GemmProblem::rows(32, 64).samples(32).weight(n * k).bias(n).lora(n * rank).gate(img_gate);

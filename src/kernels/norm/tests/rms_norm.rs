@@ -74,3 +74,19 @@ fn rms_norm_cpu_backward_matches_finite_differences() {
     fd_check("dx", &x, &dx, 40, &mut rng, |xp| dot(&cpu::forward(xp, &w, 1e-6).0, &dy));
     fd_check("dw", &w, &dw, 16, &mut rng, |wp| dot(&cpu::forward(&x, wp, 1e-6).0, &dy));
 }
+
+#[test]
+fn rms_norm_refuses_quantized_and_fp8_weights_with_an_error_naming_the_dtype() {
+    let gpu = test_gpu();
+    let x = up(&gpu, &[1.0; 64], &[2, 32]);
+    let (y, rstd) = (poisoned(&gpu, &[2, 32]), poisoned(&gpu, &[2]));
+    for dt in [DType::Q8_0, DType::F8E4M3] {
+        let w = Tensor::from_bytes(&gpu, &vec![0; dt.bytes(32)], &[32], dt, "w").unwrap();
+        let args = rms_norm::Args { x: &x, weight: &w, eps: EPS, y: &y, rstd: &rstd };
+        let e = rms_norm::launch_forward(&gpu, &args).unwrap_err().to_string();
+        assert!(e.contains("rms_norm") && e.contains(dt.name()), "{e}");
+        let back = BackwardArgs { x: &x, weight: &w, rstd: &rstd, dy: &x, dx: &y, dw: None };
+        let e = rms_norm::launch_backward(&gpu, &back).unwrap_err().to_string();
+        assert!(e.contains("rms_norm_backward") && e.contains(dt.name()), "{e}");
+    }
+}
