@@ -5,7 +5,9 @@ training state.json and the optimizer moments of the rank-2 to_q/to_k LoRA that
 `wgdit::fuzzing::fixture_lora` builds for the tiny fixture model (2 blocks, D = 32, text width 24); and
 two small tokenizers cut from the fixture Qwen2 tokenizer (the first 300 tokens, the merges among them,
 the 22 added tokens renumbered after them): tokenizer.json, and vocab.json + merges.txt +
-tokenizer_config.json joined by "\n\0\n" (tokenizer_slow.bin, as `wgdit::fuzzing::tokenizer_slow` splits it)."""
+tokenizer_config.json joined by "\n\0\n" (tokenizer_slow.bin, as `wgdit::fuzzing::tokenizer_slow` splits it);
+and a DiffSynth metadata.csv for `wgdit cache` (BOM, CRLF, quoted commas, quotes and line breaks, edit_image
+as one path, a JSON list and a Python list, an empty cell)."""
 import gzip, json, struct, pathlib
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests/fixtures/fuzz/seeds"
@@ -76,6 +78,19 @@ def main():
     (OUT / "lora_keys.txt").write_text("\n".join(keys) + "\n")
 
 
+def dataset_csv_seed():
+    rows = [
+        "\ufeffimage,prompt,edit_image",
+        'target/1.jpg,"a cat, sitting",edit/1.jpg',
+        'target/2.png,"two ""quoted""\nlines","[""edit/a.png"", ""edit/b.png""]"',
+        "target/3.webp,plain,\"['edit/c.png', 'it\\'s.png']\"",
+        "target/4.png,,",
+        "",
+    ]
+    (OUT / "metadata.csv").write_bytes("\r\n".join(rows).encode())
+
+
 if __name__ == "__main__":
     main()
     tokenizer_seeds()
+    dataset_csv_seed()

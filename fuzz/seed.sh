@@ -28,6 +28,7 @@ seed dit_config $F/dit/tiny/config.json $F/dit/tiny-sharded/config.json $F/dit/t
 seed lora $F/lora/*.safetensors
 seed lora_keys $S/lora_keys.txt
 seed train_metadata $S/metadata.jsonl
+seed dataset_csv $S/metadata.csv
 seed train_sample $S/train_sample.safetensors
 seed tokenizer_json $S/tokenizer.json
 seed tokenizer_slow $S/tokenizer_slow.bin

@@ -211,6 +211,20 @@ pub fn train_metadata(data: &[u8]) {
     }
 }
 
+/// A DiffSynth `metadata.csv` of `wgdit cache --data`: the CSV reader, the `image` / `prompt`
+/// columns and every `edit_image` cell as a path list; the same bytes as `metadata.json` and
+/// `metadata.jsonl`.
+pub fn dataset_csv(data: &[u8]) {
+    use crate::train::data::sources::{csv_rows, json_rows};
+    let text = String::from_utf8_lossy(data);
+    if let Ok(rows) = csv_rows(&text) {
+        for r in rows {
+            let _ = (r.image.len(), r.prompt.map(|p| p.len()), r.edit.map(|e| e.len()));
+        }
+    }
+    let _ = (json_rows(&text, false), json_rows(&text, true));
+}
+
 /// One training sample file, validated against the fixture model as `Dataset::open` does, then
 /// decoded and packed as a batch of it would be.
 pub fn train_sample(data: &[u8]) {
@@ -392,6 +406,7 @@ pub const TARGETS: &[(&str, EntryPoint)] = &[
     ("lora", lora),
     ("lora_keys", lora_keys),
     ("train_metadata", train_metadata),
+    ("dataset_csv", dataset_csv),
     ("train_sample", train_sample),
     ("train_state", train_state),
     ("train_moments", train_moments),
@@ -477,6 +492,7 @@ mod tests {
         sweep(super::lora, &fixture("lora/peft.safetensors"), 300, 18);
         sweep(super::lora_keys, &fixture("fuzz/seeds/lora_keys.txt"), 2000, 19);
         sweep(super::train_metadata, &fixture("fuzz/seeds/metadata.jsonl"), 2000, 20);
+        sweep(super::dataset_csv, &fixture("fuzz/seeds/metadata.csv"), 3000, 34);
         sweep(super::train_sample, &fixture("fuzz/seeds/train_sample.safetensors"), 2000, 21);
         sweep(super::train_state, &fixture("fuzz/seeds/state.json"), 2000, 22);
         sweep(super::train_moments, &fixture("fuzz/seeds/optimizer.safetensors"), 1000, 23);
@@ -542,6 +558,9 @@ mod tests {
     #[test]
     fn the_real_seeds_parse() {
         use crate::pipeline::folder::{parse_index, PipelineClass};
+        let csv = String::from_utf8(fixture("fuzz/seeds/metadata.csv")).unwrap();
+        let rows = crate::train::data::sources::csv_rows(&csv).unwrap();
+        assert_eq!(rows.iter().map(|r| r.edit.as_ref().map_or(9, Vec::len)).collect::<Vec<_>>(), [1, 2, 2, 0]);
         let text = String::from_utf8(fixture("pipeline/edit-plus/model_index.json")).unwrap();
         assert_eq!(parse_index(&text).unwrap().0, PipelineClass::EditPlus);
         assert!(crate::image::pixels::decode_rgb(&fixture("pipeline/inputs/ref_a.png")).is_ok());

@@ -29,9 +29,10 @@
 //!   `wgdit encode-prompt`, `wgdit plan`).
 //! - [`text`]: the Qwen2 tokenizer (tokenizer.json, or vocab.json + merges.txt) and the pipelines'
 //!   prompt templates with their drop indices.
-//! - [`weights`]: memory-mapped safetensors checkpoints (files, diffusers folders, ComfyUI
+//! - [`weights`]: memory-mapped safetensors and GGUF checkpoints (files, diffusers folders, ComfyUI
 //!   prefixes, merged q/k/v layout) and LoRA files in every common format.
-//! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`).
+//! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`),
+//!   and GGUF / fp8 quantization (`wgdit quantize`).
 //! - [`train`]: LoRA training: dataset, noise schedule, LoRA parameters, AdamW, checkpoints and
 //!   `Trainer::{new, step, finish}` (docs/training.md).
 //! - [`fuzzing`]: byte-level entry points of every untrusted-input parser (fuzz/ targets, and a

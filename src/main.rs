@@ -230,6 +230,9 @@ enum Cmd {
     },
     /// Fine-tune a LoRA on cached latents and text embeddings (see docs/training.md).
     Train(TrainArgs),
+    /// Pictures and captions (a DiffSynth metadata.csv folder or a kohya folder tree) → the cached
+    /// latents and embeddings `train --data` reads (docs/training.md, "From pictures").
+    Cache(CacheArgs),
     /// Convert a checkpoint or LoRA between the standard and merged q/k/v layouts (exact, streaming).
     Convert(ConvertArgs),
     /// Quantize a checkpoint to a GGUF file (ComfyUI-GGUF's layout) or a ComfyUI fp8 safetensors
@@ -591,6 +594,52 @@ fn parse_budget(s: &str) -> Result<u64, String> {
     wgdit::budget::parse_size(s).map_err(|e| e.to_string())
 }
 
+/// `wgdit cache` (docs/training.md).
+#[derive(Args)]
+struct CacheArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// A diffusers pipeline folder: text to image gives T2I samples, an Edit pipeline edit samples.
+    #[arg(long)]
+    model: PathBuf,
+    /// A DiffSynth-Studio folder with metadata.csv (image, prompt[, edit_image]) or that file, or
+    /// a kohya-style folder of pictures with same-name .txt captions (`N_name` sub-folders repeat N times).
+    #[arg(long)]
+    data: PathBuf,
+    /// The cache folder (metadata.jsonl + samples/); a rerun skips what is cached.
+    #[arg(long)]
+    output: PathBuf,
+    /// Bucket target area in pixels, `N` or `WxH` (1024x1024 = 1048576).
+    #[arg(long, default_value = "1048576", value_parser = parse_area)]
+    resolution: u64,
+    /// Explicit buckets `WxH,WxH,…` (multiples of 2·vae_scale), or `dynamic` (DiffSynth: each
+    /// picture at its own size, at most --resolution pixels).
+    #[arg(long)]
+    buckets: Option<String>,
+    /// Target area in pixels of the VAE reference images, as in `generate`.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    ref_area: u64,
+    /// Target area in pixels of Edit-Plus's vision-encoder images, as in `generate`.
+    #[arg(long, default_value_t = 384 * 384)]
+    condition_area: u64,
+    /// Leave out bad entries (each warned) instead of refusing the dataset.
+    #[arg(long)]
+    skip_bad: bool,
+    #[command(flatten)]
+    text: TextEncoderArgs,
+    #[command(flatten)]
+    tiling: VaeTilingArgs,
+}
+
+/// An area: `N` pixels or `WxH`.
+fn parse_area(s: &str) -> Result<u64, String> {
+    let num = |t: &str| t.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or(format!("`{s}`: expected N or WxH"));
+    match s.split_once(['x', 'X']) {
+        Some((w, h)) => num(w)?.checked_mul(num(h)?).ok_or(format!("`{s}`: too large")),
+        None => num(s),
+    }
+}
+
 /// `N` or `HxW` (positive integers).
 fn parse_hw(s: &str) -> Result<(usize, usize), String> {
     let num = |t: &str| t.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or(format!("`{s}`: expected N or HxW"));
@@ -861,6 +910,7 @@ fn run(cli: Cli) -> wgdit::Result<()> {
         Cmd::Quantize(args) => quantize(args),
         Cmd::Forward(args) => forward(args),
         Cmd::Train(args) => train(args),
+        Cmd::Cache(args) => cache(args),
         Cmd::Bench { what: BenchCmd::Dispatches(args) } => bench_dispatches(args),
         Cmd::Bench { what: BenchCmd::Generate(args) } => bench_generate(args),
         Cmd::Vae { what } => vae(what),
@@ -1204,6 +1254,40 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
         gpu.info().name
     );
     print_streaming(r.stream.iter(), a.vram_budget.is_some());
+    Ok(())
+}
+
+fn cache(a: CacheArgs) -> wgdit::Result<()> {
+    use wgdit::train::cache::{cache, CacheOptions};
+    let mut o = CacheOptions::new(a.model, a.data, a.output);
+    (o.resolution, o.buckets, o.ref_area, o.condition_area) = (a.resolution, a.buckets, a.ref_area, a.condition_area);
+    (o.skip_bad, o.residency, o.text_encoder) = (a.skip_bad, a.text.residency(), a.text.text_encoder.clone());
+    o.tiling = a.tiling.tiling()?;
+    o.progress = true;
+    let gpu = gpu::Gpu::new(&a.gpu.options())?;
+    let r = cache(&gpu, &o)?;
+    let per = if r.encoded > 0 {
+        format!(", {:.2} s/picture", (r.text_seconds + r.vae_seconds) / r.encoded as f64)
+    } else {
+        String::new()
+    };
+    let buckets: Vec<String> = r.buckets.iter().map(|(s, n)| format!("{}x{}: {n}", s.width, s.height)).collect();
+    eprintln!(
+        "wrote {} ({} samples, {} lines with repeats, {}; {} encoded, {} already cached, {} bad skipped{}; buckets {}; text encoder {:.1} s, VAE {:.1} s, {:.1} s in all{per}) on {}",
+        o.output.join("metadata.jsonl").display(),
+        r.samples,
+        r.lines,
+        r.class.class_name(),
+        r.encoded,
+        r.reused,
+        r.skipped.len(),
+        if r.stale > 0 { format!(", {} stale sample files left in samples/", r.stale) } else { String::new() },
+        buckets.join(", "),
+        r.text_seconds,
+        r.vae_seconds,
+        r.seconds,
+        gpu.info().name
+    );
     Ok(())
 }
 

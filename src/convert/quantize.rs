@@ -38,11 +38,6 @@ const E5M2_MAX: f32 = 57344.0;
 /// Values per quantization chunk: whole blocks of every format (2^18 = 1024 · 256).
 const CHUNK: usize = 1 << 18;
 
-/// Block formats [`DType::encode`] cannot produce yet: `src/dtype/formats.rs` decodes the
-/// k-quants but has no k-quant quantizer. Refused before anything is written (instead of a panic
-/// mid-file); remove an entry when its quantizer lands.
-const NOT_ENCODABLE: [DType; 5] = [DType::Q2K, DType::Q3K, DType::Q4K, DType::Q5K, DType::Q6K];
-
 /// `--keep PATTERN[=TYPE]`: tensors whose name contains `pattern` get `dtype` (default f16).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeepRule {
@@ -234,15 +229,6 @@ fn check_options(opts: &QuantizeOptions) -> Result<OutKind> {
             k.pattern,
             k.dtype.name(),
             opts.output.display()
-        )));
-    }
-    let wanted = std::iter::once(opts.target).chain(opts.keep.iter().map(|k| k.dtype));
-    if let Some(d) = wanted.into_iter().find(|d| NOT_ENCODABLE.contains(d)) {
-        return Err(Error::input(format!(
-            "{}: wgdit cannot quantize to the k-quants yet (it reads them); use q8_0, q5_1, q5_0, q4_1 or q4_0, \
-             or quantize an F16 GGUF from `wgdit quantize --type f16` with llama.cpp's llama-quantize patched by \
-             city96's lcpp.patch",
-            d.name()
         )));
     }
     if opts.scaled && kind != OutKind::Fp8 {

@@ -88,17 +88,7 @@ impl Gpu {
     pub fn buffer(&self, bytes: u64, label: &str) -> Result<Buffer> {
         let size = round4(bytes.max(4));
         self.check_binding_size(size, label)?;
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let inner = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: STORAGE,
-            mapped_at_creation: false,
-        });
-        if pollster::block_on(scope.pop()).is_some() {
-            return Err(Error::OutOfMemory(format!("allocating {label} ({size} bytes)")));
-        }
-        Ok(self.wrap(inner, size))
+        self.create(size, label)
     }
 
     /// A storage buffer for views (a streaming ring slot): checked against the adapter's
@@ -114,6 +104,10 @@ impl Gpu {
                 self.limits.max_buffer as f64 / 1048576.0
             )));
         }
+        self.create(size, label)
+    }
+
+    fn create(&self, size: u64, label: &str) -> Result<Buffer> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let inner = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

@@ -131,6 +131,12 @@ impl Gpu {
         Ok(Submission(index))
     }
 
+    /// Whether every submission so far has finished (a non-blocking poll).
+    pub fn queue_idle(&self) -> Result<bool> {
+        let status = self.device.poll(wgpu::PollType::Poll).map_err(|e| gpu_err("polling the queue", e))?;
+        Ok(status.is_queue_empty())
+    }
+
     /// Waits until `s` (and every earlier submission) has finished on the GPU.
     pub fn wait_for(&self, s: &Submission) -> Result<()> {
         self.device

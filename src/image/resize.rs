@@ -1,11 +1,13 @@
-//! `PIL.Image.resize((w, h), Image.LANCZOS | Image.BICUBIC)` for 8-bit RGB, bit for bit (Pillow
-//! 13.0.0, `src/libImaging/Resample.c`). diffusers' `VaeImageProcessor.resize` calls LANCZOS
-//! (`resample="lanczos"`, `reducing_gap=None`, full-image box) for the Edit pipelines' VAE and
-//! VL-encoder images; the Qwen2-VL image processor (Pillow backend) resizes with BICUBIC.
+//! `PIL.Image.resize((w, h), Image.LANCZOS | Image.BICUBIC | Image.BILINEAR)` for 8-bit RGB, bit for
+//! bit (Pillow 13.0.0, `src/libImaging/Resample.c`). diffusers' `VaeImageProcessor.resize` calls
+//! LANCZOS (`resample="lanczos"`, `reducing_gap=None`, full-image box) for the Edit pipelines' VAE
+//! and VL-encoder images; the Qwen2-VL image processor (Pillow backend) resizes with BICUBIC;
+//! DiffSynth-Studio's training crop (`torchvision...resize(PIL image, BILINEAR)`) with BILINEAR.
 //!
 //! Pillow resamples separably: one pass per axis that changes, each with its own coefficient table.
 //! - `precompute_coeffs` (f64): `scale = in/out`, `filterscale = max(scale, 1)`,
-//!   `support = filter_support·filterscale` (Lanczos 3, bicubic 2); output pixel `i` has centre `(i + 0.5)·scale`, taps from
+//!   `support = filter_support·filterscale` (Lanczos 3, bicubic 2, bilinear 1); output pixel `i`
+//!   has centre `(i + 0.5)·scale`, taps from
 //!   `trunc(centre − support + 0.5)` (≥ 0) to `trunc(centre + support + 0.5)` (≤ in), weights
 //!   `filter((j − centre + 0.5)·(1/filterscale))` normalised by their sum.
 //! - 8-bit path: weights become fixed point with 22 fractional bits (`PRECISION_BITS = 32 − 8 − 2`),
@@ -31,6 +33,8 @@ pub enum Filter {
     Lanczos,
     /// `BICUBIC`: Keys' cubic with a = −0.5, support 2.
     Bicubic,
+    /// `BILINEAR`: the triangle `1 − |x|`, support 1.
+    Bilinear,
 }
 
 impl Filter {
@@ -39,12 +43,14 @@ impl Filter {
         match self {
             Filter::Lanczos => 3.0,
             Filter::Bicubic => 2.0,
+            Filter::Bilinear => 1.0,
         }
     }
     fn weight(self, x: f64) -> f64 {
         match self {
             Filter::Lanczos => lanczos(x),
             Filter::Bicubic => bicubic(x),
+            Filter::Bilinear => bilinear(x),
         }
     }
 }
@@ -133,6 +139,16 @@ fn bicubic(x: f64) -> f64 {
         ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
     } else if x < 2.0 {
         (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// Pillow's `bilinear_filter`.
+fn bilinear(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        1.0 - x
     } else {
         0.0
     }

@@ -143,8 +143,13 @@ fn a_budget_picks_the_residency_and_below_the_all_streamed_minimum_is_refused() 
             let report = plan.stream_report().unwrap();
             assert_eq!(report.uploaded_bytes, r.streamed_bytes_per_forward, "{mode:?}, {resident} resident");
             assert_eq!(report.resident_blocks, resident);
-            // The device holds what the decision planned: resident weights + ring + activations.
-            assert_eq!(gpu.held_bytes(), r.peak_bytes, "{mode:?}, {resident} resident: held bytes");
+            // The device holds what the decision planned (resident weights + ring + activations),
+            // less the slot-layout padding (256-byte offsets) the plan counts for resident blocks.
+            let (held, padding) = (gpu.held_bytes(), (resident * 64 * 256) as u64);
+            assert!(
+                held <= r.peak_bytes && r.peak_bytes - held <= padding,
+                "{mode:?}, {resident} resident: held {held}"
+            );
         }
         let min = residency(&s.block_bytes, s.other_bytes, s.activation_peak, 0).peak_bytes;
         let mut dit = model(&test_gpu(), mode, &LoraSet::default());

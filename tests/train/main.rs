@@ -5,6 +5,7 @@ mod diffusers_fixtures;
 #[path = "../support/synthetic_checkpoint.rs"]
 mod synthetic_checkpoint;
 
+mod cache;
 mod checkpoint;
 mod data;
 mod lora;

@@ -55,8 +55,36 @@ pub fn stacked_bytes(src: &dyn TensorSource, parts: &[String], dtype: DType) -> 
     Ok(bytes)
 }
 
+/// [`stacked_bytes`] written into `dst` (a streamed block's slot image) without intermediate
+/// copies when the stored dtype is `dtype`; returns the bytes written (`Err` past `dst`'s end).
+pub fn stacked_into(src: &dyn TensorSource, parts: &[String], dtype: DType, dst: &mut [u8]) -> Result<usize> {
+    let mut at = 0;
+    for part in parts {
+        at += with_standard_bytes(src, part, dtype, |b| {
+            let end = at + b.len();
+            if end > dst.len() {
+                return Err(Error::input(format!("tensor {part} overruns its param ({end} > {} bytes)", dst.len())));
+            }
+            dst[at..end].copy_from_slice(b);
+            Ok(b.len())
+        })?;
+    }
+    Ok(at)
+}
+
 /// The bytes of a standard-named tensor in `dtype`.
 fn standard_bytes(src: &dyn TensorSource, name: &str, dtype: DType) -> Result<Vec<u8>> {
+    with_standard_bytes(src, name, dtype, |b| Ok(b.to_vec()))
+}
+
+/// Calls `f` with the bytes of a standard-named tensor in `dtype` (borrowed from the source when
+/// stored in `dtype`).
+fn with_standard_bytes<T>(
+    src: &dyn TensorSource,
+    name: &str,
+    dtype: DType,
+    f: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<T> {
     let (stored, block) =
         locate(src, name).ok_or_else(|| Error::input(format!("tensor {name} missing from {}", src.describe())))?;
     let (dt, shape) = src.meta(&stored).expect("cannot fail: located");
@@ -69,7 +97,11 @@ fn standard_bytes(src: &dyn TensorSource, name: &str, dtype: DType) -> Result<Ve
             &raw[i * third..(i + 1) * third]
         }
     };
-    Ok(if dt == dtype { raw.to_vec() } else { dtype.encode(&dt.decode(raw)) })
+    if dt == dtype {
+        f(raw)
+    } else {
+        f(&dtype.encode(&dt.decode(raw)))
+    }
 }
 
 /// Checks every tensor the config needs: present (directly or inside a merged tensor), with the

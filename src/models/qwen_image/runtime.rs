@@ -166,7 +166,9 @@ impl Dit {
     }
 
     fn layouts(&self, g: &ForwardGraph, bp: &BlockParams) -> Vec<SlotLayout> {
-        let align = self.gpu.limits().storage_offset_alignment as u64;
+        // At least 256 (what most GPUs require), so that the layout, and the tests of it, are
+        // those of a real GPU on lavapipe too; the padding is a few KiB per block.
+        let align = (self.gpu.limits().storage_offset_alignment as u64).max(256);
         bp.per_block.iter().map(|ps| SlotLayout::new(g, ps, align)).collect()
     }
 
@@ -223,7 +225,7 @@ impl Dit {
         plan_residency(blocks, other, act, avail).map(Some).map_err(|min| {
             let r = residency(blocks, other, act, 0);
             let fused = if self.mode == QkvMode::Fused {
-                "; --qkv merged or standard (fused mode keeps every block's modulation weights resident, in chunks stacking several blocks)"
+                ", --qkv merged or standard (fused mode keeps every block's modulation weights resident, in chunks stacking several blocks)"
             } else {
                 ""
             };
@@ -344,7 +346,8 @@ impl DitPlan {
         self.image_rows(self.graph.output)
     }
 
-    /// Submits every node (uploading streamed blocks on the way); does not read anything back.
+    /// Submits every node, without reading anything back. A streamed plan uploads its blocks on
+    /// the way and returns when the GPU has finished (its report reads the segments' timestamps).
     pub fn submit(&self) -> Result<()> {
         match &self.stream {
             None => self.plan.run(),
@@ -353,7 +356,7 @@ impl DitPlan {
     }
 
     /// Submits graph nodes `nodes` (a training graph's forward, then its backward), uploading
-    /// the streamed blocks they read.
+    /// the streamed blocks they read (a streamed plan returns when the GPU has finished).
     pub fn run_nodes(&self, nodes: std::ops::Range<usize>) -> Result<()> {
         match &self.stream {
             None => self.plan.run_nodes(nodes),

@@ -1,8 +1,13 @@
 //! Training data: the cached-sample dataset format and its validation ([`dataset`]), seeded
-//! resumable batching ([`batch`]) and built-in synthetic datasets ([`synthetic`]).
+//! resumable batching ([`batch`]) and built-in synthetic datasets ([`synthetic`]); the picture
+//! datasets `wgdit cache` reads ([`sources`], with [`csv`] for DiffSynth's metadata.csv) and its
+//! aspect-ratio buckets and crops ([`buckets`]).
 
 pub mod batch;
+pub mod buckets;
+pub mod csv;
 pub mod dataset;
+pub mod sources;
 pub mod synthetic;
 
 pub use batch::{Batch, Batcher, BatcherState};
