@@ -296,8 +296,8 @@ struct PlanArgs {
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
     /// Device memory to fit (e.g. 16G, 12GiB; env WGDIT_VRAM_BUDGET); without one nothing is checked.
-    #[arg(long)]
-    vram_budget: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
     /// Also plan a LoRA training step of this rank (DiffSynth targets, checkpointing on).
     #[arg(long)]
     train_rank: Option<usize>,
@@ -934,8 +934,8 @@ fn plan(a: PlanArgs) -> wgdit::Result<()> {
         (None, Some(path)) => PlanModel::Model { path, config: a.config },
         (None, None) => unreachable!("clap requires --model or --preset"),
     };
-    let budget = match &a.vram_budget {
-        Some(s) => Some(wgdit::budget::parse_size(s).map_err(|e| wgdit::Error::input(format!("--vram-budget: {e}")))?),
+    let budget = match a.vram_budget {
+        Some(b) => Some(b),
         None => wgdit::budget::env_budget(wgdit::budget::VRAM_ENV)?,
     };
     let req = PlanRequest {

@@ -1,6 +1,5 @@
 //! The dtype of each tensor in a file quantized to a `--weights` type, for `wgdit plan`.
 
-use crate::convert::quantize::KeepRule;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -41,6 +40,7 @@ pub use crate::convert::quantize::planned_dtype;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::convert::quantize::KeepRule;
 
     #[test]
     fn planned_dtypes_follow_the_comfyui_gguf_rules() {
