@@ -21,17 +21,18 @@
 //! - [`models`]: one folder per model; [`models::qwen_image`] is the Qwen-Image DiT
 //!   (`QwenImageTransformer2DModel`): config, names, the forward graph in three modes
 //!   (`--qkv standard|merged|fused`, docs/dispatches.md), RoPE table, loading, runtime LoRA,
-//!   training graph, the dispatch bench; [`models::qwen_image_vae`] is the VAE
+//!   the modulation precompute, block residency, training graph, the dispatch bench; [`models::qwen_image_vae`] is the VAE
 //!   (`AutoencoderKLQwenImage`) for single images: encoder/decoder graphs, loading, tiling (docs/vae.md);
 //!   [`models::qwen2_5_vl`] is the text encoder (Qwen2.5-VL language model and vision tower, the image
 //!   processor, M-RoPE; resident or streamed; docs/text-encoder.md).
 //! - [`pipeline`]: tasks on the models (`wgdit forward`, `wgdit vae encode|decode`, `wgdit generate`,
-//!   `wgdit encode-prompt`).
+//!   `wgdit encode-prompt`, `wgdit plan`).
 //! - [`text`]: the Qwen2 tokenizer (tokenizer.json, or vocab.json + merges.txt) and the pipelines'
 //!   prompt templates with their drop indices.
-//! - [`weights`]: memory-mapped safetensors checkpoints (files, diffusers folders, ComfyUI
+//! - [`weights`]: memory-mapped safetensors and GGUF checkpoints (files, diffusers folders, ComfyUI
 //!   prefixes, merged q/k/v layout) and LoRA files in every common format.
-//! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`).
+//! - [`convert`]: streaming standard ↔ merged conversion of checkpoints and LoRAs (`wgdit convert`),
+//!   and GGUF / fp8 quantization (`wgdit quantize`).
 //! - [`train`]: LoRA training: dataset, noise schedule, LoRA parameters, AdamW, checkpoints and
 //!   `Trainer::{new, step, finish}` (docs/training.md).
 //! - [`fuzzing`]: byte-level entry points of every untrusted-input parser (fuzz/ targets, and a

@@ -46,6 +46,26 @@ impl QkvArg {
 }
 
 /// `bench dispatches --qkv`: one mode or all three.
+/// `--modulation`: where the modulation vectors of each step come from.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum ModulationArg {
+    /// Computed for every step of the schedule before the loop; the modulation weights (a third
+    /// of the model) are released before the blocks' are uploaded.
+    Precompute,
+    /// Computed in every forward from the timestep (the modulation weights stay on the GPU).
+    Inline,
+}
+
+impl ModulationArg {
+    fn modulation(self) -> wgdit::models::qwen_image::Modulation {
+        use wgdit::models::qwen_image::Modulation;
+        match self {
+            ModulationArg::Precompute => Modulation::Precompute,
+            ModulationArg::Inline => Modulation::Inline,
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 enum BenchQkv {
     Standard,
@@ -152,14 +172,17 @@ enum Preset {
 }
 
 impl Preset {
-    fn dit(self) -> wgdit::Result<DitConfig> {
-        DitConfig::preset(match self {
+    fn name(self) -> &'static str {
+        match self {
             Preset::QwenImage => "qwen-image",
             Preset::QwenImageEdit => "qwen-image-edit",
             Preset::QwenImageEdit2509 => "qwen-image-edit-2509",
             Preset::QwenImageEdit2511 => "qwen-image-edit-2511",
             Preset::QwenImage2512 => "qwen-image-2512",
-        })
+        }
+    }
+    fn dit(self) -> wgdit::Result<DitConfig> {
+        DitConfig::preset(self.name())
     }
     fn class(self) -> wgdit::pipeline::folder::PipelineClass {
         use wgdit::pipeline::folder::PipelineClass;
@@ -229,6 +252,58 @@ enum Cmd {
     /// Encode a prompt with a pipeline folder's text encoder into the embeddings file that
     /// `generate --prompt-embeds` reads (diffusers' encode_prompt).
     EncodePrompt(EncodePromptArgs),
+    /// The device memory a `generate` run needs (weights by dtype, what stays resident, activation
+    /// peak, streaming per step) and whether it fits a budget; no GPU, no weights for presets.
+    Plan(PlanArgs),
+}
+
+/// `wgdit plan` (docs/plan.md).
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("plan_source").required(true).args(["model", "preset"])))]
+struct PlanArgs {
+    /// A pipeline folder, a diffusers transformer folder or a single checkpoint file (then
+    /// --config): bytes of its own tensors.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The transformer's config.json (with --model as a single file).
+    #[arg(long, requires = "model")]
+    config: Option<PathBuf>,
+    /// A real model's config, with every tensor in the dtype of a file quantized to --weights.
+    #[arg(long, value_enum, requires = "weights")]
+    preset: Option<Preset>,
+    /// With --preset: f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, f8_e4m3, f8_e5m2.
+    #[arg(long, conflicts_with = "model")]
+    weights: Option<String>,
+    /// With --preset: `wgdit quantize`'s rule, tensors whose name contains PATTERN in TYPE (default f16).
+    #[arg(long = "keep", value_name = "PATTERN[=TYPE]", requires = "preset")]
+    keep: Vec<String>,
+    #[arg(long, default_value_t = 1024)]
+    width: u32,
+    #[arg(long, default_value_t = 1024)]
+    height: u32,
+    /// Reference images of an edit (each the output size); Edit-Plus takes several. 0: the
+    /// pipeline's default (none for text to image, one for the Edit pipelines).
+    #[arg(long, default_value_t = 0)]
+    images: usize,
+    /// Prompt tokens per pass (the negative prompt as long).
+    #[arg(long, default_value_t = 128)]
+    text_tokens: usize,
+    #[arg(long, default_value_t = wgdit::pipeline::scheduler::DEFAULT_NUM_INFERENCE_STEPS)]
+    steps: usize,
+    /// Plan one DiT pass per step (no negative prompt) instead of true CFG's two.
+    #[arg(long)]
+    no_cfg: bool,
+    #[arg(long, value_enum, default_value = "fused")]
+    qkv: QkvArg,
+    /// Device memory to fit (e.g. 16G, 12GiB; env WGDIT_VRAM_BUDGET); without one nothing is checked.
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
+    /// Also plan a LoRA training step of this rank (DiffSynth targets, checkpointing on).
+    #[arg(long)]
+    train_rank: Option<usize>,
+    /// Print one JSON object instead of a report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -424,6 +499,9 @@ struct GenerateArgs {
     /// the one beside it, else the folder's transformer/config.json.
     #[arg(long, value_name = "PATH")]
     transformer: Option<PathBuf>,
+    /// Modulation vectors: precomputed for the whole schedule before the loop, or inline.
+    #[arg(long, value_enum, default_value = "precompute")]
+    modulation: ModulationArg,
     /// Target area in pixels of the VAE reference images (diffusers: 1024·1024).
     #[arg(long, default_value_t = 1024 * 1024)]
     ref_area: u64,
@@ -444,6 +522,12 @@ struct GenerateArgs {
     allow_nonfinite: bool,
     #[command(flatten)]
     text: TextEncoderArgs,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// With --text-encoder-weights auto it also decides the text encoder's residency. Default:
+    /// the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -503,6 +587,11 @@ struct EncodePromptArgs {
     output: PathBuf,
     #[command(flatten)]
     text: TextEncoderArgs,
+}
+
+/// A byte size (`--vram-budget`): 800M, 16G, 1.5GiB.
+fn parse_budget(s: &str) -> Result<u64, String> {
+    wgdit::budget::parse_size(s).map_err(|e| e.to_string())
 }
 
 /// `wgdit cache` (docs/training.md).
@@ -580,6 +669,10 @@ struct ForwardArgs {
     /// Execution mode: standard (6 Q/K/V projections per block), merged (2) or fused.
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// Modulation vectors: computed in the forward (inline) or precomputed for the inputs'
+    /// timesteps first (the modulation weights then never reach the forward's plan).
+    #[arg(long, value_enum, default_value = "inline")]
+    modulation: ModulationArg,
     /// A LoRA file (diffusers/PEFT, DiffSynth, kohya/musubi or ComfyUI keys), optionally with a
     /// strength: `--lora style.safetensors:0.8`. Repeatable; the base weights are not modified.
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
@@ -587,6 +680,11 @@ struct ForwardArgs {
     /// Write the output even when it holds NaN or Inf values (refused by default).
     #[arg(long)]
     allow_nonfinite: bool,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// Default: the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -654,6 +752,11 @@ struct TrainArgs {
     /// Write the LoRA even when it holds NaN or Inf values (refused by default).
     #[arg(long)]
     allow_nonfinite: bool,
+    /// Device memory the DiT may use (weights, activations and what wgdit already holds), e.g.
+    /// 8G: the transformer blocks that do not fit stream from the model file (docs/streaming.md).
+    /// Default: the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -693,9 +796,15 @@ struct BenchGenerateArgs {
     ref_area: u64,
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
+    /// Modulation vectors precomputed before the loop (as `generate` does by default) or inline.
+    #[arg(long, value_enum, default_value = "precompute")]
+    modulation: ModulationArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// With --model: the DiT's device memory budget (blocks past it stream; docs/streaming.md).
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget, requires = "model")]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -728,6 +837,10 @@ struct DispatchArgs {
     /// With --preset: count a LoRA training step (DiffSynth targets at this rank) instead.
     #[arg(long)]
     train_rank: Option<usize>,
+    /// With --model: also time the forward with the blocks this budget streams (e.g. 64M) next
+    /// to the all-resident one: ratio, bytes uploaded, upload time and how much of it is hidden.
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget, requires = "model")]
+    vram_budget: Option<u64>,
 }
 
 #[derive(Args)]
@@ -804,7 +917,46 @@ fn run(cli: Cli) -> wgdit::Result<()> {
         Cmd::Generate(args) => generate(args),
         Cmd::Tokenize(args) => tokenize(args),
         Cmd::EncodePrompt(args) => encode_prompt(args),
+        Cmd::Plan(args) => plan(args),
     }
+}
+
+fn plan(a: PlanArgs) -> wgdit::Result<()> {
+    use wgdit::pipeline::plan::{plan, weights_type, PlanModel, PlanRequest};
+    let model = match (a.preset, a.model) {
+        (Some(p), _) => PlanModel::Preset {
+            name: p.name().into(),
+            dit: p.dit()?,
+            class: p.class(),
+            weights: weights_type(a.weights.as_deref().unwrap_or("bf16"))?,
+            keep: a.keep.iter().map(|k| wgdit::convert::quantize::KeepRule::parse(k)).collect::<wgdit::Result<_>>()?,
+        },
+        (None, Some(path)) => PlanModel::Model { path, config: a.config },
+        (None, None) => unreachable!("clap requires --model or --preset"),
+    };
+    let budget = match a.vram_budget {
+        Some(b) => Some(b),
+        None => wgdit::budget::env_budget(wgdit::budget::VRAM_ENV)?,
+    };
+    let req = PlanRequest {
+        model,
+        width: a.width,
+        height: a.height,
+        images: a.images,
+        text_tokens: a.text_tokens,
+        steps: a.steps,
+        cfg: !a.no_cfg,
+        mode: a.qkv.mode(),
+        budget,
+        train_rank: a.train_rank,
+    };
+    let p = plan(&req)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&p).expect("cannot fail: plain data"));
+    } else {
+        print!("{}", p.table());
+    }
+    Ok(())
 }
 
 fn encode_prompt(a: EncodePromptArgs) -> wgdit::Result<()> {
@@ -868,9 +1020,16 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
     use wgdit::models::qwen_image_vae::VaeConfig;
     use wgdit::pipeline::bench::{plan_preset, run, BenchRun};
     let b = match (a.preset, a.model) {
-        (Some(p), _) => {
-            plan_preset(&p.dit()?, &VaeConfig::qwen_image(), p.class(), a.width, a.height, a.text_tokens, a.qkv.mode())?
-        }
+        (Some(p), _) => plan_preset(
+            &p.dit()?,
+            &VaeConfig::qwen_image(),
+            p.class(),
+            a.width,
+            a.height,
+            a.text_tokens,
+            a.qkv.mode(),
+            a.modulation.modulation(),
+        )?,
         (None, Some(model)) => {
             let gpu = gpu::Gpu::new(&a.gpu.options())?;
             let r = BenchRun {
@@ -881,7 +1040,9 @@ fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {
                 text_tokens: a.text_tokens,
                 images: a.images,
                 mode: a.qkv.mode(),
+                modulation: a.modulation.modulation(),
                 ref_area: a.ref_area,
+                vram_budget: a.vram_budget,
             };
             let b = run(&gpu, &r)?;
             eprintln!("on {}", gpu.info().name);
@@ -917,8 +1078,8 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
         (s, None) => Noise::Seed(s.unwrap_or(0)),
     };
     o.loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
-    (o.qkv, o.ref_area, o.condition_area, o.save_latents) =
-        (a.qkv.mode(), a.ref_area, a.condition_area, a.save_latents);
+    (o.qkv, o.modulation, o.ref_area, o.condition_area, o.save_latents) =
+        (a.qkv.mode(), a.modulation.modulation(), a.ref_area, a.condition_area, a.save_latents);
     o.vae_tiling = match a.vae_tiling {
         TilingArg::Auto => VaeTiling::Auto,
         TilingArg::On => VaeTiling::On,
@@ -929,6 +1090,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     o.text_residency = a.text.residency();
     o.text_encoder = a.text.text_encoder.clone();
     o.transformer = a.transformer.clone();
+    o.vram_budget = a.vram_budget;
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let bar = indicatif::ProgressBar::new(o.steps as u64);
     let style = indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")
@@ -944,8 +1106,18 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
     let mib = |b: u64| b as f64 / 1048576.0;
     let per_step = r.step_ms.iter().sum::<f64>() / r.step_ms.len().max(1) as f64 / 1e3;
     let tiles = if r.vae_tiles > 0 { format!(", {} tiles", r.vae_tiles) } else { String::new() };
+    let premod = match &r.precompute {
+        Some(p) => format!(
+            " + precomputed modulation {} ({} timesteps, {:.0} ms; {} of weights released)",
+            wgdit::budget::human(r.modulation_bytes),
+            p.rows,
+            p.ms,
+            wgdit::budget::human(p.released_bytes)
+        ),
+        None => " (modulation inline)".into(),
+    };
     eprintln!(
-        "wrote {} ({}x{}, {}, {} steps{}, {:.2} s/step, {} dispatches/step; planned peak: DiT {:.1} MiB + weights {:.1} MiB, VAE decode {:.1} MiB{tiles}; text encoder {:.0} ms, VAE encode {:.0} ms, decode {:.0} ms) on {}",
+        "wrote {} ({}x{}, {}, {} steps{}, {:.2} s/step, {} dispatches/step; planned peak: DiT {:.1} MiB + weights {:.1} MiB{premod}, VAE decode {:.1} MiB{tiles}; text encoder {:.0} ms, VAE encode {:.0} ms, decode {:.0} ms) on {}",
         r.output.display(),
         r.width,
         r.height,
@@ -962,6 +1134,7 @@ fn generate(a: GenerateArgs) -> wgdit::Result<()> {
         r.vae_decode_ms,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
 }
 
@@ -1017,7 +1190,9 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
     let loras = a.loras.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<Vec<_>>>()?;
     let output = a.output.clone();
     let (model, config, inputs, mode, allow_nonfinite) = (a.model, a.config, a.inputs, a.qkv.mode(), a.allow_nonfinite);
-    let task = ForwardTask { model, config, inputs, output, mode, loras, allow_nonfinite };
+    let vram_budget = a.vram_budget;
+    let modulation = a.modulation.modulation();
+    let task = ForwardTask { model, config, inputs, output, mode, modulation, loras, allow_nonfinite, vram_budget };
     let r = run_forward(&gpu, &task)?;
     eprintln!(
         "wrote {} output {:?} ({} mode, {} dispatches, plan {:.1} ms, run {:.1} ms, weights {:.1} MiB, activations {:.1} MiB) on {}",
@@ -1031,7 +1206,18 @@ fn forward(a: ForwardArgs) -> wgdit::Result<()> {
         r.peak_activation_bytes as f64 / 1048576.0,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
+}
+
+/// The weight-streaming line of each DiT plan: when blocks streamed, or a budget was given.
+fn print_streaming<'a>(
+    reports: impl Iterator<Item = &'a wgdit::models::qwen_image::stream::StreamReport>,
+    asked: bool,
+) {
+    for s in reports.filter(|s| asked || s.resident_blocks < s.blocks) {
+        eprintln!("{}", s.line());
+    }
 }
 
 fn train(a: TrainArgs) -> wgdit::Result<()> {
@@ -1050,7 +1236,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     };
     (o.weight_decay, o.warmup, o.max_grad_norm) = (a.weight_decay, a.warmup, a.max_grad_norm);
     o.format = a.format.format().lora();
-    (o.resume_override, o.allow_nonfinite) = (a.resume_override, a.allow_nonfinite);
+    (o.resume_override, o.allow_nonfinite, o.vram_budget) = (a.resume_override, a.allow_nonfinite, a.vram_budget);
     o.progress = true;
     let r = train(&gpu, &o)?;
     if let (Some(step), Some(dir)) = (r.up_to_date, &o.resume) {
@@ -1067,6 +1253,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
         r.peak_activation_bytes as f64 / 1048576.0,
         gpu.info().name
     );
+    print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
 }
 
@@ -1127,6 +1314,21 @@ fn bench_dispatches(a: DispatchArgs) -> wgdit::Result<()> {
                     r.mode, r.checkpointing, r.dispatches_per_block, r.dispatches_per_step,
                     r.peak_activation_bytes as f64 / 1048576.0, r.lora_parameters
                 );
+            }
+        }
+        return Ok(());
+    }
+    if let (Some(m), Some(budget)) = (&a.model, a.vram_budget) {
+        let g = gpu::Gpu::new(&a.gpu.options())?;
+        for (mode, rows) in bench::stream_model(&g, m, a.config.as_deref(), &b, &modes, budget)? {
+            match a.json {
+                true => println!("{}", serde_json::to_string(&rows).expect("cannot fail: plain data")),
+                false => print!(
+                    "{} mode, weight streaming on {}:\n{}",
+                    mode.name(),
+                    g.info().name,
+                    bench::stream_table(&rows)
+                ),
             }
         }
         return Ok(());

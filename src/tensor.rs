@@ -4,7 +4,9 @@ pub use crate::dtype::DType;
 use crate::gpu::{Buffer, Gpu};
 use crate::Result;
 
-/// A tensor on the GPU: row-major, contiguous, owning (a handle to) its buffer.
+/// A tensor on the GPU: row-major, contiguous, owning (a handle to) its buffer — a whole buffer,
+/// or a view of a byte range of one ([`Tensor::view`]: a weight in a streaming ring slot), which
+/// every kernel binds, and `to_f32` reads, as that range only.
 #[derive(Clone, Debug)]
 pub struct Tensor {
     pub buffer: Buffer,
@@ -18,6 +20,16 @@ impl Tensor {
     }
     pub fn bytes(&self) -> u64 {
         self.dtype.bytes(self.numel()) as u64
+    }
+    /// A tensor at byte `offset` of `buffer` (a view of its `dtype.bytes(numel)` bytes rounded
+    /// up to 4, as a buffer of its own would be).
+    pub fn view(buffer: &Buffer, offset: u64, shape: &[usize], dtype: DType) -> Tensor {
+        let bytes = dtype.bytes(shape.iter().product::<usize>()) as u64;
+        Tensor { buffer: buffer.view(offset, bytes.max(4).div_ceil(4) * 4), shape: shape.to_vec(), dtype }
+    }
+    /// Byte offset of the tensor in its buffer (0 unless it is a view).
+    pub fn offset(&self) -> u64 {
+        self.buffer.offset()
     }
     /// A zero-filled tensor.
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {

@@ -16,6 +16,7 @@ Two modes:
   ... tools/check_quantize_with_gguf.py --source model.safetensors --gguf model-Q4_K.gguf --type q4_k
 """
 import argparse
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -121,7 +122,7 @@ def synthetic(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--wgdit", default="target/debug/wgdit")
+    ap.add_argument("--wgdit", default="target/debug/wgdit", help='the binary, or a command: "cargo run -q --"')
     ap.add_argument("--source")
     ap.add_argument("--gguf")
     ap.add_argument("--type")
@@ -134,7 +135,7 @@ def main():
         synthetic(src)
         for target in FILE_TYPE:
             out = Path(d) / f"qwen_image-{target.upper()}.gguf"
-            run = subprocess.run([a.wgdit, "quantize", "--input", str(src), "--output", str(out), "--type", target],
+            run = subprocess.run([*shlex.split(a.wgdit), "quantize", "--input", str(src), "--output", str(out), "--type", target],
                                  capture_output=True, text=True)
             if run.returncode != 0:
                 print(f"{out.name}: wgdit quantize failed: {run.stderr.strip().splitlines()[:2]}")

@@ -10,15 +10,18 @@
 use super::checkpoint::progress_bar;
 use crate::dtype::DType;
 use crate::models::qwen_image::names::{self, Layout};
-use crate::weights::checkpoint::{looks_like_lora, Checkpoint, Entry};
+use crate::weights::checkpoint::{is_fp8_scale_tensor, looks_like_lora, Checkpoint, Entry};
 use crate::weights::gguf::Value;
 use crate::weights::gguf_write::{GgufTensor, GgufWriter};
 use crate::weights::writer::{write_safetensors, OutTensor, Piece, Source, TempOutput};
 use crate::{Error, Result};
 use std::borrow::Cow;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Instant;
+
+mod report;
+use report::Stats;
+pub use report::{QuantizeReport, TypeRow};
 
 /// Tensors with at most this many elements stay F32 (city96 `QUANTIZATION_THRESHOLD`).
 pub const SMALL_TENSOR: usize = 1024;
@@ -140,113 +143,29 @@ pub struct QuantizeOptions {
     pub progress: bool,
 }
 
-/// Tensors, bytes and the quantization error of one output type.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TypeRow {
-    pub dtype: DType,
-    pub tensors: usize,
-    pub bytes: u64,
-    /// Tensors converted from another dtype, and Σ(out − src)² and Σ src² over them.
-    pub converted: usize,
-    pub err2: f64,
-    pub ref2: f64,
-}
-
-impl TypeRow {
-    /// Relative L2 error of the dequantized tensors against their source (None: nothing converted).
-    pub fn rel_l2(&self) -> Option<f64> {
-        (self.converted > 0).then(|| if self.ref2 > 0.0 { (self.err2 / self.ref2).sqrt() } else { self.err2.sqrt() })
-    }
-}
-
-/// What a quantization did.
-#[derive(Clone, Debug, Default)]
-pub struct QuantizeReport {
-    pub input_kind: String,
-    pub output: PathBuf,
-    /// One line per tensor written in another type than asked (block-size fallback).
-    pub warnings: Vec<String>,
-    pub notes: Vec<String>,
-    /// One row per output type, in [`crate::dtype::ALL`] order.
-    pub rows: Vec<TypeRow>,
-    /// The tensor bytes read and the file bytes written.
-    pub input_bytes: u64,
-    pub output_bytes: u64,
-    pub seconds: f64,
-}
-
-impl QuantizeReport {
-    pub fn row(&self, d: DType) -> Option<&TypeRow> {
-        self.rows.iter().find(|r| r.dtype == d)
-    }
-    fn add(&mut self, d: DType, bytes: u64, stats: Option<Stats>) {
-        let i = match self.rows.iter().position(|r| r.dtype == d) {
-            Some(i) => i,
-            None => {
-                let row = TypeRow { dtype: d, tensors: 0, bytes: 0, converted: 0, err2: 0.0, ref2: 0.0 };
-                self.rows.push(row);
-                self.rows.sort_by(|a, b| a.dtype.code().total_cmp(&b.dtype.code()));
-                self.rows.iter().position(|r| r.dtype == d).expect("cannot fail: just pushed")
-            }
-        };
-        let r = &mut self.rows[i];
-        r.tensors += 1;
-        r.bytes += bytes;
-        if let Some(s) = stats {
-            r.converted += 1;
-            r.err2 += s.err2;
-            r.ref2 += s.ref2;
-        }
-    }
-}
-
-impl fmt::Display for QuantizeReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "input: {}", self.input_kind)?;
-        for n in &self.notes {
-            writeln!(f, "note: {n}")?;
-        }
-        for w in &self.warnings {
-            writeln!(f, "warning: {w}")?;
-        }
-        writeln!(f, "{:<8} {:>7} {:>12}  rel-L2 vs source", "type", "tensors", "bytes")?;
-        for r in &self.rows {
-            let err = match r.rel_l2() {
-                None => "copied".to_string(),
-                Some(0.0) => format!("exact ({} converted)", r.converted),
-                Some(e) => format!("{e:.3e} ({} converted)", r.converted),
-            };
-            writeln!(f, "{:<8} {:>7} {:>12}  {err}", r.dtype.name(), r.tensors, mb(r.bytes))?;
-        }
-        let ratio = self.input_bytes as f64 / self.output_bytes.max(1) as f64;
-        write!(
-            f,
-            "wrote {}: {} -> {} ({ratio:.2}x smaller) in {:.2} s",
-            self.output.display(),
-            mb(self.input_bytes),
-            mb(self.output_bytes),
-            self.seconds
-        )
-    }
-}
-
-fn mb(b: u64) -> String {
-    format!("{:.2} MB", b as f64 / 1e6)
-}
-
-/// The squared error of a quantized tensor against its source, and the source's squared norm.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct Stats {
-    err2: f64,
-    ref2: f64,
-}
-
 /// One tensor of the plan.
 struct Planned<'a> {
     entry: &'a Entry,
     src: DType,
+    /// The `scale_weight` its stored values are multiplied by (a scaled-fp8 input), else 1.
+    src_scale: f32,
     out: DType,
     shape: Vec<usize>,
+}
+
+impl Planned<'_> {
+    /// Whether the stored bytes can be written as they are.
+    fn copies(&self) -> bool {
+        self.out == self.src && self.src_scale == 1.0
+    }
+    /// The tensor's values in f32 (scale applied).
+    fn values(&self, ck: &Checkpoint) -> Result<Vec<f32>> {
+        let mut x = ck.view_entry(self.entry)?.to_f32();
+        if self.src_scale != 1.0 {
+            x.iter_mut().for_each(|v| *v *= self.src_scale);
+        }
+        Ok(x)
+    }
 }
 
 /// Runs `wgdit quantize`.
@@ -329,9 +248,14 @@ pub fn parse_target(s: &str) -> Result<DType> {
 }
 
 /// Every model tensor with its type; tensors outside the model's key prefix are dropped (as
-/// city96's convert.py does), with a note.
+/// city96's convert.py does), with a note. The scales of a scaled-fp8 input are applied to their
+/// weights, not written.
 fn plan<'a>(ck: &'a Checkpoint, opts: &QuantizeOptions, report: &mut QuantizeReport) -> Result<Vec<Planned<'a>>> {
-    let model: Vec<&Entry> = ck.entries.iter().filter(|e| !e.foreign).collect();
+    let scales = ck.entries.iter().filter(|e| !e.foreign && is_fp8_scale_tensor(&e.name)).count();
+    if scales > 0 {
+        report.notes.push(format!("a scaled-fp8 input: its {scales} scale tensor(s) are applied to their weights"));
+    }
+    let model: Vec<&Entry> = ck.entries.iter().filter(|e| !e.foreign && !is_fp8_scale_tensor(&e.name)).collect();
     if !model.iter().any(|e| names::is_dit_tensor(&e.name)) {
         let eg: Vec<&str> = ck.entries.iter().take(3).map(|e| e.key.as_str()).collect();
         return Err(Error::file(
@@ -345,7 +269,7 @@ fn plan<'a>(ck: &'a Checkpoint, opts: &QuantizeOptions, report: &mut QuantizeRep
     }
     report.input_kind =
         format!("checkpoint ({} file(s), key prefix {:?}, {} tensors)", ck.files.len(), ck.prefix, model.len());
-    let dropped = ck.entries.len() - model.len();
+    let dropped = ck.entries.len() - model.len() - scales;
     if dropped > 0 {
         report.notes.push(format!("{dropped} tensor(s) outside the {:?} prefix were left out", ck.prefix));
     }
@@ -371,7 +295,8 @@ fn plan<'a>(ck: &'a Checkpoint, opts: &QuantizeOptions, report: &mut QuantizeRep
                 d.name()
             ));
         }
-        out.push(Planned { entry: e, src: v.dtype, out: d, shape: v.shape.to_vec() });
+        let src_scale = ck.fp8_scale(&e.name).transpose()?.unwrap_or(1.0);
+        out.push(Planned { entry: e, src: v.dtype, src_scale, out: d, shape: v.shape.to_vec() });
     }
     Ok(out)
 }
@@ -392,10 +317,10 @@ fn write_gguf(ck: &Checkpoint, plan: &[Planned], opts: &QuantizeOptions, report:
     let pb = progress_bar(opts.progress, report.input_bytes);
     for p in plan {
         let v = ck.view_entry(p.entry)?;
-        let (bytes, stats) = if p.out == v.dtype {
+        let (bytes, stats) = if p.copies() {
             (Cow::Borrowed(v.bytes), None)
         } else {
-            let (b, s) = encode(p.out, &v.to_f32(), 1.0, opts.threads);
+            let (b, s) = encode(p.out, &p.values(ck)?, 1.0, opts.threads);
             (Cow::Owned(b), Some(s))
         };
         w.write_tensor(&bytes)?;
@@ -422,18 +347,21 @@ fn write_fp8(ck: &Checkpoint, plan: &[Planned], opts: &QuantizeOptions, report: 
         let module = p.entry.name.strip_suffix(".weight").filter(|_| fp8 && opts.scaled);
         let mut scale = None;
         let mut stats = None;
-        if p.out != p.src {
+        if !p.copies() {
             // The error pass (and the amax of a scaled tensor): one tensor in memory, then released.
-            let x = ck.view_entry(p.entry)?.to_f32();
+            let x = p.values(ck)?;
             let s = module.map(|_| fp8_scale(&x, p.out));
             stats = Some(encode(p.out, &x, s.unwrap_or(1.0), opts.threads).1);
             scale = s;
             ck.files[p.entry.file].release(info);
         }
         report.add(p.out, p.out.bytes(p.shape.iter().product()) as u64, stats);
-        let source = match scale {
-            Some(s) => Source::Scaled { dtype: p.src, pieces, scale: s },
-            None => Source::Mapped { dtype: p.src, pieces },
+        // The writer divides the stored values by this: the output's scale over the input's.
+        let divide = scale.unwrap_or(1.0) / p.src_scale;
+        let source = if divide == 1.0 {
+            Source::Mapped { dtype: p.src, pieces }
+        } else {
+            Source::Scaled { dtype: p.src, pieces, scale: divide }
         };
         tensors.push(OutTensor { name: p.entry.name.clone(), dtype: p.out, shape: p.shape.clone(), source });
         if let (Some(m), Some(s)) = (module, scale) {
@@ -444,6 +372,10 @@ fn write_fp8(ck: &Checkpoint, plan: &[Planned], opts: &QuantizeOptions, report: 
         pb.inc((info.end - info.begin) as u64);
     }
     if opts.scaled {
+        let scales = tensors.iter().filter(|t| t.name.ends_with(".scale_weight")).count();
+        report.notes.push(format!(
+            "scaled fp8: {scales} `.scale_weight` F32 scalars (counted under f32) and the `scaled_fp8` marker"
+        ));
         tensors.push(OutTensor {
             name: "scaled_fp8".into(),
             dtype: opts.target,

@@ -25,8 +25,9 @@ pub(super) fn put_half(b: &mut [u8], i: usize, v: f32) {
     b[i..i + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
 }
 
-/// The value of largest magnitude (the first of equal ones) and that magnitude.
-fn signed_absmax(x: &[f32]) -> (f32, f32) {
+/// The value of largest magnitude (the first of equal ones) and that magnitude, as ggml's
+/// `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }`.
+pub(super) fn signed_absmax(x: &[f32]) -> (f32, f32) {
     let (mut amax, mut max) = (0.0f32, 0.0f32);
     for &v in x {
         if amax < v.abs() {

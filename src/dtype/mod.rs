@@ -8,9 +8,11 @@
 //! [`DType::encode`] / [`DType::decode`] here are the reference of every WGSL decoder.
 //!
 //! The block formats live in `legacy` (GGML Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), `kquant` (Q2_K … Q6_K)
-//! and `fp8`: decoding is a port of ggml's `dequantize_row_*` and bit-exact with it; encoding of
-//! the GGML types ports ggml's `quantize_row_*_ref` (what `llama-quantize` does without an
-//! importance matrix). fp8 encoding rounds to nearest even and saturates (ComfyUI clamps first).
+//! and `fp8`: decoding is a port of ggml's `dequantize_row_*`, encoding of the GGML types a port of
+//! ggml's `quantize_row_*_ref` (what `llama-quantize` does without an importance matrix), both
+//! bit-exact with ggml's C (tests/weights/quant_formats.rs). fp8 encoding rounds to nearest even
+//! and saturates (ComfyUI clamps before it casts). Large tensors are encoded and decoded on all
+//! cores, in runs of whole blocks (the bytes do not depend on the thread count).
 //!
 //! Scaled fp8 ([`DType::F8E4M3Scaled`], [`DType::F8E5M2Scaled`]) is wgdit's GPU layout for
 //! ComfyUI "scaled fp8" checkpoints: blocks of 36 bytes, a little-endian f32 scale followed by 32
@@ -23,7 +25,10 @@ use half::{bf16, f16};
 mod formats;
 mod fp8;
 mod kquant;
+mod kquant_fit;
 mod legacy;
+#[cfg(test)]
+mod tests;
 
 pub use fp8::scaled_blocks;
 

@@ -34,7 +34,17 @@ pub struct Plan {
 impl Plan {
     /// Plans and binds `g`. `params` maps every param tensor of the graph to its uploaded weight.
     pub fn new(gpu: &Arc<Gpu>, g: &Graph, params: &HashMap<TensorId, Tensor>) -> Result<Plan> {
-        let memory = memory::plan(g);
+        Plan::with_memory(gpu, g, params, memory::plan(g))
+    }
+
+    /// [`new`](Self::new) with the memory plan of `g` already made (`memory::plan(g)`), for
+    /// callers that decide from it first (weight streaming).
+    pub fn with_memory(
+        gpu: &Arc<Gpu>,
+        g: &Graph,
+        params: &HashMap<TensorId, Tensor>,
+        memory: MemoryPlan,
+    ) -> Result<Plan> {
         check_fits(gpu, g, &memory, params)?;
         let slots = memory
             .slot_bytes
@@ -106,6 +116,19 @@ impl Plan {
         let range = self.node_starts[nodes.start]..self.node_starts[nodes.end];
         let refs: Vec<&Bound> = self.dispatches[range].iter().collect();
         self.gpu.submit(&refs)
+    }
+
+    /// [`run_nodes`](Self::run_nodes), returning the submission to wait for, with GPU
+    /// timestamps around it when `stamp` is given (weight streaming: one submission per segment
+    /// between uploads).
+    pub fn submit_nodes(
+        &self,
+        nodes: std::ops::Range<usize>,
+        stamp: Option<(&crate::gpu::Stamps, u32)>,
+    ) -> Result<crate::gpu::Submission> {
+        let range = self.node_starts[nodes.start]..self.node_starts[nodes.end];
+        let refs: Vec<&Bound> = self.dispatches[range].iter().collect();
+        self.gpu.submit_stamped(&refs, stamp)
     }
 
     /// Number of graph nodes.

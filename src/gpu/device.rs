@@ -117,6 +117,7 @@ fn limits_of(l: &wgpu::Limits) -> DeviceLimits {
         max_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
         max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
         max_storage_buffers_per_stage: l.max_storage_buffers_per_shader_stage,
+        storage_offset_alignment: l.min_storage_buffer_offset_alignment,
     }
 }
 

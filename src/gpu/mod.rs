@@ -2,7 +2,8 @@
 //!
 //! - [`Gpu`]: one adapter + device + queue, its capabilities and limits, a pipeline cache and
 //!   reusable staging buffers.
-//! - [`Buffer`]: a storage buffer, always bound whole; creation checks the adapter's binding limit.
+//! - [`Buffer`]: a storage buffer, bound whole (creation checks the adapter's binding limit), or a
+//!   view of a byte range of one (`Buffer::view`: weights in a streaming ring slot).
 //! - [`Kernel`]: a compute pipeline built from a registered WGSL shader (see `crate::shaders`),
 //!   with an explicit bind-group layout reflected from the shader by naga.
 //! - [`Launch`]: one dispatch request (kernel, params bytes, buffers, workgroups);
@@ -14,11 +15,11 @@ mod kernel;
 mod memory;
 mod run;
 
-pub use buffer::Buffer;
+pub use buffer::{Buffer, BufferCopy};
 pub use device::{list_adapters, AdapterReport, Backend, GpuOptions};
 pub use kernel::{Access, Kernel};
 pub use memory::DeviceMemory;
-pub use run::{Bound, Launch};
+pub use run::{Bound, Launch, Stamps, Submission};
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -43,6 +44,8 @@ pub struct DeviceLimits {
     pub max_invocations_per_workgroup: u32,
     pub max_workgroups_per_dim: u32,
     pub max_storage_buffers_per_stage: u32,
+    /// `min_storage_buffer_offset_alignment`: where a bound view may start (256 on most GPUs).
+    pub storage_offset_alignment: u32,
 }
 
 /// Key of the pipeline cache: shader name, entry point and override constants (as bits).

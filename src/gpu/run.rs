@@ -2,7 +2,7 @@
 //! binds each launch once ([`Bound`]) and re-encodes the bound list on every run, updating only
 //! small uniform parameters in between.
 
-use super::{Access, Buffer, Gpu, Kernel};
+use super::{gpu_err, Access, Buffer, Gpu, Kernel};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -14,6 +14,17 @@ pub struct Launch {
     pub params: Vec<u8>,
     pub buffers: Vec<Buffer>,
     pub groups: [u32; 3],
+}
+
+/// A queue submission, to wait for ([`Gpu::wait_for`]).
+#[derive(Clone, Debug)]
+pub struct Submission(wgpu::SubmissionIndex);
+
+/// GPU timestamp pairs written around submitted passes ([`Gpu::submit_stamped`]).
+#[derive(Debug)]
+pub struct Stamps {
+    set: wgpu::QuerySet,
+    count: u32,
 }
 
 /// A launch with its bind group and uniform buffer built. Re-encode it as often as needed.
@@ -53,7 +64,13 @@ impl Gpu {
             let resource = match (access, &params) {
                 (Access::Uniform, Some(p)) => p.as_entire_binding(),
                 _ => match storage.next() {
-                    Some(b) => b.inner.as_entire_binding(),
+                    Some(b) if b.is_whole() => b.inner.as_entire_binding(),
+                    // A view (a weight in a streaming ring slot): its range only.
+                    Some(b) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &b.inner,
+                        offset: b.offset,
+                        size: std::num::NonZeroU64::new(b.size),
+                    }),
                     None => panic!("kernel {}::{}: too few buffers ({})", k.name, k.entry, l.buffers.len()),
                 },
             };
@@ -87,15 +104,72 @@ impl Gpu {
 
     /// Encodes all dispatches into one compute pass and one submission.
     pub fn submit(&self, dispatches: &[&Bound]) -> Result<()> {
+        self.submit_stamped(dispatches, None).map(|_| ())
+    }
+
+    /// [`submit`](Self::submit), returning the submission (to wait for) and, with `stamp` =
+    /// (set, pair), writing GPU timestamps `2·pair` and `2·pair + 1` at the start and end of
+    /// the pass.
+    pub fn submit_stamped(&self, dispatches: &[&Bound], stamp: Option<(&Stamps, u32)>) -> Result<Submission> {
         let mut enc = self.device.create_command_encoder(&Default::default());
         {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+            let timestamp_writes = stamp.map(|(s, pair)| {
+                debug_assert!(2 * pair + 1 < s.count, "timestamp pair {pair} of {}", s.count / 2);
+                wgpu::ComputePassTimestampWrites {
+                    query_set: &s.set,
+                    beginning_of_pass_write_index: Some(2 * pair),
+                    end_of_pass_write_index: Some(2 * pair + 1),
+                }
+            });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
             for d in dispatches {
                 encode(&mut pass, d);
             }
         }
+        let index = self.queue.submit([enc.finish()]);
+        self.take_uncaptured("submitting dispatches")?;
+        Ok(Submission(index))
+    }
+
+    /// Whether every submission so far has finished (a non-blocking poll).
+    pub fn queue_idle(&self) -> Result<bool> {
+        let status = self.device.poll(wgpu::PollType::Poll).map_err(|e| gpu_err("polling the queue", e))?;
+        Ok(status.is_queue_empty())
+    }
+
+    /// Waits until `s` (and every earlier submission) has finished on the GPU.
+    pub fn wait_for(&self, s: &Submission) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: Some(s.0.clone()), timeout: None })
+            .map_err(|e| gpu_err("waiting for a submission", e))?;
+        self.take_uncaptured("running GPU work")
+    }
+
+    /// A set of `pairs` (start, end) timestamp pairs for [`submit_stamped`](Self::submit_stamped),
+    /// or `None` when the adapter lacks TIMESTAMP_QUERY or `pairs` exceeds one query set (2048).
+    pub fn stamps(&self, pairs: usize) -> Option<Stamps> {
+        if !self.caps.timestamp_query || pairs == 0 || pairs > 2048 {
+            return None;
+        }
+        let count = 2 * pairs as u32;
+        let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("stamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        Some(Stamps { set, count })
+    }
+
+    /// The (start, end) times of every pair in nanoseconds of one GPU clock (waits for the GPU).
+    pub fn read_stamps(&self, s: &Stamps) -> Result<Vec<(f64, f64)>> {
+        let bytes = s.count as u64 * 8;
+        let resolve = self.buffer_with_usage(bytes, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.resolve_query_set(&s.set, 0..s.count, &resolve, 0);
         self.queue.submit([enc.finish()]);
-        self.take_uncaptured("submitting dispatches")
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.download(&self.wrap(resolve, bytes))?);
+        let period = self.queue.get_timestamp_period() as f64;
+        Ok(ticks.chunks(2).map(|t| (t[0] as f64 * period, t[1] as f64 * period)).collect())
     }
 
     /// Runs the dispatches with a GPU timestamp around each and returns their durations in

@@ -6,9 +6,10 @@
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::models::qwen_image::bench::{summarize, REAL_GPU_MAX_BINDING};
+use crate::models::qwen_image::bench::{summarize_with, REAL_GPU_MAX_BINDING};
 use crate::models::qwen_image::dit::ForwardShape;
-use crate::models::qwen_image::{DitConfig, QkvMode};
+use crate::models::qwen_image::modulation::{plan_precompute, ModLayout, PIECE_BYTES};
+use crate::models::qwen_image::{DitConfig, Modulation, QkvMode};
 use crate::models::qwen_image_vae::{planned_memory, Pass, VaeConfig};
 use crate::pipeline::dims::{self, Size, SizeRules};
 use crate::pipeline::folder::PipelineClass;
@@ -48,6 +49,15 @@ pub struct GenerateBench {
     pub text_layer_bytes: u64,
     /// The vision tower's weights (bf16, always resident; Edit pipelines), 0 when not planned.
     pub vision_weight_bytes: u64,
+    /// Weight streaming of each DiT plan over the run (run with a folder and a known budget).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
+    /// Where the DiT's modulation vectors come from.
+    pub modulation: Modulation,
+    /// With precompute: the DiT weight bytes released before the loop (modulation and time
+    /// embedding) and the bytes of the precomputed vectors kept through it; 0 otherwise.
+    pub modulation_weight_bytes: u64,
+    pub modulation_vector_bytes: u64,
 }
 
 impl GenerateBench {
@@ -94,6 +104,17 @@ impl GenerateBench {
             s.push_str(&format!(", vision tower {:.2} MiB", mib(self.vision_weight_bytes)));
         }
         s.push('\n');
+        for r in self.stream.iter().filter(|r| r.resident_blocks < r.blocks) {
+            s.push_str(&format!("{}\n", r.line()));
+        }
+        match self.modulation {
+            Modulation::Precompute => s.push_str(&format!(
+                "modulation: precomputed before the loop ({:.2} MiB of vectors kept; {:.2} MiB of DiT weights released before the blocks upload)\n",
+                mib(self.modulation_vector_bytes),
+                mib(self.modulation_weight_bytes)
+            )),
+            Modulation::Inline => s.push_str("modulation: inline (computed in every forward; its weights stay resident)\n"),
+        }
         s
     }
 }
@@ -116,7 +137,8 @@ fn sizes(class: PipelineClass, rules: &SizeRules, width: u32, height: u32) -> Re
 }
 
 /// Plans every phase of a `width × height` picture of `class` on the preset models, with no
-/// weights and no GPU (DiT weights in bf16, `text_tokens` prompt tokens, CFG on).
+/// weights and no GPU (DiT weights in bf16, `text_tokens` prompt tokens, CFG on, 50 steps).
+#[allow(clippy::too_many_arguments)]
 pub fn plan_preset(
     dit: &DitConfig,
     vae: &VaeConfig,
@@ -125,7 +147,9 @@ pub fn plan_preset(
     height: u32,
     text_tokens: usize,
     mode: QkvMode,
+    modulation: Modulation,
 ) -> Result<GenerateBench> {
+    const STEPS: usize = 50;
     let f = vae.spatial_factor() as u32;
     let rules = SizeRules::for_vae(f);
     let (out, refs) = sizes(class, &rules, width, height)?;
@@ -166,13 +190,31 @@ pub fn plan_preset(
     let mut img_shapes = vec![grid(&out)];
     img_shapes.extend(refs.iter().map(grid));
     let shape = ForwardShape { batch: 1, s_txt: text_tokens, img_shapes, masked: true };
-    let d = summarize(dit, &shape, mode, REAL_GPU_MAX_BINDING, &|_| DType::BF16);
+    let bf16 = |_: &str| DType::BF16;
+    let d = summarize_with(dit, &shape, mode, modulation, REAL_GPU_MAX_BINDING, &bf16);
+    // The precompute: one row per step (+ the t = 0 row of zero_cond_t), once for both passes;
+    // each pass then reads its own copy of the step's rows.
+    let (mut modulation_weight_bytes, mut modulation_vector_bytes, mut step_inputs) = (0, 0, 0);
+    if modulation == Modulation::Precompute {
+        let rows = STEPS + usize::from(dit.zero_cond_t);
+        let p = plan_precompute(dit, mode, REAL_GPU_MAX_BINDING, PIECE_BYTES, rows, &bf16);
+        let t_rows = 1 + usize::from(dit.zero_cond_t);
+        step_inputs = 2 * ModLayout::new(dit, REAL_GPU_MAX_BINDING, &bf16).row_bytes(t_rows);
+        (modulation_weight_bytes, modulation_vector_bytes) = (p.released_bytes, p.store_bytes + step_inputs);
+        phases.push(Phase {
+            phase: format!("modulation precompute, {rows} t"),
+            count: 1,
+            dispatches: p.dispatches,
+            planned_peak_bytes: p.store_bytes + p.activation_peak_bytes,
+            ms: None,
+        });
+    }
     // True CFG: two planned passes per step (prompt and negative), both plans alive.
     phases.push(Phase {
         phase: format!("step: 2 DiT passes, {} tok", shape.s_img() + text_tokens),
-        count: 50,
+        count: STEPS,
         dispatches: 2 * d.dispatches_per_step,
-        planned_peak_bytes: 2 * d.peak_activation_bytes,
+        planned_peak_bytes: 2 * d.peak_activation_bytes + step_inputs,
         ms: None,
     });
     let (lh, lw) = ((out.height / f) as usize, (out.width / f) as usize);
@@ -189,7 +231,7 @@ pub fn plan_preset(
         pipeline: class.class_name().into(),
         width: out.width,
         height: out.height,
-        steps: 50,
+        steps: STEPS,
         cfg: true,
         phases,
         dit_weight_bytes: 2 * count(crate::models::qwen_image::names::expected_tensors(dit)),
@@ -202,11 +244,15 @@ pub fn plan_preset(
             let t = crate::models::qwen2_5_vl::vision::vision_tensors(&te.vision);
             t.iter().map(|(_, s)| 2 * s.iter().product::<usize>() as u64).sum()
         },
+        stream: Vec::new(),
+        modulation,
+        modulation_weight_bytes,
+        modulation_vector_bytes,
     })
 }
 
 /// The vision tower's phase on one picture of `size` (after `smart_resize`), and its image tokens.
-fn vision_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, size: &Size) -> Result<(Phase, usize)> {
+pub(crate) fn vision_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, size: &Size) -> Result<(Phase, usize)> {
     use crate::models::qwen2_5_vl::{positions, processor::ProcessorConfig, vision};
     let p = ProcessorConfig::default();
     let (h, w) = p.smart_resize(size.height as usize, size.width as usize)?;
@@ -229,7 +275,7 @@ fn vision_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, size: &Size) -> R
 
 /// The text encoder's phase at `tokens` encoder tokens (prompt and negative: 2 runs), with its
 /// bf16 layer weights all resident and one layer (streamed).
-fn text_encoder_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, tokens: usize) -> (Phase, u64, u64) {
+pub(crate) fn text_encoder_plan(cfg: &crate::models::qwen2_5_vl::EncoderConfig, tokens: usize) -> (Phase, u64, u64) {
     use crate::models::qwen2_5_vl::{lm, names};
     let t = &cfg.text;
     let g = lm::build(t, tokens, 0..t.num_hidden_layers, true, &|_| DType::BF16);
@@ -265,8 +311,11 @@ pub struct BenchRun {
     /// Reference images (Edit pipelines); none: a synthetic picture of the output size.
     pub images: Vec<PathBuf>,
     pub mode: QkvMode,
+    pub modulation: Modulation,
     /// `--ref-area` of the run.
     pub ref_area: u64,
+    /// `--vram-budget` of the DiT (`None`: the adapter's memory).
+    pub vram_budget: Option<u64>,
 }
 
 /// Runs the pipeline once with random prompt embeddings (prompt and a negative of the same
@@ -295,7 +344,7 @@ pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
     o.negative = Some(Prompt::Embeds(embeds));
     (o.width, o.height, o.steps, o.noise, o.images, o.qkv) =
         (Some(b.width), Some(b.height), b.steps, Noise::Seed(0), images, b.mode);
-    o.ref_area = b.ref_area;
+    (o.ref_area, o.vram_budget, o.modulation) = (b.ref_area, b.vram_budget, b.modulation);
     let r = generate(gpu, &o, &mut |_| {});
     let _ = std::fs::remove_dir_all(&dir);
     let r = r?;
@@ -308,6 +357,15 @@ pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
             dispatches: r.vae_encode_dispatches,
             planned_peak_bytes: r.vae_encode_peak_bytes,
             ms: Some(r.vae_encode_ms / r.references as f64),
+        });
+    }
+    if let Some(p) = &r.precompute {
+        phases.push(Phase {
+            phase: format!("modulation precompute, {} t", p.rows),
+            count: 1,
+            dispatches: p.dispatches,
+            planned_peak_bytes: p.store_bytes,
+            ms: Some(p.ms),
         });
     }
     phases.push(Phase {
@@ -337,5 +395,9 @@ pub fn run(gpu: &Arc<Gpu>, b: &BenchRun) -> Result<GenerateBench> {
         text_weight_bytes: 0,
         text_layer_bytes: 0,
         vision_weight_bytes: 0,
+        stream: r.stream,
+        modulation: b.modulation,
+        modulation_weight_bytes: r.precompute.as_ref().map_or(0, |p| p.released_bytes),
+        modulation_vector_bytes: r.modulation_bytes,
     })
 }

@@ -6,7 +6,7 @@ use crate::gpu::Gpu;
 use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::Dit;
-use crate::models::qwen_image::QkvMode;
+use crate::models::qwen_image::{Modulation, QkvMode};
 use crate::outputs::{check_finite, check_outputs, NONFINITE_OUTPUT_HINT};
 use crate::pipeline::inputs::ForwardInputs;
 use crate::weights::writer::{write_safetensors, OutTensor, Source, TempOutput};
@@ -21,10 +21,14 @@ pub struct ForwardTask {
     pub inputs: PathBuf,
     pub output: PathBuf,
     pub mode: QkvMode,
+    /// `Inline` (the default of `wgdit forward`) or `Precompute` (the inputs' timesteps first).
+    pub modulation: Modulation,
     /// Runtime LoRAs: (file, strength).
     pub loras: Vec<(PathBuf, f32)>,
     /// Write an output with NaN/Inf values instead of refusing it.
     pub allow_nonfinite: bool,
+    /// Device memory the DiT may plan within (`--vram-budget`; `None`: the adapter's).
+    pub vram_budget: Option<u64>,
 }
 
 /// What a forward did, for the CLI to print.
@@ -35,6 +39,8 @@ pub struct ForwardReport {
     pub run_ms: f64,
     pub weight_bytes: u64,
     pub peak_activation_bytes: u64,
+    /// Weight streaming: the residency and what the forward uploaded (`None`: no budget known).
+    pub stream: Option<crate::models::qwen_image::stream::StreamReport>,
 }
 
 pub fn run_forward(gpu: &Arc<Gpu>, t: &ForwardTask) -> Result<ForwardReport> {
@@ -49,6 +55,9 @@ pub fn run_forward(gpu: &Arc<Gpu>, t: &ForwardTask) -> Result<ForwardReport> {
     let loras = LoraSet::load(&t.loras, &cfg)?;
     let mut dit = Dit::new(gpu, cfg, Box::new(ckpt), t.mode)?;
     dit.set_loras(loras);
+    dit.set_vram_budget(t.vram_budget);
+    dit.set_modulation(t.modulation);
+    dit.prepare_timesteps(&inputs.timestep)?;
     let plan = dit.plan(&inputs.shape(), false)?;
     gpu.sync()?;
     let t1 = std::time::Instant::now();
@@ -66,6 +75,7 @@ pub fn run_forward(gpu: &Arc<Gpu>, t: &ForwardTask) -> Result<ForwardReport> {
         run_ms: (t2 - t1).as_secs_f64() * 1e3,
         weight_bytes: dit.weight_bytes(),
         peak_activation_bytes: plan.plan.memory.peak_activation_bytes,
+        stream: plan.stream_report(),
     })
 }
 

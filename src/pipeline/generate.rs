@@ -17,7 +17,7 @@ use crate::models::qwen_image::latents::{pack, unpack};
 use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::Dit;
-use crate::models::qwen_image::{DitConfig, QkvMode};
+use crate::models::qwen_image::{DitConfig, Modulation, QkvMode};
 use crate::models::qwen_image_vae::config::{denormalize_latents, normalize_latents};
 use crate::models::qwen_image_vae::runtime::{Pass, Tiling, Vae};
 use crate::models::qwen_image_vae::tiling::TileSpec;
@@ -97,6 +97,9 @@ pub struct GenerateOptions {
     pub noise: Noise,
     pub loras: Vec<(PathBuf, f32)>,
     pub qkv: QkvMode,
+    /// The modulation vectors: precomputed for the whole schedule (weights released before
+    /// the loop) or computed in every forward.
+    pub modulation: Modulation,
     pub ref_area: u64,
     pub condition_area: u64,
     pub vae_tiling: VaeTiling,
@@ -116,6 +119,9 @@ pub struct GenerateOptions {
     /// quantizations), an fp8 or bf16 safetensors file, or a diffusers folder. Its config is the
     /// one beside it, else the folder's `transformer/config.json`.
     pub transformer: Option<PathBuf>,
+    /// Device memory the DiT (and `auto` text-encoder residency) may plan within
+    /// (`--vram-budget`; `None`: the adapter's).
+    pub vram_budget: Option<u64>,
 }
 
 /// `--vae-tiling`.
@@ -128,7 +134,7 @@ pub enum VaeTiling {
 
 impl GenerateOptions {
     /// diffusers' defaults: 50 steps, true_cfg 4.0, seed 0, areas 1024² (references) and 384²
-    /// (vision images), tiling when needed, fused QKV.
+    /// (vision images), tiling when needed, fused QKV; precomputed modulation.
     pub fn new(model: PathBuf, prompt: Prompt, output: PathBuf) -> GenerateOptions {
         GenerateOptions {
             model,
@@ -144,6 +150,7 @@ impl GenerateOptions {
             noise: Noise::Seed(0),
             loras: Vec::new(),
             qkv: QkvMode::Fused,
+            modulation: Modulation::Precompute,
             ref_area: 1024 * 1024,
             condition_area: 384 * 384,
             vae_tiling: VaeTiling::Auto,
@@ -154,6 +161,7 @@ impl GenerateOptions {
             text_residency: None,
             text_encoder: None,
             transformer: None,
+            vram_budget: None,
         }
     }
 }
@@ -188,6 +196,11 @@ pub struct GenerateReport {
     pub vae_decode_dispatches: usize,
     pub vae_weight_bytes: u64,
     pub weight_bytes: u64,
+    /// Weight streaming of each DiT plan (the prompt's, then the negative's) over the run.
+    pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
+    /// The modulation precompute (None: inline) and the bytes of its vectors on the GPU.
+    pub precompute: Option<crate::models::qwen_image::precompute::PrecomputeReport>,
+    pub modulation_bytes: u64,
 }
 
 /// Refuses outputs that would replace an input (or each other), before anything is read.
@@ -304,6 +317,8 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
     let loras = LoraSet::load(&o.loras, &dcfg)?;
     let mut dit = Dit::new(gpu, dcfg, Box::new(ckpt), o.qkv)?;
     dit.set_loras(loras);
+    dit.set_vram_budget(o.vram_budget);
+    dit.set_modulation(o.modulation);
     let s = Sampling {
         prompt: &prompt,
         negative: negative.as_ref(),
@@ -313,6 +328,9 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         schedule: &schedule,
     };
     let (latents, report) = sample(&mut dit, &s, pack(&noise, [z_dim, lh, lw], patch), on_step)?;
+    // The DiT's weights leave the GPU before the decode needs its memory.
+    let weight_bytes = dit.weight_bytes();
+    drop(dit);
     let mut z = unpack(&latents, [z_dim, lh, lw], patch);
     if !o.allow_nonfinite {
         check_finite("the final latents", &z, &[1, z_dim, 1, lh, lw], NONFINITE_OUTPUT_HINT)?;
@@ -372,7 +390,10 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         vae_encode_peak_bytes: enc.iter().map(|m| m.peak_bytes).max().unwrap_or(0),
         vae_decode_dispatches: decoded.dispatches,
         vae_weight_bytes: vae.weight_bytes(),
-        weight_bytes: dit.weight_bytes(),
+        weight_bytes,
+        stream: report.stream,
+        precompute: report.precompute,
+        modulation_bytes: report.modulation_bytes,
     })
 }
 
@@ -419,7 +440,18 @@ fn read_prompts(
             Prompt::Text(t) => t,
         };
         if encoder.is_none() {
-            encoder = Some(PromptEncoder::open_with(gpu, folder, o.text_residency, o.text_encoder.as_deref())?);
+            let mut e = PromptEncoder::open_with(gpu, folder, o.text_residency, o.text_encoder.as_deref())?;
+            if let (None, Some(budget)) = (o.text_residency, o.vram_budget) {
+                // `auto` under --vram-budget: the encoder's own rule (resident when its layers take at
+                // most half of the memory left) against the budget instead of the adapter's memory.
+                let left = budget.saturating_sub(gpu.held_bytes());
+                e.encoder.residency = if e.encoder.layer_weight_bytes() > left / 2 {
+                    crate::models::qwen2_5_vl::runtime::Residency::Streamed
+                } else {
+                    crate::models::qwen2_5_vl::runtime::Residency::Resident
+                };
+            }
+            encoder = Some(e);
         }
         let enc = encoder.as_mut().expect("cannot fail: opened above");
         let e = if folder.class == PipelineClass::TextToImage {

@@ -4,6 +4,7 @@
 //! norm rescaling when a negative prompt is given, then the flow-match Euler step.
 
 use crate::error::Result;
+use crate::models::qwen_image::precompute::PrecomputeReport;
 use crate::models::qwen_image::runtime::{Dit, DitPlan};
 use crate::pipeline::cfg::true_cfg;
 use crate::pipeline::embeds::PromptEmbeds;
@@ -49,6 +50,12 @@ pub struct SampleReport {
     /// Planned activation bytes of the DiT plans (both passes' plans are alive together).
     pub peak_activation_bytes: u64,
     pub step_ms: Vec<f64>,
+    /// Weight streaming of each plan (the prompt's, then the negative's) over all steps.
+    pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
+    /// The modulation precompute, when the model precomputes (`Dit::set_modulation`).
+    pub precompute: Option<PrecomputeReport>,
+    /// Bytes of precomputed modulation on the GPU: the store and the plans' input rows.
+    pub modulation_bytes: u64,
 }
 
 impl Sampling<'_> {
@@ -89,9 +96,14 @@ pub fn sample(
     assert_eq!(latents.len(), target_tokens * features, "sample: latents do not match the grid");
     let refs: Vec<f32> = s.references.iter().flat_map(|r| r.tokens.iter().copied()).collect();
     let hidden = |l: &[f32]| -> Vec<f32> { l.iter().chain(&refs).copied().collect() };
+    // Every step's σ is known: a precomputing model computes all modulation vectors now, once
+    // for both CFG passes, and releases their weights before the plans upload the blocks'.
+    let timesteps: Vec<f32> = (0..s.schedule.len()).map(|i| s.schedule.dit_timestep(i)).collect();
+    let precompute = dit.prepare_timesteps(&timesteps)?;
     // Text, mask and the RoPE table are the same at every step: written once per plan.
     let plan_for = |dit: &mut Dit, p: &PromptEmbeds| -> Result<DitPlan> {
-        let inputs = s.inputs(p, hidden(&latents), 0.0);
+        // The first step's σ (any prepared timestep: write_step rewrites it every step).
+        let inputs = s.inputs(p, hidden(&latents), timesteps.first().copied().unwrap_or(0.0));
         let plan = dit.plan(&inputs.shape(), false)?;
         plan.write_inputs(&inputs);
         Ok(plan)
@@ -107,6 +119,9 @@ pub fn sample(
         cond_plan.plan.memory.peak_activation_bytes
             + uncond_plan.as_ref().map_or(0, |p| p.plan.memory.peak_activation_bytes),
     );
+    let modulation_bytes = precompute.as_ref().map_or(0, |p| p.store_bytes)
+        + cond_plan.modulation_input_bytes()
+        + uncond_plan.as_ref().map_or(0, DitPlan::modulation_input_bytes);
     let out_features = dit.cfg.out_features();
     let mut step_ms = Vec::with_capacity(s.schedule.len());
     for i in 0..s.schedule.len() {
@@ -131,5 +146,9 @@ pub fn sample(
         on_step(&StepInfo { step: i + 1, steps: s.schedule.len(), ms, latents: &latents });
     }
     let (dispatches_per_step, peak_activation_bytes) = report_base;
-    Ok((latents, SampleReport { dispatches_per_step, peak_activation_bytes, step_ms }))
+    let stream =
+        [Some(&cond_plan), uncond_plan.as_ref()].into_iter().flatten().filter_map(|p| p.stream_report()).collect();
+    let report =
+        SampleReport { dispatches_per_step, peak_activation_bytes, step_ms, stream, precompute, modulation_bytes };
+    Ok((latents, report))
 }

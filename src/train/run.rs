@@ -60,6 +60,9 @@ pub struct TrainOptions {
     pub resume_override: Vec<String>,
     /// Write a LoRA (or checkpoint) with NaN/Inf values instead of refusing it.
     pub allow_nonfinite: bool,
+    /// Device memory the frozen DiT may plan within (`--vram-budget`; `None`: the adapter's):
+    /// blocks past the budget stream, twice per step (forward and backward).
+    pub vram_budget: Option<u64>,
 }
 
 impl TrainOptions {
@@ -91,6 +94,7 @@ impl TrainOptions {
             progress: false,
             resume_override: Vec::new(),
             allow_nonfinite: false,
+            vram_budget: None,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct TrainReport {
     pub lora_file: PathBuf,
     /// `Some(step)`: the resumed checkpoint was already at `step` ≥ `--steps`; nothing was run or written.
     pub up_to_date: Option<u64>,
+    /// Weight streaming of each batch shape's plan over the run (empty: no budget known).
+    pub stream: Vec<crate::models::qwen_image::stream::StreamReport>,
 }
 
 /// One shape's training plan and its graph handles.
@@ -177,7 +183,7 @@ impl LoraModel {
         let out_features = self.out_features;
         let sp = self.plan(key, c)?;
         sp.plan.write_inputs(&inputs);
-        sp.plan.plan.run_nodes(0..sp.forward_nodes)?;
+        sp.plan.run_nodes(0..sp.forward_nodes)?;
         let pred = sp.plan.image_rows(sp.plan.graph.output)?;
         // loss = mean_b w_b · mean((pred − target)²) over the target tokens; d/dpred on the host.
         let s_img = inputs.shape().s_img();
@@ -195,7 +201,7 @@ impl LoraModel {
             loss += weights[b] * sq / n / c.batch as f64;
         }
         sp.plan.plan.write_input(sp.d_output, &d_out);
-        sp.plan.plan.run_nodes(sp.forward_nodes..sp.plan.plan.nodes())?;
+        sp.plan.run_nodes(sp.forward_nodes..sp.plan.plan.nodes())?;
         Ok((loss, sigmas.iter().sum::<f32>() / sigmas.len() as f32))
     }
 }
@@ -287,7 +293,8 @@ impl Trainer {
             scale: lora.config.scale() as f32,
             checkpointing: o.checkpointing,
         };
-        let dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
+        let mut dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
+        dit.set_vram_budget(o.vram_budget);
         let model =
             LoraModel { gpu: gpu.clone(), dit, train, params, plans: HashMap::new(), out_features: cfg.out_features() };
         let mut batcher = Batcher::new(&dataset, o.batch_size, o.seed);
@@ -388,6 +395,7 @@ impl Trainer {
             peak_activation_bytes: peak,
             lora_file,
             up_to_date: None,
+            stream: self.model.plans.values().filter_map(|p| p.plan.stream_report()).collect(),
         })
     }
 }
@@ -409,6 +417,7 @@ pub fn train(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<TrainReport> {
                 peak_activation_bytes: 0,
                 lora_file,
                 up_to_date: Some(state.step),
+                stream: Vec::new(),
             };
             return Ok(r);
         }
@@ -487,6 +496,7 @@ pub fn eval_loss(
     let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
     let dataset = Dataset::open(&o.data, &cfg)?;
     let mut dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
+    dit.set_vram_budget(o.vram_budget);
     if let Some(path) = lora {
         dit.set_loras(crate::models::qwen_image::lora::LoraSet::load(&[(path.to_path_buf(), 1.0)], &cfg)?);
     }

@@ -3,8 +3,8 @@
 
 use super::safetensors::{SafeFile, TensorInfo, TensorView};
 use crate::dtype::DType;
-use std::borrow::Cow;
 use crate::{Error, Result};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 

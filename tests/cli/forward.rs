@@ -30,6 +30,37 @@ fn forward_writes_the_output_tensor_and_matches_diffusers() {
 }
 
 #[test]
+fn forward_with_precomputed_modulation_writes_the_same_bits_as_inline() {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map(|b| {
+            let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+            st.tensor("output").unwrap().data().to_vec()
+        })
+    };
+    let mut outs = Vec::new();
+    for m in ["inline", "precompute"] {
+        let out = tmp(&format!("out-{m}.safetensors"));
+        let (ok, log) = wgdit(&[
+            "forward",
+            "--model",
+            &fixture("dit/tiny/diffusion_pytorch_model.safetensors"),
+            "--config",
+            &fixture("dit/tiny-2511/config.json"),
+            "--inputs",
+            &fixture("dit/cases/zero_cond_t.inputs.safetensors"),
+            "--output",
+            out.to_str().unwrap(),
+            "--modulation",
+            m,
+        ]);
+        assert!(ok, "{log}");
+        outs.push(read(&out).unwrap());
+        std::fs::remove_file(out).ok();
+    }
+    assert_eq!(outs[0], outs[1], "zero_cond_t forward: precompute differs from inline");
+}
+
+#[test]
 fn forward_refuses_inputs_that_disagree_with_the_model_and_writes_nothing() {
     // Only a (mis-shaped) hidden_states: the first problem found is reported by name.
     let inputs = tmp("bad.safetensors");
@@ -101,4 +132,69 @@ fn a_tensor_larger_than_one_binding_is_refused_with_a_clear_error() {
     let too_big = gpu.limits().max_storage_binding + 4;
     let e = gpu.buffer(too_big, "transformer_blocks.0.img_mlp.net.0.proj.weight").unwrap_err().to_string();
     assert!(e.contains("img_mlp.net.0.proj.weight") && e.contains("binds at most"), "{e}");
+}
+
+/// A 5-block model folder of seeded random bf16 weights with the tiny fixture's config (its
+/// inputs files fit), written with the safetensors crate.
+fn five_block_model(dir: &std::path::Path) -> wgdit::models::qwen_image::DitConfig {
+    use wgdit::models::qwen_image::load::{RandomWeights, TensorSource};
+    std::fs::create_dir_all(dir).unwrap();
+    let text = std::fs::read_to_string(fixture("dit/tiny/config.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["num_layers"] = 5.into();
+    std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+    let cfg = wgdit::models::qwen_image::DitConfig::from_file(&dir.join("config.json")).unwrap();
+    let w = RandomWeights::new(&cfg, wgdit::dtype::DType::BF16, 4);
+    let names = w.names();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = names
+        .iter()
+        .map(|n| {
+            let (_, shape) = w.meta(n).unwrap();
+            (n.clone(), shape, w.bytes(n).unwrap().into_owned())
+        })
+        .collect();
+    let views = tensors.iter().map(|(n, shape, b)| {
+        let dt = if shape.len() == 2 { safetensors::Dtype::BF16 } else { safetensors::Dtype::F32 };
+        (n.as_str(), safetensors::tensor::TensorView::new(dt, shape.clone(), b).unwrap())
+    });
+    safetensors::serialize_to_file(views, None, &dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    cfg
+}
+
+#[test]
+fn forward_under_a_vram_budget_streams_blocks_and_writes_the_same_output() {
+    use wgdit::models::qwen_image::{open::open, residency::residency, runtime::Dit, QkvMode};
+    let dir = tmp("five-blocks");
+    five_block_model(&dir);
+    let model = dir.display().to_string();
+    let inputs = fixture("dit/cases/odd_grid.inputs.safetensors");
+    let (cfg, ckpt) = open(&dir, None).unwrap();
+    let shape = wgdit::pipeline::inputs::ForwardInputs::from_file(std::path::Path::new(&inputs), &cfg).unwrap().shape();
+    let s = Dit::new(&wgdit::testing::test_gpu(), cfg, Box::new(ckpt), QkvMode::Fused).unwrap().stream_inputs(&shape);
+    // A fresh process holds nothing else: this budget is exactly the all-streamed plan.
+    let min = residency(&s.block_bytes, s.other_bytes, s.activation_peak, 0).peak_bytes;
+    let run = |name: &str, budget: Option<u64>| {
+        let out = tmp(name);
+        let mut args = vec!["forward", "--model", &model, "--inputs", &inputs, "--output"];
+        let (o, b) = (out.to_str().unwrap().to_string(), budget.map(|b| b.to_string()));
+        args.push(&o);
+        if let Some(b) = &b {
+            args.extend(["--vram-budget", b.as_str()]);
+        }
+        let (ok, log) = wgdit(&args);
+        assert!(ok, "{log}");
+        let bytes = std::fs::read(&out).unwrap();
+        std::fs::remove_file(&out).ok();
+        (bytes, log)
+    };
+    let (resident, _) = run("resident.safetensors", None);
+    let (streamed, log) = run("streamed.safetensors", Some(min));
+    assert!(log.contains("weight streaming: 0/5 blocks resident"), "{log}");
+    assert_eq!(streamed, resident, "the streamed forward must write the same file");
+    let out = tmp("over.safetensors");
+    let budget = (min - 1).to_string();
+    let args = ["forward", "--model", &model, "--inputs", &inputs, "--output", out.to_str().unwrap()];
+    let args: Vec<&str> = args.iter().copied().chain(["--vram-budget", budget.as_str()]).collect();
+    crate::assert_refused(&args, &out, &format!("needs at least {}", wgdit::budget::human(min)));
+    std::fs::remove_dir_all(&dir).ok();
 }

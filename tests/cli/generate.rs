@@ -93,14 +93,23 @@ fn bench_generate_plans_every_phase_of_the_real_models_without_weights() {
     assert!(ok, "{log}");
     let v: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     let phases: Vec<&str> = v["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
-    assert_eq!(phases.len(), 5, "{phases:?}");
+    assert_eq!(phases.len(), 6, "{phases:?}");
     // spec §2.4: a 1024² reference → 1036² for the vision tower → 74×74 patches → 1369 image tokens;
     // the encoder sees 128 prompt + 64 template + 1369 + 7 tokens.
     assert_eq!(phases[0], "vision tower 1036x1036, 5476 patches");
     assert_eq!(phases[1], "text encoder, 1568 tok");
-    assert!(phases[2].starts_with("VAE encode 1024x1024") && phases[4].starts_with("VAE decode 1024x1024"));
+    assert!(phases[2].starts_with("VAE encode 1024x1024") && phases[5].starts_with("VAE decode 1024x1024"));
+    // The modulation precomputed as generate does: one row per step, before the loop.
+    assert_eq!(phases[3], "modulation precompute, 50 t");
+    assert_eq!(v["modulation"], "precompute");
+    // 60·12·D² + 2·D² (mods, norm_out) + 256·D + D² (time embedding) bf16 weights, f32 biases.
+    let d = 3072u64;
+    let released = 2 * (60 * 12 * d * d + 2 * d * d + 256 * d + d * d) + 4 * (60 * 12 * d + 2 * d + 2 * d);
+    assert_eq!(v["modulation_weight_bytes"].as_u64().unwrap(), released);
+    // 50 rows of 60·12·D + 2·D f32, and each CFG pass's row.
+    assert_eq!(v["modulation_vector_bytes"].as_u64().unwrap(), 52 * 4 * (60 * 12 * d + 2 * d));
     // 4096 target + 4096 reference + 128 text tokens.
-    assert!(phases[3].contains("8320 tok"), "{phases:?}");
+    assert!(phases[4].contains("8320 tok"), "{phases:?}");
     let vision = v["vision_weight_bytes"].as_u64().unwrap();
     assert_eq!(vision, 2 * 676_550_144, "the vision tower's 676.55 M parameters (spec §2.6) in bf16");
     let text = v["text_weight_bytes"].as_u64().unwrap();
@@ -108,6 +117,13 @@ fn bench_generate_plans_every_phase_of_the_real_models_without_weights() {
     assert_eq!(text, 2 * (28 * 233_057_792 + 3584));
     let dit = v["dit_weight_bytes"].as_u64().unwrap();
     assert!((40_000_000_000..41_500_000_000).contains(&dit), "20.4B bf16 parameters: {dit}");
+    // Inline: no precompute phase; each pass runs the time embedding and 7 modulation GEMMs.
+    let (ok, log) = wgdit(&["bench", "generate", "--preset", "qwen-image-edit", "--modulation", "inline", "--json"]);
+    assert!(ok, "{log}");
+    let w: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(w["phases"].as_array().unwrap().len(), 5);
+    let step = |v: &serde_json::Value, i: usize| v["phases"][i]["dispatches"].as_u64().unwrap();
+    assert_eq!(step(&w, 3), step(&v, 4) + 2 * 12);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod bad_inputs;
 mod forward;
 mod generate;
+mod plan;
 mod text;
 mod vae;
 

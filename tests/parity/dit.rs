@@ -4,6 +4,8 @@
 use crate::diffusers_fixtures::{fixtures, model_paths, run_model, Fixture};
 use wgdit::dtype::DType;
 use wgdit::models::qwen_image::load::TensorSource;
+use wgdit::models::qwen_image::lora::LoraSet;
+use wgdit::models::qwen_image::modulation::{is_modulation_tensor, Modulation};
 use wgdit::models::qwen_image::open::open;
 use wgdit::models::qwen_image::runtime::Dit;
 use wgdit::models::qwen_image::runtime::DitPlan;
@@ -162,5 +164,81 @@ fn mixed_dtype_stacks_split_into_gemms_that_equal_the_uniform_checkpoint_in_ever
             outs[0].0
         );
         assert_eq!(outs[0].1, outs[1].1, "{mode:?}: split GEMMs differ from the uniform checkpoint");
+    }
+}
+
+/// One forward of a case with the modulation inline or precomputed for the inputs' timesteps
+/// (in pieces of at most `piece_bytes` of weights): (output, weight bytes on the GPU after
+/// planning, bytes of the plan graph's checkpoint params).
+fn forward_modulation(case: &str, mode: QkvMode, lora: &str, m: Modulation, piece_bytes: u64) -> (Vec<f32>, u64, u64) {
+    let inputs = fixtures().join(format!("dit/cases/{case}.inputs.safetensors"));
+    let (mp, cp) = model_paths(&Fixture::read(&inputs).meta("model"));
+    let (cfg, ckpt) = open(&mp, cp.as_deref()).unwrap();
+    let set = match lora {
+        "" => LoraSet::default(),
+        f => LoraSet::load(&[(fixtures().join("lora").join(f), 1.0)], &cfg).unwrap(),
+    };
+    let inputs = ForwardInputs::from_file(&inputs, &cfg).unwrap();
+    let mut dit = Dit::new(&wgdit::testing::test_gpu(), cfg, Box::new(ckpt), mode).unwrap();
+    dit.set_loras(set);
+    if m == Modulation::Precompute {
+        dit.precompute_in_pieces(&inputs.timestep, piece_bytes).unwrap();
+    }
+    let plan = dit.plan(&inputs.shape(), false).unwrap();
+    plan.plan.poison_activations();
+    let g = &plan.graph;
+    assert_eq!((g.timestep.is_some(), g.modulation.is_some()), (m == Modulation::Inline, m == Modulation::Precompute));
+    let param_bytes = g.params.iter().map(|(t, _)| g.graph.info(*t).bytes()).sum();
+    (plan.forward(&inputs).unwrap(), dit.weight_bytes(), param_bytes)
+}
+
+/// Bytes of the modulation and time-embedding tensors as uploaded (weights in their stored
+/// dtype, biases widened to f32).
+fn modulation_weight_bytes(case: &str) -> u64 {
+    let inputs = fixtures().join(format!("dit/cases/{case}.inputs.safetensors"));
+    let (mp, cp) = model_paths(&Fixture::read(&inputs).meta("model"));
+    let (cfg, ckpt) = open(&mp, cp.as_deref()).unwrap();
+    let names = wgdit::models::qwen_image::names::expected_tensors(&cfg);
+    let modulation = names.iter().filter(|(n, _)| is_modulation_tensor(n));
+    modulation
+        .map(|(n, s)| {
+            let numel = s.iter().product::<usize>();
+            if n.ends_with(".weight") {
+                ckpt.meta(n).unwrap().0.bytes(numel) as u64
+            } else {
+                4 * numel as u64
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn precomputed_modulation_equals_the_inline_forward_bit_for_bit_in_every_mode() {
+    // The precompute runs the same GEMM kernels on the same inputs (SiLU(temb) rows of the same
+    // timesteps, the same weights and LoRA factors), one output element per dot product, so the
+    // vectors and everything after them are bit-identical, not merely close. batch_mask has two
+    // samples at different σ, zero_cond_t the t = 0 rows of Edit-2511, peft LoRAs on every
+    // img_mod.1 / txt_mod.1 (the GEMM side path in standard/merged, the accumulate path in fused).
+    for (case, lora) in [("batch_mask", ""), ("zero_cond_t", ""), ("edit_ref", ""), ("batch_mask", "peft.safetensors")]
+    {
+        let released = modulation_weight_bytes(case);
+        for mode in QkvMode::ALL {
+            let (want, inline_weights, inline_params) = forward_modulation(case, mode, lora, Modulation::Inline, 0);
+            // One piece for everything, and one unit per piece (a block's two modulations, then
+            // norm_out): the stacking around a column changes no value.
+            for piece_bytes in [u64::MAX, 1] {
+                let (got, pre_weights, pre_params) =
+                    forward_modulation(case, mode, lora, Modulation::Precompute, piece_bytes);
+                assert!(got.iter().all(|v| v.is_finite()), "{case} {mode:?}: non-finite output");
+                let diff = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(
+                    diff, 0,
+                    "{case} {lora} {mode:?} pieces ≤ {piece_bytes} B: {diff} outputs differ from inline"
+                );
+                assert_eq!(inline_weights - pre_weights, released, "{case} {mode:?}: weights on the GPU");
+                assert_eq!(inline_params - pre_params, released, "{case} {mode:?}: the plan's weight bytes");
+            }
+            println!("{case} {lora} {}: bit-identical; {released} weight bytes released", mode.name());
+        }
     }
 }

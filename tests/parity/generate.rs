@@ -5,7 +5,7 @@
 
 use crate::diffusers_fixtures::{fixtures, Fixture};
 use std::path::{Path, PathBuf};
-use wgdit::models::qwen_image::QkvMode;
+use wgdit::models::qwen_image::{Modulation, QkvMode};
 use wgdit::pipeline::generate::{generate, GenerateOptions, Noise, Prompt};
 use wgdit::testing::{stats, test_gpu, TempDir};
 
@@ -149,4 +149,41 @@ fn write_noise(path: &Path, fx: &Fixture) {
     let t = st.tensor("noise").unwrap();
     let view = safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).unwrap();
     std::fs::write(path, safetensors::serialize([("noise", view)], None).unwrap()).unwrap();
+}
+
+#[test]
+fn precomputed_modulation_makes_the_same_picture_as_inline_in_every_qkv_mode() {
+    // Same kernels over the same inputs (docs/generate.md: modulation precompute): the images are
+    // bit-identical, the precompute runs once for both CFG passes (one row per step, plus the
+    // t = 0 row of Edit-2511), and the modulation weights leave the GPU before the loop.
+    let dir = TempDir::new("generate-premod");
+    for c in CASES.iter().filter(|c| ["t2i_cfg", "edit_2511"].contains(&c.name)) {
+        let case_file = fixtures().join(format!("pipeline/cases/{}.safetensors", c.name));
+        for mode in QkvMode::ALL {
+            let mut runs = Vec::new();
+            for m in [Modulation::Inline, Modulation::Precompute] {
+                let out = dir.path().join(format!("{}-{}-{}.safetensors", c.name, mode.name(), m.name()));
+                let mut o = options(c, &case_file, out.clone());
+                (o.qkv, o.modulation) = (mode, m);
+                let r = generate(&test_gpu(), &o, &mut |_| {}).unwrap();
+                runs.push((r, image_of(&out)));
+            }
+            let (inline, pre) = (&runs[0], &runs[1]);
+            let diff = pre.1.iter().zip(&inline.1).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(diff, 0, "{} {mode:?}: {diff} pixels differ from the inline run", c.name);
+            let p = pre.0.precompute.as_ref().expect("precompute ran");
+            assert!(inline.0.precompute.is_none());
+            assert_eq!(p.rows, c.steps + usize::from(c.name == "edit_2511"), "{}: one row per step (+ t = 0)", c.name);
+            assert_eq!(inline.0.weight_bytes - pre.0.weight_bytes, p.released_bytes, "{}: weights released", c.name);
+            assert!(p.released_bytes > 0 && pre.0.modulation_bytes >= p.store_bytes);
+            println!(
+                "{} {}: bit-identical; {} rows precomputed, {} weight bytes released, {} bytes of vectors",
+                c.name,
+                mode.name(),
+                p.rows,
+                p.released_bytes,
+                pre.0.modulation_bytes
+            );
+        }
+    }
 }

@@ -49,7 +49,7 @@ fn run(case: &str, mode: QkvMode, checkpointing: bool) -> (f64, f64, Vec<Vec<f32
     let mut dy = vec![0.0; inputs.batch * inputs.s_txt * cfg.out_features()];
     dy.extend(fx.get("dy"));
     plan.plan.write_input(d_out, &dy);
-    plan.plan.run().unwrap();
+    plan.submit().unwrap();
     let out = plan.image_rows(plan.graph.output).unwrap();
     let fwd = stats(&out, &fx.get("output")).rel_l2;
     let mut worst: f64 = 0.0;
@@ -117,7 +117,7 @@ fn deep_run(checkpointing: bool) -> (Vec<Vec<f32>>, (u64, u64)) {
     plan.plan.poison_activations();
     plan.write_inputs(&inputs);
     plan.plan.write_input(d_out, &rng.vec_normal(rows, 1.0));
-    plan.plan.run().unwrap();
+    plan.submit().unwrap();
     let all = grads.iter().flat_map(|(_, a, b)| [*a, *b]).map(|t| plan.plan.read(t).unwrap()).collect();
     let m = &plan.plan.memory;
     (all, (m.peak_activation_bytes, m.live_activation_bytes))

@@ -2,11 +2,18 @@
 //! mode and the memory plan.
 
 use wgdit::models::qwen_image::dit::{build_forward, BuildOptions, ForwardShape, QkvMode};
-use wgdit::models::qwen_image::DitConfig;
+use wgdit::models::qwen_image::{DitConfig, Modulation};
 use wgdit::tensor::DType;
 
 fn graph(mode: QkvMode, cfg: &DitConfig, shape: &ForwardShape) -> wgdit::models::qwen_image::dit::ForwardGraph {
-    let opts = BuildOptions { train: None, lora: None, mode, max_binding: 2 << 30, keep_block_outputs: false };
+    let opts = BuildOptions {
+        train: None,
+        lora: None,
+        mode,
+        max_binding: 2 << 30,
+        keep_block_outputs: false,
+        modulation: Modulation::Inline,
+    };
     build_forward(cfg, shape, opts, &|_| DType::BF16)
 }
 

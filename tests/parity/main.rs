@@ -3,6 +3,8 @@
 
 #[path = "../support/diffusers_fixtures.rs"]
 mod diffusers_fixtures;
+#[path = "../support/quant_dit.rs"]
+mod quant_dit;
 
 mod dit;
 mod exec;
@@ -10,7 +12,9 @@ mod generate;
 mod grads;
 mod graph;
 mod lora;
+mod quant;
 mod rope;
 mod sampler;
+mod stream;
 mod text;
 mod vae;

@@ -338,3 +338,23 @@ fn the_gguf_writer_round_trips_tensors_and_every_metadata_type() {
     assert!(err.contains("tensor q") && err.contains("rows of 100"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn convert_dequantizes_a_gguf_file_with_dtype_and_refuses_block_formats_without() {
+    use wgdit::convert::{convert, DtypeChoice, Target};
+    let dir = tmpdir("gguf-convert");
+    let out = dir.join("tiny.safetensors");
+    let mut o = crate::synthetic_checkpoint::opts(&fixture("tiny.gguf"), &out, Target::Standard);
+    let err = convert(&o).err().unwrap().to_string();
+    assert!(err.contains("block format safetensors cannot hold") && err.contains("--dtype"), "{err}");
+    assert!(!out.exists());
+    o.dtype = DtypeChoice::To(DType::F32);
+    convert(&o).unwrap();
+    let got = crate::synthetic_checkpoint::read_st(&out);
+    let want = crate::synthetic_checkpoint::read_st(&fixture("tiny.expected.safetensors"));
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (k, w) in &want {
+        assert_eq!((got[k].shape.clone(), got[k].f32s()), (w.shape.clone(), w.f32s()), "{k}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,6 +1,7 @@
 //! The host reference of the GGML block formats and fp8 (`DType::decode` / `DType::encode`) against
-//! gguf-py 0.19.0 and torch 2.15: tests/fixtures/quant/blocks.safetensors, written by
-//! tools/gen_quant_fixtures.py (see tests/fixtures/README.md).
+//! ggml's own C (ggml-quants.c compiled by the generator), gguf-py 0.19.0 and torch 2.15:
+//! tests/fixtures/quant/blocks.safetensors, written by tools/gen_quant_fixtures.py (see
+//! tests/fixtures/README.md).
 
 use std::collections::HashMap;
 use wgdit::dtype::DType;
@@ -20,6 +21,7 @@ const BLOCK_TYPES: [DType; 10] = [
     DType::Q6K,
 ];
 const LEGACY_TYPES: [DType; 5] = [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1];
+const K_TYPES: [DType; 5] = [DType::Q2K, DType::Q3K, DType::Q4K, DType::Q5K, DType::Q6K];
 
 /// Tensor name → raw little-endian bytes.
 fn fixture() -> HashMap<String, Vec<u8>> {
@@ -86,6 +88,19 @@ fn legacy_quantizers_match_gguf_py_byte_for_byte() {
     let fx = fixture();
     for dt in LEGACY_TYPES {
         let src = floats(&fx, &format!("{}.src", dt.name()));
+        let want = bytes(&fx, &format!("{}.quantized", dt.name()));
+        assert_same_bytes(dt.name(), &dt.encode(&src), &want, dt.block_bytes());
+    }
+}
+
+/// ggml's `quantize_row_q*_K_ref` (what `llama-quantize` writes without an importance matrix),
+/// compiled as ggml-base is on x86-64: without fused multiply-adds. A build that contracts
+/// `a*b + c` into FMAs (aarch64, or `-march=native` with GCC) picks other quants in a few blocks.
+#[test]
+fn k_quant_quantizers_match_ggml_byte_for_byte() {
+    let fx = fixture();
+    let src = floats(&fx, "kquant.src");
+    for dt in K_TYPES {
         let want = bytes(&fx, &format!("{}.quantized", dt.name()));
         assert_same_bytes(dt.name(), &dt.encode(&src), &want, dt.block_bytes());
     }

@@ -193,6 +193,21 @@ fn quantize_to_scaled_fp8_writes_comfyui_scale_weights_and_the_marker() {
         }
     }
     assert!(r.row(DType::F8E4M3).unwrap().rel_l2().unwrap() < 0.05, "{r}");
+    // that scaled-fp8 file back to GGUF (q8_0) and to an e5m2 file: the scales are applied, not copied
+    let back = dir.join("from_fp8.gguf");
+    let r = run(&opts(&out, &back, DType::Q8_0));
+    assert!(r.notes.iter().any(|n| n.contains("its 8 scale tensor(s) are applied")), "{r}");
+    let ck = Checkpoint::open(&back).unwrap();
+    assert_eq!(ck.entries.len(), src.len(), "scale tensors or the marker were written");
+    for (name, (_, v)) in &src {
+        let got = ck.view(name).unwrap().to_f32();
+        assert!(rel_l2(&got, v) < 0.06, "{name}: {}", rel_l2(&got, v));
+    }
+    let e5 = dir.join("from_fp8_e5m2.safetensors");
+    run(&opts(&out, &e5, DType::F8E5M2));
+    let w = &read_st(&e5)["transformer_blocks.0.attn.to_q.weight"];
+    let v = &src["transformer_blocks.0.attn.to_q.weight"].1;
+    assert!(rel_l2(&fp8_bytes(w, DType::F8E5M2), v) < 0.15, "the e5m2 copy of a scaled weight lost its scale");
     // unscaled e5m2: plain casts, no scales, no marker
     let out = dir.join("m_fp8_e5m2.safetensors");
     run(&opts(&input, &out, DType::F8E5M2));

@@ -4,7 +4,7 @@
 use crate::dtype::DType;
 use crate::exec::memory;
 use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardShape, QkvMode};
-use crate::models::qwen_image::DitConfig;
+use crate::models::qwen_image::{DitConfig, Modulation};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -35,7 +35,19 @@ pub fn summarize(
     max_binding: u64,
     wdtype: &dyn Fn(&str) -> DType,
 ) -> DispatchSummary {
-    let opts = BuildOptions { train: None, lora: None, mode, max_binding, keep_block_outputs: false };
+    summarize_with(cfg, shape, mode, Modulation::Inline, max_binding, wdtype)
+}
+
+/// [`summarize`] of the graph with its modulation inline or precomputed (an input).
+pub fn summarize_with(
+    cfg: &DitConfig,
+    shape: &ForwardShape,
+    mode: QkvMode,
+    modulation: Modulation,
+    max_binding: u64,
+    wdtype: &dyn Fn(&str) -> DType,
+) -> DispatchSummary {
+    let opts = BuildOptions { train: None, lora: None, mode, max_binding, keep_block_outputs: false, modulation };
     summarize_graph(mode, &build_forward(cfg, shape, opts, wdtype))
 }
 
@@ -165,11 +177,11 @@ pub fn time_forward(
 ) -> crate::Result<f64> {
     let plan = dit.plan(&inputs.shape(), false)?;
     plan.write_inputs(inputs);
-    plan.plan.run()?;
+    plan.submit()?;
     gpu.sync()?;
     let t0 = std::time::Instant::now();
     for _ in 0..runs.max(1) {
-        plan.plan.run()?;
+        plan.submit()?;
         gpu.sync()?;
     }
     Ok(t0.elapsed().as_secs_f64() * 1e3 / runs.max(1) as f64)
@@ -202,7 +214,8 @@ pub struct TrainSummary {
     pub lora_parameters: usize,
 }
 
-pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], rank: usize) -> Vec<TrainSummary> {
+/// DiffSynth's 12 LoRA targets of every block (its Qwen-Image training scripts).
+pub fn diffsynth_modules(cfg: &DitConfig) -> Vec<String> {
     let suffixes = [
         "attn.to_q",
         "attn.to_k",
@@ -217,8 +230,11 @@ pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], ran
         "txt_mlp.net.2",
         "txt_mod.1",
     ];
-    let modules: Vec<String> =
-        (0..cfg.num_layers).flat_map(|i| suffixes.map(|s| format!("transformer_blocks.{i}.{s}"))).collect();
+    (0..cfg.num_layers).flat_map(|i| suffixes.map(|s| format!("transformer_blocks.{i}.{s}"))).collect()
+}
+
+pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], rank: usize) -> Vec<TrainSummary> {
+    let modules = diffsynth_modules(cfg);
     let mut out = Vec::new();
     for &mode in modes {
         for checkpointing in [false, true] {
@@ -252,4 +268,154 @@ pub fn count_training(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode], ran
         }
     }
     out
+}
+
+/// One residency of the streaming bench ([`measure_streaming`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StreamBenchRow {
+    pub resident_blocks: usize,
+    pub blocks: usize,
+    /// Blocks assembled on a worker thread while the GPU computes (else in turn).
+    pub worker: bool,
+    /// Median wall time of one forward (submission to completion).
+    pub forward_ms: f64,
+    /// `forward_ms` over the all-resident forward's.
+    pub ratio: f64,
+    /// Per forward: bytes uploaded, host upload work (assembly + write), GPU time between
+    /// segments (timestamps).
+    pub uploaded_bytes: u64,
+    pub upload_ms: f64,
+    pub assembly_ms: f64,
+    pub write_ms: f64,
+    pub wait_assembly_ms: f64,
+    pub gpu_gap_ms: Option<f64>,
+    /// The host upload work hidden behind compute: polled (`StreamReport::hidden_fraction`) and
+    /// from wall time, 1 − (forward_ms − resident forward_ms) / upload_ms in [0, 1] (the extra
+    /// wall time includes the device-side copies, so both are lower bounds).
+    pub hidden_polled: Option<f64>,
+    pub hidden_wall: Option<f64>,
+}
+
+/// Times the forward of `shape` with blocks `0..k` resident for each `(k, worker)` of `cases`,
+/// next to the all-resident forward: every plan is made first (`make` opens the model afresh for
+/// each, the same weights), warmed up once, then `runs` rounds run one forward of each plan in
+/// turn, so that a machine's drifting load hits every case alike; the median forward counts.
+pub fn measure_streaming(
+    make: &mut dyn FnMut() -> crate::Result<crate::models::qwen_image::runtime::Dit>,
+    shape: &ForwardShape,
+    cases: &[(usize, bool)],
+    runs: usize,
+) -> crate::Result<Vec<StreamBenchRow>> {
+    let runs = runs.max(1);
+    let mut plans = Vec::new();
+    let all = make()?.cfg.num_layers;
+    for &(k, worker) in std::iter::once(&(all, true)).chain(cases) {
+        let mut dit = make()?;
+        dit.set_resident_blocks(Some(k));
+        dit.set_upload_worker(worker);
+        let plan = dit.plan(shape, false)?;
+        plan.write_inputs(&random_inputs(&dit.cfg, shape, 0));
+        plan.submit()?;
+        plan.image_rows(plan.graph.output)?; // waits
+        let _ = plan.stream_report();
+        plans.push((k.min(all), worker, dit, plan, Vec::with_capacity(runs)));
+    }
+    for _ in 0..runs {
+        for (_, _, _, plan, times) in plans.iter_mut() {
+            let t0 = std::time::Instant::now();
+            plan.submit()?;
+            plan.plan.read(plan.graph.timestep.unwrap_or(plan.graph.text))?; // waits for the GPU (a small input)
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let mut rows: Vec<StreamBenchRow> = Vec::new();
+    for (k, worker, _, plan, mut times) in plans {
+        times.sort_by(f64::total_cmp);
+        let forward_ms = times[times.len() / 2];
+        let r = plan.stream_report().unwrap_or_default();
+        let per = |v: f64| v / runs as f64;
+        let base = rows.first().map_or(forward_ms, |r| r.forward_ms);
+        let upload_ms = per(r.upload_ms());
+        rows.push(StreamBenchRow {
+            resident_blocks: k,
+            blocks: all,
+            worker,
+            forward_ms,
+            ratio: forward_ms / base,
+            uploaded_bytes: r.uploaded_bytes / runs as u64,
+            upload_ms,
+            assembly_ms: per(r.assembly_ms),
+            write_ms: per(r.write_ms),
+            wait_assembly_ms: per(r.wait_assembly_ms),
+            gpu_gap_ms: r.gpu_gap_ms.map(per),
+            hidden_polled: r.hidden_fraction(),
+            hidden_wall: (upload_ms > 0.0).then(|| (1.0 - (forward_ms - base) / upload_ms).clamp(0.0, 1.0)),
+        });
+    }
+    Ok(rows)
+}
+
+/// A plain-text table of [`measure_streaming`]'s rows.
+pub fn stream_table(rows: &[StreamBenchRow]) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".into(), |h| format!("{:.0}%", h * 100.0));
+    let mut s = format!(
+        "{:>9} {:>7} {:>11} {:>7} {:>12} {:>10} {:>9} {:>8} {:>11} {:>9} {:>9} {:>9}\n",
+        "resident",
+        "worker",
+        "ms/forward",
+        "ratio",
+        "uploaded MiB",
+        "upload ms",
+        "assembly",
+        "write",
+        "wait asm",
+        "GPU gap",
+        "hidden",
+        "hidden wall"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:>9} {:>7} {:>11.2} {:>7.2} {:>12.2} {:>10.2} {:>9.2} {:>8.2} {:>11.2} {:>9} {:>9} {:>9}\n",
+            format!("{}/{}", r.resident_blocks, r.blocks),
+            if r.worker { "yes" } else { "no" },
+            r.forward_ms,
+            r.ratio,
+            r.uploaded_bytes as f64 / 1048576.0,
+            r.upload_ms,
+            r.assembly_ms,
+            r.write_ms,
+            r.wait_assembly_ms,
+            r.gpu_gap_ms.map_or("-".into(), |g| format!("{g:.2}")),
+            pct(r.hidden_polled),
+            pct(r.hidden_wall),
+        ));
+    }
+    s
+}
+
+/// [`measure_streaming`] on a checkpoint (`wgdit bench dispatches --model M --vram-budget S`):
+/// per mode, the all-resident forward and the residency `budget` picks, its blocks assembled on
+/// the worker thread and in turn. `Err` when the budget fits nothing.
+pub fn stream_model(
+    gpu: &std::sync::Arc<crate::gpu::Gpu>,
+    model: &std::path::Path,
+    config: Option<&std::path::Path>,
+    b: &DispatchBench,
+    modes: &[QkvMode],
+    budget: u64,
+) -> crate::Result<Vec<(QkvMode, Vec<StreamBenchRow>)>> {
+    let shape = b.shape();
+    let mut out = Vec::new();
+    for &mode in modes {
+        let mut make = || {
+            let (cfg, ckpt) = crate::models::qwen_image::open::open(model, config)?;
+            crate::models::qwen_image::runtime::Dit::new(gpu, cfg, Box::new(ckpt), mode)
+        };
+        let mut dit = make()?;
+        dit.set_vram_budget(Some(budget));
+        let k = dit.plan(&shape, false)?.residency.map_or(dit.cfg.num_layers, |r| r.resident_blocks);
+        drop(dit);
+        out.push((mode, measure_streaming(&mut make, &shape, &[(k, true), (k, false)], b.runs)?));
+    }
+    Ok(out)
 }

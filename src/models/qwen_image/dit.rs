@@ -14,6 +14,7 @@ use crate::dtype::DType;
 use crate::graph::ops::*;
 use crate::graph::{Graph, TensorId};
 use crate::models::qwen_image::lora::LoraSet;
+use crate::models::qwen_image::modulation::{ModLayout, ModPiece, Modulation};
 use crate::models::qwen_image::DitConfig;
 use crate::nn::{Emit, Linears, LoraParts, ParamSource, TrainLora};
 
@@ -114,8 +115,11 @@ pub struct ForwardGraph {
     pub text: TensorId,
     /// [B, S_txt] key mask (nonzero = valid), f32, when `shape.masked`.
     pub mask: Option<TensorId>,
-    /// [B] σ, or [2B] = [σ, 0] with zero_cond_t.
-    pub timestep: TensorId,
+    /// [B] σ, or [2B] = [σ, 0] with zero_cond_t; `None` with [`Modulation::Precompute`].
+    pub timestep: Option<TensorId>,
+    /// With [`Modulation::Precompute`]: the [t_rows, cols] f32 modulation rows of this step
+    /// (`modulation::ModLayout`; t_rows as `timestep`), a param the caller rewrites per step.
+    pub modulation: Option<TensorId>,
     /// RoPE cos/sin table of every joint position (`models::qwen_image::rope`).
     pub rope: TensorId,
     /// [R, patch²·out_channels]: the image rows (B·S_txt ..) hold the model output.
@@ -162,13 +166,14 @@ enum Stream {
     Img,
 }
 
-struct Builder<'a> {
-    g: Graph,
+pub(super) struct Builder<'a> {
+    pub(super) g: Graph,
     cfg: &'a DitConfig,
     rows: Rows,
     mode: QkvMode,
+    modulation: Modulation,
     max_binding: u64,
-    lin: Linears<'a>,
+    pub(super) lin: Linears<'a>,
 }
 
 /// The location of one stream's 6·D modulation vector [shift1, scale1, gate1, shift2, scale2, gate2].
@@ -192,6 +197,8 @@ pub struct BuildOptions<'l> {
     /// A training graph: trainable LoRAs on these modules, and no fused epilogues whose
     /// intermediates a backward needs (GELU input, gated branch).
     pub train: Option<&'l TrainLora>,
+    /// Modulation vectors computed in the graph, or read from a precomputed input.
+    pub modulation: Modulation,
 }
 
 /// The modulation vectors of every block (and of `norm_out`), computed before the block stack.
@@ -208,26 +215,11 @@ pub fn build_forward<'a>(
     opts: BuildOptions<'a>,
     wdtype: &'a dyn Fn(&str) -> DType,
 ) -> ForwardGraph {
-    let rows = Rows {
-        b: shape.batch,
-        s_txt: shape.s_txt,
-        s_img: shape.s_img(),
-        img_split: if cfg.zero_cond_t { shape.s_target() } else { shape.s_img() },
-        alt: if cfg.zero_cond_t { shape.batch } else { 0 },
-    };
-    let out_rows = crate::models::qwen_image::names::expected_tensors(cfg)
-        .into_iter()
-        .filter_map(|(n, s)| n.strip_suffix(".weight").filter(|_| s.len() == 2).map(|m| (m.to_string(), s[0])))
-        .collect();
-    let bd = Builder {
-        g: Graph::new(),
-        cfg,
-        rows,
-        mode: opts.mode,
-        max_binding: opts.max_binding,
-        lin: Linears::new(wdtype, opts.lora.map(|l| l as &dyn LoraParts), opts.train, out_rows, merged_module),
-    };
-    bd.forward(shape, opts.keep_block_outputs)
+    assert!(
+        opts.train.is_none() || opts.modulation == Modulation::Inline,
+        "training graphs compute their modulation (random timesteps)"
+    );
+    Builder::new(cfg, Some(shape), opts, wdtype).forward(shape, opts.keep_block_outputs)
 }
 
 fn problem(
@@ -241,11 +233,41 @@ fn problem(
     GemmProblem { row0, rows, rows_per_sample, w_offset, b_offset, gate, lora_b_offset: 0 }
 }
 
-fn block_name(i: usize) -> String {
+pub(super) fn block_name(i: usize) -> String {
     format!("transformer_blocks.{i}")
 }
 
 impl<'a> Builder<'a> {
+    /// A builder for the rows of `shape` (`None`: a graph without joint rows, the modulation
+    /// precompute).
+    pub(super) fn new(
+        cfg: &'a DitConfig,
+        shape: Option<&ForwardShape>,
+        opts: BuildOptions<'a>,
+        wdtype: &'a dyn Fn(&str) -> DType,
+    ) -> Builder<'a> {
+        let rows = shape.map_or(Rows { b: 0, s_txt: 0, s_img: 0, img_split: 0, alt: 0 }, |shape| Rows {
+            b: shape.batch,
+            s_txt: shape.s_txt,
+            s_img: shape.s_img(),
+            img_split: if cfg.zero_cond_t { shape.s_target() } else { shape.s_img() },
+            alt: if cfg.zero_cond_t { shape.batch } else { 0 },
+        });
+        let out_rows = crate::models::qwen_image::names::expected_tensors(cfg)
+            .into_iter()
+            .filter_map(|(n, s)| n.strip_suffix(".weight").filter(|_| s.len() == 2).map(|m| (m.to_string(), s[0])))
+            .collect();
+        Builder {
+            g: Graph::new(),
+            cfg,
+            rows,
+            mode: opts.mode,
+            modulation: opts.modulation,
+            max_binding: opts.max_binding,
+            lin: Linears::new(wdtype, opts.lora.map(|l| l as &dyn LoraParts), opts.train, out_rows, merged_module),
+        }
+    }
+
     fn d(&self) -> usize {
         self.cfg.hidden()
     }
@@ -281,18 +303,31 @@ impl<'a> Builder<'a> {
         let hidden = self.g.input("hidden_states", &[r.total(), cfg.in_channels], DType::F32);
         let text = self.g.input("encoder_hidden_states", &[r.r_txt(), cfg.joint_attention_dim], DType::F32);
         let mask = shape.masked.then(|| self.g.input("encoder_hidden_states_mask", &[r.b, r.s_txt], DType::F32));
-        let timestep = self.g.input("timestep", &[self.t_rows()], DType::F32);
         let rope = self.g.input("rope", &[r.s_txt + r.s_img, cfg.attention_head_dim / 2, 2], DType::F32);
-
-        let silu_temb = self.time_embedding(timestep);
+        let (timestep, modulation, silu_temb) = match self.modulation {
+            Modulation::Inline => {
+                let timestep = self.g.input("timestep", &[self.t_rows()], DType::F32);
+                (Some(timestep), None, Some(self.time_embedding(timestep)))
+            }
+            Modulation::Precompute => {
+                let cols = ModLayout::new(cfg, self.max_binding, &|n| self.lin.stored_dtype(n)).cols;
+                (None, Some(self.g.param("modulation", &[self.t_rows(), cols], DType::F32)), None)
+            }
+        };
         let mut x = self.embed_inputs(hidden, text);
-        let all = (self.mode == QkvMode::Fused).then(|| self.all_modulations(silu_temb));
+        let all = match (silu_temb, modulation) {
+            (Some(_), _) if self.mode != QkvMode::Fused => None,
+            (Some(s), _) => Some(self.all_modulations(s)),
+            (None, Some(m)) => Some(self.input_modulations(m)),
+            (None, None) => unreachable!("one of the two is built above"),
+        };
         let mut block_outputs = Vec::new();
         for i in 0..cfg.num_layers {
             self.g.set_layer(Some(i));
-            let m = match &all {
-                Some(a) => a.blocks[i],
-                None => self.block_modulation(silu_temb, i),
+            let m = match (&all, silu_temb) {
+                (Some(a), _) => a.blocks[i],
+                (None, Some(s)) => self.block_modulation(s, i),
+                (None, None) => unreachable!("inline modulation has its time embedding"),
             };
             let segment = self.lin.training().is_some_and(|t| t.checkpointing);
             if segment {
@@ -305,13 +340,14 @@ impl<'a> Builder<'a> {
             block_outputs.push(x);
         }
         self.g.set_layer(None);
-        let out_mod = match &all {
-            Some(a) => a.norm_out,
-            None => {
+        let out_mod = match (&all, silu_temb) {
+            (Some(a), _) => a.norm_out,
+            (None, Some(s)) => {
                 let d = self.d();
-                let t = self.linear(silu_temb, "norm_out.linear", 2 * d, Activation::None, "modulation");
+                let t = self.linear(s, "norm_out.linear", 2 * d, Activation::None, "modulation");
                 ModLoc { tensor: t, offset: 0, stride: 2 * d }
             }
+            (None, None) => unreachable!("inline modulation has its time embedding"),
         };
         let output = self.final_layer(x, out_mod);
         self.g.mark_output(output);
@@ -326,6 +362,7 @@ impl<'a> Builder<'a> {
             text,
             mask,
             timestep,
+            modulation,
             rope,
             output,
             params: self.lin.params,
@@ -338,9 +375,9 @@ impl<'a> Builder<'a> {
 
     /// temb = linear_2(SiLU(linear_1(sinusoid(σ)))); returns SiLU(temb), the input of every
     /// modulation Linear (spec §3.4, §4).
-    fn time_embedding(&mut self, timestep: TensorId) -> TensorId {
+    pub(super) fn time_embedding(&mut self, timestep: TensorId) -> TensorId {
         let d = self.d();
-        let emb = self.act("t_sinusoid", &[self.t_rows(), 256]);
+        let emb = self.act("t_sinusoid", &[self.g.shape(timestep)[0], 256]);
         self.g.push(Op::TimestepEmbed { t: timestep, emb }, "timestep");
         let h = self.linear(emb, "time_text_embed.timestep_embedder.linear_1", d, Activation::None, "timestep");
         let h = self.unary(Ew::Silu, h, "timestep");
@@ -391,63 +428,67 @@ impl<'a> Builder<'a> {
 
     /// Fused mode: the modulation of every block and of norm_out, as few GEMMs over SiLU(temb)
     /// as the binding limit allows (each block's txt_mod and img_mod weights stacked along N,
-    /// blocks packed into chunks of at most `max_binding` bytes).
+    /// blocks packed into chunks of at most `max_binding` bytes: the pieces of `ModLayout`).
     fn all_modulations(&mut self, silu_temb: TensorId) -> AllMods {
-        let (d, layers) = (self.d(), self.cfg.num_layers);
-        // Units: per block [txt_mod.1, img_mod.1] (12·D rows), then norm_out.linear (2·D rows).
-        let mut units: Vec<(Vec<String>, usize)> = (0..layers)
-            .map(|i| (vec![format!("{}.txt_mod.1", block_name(i)), format!("{}.img_mod.1", block_name(i))], 12 * d))
-            .collect();
-        units.push((vec!["norm_out.linear".into()], 2 * d));
-        // Bytes of a unit's weights (its modules may differ in dtype in GGUF files).
-        let sizes: Vec<u64> = units
-            .iter()
-            .map(|u| {
-                let per_module = u.1 / u.0.len();
-                u.0.iter().map(|m| self.lin.stored_dtype(&format!("{m}.weight")).bytes(per_module * d) as u64).sum()
-            })
-            .collect();
-        let mut blocks = Vec::with_capacity(layers);
-        let mut norm_out = None;
-        let mut start = 0;
-        while start < units.len() {
-            let mut end = start + 1;
-            let mut n = units[start].1;
-            let mut bytes = sizes[start];
-            while end < units.len() && bytes + sizes[end] <= self.max_binding {
-                n += units[end].1;
-                bytes += sizes[end];
-                end += 1;
+        let layout = ModLayout::new(self.cfg, self.max_binding, &|n| self.lin.stored_dtype(n));
+        let mut locs = Vec::with_capacity(layout.units.len());
+        for piece in &layout.pieces {
+            let y = self.act("modulation", &[self.t_rows(), piece.cols]);
+            self.emit_modulation_piece(silu_temb, y, &layout, piece);
+            for u in piece.units.clone() {
+                locs.push(ModLoc { tensor: y, offset: layout.unit_col(u) - piece.col0, stride: piece.cols });
             }
-            let modules: Vec<String> = units[start..end].iter().flat_map(|u| u.0.clone()).collect();
-            let y = self.act("modulation", &[self.t_rows(), n]);
-            let problems = vec![problem(0, self.t_rows(), self.t_rows(), 0, 0, None)];
-            let e = Emit {
-                x: silu_temb,
-                y,
-                n,
-                k: d,
-                problems,
-                modules: vec![modules],
-                act: Activation::None,
-                gated: None,
-                label: "modulation",
-                y_col0: 0,
-            };
-            self.emit_gemm(e);
-            let mut col = 0;
-            for (u, unit) in units.iter().enumerate().take(end).skip(start) {
-                if u < layers {
-                    let txt = ModLoc { tensor: y, offset: col, stride: n };
-                    blocks.push([txt, ModLoc { offset: col + 6 * d, ..txt }]);
-                } else {
-                    norm_out = Some(ModLoc { tensor: y, offset: col, stride: n });
-                }
-                col += unit.1;
-            }
-            start = end;
         }
-        AllMods { blocks, norm_out: norm_out.expect("cannot fail: norm_out is the last unit") }
+        self.unit_locs(&locs)
+    }
+
+    /// Precomputed modulation: every unit's vectors at its columns of the `[t_rows, cols]` input.
+    fn input_modulations(&mut self, modulation: TensorId) -> AllMods {
+        let layout = ModLayout::new(self.cfg, self.max_binding, &|n| self.lin.stored_dtype(n));
+        let locs: Vec<ModLoc> = (0..layout.units.len())
+            .map(|u| ModLoc { tensor: modulation, offset: layout.unit_col(u), stride: layout.cols })
+            .collect();
+        self.unit_locs(&locs)
+    }
+
+    /// Per-block [txt, img] and norm_out locations from each unit's location.
+    fn unit_locs(&self, units: &[ModLoc]) -> AllMods {
+        let (layers, d) = (self.cfg.num_layers, self.d());
+        let blocks = units[..layers].iter().map(|&txt| [txt, ModLoc { offset: txt.offset + 6 * d, ..txt }]).collect();
+        AllMods { blocks, norm_out: units[layers] }
+    }
+
+    /// The modulation GEMMs of one piece over SiLU(temb) `x` (all rows of x) into columns
+    /// `0..piece.cols` of y, as the forward of this mode emits them: fused, one GEMM stacking the
+    /// piece's modules (LoRAs on the accumulate path); otherwise one GEMM per module, as
+    /// `block_modulation` and the final layer run them (LoRAs on the GEMM side path).
+    pub(super) fn emit_modulation_piece(&mut self, x: TensorId, y: TensorId, layout: &ModLayout, piece: &ModPiece) {
+        let (d, rows) = (self.d(), self.g.shape(x)[0]);
+        let units = &layout.units[piece.units.clone()];
+        let emit = |modules: Vec<String>, n: usize, y_col0: usize| Emit {
+            x,
+            y,
+            n,
+            k: d,
+            problems: vec![problem(0, rows, rows, 0, 0, None)],
+            modules: vec![modules],
+            act: Activation::None,
+            gated: None,
+            label: "modulation",
+            y_col0,
+        };
+        if self.mode == QkvMode::Fused {
+            let e = emit(units.iter().flat_map(|u| u.modules.clone()).collect(), piece.cols, 0);
+            return self.emit_gemm(e);
+        }
+        let mut col = 0;
+        for u in units {
+            let n = u.cols / u.modules.len();
+            for m in &u.modules {
+                self.emit_gemm(emit(vec![m.clone()], n, col));
+                col += n;
+            }
+        }
     }
 
     /// The modulation reference of chunk `c` (0 shift1, 1 scale1, 2 gate1, 3 shift2, 4 scale2,

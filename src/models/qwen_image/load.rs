@@ -14,8 +14,9 @@ use crate::tensor::{DType, Tensor};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// Stored tensors by canonical (standard or merged diffusers) name.
-pub trait TensorSource {
+/// Stored tensors by canonical (standard or merged diffusers) name. Shared across threads: the
+/// weight-streaming runtime assembles blocks on a worker thread (`stream.rs`).
+pub trait TensorSource: Send + Sync {
     /// Every stored tensor name (canonical, prefixes stripped).
     fn names(&self) -> Vec<String>;
     /// Stored dtype and shape, or `None` when absent.
@@ -54,8 +55,36 @@ pub fn stacked_bytes(src: &dyn TensorSource, parts: &[String], dtype: DType) -> 
     Ok(bytes)
 }
 
+/// [`stacked_bytes`] written into `dst` (a streamed block's slot image) without intermediate
+/// copies when the stored dtype is `dtype`; returns the bytes written (`Err` past `dst`'s end).
+pub fn stacked_into(src: &dyn TensorSource, parts: &[String], dtype: DType, dst: &mut [u8]) -> Result<usize> {
+    let mut at = 0;
+    for part in parts {
+        at += with_standard_bytes(src, part, dtype, |b| {
+            let end = at + b.len();
+            if end > dst.len() {
+                return Err(Error::input(format!("tensor {part} overruns its param ({end} > {} bytes)", dst.len())));
+            }
+            dst[at..end].copy_from_slice(b);
+            Ok(b.len())
+        })?;
+    }
+    Ok(at)
+}
+
 /// The bytes of a standard-named tensor in `dtype`.
 fn standard_bytes(src: &dyn TensorSource, name: &str, dtype: DType) -> Result<Vec<u8>> {
+    with_standard_bytes(src, name, dtype, |b| Ok(b.to_vec()))
+}
+
+/// Calls `f` with the bytes of a standard-named tensor in `dtype` (borrowed from the source when
+/// stored in `dtype`).
+fn with_standard_bytes<T>(
+    src: &dyn TensorSource,
+    name: &str,
+    dtype: DType,
+    f: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<T> {
     let (stored, block) =
         locate(src, name).ok_or_else(|| Error::input(format!("tensor {name} missing from {}", src.describe())))?;
     let (dt, shape) = src.meta(&stored).expect("cannot fail: located");
@@ -68,7 +97,11 @@ fn standard_bytes(src: &dyn TensorSource, name: &str, dtype: DType) -> Result<Ve
             &raw[i * third..(i + 1) * third]
         }
     };
-    Ok(if dt == dtype { raw.to_vec() } else { dtype.encode(&dt.decode(raw)) })
+    if dt == dtype {
+        f(raw)
+    } else {
+        f(&dtype.encode(&dt.decode(raw)))
+    }
 }
 
 /// Checks every tensor the config needs: present (directly or inside a merged tensor), with the
@@ -197,9 +230,29 @@ impl WeightCache {
         Ok(out)
     }
 
+    /// Forgets the upload of a param (a block that now streams); plans that bound it keep it
+    /// alive until they are dropped.
+    pub fn evict(&mut self, ps: &ParamSource) {
+        self.uploaded.remove(&(ps.parts.clone(), ps.dtype));
+    }
+
     /// Bytes of weights on the GPU.
     pub fn bytes(&self) -> u64 {
         self.uploaded.values().map(Tensor::bytes).sum()
+    }
+
+    /// Drops the cached params whose parts all satisfy `pred` (their GPU memory is freed once no
+    /// plan holds them); returns the bytes dropped.
+    pub fn release(&mut self, pred: &dyn Fn(&str) -> bool) -> u64 {
+        let mut bytes = 0;
+        self.uploaded.retain(|(parts, _), t| {
+            let drop = parts.iter().all(|p| pred(p));
+            if drop {
+                bytes += t.bytes();
+            }
+            !drop
+        });
+        bytes
     }
 }
 

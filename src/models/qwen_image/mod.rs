@@ -8,12 +8,16 @@ pub mod dit;
 pub mod latents;
 pub mod load;
 pub mod lora;
+pub mod modulation;
 pub mod names;
 pub mod open;
+pub mod precompute;
 pub mod residency;
 pub mod rope;
 pub mod runtime;
+pub mod stream;
 pub mod training;
 
 pub use config::DitConfig;
 pub use dit::{build_forward, ForwardShape, QkvMode};
+pub use modulation::Modulation;

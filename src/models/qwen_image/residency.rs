@@ -29,7 +29,9 @@ pub const RING_SLOTS: usize = 2;
 
 /// The residency that keeps the most blocks resident within `budget` bytes, given each block's
 /// weight bytes (in block order), the always-resident weight bytes and the activation peak.
-/// `Err` carries the smallest budget that would fit (every block streamed) when none does.
+/// `Err` carries the smallest budget that would fit when none does: every block streamed, or
+/// every block resident when the ring would cost more than the blocks it replaces (one or two
+/// blocks, or a last block smaller than the others).
 pub fn plan_residency(
     block_bytes: &[u64],
     other_bytes: u64,
@@ -45,7 +47,9 @@ pub fn plan_residency(
             break;
         }
     }
-    best.ok_or_else(|| residency(block_bytes, other_bytes, activation_peak, 0).peak_bytes)
+    best.ok_or_else(|| {
+        (0..=n).map(|k| residency(block_bytes, other_bytes, activation_peak, k).peak_bytes).min().unwrap_or(0)
+    })
 }
 
 /// The residency with blocks `0..resident` on the GPU and the rest streamed.
@@ -90,5 +94,9 @@ mod tests {
         assert_eq!(plan_residency(&[10, 10, 10], 5, 7, 31), Err(32));
         let r = plan_residency(&[10, 10, 10], 5, 7, 32).unwrap();
         assert_eq!((r.resident_blocks, r.streamed_bytes_per_forward), (0, 30));
+        // Two blocks, the last one smaller (no text FFN): streaming both costs 2·10, keeping
+        // them 10 + 6, so the minimum is all resident.
+        assert_eq!(plan_residency(&[10, 6], 5, 7, 27), Err(28));
+        assert_eq!(plan_residency(&[10, 6], 5, 7, 28).unwrap().resident_blocks, 2);
     }
 }

@@ -6,7 +6,7 @@ use crate::dtype::DType;
 use crate::graph::{autodiff, recompute, TensorId};
 use crate::models::qwen_image::dit::{build_forward, BuildOptions, ForwardGraph, ForwardShape, QkvMode};
 use crate::models::qwen_image::runtime::Dit;
-use crate::models::qwen_image::DitConfig;
+use crate::models::qwen_image::{DitConfig, Modulation};
 use crate::nn::TrainLora;
 
 pub struct TrainGraph {
@@ -38,7 +38,14 @@ pub fn build_unloaded(
     max_binding: u64,
     wdtype: &dyn Fn(&str) -> DType,
 ) -> TrainGraph {
-    let opts = BuildOptions { train: Some(train), lora: None, mode, max_binding, keep_block_outputs: false };
+    let opts = BuildOptions {
+        train: Some(train),
+        lora: None,
+        mode,
+        max_binding,
+        keep_block_outputs: false,
+        modulation: Modulation::Inline,
+    };
     finish(build_forward(cfg, shape, opts, wdtype), cfg.out_features(), train)
 }
 
