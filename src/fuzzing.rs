@@ -111,6 +111,14 @@ pub fn gguf(data: &[u8]) {
     let _ = (f.architecture(), f.metadata.len());
     let Ok(ck) = Checkpoint::from_files(Path::new("fuzz.gguf"), false, vec![f], None) else { return };
     let _ = crate::models::qwen_image::load::validate(fixture_config(), &ck);
+    // The bytes a model reads, scaled fp8 blocks included.
+    for e in ck.entries.iter().take(64) {
+        if let Some((dtype, _)) = ck.model_meta(&e.name) {
+            if let Ok(b) = ck.model_bytes(&e.name) {
+                assert_eq!(b.len() % dtype.block_bytes(), 0, "{}: bytes are not whole {} blocks", e.name, dtype.name());
+            }
+        }
+    }
 }
 
 /// The JSON header of a safetensors file alone (no length prefix, no data buffer), with the layout
@@ -132,6 +140,14 @@ pub fn dit_checkpoint(data: &[u8]) {
     let _ = looks_like_lora(ck.entries.iter().map(|e| e.key.as_str()));
     let _ = crate::models::qwen_image::names::checkpoint_layout(&ck);
     let _ = crate::models::qwen_image::load::validate(fixture_config(), &ck);
+    // The bytes a model reads, scaled fp8 blocks included.
+    for e in ck.entries.iter().take(64) {
+        if let Some((dtype, _)) = ck.model_meta(&e.name) {
+            if let Ok(b) = ck.model_bytes(&e.name) {
+                assert_eq!(b.len() % dtype.block_bytes(), 0, "{}: bytes are not whole {} blocks", e.name, dtype.name());
+            }
+        }
+    }
 }
 
 /// The shard files named by the tiny sharded fixture's index, each with the tensors (empty, F32)

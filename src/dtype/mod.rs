@@ -116,6 +116,18 @@ impl DType {
     pub fn is_blocked(self) -> bool {
         self.block_elems() > 1
     }
+    /// f32, f16 or bf16: what kernels without the quantized decoders read.
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+    }
+    /// A GGML block format as GGUF files store it (Q8_0 … Q6_K).
+    pub fn is_ggml_block(self) -> bool {
+        self.is_blocked() && self.ggml_type().is_some()
+    }
+    /// Whether files hold this dtype: every one but wgdit's scaled-fp8 GPU blocks.
+    pub fn in_files(self) -> bool {
+        !matches!(self, DType::F8E4M3Scaled | DType::F8E5M2Scaled)
+    }
     /// Bytes of `numel` elements (a whole number of blocks; callers validate shapes first).
     pub fn bytes(self, numel: usize) -> usize {
         debug_assert_eq!(numel % self.block_elems(), 0, "{}: {numel} elements are not whole blocks", self.name());

@@ -4,20 +4,10 @@
 use super::{fp8, kquant_fit::nearest_int, scaled_blocks, DType};
 use crate::rng::Rng;
 
-const QUANTIZED: [DType; 12] = [
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q2K,
-    DType::Q3K,
-    DType::Q4K,
-    DType::Q5K,
-    DType::Q6K,
-    DType::F8E4M3Scaled,
-    DType::F8E5M2Scaled,
-];
+/// The block formats (GGML and wgdit's scaled fp8).
+fn quantized() -> impl Iterator<Item = DType> {
+    super::ALL.into_iter().filter(|d| d.is_blocked())
+}
 
 fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     let err: f64 = got.iter().zip(want).map(|(g, w)| (*g as f64 - *w as f64).powi(2)).sum();
@@ -47,7 +37,7 @@ fn round_trip_error_of_normal_data_is_what_each_format_is_known_for() {
         _ => 0.050,
     };
     let x = Rng::new(7).vec_normal(1 << 16, 1.0);
-    for dt in QUANTIZED {
+    for dt in quantized() {
         let e = rel_l2(&dt.round(&x), &x);
         eprintln!("{:>16}: relative L2 {e:.4}", dt.name());
         assert!(e <= bound(dt), "{}: relative L2 {e:.4} above {}", dt.name(), bound(dt));
@@ -59,7 +49,7 @@ fn round_trip_error_of_normal_data_is_what_each_format_is_known_for() {
 /// f16 super-block scale d = max/128 is a subnormal half (ggml's format, not this port).
 #[test]
 fn zero_tiny_huge_and_constant_blocks_round_trip_sensibly() {
-    for dt in QUANTIZED {
+    for dt in quantized() {
         let n = 512;
         assert!(dt.round(&vec![0.0; n]).iter().all(|v| *v == 0.0), "{}: zeros", dt.name());
         for scale in [1e-4f32, 1e3] {
@@ -156,7 +146,7 @@ fn scaled_fp8_blocks_carry_their_scale_and_decode_as_fp8_times_scale() {
 #[ignore]
 fn speed_of_quantize_and_dequantize_per_format() {
     let x = Rng::new(1).vec_normal(1 << 19, 0.02);
-    for dt in QUANTIZED.into_iter().chain([DType::F8E4M3]) {
+    for dt in quantized().chain([DType::F8E4M3]) {
         let t = std::time::Instant::now();
         let mut b = Vec::new();
         for _ in 0..4 {

@@ -32,8 +32,7 @@ mod test_util;
 /// RMS norms) refuse the block formats and fp8 with an error naming the dtype: their weights
 /// are small, and a loader that meets one there widens it on the host.
 pub fn require_float_weight(kernel: &str, dtype: crate::tensor::DType) -> crate::Result<()> {
-    use crate::tensor::DType;
-    if matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+    if dtype.is_float() {
         return Ok(());
     }
     Err(crate::Error::input(format!(

@@ -158,6 +158,10 @@ impl Checkpoint {
         let v = self.view(name)?;
         match self.fp8_scale(name) {
             None => Ok(Cow::Borrowed(v.bytes)),
+            Some(_) if !matches!(v.dtype, DType::F8E4M3 | DType::F8E5M2) => Err(Error::file(
+                &self.path,
+                format!("{name} is {} but has a scale_weight: only fp8 weights are scaled", v.dtype.name()),
+            )),
             Some(scale) => Ok(Cow::Owned(scaled_fp8_blocks(name, v.dtype, v.bytes, scale?)?)),
         }
     }

@@ -226,6 +226,7 @@ fn every_weight_type_is_a_frozen_training_base_that_trains_like_its_dequantized_
         let f = dequantized_copy(&q, &dir, t.0);
         let (got, want) = (run(&q, t.0), run(&f, &format!("{}-f32", t.0)));
         println!("{:16} losses {got:?} vs dequantized {want:?}", t.0);
+        // Same values through the same kernels: the losses agree to f32 rounding (measured: bit for bit).
         for (g, w) in got.iter().zip(&want) {
             assert!(g.is_finite() && (g - w).abs() <= 1e-5 * w.abs().max(1.0), "{}: loss {g} vs {w}", t.0);
         }

@@ -422,3 +422,27 @@ fn a_file_output_onto_a_folder_and_a_folder_output_onto_a_file_are_refused_befor
     assert_nothing_left(&dir, &["empty", "file"]);
     assert!(listing(&dir.join("empty")).is_empty());
 }
+
+#[test]
+fn scaled_fp8_weights_read_as_scaled_blocks_and_bad_scales_are_errors_not_panics() {
+    use wgdit::weights::checkpoint::Checkpoint;
+    let dir = tmpdir("fp8-scales");
+    let raw = |dtype, shape: Vec<usize>, bytes: Vec<u8>| Raw { dtype, shape, bytes };
+    let mut m = BTreeMap::new();
+    // 0x38 is 1.0 in E4M3; the scale 0.5 makes every value 0.5.
+    m.insert("a.weight".to_string(), raw(safetensors::Dtype::F8_E4M3, vec![2, 32], vec![0x38; 64]));
+    m.insert("a.scale_weight".to_string(), raw(safetensors::Dtype::F32, vec![], 0.5f32.to_le_bytes().to_vec()));
+    m.insert("b.weight".to_string(), raw(safetensors::Dtype::BF16, vec![2, 32], vec![0; 128]));
+    m.insert("b.scale_weight".to_string(), raw(safetensors::Dtype::F32, vec![], 2f32.to_le_bytes().to_vec()));
+    m.insert("c.weight".to_string(), raw(safetensors::Dtype::F8_E4M3, vec![2, 32], vec![0x38; 64]));
+    m.insert("c.scale_weight".to_string(), raw(safetensors::Dtype::F32, vec![2], vec![0; 8]));
+    write_st(&dir.join("fp8.safetensors"), &m, None);
+    let ck = Checkpoint::open(&dir.join("fp8.safetensors")).unwrap();
+    let (dtype, shape) = ck.model_meta("a.weight").unwrap();
+    assert_eq!((dtype, shape), (DType::F8E4M3Scaled, vec![2, 32]));
+    assert_eq!(dtype.decode(&ck.model_bytes("a.weight").unwrap()), vec![0.5; 64]);
+    let e = ck.model_bytes("b.weight").unwrap_err().to_string();
+    assert!(e.contains("b.weight is bf16 but has a scale_weight"), "{e}");
+    let e = ck.model_bytes("c.weight").unwrap_err().to_string();
+    assert!(e.contains("c.scale_weight must be one finite number, got 2 values"), "{e}");
+}

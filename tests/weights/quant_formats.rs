@@ -8,20 +8,10 @@ use wgdit::dtype::DType;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quant/blocks.safetensors");
 
-const BLOCK_TYPES: [DType; 10] = [
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q2K,
-    DType::Q3K,
-    DType::Q4K,
-    DType::Q5K,
-    DType::Q6K,
-];
-const LEGACY_TYPES: [DType; 5] = [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1];
-const K_TYPES: [DType; 5] = [DType::Q2K, DType::Q3K, DType::Q4K, DType::Q5K, DType::Q6K];
+/// The GGML block formats; legacy ones have 32-element blocks, k-quants 256-element super-blocks.
+fn block_types(block_elems: Option<usize>) -> impl Iterator<Item = DType> {
+    wgdit::dtype::ALL.into_iter().filter(move |d| d.is_ggml_block() && block_elems.is_none_or(|n| d.block_elems() == n))
+}
 
 /// Tensor name → raw little-endian bytes.
 fn fixture() -> HashMap<String, Vec<u8>> {
@@ -76,7 +66,7 @@ fn assert_same_bytes(what: &str, got: &[u8], want: &[u8], block: usize) {
 #[test]
 fn decode_of_every_ggml_block_format_matches_gguf_py_bit_for_bit() {
     let fx = fixture();
-    for dt in BLOCK_TYPES {
+    for dt in block_types(None) {
         let b = bytes(&fx, &format!("{}.bytes", dt.name()));
         assert_eq!(b.len() % dt.block_bytes(), 0, "{}: fixture blocks", dt.name());
         assert_same_bits(dt.name(), &dt.decode(&b), &floats(&fx, &format!("{}.values", dt.name())));
@@ -86,7 +76,7 @@ fn decode_of_every_ggml_block_format_matches_gguf_py_bit_for_bit() {
 #[test]
 fn legacy_quantizers_match_gguf_py_byte_for_byte() {
     let fx = fixture();
-    for dt in LEGACY_TYPES {
+    for dt in block_types(Some(32)) {
         let src = floats(&fx, &format!("{}.src", dt.name()));
         let want = bytes(&fx, &format!("{}.quantized", dt.name()));
         assert_same_bytes(dt.name(), &dt.encode(&src), &want, dt.block_bytes());
@@ -100,7 +90,7 @@ fn legacy_quantizers_match_gguf_py_byte_for_byte() {
 fn k_quant_quantizers_match_ggml_byte_for_byte() {
     let fx = fixture();
     let src = floats(&fx, "kquant.src");
-    for dt in K_TYPES {
+    for dt in block_types(Some(256)) {
         let want = bytes(&fx, &format!("{}.quantized", dt.name()));
         assert_same_bytes(dt.name(), &dt.encode(&src), &want, dt.block_bytes());
     }

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 mod quant;
 mod report;
 
-pub use quant::{planned_dtype, weights_type, WEIGHT_TYPES};
+pub use quant::{planned_dtype, weight_types, weights_type};
 
 /// Where the DiT's tensors come from.
 #[derive(Clone, Debug)]

@@ -3,7 +3,9 @@
 //! one weight), GEMMs at awkward shapes with several weight offsets and epilogues match the f64
 //! reference on the decoded weights, and weights off the block grid are refused at launch.
 
-use super::forward::{check, cpu_forward, data, dit_problems, gpu_forward, Case, Res, VARIANTS};
+use super::forward::{
+    check, check_grouped_equals_separate, cpu_forward, data, dit_problems, gpu_forward, Case, Res, VARIANTS,
+};
 use crate::gpu::Gpu;
 use crate::kernels::gemm::backward::{self as bwd, DxArgs};
 use crate::kernels::gemm::{self, GemmArgs, GemmProblem, Variant};
@@ -13,22 +15,9 @@ use crate::testing::{assert_close, test_gpu, Tol};
 use half::f16;
 
 /// Every dtype the GEMMs decode with `common/quant` (DType codes 3..16).
-const QUANT: [DType; 14] = [
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q2K,
-    DType::Q3K,
-    DType::Q4K,
-    DType::Q5K,
-    DType::Q6K,
-    DType::F8E4M3,
-    DType::F8E5M2,
-    DType::F8E4M3Scaled,
-    DType::F8E5M2Scaled,
-];
+fn quant() -> impl Iterator<Item = DType> {
+    crate::dtype::ALL.into_iter().filter(|d| !d.is_float())
+}
 
 /// Byte offsets of a block's f16 scale fields, and a magnitude that keeps decoded values O(1)
 /// (largest quant times largest sub-scale times it is ~1-4).
@@ -127,7 +116,7 @@ fn identity(k: usize) -> Vec<f32> {
 fn quantized_weights_decode_exactly_like_the_host_in_gemm_and_gemm_tiled() {
     let gpu = test_gpu();
     let mut rng = Rng::new(31);
-    for dtype in QUANT {
+    for dtype in quant() {
         let k = dtype.block_elems().max(32);
         let n = 5;
         // x = I: row m of y is column m of the problem's W, i.e. y[m, c] = W[c, m].
@@ -147,7 +136,7 @@ fn quantized_weights_decode_exactly_like_the_host_in_gemm_and_gemm_tiled() {
 fn quantized_weights_decode_exactly_like_the_host_in_gemm_dx() {
     let gpu = test_gpu();
     let mut rng = Rng::new(32);
-    for dtype in QUANT {
+    for dtype in quant() {
         let (n, k) = (7, 3 * dtype.block_elems().max(32));
         // dy = I: row m of dx is row m of W.
         let w_bytes = random_weight(&mut rng, dtype, 2 * n * k);
@@ -202,7 +191,7 @@ fn every_fp8_code_decodes_like_the_host_including_nan_and_infinities() {
 fn quantized_gemm_matches_reference_at_awkward_shapes_and_offsets() {
     let gpu = test_gpu();
     let mut rng = Rng::new(34);
-    for dtype in QUANT {
+    for dtype in quant() {
         for k in block_ks(dtype) {
             for m in [1, 3, 17] {
                 for n in [1, 5, 33] {
@@ -235,7 +224,7 @@ fn fp8_gemm_matches_reference_at_k_and_offsets_off_the_4_grid() {
 fn quantized_gemm_epilogues_match_reference_and_separate_launches() {
     let gpu = test_gpu();
     let mut rng = Rng::new(36);
-    for dtype in QUANT {
+    for dtype in quant() {
         let (m, n, k) = (96, 40, dtype.block_elems().max(32));
         for (gelu, res) in [(true, Res::None), (false, Res::InPlace)] {
             let rank = 4;
@@ -249,12 +238,7 @@ fn quantized_gemm_epilogues_match_reference_and_separate_launches() {
                 ..Case::plain(m, n, k, dtype)
             };
             let d = check(&gpu, &mut rng, &c);
-            for v in VARIANTS {
-                let grouped = gpu_forward(&gpu, &c, &d, &[vec![0, 1]], v);
-                let separate = gpu_forward(&gpu, &c, &d, &[vec![0], vec![1]], v);
-                let same = grouped.iter().zip(&separate).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{} {v:?}: grouped != separate launches", c.name());
-            }
+            check_grouped_equals_separate(&gpu, &c, &d);
         }
     }
 }
@@ -263,7 +247,7 @@ fn quantized_gemm_epilogues_match_reference_and_separate_launches() {
 fn quantized_gemm_dx_matches_reference_written_and_accumulated() {
     let gpu = test_gpu();
     let mut rng = Rng::new(37);
-    for dtype in QUANT {
+    for dtype in quant() {
         for k in block_ks(dtype) {
             for (m, n) in [(1, 1), (3, 5), (17, 33), (17, 1), (1, 33)] {
                 let problems = problems(dtype, m, n, k);
