@@ -145,7 +145,8 @@ fn a_kohya_folder_caches_what_vae_encode_and_encode_prompt_give_and_trains() {
     let ds = wgdit::train::data::Dataset::open(&out, &dit).unwrap();
     assert_eq!(ds.len(), 4);
     assert!(ds.groups().len() >= 2, "two buckets, so at least two shapes");
-    let mut o = wgdit::train::run::TrainOptions::new(model.join("transformer"), out.clone(), dir.path().join("lora"), 2);
+    let mut o =
+        wgdit::train::run::TrainOptions::new(model.join("transformer"), out.clone(), dir.path().join("lora"), 2);
     (o.rank, o.alpha) = (2, 2.0);
     let r = wgdit::train::run::train(&test_gpu(), &o).unwrap();
     assert_eq!(r.losses.len(), 2);
@@ -218,7 +219,8 @@ fn a_diffsynth_csv_with_quoted_captions_caches_and_a_mismatched_model_is_refused
     let (data, out) = (dir.path().join("data"), dir.path().join("cache"));
     png(&data.join("img/one.png"), 64, 64, 4);
     png(&data.join("img/two.png"), 96, 32, 5);
-    let csv = "\u{feff}image,prompt\r\nimg/one.png,\"a cat, \"\"quoted\"\",\non two lines\"\r\nimg/two.png,a wide dog\r\n";
+    let csv =
+        "\u{feff}image,prompt\r\nimg/one.png,\"a cat, \"\"quoted\"\",\non two lines\"\r\nimg/two.png,a wide dog\r\n";
     std::fs::write(data.join("metadata.csv"), csv).unwrap();
     let model = text_pipeline("t2i").unwrap();
     let (ok, log) = wgdit(&cache_args(&model, &data, &out));
@@ -245,7 +247,11 @@ fn edit_pairs_on_edit_plus_get_their_references_as_generate_sizes_them() {
     png(&data.join("edit/a.png"), 64, 64, 7);
     png(&data.join("edit/b.png"), 100, 60, 8);
     let prompt = "Put the hat from picture 2 on the cat in picture 1.";
-    std::fs::write(data.join("metadata.csv"), format!("image,prompt,edit_image\ntarget.png,{prompt},\"['edit/a.png', 'edit/b.png']\"\n")).unwrap();
+    std::fs::write(
+        data.join("metadata.csv"),
+        format!("image,prompt,edit_image\ntarget.png,{prompt},\"['edit/a.png', 'edit/b.png']\"\n"),
+    )
+    .unwrap();
     let model = text_pipeline("edit-plus").unwrap();
     let areas = ["--ref-area", "4096", "--condition-area", "1600"];
     let (ok, log) = wgdit(&[&cache_args(&model, &data, &out)[..], &areas].concat());
@@ -280,10 +286,16 @@ fn edit_pairs_on_edit_plus_get_their_references_as_generate_sizes_them() {
     let out1 = dir.path().join("cache-v1");
     let (ok, log) = wgdit(&[&cache_args(&v1, &data, &out1)[..], &areas].concat());
     assert!(!ok && log.contains("target.png: 2 edit images, but QwenImageEditPipeline takes one"), "{log}");
-    std::fs::write(data.join("metadata.csv"), format!("image,prompt,edit_image\ntarget.png,{prompt},edit/b.png\n")).unwrap();
+    std::fs::write(data.join("metadata.csv"), format!("image,prompt,edit_image\ntarget.png,{prompt},edit/b.png\n"))
+        .unwrap();
     let (ok, log) = wgdit(&[&cache_args(&v1, &data, &out1)[..], &areas].concat());
     assert!(ok, "{log}");
     let bytes = std::fs::read(sample_of(&out1, "target.png")).unwrap();
-    let names = safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(str::to_string).collect::<Vec<_>>();
+    let names = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
     assert!(names.contains(&"ref_latents.0".to_string()) && !names.contains(&"ref_latents.1".to_string()), "{names:?}");
 }
