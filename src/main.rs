@@ -274,6 +274,9 @@ struct PlanArgs {
     /// With --preset: f32, bf16, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, f8_e4m3, f8_e5m2.
     #[arg(long, conflicts_with = "model")]
     weights: Option<String>,
+    /// With --preset: `wgdit quantize`'s rule, tensors whose name contains PATTERN in TYPE (default f16).
+    #[arg(long = "keep", value_name = "PATTERN[=TYPE]", requires = "preset")]
+    keep: Vec<String>,
     #[arg(long, default_value_t = 1024)]
     width: u32,
     #[arg(long, default_value_t = 1024)]
@@ -293,8 +296,8 @@ struct PlanArgs {
     #[arg(long, value_enum, default_value = "fused")]
     qkv: QkvArg,
     /// Device memory to fit (e.g. 16G, 12GiB; env WGDIT_VRAM_BUDGET); without one nothing is checked.
-    #[arg(long)]
-    vram_budget: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    vram_budget: Option<u64>,
     /// Also plan a LoRA training step of this rank (DiffSynth targets, checkpointing on).
     #[arg(long)]
     train_rank: Option<usize>,
@@ -926,12 +929,13 @@ fn plan(a: PlanArgs) -> wgdit::Result<()> {
             dit: p.dit()?,
             class: p.class(),
             weights: weights_type(a.weights.as_deref().unwrap_or("bf16"))?,
+            keep: a.keep.iter().map(|k| wgdit::convert::quantize::KeepRule::parse(k)).collect::<wgdit::Result<_>>()?,
         },
         (None, Some(path)) => PlanModel::Model { path, config: a.config },
         (None, None) => unreachable!("clap requires --model or --preset"),
     };
-    let budget = match &a.vram_budget {
-        Some(s) => Some(wgdit::budget::parse_size(s).map_err(|e| wgdit::Error::input(format!("--vram-budget: {e}")))?),
+    let budget = match a.vram_budget {
+        Some(b) => Some(b),
         None => wgdit::budget::env_budget(wgdit::budget::VRAM_ENV)?,
     };
     let req = PlanRequest {

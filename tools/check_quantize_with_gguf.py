@@ -137,9 +137,6 @@ def main():
             out = Path(d) / f"qwen_image-{target.upper()}.gguf"
             run = subprocess.run([*shlex.split(a.wgdit), "quantize", "--input", str(src), "--output", str(out), "--type", target],
                                  capture_output=True, text=True)
-            if "cannot quantize to the k-quants yet" in run.stderr:
-                print(f"{out.name}: skipped, wgdit refuses: {run.stderr.strip().splitlines()[0][:90]}…")
-                continue
             if run.returncode != 0:
                 print(f"{out.name}: wgdit quantize failed: {run.stderr.strip().splitlines()[:2]}")
                 ok = False

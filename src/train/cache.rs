@@ -115,6 +115,14 @@ pub fn cache(gpu: &Arc<Gpu>, o: &CacheOptions) -> Result<CacheReport> {
     if o.output.is_file() {
         return Err(Error::file(&o.output, "is a file: --output is the cache folder"));
     }
+    // Only a new, empty or earlier cache folder: its metadata.jsonl is rewritten.
+    let non_empty = std::fs::read_dir(&o.output).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if non_empty && !o.output.join(store::SAMPLES).is_dir() {
+        return Err(Error::file(
+            &o.output,
+            "exists and is not a wgdit cache (no samples/ folder): choose a new or empty --output folder",
+        ));
+    }
     let folder = PipelineFolder::open(&o.model)?;
     let vae_cfg = VaeConfig::from_file(&crate::models::qwen_image_vae::resolve_dir(&folder.vae)?.join("config.json"))?;
     let dit = DitConfig::from_file(&folder.transformer.join("config.json"))?;

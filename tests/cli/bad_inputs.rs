@@ -300,12 +300,14 @@ fn plans_over_the_memory_budget_are_refused_before_anything_is_allocated() {
     let (model, inputs, out) = (sc.model(), sc.p("inputs.safetensors"), sc.p("out.safetensors"));
     let fwd = forward(&sc, s(&model), s(&inputs), s(&out));
     let small = [("WGDIT_VRAM_BUDGET", "64K")];
-    refused_env(&fwd, &small, &[&model, &inputs], &[&out], "of device memory, but the adapter has 64.0 KiB");
+    // The DiT plans within the budget (streaming blocks); below its all-streamed minimum it refuses.
+    refused_env(&fwd, &small, &[&model, &inputs], &[&out], "even with every transformer block streamed");
+    refused_env(&fwd, &small, &[&model, &inputs], &[&out], "but the budget is 64.0 KiB");
     refused_env(&fwd, &small, &[], &[&out], "WGDIT_VRAM_BUDGET");
     // A CPU adapter's device memory is the host's; with the device budget set, the host check
     // is the one that refuses (the results read back).
     let tiny_ram = [("WGDIT_RAM_BUDGET", "16")];
-    refused_env(&fwd, &tiny_ram, &[&model, &inputs], &[&out], "of device memory, but the adapter has 16 B");
+    refused_env(&fwd, &tiny_ram, &[&model, &inputs], &[&out], "host memory (a CPU adapter) less a 1 B margin");
     let host_only = [("WGDIT_VRAM_BUDGET", "1G"), ("WGDIT_RAM_BUDGET", "16")];
     refused_env(&fwd, &host_only, &[&model, &inputs], &[&out], "of host memory but only 16 B is available");
     refused_env(&fwd, &[("WGDIT_VRAM_BUDGET", "lots")], &[], &[&out], "`lots` is not a size");

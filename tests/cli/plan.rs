@@ -123,6 +123,26 @@ fn plan_with_a_model_counts_the_bytes_of_its_files_tensors() {
 }
 
 #[test]
+fn plan_with_a_gguf_file_counts_its_quantized_tensors() {
+    // `wgdit quantize` writes the tiny model as Q8_0 GGUF; the plan reads the blocks back.
+    let out = crate::tmp("tiny-q8_0.gguf");
+    let (ok, log) =
+        wgdit(&["quantize", "--input", &fixture("dit/tiny"), "--output", out.to_str().unwrap(), "--type", "q8_0"]);
+    assert!(ok, "{log}");
+    let config = fixture("dit/tiny/config.json");
+    let v = plan_json(&["--model", out.to_str().unwrap(), "--config", &config, "--width", "64", "--height", "64"]);
+    std::fs::remove_file(&out).ok();
+    let cfg = DitConfig::from_file(std::path::Path::new(&config)).unwrap();
+    let want: u64 = expected_tensors(&cfg)
+        .iter()
+        .map(|(n, s)| wgdit::convert::quantize::planned_dtype(n, s, DType::Q8_0, &[]).bytes(s.iter().product()) as u64)
+        .sum();
+    assert_eq!(u64_of(&v, "file_weight_bytes"), want);
+    assert_eq!(u64_of(&v, "weight_bytes"), want, "1-D tensors are F32 in the file already");
+    assert!(v["by_dtype"]["q8_0"]["tensors"].as_u64().unwrap() > 0, "{}", v["by_dtype"]);
+}
+
+#[test]
 fn plan_refuses_references_on_a_text_to_image_model_and_an_unknown_type() {
     let (ok, log) = wgdit(&["plan", "--preset", "qwen-image", "--weights", "q4_k", "--images", "2"]);
     assert!(!ok && log.contains("text-to-image"), "{log}");

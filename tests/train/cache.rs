@@ -237,6 +237,9 @@ fn a_diffsynth_csv_with_quoted_captions_caches_and_a_mismatched_model_is_refused
     let (ok, log) = wgdit(&cache_args(&model, &data, &other));
     assert!(!ok && log.contains("is text to image"), "{log}");
     assert!(!other.exists(), "nothing written");
+    // An output folder that holds something else is not taken over.
+    let (ok, log) = wgdit(&cache_args(&model, &data, &data.join("img")));
+    assert!(!ok && log.contains("is not a wgdit cache"), "{log}");
 }
 
 #[test]
@@ -280,6 +283,11 @@ fn edit_pairs_on_edit_plus_get_their_references_as_generate_sizes_them() {
     let dit = wgdit::models::qwen_image::DitConfig::from_file(&model.join("transformer/config.json")).unwrap();
     let ds = wgdit::train::data::Dataset::open(&out, &dit).unwrap();
     assert_eq!(ds.samples[0].refs, vec![[4, 16, 16], [4, 16, 24]]);
+    let mut o =
+        wgdit::train::run::TrainOptions::new(model.join("transformer"), out.clone(), dir.path().join("lora"), 2);
+    (o.rank, o.alpha) = (2, 2.0);
+    let r = wgdit::train::run::train(&gpu, &o).unwrap();
+    assert!(r.losses.len() == 2 && r.losses.iter().all(|l| l.is_finite()), "{:?}", r.losses);
 
     // Edit v1 takes one reference: two are a bad entry; one gives ref_latents.0 alone.
     let v1 = text_pipeline("edit").unwrap();

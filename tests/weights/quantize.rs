@@ -139,7 +139,6 @@ fn quantize_to_float_and_legacy_block_types_writes_planned_types_and_encode_byte
 }
 
 #[test]
-#[ignore = "src/dtype/formats.rs has no k-quant quantizer yet (quantize refuses them: see the refusal test)"]
 fn quantize_to_k_quants_keeps_rows_that_are_not_whole_super_blocks_in_f16() {
     let dir = tmpdir("quantize-kquant");
     let input = dir.join("m.safetensors");

@@ -12,6 +12,7 @@
 //! - the loop's residency from `models::qwen_image::residency` (blocks 0..k resident, the rest
 //!   streamed through a 2-slot ring), for both modulation strategies.
 
+use crate::convert::quantize::KeepRule;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::models::qwen_image::bench::{summarize_with, REAL_GPU_MAX_BINDING};
@@ -35,8 +36,9 @@ pub use quant::{planned_dtype, weights_type, WEIGHT_TYPES};
 /// Where the DiT's tensors come from.
 #[derive(Clone, Debug)]
 pub enum PlanModel {
-    /// A built-in config with every tensor in the dtype a file quantized to `weights` holds.
-    Preset { name: String, dit: DitConfig, class: PipelineClass, weights: DType },
+    /// A built-in config with every tensor in the dtype a file quantized to `weights` (with
+    /// `wgdit quantize`'s `--keep` rules) holds.
+    Preset { name: String, dit: DitConfig, class: PipelineClass, weights: DType, keep: Vec<KeepRule> },
     /// A checkpoint (file or diffusers folder, `config` as `forward`) or a pipeline folder.
     Model { path: PathBuf, config: Option<PathBuf> },
 }
@@ -160,7 +162,8 @@ struct Weights {
     cfg: DitConfig,
     class: PipelineClass,
     vae: VaeConfig,
-    tensors: Vec<(String, Vec<usize>, DType)>,
+    /// (name, shape, dtype on the GPU, bytes in the file).
+    tensors: Vec<(String, Vec<usize>, DType, u64)>,
     /// Whether the text encoder and vision tower phases are planned (presets: the real ones).
     text_encoder: bool,
     label: String,
@@ -168,12 +171,13 @@ struct Weights {
 
 fn load_weights(m: &PlanModel, images: usize) -> Result<Weights> {
     match m {
-        PlanModel::Preset { name, dit, class, weights } => {
+        PlanModel::Preset { name, dit, class, weights, keep } => {
             let tensors = crate::models::qwen_image::names::expected_tensors(dit)
                 .into_iter()
                 .map(|(n, s)| {
-                    let d = planned_dtype(&n, &s, *weights);
-                    (n, s, d)
+                    let d = planned_dtype(&n, &s, *weights, keep);
+                    let file = d.bytes(s.iter().product()) as u64;
+                    (n, s, d, file)
                 })
                 .collect();
             Ok(Weights {
@@ -199,14 +203,13 @@ fn load_weights(m: &PlanModel, images: usize) -> Result<Weights> {
             };
             let (cfg, ckpt) = crate::models::qwen_image::open::open(&transformer, config.as_deref())?;
             validate(&cfg, &ckpt)?;
-            let mut tensors: Vec<(String, Vec<usize>, DType)> = ckpt
-                .names()
-                .into_iter()
-                .map(|n| {
-                    let (d, s) = ckpt.meta(&n).expect("cannot fail: a listed tensor");
-                    (n, s, d)
-                })
-                .collect();
+            let mut tensors = Vec::new();
+            for n in ckpt.names() {
+                let (d, s) = ckpt.meta(&n).expect("cannot fail: a listed tensor");
+                // As stored: raw fp8 bytes (its scale is a separate scalar), GGUF blocks.
+                let file = ckpt.view(&n)?.bytes.len() as u64;
+                tensors.push((n, s, d, file));
+            }
             tensors.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(Weights {
                 name: path.display().to_string(),
@@ -313,7 +316,7 @@ pub fn plan(r: &PlanRequest) -> Result<RunPlan> {
     img_shapes.extend(refs.iter().map(grid));
     let shape = ForwardShape { batch: 1, s_txt: r.text_tokens, img_shapes, masked: true };
     shape.check()?;
-    let dtype_of: BTreeMap<&str, DType> = w.tensors.iter().map(|(n, _, d)| (n.as_str(), *d)).collect();
+    let dtype_of: BTreeMap<&str, DType> = w.tensors.iter().map(|(n, _, d, _)| (n.as_str(), *d)).collect();
     // Standard names resolve in merged checkpoints through the stored q/k/v dtype.
     let wdtype = |n: &str| lookup_dtype(&dtype_of, n);
 
@@ -321,13 +324,13 @@ pub fn plan(r: &PlanRequest) -> Result<RunPlan> {
     let mut by_dtype: BTreeMap<String, DtypeBytes> = BTreeMap::new();
     let mut blocks = vec![0u64; cfg.num_layers];
     let (mut total, mut file, mut modulation, mut other) = (0, 0, 0, 0);
-    for (n, s, d) in &w.tensors {
+    for (n, s, d, stored) in &w.tensors {
         let dev = device_bytes(s, *d);
         let dt = if s.len() == 2 { *d } else { DType::F32 };
         let e = by_dtype.entry(dt.name().to_string()).or_default();
         (e.tensors, e.bytes) = (e.tensors + 1, e.bytes + dev);
         total += dev;
-        file += d.bytes(s.iter().product()) as u64;
+        file += stored;
         match (is_modulation_tensor(n), block_of(n)) {
             (true, _) => modulation += dev,
             (false, Some(i)) if i < blocks.len() => blocks[i] += dev,
