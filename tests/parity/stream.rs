@@ -121,6 +121,35 @@ fn streamed_blocks_with_runtime_loras_give_the_resident_output_bit_for_bit() {
 }
 
 #[test]
+fn streamed_blocks_with_precomputed_modulation_give_the_resident_output_bit_for_bit() {
+    let gpu = test_gpu();
+    let inputs = random_inputs(&config(), &shape(), 6);
+    for mode in QkvMode::ALL {
+        let run = |resident: usize| {
+            let mut dit = model(&gpu, mode, &LoraSet::default());
+            let inline = dit.stream_inputs(&shape());
+            dit.precompute_modulation(&inputs.timestep).unwrap();
+            let s = dit.stream_inputs(&shape());
+            // The modulation weights leave the plan: fused mode's chunks no longer stay resident,
+            // and the other modes' blocks get smaller.
+            assert!(s.other_bytes < inline.other_bytes || mode != QkvMode::Fused, "{mode:?}");
+            assert!(s.block_bytes.iter().zip(&inline.block_bytes).all(|(p, i)| p < i) || mode == QkvMode::Fused);
+            dit.set_resident_blocks(Some(resident));
+            let plan = dit.plan(&shape(), false).unwrap();
+            plan.plan.poison_activations();
+            let out = plan.forward(&inputs).unwrap();
+            let up = plan.stream_report().unwrap().uploaded_bytes;
+            assert_eq!(up, s.block_bytes[resident..].iter().sum::<u64>(), "{mode:?}, {resident} resident: uploads");
+            out
+        };
+        let want = run(LAYERS);
+        for resident in [0, 2] {
+            assert_eq!(run(resident), want, "{mode:?}, {resident} resident, precomputed modulation");
+        }
+    }
+}
+
+#[test]
 fn a_budget_picks_the_residency_and_below_the_all_streamed_minimum_is_refused() {
     let inputs = random_inputs(&config(), &shape(), 2);
     for mode in QkvMode::ALL {

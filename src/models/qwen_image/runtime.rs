@@ -224,8 +224,8 @@ impl Dit {
         let avail = budget.saturating_sub(others);
         plan_residency(blocks, other, act, avail).map(Some).map_err(|min| {
             let r = residency(blocks, other, act, 0);
-            let fused = if self.mode == QkvMode::Fused {
-                ", --qkv merged or standard (fused mode keeps every block's modulation weights resident, in chunks stacking several blocks)"
+            let fused = if self.mode == QkvMode::Fused && self.premod.is_none() {
+                ", --modulation precompute or --qkv merged/standard (fused mode with inline modulation keeps every block's modulation weights resident, in chunks stacking several blocks)"
             } else {
                 ""
             };
