@@ -203,11 +203,51 @@ struct GpuArgs {
     /// Adapter index (from `wgdit devices`) or name substring (env WGDIT_ADAPTER).
     #[arg(long, global = true)]
     adapter: Option<String>,
+    /// Kernel family of the GEMMs and attention: auto, portable (f32 SIMT), f16 (tile programs
+    /// on f16 SIMT), coop (cooperative matrices), coop-emulated (runs anywhere) (env WGDIT_KERNELS).
+    #[arg(long, global = true, value_enum, ignore_case = true)]
+    kernels: Option<KernelsArg>,
+    /// Operand precision of the GEMMs and attention: auto (mixed on GPUs with f16 or
+    /// cooperative matrices, f32 on CPU adapters), f32, mixed (f16 operands, f32 accumulation)
+    /// (env WGDIT_PRECISION).
+    #[arg(long, global = true, value_enum, ignore_case = true)]
+    precision: Option<PrecisionArg>,
+}
+
+/// `--kernels`.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum KernelsArg {
+    Auto,
+    Portable,
+    F16,
+    Coop,
+    CoopEmulated,
+}
+
+/// `--precision`.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum PrecisionArg {
+    Auto,
+    F32,
+    Mixed,
 }
 
 impl GpuArgs {
     fn options(&self) -> GpuOptions {
-        GpuOptions { backend: self.backend.map(BackendArg::backend), adapter: self.adapter.clone() }
+        use wgdit::gpu::{Family, Precision};
+        let kernels = self.kernels.and_then(|k| match k {
+            KernelsArg::Auto => None,
+            KernelsArg::Portable => Some(Family::Portable),
+            KernelsArg::F16 => Some(Family::F16),
+            KernelsArg::Coop => Some(Family::Coop),
+            KernelsArg::CoopEmulated => Some(Family::CoopEmulated),
+        });
+        let precision = self.precision.and_then(|p| match p {
+            PrecisionArg::Auto => None,
+            PrecisionArg::F32 => Some(Precision::F32),
+            PrecisionArg::Mixed => Some(Precision::Mixed),
+        });
+        GpuOptions { backend: self.backend.map(BackendArg::backend), adapter: self.adapter.clone(), kernels, precision }
     }
 }
 
@@ -1385,6 +1425,11 @@ fn quantize(a: QuantizeArgs) -> wgdit::Result<()> {
 fn devices(opts: &GpuOptions, json: bool) -> wgdit::Result<()> {
     let opts = opts.clone().with_env()?;
     let mut list = gpu::list_adapters(opts.backend);
+    for a in &mut list {
+        if opts.kernels.is_some() || opts.precision.is_some() {
+            a.kernels = gpu::choice::resolve(opts.kernels, opts.precision, &a.offer())?;
+        }
+    }
     if let Some(sel) = &opts.adapter {
         // The same rule as adapter selection: an index of this list, else a name substring.
         let names: Vec<String> = list.iter().map(|a| format!("[{}] {}", a.index, a.name)).collect();
@@ -1427,6 +1472,23 @@ fn devices(opts: &GpuOptions, json: bool) -> wgdit::Result<()> {
             Some(b) => println!("    device memory: {} (largest device-local heap)", wgdit::budget::human(b)),
             None => println!("    device memory: not reported by this backend"),
         }
+        let (lo, hi) = a.coop.subgroup_sizes;
+        let configs: Vec<String> =
+            a.coop.configs.iter().map(|c| format!("{}x{}x{} {}->{}", c.m, c.n, c.k, c.ab, c.c)).collect();
+        println!(
+            "    subgroup size {lo}..{hi}; cooperative matrices: {}",
+            if configs.is_empty() { "none".to_string() } else { configs.join(", ") }
+        );
+        let k = &a.kernels;
+        println!(
+            "    kernels: {} (precision {}, fragments {}x{}, {} lanes) - {}",
+            k.family.name(),
+            k.precision.name(),
+            k.frag,
+            k.frag,
+            k.lanes,
+            k.reason
+        );
     }
     Ok(())
 }

@@ -14,17 +14,21 @@
 /// A WGSL source compiled into the binary: a kernel with its preludes joined in front.
 #[derive(Clone, Copy, Debug)]
 pub struct Shader {
-    /// The path under `shaders/` without `.wgsl`, e.g. `gemm/gemm`.
+    /// The composition's name: the file's, or `file@variant` for a file composed with another
+    /// fragment backend (the tile programs: `gemm/gemm@coop16`).
     pub name: &'static str,
+    /// The path under `shaders/` without `.wgsl`, e.g. `gemm/gemm`.
+    pub file: &'static str,
     /// The preludes joined in front of the kernel, by name (e.g. `common/decode`).
     pub preludes: &'static [&'static str],
     pub source: &'static str,
 }
 
 macro_rules! shaders {
-    ($($ident:ident => $file:literal $(uses [$($lib:literal),*])?),* $(,)?) => {
+    ($($ident:ident => $file:literal $(as $name:literal)? $(uses [$($lib:literal),*])?),* $(,)?) => {
         $(pub const $ident: Shader = Shader {
-            name: $file,
+            name: shaders!(@name $file $($name)?),
+            file: $file,
             preludes: &[$($($lib),*)?],
             source: concat!(
                 $($("// ---- prelude shaders/", $lib, ".wgsl ----\n",
@@ -36,23 +40,33 @@ macro_rules! shaders {
         /// Every registered kernel shader.
         pub const ALL: &[Shader] = &[$($ident),*];
     };
+    (@name $file:literal) => { $file };
+    (@name $file:literal $name:literal) => { $name };
 }
 
 macro_rules! preludes {
     ($($file:literal $(reads $stand_in:literal)?),* $(,)?) => {
-        /// Every shared prelude, alone (what `tests/shaders.rs` validates standalone), after the
+        /// Every shared prelude, alone (what `tests/shaders.rs` validates standalone), followed by
         /// stand-ins of the kernel globals it reads.
         pub const PRELUDES: &[Shader] = &[$(Shader {
             name: $file,
+            file: $file,
             preludes: &[],
-            source: concat!($($stand_in, "\n",)? include_str!(concat!("../shaders/", $file, ".wgsl"))),
+            source: concat!(include_str!(concat!("../shaders/", $file, ".wgsl")), $("\n", $stand_in,)?),
         }),*];
     };
 }
 
 preludes![
     "common/act",
+    "common/coop16" reads "var<workgroup> coop_in: array<f16, 1>; var<workgroup> coop_out: array<f32, 1>; const WG: u32 = 64u; // stand-ins for the kernel's",
+    "common/coop8" reads "var<workgroup> coop_in: array<f16, 1>; var<workgroup> coop_out: array<f32, 1>; const WG: u32 = 64u; // stand-ins for the kernel's",
+    "common/coop_emulated" reads "alias CoopElem = f32; const FRAG: u32 = 16u; const WG: u32 = 64u; fn coop_f32(v: f32) -> f32 { return v; } var<workgroup> coop_in: array<f32, 1>; var<workgroup> coop_out: array<f32, 1>; // stand-ins for elem_*, frag* and the kernel",
     "common/decode",
+    "common/elem_f16",
+    "common/elem_f32",
+    "common/frag16",
+    "common/frag8",
     "common/quant" reads "var<private> weight: array<u32, 1>; // stand-in for the kernel's binding",
     "common/reduce",
 ];
@@ -67,7 +81,11 @@ shaders! {
     ELEMENTWISE_BACKWARD => "elementwise/elementwise_backward" uses ["common/act"],
     FILL => "fill/fill",
     GATED_RESIDUAL => "gated_residual/gated_residual",
-    GEMM => "gemm/gemm" uses ["common/decode", "common/quant", "common/act"],
+    GEMM => "gemm/gemm" uses ["common/elem_f32", "common/frag16", "common/coop_emulated", "common/decode", "common/quant", "common/act"],
+    GEMM_EMULATED8 => "gemm/gemm" as "gemm/gemm@emulated8" uses ["common/elem_f32", "common/frag8", "common/coop_emulated", "common/decode", "common/quant", "common/act"],
+    GEMM_F16 => "gemm/gemm" as "gemm/gemm@f16" uses ["common/elem_f16", "common/frag16", "common/coop_emulated", "common/decode", "common/quant", "common/act"],
+    GEMM_COOP16 => "gemm/gemm" as "gemm/gemm@coop16" uses ["common/coop16", "common/decode", "common/quant", "common/act"],
+    GEMM_COOP8 => "gemm/gemm" as "gemm/gemm@coop8" uses ["common/coop8", "common/decode", "common/quant", "common/act"],
     GEMM_DW => "gemm/gemm_dw",
     GEMM_DX => "gemm/gemm_dx" uses ["common/decode", "common/quant"],
     LAYER_NORM_MOD => "norm/layer_norm_mod" uses ["common/reduce"],

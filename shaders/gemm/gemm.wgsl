@@ -285,3 +285,151 @@ fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
         }
     }
 }
+
+// ---- gemm_coop: the tile program on cooperative matrices (fragment API: common/coop16) -------
+// The same function with f16 operands and f32 accumulation (`--precision mixed`): each x row is
+// first scaled by a power of two 2^s (s = 14 - floor(log2 max|x_row|), clamped to ±100), so its
+// largest value lies in [2^14, 2^15) and no row overflows f16; the epilogue multiplies by 2^-s
+// (both exact). Weights are decoded to f32 (any DTYPE, as above) and rounded to f16 while staged.
+// Workgroup: WARPS_M x WARPS_N subgroups of LANES invocations; subgroup (wm, wn) owns a WTM x WTN
+// warp tile of the TM x TN workgroup tile (TM = WARPS_M·WTM, TN = WARPS_N·WTN) as ACC_M x ACC_N
+// accumulator fragments. K advances BK at a time through two staging buffers in coop_in (stage
+// slab s+1 while multiplying slab s: one barrier per slab), rows padded by PAD elements. The
+// epilogue stores one fragment per subgroup to coop_out and finishes it with scalar lanes
+// (`store` above: bias, LoRA t·Bᵀ in f32, GELU, gate, residual).
+// Dispatch: [ceil(N/TN), ceil(max_rows/TM), problems].
+
+override WARPS_M: u32 = 2u;
+override WARPS_N: u32 = 2u;
+override LANES: u32 = 32u;     // invocations per subgroup (the emulation's 32, or the adapter's fixed size)
+override BK: u32 = 32u;        // K step, a multiple of FRAG (and of 4)
+override WTM: u32 = 32u;       // warp tile rows, a multiple of FRAG, at most 64
+override WTN: u32 = 32u;       // warp tile columns, a multiple of FRAG, at most 64
+override ACC_M: u32 = WTM / FRAG;
+override ACC_N: u32 = WTN / FRAG;
+const MAX_ACC: u32 = (64u / FRAG) * (64u / FRAG);  // accumulators a subgroup can hold (the array size)
+const PAD: u32 = 8u;           // elements of padding per staged row (16 bytes of f16)
+override WG: u32 = WARPS_M * WARPS_N * LANES;
+override TM: u32 = WARPS_M * WTM;
+override TN: u32 = WARPS_N * WTN;
+override LDS: u32 = BK + PAD;                   // staged row stride
+override STAGE: u32 = (TM + TN) * LDS;          // one staging buffer: A rows, then B rows
+override COOP_IN_LEN: u32 = 2u * STAGE;
+override COOP_OUT_LEN: u32 = WARPS_M * WARPS_N * FRAG * FRAG;
+
+var<workgroup> coop_in: array<CoopElem, COOP_IN_LEN>;
+var<workgroup> coop_out: array<f32, COOP_OUT_LEN>;
+var<workgroup> row_amax: array<atomic<u32>, TM>;
+var<workgroup> row_exp: array<i32, TM>;   // the row's shift s
+
+// The power-of-two exponent s of a row whose largest |value| has f32 bits `amax_bits`.
+fn row_shift(amax_bits: u32) -> i32 {
+    return clamp(14 - (i32((amax_bits >> 23u) & 0xffu) - 127), -100, 100);
+}
+
+// Stages K slab `k0` of x (rows rb.., scaled, rounded) and W (columns cb..) into buffer `buf`.
+fn stage_slab(pr: Problem, rb: u32, cb: u32, k0: u32, buf: u32, lix: u32, w4: bool) {
+    let K = p.k;
+    let base = buf * STAGE;
+    for (var e = lix; e < TM * BK; e += WG) {
+        let r = e / BK;
+        let kk = e % BK;
+        var v = 0.0;
+        if (rb + r < pr.rows && k0 + kk < K) { v = ldexp(x[(pr.row0 + rb + r) * K + k0 + kk], row_exp[r]); }
+        coop_in[base + r * LDS + kk] = coop_elem(v);
+    }
+    let wb = base + TM * LDS;
+    if (w4) {
+        for (var e = lix; e < TN * BK / 4u; e += WG) {
+            let c = e / (BK / 4u);
+            let kk = 4u * (e % (BK / 4u));
+            var v = vec4<f32>(0.0);
+            // K % 4 == 0 here, so a run that starts inside K ends inside it.
+            if (cb + c < p.n && k0 + kk < K) { v = load_w4(pr.w_off + (cb + c) * K + k0 + kk); }
+            for (var q = 0u; q < 4u; q += 1u) { coop_in[wb + c * LDS + kk + q] = coop_elem(v[q]); }
+        }
+    } else {
+        for (var e = lix; e < TN * BK; e += WG) {
+            let c = e / BK;
+            let kk = e % BK;
+            var v = 0.0;
+            if (cb + c < p.n && k0 + kk < K) { v = load_w1(pr.w_off + (cb + c) * K + k0 + kk); }
+            coop_in[wb + c * LDS + kk] = coop_elem(v);
+        }
+    }
+}
+
+@compute @workgroup_size(WG, 1, 1)
+fn gemm_coop(ids: CoopIds) {
+    coop_init(ids);
+    let wid = ids.wid;
+    let lix = ids.lix;
+    let pr = p.prob[wid.z];
+    let rb = wid.y * TM;   // first tile row, relative to row0
+    let cb = wid.x * TN;   // first tile column
+    if (rb >= pr.rows) { return; }  // uniform across the workgroup
+    let K = p.k;
+    // Row scales: the largest |x| of each tile row over all of K.
+    for (var r = lix; r < TM; r += WG) { atomicStore(&row_amax[r], 0u); }
+    workgroupBarrier();
+    for (var r = 0u; r < TM; r += 1u) {
+        if (rb + r < pr.rows) {
+            var mx = 0.0;
+            let xb = (pr.row0 + rb + r) * K;
+            for (var k = lix; k < K; k += WG) { mx = max(mx, abs(x[xb + k])); }
+            atomicMax(&row_amax[r], bitcast<u32>(mx));
+        }
+    }
+    workgroupBarrier();
+    for (var r = lix; r < TM; r += WG) { row_exp[r] = row_shift(atomicLoad(&row_amax[r])); }
+    workgroupBarrier();
+
+    let warp = coop_warp(ids);
+    let wm = warp / WARPS_N;
+    let wn = warp % WARPS_N;
+    let w4 = ((K | pr.w_off) & 3u) == 0u;  // uniform
+    var acc: array<FragC, MAX_ACC>;
+    for (var i = 0u; i < ACC_M * ACC_N; i += 1u) { acc[i] = frag_zero(); }
+    let slabs = (K + BK - 1u) / BK;
+    stage_slab(pr, rb, cb, 0u, 0u, lix, w4);
+    workgroupBarrier();
+    for (var s = 0u; s < slabs; s += 1u) {
+        let buf = s & 1u;
+        if (s + 1u < slabs) { stage_slab(pr, rb, cb, (s + 1u) * BK, buf ^ 1u, lix, w4); }
+        let a0 = buf * STAGE + (wm * WTM) * LDS;
+        let b0 = buf * STAGE + (TM + wn * WTN) * LDS;
+        for (var kf = 0u; kf < BK; kf += FRAG) {
+            var bf: array<FragB, 64u / FRAG>;
+            for (var j = 0u; j < ACC_N; j += 1u) { bf[j] = frag_b_cols(b0 + j * FRAG * LDS + kf, LDS); }
+            for (var i = 0u; i < ACC_M; i += 1u) {
+                let af = frag_a_rows(a0 + i * FRAG * LDS + kf, LDS);
+                for (var j = 0u; j < ACC_N; j += 1u) { acc[i * ACC_N + j] = frag_mma(af, bf[j], acc[i * ACC_N + j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+    // Epilogue, one fragment per subgroup at a time through its FRAGxFRAG slot of coop_out.
+    let slot = warp * FRAG * FRAG;
+    let lane = coop_lane(ids);
+    let lanes = coop_lanes(ids);
+    for (var i = 0u; i < ACC_M; i += 1u) {
+        for (var j = 0u; j < ACC_N; j += 1u) {
+            frag_store_rows(acc[i * ACC_N + j], slot, FRAG);
+            workgroupBarrier();
+            for (var q = lane; q < FRAG * FRAG; q += lanes) {
+                let r = wm * WTM + i * FRAG + q / FRAG;   // tile row
+                let n = cb + wn * WTN + j * FRAG + q % FRAG;
+                if (rb + r < pr.rows && n < p.n) {
+                    let m = pr.row0 + rb + r;
+                    var l = 0.0;
+                    if (LORA) {
+                        let R = p.rank;
+                        for (var t = 0u; t < R; t += 1u) { l += lora_t[m * R + t] * lora_b[pr.lora_off + n * R + t]; }
+                    }
+                    store(pr, m, n, ldexp(coop_out[slot + q], -row_exp[r]), l);
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+}

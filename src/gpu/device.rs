@@ -1,6 +1,7 @@
 //! Adapter selection and device creation. Requests the adapter's own limits (not the WebGPU
 //! defaults) and every optional feature wgdit can use that the adapter has.
 
+use super::choice::{self, CoopConfig, CoopSupport, Family, KernelChoice, Offer, Precision};
 use super::{Caps, DeviceLimits, Gpu};
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,10 @@ pub struct GpuOptions {
     pub backend: Option<Backend>,
     /// An index into the adapter list of `wgdit devices`, or a case-insensitive name substring.
     pub adapter: Option<String>,
+    /// `--kernels` (`None`: auto, or `WGDIT_KERNELS`).
+    pub kernels: Option<Family>,
+    /// `--precision` (`None`: auto, or `WGDIT_PRECISION`).
+    pub precision: Option<Precision>,
 }
 
 impl GpuOptions {
@@ -57,6 +62,17 @@ impl GpuOptions {
         }
         if self.adapter.is_none() {
             self.adapter = std::env::var("WGDIT_ADAPTER").ok().filter(|s| !s.is_empty());
+        }
+        if self.kernels.is_none() {
+            if let Some(k) = std::env::var("WGDIT_KERNELS").ok().filter(|s| !s.is_empty()) {
+                self.kernels = choice::parse_kernels(&k).map_err(|e| Error::input(format!("WGDIT_KERNELS: {e}")))?;
+            }
+        }
+        if self.precision.is_none() {
+            if let Some(p) = std::env::var("WGDIT_PRECISION").ok().filter(|s| !s.is_empty()) {
+                self.precision =
+                    choice::parse_precision(&p).map_err(|e| Error::input(format!("WGDIT_PRECISION: {e}")))?;
+            }
         }
         Ok(self)
     }
@@ -75,6 +91,17 @@ pub struct AdapterReport {
     pub limits: DeviceLimits,
     /// The largest device-local heap in bytes (Vulkan; `None` where the backend does not say).
     pub device_memory: Option<u64>,
+    /// Cooperative-matrix configurations and subgroup sizes.
+    pub coop: CoopSupport,
+    /// The kernel family `--kernels auto --precision auto` picks here, and why.
+    pub kernels: KernelChoice,
+}
+
+impl AdapterReport {
+    /// What this adapter offers `choice::resolve`.
+    pub fn offer(&self) -> Offer<'_> {
+        offer(&self.caps, &self.device_type, &self.coop)
+    }
 }
 
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
@@ -93,20 +120,56 @@ fn wanted_features(adapter: &wgpu::Adapter) -> wgpu::Features {
         | wgpu::Features::SUBGROUP
         | wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
-        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
     adapter.features() & wanted
 }
 
-fn caps_of(features: wgpu::Features, adapter: &wgpu::Adapter) -> Caps {
+fn caps_of(features: wgpu::Features) -> Caps {
     Caps {
         shader_f16: features.contains(wgpu::Features::SHADER_F16),
         subgroup: features.contains(wgpu::Features::SUBGROUP),
         timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
         timestamp_inside_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
-        // Reported, not enabled: the portable kernels do not use it yet and enabling it
-        // requires the experimental-features opt-in.
-        cooperative_matrix: adapter.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+        cooperative_matrix: features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
     }
+}
+
+fn scalar_name(t: wgpu::CooperativeScalarType) -> String {
+    match t {
+        wgpu::CooperativeScalarType::F32 => "f32",
+        wgpu::CooperativeScalarType::F16 => "f16",
+        wgpu::CooperativeScalarType::I32 => "i32",
+        wgpu::CooperativeScalarType::U32 => "u32",
+    }
+    .to_string()
+}
+
+fn coop_of(caps: &Caps, a: &wgpu::Adapter) -> CoopSupport {
+    let info = a.get_info();
+    let configs = if caps.cooperative_matrix {
+        a.cooperative_matrix_properties()
+            .into_iter()
+            .map(|p| CoopConfig {
+                m: p.m_size,
+                n: p.n_size,
+                k: p.k_size,
+                ab: scalar_name(p.ab_type),
+                c: scalar_name(p.cr_type),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    CoopSupport {
+        feature: caps.cooperative_matrix,
+        configs,
+        subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+    }
+}
+
+fn offer<'a>(caps: &Caps, device_type: &str, coop: &'a CoopSupport) -> Offer<'a> {
+    Offer { shader_f16: caps.shader_f16, is_cpu: device_type == "Cpu", coop }
 }
 
 fn limits_of(l: &wgpu::Limits) -> DeviceLimits {
@@ -123,16 +186,22 @@ fn limits_of(l: &wgpu::Limits) -> DeviceLimits {
 
 fn report(index: usize, a: &wgpu::Adapter) -> AdapterReport {
     let info = a.get_info();
+    let caps = caps_of(wanted_features(a));
+    let coop = coop_of(&caps, a);
+    let device_type = format!("{:?}", info.device_type);
+    let kernels = choice::resolve(None, None, &offer(&caps, &device_type, &coop)).expect("auto always resolves");
     AdapterReport {
         index,
         backend: format!("{:?}", info.backend),
-        device_type: format!("{:?}", info.device_type),
+        device_type,
         name: info.name,
         driver: info.driver,
         driver_info: info.driver_info,
-        caps: caps_of(wanted_features(a), a),
+        caps,
         limits: limits_of(&a.limits()),
         device_memory: super::memory::adapter_memory(a),
+        coop,
+        kernels,
     }
 }
 
@@ -184,11 +253,22 @@ impl Gpu {
         let inst = instance(backends_for(opts.backend));
         let adapter = pick_adapter(&inst, &opts)?;
         let features = wanted_features(&adapter);
+        let mut report = report(0, &adapter);
+        report.kernels = choice::resolve(opts.kernels, opts.precision, &report.offer())?;
+        let experimental = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            // SAFETY: the opt-in only unlocks EXPERIMENTAL_COOPERATIVE_MATRIX, requested above only
+            // where the adapter reports it. wgdit uses it in the coop tile programs alone, built
+            // only when the resolved family is `coop`, with the configurations the adapter lists
+            // (`CoopSupport::frag`); those programs pass the same tests through the emulation.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let desc = wgpu::DeviceDescriptor {
             label: Some("wgdit"),
             required_features: features,
             required_limits: adapter.limits(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: experimental,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
@@ -201,7 +281,6 @@ impl Gpu {
                 v.push(e.to_string());
             }
         }));
-        let report = report(0, &adapter);
         let memory = super::memory::device_memory(&adapter)?;
         Ok(Arc::new(Gpu::assemble(adapter, device, queue, report, uncaptured, memory)))
     }

@@ -10,12 +10,14 @@
 //!   [`Bound`]: the same with its bind group and uniform buffer built, ready to re-encode.
 
 mod buffer;
+pub mod choice;
 mod device;
 mod kernel;
 mod memory;
 mod run;
 
 pub use buffer::{Buffer, BufferCopy};
+pub use choice::{Family, KernelChoice, Precision};
 pub use device::{list_adapters, AdapterReport, Backend, GpuOptions};
 pub use kernel::{Access, Kernel};
 pub use memory::DeviceMemory;
@@ -25,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-/// Optional features the adapter offers (and, except `cooperative_matrix`, that the device enabled).
+/// Optional features the adapter offers (and that the device enabled).
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Caps {
     pub shader_f16: bool,
@@ -100,6 +102,10 @@ impl Gpu {
     /// Adapter name, backend, driver.
     pub fn info(&self) -> &AdapterReport {
         &self.report
+    }
+    /// The kernel family and precision of the GEMMs and attention (`--kernels`, `--precision`).
+    pub fn kernel_choice(&self) -> &KernelChoice {
+        &self.report.kernels
     }
     /// Whether the adapter is a CPU implementation (lavapipe, WARP, SwiftShader).
     pub fn is_cpu(&self) -> bool {

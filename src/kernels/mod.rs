@@ -28,6 +28,78 @@ pub mod timestep_embed;
 #[cfg(test)]
 mod test_util;
 
+/// The fragment backend of a tile program (`gemm_coop`, the flash attention): which preludes
+/// provide the fragment API of `shaders/common/coop16.wgsl` (docs/kernels.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tiles {
+    /// Real 16×16×16 cooperative matrices (`--kernels coop` on Vulkan).
+    Coop16,
+    /// Real 8×8×8 cooperative matrices (`--kernels coop` on Metal).
+    Coop8,
+    /// SIMT lanes on f16 operands in workgroup memory (`--kernels f16`).
+    F16,
+    /// The emulation on f32 values rounded to f16, 16×16 fragments (`--kernels coop-emulated`).
+    Emulated16,
+    /// The emulation with Metal's 8×8 fragments (tests run the Metal tile layout through it).
+    Emulated8,
+}
+
+impl Tiles {
+    pub const ALL: [Tiles; 5] = [Tiles::Coop16, Tiles::Coop8, Tiles::F16, Tiles::Emulated16, Tiles::Emulated8];
+
+    /// The backend of the device's kernel choice (`None`: the portable kernels).
+    pub fn of(choice: &crate::gpu::KernelChoice) -> Option<Tiles> {
+        use crate::gpu::Family;
+        match choice.family {
+            Family::Portable => None,
+            Family::F16 => Some(Tiles::F16),
+            Family::Coop if choice.frag == 8 => Some(Tiles::Coop8),
+            Family::Coop => Some(Tiles::Coop16),
+            Family::CoopEmulated => Some(Tiles::Emulated16),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tiles::Coop16 => "coop16",
+            Tiles::Coop8 => "coop8",
+            Tiles::F16 => "f16",
+            Tiles::Emulated16 => "emulated16",
+            Tiles::Emulated8 => "emulated8",
+        }
+    }
+
+    /// Fragment edge.
+    pub fn frag(self) -> usize {
+        match self {
+            Tiles::Coop8 | Tiles::Emulated8 => 8,
+            _ => 16,
+        }
+    }
+
+    /// Bytes of one staged operand in workgroup memory.
+    pub fn elem_bytes(self) -> usize {
+        match self {
+            Tiles::Emulated16 | Tiles::Emulated8 => 4,
+            _ => 2,
+        }
+    }
+
+    /// Invocations per subgroup the program is laid out for: the adapter's fixed subgroup size
+    /// on real cooperative matrices, 32 in the emulation.
+    pub fn lanes(self, gpu: &crate::gpu::Gpu) -> usize {
+        match self {
+            Tiles::Coop16 | Tiles::Coop8 => gpu.info().coop.subgroup_sizes.0 as usize,
+            _ => crate::gpu::choice::EMULATED_LANES as usize,
+        }
+    }
+
+    /// Whether it runs on real cooperative matrices.
+    pub fn is_real_coop(self) -> bool {
+        matches!(self, Tiles::Coop16 | Tiles::Coop8)
+    }
+}
+
 /// Kernels that decode only f32, f16 and bf16 weights (`shaders/common/decode.wgsl`: conv2d, the
 /// RMS norms) refuse the block formats and fp8 with an error naming the dtype: their weights
 /// are small, and a loader that meets one there widens it on the host.

@@ -130,7 +130,8 @@ pub fn launch_variant(gpu: &Gpu, a: &Args, variant: Variant) -> Result<Launch> {
     crate::kernels::require_float_weight("conv2d", a.weight.dtype)?;
     let s = &a.shape;
     let tiled = match variant {
-        Variant::Auto => !gpu.is_cpu(),
+        // conv2d has no tile program: the VAE's convolutions stay f32 in every kernel family.
+        Variant::Auto | Variant::Tile(_) | Variant::TileWith(..) => !gpu.is_cpu(),
         Variant::Registers => false,
         Variant::Workgroup => true,
     };

@@ -9,8 +9,9 @@
 //! otherwise (slower, same result).
 
 use crate::gpu::{Gpu, Launch};
+use crate::kernels::Tiles;
 use crate::layout::PerSampleRef;
-use crate::shaders::GEMM;
+use crate::shaders::{Shader, GEMM, GEMM_COOP16, GEMM_COOP8, GEMM_EMULATED8, GEMM_F16};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -24,13 +25,95 @@ pub const TILE_WG: u32 = 64;
 /// Which entry point of `shaders/gemm/gemm.wgsl` runs a GEMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// `Registers` on CPU adapters (lavapipe: barriers and workgroup memory are ~10x slower
-    /// there, field-notes §2), `Workgroup` elsewhere.
+    /// The device's kernel family (`gpu.kernel_choice()`): the tile program `gemm_coop` on its
+    /// fragment backend for `coop`, `f16` and `coop-emulated` (except skinny GEMMs, N <
+    /// [`SKINNY_N`]: LoRA down-projections stay f32); for `portable`, `Registers` on CPU adapters
+    /// (lavapipe: barriers and workgroup memory are ~10x slower there, field-notes §2),
+    /// `Workgroup` elsewhere.
     Auto,
-    /// `gemm`: register tiling only.
+    /// `gemm`: register tiling only, f32.
     Registers,
-    /// `gemm_tiled`: 64x64 tiles staged through workgroup memory with coalesced loads.
+    /// `gemm_tiled`: 64x64 tiles staged through workgroup memory with coalesced loads, f32.
     Workgroup,
+    /// `gemm_coop` on a fragment backend, f16 operands, its default [`TileConfig`].
+    Tile(Tiles),
+    /// `gemm_coop` with an explicit tile configuration (tests, the kernel bench).
+    TileWith(Tiles, TileConfig),
+}
+
+/// Below this many output columns `Auto` keeps a mixed-precision device on the f32 kernels: a
+/// 64- or 128-column tile would be mostly idle (LoRA down-projections, N = rank).
+pub const SKINNY_N: usize = 64;
+
+/// The tile of one `gemm_coop` workgroup: `warps_m × warps_n` subgroups, each owning a `wtm × wtn`
+/// warp tile (multiples of the fragment edge, at most 64), K staged `bk` at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileConfig {
+    pub warps_m: usize,
+    pub warps_n: usize,
+    pub wtm: usize,
+    pub wtn: usize,
+    pub bk: usize,
+}
+
+/// Padding of each staged row, in elements (`PAD` in the shader).
+const TILE_PAD: usize = 8;
+
+impl TileConfig {
+    /// The default per backend: 128x128 tiles of four 64x64 warp tiles on real cooperative
+    /// matrices (BK 32 with 16x16 fragments, 16 on Metal's 32 KiB of threadgroup memory); 64x64
+    /// tiles of four 32x32 warp tiles on SIMT backends (BK 32 in f16, 16 in the f32 emulation,
+    /// which fits lavapipe's 32 KiB). Shrinks BK (then the tile) until it fits `max_bytes`.
+    pub fn default_for(tiles: Tiles, max_bytes: usize) -> TileConfig {
+        let mut c = match tiles {
+            Tiles::Coop16 => TileConfig { warps_m: 2, warps_n: 2, wtm: 64, wtn: 64, bk: 32 },
+            Tiles::Coop8 => TileConfig { warps_m: 2, warps_n: 2, wtm: 64, wtn: 64, bk: 16 },
+            Tiles::F16 => TileConfig { warps_m: 2, warps_n: 2, wtm: 32, wtn: 32, bk: 32 },
+            Tiles::Emulated16 | Tiles::Emulated8 => TileConfig { warps_m: 2, warps_n: 2, wtm: 32, wtn: 32, bk: 16 },
+        };
+        while c.workgroup_bytes(tiles) > max_bytes {
+            if c.bk > tiles.frag() {
+                c.bk /= 2;
+            } else if c.wtm > tiles.frag() * 2 {
+                c.wtm /= 2;
+                c.wtn /= 2;
+            } else {
+                break;
+            }
+        }
+        c
+    }
+    pub fn tm(&self) -> usize {
+        self.warps_m * self.wtm
+    }
+    pub fn tn(&self) -> usize {
+        self.warps_n * self.wtn
+    }
+    /// Workgroup memory of the shader's arrays: two staging buffers, one fragment per
+    /// subgroup, the row maxima and scales.
+    pub fn workgroup_bytes(&self, tiles: Tiles) -> usize {
+        let stage = (self.tm() + self.tn()) * (self.bk + TILE_PAD);
+        let frag = tiles.frag();
+        2 * stage * tiles.elem_bytes() + self.warps_m * self.warps_n * frag * frag * 4 + self.tm() * 8
+    }
+    fn check(&self, tiles: Tiles) {
+        let f = tiles.frag();
+        assert!(
+            self.wtm % f == 0 && self.wtn % f == 0 && self.wtm <= 64 && self.wtn <= 64 && self.bk % f == 0,
+            "gemm_coop: tile {self:?} does not suit {f}x{f} fragments"
+        );
+    }
+}
+
+/// The `gemm/gemm` composition of a fragment backend.
+pub(crate) fn tile_shader(tiles: Tiles) -> &'static Shader {
+    match tiles {
+        Tiles::Coop16 => &GEMM_COOP16,
+        Tiles::Coop8 => &GEMM_COOP8,
+        Tiles::F16 => &GEMM_F16,
+        Tiles::Emulated16 => &GEMM,
+        Tiles::Emulated8 => &GEMM_EMULATED8,
+    }
 }
 
 /// One row-range problem of a grouped GEMM (see the module doc). Build with
@@ -196,10 +279,15 @@ fn problem_params(p: &GemmProblem) -> ProblemParams {
 
 /// Workgroup grid for output columns `cols` and the problems' largest row count.
 pub(crate) fn grid(cols: usize, problems: &[GemmProblem], tile: u32, name: &str) -> [u32; 3] {
+    grid2(cols, problems, tile, tile, name)
+}
+
+/// [`grid`] with tiles of `tile_n` columns and `tile_m` rows.
+pub(crate) fn grid2(cols: usize, problems: &[GemmProblem], tile_n: u32, tile_m: u32, name: &str) -> [u32; 3] {
     let rows = problems.iter().map(|p| p.rows).max().unwrap_or(0);
-    let gy = (rows as u32).div_ceil(tile).max(1);
+    let gy = (rows as u32).div_ceil(tile_m).max(1);
     assert!(gy <= 65535, "{name}: {rows} rows per problem exceed the grid");
-    [(cols as u32).div_ceil(tile).max(1), gy, problems.len() as u32]
+    [(cols as u32).div_ceil(tile_n).max(1), gy, problems.len() as u32]
 }
 
 fn check(a: &GemmArgs) {
@@ -268,16 +356,52 @@ pub fn launch_forward(gpu: &Gpu, a: &GemmArgs) -> Result<Launch> {
     launch_variant(gpu, a, Variant::Auto)
 }
 
-/// [`launch`] with an explicit choice of entry point.
+/// What `Variant::Auto` runs for `n` output columns on this device.
+pub fn auto_variant(gpu: &Gpu, n: usize) -> Variant {
+    match Tiles::of(gpu.kernel_choice()) {
+        Some(t) if n >= SKINNY_N => Variant::Tile(t),
+        _ if gpu.is_cpu() => Variant::Registers,
+        _ => Variant::Workgroup,
+    }
+}
+
+/// [`launch_forward`] with an explicit choice of entry point.
 pub fn launch_variant(gpu: &Gpu, a: &GemmArgs, variant: Variant) -> Result<Launch> {
     check(a);
     check_weight("gemm", a.weight, a.n, a.x.shape[1], a.problems)?;
-    let tiled = match variant {
-        Variant::Auto => !gpu.is_cpu(),
-        Variant::Registers => false,
-        Variant::Workgroup => true,
+    let variant = match variant {
+        Variant::Auto => auto_variant(gpu, a.n),
+        Variant::Tile(t) => {
+            Variant::TileWith(t, TileConfig::default_for(t, gpu.limits().max_workgroup_storage as usize))
+        }
+        v => v,
     };
-    let (entry, tile) = if tiled { ("gemm_tiled", TILE_WG) } else { ("gemm", TILE) };
+    let mut tile_constants = Vec::new();
+    let (shader, entry, tile_m, tile_n) = match variant {
+        Variant::Registers => (&GEMM, "gemm", TILE, TILE),
+        Variant::Workgroup => (&GEMM, "gemm_tiled", TILE_WG, TILE_WG),
+        Variant::TileWith(t, c) => {
+            c.check(t);
+            let bytes = c.workgroup_bytes(t);
+            if bytes > gpu.limits().max_workgroup_storage as usize {
+                return Err(Error::TooLarge(format!(
+                    "gemm_coop: tile {c:?} needs {bytes} B of workgroup memory; the adapter allows {}",
+                    gpu.limits().max_workgroup_storage
+                )));
+            }
+            let f = |v: usize| v as f64;
+            tile_constants = vec![
+                ("WARPS_M", f(c.warps_m)),
+                ("WARPS_N", f(c.warps_n)),
+                ("WTM", f(c.wtm)),
+                ("WTN", f(c.wtn)),
+                ("BK", f(c.bk)),
+                ("LANES", f(t.lanes(gpu))),
+            ];
+            (tile_shader(t), "gemm_coop", c.tm() as u32, c.tn() as u32)
+        }
+        Variant::Auto | Variant::Tile(_) => unreachable!("resolved above"),
+    };
     let e = &a.epilogue;
     let residual = match e.residual {
         Residual::None => 0.0,
@@ -285,18 +409,16 @@ pub fn launch_variant(gpu: &Gpu, a: &GemmArgs, variant: Variant) -> Result<Launc
         Residual::InPlace => 2.0,
     };
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    let kernel = gpu.kernel(
-        &GEMM,
-        entry,
-        &[
-            ("DTYPE", a.weight.dtype.code()),
-            ("HAS_BIAS", flag(e.bias.is_some())),
-            ("LORA", flag(e.lora.is_some())),
-            ("GELU", flag(e.gelu)),
-            ("GATE", flag(e.gate.is_some())),
-            ("RESIDUAL", residual),
-        ],
-    )?;
+    let mut constants = vec![
+        ("DTYPE", a.weight.dtype.code()),
+        ("HAS_BIAS", flag(e.bias.is_some())),
+        ("LORA", flag(e.lora.is_some())),
+        ("GELU", flag(e.gelu)),
+        ("GATE", flag(e.gate.is_some())),
+        ("RESIDUAL", residual),
+    ];
+    constants.extend(tile_constants);
+    let kernel = gpu.kernel(shader, entry, &constants)?;
     let mut prob = [ProblemParams::default(); MAX_PROBLEMS];
     for (d, p) in prob.iter_mut().zip(a.problems) {
         *d = problem_params(p);
@@ -330,7 +452,7 @@ pub fn launch_variant(gpu: &Gpu, a: &GemmArgs, variant: Variant) -> Result<Launc
             or_x(e.lora.map(|l| l.b)),
             a.y.buffer.clone(),
         ],
-        groups: grid(a.n, a.problems, tile, entry),
+        groups: grid2(a.n, a.problems, tile_n, tile_m, entry),
     })
 }
 
@@ -368,6 +490,31 @@ pub fn launch_lora_down(
 pub mod cpu {
     use super::GemmProblem;
     use crate::kernels::elementwise::cpu::gelu_tanh;
+
+    /// `v` rounded to f16 (nearest even, overflow to infinity), as f32.
+    pub fn round_f16(v: f32) -> f32 {
+        half::f16::from_f32(v).to_f32()
+    }
+
+    /// The power-of-two exponent `gemm_coop` scales a row by before rounding it to f16, from
+    /// the row's largest |value| (`row_shift` in the shader).
+    pub fn row_shift(amax: f32) -> i32 {
+        let e = ((amax.to_bits() >> 23) & 0xff) as i32 - 127;
+        (14 - e).clamp(-100, 100)
+    }
+
+    /// x [M, K] as the tile programs multiply it: each row scaled by 2^s, rounded to f16, scaled
+    /// back (exact); the reference of `--precision mixed` is the f64 GEMM of these operands and
+    /// the weights through [`round_f16`].
+    pub fn mixed_rows(x: &[f32], k: usize) -> Vec<f32> {
+        x.chunks(k)
+            .flat_map(|row| {
+                let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let s = row_shift(amax);
+                row.iter().map(move |&v| round_f16(v * 2f32.powi(s)) * 2f32.powi(-s))
+            })
+            .collect()
+    }
 
     /// The reference twin of [`super::GemmArgs`]: f64 slices, same offsets and meanings.
     /// `residual`: `Some(res)` for both `Residual::From(res)` and `InPlace` (pass y's old values).

@@ -3,14 +3,25 @@
 
 use crate::gpu::Gpu;
 use crate::kernels::gemm::{
-    self, cpu, Epilogue, GemmArgs, GemmProblem, Lora, LoraProblem, PerSampleRef, Residual, Variant,
+    self, cpu, Epilogue, GemmArgs, GemmProblem, Lora, LoraProblem, PerSampleRef, Residual, TileConfig, Variant,
 };
+use crate::kernels::Tiles;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::testing::{assert_close, test_gpu, Tol};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 pub(super) const VARIANTS: [Variant; 2] = [Variant::Registers, Variant::Workgroup];
+
+/// The tile program (f16 operands) in the layouts lavapipe can run: four 32x32 warp tiles and
+/// one 64x64 warp tile on the f32 emulation, Metal's 8x8 fragments emulated, and the f16 SIMT
+/// backend at its default tile.
+pub(super) const TILE_VARIANTS: [Variant; 4] = [
+    Variant::TileWith(Tiles::Emulated16, TileConfig { warps_m: 2, warps_n: 2, wtm: 32, wtn: 32, bk: 16 }),
+    Variant::TileWith(Tiles::Emulated16, TileConfig { warps_m: 1, warps_n: 1, wtm: 64, wtn: 64, bk: 16 }),
+    Variant::TileWith(Tiles::Emulated8, TileConfig { warps_m: 2, warps_n: 1, wtm: 32, wtn: 64, bk: 16 }),
+    Variant::Tile(Tiles::F16),
+];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum Res {
@@ -144,8 +155,19 @@ pub(super) fn gpu_forward(gpu: &Gpu, c: &Case, d: &Data, groups: &[Vec<usize>], 
 }
 
 pub(super) fn cpu_forward(c: &Case, d: &Data) -> Vec<f32> {
+    cpu_forward_of(c, d, &d.x, &d.w)
+}
+
+/// The reference of `--precision mixed`: x rows scaled and rounded to f16 as `gemm_coop` does,
+/// weights rounded to f16 (after decoding), then the same f64 GEMM.
+pub(super) fn cpu_forward_mixed(c: &Case, d: &Data) -> Vec<f32> {
+    let w: Vec<f32> = d.w.iter().map(|&v| cpu::round_f16(v)).collect();
+    cpu_forward_of(c, d, &cpu::mixed_rows(&d.x, c.k), &w)
+}
+
+fn cpu_forward_of(c: &Case, d: &Data, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (x, w, bias, gate, res, t, lb) =
-        (f64s(&d.x), f64s(&d.w), f64s(&d.bias), f64s(&d.gate), f64s(&d.res), f64s(&d.t), f64s(&d.lb));
+        (f64s(x), f64s(w), f64s(&d.bias), f64s(&d.gate), f64s(&d.res), f64s(&d.t), f64s(&d.lb));
     let g = cpu::Gemm {
         x: &x,
         k: c.k,
@@ -173,9 +195,18 @@ pub(super) fn check(gpu: &Gpu, rng: &mut Rng, c: &Case) -> Data {
 }
 
 pub(super) fn check_with(gpu: &Gpu, c: &Case, d: &Data) {
+    let all: Vec<usize> = (0..c.problems.len()).collect();
     let want = cpu_forward(c, d);
     for v in VARIANTS {
-        let got = gpu_forward(gpu, c, d, &[(0..c.problems.len()).collect()], v);
+        let got = gpu_forward(gpu, c, d, std::slice::from_ref(&all), v);
+        let s = assert_close(&format!("{} {v:?}", c.name()), &got, &want, Tol::f32_dot(c.k + c.rank));
+        eprintln!("{} {v:?}: max_abs {:.2e} rel_l2 {:.2e}", c.name(), s.max_abs, s.rel_l2);
+    }
+    // The tile programs multiply f16-rounded operands exactly and accumulate in f32: against the
+    // reference on the same rounded operands they are as close as the f32 kernels are to theirs.
+    let want = cpu_forward_mixed(c, d);
+    for v in TILE_VARIANTS {
+        let got = gpu_forward(gpu, c, d, std::slice::from_ref(&all), v);
         let s = assert_close(&format!("{} {v:?}", c.name()), &got, &want, Tol::f32_dot(c.k + c.rank));
         eprintln!("{} {v:?}: max_abs {:.2e} rel_l2 {:.2e}", c.name(), s.max_abs, s.rel_l2);
     }
@@ -186,7 +217,7 @@ pub(super) fn check_with(gpu: &Gpu, c: &Case, d: &Data) {
 /// rows ([shift | scale | gate], stride 3N). `split` < 32 turns on zero_cond_t for the img stream.
 /// A two-problem case gives the same bits as one launch per problem, in every variant.
 pub(super) fn check_grouped_equals_separate(gpu: &Gpu, c: &Case, d: &Data) {
-    for v in VARIANTS {
+    for v in VARIANTS.into_iter().chain(TILE_VARIANTS) {
         let grouped = gpu_forward(gpu, c, d, &[vec![0, 1]], v);
         let separate = gpu_forward(gpu, c, d, &[vec![0], vec![1]], v);
         let same = grouped.iter().zip(&separate).all(|(a, b)| a.to_bits() == b.to_bits());
@@ -341,5 +372,54 @@ fn gelu_epilogue_stays_finite_for_large_activations() {
         // Values reach 1e4: scale the absolute tolerance with them (f32 dot of 5 terms).
         let tol = Tol { abs: 1e-6 * 2e4, ..Tol::f32_dot(5) };
         assert_close(&format!("gelu large {v:?}"), &got, &cpu_forward(&c, &d), tol);
+    }
+}
+
+#[test]
+fn tile_programs_differ_from_f32_by_f16_operand_rounding_only() {
+    // The mixed reference is not the f32 one: the f16 rounding shows at ~1e-3 (so the tile
+    // checks above could fail), and the tile programs stay within a few f16 ulps of f32.
+    let gpu = test_gpu();
+    let mut rng = Rng::new(21);
+    let c = Case { bias: true, ..Case::plain(65, 130, 257, DType::BF16) };
+    let d = data(&mut rng, &c);
+    let f32_ref = cpu_forward(&c, &d);
+    let s = crate::testing::stats(&cpu_forward_mixed(&c, &d), &f32_ref);
+    assert!(s.rel_l2 > 1e-5, "rounding to f16 should show: rel_l2 {:.2e}", s.rel_l2);
+    for v in TILE_VARIANTS {
+        let got = gpu_forward(&gpu, &c, &d, &[vec![0]], v);
+        let s = crate::testing::stats(&got, &f32_ref);
+        eprintln!("{v:?} vs f32: rel_l2 {:.2e} max_abs {:.2e}", s.rel_l2, s.max_abs);
+        assert!(s.rel_l2 < 2e-3, "{v:?}: rel_l2 {:.2e} vs the f32 GEMM", s.rel_l2);
+    }
+}
+
+#[test]
+fn tile_programs_scale_rows_so_activations_of_2e7_do_not_overflow_f16() {
+    // Qwen-Image's activations reach ~2e7 (f16's largest value is 65504); tiny rows (1e-6)
+    // keep their precision too. Each row has its own power-of-two scale.
+    let gpu = test_gpu();
+    let mut rng = Rng::new(22);
+    let c = Case::plain(40, 70, 96, DType::F16);
+    let mut d = data(&mut rng, &c);
+    let scale = |r: usize| [2e7f32, 1e-6, 1.0, 3e4][r % 4];
+    for (r, row) in d.x.chunks_mut(c.k).enumerate() {
+        row.iter_mut().for_each(|v| *v *= scale(r));
+    }
+    // Rows compared at unit scale (the tolerances are for unit-sized operands).
+    let unit = |y: &[f32]| -> Vec<f32> {
+        y.chunks(c.n).enumerate().flat_map(|(r, row)| row.iter().map(move |v| v / scale(r))).collect()
+    };
+    let want = unit(&cpu_forward_mixed(&c, &d));
+    let f32_ref = unit(&cpu_forward(&c, &d));
+    for v in TILE_VARIANTS {
+        let got = gpu_forward(&gpu, &c, &d, &[vec![0]], v);
+        assert!(got.iter().all(|v| v.is_finite()), "{v:?}: overflowed");
+        let got = unit(&got);
+        assert_close(&format!("rows of 2e7 {v:?}"), &got, &want, Tol::f32_dot(c.k));
+        for (r, (g, w)) in got.chunks(c.n).zip(f32_ref.chunks(c.n)).enumerate() {
+            let s = crate::testing::stats(g, w);
+            assert!(s.rel_l2 < 2e-3, "{v:?} row {r}: rel_l2 {:.2e} vs f32", s.rel_l2);
+        }
     }
 }
