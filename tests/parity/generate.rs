@@ -16,17 +16,17 @@ fn pipeline_dir(name: &str) -> PathBuf {
     fixtures().join("pipeline").join(name)
 }
 
-struct Case {
-    name: &'static str,
-    folder: &'static str,
-    steps: usize,
-    seed: u64,
-    cfg: bool,
-    size: Option<(u32, u32)>,
-    images: &'static [&'static str],
+pub(crate) struct Case {
+    pub name: &'static str,
+    pub folder: &'static str,
+    pub steps: usize,
+    pub seed: u64,
+    pub cfg: bool,
+    pub size: Option<(u32, u32)>,
+    pub images: &'static [&'static str],
 }
 
-const CASES: &[Case] = &[
+pub(crate) const CASES: &[Case] = &[
     Case { name: "t2i_cfg", folder: "t2i", steps: 3, seed: 42, cfg: true, size: Some((48, 32)), images: &[] },
     Case { name: "t2i_nocfg", folder: "t2i", steps: 5, seed: 7, cfg: false, size: Some((24, 40)), images: &[] },
     Case { name: "edit", folder: "edit", steps: 3, seed: 11, cfg: true, size: None, images: &["ref_a"] },
@@ -59,7 +59,7 @@ const CASES: &[Case] = &[
     },
 ];
 
-fn options(c: &Case, case_file: &Path, output: PathBuf) -> GenerateOptions {
+pub(crate) fn options(c: &Case, case_file: &Path, output: PathBuf) -> GenerateOptions {
     let mut o = GenerateOptions::new(pipeline_dir(c.folder), Prompt::Embeds(case_file.to_path_buf()), output);
     o.negative = c.cfg.then(|| Prompt::Embeds(case_file.to_path_buf()));
     o.steps = c.steps;

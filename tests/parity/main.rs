@@ -12,6 +12,7 @@ mod generate;
 mod grads;
 mod graph;
 mod lora;
+mod mixed;
 mod quant;
 mod rope;
 mod sampler;

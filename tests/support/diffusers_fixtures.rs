@@ -60,10 +60,21 @@ pub fn run_model(
     mode: QkvMode,
     lora: LoraSet,
 ) -> (DitPlan, Vec<f32>) {
-    let gpu = test_gpu();
+    run_model_on(&test_gpu(), model, config, inputs, mode, lora)
+}
+
+/// [`run_model`] on a given device (another kernel family or precision).
+pub fn run_model_on(
+    gpu: &std::sync::Arc<wgdit::gpu::Gpu>,
+    model: &Path,
+    config: Option<&Path>,
+    inputs: &Path,
+    mode: QkvMode,
+    lora: LoraSet,
+) -> (DitPlan, Vec<f32>) {
     let (cfg, ckpt) = open(model, config).unwrap();
     let inputs = ForwardInputs::from_file(inputs, &cfg).unwrap();
-    let mut dit = Dit::new(&gpu, cfg, Box::new(ckpt), mode).unwrap();
+    let mut dit = Dit::new(gpu, cfg, Box::new(ckpt), mode).unwrap();
     dit.set_loras(lora);
     let plan = dit.plan(&inputs.shape(), true).unwrap();
     plan.plan.poison_activations();

@@ -371,6 +371,9 @@ pub fn launch_variant(gpu: &Gpu, a: &GemmArgs, variant: Variant) -> Result<Launc
     check_weight("gemm", a.weight, a.n, a.x.shape[1], a.problems)?;
     let variant = match variant {
         Variant::Auto => auto_variant(gpu, a.n),
+        v => v,
+    };
+    let variant = match variant {
         Variant::Tile(t) => {
             Variant::TileWith(t, TileConfig::default_for(t, gpu.limits().max_workgroup_storage as usize))
         }
