@@ -6,7 +6,10 @@
 //! Accumulation rule: parameter gradients `+=` (micro-batches add up); activation gradients `=`
 //! (`dx` may opt into `+=` where residual branches add up).
 
-use super::{check_weight, grid, u32_of, GemmProblem, LoraProblem, MAX_PROBLEMS, TILE};
+use super::{
+    check_weight, grid, grid2, resolve_variant, tile_shader_dx, u32_of, GemmProblem, LoraProblem, Variant,
+    MAX_PROBLEMS, TILE,
+};
 use crate::gpu::{Gpu, Launch};
 use crate::shaders::{GEMM_DW, GEMM_DX};
 use crate::tensor::{DType, Tensor};
@@ -78,6 +81,13 @@ pub struct DxArgs<'a> {
 
 // forward: y = alpha·x·Wᵀ + b   =>   dx (= | +=) alpha·dy·W
 pub fn launch_dx(gpu: &Gpu, a: &DxArgs) -> Result<Launch> {
+    launch_dx_variant(gpu, a, Variant::Auto)
+}
+
+/// [`launch_dx`] with an explicit choice: `Registers`/`Workgroup` run `gemm_dx` (f32), the
+/// tile variants `gemm_dx_coop` (f16 operands, dy rows scaled per row). `Auto` follows the
+/// device's family as the forward does (dx has K output columns).
+pub fn launch_dx_variant(gpu: &Gpu, a: &DxArgs, variant: Variant) -> Result<Launch> {
     let (m, k) = (a.dy.shape[0], a.dx.shape[1]);
     let (col0, n) = a.dy_cols.unwrap_or((0, a.dy.shape[1]));
     assert!(col0 + n <= a.dy.shape[1], "gemm_dx: dy columns {col0}+{n} past {}", a.dy.shape[1]);
@@ -103,11 +113,20 @@ pub fn launch_dx(gpu: &Gpu, a: &DxArgs) -> Result<Launch> {
         prob,
     };
     let flag = if a.accumulate { 1.0 } else { 0.0 };
+    let mut constants = vec![("DTYPE", a.weight.dtype.code()), ("ACCUMULATE", flag)];
+    let (kernel, groups) = match resolve_variant(gpu, variant, k)? {
+        Variant::TileWith(t, c) => {
+            constants.extend(c.constants(gpu, t));
+            let groups = grid2(k, a.problems, c.tn() as u32, c.tm() as u32, "gemm_dx_coop");
+            (gpu.kernel(tile_shader_dx(t), "gemm_dx_coop", &constants)?, groups)
+        }
+        _ => (gpu.kernel(&GEMM_DX, "gemm_dx", &constants)?, grid(k, a.problems, TILE, "gemm_dx")),
+    };
     Ok(Launch {
-        kernel: gpu.kernel(&GEMM_DX, "gemm_dx", &[("DTYPE", a.weight.dtype.code()), ("ACCUMULATE", flag)])?,
+        kernel,
         params: bytemuck::bytes_of(&p).to_vec(),
         buffers: vec![a.dy.buffer.clone(), a.weight.buffer.clone(), a.dx.buffer.clone()],
-        groups: grid(k, a.problems, TILE, "gemm_dx"),
+        groups,
     })
 }
 

@@ -11,7 +11,10 @@
 use crate::gpu::{Gpu, Launch};
 use crate::kernels::Tiles;
 use crate::layout::PerSampleRef;
-use crate::shaders::{Shader, GEMM, GEMM_COOP16, GEMM_COOP8, GEMM_EMULATED8, GEMM_F16};
+use crate::shaders::{
+    Shader, GEMM, GEMM_COOP16, GEMM_COOP8, GEMM_DX, GEMM_DX_COOP16, GEMM_DX_COOP8, GEMM_DX_EMULATED8, GEMM_DX_F16,
+    GEMM_EMULATED8, GEMM_F16,
+};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -96,12 +99,35 @@ impl TileConfig {
         let frag = tiles.frag();
         2 * stage * tiles.elem_bytes() + self.warps_m * self.warps_n * frag * frag * 4 + self.tm() * 8
     }
+    /// The override constants of the tile layout.
+    pub(crate) fn constants(&self, gpu: &Gpu, tiles: Tiles) -> Vec<(&'static str, f64)> {
+        let f = |v: usize| v as f64;
+        vec![
+            ("WARPS_M", f(self.warps_m)),
+            ("WARPS_N", f(self.warps_n)),
+            ("WTM", f(self.wtm)),
+            ("WTN", f(self.wtn)),
+            ("BK", f(self.bk)),
+            ("LANES", f(tiles.lanes(gpu))),
+        ]
+    }
     fn check(&self, tiles: Tiles) {
         let f = tiles.frag();
         assert!(
             self.wtm % f == 0 && self.wtn % f == 0 && self.wtm <= 64 && self.wtn <= 64 && self.bk % f == 0,
             "gemm_coop: tile {self:?} does not suit {f}x{f} fragments"
         );
+    }
+}
+
+/// The `gemm/gemm_dx` composition of a fragment backend.
+pub(crate) fn tile_shader_dx(tiles: Tiles) -> &'static Shader {
+    match tiles {
+        Tiles::Coop16 => &GEMM_DX_COOP16,
+        Tiles::Coop8 => &GEMM_DX_COOP8,
+        Tiles::F16 => &GEMM_DX_F16,
+        Tiles::Emulated16 => &GEMM_DX,
+        Tiles::Emulated8 => &GEMM_DX_EMULATED8,
     }
 }
 
@@ -365,45 +391,43 @@ pub fn auto_variant(gpu: &Gpu, n: usize) -> Variant {
     }
 }
 
+/// `Auto` and `Tile` resolved to a concrete entry point (`TileWith` checked against the
+/// adapter's workgroup memory) for `n` output columns.
+pub(crate) fn resolve_variant(gpu: &Gpu, variant: Variant, n: usize) -> Result<Variant> {
+    let variant = match variant {
+        Variant::Auto => auto_variant(gpu, n),
+        v => v,
+    };
+    let max = gpu.limits().max_workgroup_storage as usize;
+    Ok(match variant {
+        Variant::Tile(t) => Variant::TileWith(t, TileConfig::default_for(t, max)),
+        Variant::TileWith(t, c) => {
+            c.check(t);
+            let bytes = c.workgroup_bytes(t);
+            if bytes > max {
+                return Err(Error::TooLarge(format!(
+                    "gemm_coop: tile {c:?} needs {bytes} B of workgroup memory; the adapter allows {max}"
+                )));
+            }
+            variant
+        }
+        v => v,
+    })
+}
+
 /// [`launch_forward`] with an explicit choice of entry point.
 pub fn launch_variant(gpu: &Gpu, a: &GemmArgs, variant: Variant) -> Result<Launch> {
     check(a);
     check_weight("gemm", a.weight, a.n, a.x.shape[1], a.problems)?;
-    let variant = match variant {
-        Variant::Auto => auto_variant(gpu, a.n),
-        v => v,
-    };
-    let variant = match variant {
-        Variant::Tile(t) => {
-            Variant::TileWith(t, TileConfig::default_for(t, gpu.limits().max_workgroup_storage as usize))
-        }
-        v => v,
-    };
     let mut tile_constants = Vec::new();
-    let (shader, entry, tile_m, tile_n) = match variant {
+    let (shader, entry, tile_m, tile_n) = match resolve_variant(gpu, variant, a.n)? {
         Variant::Registers => (&GEMM, "gemm", TILE, TILE),
         Variant::Workgroup => (&GEMM, "gemm_tiled", TILE_WG, TILE_WG),
         Variant::TileWith(t, c) => {
-            c.check(t);
-            let bytes = c.workgroup_bytes(t);
-            if bytes > gpu.limits().max_workgroup_storage as usize {
-                return Err(Error::TooLarge(format!(
-                    "gemm_coop: tile {c:?} needs {bytes} B of workgroup memory; the adapter allows {}",
-                    gpu.limits().max_workgroup_storage
-                )));
-            }
-            let f = |v: usize| v as f64;
-            tile_constants = vec![
-                ("WARPS_M", f(c.warps_m)),
-                ("WARPS_N", f(c.warps_n)),
-                ("WTM", f(c.wtm)),
-                ("WTN", f(c.wtn)),
-                ("BK", f(c.bk)),
-                ("LANES", f(t.lanes(gpu))),
-            ];
+            tile_constants = c.constants(gpu, t);
             (tile_shader(t), "gemm_coop", c.tm() as u32, c.tn() as u32)
         }
-        Variant::Auto | Variant::Tile(_) => unreachable!("resolved above"),
+        Variant::Auto | Variant::Tile(_) => unreachable!("resolve_variant resolves these"),
     };
     let e = &a.epilogue;
     let residual = match e.residual {

@@ -4,6 +4,7 @@
 
 use crate::gpu::Gpu;
 use crate::kernels::gemm::backward::{self as bwd, cpu, DwArgs, DxArgs, LoraGradArgs};
+use crate::kernels::gemm::tests::forward::TILE_VARIANTS;
 use crate::kernels::gemm::{cpu as fwd, GemmProblem, LoraProblem};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
@@ -61,8 +62,46 @@ fn dx_matches_reference_for_all_weight_dtypes_written_and_accumulated() {
                 let name = format!("dx {m}x{n}x{k} {} accumulate={accumulate}", dtype.name());
                 let s = assert_close(&name, &dx.to_f32(&gpu).unwrap(), &f32s(&want), Tol::f32_dot(n));
                 eprintln!("{name}: max_abs {:.2e} rel_l2 {:.2e}", s.max_abs, s.rel_l2);
+                // The tile programs against the reference on f16-rounded operands (dy rows scaled).
+                let (dy_h, w_h): (Vec<f32>, Vec<f32>) =
+                    (fwd::mixed_rows(&dy, n), w.iter().map(|&v| fwd::round_f16(v)).collect());
+                let mut want = f64s(&dx0);
+                cpu::dx(&f64s(&dy_h), n, &f64s(&w_h), k, &problems, &mut want, accumulate);
+                for v in TILE_VARIANTS {
+                    let dx = t2(&gpu, &dx0, m, k, DType::F32, "dx");
+                    if !accumulate {
+                        gpu.poison(&dx.buffer);
+                    }
+                    let args =
+                        DxArgs { dy: &tdy, dy_cols: None, weight: &tw, problems: &problems, dx: &dx, accumulate };
+                    gpu.run(&[bwd::launch_dx_variant(&gpu, &args, v).unwrap()]).unwrap();
+                    assert_close(&format!("{name} {v:?}"), &dx.to_f32(&gpu).unwrap(), &f32s(&want), Tol::f32_dot(n));
+                }
             }
         }
+    }
+}
+
+#[test]
+fn dx_tile_programs_keep_gradients_of_1e_minus_9_that_f16_alone_would_flush() {
+    // Gradients far below f16's smallest normal (6.1e-5) survive: each dy row has its own scale.
+    let gpu = test_gpu();
+    let mut rng = Rng::new(25);
+    let (m, n, k) = (20, 70, 40);
+    let problems = vec![GemmProblem::rows(0, m)];
+    let dy: Vec<f32> = rng.vec_uniform(m * n, -1.0, 1.0).iter().map(|v| v * 1e-9).collect();
+    let w = DType::BF16.round(&rng.vec_uniform(n * k, -1.0, 1.0));
+    let (tdy, tw) = (t2(&gpu, &dy, m, n, DType::F32, "dy"), t1(&gpu, &w, DType::BF16, "w"));
+    let mut want = vec![0.0; m * k];
+    cpu::dx(&f64s(&dy), n, &f64s(&w), k, &problems, &mut want, false);
+    let want: Vec<f32> = want.iter().map(|v| (v * 1e9) as f32).collect();
+    for v in TILE_VARIANTS {
+        let dx = t2(&gpu, &vec![0.0; m * k], m, k, DType::F32, "dx");
+        let args = DxArgs { dy: &tdy, dy_cols: None, weight: &tw, problems: &problems, dx: &dx, accumulate: false };
+        gpu.run(&[bwd::launch_dx_variant(&gpu, &args, v).unwrap()]).unwrap();
+        let got: Vec<f32> = dx.to_f32(&gpu).unwrap().iter().map(|v| v * 1e9).collect();
+        let s = crate::testing::stats(&got, &want);
+        assert!(s.rel_l2 < 2e-3, "{v:?}: rel_l2 {:.2e} of gradients at 1e-9", s.rel_l2);
     }
 }
 
