@@ -203,11 +203,19 @@ struct GpuArgs {
     /// Adapter index (from `wgdit devices`) or name substring (env WGDIT_ADAPTER).
     #[arg(long, global = true)]
     adapter: Option<String>,
+    /// Build shaders without wgpu's per-access bounds checks (env WGDIT_TRUSTED_SHADERS=1); the
+    /// shaders are wgdit's own, validated by its tests. Results are identical; it can be faster.
+    #[arg(long, global = true)]
+    trusted_shaders: bool,
 }
 
 impl GpuArgs {
     fn options(&self) -> GpuOptions {
-        GpuOptions { backend: self.backend.map(BackendArg::backend), adapter: self.adapter.clone() }
+        GpuOptions {
+            backend: self.backend.map(BackendArg::backend),
+            adapter: self.adapter.clone(),
+            trusted_shaders: self.trusted_shaders,
+        }
     }
 }
 
@@ -1419,8 +1427,8 @@ fn devices(opts: &GpuOptions, json: bool) -> wgdit::Result<()> {
             c.shader_f16, c.subgroup, c.timestamp_query, c.timestamp_inside_passes, c.cooperative_matrix
         );
         println!(
-            "    limits: storage binding {:.0} MiB, buffer {:.0} MiB, workgroup storage {} B, {} invocations/workgroup, {} workgroups/dim, {} storage buffers/stage",
-            mib(l.max_storage_binding), mib(l.max_buffer), l.max_workgroup_storage,
+            "    limits: storage binding {:.0} MiB (adapter {:.0} MiB), buffer {:.0} MiB, workgroup storage {} B, {} invocations/workgroup, {} workgroups/dim, {} storage buffers/stage",
+            mib(l.max_storage_binding), mib(l.adapter_max_storage_binding), mib(l.max_buffer), l.max_workgroup_storage,
             l.max_invocations_per_workgroup, l.max_workgroups_per_dim, l.max_storage_buffers_per_stage
         );
         match a.device_memory {

@@ -65,12 +65,16 @@ impl Gpu {
                 (Access::Uniform, Some(p)) => p.as_entire_binding(),
                 _ => match storage.next() {
                     Some(b) if b.is_whole() => b.inner.as_entire_binding(),
-                    // A view (a weight in a streaming ring slot): its range only.
-                    Some(b) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &b.inner,
-                        offset: b.offset,
-                        size: std::num::NonZeroU64::new(b.size),
-                    }),
+                    // A view (a weight in a streaming ring slot): its range only, within the
+                    // binding cap (its arena may be larger; whole buffers were checked when made).
+                    Some(b) => {
+                        self.check_binding_size(b.size, &format!("kernel {}'s binding {binding}", k.name))?;
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &b.inner,
+                            offset: b.offset,
+                            size: std::num::NonZeroU64::new(b.size),
+                        })
+                    }
                     None => panic!("kernel {}::{}: too few buffers ({})", k.name, k.entry, l.buffers.len()),
                 },
             };

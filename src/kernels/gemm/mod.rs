@@ -272,6 +272,7 @@ pub fn launch_forward(gpu: &Gpu, a: &GemmArgs) -> Result<Launch> {
 pub fn launch_variant(gpu: &Gpu, a: &GemmArgs, variant: Variant) -> Result<Launch> {
     check(a);
     check_weight("gemm", a.weight, a.n, a.x.shape[1], a.problems)?;
+    crate::kernels::check_index("gemm", &[("x", a.x), ("y", a.y)])?;
     let tiled = match variant {
         Variant::Auto => !gpu.is_cpu(),
         Variant::Registers => false,
