@@ -165,6 +165,17 @@ impl Gpu {
         self.queue.submit([enc.finish()]);
     }
 
+    /// Zeroes the buffers (or views) on the GPU, in one submission ordered after the work
+    /// submitted before it: no host upload (the trainer's gradients, every optimizer step).
+    pub fn clear_all(&self, bufs: &[&Buffer]) {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        for b in bufs {
+            // `Buffer::view` keeps offset and size multiples of 4, as clear_buffer requires.
+            enc.clear_buffer(&b.inner, b.offset, Some(b.size));
+        }
+        self.queue.submit([enc.finish()]);
+    }
+
     /// Fills the buffer with 0xFF bytes: NaN as f32, f16 and bf16. Tests use it to prove that a
     /// kernel writes every element of its output.
     pub fn poison(&self, buf: &Buffer) {
