@@ -19,7 +19,7 @@ pub use buffer::{Buffer, BufferCopy};
 pub use device::{list_adapters, AdapterReport, Backend, GpuOptions};
 pub use kernel::{Access, Kernel};
 pub use memory::DeviceMemory;
-pub use run::{Bound, Launch, Stamps, Submission};
+pub use run::{Bound, Launch, Stamps, Submission, SUBMIT_CHUNK};
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -77,6 +77,8 @@ pub struct Gpu {
     held: Arc<AtomicU64>,
     /// Pipelines are built without wgpu's runtime checks (`GpuOptions::trusted_shaders`).
     trusted_shaders: bool,
+    /// Dispatches per submission (`Gpu::submit_chunk`).
+    submit_chunk: std::sync::atomic::AtomicUsize,
 }
 
 impl Gpu {
@@ -101,6 +103,7 @@ impl Gpu {
             memory,
             held: Arc::new(AtomicU64::new(0)),
             trusted_shaders: false,
+            submit_chunk: std::sync::atomic::AtomicUsize::new(run::SUBMIT_CHUNK),
         }
     }
 
