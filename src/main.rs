@@ -212,6 +212,10 @@ struct GpuArgs {
     /// (env WGDIT_PRECISION).
     #[arg(long, global = true, value_enum, ignore_case = true)]
     precision: Option<PrecisionArg>,
+    /// Build shaders without wgpu's per-access bounds checks (env WGDIT_TRUSTED_SHADERS=1); the
+    /// shaders are wgdit's own, validated by its tests. Results are identical; it can be faster.
+    #[arg(long, global = true)]
+    trusted_shaders: bool,
 }
 
 /// `--kernels`.
@@ -247,7 +251,13 @@ impl GpuArgs {
             PrecisionArg::F32 => Some(Precision::F32),
             PrecisionArg::Mixed => Some(Precision::Mixed),
         });
-        GpuOptions { backend: self.backend.map(BackendArg::backend), adapter: self.adapter.clone(), kernels, precision }
+        GpuOptions {
+            backend: self.backend.map(BackendArg::backend),
+            adapter: self.adapter.clone(),
+            kernels,
+            precision,
+            trusted_shaders: self.trusted_shaders,
+        }
     }
 }
 
@@ -1464,8 +1474,8 @@ fn devices(opts: &GpuOptions, json: bool) -> wgdit::Result<()> {
             c.shader_f16, c.subgroup, c.timestamp_query, c.timestamp_inside_passes, c.cooperative_matrix
         );
         println!(
-            "    limits: storage binding {:.0} MiB, buffer {:.0} MiB, workgroup storage {} B, {} invocations/workgroup, {} workgroups/dim, {} storage buffers/stage",
-            mib(l.max_storage_binding), mib(l.max_buffer), l.max_workgroup_storage,
+            "    limits: storage binding {:.0} MiB (adapter {:.0} MiB), buffer {:.0} MiB, workgroup storage {} B, {} invocations/workgroup, {} workgroups/dim, {} storage buffers/stage",
+            mib(l.max_storage_binding), mib(l.adapter_max_storage_binding), mib(l.max_buffer), l.max_workgroup_storage,
             l.max_invocations_per_workgroup, l.max_workgroups_per_dim, l.max_storage_buffers_per_stage
         );
         match a.device_memory {

@@ -99,6 +99,19 @@ pub fn test_gpu() -> Arc<Gpu> {
     }
 }
 
+/// A second device on the default adapter whose pipelines are built without wgpu's runtime
+/// checks (`GpuOptions::trusted_shaders`), for tests that compare it with [`test_gpu`].
+pub fn trusted_test_gpu() -> Arc<Gpu> {
+    let opts = crate::gpu::GpuOptions { trusted_shaders: true, ..Default::default() };
+    match Gpu::new(&opts) {
+        Ok(g) => {
+            assert!(g.trusted_shaders(), "GpuOptions::trusted_shaders was not applied");
+            g
+        }
+        Err(e) => panic!("tests need a GPU adapter: {e}"),
+    }
+}
+
 /// A fresh folder under the system temp dir, removed on drop (tests that write files).
 pub struct TempDir(std::path::PathBuf);
 

@@ -1,9 +1,11 @@
 //! The executor: graph → plan → runs.
 //!
 //! `Plan::new` assigns activation storage by liveness ([`memory`]), allocates one GPU buffer per
-//! slot, lowers every node to kernel launches ([`lower`]) and binds them once. `Plan::run` then
-//! encodes all dispatches in one submission; between runs the caller only rewrites inputs
-//! (latents, timesteps) with `write_input`, so re-running costs no pipeline or bind-group work.
+//! slot, lowers every node to kernel launches ([`lower`]) and binds them once: bind groups and
+//! uniform buffers are made at plan time and reused by every run (`Bound`). `Plan::run` then
+//! encodes the dispatches (`Gpu::submit`: in chunks of `gpu::SUBMIT_CHUNK` submissions, so the
+//! GPU starts while the rest is encoded); between runs the caller only rewrites inputs (latents,
+//! timesteps) with `write_input`, so re-running costs no pipeline or bind-group work.
 
 pub mod lower;
 pub mod memory;
@@ -104,13 +106,13 @@ impl Plan {
         }
     }
 
-    /// Encodes every dispatch in one submission (does not wait).
+    /// Encodes and submits every dispatch (`Gpu::submit`; does not wait).
     pub fn run(&self) -> Result<()> {
         let refs: Vec<&Bound> = self.dispatches.iter().collect();
         self.gpu.submit(&refs)
     }
 
-    /// Encodes the dispatches of graph nodes `nodes` in one submission (does not wait): e.g. the
+    /// Encodes and submits the dispatches of graph nodes `nodes` (does not wait): e.g. the
     /// forward of a training graph, then (after the host computed the loss gradient) its backward.
     pub fn run_nodes(&self, nodes: std::ops::Range<usize>) -> Result<()> {
         let range = self.node_starts[nodes.start]..self.node_starts[nodes.end];
@@ -119,8 +121,7 @@ impl Plan {
     }
 
     /// [`run_nodes`](Self::run_nodes), returning the submission to wait for, with GPU
-    /// timestamps around it when `stamp` is given (weight streaming: one submission per segment
-    /// between uploads).
+    /// timestamps around it when `stamp` is given (weight streaming: the segments between uploads).
     pub fn submit_nodes(
         &self,
         nodes: std::ops::Range<usize>,

@@ -149,9 +149,9 @@ impl Gpu {
         self.queue.write_buffer(&buf.inner, buf.offset + offset, bytes);
     }
 
-    /// Copies byte ranges between buffers on the GPU, all in one submission (ordered after the
-    /// work submitted before it and before the work submitted after it). Offsets and lengths are
-    /// multiples of 4.
+    /// Copies byte ranges between buffers (or views: offsets count from the view's start) on the
+    /// GPU, all in one submission (ordered after the work submitted before it and before the work
+    /// submitted after it). Offsets and lengths are multiples of 4.
     pub fn copy(&self, copies: &[BufferCopy<'_>]) {
         let mut enc = self.device.create_command_encoder(&Default::default());
         for c in copies {
@@ -160,7 +160,20 @@ impl Gpu {
                 "copy past the end"
             );
             debug_assert!((c.src_offset | c.dst_offset | c.bytes) % 4 == 0, "copy: unaligned range");
-            enc.copy_buffer_to_buffer(&c.src.inner, c.src_offset, &c.dst.inner, c.dst_offset, c.bytes);
+            // offsets are within each handle's range (a view's start added), like write and bind
+            let (src, dst) = (c.src.offset + c.src_offset, c.dst.offset + c.dst_offset);
+            enc.copy_buffer_to_buffer(&c.src.inner, src, &c.dst.inner, dst, c.bytes);
+        }
+        self.queue.submit([enc.finish()]);
+    }
+
+    /// Zeroes the buffers (or views) on the GPU, in one submission ordered after the work
+    /// submitted before it: no host upload (the trainer's gradients, every optimizer step).
+    pub fn clear_all(&self, bufs: &[&Buffer]) {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        for b in bufs {
+            // `Buffer::view` keeps offset and size multiples of 4, as clear_buffer requires.
+            enc.clear_buffer(&b.inner, b.offset, Some(b.size));
         }
         self.queue.submit([enc.finish()]);
     }

@@ -50,10 +50,15 @@ pub struct GpuOptions {
     pub kernels: Option<Family>,
     /// `--precision` (`None`: auto, or `WGDIT_PRECISION`).
     pub precision: Option<Precision>,
+    /// Build pipelines without wgpu's injected runtime checks (per-access bounds clamping, loop
+    /// bounding, integer-division guards): `--trusted-shaders`, env `WGDIT_TRUSTED_SHADERS=1`.
+    /// Off by default; see docs/reliability.md.
+    pub trusted_shaders: bool,
 }
 
 impl GpuOptions {
-    /// Fills unset fields from `WGDIT_BACKEND` / `WGDIT_ADAPTER`.
+    /// Fills unset fields from `WGDIT_BACKEND`, `WGDIT_ADAPTER`, `WGDIT_KERNELS`, `WGDIT_PRECISION`
+    /// and `WGDIT_TRUSTED_SHADERS`.
     pub fn with_env(mut self) -> Result<Self> {
         if self.backend.is_none() {
             if let Ok(b) = std::env::var("WGDIT_BACKEND") {
@@ -73,6 +78,9 @@ impl GpuOptions {
                 self.precision =
                     choice::parse_precision(&p).map_err(|e| Error::input(format!("WGDIT_PRECISION: {e}")))?;
             }
+        }
+        if !self.trusted_shaders {
+            self.trusted_shaders = std::env::var("WGDIT_TRUSTED_SHADERS").is_ok_and(|v| v == "1");
         }
         Ok(self)
     }
@@ -174,7 +182,8 @@ fn offer<'a>(caps: &Caps, device_type: &str, coop: &'a CoopSupport) -> Offer<'a>
 
 fn limits_of(l: &wgpu::Limits) -> DeviceLimits {
     DeviceLimits {
-        max_storage_binding: l.max_storage_buffer_binding_size,
+        max_storage_binding: l.max_storage_buffer_binding_size.min(super::MAX_BINDING),
+        adapter_max_storage_binding: l.max_storage_buffer_binding_size,
         max_buffer: l.max_buffer_size,
         max_workgroup_storage: l.max_compute_workgroup_storage_size,
         max_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
@@ -282,7 +291,9 @@ impl Gpu {
             }
         }));
         let memory = super::memory::device_memory(&adapter)?;
-        Ok(Arc::new(Gpu::assemble(adapter, device, queue, report, uncaptured, memory)))
+        let mut gpu = Gpu::assemble(adapter, device, queue, report, uncaptured, memory);
+        gpu.trusted_shaders = opts.trusted_shaders;
+        Ok(Arc::new(gpu))
     }
 
     /// The default adapter, honouring `WGDIT_BACKEND` / `WGDIT_ADAPTER`.

@@ -21,7 +21,7 @@ pub use choice::{Family, KernelChoice, Precision};
 pub use device::{list_adapters, AdapterReport, Backend, GpuOptions};
 pub use kernel::{Access, Kernel};
 pub use memory::DeviceMemory;
-pub use run::{Bound, Launch, Stamps, Submission};
+pub use run::{Bound, Launch, Stamps, Submission, SUBMIT_CHUNK};
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -37,10 +37,20 @@ pub struct Caps {
     pub cooperative_matrix: bool,
 }
 
+/// The most bytes wgdit binds as one storage buffer on any backend: 2 GiB − 1. Shaders index
+/// with u32 (and WGSL's `arrayLength` is u32), and Vulkan/D3D12 drivers cap bindings at i32::MAX;
+/// wgpu applies that cap except on Metal, where it reports `maxBufferLength` (often 16+ GiB) as
+/// the binding limit. Under this cap every bound buffer of ≥ 1-byte elements has < 2^31 elements,
+/// and of sub-byte block formats (≥ 0.5 byte/element) < 2^32.
+pub const MAX_BINDING: u64 = (1 << 31) - 1;
+
 /// The adapter limits wgdit cares about.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct DeviceLimits {
+    /// What wgdit binds per storage buffer: the adapter's limit capped at [`MAX_BINDING`].
     pub max_storage_binding: u64,
+    /// The adapter's own `max_storage_buffer_binding_size` (before the cap; `wgdit devices`).
+    pub adapter_max_storage_binding: u64,
     pub max_buffer: u64,
     pub max_workgroup_storage: u32,
     pub max_invocations_per_workgroup: u32,
@@ -67,6 +77,10 @@ pub struct Gpu {
     memory: DeviceMemory,
     /// Bytes of wgdit's live buffers (see `memory::Allocation`).
     held: Arc<AtomicU64>,
+    /// Pipelines are built without wgpu's runtime checks (`GpuOptions::trusted_shaders`).
+    trusted_shaders: bool,
+    /// Dispatches per submission (`Gpu::submit_chunk`).
+    submit_chunk: std::sync::atomic::AtomicUsize,
 }
 
 impl Gpu {
@@ -90,6 +104,8 @@ impl Gpu {
             uncaptured,
             memory,
             held: Arc::new(AtomicU64::new(0)),
+            trusted_shaders: false,
+            submit_chunk: std::sync::atomic::AtomicUsize::new(run::SUBMIT_CHUNK),
         }
     }
 
@@ -106,6 +122,10 @@ impl Gpu {
     /// The kernel family and precision of the GEMMs and attention (`--kernels`, `--precision`).
     pub fn kernel_choice(&self) -> &KernelChoice {
         &self.report.kernels
+    }
+    /// Whether pipelines are built without wgpu's runtime checks (`GpuOptions::trusted_shaders`).
+    pub fn trusted_shaders(&self) -> bool {
+        self.trusted_shaders
     }
     /// Whether the adapter is a CPU implementation (lavapipe, WARP, SwiftShader).
     pub fn is_cpu(&self) -> bool {

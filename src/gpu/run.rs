@@ -6,6 +6,10 @@ use super::{gpu_err, Access, Buffer, Gpu, Kernel};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
+/// Dispatches per submission of [`Gpu::submit`]: execution of one chunk overlaps the encoding
+/// of the next (docs/decisions.md, "Submissions in chunks").
+pub const SUBMIT_CHUNK: usize = 128;
+
 /// One dispatch request: a kernel, its uniform parameter bytes (bound to the shader's
 /// `var<uniform>` if it has one), its storage buffers in binding order, and the workgroup grid.
 #[derive(Clone, Debug)]
@@ -65,12 +69,16 @@ impl Gpu {
                 (Access::Uniform, Some(p)) => p.as_entire_binding(),
                 _ => match storage.next() {
                     Some(b) if b.is_whole() => b.inner.as_entire_binding(),
-                    // A view (a weight in a streaming ring slot): its range only.
-                    Some(b) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &b.inner,
-                        offset: b.offset,
-                        size: std::num::NonZeroU64::new(b.size),
-                    }),
+                    // A view (a weight in a streaming ring slot): its range only, within the
+                    // binding cap (its arena may be larger; whole buffers were checked when made).
+                    Some(b) => {
+                        self.check_binding_size(b.size, &format!("kernel {}'s binding {binding}", k.name))?;
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &b.inner,
+                            offset: b.offset,
+                            size: std::num::NonZeroU64::new(b.size),
+                        })
+                    }
                     None => panic!("kernel {}::{}: too few buffers ({})", k.name, k.entry, l.buffers.len()),
                 },
             };
@@ -95,40 +103,64 @@ impl Gpu {
         self.queue.write_buffer(p, 0, params);
     }
 
-    /// Binds and submits the launches in one submission, without waiting.
+    /// Binds and submits the launches ([`submit`](Self::submit)), without waiting.
     pub fn run(&self, launches: &[Launch]) -> Result<()> {
         let bound = launches.iter().map(|l| self.bind(l)).collect::<Result<Vec<_>>>()?;
         let refs: Vec<&Bound> = bound.iter().collect();
         self.submit(&refs)
     }
 
-    /// Encodes all dispatches into one compute pass and one submission.
+    /// Encodes the dispatches in order, in submissions of [`submit_chunk`](Self::submit_chunk)
+    /// dispatches each (one compute pass per submission), so that the GPU runs the first while
+    /// the rest are encoded. Queue order keeps every dependency; results are bit-identical to
+    /// one submission.
     pub fn submit(&self, dispatches: &[&Bound]) -> Result<()> {
         self.submit_stamped(dispatches, None).map(|_| ())
     }
 
-    /// [`submit`](Self::submit), returning the submission (to wait for) and, with `stamp` =
-    /// (set, pair), writing GPU timestamps `2·pair` and `2·pair + 1` at the start and end of
-    /// the pass.
+    /// [`submit`](Self::submit), returning the last submission (to wait for) and, with `stamp` =
+    /// (set, pair), writing GPU timestamps `2·pair` at the start of the first pass and
+    /// `2·pair + 1` at the end of the last.
     pub fn submit_stamped(&self, dispatches: &[&Bound], stamp: Option<(&Stamps, u32)>) -> Result<Submission> {
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        {
-            let timestamp_writes = stamp.map(|(s, pair)| {
-                debug_assert!(2 * pair + 1 < s.count, "timestamp pair {pair} of {}", s.count / 2);
-                wgpu::ComputePassTimestampWrites {
-                    query_set: &s.set,
-                    beginning_of_pass_write_index: Some(2 * pair),
-                    end_of_pass_write_index: Some(2 * pair + 1),
+        let chunk = match self.submit_chunk() {
+            0 => dispatches.len().max(1),
+            n => n,
+        };
+        let chunks: Vec<&[&Bound]> = if dispatches.is_empty() { vec![&[]] } else { dispatches.chunks(chunk).collect() };
+        let last = chunks.len() - 1;
+        let mut index = None;
+        for (i, list) in chunks.into_iter().enumerate() {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            {
+                let timestamp_writes = stamp.filter(|_| i == 0 || i == last).map(|(s, pair)| {
+                    debug_assert!(2 * pair + 1 < s.count, "timestamp pair {pair} of {}", s.count / 2);
+                    wgpu::ComputePassTimestampWrites {
+                        query_set: &s.set,
+                        beginning_of_pass_write_index: (i == 0).then_some(2 * pair),
+                        end_of_pass_write_index: (i == last).then_some(2 * pair + 1),
+                    }
+                });
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
+                for d in list {
+                    encode(&mut pass, d);
                 }
-            });
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
-            for d in dispatches {
-                encode(&mut pass, d);
             }
+            index = Some(self.queue.submit([enc.finish()]));
         }
-        let index = self.queue.submit([enc.finish()]);
         self.take_uncaptured("submitting dispatches")?;
-        Ok(Submission(index))
+        // cannot fail: there is at least one chunk
+        Ok(Submission(index.expect("one submission")))
+    }
+
+    /// Dispatches per submission in [`submit`](Self::submit) (0: all in one). Default
+    /// [`SUBMIT_CHUNK`]; docs/decisions.md has the measurement.
+    pub fn submit_chunk(&self) -> usize {
+        self.submit_chunk.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets [`submit_chunk`](Self::submit_chunk) (benches compare sizes on one device).
+    pub fn set_submit_chunk(&self, dispatches: usize) {
+        self.submit_chunk.store(dispatches, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether every submission so far has finished (a non-blocking poll).

@@ -113,6 +113,32 @@ pub fn require_float_weight(kernel: &str, dtype: crate::tensor::DType) -> crate:
     )))
 }
 
+/// The most elements a launcher lets a shader index: u32 element indices, less one grid row of
+/// [`grid_2d`]'s padding (65535 workgroups of 256) so that `gid.y * row_pitch + gid.x` cannot wrap
+/// past 2^32 onto a valid index. Under `gpu::MAX_BINDING` no f32/f16/bf16 tensor comes near; the
+/// check guards views of larger arenas and sub-byte weights.
+pub const MAX_INDEX_ELEMS: usize = (u32::MAX - 65535 * 256) as usize;
+
+/// Refuses a launch of `kernel` when a tensor has more elements than a u32 index reaches,
+/// naming the tensor (an `Error::TooLarge`, never a silent wrap).
+pub fn check_index(kernel: &str, tensors: &[(&str, &crate::tensor::Tensor)]) -> crate::Result<()> {
+    for (name, t) in tensors {
+        index_len(kernel, name, t.numel())?;
+    }
+    Ok(())
+}
+
+/// `n` elements of `kernel`'s tensor `name` as the u32 a shader indexes with, or `Error::TooLarge`.
+pub fn index_len(kernel: &str, name: &str, n: usize) -> crate::Result<u32> {
+    if n > MAX_INDEX_ELEMS {
+        return Err(crate::Error::TooLarge(format!(
+            "{kernel}: {name} has {n} elements, more than the {MAX_INDEX_ELEMS} a u32 index reaches; \
+             use smaller shapes (fewer tokens, a smaller batch or tile)"
+        )));
+    }
+    Ok(n as u32)
+}
+
 /// Splits `groups` workgroups into an (x, y) grid within the per-dimension limit (65535).
 pub fn grid_2d(groups: u32) -> [u32; 3] {
     const MAX: u32 = 65535;
@@ -130,4 +156,18 @@ macro_rules! assert_params {
     ($t:ty) => {
         const _: () = assert!(std::mem::size_of::<$t>() % 16 == 0, "Params must be padded to 16 bytes");
     };
+}
+
+#[cfg(test)]
+mod index_tests {
+    #[test]
+    fn an_element_count_past_u32_indexing_is_too_large_and_names_the_tensor() {
+        assert_eq!(super::index_len("attention", "q", 1 << 20).unwrap(), 1 << 20);
+        let e = super::index_len("attention", "q", 1 << 32).unwrap_err();
+        assert!(matches!(e, crate::Error::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("attention: q has 4294967296 elements"), "{e}");
+        // one grid row of padding short of 2^32: the last row's indices cannot wrap
+        assert!(super::index_len("fill", "y", super::MAX_INDEX_ELEMS).is_ok());
+        assert!(super::index_len("fill", "y", super::MAX_INDEX_ELEMS + 1).is_err());
+    }
 }

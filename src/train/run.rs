@@ -271,19 +271,21 @@ impl Trainer {
                 (lora, TrainState { version: 1, step: 0, rng, data, lora: conf.clone(), hyper: hyper.clone() }, None)
             }
         };
-        let uploaded = lora.upload(gpu)?;
-        let mut params = Vec::new();
-        for (p, ab) in lora.params.iter().zip(uploaded.chunks(2)) {
-            let zeros = |t: &Tensor| Tensor::zeros(gpu, &t.shape, DType::F32, "grad");
-            params.push((p.module.path.clone(), [ab[0].clone(), ab[1].clone()], [zeros(&ab[0])?, zeros(&ab[1])?]));
-        }
-        let pairs: Vec<(Tensor, Tensor)> =
-            params.iter().flat_map(|(_, p, g)| [(p[0].clone(), g[0].clone()), (p[1].clone(), g[1].clone())]).collect();
         let opts = AdamWOptions {
             hyper: Hyper { lr: o.lr, weight_decay: o.weight_decay, ..Hyper::default() },
             max_norm: o.max_grad_norm,
         };
-        let adamw = AdamW::new(gpu, &pairs, opts)?;
+        // Parameters, gradients and moments packed: one AdamW dispatch and one clear per step.
+        let adamw = AdamW::packed(gpu, &lora.tensors(), opts)?;
+        let pairs = adamw.pairs();
+        let mut params = Vec::new();
+        for (p, ab) in lora.params.iter().zip(pairs.chunks(2)) {
+            params.push((
+                p.module.path.clone(),
+                [ab[0].0.clone(), ab[1].0.clone()],
+                [ab[0].1.clone(), ab[1].1.clone()],
+            ));
+        }
         if let Some(c) = &resumed {
             adamw.set_moments(&c.m, &c.v);
         }
@@ -319,6 +321,11 @@ impl Trainer {
             total_ms: 0.0,
             _lock: lock,
         })
+    }
+
+    /// The optimizer (its dispatch count: `AdamW::dispatches`).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.adamw
     }
 
     /// Optimizer steps done so far (a resumed run starts at its checkpoint's step).

@@ -124,6 +124,11 @@ fn devices_lists_the_adapter_with_features_and_limits() {
     let (ok, log) = wgdit(&["devices"]);
     assert!(ok, "{log}");
     assert!(log.contains("features:") && log.contains("storage binding"), "{log}");
+    // the binding wgdit uses (capped at 2 GiB − 1) beside the adapter's own limit
+    assert!(log.contains("MiB (adapter "), "{log}");
+    // every GPU command takes --trusted-shaders (GpuArgs)
+    let (ok, log) = wgdit(&["devices", "--trusted-shaders"]);
+    assert!(ok, "{log}");
 }
 
 #[test]

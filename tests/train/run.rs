@@ -163,3 +163,24 @@ fn a_second_run_into_a_busy_output_folder_is_refused_with_the_pid() {
     assert!(wgdit::train::run::Trainer::new(&gpu, &o).is_ok());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_optimizer_step_is_three_dispatches_whatever_the_number_of_lora_tensors() {
+    // AdamW::packed: one norm partial, the finish and one AdamW dispatch per storage binding of
+    // parameters, however many modules the LoRA targets.
+    let gpu = test_gpu();
+    let dir = std::env::temp_dir().join(format!("wgdit-optdispatch-{}", std::process::id()));
+    write_dataset(&dir.join("data"), 1, 4);
+    let mut counts = Vec::new();
+    for (i, targets) in ["to_q", "to_q,to_k,to_v,to_out.0,img_mod.1,txt_mod.1"].iter().enumerate() {
+        let mut o = options(&dir.join("data"), &dir.join(format!("out{i}")), 1);
+        o.targets = targets.to_string();
+        let mut t = wgdit::train::run::Trainer::new(&gpu, &o).unwrap();
+        t.step().unwrap();
+        let opt = t.optimizer();
+        counts.push(opt.tensors());
+        assert_eq!(opt.dispatches(), 3, "{targets}: {} tensors", opt.tensors());
+    }
+    assert!(counts[1] > 2 * counts[0], "tensor counts {counts:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}

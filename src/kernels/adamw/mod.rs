@@ -84,6 +84,7 @@ pub fn launch(gpu: &Gpu, a: &Args) -> Result<Launch> {
         assert!(t.dtype == DType::F32 && t.numel() == n, "adamw: f32 tensors of {n} elements");
     }
     assert!(a.params.max_norm <= 0.0 || a.sq_norm.is_some(), "adamw: clipping needs sq_norm");
+    crate::kernels::check_index("adamw", &[("param", a.param)])?;
     Ok(Launch {
         kernel: gpu.kernel(&ADAMW, "adamw", &[])?,
         params: bytemuck::bytes_of(&a.params).to_vec(),

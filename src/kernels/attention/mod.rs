@@ -203,8 +203,10 @@ pub fn launch_forward(gpu: &Gpu, shape: &JointShape, a: &Args) -> Result<Launch>
     check_options(WHO, shape, a);
     for (n, t) in [("q", a.q), ("o", a.o)] {
         check_f32(WHO, n, t, shape.head_major_len());
+        crate::kernels::check_index(WHO, &[(n, t)])?;
     }
     check_f32(WHO, "lse", a.lse, shape.lse_len());
+    crate::kernels::check_index(WHO, &[("q", a.q), ("k", a.k), ("v", a.v), ("o", a.o)])?;
     let p = forward_params(shape, a);
     Ok(Launch {
         kernel: gpu.kernel(&ATTENTION, "attention", &shape.constants())?,
@@ -253,6 +255,7 @@ pub fn launch_backward(gpu: &Gpu, shape: &JointShape, a: &BackwardArgs) -> Resul
         [("q", a.q), ("k", a.k), ("v", a.v), ("o", a.o), ("d_o", a.d_o), ("dq", a.dq), ("dk", a.dk), ("dv", a.dv)]
     {
         check_f32(WHO, n, t, shape.head_major_len());
+        crate::kernels::check_index(WHO, &[(n, t)])?;
     }
     check_f32(WHO, "lse", a.lse, shape.lse_len());
     check_f32(WHO, "delta", a.delta, shape.lse_len());

@@ -265,3 +265,22 @@ fn cpu_backward_matches_central_finite_differences() {
 }
 
 mod options;
+
+#[test]
+fn attention_with_trusted_shaders_matches_checked_shaders_bit_for_bit() {
+    // Unchecked pipelines drop wgpu's bounds clamping, nothing else: every in-bounds access reads
+    // and writes the same values, so forward and backward agree exactly (docs/reliability.md).
+    let (checked, trusted) = (test_gpu(), crate::testing::trusted_test_gpu());
+    for (i, (sh, mask)) in
+        [(shape(2, 3, 16, 5, 31), MaskKind::Padded), (shape(1, 1, 64, 7, 65), MaskKind::None)].into_iter().enumerate()
+    {
+        let x = inputs(&Case { shape: sh, mask, amp: 1.0 }, 40 + i as u64);
+        let (a, b) = (run_gpu(&checked, &sh, &x), run_gpu(&trusted, &sh, &x));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.o), bits(&b.o), "O {sh:?}");
+        assert_eq!(bits(&a.lse), bits(&b.lse), "lse {sh:?}");
+        for (g, h) in a.grads.iter().zip(&b.grads) {
+            assert_eq!(bits(g), bits(h), "grads {sh:?}");
+        }
+    }
+}

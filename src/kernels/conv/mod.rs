@@ -128,6 +128,7 @@ pub fn launch_forward(gpu: &Gpu, a: &Args) -> Result<Launch> {
 pub fn launch_variant(gpu: &Gpu, a: &Args, variant: Variant) -> Result<Launch> {
     check(a);
     crate::kernels::require_float_weight("conv2d", a.weight.dtype)?;
+    crate::kernels::check_index("conv2d", &[("x", a.x), ("weight", a.weight), ("y", a.y)])?;
     let s = &a.shape;
     let tiled = match variant {
         // conv2d has no tile program: the VAE's convolutions stay f32 in every kernel family.

@@ -34,8 +34,9 @@ pub fn launch_backward(gpu: &Gpu, op: Op, x: &Tensor, dy: &Tensor, dx: &Tensor) 
     for t in [x, dy, dx] {
         assert!(t.dtype == DType::F32 && t.numel() == n, "elementwise_backward::{op:?}: shapes/dtypes");
     }
-    let groups = crate::kernels::grid_2d((n as u32).div_ceil(256));
-    let p = Params { n: n as u32, row_pitch: groups[0] * 256, _pad: [0; 2] };
+    let n = crate::kernels::index_len("elementwise_backward", "dx", n)?;
+    let groups = crate::kernels::grid_2d(n.div_ceil(256));
+    let p = Params { n, row_pitch: groups[0] * 256, _pad: [0; 2] };
     Ok(Launch {
         kernel: gpu.kernel(&ELEMENTWISE_BACKWARD, entry(op), &[])?,
         params: bytemuck::bytes_of(&p).to_vec(),

@@ -54,8 +54,9 @@ pub fn launch_forward(gpu: &Gpu, op: Op, a: &Tensor, b: Option<&Tensor>, y: &Ten
     assert_eq!(b.is_none(), op.is_unary(), "elementwise::{op:?}: operand count");
     let b = b.unwrap_or(a);
     assert_eq!(b.numel(), n, "elementwise::{op:?}: b shape");
-    let groups = crate::kernels::grid_2d((n as u32).div_ceil(256));
-    let p = Params { n: n as u32, row_pitch: groups[0] * 256, lo: 0.0, hi: 0.0 };
+    let n = crate::kernels::index_len("elementwise", "y", n)?;
+    let groups = crate::kernels::grid_2d(n.div_ceil(256));
+    let p = Params { n, row_pitch: groups[0] * 256, lo: 0.0, hi: 0.0 };
     Ok(Launch {
         kernel: gpu.kernel(&ELEMENTWISE, op.entry(), &[])?,
         params: bytemuck::bytes_of(&p).to_vec(),
@@ -68,8 +69,9 @@ pub fn launch_forward(gpu: &Gpu, op: Op, a: &Tensor, b: Option<&Tensor>, y: &Ten
 pub fn launch_clamp(gpu: &Gpu, x: &Tensor, y: &Tensor, lo: f32, hi: f32) -> Result<Launch> {
     let n = x.numel();
     assert!(x.dtype == DType::F32 && y.dtype == DType::F32 && y.numel() == n, "elementwise::clamp: shapes/dtypes");
-    let groups = crate::kernels::grid_2d((n as u32).div_ceil(256));
-    let p = Params { n: n as u32, row_pitch: groups[0] * 256, lo, hi };
+    let n = crate::kernels::index_len("clamp", "y", n)?;
+    let groups = crate::kernels::grid_2d(n.div_ceil(256));
+    let p = Params { n, row_pitch: groups[0] * 256, lo, hi };
     Ok(Launch {
         kernel: gpu.kernel(&ELEMENTWISE, "clamp", &[])?,
         params: bytemuck::bytes_of(&p).to_vec(),

@@ -17,9 +17,9 @@ crate::assert_params!(Params);
 
 pub fn launch(gpu: &Gpu, y: &Tensor, value: f32) -> Result<Launch> {
     assert_eq!(y.dtype, DType::F32, "fill: f32 only");
-    let n = y.numel();
-    let groups = crate::kernels::grid_2d((n as u32).div_ceil(256));
-    let p = Params { n: n as u32, row_pitch: groups[0] * 256, value, _pad: 0 };
+    let n = crate::kernels::index_len("fill", "y", y.numel())?;
+    let groups = crate::kernels::grid_2d(n.div_ceil(256));
+    let p = Params { n, row_pitch: groups[0] * 256, value, _pad: 0 };
     Ok(Launch {
         kernel: gpu.kernel(&FILL, "fill", &[])?,
         params: bytemuck::bytes_of(&p).to_vec(),

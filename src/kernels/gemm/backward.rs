@@ -98,6 +98,7 @@ pub fn launch_dx_variant(gpu: &Gpu, a: &DxArgs, variant: Variant) -> Result<Laun
         assert!(p.weight_offset + n * k <= a.weight.numel(), "gemm_dx: weight too small for {p:?}");
     }
     check_weight("gemm_dx", a.weight, n, k, a.problems)?;
+    crate::kernels::check_index("gemm_dx", &[("dy", a.dy), ("dx", a.dx)])?;
     let mut prob = [DxProblemParams::default(); MAX_PROBLEMS];
     for (d, p) in prob.iter_mut().zip(a.problems) {
         let (row0, rows) = (u32_of(p.row0, "row0"), u32_of(p.rows, "rows"));
@@ -150,6 +151,7 @@ pub fn launch_dw(gpu: &Gpu, a: &DwArgs) -> Result<Launch> {
     assert!(col0 + n <= a.dy.shape[1], "gemm_dw: dy columns {col0}+{n} past {}", a.dy.shape[1]);
     assert!(a.dy.dtype == DType::F32 && a.x.dtype == DType::F32 && a.dw.dtype == DType::F32, "gemm_dw: f32 only");
     assert!((1..=MAX_PROBLEMS).contains(&a.problems.len()), "gemm_dw: 1 to {MAX_PROBLEMS} problems");
+    crate::kernels::check_index("gemm_dw", &[("dy", a.dy), ("x", a.x), ("dw", a.dw)])?;
     let mut prob = [DwProblemParams::default(); MAX_PROBLEMS];
     for (d, p) in prob.iter_mut().zip(a.problems) {
         assert!(p.row0 + p.rows <= m.min(a.x.shape[0]), "gemm_dw: rows of {p:?} out of range");

@@ -419,6 +419,7 @@ pub(crate) fn resolve_variant(gpu: &Gpu, variant: Variant, n: usize) -> Result<V
 pub fn launch_variant(gpu: &Gpu, a: &GemmArgs, variant: Variant) -> Result<Launch> {
     check(a);
     check_weight("gemm", a.weight, a.n, a.x.shape[1], a.problems)?;
+    crate::kernels::check_index("gemm", &[("x", a.x), ("y", a.y)])?;
     let mut tile_constants = Vec::new();
     let (shader, entry, tile_m, tile_n) = match resolve_variant(gpu, variant, a.n)? {
         Variant::Registers => (&GEMM, "gemm", TILE, TILE),

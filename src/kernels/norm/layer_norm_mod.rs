@@ -114,6 +114,7 @@ fn total_rows(groups: &[Group]) -> u32 {
 
 pub fn launch_forward(gpu: &Gpu, a: &Args) -> Result<Launch> {
     let cols = check(a.x, a.groups);
+    crate::kernels::check_index("layer_norm_mod", &[("x", a.x), ("y", a.y)])?;
     let p = params(a.groups, cols, a.eps, a.modv.is_some());
     Ok(Launch {
         kernel: gpu.kernel(&LAYER_NORM_MOD, "layer_norm_mod", &[])?,

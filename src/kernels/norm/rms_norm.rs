@@ -61,6 +61,7 @@ fn params(rows: usize, cols: usize, eps: f32) -> Vec<u8> {
 pub fn launch_forward(gpu: &Gpu, a: &Args) -> Result<Launch> {
     let (rows, cols) = shape(a.x, a.weight);
     crate::kernels::require_float_weight("rms_norm", a.weight.dtype)?;
+    crate::kernels::check_index("rms_norm", &[("x", a.x), ("y", a.y)])?;
     Ok(Launch {
         kernel: gpu.kernel(&RMS_NORM, "rms_norm", &[("DTYPE", a.weight.dtype.code())])?,
         params: params(rows, cols, a.eps),

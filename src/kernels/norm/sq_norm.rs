@@ -41,6 +41,7 @@ pub fn launch(gpu: &Gpu, a: &Args) -> Result<Vec<Launch>> {
     let mut offset = 0usize;
     for t in a.tensors {
         assert_eq!(t.dtype, DType::F32, "sq_norm: f32 only");
+        crate::kernels::check_index("sq_norm", &[("gradient", t)])?;
         let groups = t.numel().div_ceil(PER_GROUP);
         let p = Params { n: t.numel() as u32, partial_offset: offset as u32, n_partials: 0, _pad: 0 };
         out.push(Launch {

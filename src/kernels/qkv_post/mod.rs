@@ -266,6 +266,7 @@ pub fn launch_forward(gpu: &Gpu, a: &Args) -> Result<Launch> {
     check_f32(a.q, shape.head_major_len(), "q");
     check_f32(a.k, o.kv_len(&shape), "k");
     check_f32(a.v, o.kv_len(&shape), "v");
+    crate::kernels::check_index("qkv_post", &[("q", a.q), ("k", a.k), ("v", a.v)])?;
     let p = params(&shape, a.layout, o.kv_heads, rope_b4);
     // Without the norm, bindings 4 and 9 are never accessed: the table and q stand in.
     let (nw, saved) = (a.norm_weights.unwrap_or(a.rope), a.saved.unwrap_or(a.q));
@@ -348,6 +349,7 @@ pub fn launch_backward(gpu: &Gpu, a: &BackwardArgs) -> Result<Vec<Launch>> {
     let [gq, gk, gv] = a.layout.bind3(&shape, shape.heads, a.d_x, "dinputs");
     for (t, n) in [(a.dq, "dq"), (a.dk, "dk"), (a.dv, "dv")] {
         check_f32(t, shape.head_major_len(), n);
+        crate::kernels::check_index("qkv_post_backward", &[(n, t)])?;
     }
     let p = params(&shape, a.layout, shape.heads, 0);
     let mut out = vec![Launch {

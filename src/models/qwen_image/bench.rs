@@ -137,9 +137,9 @@ impl DispatchBench {
     }
 }
 
-/// wgpu caps one storage binding at i32::MAX bytes on every backend (field notes §3), so that is
-/// what the fused mode packs modulation weights into on a real GPU.
-pub const REAL_GPU_MAX_BINDING: u64 = i32::MAX as u64;
+/// wgdit caps one storage binding at 2 GiB − 1 on every backend (`gpu::MAX_BINDING`; wgpu does
+/// so except on Metal), so that is what the fused mode packs modulation weights into on a real GPU.
+pub const REAL_GPU_MAX_BINDING: u64 = crate::gpu::MAX_BINDING;
 
 /// Counts a preset's graph per mode (bf16 weights, as released), with no weights and no GPU.
 pub fn count_preset(cfg: &DitConfig, b: &DispatchBench, modes: &[QkvMode]) -> Vec<DispatchSummary> {

@@ -85,7 +85,11 @@ pub struct ModLayout {
 impl ModLayout {
     /// Units: per block `[txt_mod.1, img_mod.1]`, then `norm_out.linear`; pieces packed greedily
     /// in order, each at most `max_binding` bytes of weights (a unit larger than that alone).
+    /// `max_binding` is capped at `gpu::MAX_BINDING` whatever the caller passes (a Mac reports
+    /// its whole buffer length; a piece's stacked weight is one binding indexed with u32), and a
+    /// piece holds fewer than 2^32 weight elements.
     pub fn new(cfg: &DitConfig, max_binding: u64, wdtype: &dyn Fn(&str) -> DType) -> ModLayout {
+        let max_binding = max_binding.min(crate::gpu::MAX_BINDING);
         let d = cfg.hidden();
         let mut units: Vec<ModUnit> = (0..cfg.num_layers)
             .map(|i| ModUnit {
@@ -102,13 +106,18 @@ impl ModLayout {
                 u.modules.iter().map(|m| wdtype(&format!("{m}.weight")).bytes(per_module * d) as u64).sum()
             })
             .collect();
+        // A piece's weight is also indexed per element with u32: at most 2^32 − 1 of them (the
+        // 2-3 bit k-quants pack more than that into 2 GiB).
+        let max_elems = u32::MAX as u64;
+        let elems = |u: &ModUnit| (u.cols * d) as u64;
         let mut pieces = Vec::new();
         let (mut start, mut col0) = (0, 0);
         while start < units.len() {
             let mut end = start + 1;
-            let mut bytes = sizes[start];
-            while end < units.len() && bytes + sizes[end] <= max_binding {
+            let (mut bytes, mut n) = (sizes[start], elems(&units[start]));
+            while end < units.len() && bytes + sizes[end] <= max_binding && n + elems(&units[end]) <= max_elems {
                 bytes += sizes[end];
+                n += elems(&units[end]);
                 end += 1;
             }
             let cols = units[start..end].iter().map(|u| u.cols).sum();
@@ -270,6 +279,24 @@ mod tests {
         assert_eq!(total, want);
         // 6.8 B parameters: a third of the model.
         assert_eq!(want / 2, 60 * 12 * (d * d) as u64 + 2 * (d * d) as u64);
+    }
+
+    #[test]
+    fn a_16_gib_binding_limit_still_packs_pieces_under_2_gib_and_2_pow_32_elements() {
+        // Metal reports maxBufferLength as the binding limit; each piece's stacked weight is one
+        // binding, indexed with u32 in the GEMM.
+        let cfg = DitConfig::preset("qwen-image").unwrap();
+        let d = cfg.hidden();
+        for dtype in [DType::F32, DType::BF16, DType::Q8_0, DType::Q4K, DType::Q2K] {
+            let w = |_: &str| dtype;
+            let l = ModLayout::new(&cfg, 16 << 30, &w);
+            assert!(l.pieces.len() > 1, "{dtype:?}: 16 GiB packed everything into one piece");
+            for p in &l.pieces {
+                assert!(p.weight_bytes <= crate::gpu::MAX_BINDING, "{dtype:?}: piece of {} bytes", p.weight_bytes);
+                assert!(((p.cols * d) as u64) < 1 << 32, "{dtype:?}: piece of {} elements", p.cols * d);
+            }
+            assert_eq!(l, ModLayout::new(&cfg, crate::gpu::MAX_BINDING, &w), "{dtype:?}");
+        }
     }
 
     #[test]

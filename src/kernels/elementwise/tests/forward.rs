@@ -122,3 +122,37 @@ fn clamp_matches_torch_clamp_at_awkward_sizes() {
         assert_close(&format!("clamp n={n}"), &y.to_f32(&gpu).unwrap(), &want, Tol { abs: 0.0, rel: 0.0, rel_l2: 0.0 });
     }
 }
+
+#[test]
+fn chunked_submissions_give_the_same_bits_as_one_submission() {
+    // 301 dependent dispatches ping-ponging between two buffers (y = x + c): split into
+    // submissions of 7 (43 submissions, the last short) they must see every earlier write.
+    let gpu = test_gpu();
+    let n = 1000;
+    let mut rng = crate::rng::Rng::new(9);
+    let (x0, c) = (rng.vec_uniform(n, -1.0, 1.0), rng.vec_uniform(n, -1e-2, 1e-2));
+    let mut want = x0.clone();
+    for _ in 0..301 {
+        want.iter_mut().zip(&c).for_each(|(w, c)| *w += c);
+    }
+    let run = |chunk: usize| {
+        let up = |v: &[f32]| Tensor::from_f32(&gpu, v, &[n], DType::F32, "x").unwrap();
+        let (a, b, ct) = (up(&x0), up(&x0), up(&c));
+        let bound: Vec<_> = (0..301)
+            .map(|k| {
+                let (src, dst) = if k % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                gpu.bind(&elementwise::launch_forward(&gpu, Op::Add, src, Some(&ct), dst).unwrap()).unwrap()
+            })
+            .collect();
+        gpu.set_submit_chunk(chunk);
+        gpu.submit(&bound.iter().collect::<Vec<_>>()).unwrap();
+        gpu.set_submit_chunk(crate::gpu::SUBMIT_CHUNK);
+        b.to_f32(&gpu).unwrap() // step 300 (even) wrote b last
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let one = run(0);
+    assert_eq!(bits(&one), bits(&want), "one submission vs the f32 host loop");
+    for chunk in [1, 7, 128] {
+        assert_eq!(bits(&run(chunk)), bits(&one), "chunks of {chunk}");
+    }
+}

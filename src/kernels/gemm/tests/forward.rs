@@ -423,3 +423,27 @@ fn tile_programs_scale_rows_so_activations_of_2e7_do_not_overflow_f16() {
         }
     }
 }
+
+#[test]
+fn gemm_with_trusted_shaders_matches_checked_shaders_bit_for_bit() {
+    let (checked, trusted) = (test_gpu(), crate::testing::trusted_test_gpu());
+    let mut rng = Rng::new(77);
+    let mut cases = vec![Case::plain(17, 65, 32, DType::F32), Case::plain(3, 257, 64, DType::BF16)];
+    cases.push(Case {
+        bias: true,
+        gelu: true,
+        rank: 3,
+        gate: true,
+        res: Res::From,
+        ..Case::plain(65, 17, 96, DType::F16)
+    });
+    for c in &cases {
+        let d = data(&mut rng, c);
+        for v in VARIANTS.into_iter().chain(TILE_VARIANTS) {
+            let all = vec![(0..c.problems.len()).collect::<Vec<_>>()];
+            let (a, b) = (gpu_forward(&checked, c, &d, &all, v), gpu_forward(&trusted, c, &d, &all, v));
+            let bits = |y: &[f32]| y.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{} {v:?}", c.name());
+        }
+    }
+}
