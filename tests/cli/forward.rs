@@ -129,6 +129,48 @@ fn devices_lists_the_adapter_with_features_and_limits() {
     // every GPU command takes --trusted-shaders (GpuArgs)
     let (ok, log) = wgdit(&["devices", "--trusted-shaders"]);
     assert!(ok, "{log}");
+    // the kernel choice, with its reason; forced families resolve or say why not
+    assert!(log.contains("kernels: portable (precision f32") && log.contains("a CPU adapter"), "{log}");
+    assert!(log.contains("subgroup size") && log.contains("cooperative matrices: none"), "{log}");
+    let (ok, log) = wgdit(&["devices", "--kernels", "coop-emulated"]);
+    assert!(ok && log.contains("kernels: coop-emulated (precision mixed"), "{log}");
+    let (ok, log) = wgdit(&["devices", "--kernels", "coop"]);
+    assert!(!ok && log.contains("no cooperative matrices") && log.contains("coop-emulated"), "{log}");
+    let (ok, log) = wgdit(&["devices", "--kernels", "f16", "--precision", "f32"]);
+    assert!(!ok && log.contains("--precision mixed"), "{log}");
+}
+
+#[test]
+fn forward_with_each_mixed_precision_family_stays_near_diffusers_and_a_missing_one_is_refused() {
+    let exp = std::fs::read(fixture("dit/cases/odd_grid.expected.safetensors")).unwrap();
+    let exp = safetensors::SafeTensors::deserialize(&exp).unwrap();
+    let want: Vec<f32> = bytemuck::pod_collect_to_vec(exp.tensor("output").unwrap().data());
+    let run = |extra: &[&str]| {
+        let out = tmp("out-mixed.safetensors");
+        let (model, inputs) = (fixture("dit/tiny"), fixture("dit/cases/odd_grid.inputs.safetensors"));
+        let mut args = vec!["forward", "--model", &model, "--inputs", &inputs, "--output"];
+        let o = out.to_str().unwrap().to_string();
+        args.push(&o);
+        args.extend_from_slice(extra);
+        let (ok, log) = wgdit(&args);
+        let got = ok.then(|| {
+            let bytes = std::fs::read(&out).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            bytemuck::pod_collect_to_vec::<u8, f32>(st.tensor("output").unwrap().data())
+        });
+        std::fs::remove_file(&out).ok();
+        (got, log)
+    };
+    for family in ["coop-emulated", "f16"] {
+        let (got, log) = run(&["--kernels", family]);
+        let got = got.unwrap_or_else(|| panic!("{family}: {log}"));
+        let rel = wgdit::testing::stats(&got, &want).rel_l2;
+        assert!(rel < 1.5e-3 && rel > 1e-6, "{family}: rel_l2 {rel:.2e}");
+    }
+    let (got, log) = run(&["--precision", "mixed"]);
+    assert!(got.is_some(), "{log}");
+    let (got, log) = run(&["--kernels", "coop"]);
+    assert!(got.is_none() && log.contains("--kernels coop"), "{log}");
 }
 
 #[test]

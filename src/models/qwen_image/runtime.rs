@@ -384,6 +384,27 @@ impl DitPlan {
         }
     }
 
+    /// One forward run node by node, returning for every node its label, op name and the
+    /// largest |value| it wrote (NaN when it wrote a non-finite value): the activation ranges a
+    /// reduced-precision path must hold (docs/kernels.md "Precision"). A diagnostic: one
+    /// submission and read-back per node.
+    pub fn output_ranges(&self, inputs: &ForwardInputs) -> Result<Vec<(crate::graph::Label, &'static str, f32)>> {
+        self.write_inputs(inputs);
+        let mut out = Vec::with_capacity(self.graph.graph.nodes.len());
+        for (i, node) in self.graph.graph.nodes.iter().enumerate() {
+            self.run_nodes(i..i + 1)?;
+            let (mut max, mut finite) = (0f32, true);
+            for t in node.op.outputs() {
+                for v in self.plan.read(t)? {
+                    finite &= v.is_finite();
+                    max = max.max(v.abs());
+                }
+            }
+            out.push((node.label.clone(), node.op.name(), if finite { max } else { f32::NAN }));
+        }
+        Ok(out)
+    }
+
     /// One forward: the model output [B, S_img, patch²·out_channels] (all image tokens).
     pub fn forward(&self, inputs: &ForwardInputs) -> Result<Vec<f32>> {
         self.write_inputs(inputs);
