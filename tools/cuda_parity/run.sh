@@ -4,11 +4,15 @@
 # wgdit's time per forward, and one table: weights × mode → rel-L2, max-abs, wgdit ms, PyTorch ms, ratio.
 #
 # usage: tools/cuda_parity/run.sh [--build] [--small] [--work DIR] [--dtypes "f32 bf16"] [--runs N]
-#                                 [--reuse] [-- extra make_reference.py flags]
+#                                 [--reuse] [--families "coop f16 coop-emulated"] [-- extra make_reference.py flags]
 #   --build    cargo build --release --bin wgdit first (honours CARGO_TARGET_DIR)
 #   --small    the CPU/lavapipe size: 2 blocks, width 256 = 4 heads × 64, 16×16 grid, 32 text tokens
 #   --work     where models, inputs, outputs and the table go (default /tmp/wgdit-cuda-parity)
 #   --reuse    keep references already in WORK (same flags!) instead of remaking them
+#   --families the mixed-precision kernel families to check after the f32 table (docs/kernels.md): each runs
+#              `wgdit forward --qkv merged --kernels F` (rel-L2 bound 2e-3 vs the f32 reference) and
+#              `wgdit bench dispatches --kernels F`; a family the adapter lacks is reported and skipped.
+#              `wgdit bench kernels --json` (every variant) goes to WORK/kernels.json.
 # env: WGDIT   the wgdit binary (default ${CARGO_TARGET_DIR:-target}/release/wgdit)
 #      PYTHON  python with torch + diffusers 0.42.x, may be a command with words (default python3), e.g.
 #              PYTHON="env LD_LIBRARY_PATH=/work/refenv/cudastub /work/refenv/bin/python"
@@ -16,8 +20,10 @@
 # Exit status: compare.py's (1 when a mode fails or exceeds rel-L2 1e-4), after the whole table is printed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# The f32 table is the portable kernels' (issue 3: rel-L2 1e-4); mixed families are checked separately below.
+export WGDIT_KERNELS=portable
 
-build=0 reuse=0 work=/tmp/wgdit-cuda-parity dtypes="f32 bf16" runs=5 size=()
+build=0 reuse=0 work=/tmp/wgdit-cuda-parity dtypes="f32 bf16" runs=5 size=() families="coop f16 coop-emulated"
 while [ $# -gt 0 ]; do
     case "$1" in
         --build) build=1 ;;
@@ -26,6 +32,7 @@ while [ $# -gt 0 ]; do
         --dtypes) dtypes=$2; shift ;;
         --runs) runs=$2; shift ;;
         --reuse) reuse=1 ;;
+        --families) families=$2; shift ;;
         --) shift; break ;;
         *) echo "run.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
     esac
@@ -81,6 +88,34 @@ with safe_open('$case_dir/inputs.safetensors', 'np') as f:
     "$WGDIT" bench dispatches --model "$case_dir/model" --tokens "$s_img" --text-tokens "$s_txt" --runs "$runs" \
         --json >"$case_dir/bench.json" 2> >(tee -a "$log" >&2) || say "wgdit bench failed for $dt"
 done
+
+for dt in $dtypes; do
+    case_dir=$work/$dt
+    [ -f "$case_dir/reference.safetensors" ] || continue
+    for fam in $families; do
+        say "== $dt: wgdit forward --qkv merged --kernels $fam"
+        rm -f "$case_dir/wgdit-merged-$fam.safetensors"
+        if WGDIT_KERNELS=$fam "$WGDIT" forward --model "$case_dir/model" --inputs "$case_dir/inputs.safetensors" \
+            --output "$case_dir/wgdit-merged-$fam.safetensors" --qkv merged 2>&1 | tee -a "$log"; then
+            $PYTHON -c "
+import numpy as np, sys
+from safetensors.numpy import load_file
+got = load_file('$case_dir/wgdit-merged-$fam.safetensors')['output'].astype(np.float64)
+want = load_file('$case_dir/reference.safetensors')['output'].astype(np.float64)
+r = np.linalg.norm(got - want) / np.linalg.norm(want)
+print(f'$dt merged $fam: rel-L2 {r:.3e} max-abs {np.abs(got - want).max():.3e}', 'ok' if r <= 2e-3 else 'FAIL')
+sys.exit(0 if r <= 2e-3 else 1)" 2>&1 | tee -a "$log"
+            WGDIT_KERNELS=$fam "$WGDIT" bench dispatches --model "$case_dir/model" --tokens "$s_img" \
+                --text-tokens "$s_txt" --runs "$runs" --json >"$case_dir/bench-$fam.json" 2> >(tee -a "$log" >&2) \
+                && say "$dt $fam: $(cat "$case_dir/bench-$fam.json" | tr '\n' ' ')"
+        else
+            say "wgdit forward --kernels $fam failed for $dt (see above: a family the adapter lacks is refused)"
+        fi
+    done
+done
+say "== wgdit bench kernels --json"
+WGDIT_KERNELS= "$WGDIT" bench kernels --json >"$work/kernels.json" 2> >(tee -a "$log" >&2) \
+    && cat "$work/kernels.json" | tee -a "$log" || say "wgdit bench kernels failed"
 
 say "== table (rel-L2 / max-abs vs diffusers; ms per forward, mean of $runs after warm-up)"
 cases=()

@@ -221,6 +221,9 @@ impl WeightCache {
                         info.bytes()
                     )));
                 }
+                if gpu.kernel_choice().precision == crate::gpu::Precision::Mixed && info.shape.len() == 2 {
+                    check_f16_range(&info.name, info.dtype, &bytes)?;
+                }
                 let tensor = Tensor::from_bytes(gpu, &bytes, &info.shape, info.dtype, &info.name)
                     .map_err(|e| binding_advice(e, &ps.parts, info.dtype))?;
                 self.uploaded.insert(key.clone(), tensor);
@@ -277,6 +280,34 @@ fn binding_advice(e: Error, parts: &[String], dtype: DType) -> Error {
     Error::TooLarge(m)
 }
 
+/// `--precision mixed` rounds GEMM weights to f16 while staging them: a float weight beyond
+/// f16's range (|w| ≥ 65520 rounds to infinity) is refused with advice, never silently turned
+/// into infinities. bf16 overflows f16 exactly when its exponent is 2^16 or more (the largest bf16
+/// below that is 65280); block formats decode to scale·q, which this check does not reach.
+pub fn check_f16_range(name: &str, dtype: DType, bytes: &[u8]) -> Result<()> {
+    let worst = match dtype {
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .filter(|b| (b >> 7) & 0xff >= 143)
+            .map(|b| f32::from_bits((b as u32) << 16).abs())
+            .fold(None, |m: Option<f32>, v| Some(m.map_or(v, |m| m.max(v)))),
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).abs())
+            .filter(|v| !(*v < 65520.0))
+            .fold(None, |m: Option<f32>, v| Some(m.map_or(v, |m| m.max(v)))),
+        _ => None,
+    };
+    match worst {
+        None => Ok(()),
+        Some(v) => Err(Error::input(format!(
+            "{name}: weights reach |w| = {v:e}, beyond f16's range (65504), which --precision mixed rounds them to; \
+             run with --precision f32 (or --kernels portable)"
+        ))),
+    }
+}
+
 /// A model with random weights (every tensor of the config, seeded): the built-in default of the
 /// quickstart and the benches, where real multi-GB checkpoints are not at hand.
 pub struct RandomWeights {
@@ -328,6 +359,19 @@ impl TensorSource for RandomWeights {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weights_beyond_f16_range_are_refused_for_mixed_precision_with_advice() {
+        let ok = DType::BF16.encode(&[65280.0, -1.0, 1e-30]);
+        assert!(check_f16_range("w", DType::BF16, &ok).is_ok());
+        let bad = DType::BF16.encode(&[0.5, -70000.0, 2.0]);
+        let e = check_f16_range("blocks.0.ff.weight", DType::BF16, &bad).unwrap_err().to_string();
+        assert!(e.contains("blocks.0.ff.weight") && e.contains("--precision f32"), "{e}");
+        assert!(check_f16_range("w", DType::F32, &DType::F32.encode(&[65519.0])).is_ok());
+        assert!(check_f16_range("w", DType::F32, &DType::F32.encode(&[65520.0])).is_err());
+        assert!(check_f16_range("w", DType::F32, &DType::F32.encode(&[f32::NAN])).is_err());
+        assert!(check_f16_range("w", DType::F16, &DType::F16.encode(&[65504.0])).is_ok());
+    }
 
     #[test]
     fn binding_advice_suggests_standard_mode_for_stacked_weights_and_bf16_only_for_f32() {
