@@ -23,7 +23,18 @@ const REL_L2: f64 = 1e-4;
 /// Runs forward + backward of `case` and returns (forward rel-L2 vs diffusers, worst gradient
 /// error vs autograd, the gradients, planned peak activation bytes).
 fn run(case: &str, mode: QkvMode, checkpointing: bool) -> (f64, f64, Vec<Vec<f32>>, u64) {
-    let gpu = test_gpu();
+    run_on(&test_gpu(), case, mode, checkpointing, REL_L2)
+}
+
+/// [`run`] on a given device, each gradient within `tol` (rel-L2).
+fn run_on(
+    gpu: &std::sync::Arc<wgdit::gpu::Gpu>,
+    case: &str,
+    mode: QkvMode,
+    checkpointing: bool,
+    tol: f64,
+) -> (f64, f64, Vec<Vec<f32>>, u64) {
+    let gpu = gpu.clone();
     let fx = Fixture::read(&fixtures().join(format!("lora/cases/{case}.safetensors")));
     let (mp, _) = model_paths(&fx.meta("model"));
     let (cfg, ckpt) = open(&mp, None).unwrap();
@@ -62,7 +73,7 @@ fn run(case: &str, mode: QkvMode, checkpointing: bool) -> (f64, f64, Vec<Vec<f32
             let norm: f64 = want.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
             // Exactly-zero references (the last block's dead text stream) must come out zero.
             let err = if norm == 0.0 { s.max_abs } else { s.rel_l2 };
-            assert!(err <= REL_L2, "{case} {mode:?} {m}.lora_{ab}: error {err:.3e} (max_abs {:.3e})", s.max_abs);
+            assert!(err <= tol, "{case} {mode:?} {m}.lora_{ab}: error {err:.3e} (max_abs {:.3e})", s.max_abs);
             worst = worst.max(err);
             all.push(got);
         }
@@ -157,6 +168,27 @@ fn zero_grads(gpu: &std::sync::Arc<wgdit::gpu::Gpu>, tg: &training::TrainGraph, 
         for t in [da, db] {
             let shape = tg.fg.graph.shape(t).to_vec();
             extra.insert(t, Tensor::zeros(gpu, &shape, DType::F32, "grad").unwrap());
+        }
+    }
+}
+
+#[test]
+fn lora_gradients_in_mixed_precision_stay_within_f16_rounding_of_autograd() {
+    // The forward GEMMs and the dx GEMMs run as tile programs on f16 operands (LoRA down-
+    // projections and dA/dB stay f32): measured 1e-3-level errors, bounded at 5e-3.
+    use wgdit::gpu::{Family, Gpu, GpuOptions};
+    for family in [Family::CoopEmulated, Family::F16] {
+        let gpu = Gpu::new(&GpuOptions { kernels: Some(family), ..Default::default() }).unwrap();
+        for (case, mode) in [("grad_peft", QkvMode::Standard), ("grad_peft_batch_mask", QkvMode::Fused)] {
+            let (fwd, worst, grads, _) = run_on(&gpu, case, mode, false, 5e-3);
+            println!(
+                "{} {case} {}: forward rel_l2 {fwd:.2e}, worst LoRA gradient error {worst:.2e} over {} tensors",
+                family.name(),
+                mode.name(),
+                grads.len()
+            );
+            assert!(fwd <= 1.5e-3, "{case}: forward rel_l2 {fwd:.3e}");
+            assert!(worst > 1e-6, "{case}: the f16 rounding does not show in the gradients");
         }
     }
 }
