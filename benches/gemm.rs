@@ -9,6 +9,10 @@
 //! `WGDIT_BENCH_GEMM_SHAPE=MxKxN` sets another, e.g. `4096x12288x3072` (the DiT's FF down
 //! projection at 1024², 4096 image tokens). `WGDIT_BENCH_GEMM_DTYPES=f16,q4_k` limits the dtypes.
 //! Float weights are uniform random values; quantized and fp8 ones random valid blocks ([`weight`]).
+//! Then the kernel families side by side on one shape (`gemm_variant`): portable, f16, coop and
+//! coop-emulated where the adapter runs them (the `wgdit bench kernels` variants), bf16 weights,
+//! M128 K512 N512 on a CPU adapter, M4096 K3072 N3072 (the DiT's output projection) on a GPU;
+//! `WGDIT_BENCH_GEMM_SHAPE` sets it too. Each variant's time is printed as a ratio to portable.
 //!
 //! Roofline (derived): 256x256x768 moves 1.8 MB in f32 for 101 MFLOP (≈55 FLOP/B) and
 //! 256x1024x256 2.4 MB for 134 MFLOP (≈57 FLOP/B): above the f32 ridge of every GPU in
@@ -17,12 +21,15 @@
 //! M64 K3072 N3072 does 1.2 GFLOP over 18.9 MB of f16 weights (64 FLOP/B; 4.5-bit Q4_K: 5.3 MB,
 //! 227 FLOP/B), so every dtype is compute-bound there and the ratio measures decode ALU work;
 //! at M = 4096 weights are read once per 64-row tile, far from any bandwidth limit.
+//! Per family (derived): M4096 K3072 N3072 is 77 GFLOP over 119 MB (f32 x and y, bf16 W; ≈650
+//! FLOP/B), compute-bound even at an H100's f16 tensor peak (989 TFLOP/s / 3.35 TB/s ≈ 295 FLOP/B).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::{Duration, Instant};
 use wgdit::gpu::{Bound, Gpu};
 use wgdit::kernels::gemm::{self, Epilogue, GemmArgs, GemmProblem, Lora, Residual, Variant};
 use wgdit::layout::PerSampleRef;
+use wgdit::pipeline::kernel_bench::{gemm_variant, measure, tiles_for, GemmCase, GemmTensors};
 use wgdit::rng::Rng;
 use wgdit::tensor::{DType, Tensor};
 
@@ -181,5 +188,53 @@ fn bench_weight_dtypes(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench, bench_weight_dtypes);
+/// (M, K, N) of the per-family bench: `WGDIT_BENCH_GEMM_SHAPE`, else small on a CPU adapter.
+fn variant_shape(gpu: &Gpu) -> (usize, usize, usize) {
+    match std::env::var("WGDIT_BENCH_GEMM_SHAPE") {
+        Ok(_) => dtype_shape(),
+        Err(_) if gpu.is_cpu() => (128, 512, 512),
+        Err(_) => (4096, 3072, 3072),
+    }
+}
+
+fn bench_variants(c: &mut Criterion) {
+    use wgdit::gpu::Family;
+    let gpu = Gpu::default_adapter().expect("a GPU adapter (lavapipe is enough)");
+    let (m, k, n) = variant_shape(&gpu);
+    let case = GemmCase { name: "bench".into(), m, n, k, bias: true, gelu: false };
+    let t = GemmTensors::new(&gpu, &case).expect("upload");
+    let mut g = c.benchmark_group("gemm_family");
+    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    g.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+    let mut times: Vec<(Family, f64)> = Vec::new();
+    for family in Family::ALL {
+        let tiles = match tiles_for(&gpu, family) {
+            Ok(t) => t,
+            Err(why) => {
+                println!("gemm_family: {} skipped: {why}", family.name());
+                continue;
+            }
+        };
+        let bound = gpu.bind(&t.launch(&gpu, gemm_variant(&gpu, tiles)).expect("launch")).expect("bind");
+        g.bench_function(BenchmarkId::new(format!("M{m}_K{k}_N{n}_bias_bf16"), family.name()), |b| {
+            b.iter(|| {
+                gpu.submit(&[&bound]).expect("submit");
+                gpu.sync().expect("sync");
+            })
+        });
+        let (ms, _) = measure(&gpu, std::slice::from_ref(&bound), 3).expect("measure");
+        times.push((family, ms));
+    }
+    g.finish();
+    let base = times.iter().find(|(f, _)| *f == Family::Portable).map(|t| t.1);
+    println!("\nGEMM M{m} K{k} N{n} by kernel family (median of 3 GPU-timed runs; speed-up = portable ms / ms):");
+    println!("{:<14} {:>10} {:>9} {:>9}", "family", "ms", "GFLOP/s", "speed-up");
+    for (f, ms) in &times {
+        let gflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e9;
+        let up = base.map_or("-".to_string(), |b| format!("{:.2}", b / ms));
+        println!("{:<14} {:>10.3} {:>9.2} {:>9}", f.name(), ms, gflops, up);
+    }
+}
+
+criterion_group!(benches, bench, bench_weight_dtypes, bench_variants);
 criterion_main!(benches);

@@ -273,7 +273,8 @@ enum Cmd {
     },
     /// Run the DiT once on an inputs file and write `output` (see README: CLI contract).
     Forward(ForwardArgs),
-    /// Benchmarks: `bench dispatches` counts (and times) the DiT graph per execution mode.
+    /// Benchmarks: `bench dispatches` counts (and times) the DiT graph per execution mode,
+    /// `bench generate` times a picture's phases, `bench kernels` the GEMM and attention kernels.
     Bench {
         #[command(subcommand)]
         what: BenchCmd,
@@ -816,6 +817,32 @@ enum BenchCmd {
     /// Time, dispatches and planned peak memory of each phase of a picture (VAE encode, denoising
     /// step, VAE decode); with --preset: planned at full size, without weights or GPU.
     Generate(BenchGenerateArgs),
+    /// GEMM and attention kernels of every family (portable, f16, coop, coop-emulated) side by
+    /// side at the real models' shapes: median GPU ms, TFLOP/s, % of the device's peak
+    /// (docs/kernels.md, "Kernel bench").
+    Kernels(BenchKernelsArgs),
+}
+
+#[derive(Args)]
+struct BenchKernelsArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// One JSON object per row and variant per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A small subset at small shapes (seconds on lavapipe; CI) instead of the full-size rows.
+    #[arg(long)]
+    quick: bool,
+    /// The device's f16 matrix peak in TFLOP/s for the % peak column (default: the built-in
+    /// table of known devices by adapter name).
+    #[arg(long, value_name = "TFLOPS")]
+    peak: Option<f64>,
+    /// Timed iterations per row and variant, after one warm-up (default 3 with --quick, else 20).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// The variants to run, in order: portable, f16, coop, coop-emulated (default: all four).
+    #[arg(long, value_name = "a,b,...", value_delimiter = ',')]
+    kernels_list: Vec<String>,
 }
 
 #[derive(Args)]
@@ -963,6 +990,7 @@ fn run(cli: Cli) -> wgdit::Result<()> {
         Cmd::Cache(args) => cache(args),
         Cmd::Bench { what: BenchCmd::Dispatches(args) } => bench_dispatches(args),
         Cmd::Bench { what: BenchCmd::Generate(args) } => bench_generate(args),
+        Cmd::Bench { what: BenchCmd::Kernels(args) } => bench_kernels(args),
         Cmd::Vae { what } => vae(what),
         Cmd::Generate(args) => generate(args),
         Cmd::Tokenize(args) => tokenize(args),
@@ -1064,6 +1092,45 @@ fn tokenize(a: TokenizeArgs) -> wgdit::Result<()> {
         r.tokenizer.display()
     );
     Ok(())
+}
+
+fn bench_kernels(a: BenchKernelsArgs) -> wgdit::Result<()> {
+    use wgdit::pipeline::kernel_bench::{report, run, Event, KernelBench, Peaks};
+    let mut b = KernelBench::new(a.quick);
+    if let Some(p) = a.peak {
+        if !(p.is_finite() && p > 0.0) {
+            return Err(wgdit::Error::input(format!("--peak {p}: a peak is a positive number of TFLOP/s")));
+        }
+        b.peak = Some(p);
+    }
+    b.iters = a.iters.unwrap_or(b.iters).max(1);
+    if !a.kernels_list.is_empty() {
+        b.variants = a.kernels_list.iter().map(|s| parse_variant(s)).collect::<wgdit::Result<_>>()?;
+    }
+    let gpu = gpu::Gpu::new(&a.gpu.options())?;
+    let peaks = Peaks::resolve(&gpu.info().name, b.peak);
+    let header = report::header(&gpu, b.quick, b.iters, &peaks);
+    match a.json {
+        true => eprint!("{header}"),
+        false => println!("{header}{}", report::table_head()),
+    }
+    run(&gpu, &b, &mut |e| match (e, a.json) {
+        (Event::Note(n), true) => eprintln!("{n}"),
+        (Event::Note(n), false) => println!("  ({n})"),
+        (Event::Row(r), true) => println!("{}", serde_json::to_string(r).expect("cannot fail: plain data")),
+        (Event::Row(r), false) => println!("{}", report::table_line(r)),
+    })?;
+    Ok(())
+}
+
+/// One `--kernels-list` entry: a kernel family (not `auto`).
+fn parse_variant(s: &str) -> wgdit::Result<wgdit::gpu::Family> {
+    match wgdit::gpu::choice::parse_kernels(s.trim())? {
+        Some(f) => Ok(f),
+        None => {
+            Err(wgdit::Error::input("--kernels-list: name variants (portable, f16, coop, coop-emulated), not auto"))
+        }
+    }
 }
 
 fn bench_generate(a: BenchGenerateArgs) -> wgdit::Result<()> {

@@ -2,7 +2,8 @@
 //! encode|decode` (`vae.rs`) and the sampling pipeline of `wgdit generate`: diffusers pipeline
 //! folders (`folder`), prompt embeddings (`embeds`), noise, schedule, CFG, image sizes (`noise`,
 //! `scheduler`, `cfg`, `dims`), the denoising loop (`sample`) and prompt text → embeddings
-//! (`prompt`, `wgdit encode-prompt`); `wgdit bench generate` (`bench`) and `wgdit plan` (`plan`).
+//! (`prompt`, `wgdit encode-prompt`); `wgdit bench generate` (`bench`), `wgdit bench kernels`
+//! (`kernel_bench`) and `wgdit plan` (`plan`).
 
 pub mod bench;
 pub mod cfg;
@@ -12,6 +13,7 @@ pub mod folder;
 pub mod forward;
 pub mod generate;
 pub mod inputs;
+pub mod kernel_bench;
 pub mod noise;
 pub mod plan;
 pub mod prompt;

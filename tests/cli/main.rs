@@ -2,6 +2,7 @@
 //! input (non-zero exit, a message naming the problem, no output file).
 
 mod bad_inputs;
+mod bench_kernels;
 mod forward;
 mod generate;
 mod plan;
