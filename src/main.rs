@@ -207,8 +207,8 @@ struct GpuArgs {
     /// on f16 SIMT), coop (cooperative matrices), coop-emulated (runs anywhere) (env WGDIT_KERNELS).
     #[arg(long, global = true, value_enum, ignore_case = true)]
     kernels: Option<KernelsArg>,
-    /// Operand precision of the GEMMs and attention: auto (mixed on GPUs with f16 or
-    /// cooperative matrices, f32 on CPU adapters), f32, mixed (f16 operands, f32 accumulation)
+    /// Operand precision of the GEMMs and attention: auto (mixed on GPUs with cooperative
+    /// matrices, f32 elsewhere), f32, mixed (f16 operands, f32 accumulation)
     /// (env WGDIT_PRECISION).
     #[arg(long, global = true, value_enum, ignore_case = true)]
     precision: Option<PrecisionArg>,

@@ -12,7 +12,8 @@
 //!   `EXPERIMENTAL_COOPERATIVE_MATRIX` with an f16 × f16 → f32 configuration of 16×16×16 (Vulkan) or
 //!   8×8×8 (Metal), and a fixed subgroup size (the tile layout counts subgroups).
 //! - `f16`: the same tile programs with the matrix operations done by SIMT lanes on f16 operands
-//!   in workgroup memory (`SHADER_F16`, no cooperative matrices).
+//!   in workgroup memory (`SHADER_F16`, no cooperative matrices); `--precision mixed` picks it on
+//!   such devices, `auto` keeps them on `portable` (see `resolve`).
 //! - `coop-emulated`: the same tile programs with the matrix operations emulated on f32 values
 //!   rounded to f16: runs on any adapter and computes what `coop` computes (up to summation order);
 //!   CI runs every coop index computation, epilogue and edge case through it on lavapipe.
@@ -215,14 +216,18 @@ pub fn resolve(kernels: Option<Family>, precision: Option<Precision>, offer: &Of
         None => {
             let mixed = match precision {
                 Some(p) => p == Precision::Mixed,
-                // f16 buys nothing on a CPU adapter (lavapipe computes f16 through f32).
-                None => !offer.is_cpu && (coop.is_ok() || offer.shader_f16),
+                // f16 buys nothing on a CPU adapter (lavapipe computes f16 through f32); without
+                // cooperative matrices the f16 SIMT tile program reads workgroup memory once per
+                // FMA where `gemm_tiled` reads once per 8 (docs/kernels.md): f32 stays the default
+                // until a GPU measurement says otherwise.
+                None => !offer.is_cpu && coop.is_ok(),
             };
             if !mixed {
-                let why = match precision {
-                    Some(_) => "--precision f32".to_string(),
-                    None if offer.is_cpu => "a CPU adapter: f16 operands buy nothing there".to_string(),
-                    None => "no SHADER_F16 and no cooperative matrices".to_string(),
+                let why = match (&precision, &coop) {
+                    (Some(_), _) => "--precision f32".to_string(),
+                    (None, _) if offer.is_cpu => "a CPU adapter: f16 operands buy nothing there".to_string(),
+                    (None, Err(why)) => format!("{why}; --precision mixed runs the f16 tile programs"),
+                    (None, Ok(_)) => unreachable!("mixed above"),
                 };
                 return Ok(pick(Family::Portable, Precision::F32, format!("auto: {why}")));
             }
@@ -231,11 +236,13 @@ pub fn resolve(kernels: Option<Family>, precision: Option<Precision>, offer: &Of
                     pick(Family::Coop, Precision::Mixed, format!("auto: cooperative matrices {f}x{f}x{f} f16->f32"))
                 }
                 Err(why) if offer.shader_f16 => {
-                    pick(Family::F16, Precision::Mixed, format!("auto: SHADER_F16 ({why})"))
+                    pick(Family::F16, Precision::Mixed, format!("--precision mixed: SHADER_F16 ({why})"))
                 }
-                Err(why) => {
-                    pick(Family::CoopEmulated, Precision::Mixed, format!("auto: mixed without f16 hardware ({why})"))
-                }
+                Err(why) => pick(
+                    Family::CoopEmulated,
+                    Precision::Mixed,
+                    format!("--precision mixed without f16 hardware ({why})"),
+                ),
             })
         }
     }
@@ -262,6 +269,9 @@ mod tests {
         assert_eq!(resolve(None, Some(Precision::Mixed), &cpu).unwrap().family, Family::F16);
         let bare = Offer { shader_f16: false, is_cpu: false, coop: &none };
         assert_eq!(resolve(None, None, &bare).unwrap().family, Family::Portable);
+        let f16_only = Offer { shader_f16: true, is_cpu: false, coop: &none };
+        assert_eq!(resolve(None, None, &f16_only).unwrap().family, Family::Portable);
+        assert_eq!(resolve(None, Some(Precision::Mixed), &f16_only).unwrap().family, Family::F16);
         assert_eq!(resolve(None, Some(Precision::Mixed), &bare).unwrap().family, Family::CoopEmulated);
     }
 
