@@ -295,7 +295,7 @@ pub fn check_f16_range(name: &str, dtype: DType, bytes: &[u8]) -> Result<()> {
         DType::F32 => bytes
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).abs())
-            .filter(|v| !(*v < 65520.0))
+            .filter(|v| v.is_nan() || *v >= 65520.0)
             .fold(None, |m: Option<f32>, v| Some(m.map_or(v, |m| m.max(v)))),
         _ => None,
     };
