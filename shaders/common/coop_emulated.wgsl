@@ -32,14 +32,17 @@ fn frag_b_rows(off: u32, ld: u32) -> FragB { return FragB(off, ld, 1u); }
 fn frag_b_cols(off: u32, ld: u32) -> FragB { return FragB(off, 1u, ld); }
 
 fn frag_mma(a: FragA, b: FragB, c: FragC) -> FragC {
+    // A lane's P elements lie in one row of the tile (P divides FRAG): its A row is read once.
+    let e0 = coop_lane_id * COOP_PER_LANE;
+    let ai = a.off + (e0 / FRAG) * a.si;
+    var arow: array<f32, FRAG>;
+    for (var k = 0u; k < FRAG; k += 1u) { arow[k] = coop_f32(coop_in[ai + k * a.sk]); }
     var r = c;
     for (var q = 0u; q < COOP_PER_LANE; q += 1u) {
-        let e = coop_lane_id * COOP_PER_LANE + q;
-        let ai = a.off + (e / FRAG) * a.si;
-        let bj = b.off + (e % FRAG) * b.sj;
+        let bj = b.off + ((e0 + q) % FRAG) * b.sj;
         var s = r.v[q];
         for (var k = 0u; k < FRAG; k += 1u) {
-            s += coop_f32(coop_in[ai + k * a.sk]) * coop_f32(coop_in[bj + k * b.sk]);
+            s += arow[k] * coop_f32(coop_in[bj + k * b.sk]);
         }
         r.v[q] = s;
     }
