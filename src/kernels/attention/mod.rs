@@ -32,11 +32,16 @@
 //! (subgroup shuffles) or cooperative matrices would fix that. Not measured on a real GPU yet.
 
 use crate::gpu::{Buffer, Gpu, Launch};
+use crate::kernels::Tiles;
 use crate::layout::{AttnOptions, JointShape};
 use crate::shaders::{ATTENTION, ATTENTION_BACKWARD};
 use crate::tensor::{DType, Tensor};
-use crate::Result;
+use crate::{Error, Result};
+pub use flash::{FlashConfig, Pass};
 use std::sync::Arc;
+
+mod cpu_tile;
+mod flash;
 
 /// Query rows (forward, dQ) or key rows (dK/dV) per workgroup; `WG` in the shaders.
 const ROWS_PER_GROUP: usize = 64;
@@ -196,8 +201,60 @@ pub struct Args<'a> {
     pub lse: &'a Tensor,
 }
 
+/// Which kernels run an attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// The device's kernel family (`gpu.kernel_choice()` through [`Tiles::of`]): the tile
+    /// programs at their default [`FlashConfig`] for `coop`, `f16` and `coop-emulated`, the
+    /// portable kernels for `portable`, and also where the tile programs do not apply (segments,
+    /// a head_dim that is not a multiple of the fragment edge, no layout fitting the adapter's
+    /// workgroup memory or subgroup width).
+    Auto,
+    /// `attention.wgsl` / `attention_backward.wgsl`: f32, one row per invocation.
+    Portable,
+    /// The tile programs on a fragment backend at its default configuration for the adapter
+    /// (`Error::TooLarge` when none fits).
+    Tile(Tiles),
+    /// The tile programs with an explicit configuration (tests, benches).
+    TileWith(Tiles, FlashConfig),
+}
+
+/// `Auto` and `Tile` resolved to `Portable` or `TileWith` for this call.
+fn resolve(gpu: &Gpu, shape: &JointShape, pass: Pass, segments: bool, variant: Variant) -> Result<Variant> {
+    let usable = |t: Tiles| !segments && shape.head_dim % t.frag() == 0;
+    Ok(match variant {
+        Variant::Auto => match Tiles::of(gpu.kernel_choice()).filter(|&t| usable(t)) {
+            Some(t) => {
+                flash::default_config(gpu, t, pass, shape).map_or(Variant::Portable, |c| Variant::TileWith(t, c))
+            }
+            None => Variant::Portable,
+        },
+        Variant::Tile(t) => {
+            assert!(usable(t), "attention: the {t:?} tile program needs no segments and head_dim % {} == 0", t.frag());
+            match flash::default_config(gpu, t, pass, shape) {
+                Some(c) => Variant::TileWith(t, c),
+                None => {
+                    return Err(Error::TooLarge(format!(
+                        "attention {pass:?}: no {t:?} tile layout for head_dim {} fits {} B of workgroup memory \
+                         and {} lanes (use the portable kernels)",
+                        shape.head_dim,
+                        gpu.limits().max_workgroup_storage,
+                        t.lanes(gpu)
+                    )))
+                }
+            }
+        }
+        v => v,
+    })
+}
+
 /// Forward: writes `o` (stream-major joint rows) and `lse`. See the module doc.
 pub fn launch_forward(gpu: &Gpu, shape: &JointShape, a: &Args) -> Result<Launch> {
+    launch_forward_variant(gpu, shape, a, Variant::Auto)
+}
+
+/// [`launch_forward`] on an explicit variant.
+pub fn launch_forward_variant(gpu: &Gpu, shape: &JointShape, a: &Args, variant: Variant) -> Result<Launch> {
     const WHO: &str = "attention::launch_forward";
     shape.check(WHO);
     check_options(WHO, shape, a);
@@ -206,8 +263,16 @@ pub fn launch_forward(gpu: &Gpu, shape: &JointShape, a: &Args) -> Result<Launch>
     }
     check_f32(WHO, "lse", a.lse, shape.lse_len());
     let p = forward_params(shape, a);
+    let (kernel, groups) = match resolve(gpu, shape, Pass::Forward, a.segments.is_some(), variant)? {
+        Variant::TileWith(t, c) => {
+            assert!(a.segments.is_none(), "{WHO}: the tile program has no segments");
+            c.check(gpu, t, Pass::Forward, shape)?;
+            (gpu.kernel(flash::shaders(t).0, "flash", &c.constants(gpu, t, shape))?, c.groups(shape))
+        }
+        _ => (gpu.kernel(&ATTENTION, "attention", &shape.constants())?, shape.groups()),
+    };
     Ok(Launch {
-        kernel: gpu.kernel(&ATTENTION, "attention", &shape.constants())?,
+        kernel,
         params: bytemuck::bytes_of(&p).to_vec(),
         buffers: vec![
             a.q.buffer.clone(),
@@ -218,7 +283,7 @@ pub fn launch_forward(gpu: &Gpu, shape: &JointShape, a: &Args) -> Result<Launch>
             a.o.buffer.clone(),
             a.lse.buffer.clone(),
         ],
-        groups: shape.groups(),
+        groups,
     })
 }
 
@@ -245,6 +310,16 @@ pub struct BackwardArgs<'a> {
 /// forward `O = P V, P = softmax(Q Kᵀ·scale + maskbias)`  =>  `dS = P ⊙ (dO Vᵀ − rowsum(dO ⊙ O))`,
 /// `dQ = dS K·scale` (+ delta) then `dK = dSᵀ Q·scale, dV = Pᵀ dO`. Activation gradients: `=`.
 pub fn launch_backward(gpu: &Gpu, shape: &JointShape, a: &BackwardArgs) -> Result<Vec<Launch>> {
+    launch_backward_variant(gpu, shape, a, Variant::Auto)
+}
+
+/// [`launch_backward`] on an explicit variant.
+pub fn launch_backward_variant(
+    gpu: &Gpu,
+    shape: &JointShape,
+    a: &BackwardArgs,
+    variant: Variant,
+) -> Result<Vec<Launch>> {
     const WHO: &str = "attention::launch_backward";
     shape.check(WHO);
     // Every row needs a visible key (the lse of an empty row is a sentinel, not a log-sum).
@@ -270,16 +345,32 @@ pub fn launch_backward(gpu: &Gpu, shape: &JointShape, a: &BackwardArgs) -> Resul
         a.dk.buffer.clone(),
         a.dv.buffer.clone(),
     ];
-    let c = shape.constants();
+    let (shader, entries, constants, groups) = match resolve(gpu, shape, Pass::Backward, false, variant)? {
+        Variant::TileWith(t, c) => {
+            c.check(gpu, t, Pass::Backward, shape)?;
+            (
+                flash::shaders(t).1,
+                ["flash_backward_dq", "flash_backward_dkdv"],
+                c.constants(gpu, t, shape),
+                c.groups(shape),
+            )
+        }
+        _ => (
+            &ATTENTION_BACKWARD,
+            ["attention_backward_dq", "attention_backward_dkdv"],
+            shape.constants().to_vec(),
+            shape.groups(),
+        ),
+    };
     let launch = |entry: &'static str| -> Result<Launch> {
         Ok(Launch {
-            kernel: gpu.kernel(&ATTENTION_BACKWARD, entry, &c)?,
+            kernel: gpu.kernel(shader, entry, &constants)?,
             params: p.clone(),
             buffers: buffers.clone(),
-            groups: shape.groups(),
+            groups,
         })
     };
-    Ok(vec![launch("attention_backward_dq")?, launch("attention_backward_dkdv")?])
+    Ok(vec![launch(entries[0])?, launch(entries[1])?])
 }
 
 /// Convenience: runs the full (DiT) forward and returns `(o, lse)`.
@@ -324,6 +415,7 @@ pub fn run_backward(
 
 /// f64 reference with materialised scores (fine on the CPU at test sizes).
 pub mod cpu {
+    pub use super::cpu_tile::{scaled_q, tile_backward, tile_forward, TileBackward};
     use crate::layout::{AttnOptions, JointShape};
 
     /// Which keys each query sees: the text mask, the options and the segment boundaries.
