@@ -5,11 +5,15 @@
 //! FLOPs counted as matmul work only: forward 4·B·H·S²·Dh (Q·Kᵀ and P·V), backward 10·B·H·S²·Dh
 //! (recomputed Q·Kᵀ in both passes, dP = dO·Vᵀ in both, dQ, dK, dV); exp() and the softmax are not
 //! counted. Each timed iteration submits the dispatches and waits for the queue (`gpu.sync()`).
+//! Variants side by side: the portable kernels, the device's tile backend, and on CPU adapters
+//! the f32 emulation and the f16 backend (a variant whose layout does not fit is skipped with
+//! the reason).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
 use wgdit::gpu::Gpu;
-use wgdit::kernels::attention::{launch_backward, launch_forward, Args, BackwardArgs};
+use wgdit::kernels::attention::{launch_backward_variant, launch_forward_variant, Args, BackwardArgs, Variant};
+use wgdit::kernels::Tiles;
 use wgdit::layout::{AttnOptions, JointShape};
 use wgdit::rng::Rng;
 use wgdit::tensor::{DType, Tensor};
@@ -39,8 +43,7 @@ fn bench(c: &mut Criterion) {
     let [lse, delta] = ["lse", "delta"].map(|name| tensor(&gpu, &mut rng, sh.lse_len(), name));
     let opts = AttnOptions::full(heads);
     let args = Args { q: &q, k: &k, v: &v, mask: None, segments: None, opts, o: &o, lse: &lse };
-    let fwd = launch_forward(&gpu, &sh, &args).expect("forward launch");
-    let args = BackwardArgs {
+    let bargs = BackwardArgs {
         q: &q,
         k: &k,
         v: &v,
@@ -53,26 +56,44 @@ fn bench(c: &mut Criterion) {
         dk: &dk,
         dv: &dv,
     };
-    let bwd = launch_backward(&gpu, &sh, &args).expect("backward launch");
     let flop = (sh.batch * sh.heads * s * s * sh.head_dim) as u64;
     // Roofline: fp32 CUDA cores (no tensor cores in WGSL): H100 67 TFLOP/s ≈ 16 µs per GFLOP; at S ≥ 1k
-    // the kernel is compute bound (arithmetic intensity ~S/2 FLOP per byte of Q/K/V).
+    // the kernel is compute bound (arithmetic intensity ~S/2 FLOP per byte of Q/K/V). The coop tile
+    // programs run on tensor cores: ~10x that ceiling.
+    let mut variants = vec![Variant::Portable];
+    variants.extend(Tiles::of(gpu.kernel_choice()).map(Variant::Tile));
+    if gpu.is_cpu() {
+        variants.extend([Variant::Tile(Tiles::Emulated16), Variant::Tile(Tiles::F16)]);
+    }
+    variants.dedup();
     let mut g = c.benchmark_group(format!("attention {} (B=1 H={heads} Dh=128 S={s})", gpu.info().name));
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(5));
-    g.throughput(Throughput::Elements(4 * flop)); // "elements" = FLOP
-    g.bench_function("forward FLOP", |b| {
-        b.iter(|| {
-            gpu.run(std::slice::from_ref(&fwd)).expect("run");
-            gpu.sync().expect("sync");
-        })
-    });
-    g.throughput(Throughput::Elements(10 * flop));
-    g.bench_function("backward FLOP", |b| {
-        b.iter(|| {
-            gpu.run(&bwd).expect("run");
-            gpu.sync().expect("sync");
-        })
-    });
+    for variant in variants {
+        match launch_forward_variant(&gpu, &sh, &args, variant) {
+            Ok(fwd) => {
+                g.throughput(Throughput::Elements(4 * flop)); // "elements" = FLOP
+                g.bench_function(format!("forward {variant:?} FLOP"), |b| {
+                    b.iter(|| {
+                        gpu.run(std::slice::from_ref(&fwd)).expect("run");
+                        gpu.sync().expect("sync");
+                    })
+                });
+            }
+            Err(e) => eprintln!("forward {variant:?} skipped: {e}"),
+        }
+        match launch_backward_variant(&gpu, &sh, &bargs, variant) {
+            Ok(bwd) => {
+                g.throughput(Throughput::Elements(10 * flop));
+                g.bench_function(format!("backward {variant:?} FLOP"), |b| {
+                    b.iter(|| {
+                        gpu.run(&bwd).expect("run");
+                        gpu.sync().expect("sync");
+                    })
+                });
+            }
+            Err(e) => eprintln!("backward {variant:?} skipped: {e}"),
+        }
+    }
     g.finish();
 }
 
