@@ -21,6 +21,17 @@
 //!
 //! Memory is O(S·Dh): no S×S buffer. Dispatch geometry and tiling are described in the shaders.
 //!
+//! Two implementations, chosen by [`Variant`] (`Auto`: by `gpu.kernel_choice()` through
+//! [`Tiles::of`]): the portable f32 kernels above (one row per invocation; the `portable` family,
+//! bit-identical to before the tile programs existed), and the tile programs
+//! `shaders/attention/flash.wgsl` / `flash_backward.wgsl` (FlashAttention-2 on the fragment API:
+//! f16 operands, f32 softmax and accumulation; the forward with causal and GQA, not segments) for
+//! the `coop`, `f16` and `coop-emulated` families, laid out by [`FlashConfig`] to fit the adapter's
+//! workgroup memory. `Auto` keeps the portable kernels for segments, a head_dim that is not a
+//! multiple of the fragment edge, or when no layout fits; `Tile` then returns `Error::TooLarge`.
+//! Their numerics, layouts and timings: docs/kernels.md; their references:
+//! [`cpu::tile_forward`], [`cpu::tile_backward`] (the same roundings, in f64).
+//!
 //! Performance notes (measured on lavapipe, 2-core VM shared with other jobs, so noisy):
 //! about 0.1-0.2 GFLOP/s forward and backward at Dh 16-128. The inner loop reads one staged K/V vec4
 //! per 4 FMAs, and llvmpipe turns every (same-address) workgroup read into an 8-lane gather; reading
@@ -28,8 +39,8 @@
 //! Dh 16 and 1.7× at Dh 128, and removing exp() changed nothing. Staging is kept because it is the
 //! right design for real GPUs (one broadcast shared-memory read per key for 64 rows). Open items for
 //! real GPUs: at Dh 128 each invocation holds q and the accumulator (256 floats; 3-4×Dh in the
-//! backward), which exceeds NVIDIA's 255 registers and spills; splitting Dh across 2-4 lanes
-//! (subgroup shuffles) or cooperative matrices would fix that. Not measured on a real GPU yet.
+//! backward), which exceeds NVIDIA's 255 registers and spills; the tile programs split Dh across
+//! lanes (at most 64 O floats per lane). Not measured on a real GPU yet.
 
 use crate::gpu::{Buffer, Gpu, Launch};
 use crate::kernels::Tiles;
