@@ -159,7 +159,7 @@ fn metal_compositions_use_only_metals_8x8_simdgroup_matrices() {
             }
         }
     }
-    let coop16 = ALL.iter().find(|s| s.name.ends_with("@coop16")).expect("a coop16 composition");
+    let coop16 = ALL.iter().find(|s| s.name == "gemm/gemm@coop16").expect("the gemm coop16 composition");
     let m = naga::front::wgsl::parse_str(coop16.source).expect("parses");
     let e = entry_points(&m).into_iter().find(|e| e.contains("coop")).expect("a coop entry point");
     let msl = translate(coop16, &e).expect("translates");

@@ -174,13 +174,14 @@ fn zero_grads(gpu: &std::sync::Arc<wgdit::gpu::Gpu>, tg: &training::TrainGraph, 
 
 #[test]
 fn lora_gradients_in_mixed_precision_stay_within_f16_rounding_of_autograd() {
-    // The forward GEMMs and the dx GEMMs run as tile programs on f16 operands (LoRA down-
-    // projections and dA/dB stay f32): measured 1e-3-level errors, bounded at 5e-3.
+    // The forward and dx GEMMs and the attention forward and backward run as tile programs on
+    // f16 operands (LoRA down-projections and dA/dB stay f32): measured worst 2.4e-3 (edit) and
+    // 4.4e-3 (padded batch; dO enters the attention backward unscaled), bounded at 8e-3.
     use wgdit::gpu::{Family, Gpu, GpuOptions};
     for family in [Family::CoopEmulated, Family::F16] {
         let gpu = Gpu::new(&GpuOptions { kernels: Some(family), ..Default::default() }).unwrap();
         for (case, mode) in [("grad_peft", QkvMode::Standard), ("grad_peft_batch_mask", QkvMode::Fused)] {
-            let (fwd, worst, grads, _) = run_on(&gpu, case, mode, false, 5e-3);
+            let (fwd, worst, grads, _) = run_on(&gpu, case, mode, false, 8e-3);
             println!(
                 "{} {case} {}: forward rel_l2 {fwd:.2e}, worst LoRA gradient error {worst:.2e} over {} tensors",
                 family.name(),

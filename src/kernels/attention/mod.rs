@@ -21,6 +21,17 @@
 //!
 //! Memory is O(S·Dh): no S×S buffer. Dispatch geometry and tiling are described in the shaders.
 //!
+//! Two implementations, chosen by [`Variant`] (`Auto`: by `gpu.kernel_choice()` through
+//! [`Tiles::of`]): the portable f32 kernels above (one row per invocation; the `portable` family,
+//! bit-identical to before the tile programs existed), and the tile programs
+//! `shaders/attention/flash.wgsl` / `flash_backward.wgsl` (FlashAttention-2 on the fragment API:
+//! f16 operands, f32 softmax and accumulation; the forward with causal and GQA, not segments) for
+//! the `coop`, `f16` and `coop-emulated` families, laid out by [`FlashConfig`] to fit the adapter's
+//! workgroup memory. `Auto` keeps the portable kernels for segments, a head_dim that is not a
+//! multiple of the fragment edge, or when no layout fits; `Tile` then returns `Error::TooLarge`.
+//! Their numerics, layouts and timings: docs/kernels.md; their references:
+//! [`cpu::tile_forward`], [`cpu::tile_backward`] (the same roundings, in f64).
+//!
 //! Performance notes (measured on lavapipe, 2-core VM shared with other jobs, so noisy):
 //! about 0.1-0.2 GFLOP/s forward and backward at Dh 16-128. The inner loop reads one staged K/V vec4
 //! per 4 FMAs, and llvmpipe turns every (same-address) workgroup read into an 8-lane gather; reading
@@ -28,15 +39,20 @@
 //! Dh 16 and 1.7× at Dh 128, and removing exp() changed nothing. Staging is kept because it is the
 //! right design for real GPUs (one broadcast shared-memory read per key for 64 rows). Open items for
 //! real GPUs: at Dh 128 each invocation holds q and the accumulator (256 floats; 3-4×Dh in the
-//! backward), which exceeds NVIDIA's 255 registers and spills; splitting Dh across 2-4 lanes
-//! (subgroup shuffles) or cooperative matrices would fix that. Not measured on a real GPU yet.
+//! backward), which exceeds NVIDIA's 255 registers and spills; the tile programs split Dh across
+//! lanes (at most 64 O floats per lane). Not measured on a real GPU yet.
 
 use crate::gpu::{Buffer, Gpu, Launch};
+use crate::kernels::Tiles;
 use crate::layout::{AttnOptions, JointShape};
 use crate::shaders::{ATTENTION, ATTENTION_BACKWARD};
 use crate::tensor::{DType, Tensor};
-use crate::Result;
+use crate::{Error, Result};
+pub use flash::{FlashConfig, Pass};
 use std::sync::Arc;
+
+mod cpu_tile;
+mod flash;
 
 /// Query rows (forward, dQ) or key rows (dK/dV) per workgroup; `WG` in the shaders.
 const ROWS_PER_GROUP: usize = 64;
@@ -196,8 +212,60 @@ pub struct Args<'a> {
     pub lse: &'a Tensor,
 }
 
+/// Which kernels run an attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// The device's kernel family (`gpu.kernel_choice()` through [`Tiles::of`]): the tile
+    /// programs at their default [`FlashConfig`] for `coop`, `f16` and `coop-emulated`, the
+    /// portable kernels for `portable`, and also where the tile programs do not apply (segments,
+    /// a head_dim that is not a multiple of the fragment edge, no layout fitting the adapter's
+    /// workgroup memory or subgroup width).
+    Auto,
+    /// `attention.wgsl` / `attention_backward.wgsl`: f32, one row per invocation.
+    Portable,
+    /// The tile programs on a fragment backend at its default configuration for the adapter
+    /// (`Error::TooLarge` when none fits).
+    Tile(Tiles),
+    /// The tile programs with an explicit configuration (tests, benches).
+    TileWith(Tiles, FlashConfig),
+}
+
+/// `Auto` and `Tile` resolved to `Portable` or `TileWith` for this call.
+fn resolve(gpu: &Gpu, shape: &JointShape, pass: Pass, segments: bool, variant: Variant) -> Result<Variant> {
+    let usable = |t: Tiles| !segments && shape.head_dim % t.frag() == 0;
+    Ok(match variant {
+        Variant::Auto => match Tiles::of(gpu.kernel_choice()).filter(|&t| usable(t)) {
+            Some(t) => {
+                flash::default_config(gpu, t, pass, shape).map_or(Variant::Portable, |c| Variant::TileWith(t, c))
+            }
+            None => Variant::Portable,
+        },
+        Variant::Tile(t) => {
+            assert!(usable(t), "attention: the {t:?} tile program needs no segments and head_dim % {} == 0", t.frag());
+            match flash::default_config(gpu, t, pass, shape) {
+                Some(c) => Variant::TileWith(t, c),
+                None => {
+                    return Err(Error::TooLarge(format!(
+                        "attention {pass:?}: no {t:?} tile layout for head_dim {} fits {} B of workgroup memory \
+                         and {} lanes (use the portable kernels)",
+                        shape.head_dim,
+                        gpu.limits().max_workgroup_storage,
+                        t.lanes(gpu)
+                    )))
+                }
+            }
+        }
+        v => v,
+    })
+}
+
 /// Forward: writes `o` (stream-major joint rows) and `lse`. See the module doc.
 pub fn launch_forward(gpu: &Gpu, shape: &JointShape, a: &Args) -> Result<Launch> {
+    launch_forward_variant(gpu, shape, a, Variant::Auto)
+}
+
+/// [`launch_forward`] on an explicit variant.
+pub fn launch_forward_variant(gpu: &Gpu, shape: &JointShape, a: &Args, variant: Variant) -> Result<Launch> {
     const WHO: &str = "attention::launch_forward";
     shape.check(WHO);
     check_options(WHO, shape, a);
@@ -208,8 +276,16 @@ pub fn launch_forward(gpu: &Gpu, shape: &JointShape, a: &Args) -> Result<Launch>
     check_f32(WHO, "lse", a.lse, shape.lse_len());
     crate::kernels::check_index(WHO, &[("q", a.q), ("k", a.k), ("v", a.v), ("o", a.o)])?;
     let p = forward_params(shape, a);
+    let (kernel, groups) = match resolve(gpu, shape, Pass::Forward, a.segments.is_some(), variant)? {
+        Variant::TileWith(t, c) => {
+            assert!(a.segments.is_none(), "{WHO}: the tile program has no segments");
+            c.check(gpu, t, Pass::Forward, shape)?;
+            (gpu.kernel(flash::shaders(t).0, "flash", &c.constants(gpu, t, shape))?, c.groups(shape))
+        }
+        _ => (gpu.kernel(&ATTENTION, "attention", &shape.constants())?, shape.groups()),
+    };
     Ok(Launch {
-        kernel: gpu.kernel(&ATTENTION, "attention", &shape.constants())?,
+        kernel,
         params: bytemuck::bytes_of(&p).to_vec(),
         buffers: vec![
             a.q.buffer.clone(),
@@ -220,7 +296,7 @@ pub fn launch_forward(gpu: &Gpu, shape: &JointShape, a: &Args) -> Result<Launch>
             a.o.buffer.clone(),
             a.lse.buffer.clone(),
         ],
-        groups: shape.groups(),
+        groups,
     })
 }
 
@@ -247,6 +323,16 @@ pub struct BackwardArgs<'a> {
 /// forward `O = P V, P = softmax(Q Kᵀ·scale + maskbias)`  =>  `dS = P ⊙ (dO Vᵀ − rowsum(dO ⊙ O))`,
 /// `dQ = dS K·scale` (+ delta) then `dK = dSᵀ Q·scale, dV = Pᵀ dO`. Activation gradients: `=`.
 pub fn launch_backward(gpu: &Gpu, shape: &JointShape, a: &BackwardArgs) -> Result<Vec<Launch>> {
+    launch_backward_variant(gpu, shape, a, Variant::Auto)
+}
+
+/// [`launch_backward`] on an explicit variant.
+pub fn launch_backward_variant(
+    gpu: &Gpu,
+    shape: &JointShape,
+    a: &BackwardArgs,
+    variant: Variant,
+) -> Result<Vec<Launch>> {
     const WHO: &str = "attention::launch_backward";
     shape.check(WHO);
     // Every row needs a visible key (the lse of an empty row is a sentinel, not a log-sum).
@@ -273,16 +359,32 @@ pub fn launch_backward(gpu: &Gpu, shape: &JointShape, a: &BackwardArgs) -> Resul
         a.dk.buffer.clone(),
         a.dv.buffer.clone(),
     ];
-    let c = shape.constants();
+    let (shader, entries, constants, groups) = match resolve(gpu, shape, Pass::Backward, false, variant)? {
+        Variant::TileWith(t, c) => {
+            c.check(gpu, t, Pass::Backward, shape)?;
+            (
+                flash::shaders(t).1,
+                ["flash_backward_dq", "flash_backward_dkdv"],
+                c.constants(gpu, t, shape),
+                c.groups(shape),
+            )
+        }
+        _ => (
+            &ATTENTION_BACKWARD,
+            ["attention_backward_dq", "attention_backward_dkdv"],
+            shape.constants().to_vec(),
+            shape.groups(),
+        ),
+    };
     let launch = |entry: &'static str| -> Result<Launch> {
         Ok(Launch {
-            kernel: gpu.kernel(&ATTENTION_BACKWARD, entry, &c)?,
+            kernel: gpu.kernel(shader, entry, &constants)?,
             params: p.clone(),
             buffers: buffers.clone(),
-            groups: shape.groups(),
+            groups,
         })
     };
-    Ok(vec![launch("attention_backward_dq")?, launch("attention_backward_dkdv")?])
+    Ok(vec![launch(entries[0])?, launch(entries[1])?])
 }
 
 /// Convenience: runs the full (DiT) forward and returns `(o, lse)`.
@@ -327,6 +429,7 @@ pub fn run_backward(
 
 /// f64 reference with materialised scores (fine on the CPU at test sizes).
 pub mod cpu {
+    pub use super::cpu_tile::{scaled_q, tile_backward, tile_forward, TileBackward};
     use crate::layout::{AttnOptions, JointShape};
 
     /// Which keys each query sees: the text mask, the options and the segment boundaries.

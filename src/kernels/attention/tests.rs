@@ -18,7 +18,7 @@ const TOL_LSE: Tol = Tol { abs: 2e-6, rel: 2e-6, rel_l2: 1e-6 };
 /// absolute error follows |dP| ~ sqrt(Dh) rather than the gradient's size.
 const TOL_GRAD: Tol = Tol { abs: 1e-5, rel: 1e-4, rel_l2: 1e-5 };
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum MaskKind {
     None,
     AllValid,
@@ -265,6 +265,7 @@ fn cpu_backward_matches_central_finite_differences() {
 }
 
 mod options;
+mod tiles;
 
 #[test]
 fn attention_with_trusted_shaders_matches_checked_shaders_bit_for_bit() {

@@ -80,13 +80,15 @@ pub fn gemm_variant(gpu: &Gpu, tiles: Option<Tiles>) -> Variant {
 /// Builds the launches of one attention row (forward: 1, backward: 2).
 pub type AttnLauncher = Box<dyn Fn(&Gpu, &AttnTensors) -> Result<Vec<Launch>>>;
 
-/// The attention kernels of a variant, or why there are none. Only the portable kernel exists
-/// so far; a tile variant is one more arm (`attention::launch_forward_variant(.., Tile(t))`).
+/// The attention kernels of a variant: the portable kernels, or the flash tile programs on a
+/// fragment backend (`attention::Variant::Tile`; a layout that does not fit is `TooLarge`,
+/// which the bench notes and skips).
 pub fn attention_launcher(tiles: Option<Tiles>) -> std::result::Result<AttnLauncher, String> {
-    match tiles {
-        None => Ok(Box::new(|gpu, t| t.launches(gpu))),
-        Some(t) => Err(format!("attention has no {} tile variant yet (portable only)", t.name())),
-    }
+    let variant = match tiles {
+        None => attention::Variant::Portable,
+        Some(t) => attention::Variant::Tile(t),
+    };
+    Ok(Box::new(move |gpu, t| t.launches(gpu, variant)))
 }
 
 /// The operands of one GEMM row: uniform random x and bf16 W in [-1, 1], bias, y.
@@ -153,19 +155,19 @@ impl AttnTensors {
             (zeros(n, "bench.o")?, zeros(sh.lse_len(), "bench.lse")?, zeros(sh.lse_len(), "bench.delta")?);
         let a = AttnTensors { shape: sh, backward: false, q, k, v, o, lse, d_o, delta, grads };
         if case.backward {
-            gpu.run(&a.launches(gpu)?)?;
+            gpu.run(&a.launches(gpu, attention::Variant::Portable)?)?;
         }
         Ok(AttnTensors { backward: case.backward, ..a })
     }
 
-    /// The portable kernels' launches.
-    fn launches(&self, gpu: &Gpu) -> Result<Vec<Launch>> {
+    /// The launches of one variant (`Error::TooLarge` when its layout does not fit the adapter).
+    fn launches(&self, gpu: &Gpu, variant: attention::Variant) -> Result<Vec<Launch>> {
         let sh = &self.shape;
         if !self.backward {
             let opts = AttnOptions::full(sh.heads);
             let (q, k, v, o, lse) = (&self.q, &self.k, &self.v, &self.o, &self.lse);
             let a = Args { q, k, v, mask: None, segments: None, opts, o, lse };
-            return Ok(vec![attention::launch_forward(gpu, sh, &a)?]);
+            return Ok(vec![attention::launch_forward_variant(gpu, sh, &a, variant)?]);
         }
         let [dq, dk, dv] = &self.grads;
         let a = BackwardArgs {
@@ -181,7 +183,7 @@ impl AttnTensors {
             dk,
             dv,
         };
-        attention::launch_backward(gpu, sh, &a)
+        attention::launch_backward_variant(gpu, sh, &a, variant)
     }
 }
 
@@ -275,7 +277,15 @@ pub fn run(gpu: &Gpu, b: &KernelBench, sink: &mut dyn FnMut(Event)) -> Result<Ve
         let mut rows = Vec::new();
         for &(family, tiles) in &variants {
             let Some(launches) = operands.launches(gpu, tiles) else { continue }; // noted by plan_variants
-            let bound = launches?.iter().map(|l| gpu.bind(l)).collect::<Result<Vec<_>>>()?;
+            let launches = match launches {
+                Ok(l) => l,
+                Err(e @ crate::Error::TooLarge(_)) => {
+                    sink(Event::Note(format!("{} {} {}: skipped: {e}", case.name(), case.shape(), family.name())));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let bound = launches.iter().map(|l| gpu.bind(l)).collect::<Result<Vec<_>>>()?;
             let (ms, timing) = measure(gpu, &bound, b.iters)?;
             rows.push(Row::new(gpu, &case, family, b.iters.max(1), ms, timing, &peaks));
         }

@@ -60,7 +60,13 @@ fn check(gpu: &crate::gpu::Gpu, c: &OptCase, seed: u64) -> usize {
 }
 
 /// Rows whose reference lse is the sentinel have no visible key: O must be exactly 0 there.
-fn assert_empty_rows_are_zero(sh: &JointShape, want_lse: &[f64], o: &[f32], lse: &[f32], name: &str) -> usize {
+pub(super) fn assert_empty_rows_are_zero(
+    sh: &JointShape,
+    want_lse: &[f64],
+    o: &[f32],
+    lse: &[f32],
+    name: &str,
+) -> usize {
     let (s, dh, hd) = (sh.seq(), sh.head_dim, sh.hidden());
     let mut empty = 0;
     for b in 0..sh.batch {
