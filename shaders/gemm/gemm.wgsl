@@ -322,11 +322,6 @@ var<workgroup> coop_out: array<f32, COOP_OUT_LEN>;
 var<workgroup> row_amax: array<atomic<u32>, TM>;
 var<workgroup> row_exp: array<i32, TM>;   // the row's shift s
 
-// The power-of-two exponent s of a row whose largest |value| has f32 bits `amax_bits`.
-fn row_shift(amax_bits: u32) -> i32 {
-    return clamp(14 - (i32((amax_bits >> 23u) & 0xffu) - 127), -100, 100);
-}
-
 // Stages K slab `k0` of x (rows rb.., scaled, rounded) and W (columns cb..) into buffer `buf`.
 fn stage_slab(pr: Problem, rb: u32, cb: u32, k0: u32, buf: u32, lix: u32, w4: bool) {
     let K = p.k;
@@ -381,7 +376,7 @@ fn gemm_coop(ids: CoopIds) {
         }
     }
     workgroupBarrier();
-    for (var r = lix; r < TM; r += WG) { row_exp[r] = row_shift(atomicLoad(&row_amax[r])); }
+    for (var r = lix; r < TM; r += WG) { row_exp[r] = rowscale_shift(atomicLoad(&row_amax[r])); }
     workgroupBarrier();
 
     let warp = coop_warp(ids);

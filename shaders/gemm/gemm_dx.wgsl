@@ -140,11 +140,6 @@ var<workgroup> coop_out: array<f32, COOP_OUT_LEN>;
 var<workgroup> row_amax: array<atomic<u32>, TM>;
 var<workgroup> row_exp: array<i32, TM>;
 
-// As in gemm.wgsl: the exponent that puts a row's largest |value| in [2^14, 2^15).
-fn row_shift(amax_bits: u32) -> i32 {
-    return clamp(14 - (i32((amax_bits >> 23u) & 0xffu) - 127), -100, 100);
-}
-
 fn stage_slab(pr: Problem, rb: u32, cb: u32, n0: u32, buf: u32, lix: u32, w4: bool) {
     let N = p.n;
     let K = p.k;
@@ -201,7 +196,7 @@ fn gemm_dx_coop(ids: CoopIds) {
         }
     }
     workgroupBarrier();
-    for (var r = lix; r < TM; r += WG) { row_exp[r] = row_shift(atomicLoad(&row_amax[r])); }
+    for (var r = lix; r < TM; r += WG) { row_exp[r] = rowscale_shift(atomicLoad(&row_amax[r])); }
     workgroupBarrier();
 
     let warp = coop_warp(ids);
