@@ -705,7 +705,7 @@ fn parse_hw(s: &str) -> Result<(usize, usize), String> {
 struct ForwardArgs {
     #[command(flatten)]
     gpu: GpuArgs,
-    /// A diffusers model folder, or a single .safetensors file (then --config).
+    /// A diffusers transformer folder, a pipeline folder (its transformer/), or a single .safetensors file (then --config).
     #[arg(long)]
     model: PathBuf,
     /// The transformer's config.json (default: the model folder's, or one beside the file).
@@ -742,7 +742,7 @@ struct ForwardArgs {
 struct TrainArgs {
     #[command(flatten)]
     gpu: GpuArgs,
-    /// A diffusers model folder, or a single .safetensors file (then --config).
+    /// A diffusers transformer folder, a pipeline folder (its transformer/ is trained), or a single .safetensors file (then --config).
     #[arg(long)]
     model: PathBuf,
     #[arg(long)]

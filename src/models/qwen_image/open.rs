@@ -1,6 +1,6 @@
-//! Opening a model for `wgdit forward` / `bench`: a diffusers folder (config.json + single or
-//! sharded safetensors), or a single .safetensors file (diffusers, ComfyUI-prefixed or merged
-//! keys) plus `--config`.
+//! Opening a model for `wgdit forward` / `train` / `bench`: a diffusers folder (config.json +
+//! single or sharded safetensors), a pipeline folder (its `transformer/`), or a single
+//! .safetensors file (diffusers, ComfyUI-prefixed or merged keys) plus `--config`.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -48,11 +48,21 @@ pub fn config_path(model: &Path, config: Option<&Path>) -> Result<PathBuf> {
     )))
 }
 
+/// A diffusers pipeline folder (`model_index.json` beside `transformer/`) stands for its
+/// transformer: `wgdit train --model <pipeline>` and `forward --model <pipeline>` read
+/// `<pipeline>/transformer`.
+pub fn transformer_of(model: &Path) -> Option<PathBuf> {
+    let t = model.join("transformer");
+    (model.join("model_index.json").is_file() && t.is_dir()).then_some(t)
+}
+
 /// Opens the checkpoint (memory-mapped) and its config. A single file with no config (a GGUF or
 /// ComfyUI file as downloaded) whose tensors are exactly the released Qwen-Image architecture's
 /// is read with that config ([`DitConfig::qwen_image`]); Edit-2511's `zero_cond_t` cannot be seen
 /// in the weights, so such a file needs `--config` (or, in `generate`, its pipeline folder's).
 pub fn open(model: &Path, config: Option<&Path>) -> Result<(DitConfig, Checkpoint)> {
+    let transformer = transformer_of(model);
+    let model = transformer.as_deref().unwrap_or(model);
     let cfg_path = config_path(model, config);
     let ckpt = Checkpoint::open(model)?;
     if looks_like_lora(ckpt.entries.iter().map(|e| e.key.as_str())) {
@@ -76,4 +86,20 @@ pub fn open(model: &Path, config: Option<&Path>) -> Result<(DitConfig, Checkpoin
         }
     };
     Ok((cfg, ckpt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipeline_folder_opens_as_its_transformer() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline/t2i");
+        let (cfg, ckpt) = open(&root, None).unwrap();
+        let (want, _) = open(&root.join("transformer"), None).unwrap();
+        assert_eq!(format!("{cfg:?}"), format!("{want:?}"));
+        assert!(ckpt.path.starts_with(root.join("transformer")), "{}", ckpt.path.display());
+        // A folder without model_index.json is read as it is (here: no config, a clear error).
+        assert!(open(&root.join("scheduler"), None).is_err());
+    }
 }
