@@ -787,9 +787,23 @@ struct TrainArgs {
     timestep_sampling: SamplingArg,
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
-    /// Linear lr warmup steps.
+    /// Linear lr warmup steps: step s < N trains at lr·s/N (every schedule but diffsynth).
     #[arg(long, default_value_t = 0)]
     warmup: u32,
+    /// After the warmup: constant (lr), linear (lr → 0 at the last step) or cosine (half-cosine
+    /// lr → 0 at the last step); diffsynth: torch ConstantLR's lr/3 for 5 steps, then lr.
+    #[arg(long, value_name = "SCHEDULE", default_value = "constant",
+          value_parser = ["constant", "linear", "cosine", "diffsynth"])]
+    lr_schedule: String,
+    /// AdamW β1 (torch's default).
+    #[arg(long, default_value_t = 0.9)]
+    adam_beta1: f64,
+    /// AdamW β2 (torch's default).
+    #[arg(long, default_value_t = 0.999)]
+    adam_beta2: f64,
+    /// AdamW ε (torch's default).
+    #[arg(long, default_value_t = 1e-8)]
+    adam_eps: f64,
     /// Clip the global gradient norm (0: off).
     #[arg(long, default_value_t = 0.0)]
     max_grad_norm: f32,
@@ -1285,6 +1299,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
         SamplingArg::Diffsynth => Sampling::DiffSynth,
     };
     (o.weight_decay, o.warmup, o.max_grad_norm) = (a.weight_decay, a.warmup, a.max_grad_norm);
+    (o.lr_schedule, o.adam_beta1, o.adam_beta2, o.adam_eps) = (a.lr_schedule, a.adam_beta1, a.adam_beta2, a.adam_eps);
     o.format = a.format.format().lora();
     (o.resume_override, o.allow_nonfinite, o.vram_budget) = (a.resume_override, a.allow_nonfinite, a.vram_budget);
     o.progress = true;

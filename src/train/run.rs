@@ -52,6 +52,12 @@ pub struct TrainOptions {
     pub sampling: Sampling,
     pub weight_decay: f64,
     pub warmup: u32,
+    /// `--lr-schedule`: constant, linear, cosine or diffsynth ([`LrSchedule::from_name`]).
+    pub lr_schedule: String,
+    /// AdamW's β1, β2 and ε (torch's defaults 0.9, 0.999, 1e-8, as DiffSynth).
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
     /// Clip the global gradient norm (0: off, DiffSynth's default).
     pub max_grad_norm: f32,
     pub format: LoraFormat,
@@ -66,8 +72,9 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
-    /// DiffSynth-Studio's defaults (rank 32, alpha = rank, lr 1e-4, weight decay 0.01, its 12
-    /// targets per block, its timestep sampling), fused mode, checkpointing on, PEFT export.
+    /// DiffSynth-Studio's defaults (rank 32, alpha = rank, lr 1e-4 constant, weight decay 0.01,
+    /// torch AdamW's betas and eps, its 12 targets per block, its timestep sampling), fused mode,
+    /// checkpointing on, PEFT export.
     pub fn new(model: PathBuf, data: PathBuf, output: PathBuf, steps: u64) -> TrainOptions {
         TrainOptions {
             model,
@@ -89,6 +96,10 @@ impl TrainOptions {
             sampling: Sampling::DiffSynth,
             weight_decay: 0.01,
             warmup: 0,
+            lr_schedule: "constant".into(),
+            adam_beta1: Hyper::default().beta1,
+            adam_beta2: Hyper::default().beta2,
+            adam_eps: Hyper::default().eps,
             max_grad_norm: 0.0,
             format: LoraFormat::Diffusers,
             progress: false,
@@ -96,6 +107,17 @@ impl TrainOptions {
             allow_nonfinite: false,
             vram_budget: None,
         }
+    }
+
+    /// The lr schedule of the run (`None`: an unknown `lr_schedule` name).
+    pub fn schedule(&self) -> Option<LrSchedule> {
+        LrSchedule::from_name(&self.lr_schedule, self.warmup, self.steps)
+    }
+
+    /// AdamW's hyper-parameters (the lr is the base; each step takes the schedule's).
+    pub fn hyper(&self) -> Hyper {
+        let (beta1, beta2, eps) = (self.adam_beta1, self.adam_beta2, self.adam_eps);
+        Hyper { lr: self.lr, beta1, beta2, eps, weight_decay: self.weight_decay }
     }
 }
 
@@ -271,10 +293,7 @@ impl Trainer {
                 (lora, TrainState { version: 1, step: 0, rng, data, lora: conf.clone(), hyper: hyper.clone() }, None)
             }
         };
-        let opts = AdamWOptions {
-            hyper: Hyper { lr: o.lr, weight_decay: o.weight_decay, ..Hyper::default() },
-            max_norm: o.max_grad_norm,
-        };
+        let opts = AdamWOptions { hyper: o.hyper(), max_norm: o.max_grad_norm };
         // Parameters, gradients and moments packed: one AdamW dispatch and one clear per step.
         let adamw = AdamW::packed(gpu, &lora.tensors(), opts)?;
         let pairs = adamw.pairs();
@@ -316,7 +335,7 @@ impl Trainer {
             adamw,
             log,
             sched: TrainSchedule::qwen_image(),
-            lr_sched: LrSchedule::Constant { warmup: o.warmup },
+            lr_sched: o.schedule().expect("cannot fail: check_options checked the name"),
             losses: Vec::new(),
             total_ms: 0.0,
             _lock: lock,
@@ -471,11 +490,17 @@ fn save_checkpoint(
 }
 
 fn hyper_json(o: &TrainOptions) -> serde_json::Value {
-    serde_json::json!({
+    let mut h = serde_json::json!({
         "lr": o.lr, "weight_decay": o.weight_decay, "warmup": o.warmup, "batch_size": o.batch_size,
         "grad_accum": o.grad_accum, "seed": o.seed, "qkv": o.qkv.name(), "checkpointing": o.checkpointing,
         "sampling": format!("{:?}", o.sampling), "max_grad_norm": o.max_grad_norm,
-    })
+        "lr_schedule": o.lr_schedule, "adam_beta1": o.adam_beta1, "adam_beta2": o.adam_beta2, "adam_eps": o.adam_eps,
+    });
+    // A decaying schedule depends on the run's length: a resume with another --steps changes it.
+    if matches!(o.schedule(), Some(LrSchedule::Linear { .. } | LrSchedule::Cosine { .. })) {
+        h["lr_decay_steps"] = o.steps.into();
+    }
+    h
 }
 
 fn progress_bar(show: bool, steps: u64, done: u64) -> indicatif::ProgressBar {

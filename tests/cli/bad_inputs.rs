@@ -342,6 +342,9 @@ fn train_refuses_bad_hyper_parameters_and_bad_samples_before_writing() {
         "--alpha=0",
         "--batch-size=0",
         "--grad-accum=0",
+        "--adam-beta1=1",
+        "--adam-beta2=-0.1",
+        "--adam-eps=0",
     ] {
         let mut args = train(s(&model), s(&data), s(&out), "1");
         args.push(arg);
