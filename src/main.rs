@@ -749,7 +749,8 @@ struct TrainArgs {
     /// Dataset folder: metadata.jsonl + one .safetensors sample per line (docs/training.md).
     #[arg(long)]
     data: PathBuf,
-    /// Output folder: lora.safetensors, loss.csv, checkpoint-<step>/.
+    /// Output folder: lora.safetensors, loss.csv, loss.svg (the loss curve, rewritten at each save),
+    /// checkpoint-<step>/.
     #[arg(long)]
     output: PathBuf,
     /// Optimizer steps.

@@ -60,7 +60,8 @@ pub(super) fn check_train_paths(o: &TrainOptions) -> Result<()> {
     inputs.extend(o.config.as_deref());
     inputs.extend(o.resume.as_deref());
     let (lora, loss) = (o.output.join("lora.safetensors"), o.output.join("loss.csv"));
-    crate::outputs::check_outputs(&inputs, &[&o.output, &lora, &loss])
+    let plot = o.output.join(super::plot::PLOT_FILE);
+    crate::outputs::check_outputs(&inputs, &[&o.output, &lora, &loss, &plot])
 }
 
 /// Resume keys that are the LoRA's shape: never overridable.

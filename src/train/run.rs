@@ -398,8 +398,18 @@ impl Trainer {
         self.losses.push(loss);
         if o.save_every > 0 && step % o.save_every == 0 {
             save_checkpoint(&self.model, &self.adamw, &mut self.lora, &self.state, o)?;
+            self.write_plot()?;
         }
         Ok(StepReport { step, loss, sigma, lr, ms })
+    }
+
+    /// Rewrites `<output>/loss.svg` from every row of `loss.csv`.
+    fn write_plot(&self) -> Result<()> {
+        super::plot::write_loss_svg(
+            &self.o.output.join(super::plot::PLOT_FILE),
+            self.log.points(),
+            &plot_title(&self.o),
+        )
     }
 
     /// Downloads the trained LoRA and writes `lora.safetensors` in the chosen format.
@@ -408,6 +418,7 @@ impl Trainer {
         check_lora_finite(&self.lora, &self.o)?;
         let lora_file = self.o.output.join("lora.safetensors");
         self.lora.save(&lora_file, self.o.format, DType::F32)?;
+        self.write_plot()?;
         let (dispatches, peak) = self
             .model
             .plans
@@ -501,6 +512,16 @@ fn hyper_json(o: &TrainOptions) -> serde_json::Value {
         h["lr_decay_steps"] = o.steps.into();
     }
     h
+}
+
+/// The run's key settings, for the loss plot's title.
+fn plot_title(o: &TrainOptions) -> String {
+    let warmup = if o.warmup > 0 { format!(", warmup {}", o.warmup) } else { String::new() };
+    let targets = super::lora::parse_targets(&o.targets).len();
+    format!(
+        "wgdit train: rank {}, alpha {}, lr {:e} {}{warmup}, batch {}×{}, {targets} target patterns, {:?} σ, {} steps",
+        o.rank, o.alpha, o.lr, o.lr_schedule, o.batch_size, o.grad_accum, o.sampling, o.steps
+    )
 }
 
 fn progress_bar(show: bool, steps: u64, done: u64) -> indicatif::ProgressBar {
