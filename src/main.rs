@@ -756,13 +756,19 @@ struct TrainArgs {
     /// Optimizer steps.
     #[arg(long)]
     steps: u64,
-    #[arg(long, default_value_t = 32)]
-    rank: usize,
-    /// LoRA alpha (default: the rank, so scale 1, as DiffSynth).
+    /// LoRA rank (default 32, DiffSynth's; with --init-lora the file's).
+    #[arg(long)]
+    rank: Option<usize>,
+    /// LoRA alpha (default: the rank, so scale 1, as DiffSynth; with --init-lora the file's).
     #[arg(long)]
     alpha: Option<f64>,
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
+    /// Start from this LoRA file (diffusers/PEFT, kohya, ComfyUI or DiffSynth) instead of PEFT's
+    /// init: its A/B become the initial parameters. --targets must select exactly its modules;
+    /// another --rank is an error; another --alpha rescales B so the LoRA's effect is the file's.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    init_lora: Option<PathBuf>,
     /// Comma-separated module patterns (PEFT rule); default DiffSynth's 12 per block.
     #[arg(long, default_value = wgdit::train::lora::DIFFSYNTH_TARGETS)]
     targets: String,
@@ -1291,8 +1297,18 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let mut o = TrainOptions::new(a.model, a.data, a.output, a.steps);
     o.config = a.config;
-    (o.rank, o.alpha, o.lr, o.targets, o.qkv, o.seed) =
-        (a.rank, a.alpha.unwrap_or(a.rank as f64), a.lr, a.targets, a.qkv.mode(), a.seed);
+    // --init-lora without --rank/--alpha takes the file's.
+    let file = match &a.init_lora {
+        Some(p) if a.rank.is_none() || a.alpha.is_none() => {
+            let lora = wgdit::models::qwen_image::lora::read_lora(p)?;
+            Some(wgdit::train::lora::file_rank_alpha(&lora).map_err(|e| wgdit::Error::file(p, e.to_string()))?)
+        }
+        _ => None,
+    };
+    let rank = a.rank.or(file.map(|f| f.0)).unwrap_or(32);
+    let alpha = a.alpha.or(file.filter(|f| f.0 == rank).map(|f| f.1)).unwrap_or(rank as f64);
+    (o.rank, o.alpha, o.lr, o.targets, o.qkv, o.seed) = (rank, alpha, a.lr, a.targets, a.qkv.mode(), a.seed);
+    o.init_lora = a.init_lora;
     (o.batch_size, o.grad_accum, o.save_every, o.resume) = (a.batch_size, a.grad_accum, a.save_every, a.resume);
     o.checkpointing = a.checkpointing == OnOff::On;
     o.sampling = match a.timestep_sampling {

@@ -28,6 +28,12 @@ pub(super) fn check_options(o: &TrainOptions) -> Result<()> {
     if !(finite(o.adam_eps) && o.adam_eps > 0.0) {
         return bad("adam-eps", o.adam_eps.to_string(), "a finite number > 0");
     }
+    if let (Some(_), Some(r)) = (&o.init_lora, &o.resume) {
+        return Err(Error::input(format!(
+            "--init-lora starts a new run, --resume {} continues the checkpoint's LoRA: pass one of them",
+            r.display()
+        )));
+    }
     match o.schedule() {
         None => {
             let names = super::optim::LR_SCHEDULES.join(", ");
@@ -59,6 +65,7 @@ pub(super) fn check_train_paths(o: &TrainOptions) -> Result<()> {
     let mut inputs: Vec<&std::path::Path> = vec![&o.model, &o.data];
     inputs.extend(o.config.as_deref());
     inputs.extend(o.resume.as_deref());
+    inputs.extend(o.init_lora.as_deref());
     let (lora, loss) = (o.output.join("lora.safetensors"), o.output.join("loss.csv"));
     let plot = o.output.join(super::plot::PLOT_FILE);
     crate::outputs::check_outputs(&inputs, &[&o.output, &lora, &loss, &plot])

@@ -62,6 +62,9 @@ pub struct TrainOptions {
     pub max_grad_norm: f32,
     pub format: LoraFormat,
     pub progress: bool,
+    /// `--init-lora`: start from this LoRA file (any format) instead of PEFT's init; its rank
+    /// must be `rank` (its alpha may differ: B is rescaled so ΔW stays the file's).
+    pub init_lora: Option<PathBuf>,
     /// Hyper-parameter keys a resume may change on purpose (`--resume-override`).
     pub resume_override: Vec<String>,
     /// Write a LoRA (or checkpoint) with NaN/Inf values instead of refusing it.
@@ -103,6 +106,7 @@ impl TrainOptions {
             max_grad_norm: 0.0,
             format: LoraFormat::Diffusers,
             progress: false,
+            init_lora: None,
             resume_override: Vec::new(),
             allow_nonfinite: false,
             vram_budget: None,
@@ -288,7 +292,14 @@ impl Trainer {
             }
             None => {
                 let mut rng = Rng::new(o.seed);
-                let lora = LoraParams::init(&cfg, &conf, &mut rng)?;
+                // PEFT's init is drawn even under --init-lora: the data order and the noise of a
+                // seed are the same either way.
+                let mut lora = LoraParams::init(&cfg, &conf, &mut rng)?;
+                if let Some(path) = &o.init_lora {
+                    let file = crate::models::qwen_image::lora::read_lora(path)?;
+                    lora =
+                        LoraParams::from_init_lora(&cfg, &conf, &file).map_err(|e| Error::file(path, e.to_string()))?;
+                }
                 let data = Default::default();
                 (lora, TrainState { version: 1, step: 0, rng, data, lora: conf.clone(), hyper: hyper.clone() }, None)
             }
