@@ -769,6 +769,11 @@ struct TrainArgs {
     /// another --rank is an error; another --alpha rescales B so the LoRA's effect is the file's.
     #[arg(long, value_name = "FILE", conflicts_with = "resume")]
     init_lora: Option<PathBuf>,
+    /// Fold this LoRA (any format), times SCALE (default 1), into the frozen base weights before
+    /// training, as DiffSynth's preset LoRA; repeatable. The trained LoRA is relative to base +
+    /// presets (generate with both). f32/f16/bf16 bases only.
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    preset_lora: Vec<String>,
     /// Comma-separated module patterns (PEFT rule); default DiffSynth's 12 per block.
     #[arg(long, default_value = wgdit::train::lora::DIFFSYNTH_TARGETS)]
     targets: String,
@@ -1309,6 +1314,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     let alpha = a.alpha.or(file.filter(|f| f.0 == rank).map(|f| f.1)).unwrap_or(rank as f64);
     (o.rank, o.alpha, o.lr, o.targets, o.qkv, o.seed) = (rank, alpha, a.lr, a.targets, a.qkv.mode(), a.seed);
     o.init_lora = a.init_lora;
+    o.preset_loras = a.preset_lora.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<_>>()?;
     (o.batch_size, o.grad_accum, o.save_every, o.resume) = (a.batch_size, a.grad_accum, a.save_every, a.resume);
     o.checkpointing = a.checkpointing == OnOff::On;
     o.sampling = match a.timestep_sampling {

@@ -34,6 +34,9 @@ pub(super) fn check_options(o: &TrainOptions) -> Result<()> {
             r.display()
         )));
     }
+    if let Some((p, s)) = o.preset_loras.iter().find(|p| !p.1.is_finite()) {
+        return bad("preset-lora", format!("{}:{s}", p.display()), "FILE or FILE:SCALE with a finite SCALE");
+    }
     match o.schedule() {
         None => {
             let names = super::optim::LR_SCHEDULES.join(", ");
@@ -66,6 +69,7 @@ pub(super) fn check_train_paths(o: &TrainOptions) -> Result<()> {
     inputs.extend(o.config.as_deref());
     inputs.extend(o.resume.as_deref());
     inputs.extend(o.init_lora.as_deref());
+    inputs.extend(o.preset_loras.iter().map(|p| p.0.as_path()));
     let (lora, loss) = (o.output.join("lora.safetensors"), o.output.join("loss.csv"));
     let plot = o.output.join(super::plot::PLOT_FILE);
     crate::outputs::check_outputs(&inputs, &[&o.output, &lora, &loss, &plot])

@@ -13,12 +13,12 @@ use super::checks::{check_lora_finite, check_options, check_resume, check_train_
 use super::data::{Batcher, Collated, Dataset, ShapeKey};
 use super::lora::{parse_targets, select, LoraConfig, LoraParams};
 use super::optim::{AdamW, AdamWOptions, LrSchedule};
+use super::preset::open_base;
 use super::schedule::{noisy_and_target, Sampling, TrainSchedule};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::adamw::Hyper;
 use crate::models::qwen_image::dit::QkvMode;
-use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::{Dit, DitPlan};
 use crate::models::qwen_image::training;
 use crate::nn::TrainLora;
@@ -65,6 +65,9 @@ pub struct TrainOptions {
     /// `--init-lora`: start from this LoRA file (any format) instead of PEFT's init; its rank
     /// must be `rank` (its alpha may differ: B is rescaled so ΔW stays the file's).
     pub init_lora: Option<PathBuf>,
+    /// `--preset-lora FILE[:SCALE]`: LoRAs folded into the frozen base before training
+    /// (`train::preset`); [`eval_loss`] folds them too.
+    pub preset_loras: Vec<(PathBuf, f32)>,
     /// Hyper-parameter keys a resume may change on purpose (`--resume-override`).
     pub resume_override: Vec<String>,
     /// Write a LoRA (or checkpoint) with NaN/Inf values instead of refusing it.
@@ -107,6 +110,7 @@ impl TrainOptions {
             format: LoraFormat::Diffusers,
             progress: false,
             init_lora: None,
+            preset_loras: Vec::new(),
             resume_override: Vec::new(),
             allow_nonfinite: false,
             vram_budget: None,
@@ -267,7 +271,7 @@ impl Trainer {
     pub fn new(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<Trainer> {
         check_options(o)?;
         check_train_paths(o)?;
-        let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
+        let (cfg, base) = open_base(&o.model, o.config.as_deref(), &o.preset_loras)?;
         let dataset = Dataset::open(&o.data, &cfg)?;
         if dataset.is_empty() {
             return Err(Error::input(format!("dataset {} has no samples", o.data.display())));
@@ -325,7 +329,7 @@ impl Trainer {
             scale: lora.config.scale() as f32,
             checkpointing: o.checkpointing,
         };
-        let mut dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
+        let mut dit = Dit::new(gpu, cfg.clone(), base, o.qkv)?;
         dit.set_vram_budget(o.vram_budget);
         let model =
             LoraModel { gpu: gpu.clone(), dit, train, params, plans: HashMap::new(), out_features: cfg.out_features() };
@@ -522,6 +526,11 @@ fn hyper_json(o: &TrainOptions) -> serde_json::Value {
     if matches!(o.schedule(), Some(LrSchedule::Linear { .. } | LrSchedule::Cosine { .. })) {
         h["lr_decay_steps"] = o.steps.into();
     }
+    // The base the LoRA trains on; recorded only when there is one (older checkpoints have none).
+    if !o.preset_loras.is_empty() {
+        let files: Vec<String> = o.preset_loras.iter().map(|(p, s)| format!("{}:{s}", p.display())).collect();
+        h["preset_loras"] = files.into();
+    }
     h
 }
 
@@ -547,7 +556,8 @@ fn progress_bar(show: bool, steps: u64, done: u64) -> indicatif::ProgressBar {
     bar
 }
 
-/// The flow-matching loss of a model (optionally with a LoRA file applied at strength 1) over
+/// The flow-matching loss of a model (its `--preset-lora`s folded in; optionally with a LoRA file
+/// applied at strength 1) over
 /// every sample of a dataset at fixed noise levels `sigmas`, with noise drawn from `seed`: the
 /// same draws for every call, so two calls compare models, not samples.
 pub fn eval_loss(
@@ -557,9 +567,9 @@ pub fn eval_loss(
     sigmas: &[f32],
     seed: u64,
 ) -> Result<f64> {
-    let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
+    let (cfg, base) = open_base(&o.model, o.config.as_deref(), &o.preset_loras)?;
     let dataset = Dataset::open(&o.data, &cfg)?;
-    let mut dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
+    let mut dit = Dit::new(gpu, cfg.clone(), base, o.qkv)?;
     dit.set_vram_budget(o.vram_budget);
     if let Some(path) = lora {
         dit.set_loras(crate::models::qwen_image::lora::LoraSet::load(&[(path.to_path_buf(), 1.0)], &cfg)?);

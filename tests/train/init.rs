@@ -52,3 +52,73 @@ fn a_lora_given_to_init_lora_is_exported_unchanged_after_zero_steps_in_any_forma
     assert!(e.contains("--init-lora starts a new run"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `<dir>` = the tiny model with `lora`'s ΔW = (alpha/r)·B·A added to its weights, in f64 here.
+fn fold_by_hand(dir: &std::path::Path, lora: &wgdit::weights::Lora) {
+    use wgdit::weights::writer::{write_safetensors, OutTensor, Source};
+    let base = crate::diffusers_fixtures::model_paths("tiny").0;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(base.join("config.json"), dir.join("config.json")).unwrap();
+    let f = wgdit::weights::safetensors::SafeFile::open(&base.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let mut out = Vec::new();
+    for t in &f.tensors {
+        let mut w = f.view(t).unwrap().to_f32();
+        if let Some(m) = t.name.strip_suffix(".weight").and_then(|m| lora.modules.get(m)) {
+            for (x, d) in w.iter_mut().zip(m.delta()) {
+                *x = (*x as f64 + d) as f32;
+            }
+        }
+        let source = Source::Host(std::borrow::Cow::Owned(w));
+        out.push(OutTensor { name: t.name.clone(), dtype: wgdit::dtype::DType::F32, shape: t.shape.clone(), source });
+    }
+    let path = dir.join("diffusion_pytorch_model.safetensors");
+    write_safetensors(&path, &out, &Default::default(), &indicatif::ProgressBar::hidden()).unwrap();
+}
+
+#[test]
+fn training_with_a_preset_lora_starts_from_the_loss_of_base_plus_that_lora() {
+    let gpu = test_gpu();
+    let dir = std::env::temp_dir().join(format!("wgdit-preset-{}", std::process::id()));
+    write_dataset(&dir.join("data"), 2, 5);
+    let mut first = options(&dir.join("data"), &dir.join("first"), 4);
+    (first.checkpointing, first.lr) = (false, 2e-2);
+    let x = train(&gpu, &first).unwrap().lora_file;
+    fold_by_hand(&dir.join("folded"), &read_lora(&x).unwrap());
+    // The first step's loss is the forward before any update, and a fresh LoRA (B = 0) adds
+    // nothing: base + preset X, the model folded by hand, and base + X as the initial LoRA see
+    // the same draws of one seed and must give the same loss.
+    let step1 = |f: &dyn Fn(&mut wgdit::train::run::TrainOptions), out: &str| {
+        let mut o = options(&dir.join("data"), &dir.join(out), 1);
+        o.checkpointing = false;
+        f(&mut o);
+        Trainer::new(&gpu, &o).unwrap().step().unwrap().loss
+    };
+    let preset = step1(&|o| o.preset_loras = vec![(x.clone(), 1.0)], "preset");
+    let folded = step1(&|o| o.model = dir.join("folded"), "on-folded");
+    let init = step1(&|o| o.init_lora = Some(x.clone()), "init");
+    let base = step1(&|_| {}, "base");
+    println!("step-1 loss: base {base:.6}, preset {preset:.6}, folded by hand {folded:.6}, init {init:.6}");
+    // f32 weights folded in another order (f64 sum here, f64 rows there): a few ulps per weight
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
+    assert!(close(preset, folded), "preset {preset} vs folded by hand {folded}");
+    // a LoRA side path instead of a folded weight: the same sums in another order, in f32
+    assert!(close(init, folded), "init-lora {init} vs folded by hand {folded}");
+    assert!(!close(preset, base), "the preset changed nothing: {preset} vs {base}");
+    // eval_loss folds the presets too: the runtime-LoRA forward of base + X, SCALE 0.5 as well.
+    let sigmas = [0.4, 0.8];
+    let o = options(&dir.join("data"), &dir.join("eval"), 1);
+    for scale in [1.0f32, 0.5] {
+        let runtime = wgdit::train::run::eval_loss(&gpu, &o, Some(&x), &sigmas, 3);
+        let mut p = o.clone();
+        p.preset_loras = vec![(x.clone(), scale)];
+        let folded = wgdit::train::run::eval_loss(&gpu, &p, None, &sigmas, 3).unwrap();
+        if scale == 1.0 {
+            let runtime = runtime.unwrap();
+            assert!(close(folded, runtime), "preset {folded} vs runtime LoRA {runtime}");
+        } else {
+            let half = wgdit::train::run::eval_loss(&gpu, &o, None, &sigmas, 3).unwrap();
+            assert!(!close(folded, half), "SCALE 0.5 is neither base nor X");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
