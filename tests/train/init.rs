@@ -104,6 +104,14 @@ fn training_with_a_preset_lora_starts_from_the_loss_of_base_plus_that_lora() {
     // a LoRA side path instead of a folded weight: the same sums in another order, in f32
     assert!(close(init, folded), "init-lora {init} vs folded by hand {folded}");
     assert!(!close(preset, base), "the preset changed nothing: {preset} vs {base}");
+    // The preset is part of the run: a resume without it is refused.
+    let mut saved = options(&dir.join("data"), &dir.join("saved"), 1);
+    (saved.checkpointing, saved.save_every, saved.preset_loras) = (false, 1, vec![(x.clone(), 1.0)]);
+    train(&gpu, &saved).unwrap();
+    let mut resumed = options(&dir.join("data"), &dir.join("resumed"), 2);
+    (resumed.checkpointing, resumed.resume) = (false, Some(dir.join("saved/checkpoint-1")));
+    let e = train(&gpu, &resumed).unwrap_err().to_string();
+    assert!(e.contains("preset_loras: saved [") && e.contains("given (absent)"), "{e}");
     // eval_loss folds the presets too: the runtime-LoRA forward of base + X, SCALE 0.5 as well.
     let sigmas = [0.4, 0.8];
     let o = options(&dir.join("data"), &dir.join("eval"), 1);
