@@ -750,19 +750,31 @@ struct TrainArgs {
     /// Dataset folder: metadata.jsonl + one .safetensors sample per line (docs/training.md).
     #[arg(long)]
     data: PathBuf,
-    /// Output folder: lora.safetensors, loss.csv, checkpoint-<step>/.
+    /// Output folder: lora.safetensors, loss.csv, loss.svg (the loss curve, rewritten at each save),
+    /// checkpoint-<step>/.
     #[arg(long)]
     output: PathBuf,
     /// Optimizer steps.
     #[arg(long)]
     steps: u64,
-    #[arg(long, default_value_t = 32)]
-    rank: usize,
-    /// LoRA alpha (default: the rank, so scale 1, as DiffSynth).
+    /// LoRA rank (default 32, DiffSynth's; with --init-lora the file's).
+    #[arg(long)]
+    rank: Option<usize>,
+    /// LoRA alpha (default: the rank, so scale 1, as DiffSynth; with --init-lora the file's).
     #[arg(long)]
     alpha: Option<f64>,
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
+    /// Start from this LoRA file (diffusers/PEFT, kohya, ComfyUI or DiffSynth) instead of PEFT's
+    /// init: its A/B become the initial parameters. --targets must select exactly its modules;
+    /// another --rank is an error; another --alpha rescales B so the LoRA's effect is the file's.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    init_lora: Option<PathBuf>,
+    /// Fold this LoRA (any format), times SCALE (default 1), into the frozen base weights before
+    /// training, as DiffSynth's preset LoRA; repeatable. The trained LoRA is relative to base +
+    /// presets (generate with both). f32/f16/bf16 bases only.
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    preset_lora: Vec<String>,
     /// Comma-separated module patterns (PEFT rule); default DiffSynth's 12 per block.
     #[arg(long, default_value = wgdit::train::lora::DIFFSYNTH_TARGETS)]
     targets: String,
@@ -788,9 +800,23 @@ struct TrainArgs {
     timestep_sampling: SamplingArg,
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
-    /// Linear lr warmup steps.
+    /// Linear lr warmup steps: step s < N trains at lr·s/N (every schedule but diffsynth).
     #[arg(long, default_value_t = 0)]
     warmup: u32,
+    /// After the warmup: constant (lr), linear (lr → 0 at the last step) or cosine (half-cosine
+    /// lr → 0 at the last step); diffsynth: torch ConstantLR's lr/3 for 5 steps, then lr.
+    #[arg(long, value_name = "SCHEDULE", default_value = "constant",
+          value_parser = ["constant", "linear", "cosine", "diffsynth"])]
+    lr_schedule: String,
+    /// AdamW β1 (torch's default).
+    #[arg(long, default_value_t = 0.9)]
+    adam_beta1: f64,
+    /// AdamW β2 (torch's default).
+    #[arg(long, default_value_t = 0.999)]
+    adam_beta2: f64,
+    /// AdamW ε (torch's default).
+    #[arg(long, default_value_t = 1e-8)]
+    adam_eps: f64,
     /// Clip the global gradient norm (0: off).
     #[arg(long, default_value_t = 0.0)]
     max_grad_norm: f32,
@@ -1343,8 +1369,19 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let mut o = TrainOptions::new(a.model, a.data, a.output, a.steps);
     o.config = a.config;
-    (o.rank, o.alpha, o.lr, o.targets, o.qkv, o.seed) =
-        (a.rank, a.alpha.unwrap_or(a.rank as f64), a.lr, a.targets, a.qkv.mode(), a.seed);
+    // --init-lora without --rank/--alpha takes the file's.
+    let file = match &a.init_lora {
+        Some(p) if a.rank.is_none() || a.alpha.is_none() => {
+            let lora = wgdit::models::qwen_image::lora::read_lora(p)?;
+            Some(wgdit::train::lora::file_rank_alpha(&lora).map_err(|e| wgdit::Error::file(p, e.to_string()))?)
+        }
+        _ => None,
+    };
+    let rank = a.rank.or(file.map(|f| f.0)).unwrap_or(32);
+    let alpha = a.alpha.or(file.filter(|f| f.0 == rank).map(|f| f.1)).unwrap_or(rank as f64);
+    (o.rank, o.alpha, o.lr, o.targets, o.qkv, o.seed) = (rank, alpha, a.lr, a.targets, a.qkv.mode(), a.seed);
+    o.init_lora = a.init_lora;
+    o.preset_loras = a.preset_lora.iter().map(|s| parse_lora_arg(s)).collect::<wgdit::Result<_>>()?;
     (o.batch_size, o.grad_accum, o.save_every, o.resume) = (a.batch_size, a.grad_accum, a.save_every, a.resume);
     o.checkpointing = a.checkpointing == OnOff::On;
     o.sampling = match a.timestep_sampling {
@@ -1352,6 +1389,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
         SamplingArg::Diffsynth => Sampling::DiffSynth,
     };
     (o.weight_decay, o.warmup, o.max_grad_norm) = (a.weight_decay, a.warmup, a.max_grad_norm);
+    (o.lr_schedule, o.adam_beta1, o.adam_beta2, o.adam_eps) = (a.lr_schedule, a.adam_beta1, a.adam_beta2, a.adam_eps);
     o.format = a.format.format().lora();
     (o.resume_override, o.allow_nonfinite, o.vram_budget) = (a.resume_override, a.allow_nonfinite, a.vram_budget);
     o.progress = true;

@@ -231,6 +231,8 @@ pub struct LossRow {
 pub struct LossLog {
     path: PathBuf,
     file: std::fs::File,
+    /// (step, loss) of every row, those kept on resume first (what `loss.svg` plots).
+    points: Vec<(u64, f64)>,
 }
 
 pub const LOSS_HEADER: &str = "step,loss,sigma,lr,step_ms";
@@ -249,17 +251,29 @@ impl LossLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(Error::io(path, e)),
         };
-        let mut keep = Vec::new();
+        let (mut keep, mut points) = (Vec::new(), Vec::new());
         for (i, line) in text.lines().enumerate().skip(1) {
-            let first = line.split(',').next().unwrap_or("");
-            let s: u64 = first.trim().parse().map_err(|_| {
+            let mut cols = line.split(',');
+            let s: u64 = cols.next().unwrap_or("").trim().parse().map_err(|_| {
                 Error::file(path, format!("line {}: `{line}` does not start with a step number", i + 1))
             })?;
+            let loss: f64 =
+                cols.next().unwrap_or("").trim().parse().map_err(|_| {
+                    Error::file(path, format!("line {}: `{line}` has no loss in its second column", i + 1))
+                })?;
             if s <= step {
                 keep.push(line.to_string());
+                points.push((s, loss));
             }
         }
-        LossLog::rewrite(path, &keep)
+        let mut log = LossLog::rewrite(path, &keep)?;
+        log.points = points;
+        Ok(log)
+    }
+
+    /// (step, loss) of every row of the log, in order.
+    pub fn points(&self) -> &[(u64, f64)] {
+        &self.points
     }
 
     /// Writes header + rows to a temporary file, renames it over `path`, opens it for appending.
@@ -274,13 +288,15 @@ impl LossLog {
         std::fs::write(&tmp.tmp, text).map_err(|e| Error::io(&tmp.tmp, e))?;
         tmp.commit()?;
         let file = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
-        Ok(LossLog { path: path.to_path_buf(), file })
+        Ok(LossLog { path: path.to_path_buf(), file, points: Vec::new() })
     }
 
     /// Appends a row and flushes it to the OS.
     pub fn append(&mut self, r: &LossRow) -> Result<()> {
         let line = format!("{},{:.8e},{:.6},{:.6e},{:.1}\n", r.step, r.loss, r.sigma, r.lr, r.step_ms);
         self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
-        self.file.flush().map_err(|e| Error::io(&self.path, e))
+        self.file.flush().map_err(|e| Error::io(&self.path, e))?;
+        self.points.push((r.step, r.loss));
+        Ok(())
     }
 }

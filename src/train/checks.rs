@@ -19,6 +19,34 @@ pub(super) fn check_options(o: &TrainOptions) -> Result<()> {
     if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
         return bad("max-grad-norm", o.max_grad_norm.to_string(), "a finite number ≥ 0 (0: no clipping)");
     }
+    for (flag, v) in [("adam-beta1", o.adam_beta1), ("adam-beta2", o.adam_beta2)] {
+        if !(finite(v) && (0.0..1.0).contains(&v)) {
+            return bad(flag, v.to_string(), "in [0, 1)");
+        }
+    }
+    // eps > 0 also keeps the packs' zero padding inert (0/(0 + eps) = 0).
+    if !(finite(o.adam_eps) && o.adam_eps > 0.0) {
+        return bad("adam-eps", o.adam_eps.to_string(), "a finite number > 0");
+    }
+    if let (Some(_), Some(r)) = (&o.init_lora, &o.resume) {
+        return Err(Error::input(format!(
+            "--init-lora starts a new run, --resume {} continues the checkpoint's LoRA: pass one of them",
+            r.display()
+        )));
+    }
+    if let Some((p, s)) = o.preset_loras.iter().find(|p| !p.1.is_finite()) {
+        return bad("preset-lora", format!("{}:{s}", p.display()), "FILE or FILE:SCALE with a finite SCALE");
+    }
+    match o.schedule() {
+        None => {
+            let names = super::optim::LR_SCHEDULES.join(", ");
+            return bad("lr-schedule", o.lr_schedule.clone(), &format!("one of {names}"));
+        }
+        Some(super::optim::LrSchedule::DiffSynth) if o.warmup > 0 => {
+            return bad("warmup", o.warmup.to_string(), "0 with --lr-schedule diffsynth (its own lr/3 start)");
+        }
+        _ => {}
+    }
     if !(finite(o.alpha) && o.alpha > 0.0) {
         return bad("alpha", o.alpha.to_string(), "a finite number > 0");
     }
@@ -40,16 +68,27 @@ pub(super) fn check_train_paths(o: &TrainOptions) -> Result<()> {
     let mut inputs: Vec<&std::path::Path> = vec![&o.model, &o.data];
     inputs.extend(o.config.as_deref());
     inputs.extend(o.resume.as_deref());
+    inputs.extend(o.init_lora.as_deref());
+    inputs.extend(o.preset_loras.iter().map(|p| p.0.as_path()));
     let (lora, loss) = (o.output.join("lora.safetensors"), o.output.join("loss.csv"));
-    crate::outputs::check_outputs(&inputs, &[&o.output, &lora, &loss])
+    let plot = o.output.join(super::plot::PLOT_FILE);
+    crate::outputs::check_outputs(&inputs, &[&o.output, &lora, &loss, &plot])
 }
 
 /// Resume keys that are the LoRA's shape: never overridable.
 const LORA_SHAPE_KEYS: [&str; 3] = ["rank", "alpha", "targets"];
 
+/// Keys added after checkpoints were first written, with the value older runs used implicitly:
+/// a checkpoint without them resumes as it ran.
+const LEGACY_DEFAULTS: [(&str, f64); 3] = [("adam_beta1", 0.9), ("adam_beta2", 0.999), ("adam_eps", 1e-8)];
+
 /// The keys a resume compares: the recorded hyper-parameters and the LoRA config.
 fn with_lora(hyper: &serde_json::Value, l: &LoraConfig) -> serde_json::Value {
     let mut m = hyper.as_object().cloned().unwrap_or_default();
+    for (k, v) in LEGACY_DEFAULTS {
+        m.entry(k).or_insert(v.into());
+    }
+    m.entry("lr_schedule").or_insert("constant".into());
     m.insert("rank".into(), l.rank.into());
     m.insert("alpha".into(), l.alpha.into());
     m.insert("targets".into(), l.targets.join(",").into());

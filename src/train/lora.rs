@@ -235,4 +235,81 @@ impl LoraParams {
         }
         Ok(LoraParams { config: config.clone(), params })
     }
+
+    /// The initial parameters of `--init-lora`: the modules `config` selects, taken from `lora`
+    /// (a file of any format, read by `weights::lora`). Each A is copied; each B is scaled by
+    /// (file alpha / file rank) / (alpha / rank) so that ΔW = scale·B·A is the file's (copied
+    /// exactly when the scales agree). A module the targets select but the file lacks, a file
+    /// module the targets leave out, or another rank is an error naming them.
+    pub fn from_init_lora(cfg: &DitConfig, config: &LoraConfig, lora: &Lora) -> Result<LoraParams> {
+        let want = select(cfg, &config.targets)?;
+        let missing: Vec<&str> =
+            want.iter().filter(|m| !lora.modules.contains_key(&m.path)).map(|m| m.path.as_str()).collect();
+        let extra: Vec<&str> =
+            lora.modules.keys().filter(|k| !want.iter().any(|m| &m.path == *k)).map(String::as_str).collect();
+        if !missing.is_empty() || !extra.is_empty() {
+            let list = |v: &[&str]| {
+                if v.len() > 4 {
+                    format!("{} … ({} in all)", v[..4].join(", "), v.len())
+                } else {
+                    v.join(", ")
+                }
+            };
+            let mut why = Vec::new();
+            if !missing.is_empty() {
+                why.push(format!("the targets select modules the file lacks: {}", list(&missing)));
+            }
+            if !extra.is_empty() {
+                why.push(format!("the file has modules the targets leave out: {}", list(&extra)));
+            }
+            return Err(Error::input(format!(
+                "{}; pass --targets naming exactly the file's modules (a merged to_qkv LoRA needs --targets to_qkv,...)",
+                why.join("; ")
+            )));
+        }
+        let r = config.rank;
+        let mut params = Vec::with_capacity(want.len());
+        for m in want {
+            let l = &lora.modules[&m.path];
+            if l.a.shape != [l.rank(), m.in_features] || l.b.shape != [m.out_features, l.rank()] {
+                return Err(Error::input(format!(
+                    "LoRA module {}: A {:?}, B {:?} do not fit the model's [{}, {}] Linear",
+                    m.path, l.a.shape, l.b.shape, m.out_features, m.in_features
+                )));
+            }
+            if l.rank() != r {
+                return Err(Error::input(format!(
+                    "LoRA module {} has rank {}, but --rank is {r}: pass --rank {} (or leave --rank out to take the file's)",
+                    m.path,
+                    l.rank(),
+                    l.rank()
+                )));
+            }
+            let ratio = l.scale() / config.scale();
+            let b = if ratio == 1.0 {
+                l.b.data.clone()
+            } else {
+                l.b.data.iter().map(|v| (*v as f64 * ratio) as f32).collect()
+            };
+            params.push(LoraParam { a: l.a.data.clone(), b, module: m });
+        }
+        Ok(LoraParams { config: config.clone(), params })
+    }
+}
+
+/// The rank and alpha of a LoRA file (`--init-lora` without `--rank` / `--alpha`): those of its
+/// modules, which must agree.
+pub fn file_rank_alpha(lora: &Lora) -> Result<(usize, f64)> {
+    let mut it = lora.modules.iter();
+    let (_, first) = it.next().ok_or_else(|| Error::input("the LoRA file has no modules"))?;
+    if let Some((name, m)) = it.find(|(_, m)| m.rank() != first.rank() || m.alpha != first.alpha) {
+        return Err(Error::input(format!(
+            "the LoRA file's modules differ in rank or alpha ({name}: rank {}, alpha {}; others rank {}, alpha {}): pass --rank and --alpha",
+            m.rank(),
+            m.alpha,
+            first.rank(),
+            first.alpha
+        )));
+    }
+    Ok((first.rank(), first.alpha))
 }

@@ -6,6 +6,8 @@
 //! - [`lora`]: LoRA targets (PEFT rule), PEFT init, export in every LoRA format;
 //! - [`optim`]: lr schedules and AdamW over many GPU tensors, bound once;
 //! - [`checkpoint`]: atomic `checkpoint-<step>/` folders and `loss.csv`;
+//! - [`preset`]: `--preset-lora`, LoRAs folded into the frozen base's weights;
+//! - [`plot`]: `loss.svg`, the loss curve (raw and smoothed) rewritten at each save;
 //! - [`checks`]: flag ranges, outputs against inputs, a resume against its checkpoint, finite results;
 //! - [`run`]: `Trainer::{new, step, finish}`, the run of `wgdit train` step by step, and `train`.
 
@@ -15,5 +17,7 @@ pub mod checks;
 pub mod data;
 pub mod lora;
 pub mod optim;
+pub mod plot;
+pub mod preset;
 pub mod run;
 pub mod schedule;

@@ -18,29 +18,80 @@ use std::sync::Arc;
 /// The AdamW moments (m, v) of every parameter, in parameter order.
 pub type Moments = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 
-/// How the learning rate moves over the optimizer steps.
+/// How the learning rate moves over the optimizer steps (`--lr-schedule`, docs/training.md).
+///
+/// With step s (1-based), warmup W and the run's last step T: s < W gives lr·s/W for every
+/// schedule but [`LrSchedule::DiffSynth`]; from s = W on, progress p = (s − W)/(T − W) (1 when
+/// T ≤ W, at most 1) and constant lr, linear lr·(1 − p), cosine lr·½(1 + cos πp): both decays
+/// start at lr at step W and reach 0 at step T.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LrSchedule {
     /// lr · min(1, step / warmup) (no warmup when `warmup` is 0).
     Constant { warmup: u32 },
+    /// The warmup, then a straight line from lr at step `warmup` to 0 at step `steps`.
+    Linear { warmup: u32, steps: u64 },
+    /// The warmup, then the half-cosine from lr at step `warmup` to 0 at step `steps`.
+    Cosine { warmup: u32, steps: u64 },
     /// torch `ConstantLR(optimizer)` with its defaults, as DiffSynth's runner uses it (spec §7.1):
     /// lr/3 for the first 5 steps, then lr.
     DiffSynth,
 }
 
+/// The names `--lr-schedule` takes, in [`LrSchedule::from_name`] order.
+pub const LR_SCHEDULES: [&str; 4] = ["constant", "linear", "cosine", "diffsynth"];
+
 impl LrSchedule {
+    /// The schedule called `name` ([`LR_SCHEDULES`]) with `warmup` steps over a run of `steps`.
+    pub fn from_name(name: &str, warmup: u32, steps: u64) -> Option<LrSchedule> {
+        match name {
+            "constant" => Some(LrSchedule::Constant { warmup }),
+            "linear" => Some(LrSchedule::Linear { warmup, steps }),
+            "cosine" => Some(LrSchedule::Cosine { warmup, steps }),
+            "diffsynth" => Some(LrSchedule::DiffSynth),
+            _ => None,
+        }
+    }
+
+    /// The `--lr-schedule` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LrSchedule::Constant { .. } => "constant",
+            LrSchedule::Linear { .. } => "linear",
+            LrSchedule::Cosine { .. } => "cosine",
+            LrSchedule::DiffSynth => "diffsynth",
+        }
+    }
+
     /// The lr of optimizer step `step` (1-based: the first update is step 1).
     pub fn lr(&self, base: f64, step: u64) -> f64 {
         assert!(step >= 1, "lr schedule: steps count from 1");
+        let s = step as f64;
         match *self {
-            LrSchedule::Constant { warmup } if (step as f64) < warmup as f64 => base * step as f64 / warmup as f64,
-            LrSchedule::Constant { .. } => base,
             // torch: factor applies while last_epoch < total_iters (5); step k uses last_epoch k−1
             LrSchedule::DiffSynth if step <= 5 => base * (1.0 / 3.0),
             LrSchedule::DiffSynth => base,
+            LrSchedule::Constant { warmup } | LrSchedule::Linear { warmup, .. } | LrSchedule::Cosine { warmup, .. }
+                if s < warmup as f64 =>
+            {
+                base * s / warmup as f64
+            }
+            LrSchedule::Constant { .. } => base,
+            LrSchedule::Linear { warmup, steps } => base * (1.0 - progress(step, warmup, steps)),
+            LrSchedule::Cosine { warmup, steps } => {
+                base * 0.5 * (1.0 + (std::f64::consts::PI * progress(step, warmup, steps)).cos())
+            }
         }
     }
+}
+
+/// p = (s − W)/(T − W) in [0, 1] for s ≥ W (1 when T ≤ W: the run ends within its warmup).
+fn progress(step: u64, warmup: u32, steps: u64) -> f64 {
+    let (s, w, t) = (step as f64, warmup as f64, steps as f64);
+    if t <= w {
+        return 1.0;
+    }
+    ((s - w) / (t - w)).clamp(0.0, 1.0)
 }
 
 /// Options fixed for the life of an [`AdamW`].

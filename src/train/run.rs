@@ -13,12 +13,12 @@ use super::checks::{check_lora_finite, check_options, check_resume, check_train_
 use super::data::{Batcher, Collated, Dataset, ShapeKey};
 use super::lora::{parse_targets, select, LoraConfig, LoraParams};
 use super::optim::{AdamW, AdamWOptions, LrSchedule};
+use super::preset::open_base;
 use super::schedule::{noisy_and_target, Sampling, TrainSchedule};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::adamw::Hyper;
 use crate::models::qwen_image::dit::QkvMode;
-use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::{Dit, DitPlan};
 use crate::models::qwen_image::training;
 use crate::nn::TrainLora;
@@ -52,10 +52,22 @@ pub struct TrainOptions {
     pub sampling: Sampling,
     pub weight_decay: f64,
     pub warmup: u32,
+    /// `--lr-schedule`: constant, linear, cosine or diffsynth ([`LrSchedule::from_name`]).
+    pub lr_schedule: String,
+    /// AdamW's β1, β2 and ε (torch's defaults 0.9, 0.999, 1e-8, as DiffSynth).
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
     /// Clip the global gradient norm (0: off, DiffSynth's default).
     pub max_grad_norm: f32,
     pub format: LoraFormat,
     pub progress: bool,
+    /// `--init-lora`: start from this LoRA file (any format) instead of PEFT's init; its rank
+    /// must be `rank` (its alpha may differ: B is rescaled so ΔW stays the file's).
+    pub init_lora: Option<PathBuf>,
+    /// `--preset-lora FILE[:SCALE]`: LoRAs folded into the frozen base before training
+    /// (`train::preset`); [`eval_loss`] folds them too.
+    pub preset_loras: Vec<(PathBuf, f32)>,
     /// Hyper-parameter keys a resume may change on purpose (`--resume-override`).
     pub resume_override: Vec<String>,
     /// Write a LoRA (or checkpoint) with NaN/Inf values instead of refusing it.
@@ -66,8 +78,9 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
-    /// DiffSynth-Studio's defaults (rank 32, alpha = rank, lr 1e-4, weight decay 0.01, its 12
-    /// targets per block, its timestep sampling), fused mode, checkpointing on, PEFT export.
+    /// DiffSynth-Studio's defaults (rank 32, alpha = rank, lr 1e-4 constant, weight decay 0.01,
+    /// torch AdamW's betas and eps, its 12 targets per block, its timestep sampling), fused mode,
+    /// checkpointing on, PEFT export.
     pub fn new(model: PathBuf, data: PathBuf, output: PathBuf, steps: u64) -> TrainOptions {
         TrainOptions {
             model,
@@ -89,13 +102,30 @@ impl TrainOptions {
             sampling: Sampling::DiffSynth,
             weight_decay: 0.01,
             warmup: 0,
+            lr_schedule: "constant".into(),
+            adam_beta1: Hyper::default().beta1,
+            adam_beta2: Hyper::default().beta2,
+            adam_eps: Hyper::default().eps,
             max_grad_norm: 0.0,
             format: LoraFormat::Diffusers,
             progress: false,
+            init_lora: None,
+            preset_loras: Vec::new(),
             resume_override: Vec::new(),
             allow_nonfinite: false,
             vram_budget: None,
         }
+    }
+
+    /// The lr schedule of the run (`None`: an unknown `lr_schedule` name).
+    pub fn schedule(&self) -> Option<LrSchedule> {
+        LrSchedule::from_name(&self.lr_schedule, self.warmup, self.steps)
+    }
+
+    /// AdamW's hyper-parameters (the lr is the base; each step takes the schedule's).
+    pub fn hyper(&self) -> Hyper {
+        let (beta1, beta2, eps) = (self.adam_beta1, self.adam_beta2, self.adam_eps);
+        Hyper { lr: self.lr, beta1, beta2, eps, weight_decay: self.weight_decay }
     }
 }
 
@@ -241,7 +271,7 @@ impl Trainer {
     pub fn new(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<Trainer> {
         check_options(o)?;
         check_train_paths(o)?;
-        let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
+        let (cfg, base) = open_base(&o.model, o.config.as_deref(), &o.preset_loras)?;
         let dataset = Dataset::open(&o.data, &cfg)?;
         if dataset.is_empty() {
             return Err(Error::input(format!("dataset {} has no samples", o.data.display())));
@@ -266,15 +296,19 @@ impl Trainer {
             }
             None => {
                 let mut rng = Rng::new(o.seed);
-                let lora = LoraParams::init(&cfg, &conf, &mut rng)?;
+                // PEFT's init is drawn even under --init-lora: the data order and the noise of a
+                // seed are the same either way.
+                let mut lora = LoraParams::init(&cfg, &conf, &mut rng)?;
+                if let Some(path) = &o.init_lora {
+                    let file = crate::models::qwen_image::lora::read_lora(path)?;
+                    lora =
+                        LoraParams::from_init_lora(&cfg, &conf, &file).map_err(|e| Error::file(path, e.to_string()))?;
+                }
                 let data = Default::default();
                 (lora, TrainState { version: 1, step: 0, rng, data, lora: conf.clone(), hyper: hyper.clone() }, None)
             }
         };
-        let opts = AdamWOptions {
-            hyper: Hyper { lr: o.lr, weight_decay: o.weight_decay, ..Hyper::default() },
-            max_norm: o.max_grad_norm,
-        };
+        let opts = AdamWOptions { hyper: o.hyper(), max_norm: o.max_grad_norm };
         // Parameters, gradients and moments packed: one AdamW dispatch and one clear per step.
         let adamw = AdamW::packed(gpu, &lora.tensors(), opts)?;
         let pairs = adamw.pairs();
@@ -295,7 +329,7 @@ impl Trainer {
             scale: lora.config.scale() as f32,
             checkpointing: o.checkpointing,
         };
-        let mut dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
+        let mut dit = Dit::new(gpu, cfg.clone(), base, o.qkv)?;
         dit.set_vram_budget(o.vram_budget);
         let model =
             LoraModel { gpu: gpu.clone(), dit, train, params, plans: HashMap::new(), out_features: cfg.out_features() };
@@ -316,7 +350,7 @@ impl Trainer {
             adamw,
             log,
             sched: TrainSchedule::qwen_image(),
-            lr_sched: LrSchedule::Constant { warmup: o.warmup },
+            lr_sched: o.schedule().expect("cannot fail: check_options checked the name"),
             losses: Vec::new(),
             total_ms: 0.0,
             _lock: lock,
@@ -379,8 +413,18 @@ impl Trainer {
         self.losses.push(loss);
         if o.save_every > 0 && step % o.save_every == 0 {
             save_checkpoint(&self.model, &self.adamw, &mut self.lora, &self.state, o)?;
+            self.write_plot()?;
         }
         Ok(StepReport { step, loss, sigma, lr, ms })
+    }
+
+    /// Rewrites `<output>/loss.svg` from every row of `loss.csv`.
+    fn write_plot(&self) -> Result<()> {
+        super::plot::write_loss_svg(
+            &self.o.output.join(super::plot::PLOT_FILE),
+            self.log.points(),
+            &plot_title(&self.o),
+        )
     }
 
     /// Downloads the trained LoRA and writes `lora.safetensors` in the chosen format.
@@ -389,6 +433,7 @@ impl Trainer {
         check_lora_finite(&self.lora, &self.o)?;
         let lora_file = self.o.output.join("lora.safetensors");
         self.lora.save(&lora_file, self.o.format, DType::F32)?;
+        self.write_plot()?;
         let (dispatches, peak) = self
             .model
             .plans
@@ -471,11 +516,32 @@ fn save_checkpoint(
 }
 
 fn hyper_json(o: &TrainOptions) -> serde_json::Value {
-    serde_json::json!({
+    let mut h = serde_json::json!({
         "lr": o.lr, "weight_decay": o.weight_decay, "warmup": o.warmup, "batch_size": o.batch_size,
         "grad_accum": o.grad_accum, "seed": o.seed, "qkv": o.qkv.name(), "checkpointing": o.checkpointing,
         "sampling": format!("{:?}", o.sampling), "max_grad_norm": o.max_grad_norm,
-    })
+        "lr_schedule": o.lr_schedule, "adam_beta1": o.adam_beta1, "adam_beta2": o.adam_beta2, "adam_eps": o.adam_eps,
+    });
+    // A decaying schedule depends on the run's length: a resume with another --steps changes it.
+    if matches!(o.schedule(), Some(LrSchedule::Linear { .. } | LrSchedule::Cosine { .. })) {
+        h["lr_decay_steps"] = o.steps.into();
+    }
+    // The base the LoRA trains on; recorded only when there is one (older checkpoints have none).
+    if !o.preset_loras.is_empty() {
+        let files: Vec<String> = o.preset_loras.iter().map(|(p, s)| format!("{}:{s}", p.display())).collect();
+        h["preset_loras"] = files.into();
+    }
+    h
+}
+
+/// The run's key settings, for the loss plot's title.
+fn plot_title(o: &TrainOptions) -> String {
+    let warmup = if o.warmup > 0 { format!(", warmup {}", o.warmup) } else { String::new() };
+    let targets = super::lora::parse_targets(&o.targets).len();
+    format!(
+        "wgdit train: rank {}, alpha {}, lr {:e} {}{warmup}, batch {}×{}, {targets} target patterns, {:?} σ, {} steps",
+        o.rank, o.alpha, o.lr, o.lr_schedule, o.batch_size, o.grad_accum, o.sampling, o.steps
+    )
 }
 
 fn progress_bar(show: bool, steps: u64, done: u64) -> indicatif::ProgressBar {
@@ -490,7 +556,8 @@ fn progress_bar(show: bool, steps: u64, done: u64) -> indicatif::ProgressBar {
     bar
 }
 
-/// The flow-matching loss of a model (optionally with a LoRA file applied at strength 1) over
+/// The flow-matching loss of a model (its `--preset-lora`s folded in; optionally with a LoRA file
+/// applied at strength 1) over
 /// every sample of a dataset at fixed noise levels `sigmas`, with noise drawn from `seed`: the
 /// same draws for every call, so two calls compare models, not samples.
 pub fn eval_loss(
@@ -500,9 +567,9 @@ pub fn eval_loss(
     sigmas: &[f32],
     seed: u64,
 ) -> Result<f64> {
-    let (cfg, ckpt) = open(&o.model, o.config.as_deref())?;
+    let (cfg, base) = open_base(&o.model, o.config.as_deref(), &o.preset_loras)?;
     let dataset = Dataset::open(&o.data, &cfg)?;
-    let mut dit = Dit::new(gpu, cfg.clone(), Box::new(ckpt), o.qkv)?;
+    let mut dit = Dit::new(gpu, cfg.clone(), base, o.qkv)?;
     dit.set_vram_budget(o.vram_budget);
     if let Some(path) = lora {
         dit.set_loras(crate::models::qwen_image::lora::LoraSet::load(&[(path.to_path_buf(), 1.0)], &cfg)?);

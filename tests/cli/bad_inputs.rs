@@ -342,6 +342,9 @@ fn train_refuses_bad_hyper_parameters_and_bad_samples_before_writing() {
         "--alpha=0",
         "--batch-size=0",
         "--grad-accum=0",
+        "--adam-beta1=1",
+        "--adam-beta2=-0.1",
+        "--adam-eps=0",
     ] {
         let mut args = train(s(&model), s(&data), s(&out), "1");
         args.push(arg);
@@ -422,4 +425,39 @@ fn a_resume_with_a_changed_lr_is_refused_overridden_on_purpose_or_has_nothing_le
     args.extend(["--checkpointing", "off", "--resume", s(&ckpt)]);
     let (code, log) = run(&args);
     assert!(code == 0 && log.contains("nothing left to do") && !done.exists(), "{log}");
+}
+
+#[test]
+fn train_takes_schedules_adam_flags_an_init_lora_of_the_files_rank_and_preset_loras() {
+    let sc = Scratch::new("trainflags");
+    let (model, data, out) = (sc.model(), sc.p("data"), sc.p("out"));
+    wgdit::train::data::write_synthetic(&data, &tiny_cfg(&sc), 1, [8, 8], 5, 3).unwrap();
+    let mut args = train(s(&model), s(&data), s(&out), "3");
+    args.extend(["--checkpointing", "off", "--lr-schedule", "cosine", "--warmup", "1", "--adam-beta2", "0.99"]);
+    let (code, log) = run(&args);
+    assert_eq!(code, 0, "{log}");
+    let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("cosine"), "{svg:.300}");
+    let x = out.join("lora.safetensors");
+    let with_x = format!("{}:0.5", x.display());
+    // --init-lora without --rank takes the file's rank (4, where the default is 32).
+    let again = sc.p("again");
+    let args = ["train", "--model", s(&model), "--data", s(&data), "--output", s(&again), "--steps", "1"];
+    let mut init = args.to_vec();
+    init.extend(["--checkpointing", "off", "--init-lora", s(&x), "--preset-lora", &with_x]);
+    let (code, log) = run(&init);
+    assert_eq!(code, 0, "{log}");
+    let mut wrong = init.clone();
+    wrong.extend(["--rank", "8"]);
+    refused(&wrong, &[&model, &data, &x], &[&again.join("x")], "but --rank is 8");
+    let mut bad = args.to_vec();
+    bad.extend(["--lr-schedule", "step"]);
+    let (code, log) = run(&bad);
+    assert!(code == 2 && log.contains("constant, linear, cosine"), "clap refuses an unknown schedule: {log}");
+    let (_, help) = run(&["train", "--help"]);
+    for flag in
+        ["--lr-schedule", "--adam-beta1", "--adam-beta2", "--adam-eps", "--init-lora", "--preset-lora", "loss.svg"]
+    {
+        assert!(help.contains(flag), "{flag} missing from train --help");
+    }
 }

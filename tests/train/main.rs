@@ -8,6 +8,7 @@ mod synthetic_checkpoint;
 mod cache;
 mod checkpoint;
 mod data;
+mod init;
 mod lora;
 mod optim;
 mod run;

@@ -46,6 +46,38 @@ fn warmup_rises_linearly_to_the_base_lr() {
     assert_eq!(LrSchedule::Constant { warmup: 0 }.lr(2.0, 1), 2.0);
 }
 
+#[test]
+fn linear_and_cosine_schedules_decay_to_zero_at_the_last_step_after_the_warmup() {
+    // base 1, warmup W = 2, last step T = 10: s < 2 is s/2; from s = 2, p = (s − 2)/8;
+    // linear 1 − p, cosine (1 + cos πp)/2, both 1 at s = 2 and 0 at s = 10 (values by hand).
+    let (lin, cos) = (LrSchedule::Linear { warmup: 2, steps: 10 }, LrSchedule::Cosine { warmup: 2, steps: 10 });
+    let want_lin = [(1, 0.5), (2, 1.0), (3, 0.875), (6, 0.5), (9, 0.125), (10, 0.0)];
+    let want_cos = [
+        (1, 0.5),
+        (2, 1.0),
+        (4, 0.8535533905932737), // (1 + cos π/4)/2
+        (6, 0.5),
+        (8, 0.14644660940672624), // (1 + cos 3π/4)/2
+        (10, 0.0),
+    ];
+    for (sched, want) in [(lin, &want_lin), (cos, &want_cos)] {
+        for &(s, want) in want {
+            let got = sched.lr(1.0, s);
+            assert!((got - want).abs() < 1e-15, "{sched:?} step {s}: {got} vs {want}");
+        }
+    }
+    // No warmup: step 1 is already on the decay (p = 1/T); a run that ends within its warmup
+    // ends at 0 on its last step; constant keeps the base after the warmup.
+    assert_eq!(LrSchedule::Linear { warmup: 0, steps: 4 }.lr(2.0, 1), 1.5);
+    assert_eq!(LrSchedule::Cosine { warmup: 0, steps: 4 }.lr(2.0, 4), 0.0);
+    assert_eq!(LrSchedule::Linear { warmup: 5, steps: 5 }.lr(1.0, 4), 0.8);
+    assert_eq!(LrSchedule::Linear { warmup: 5, steps: 5 }.lr(1.0, 5), 0.0);
+    assert_eq!(LrSchedule::Constant { warmup: 2 }.lr(1.0, 10), 1.0);
+    for name in wgdit::train::optim::LR_SCHEDULES {
+        assert_eq!(LrSchedule::from_name(name, 1, 3).unwrap().name(), name);
+    }
+}
+
 struct Run {
     gpu: Arc<Gpu>,
     params: Vec<Tensor>,

@@ -18,6 +18,14 @@ pub fn options(data: &Path, out: &Path, steps: u64) -> TrainOptions {
     o
 }
 
+/// The point counts of the `<polyline>`s of an SVG (the loss plot's raw and smoothed lines).
+pub fn svg_lines(path: &Path) -> Vec<usize> {
+    let svg = std::fs::read_to_string(path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{}: {svg:.200}", path.display());
+    let count = |l: &str| l.split("points=\"").nth(1).unwrap().split('"').next().unwrap().split(' ').count();
+    svg.lines().filter(|l| l.starts_with("<polyline")).map(count).collect()
+}
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
@@ -69,18 +77,22 @@ fn debug_training_curve() {
 
 #[test]
 fn a_resumed_run_continues_the_same_loss_curve() {
+    // A cosine schedule with warmup and a non-default β2: the resumed steps 5..8 must see the
+    // same lrs (they depend on the step and --steps) and moments as the uninterrupted run.
     let gpu = test_gpu();
     let dir = std::env::temp_dir().join(format!("wgdit-resume-{}", std::process::id()));
     write_dataset(&dir.join("data"), 3, 4);
-    let mut o = options(&dir.join("data"), &dir.join("full"), 8);
+    let setup = |out: &str| {
+        let mut o = options(&dir.join("data"), &dir.join(out), 8);
+        (o.sampling, o.checkpointing) = (Sampling::DiffSynth, false);
+        (o.lr_schedule, o.warmup, o.adam_beta2) = ("cosine".into(), 2, 0.99);
+        o
+    };
+    let mut o = setup("full");
     o.save_every = 4;
-    o.sampling = Sampling::DiffSynth;
-    o.checkpointing = false;
     let full = train(&gpu, &o).unwrap();
     // Resume from step 4 into a fresh output folder: steps 5..8 must repeat exactly.
-    let mut r = options(&dir.join("data"), &dir.join("resumed"), 8);
-    r.sampling = Sampling::DiffSynth;
-    r.checkpointing = false;
+    let mut r = setup("resumed");
     r.resume = Some(dir.join("full/checkpoint-4"));
     std::fs::create_dir_all(dir.join("resumed")).unwrap();
     std::fs::copy(dir.join("full/loss.csv"), dir.join("resumed/loss.csv")).unwrap();
@@ -88,6 +100,39 @@ fn a_resumed_run_continues_the_same_loss_curve() {
     assert_eq!(resumed.losses, full.losses[4..].to_vec(), "resumed losses differ from the uninterrupted run");
     let csv = std::fs::read_to_string(dir.join("resumed/loss.csv")).unwrap();
     assert_eq!(csv.lines().count(), 9, "loss.csv keeps steps 1..4 and appends 5..8: {csv}");
+    assert_eq!(svg_lines(&dir.join("full/loss.svg")), [8, 8]);
+    assert_eq!(svg_lines(&dir.join("resumed/loss.svg")), [8, 8], "the plot after a resume has every logged step");
+    let lrs: Vec<f64> = csv.lines().skip(1).map(|l| l.split(',').nth(3).unwrap().parse().unwrap()).collect();
+    assert_eq!(lrs[0], 0.5 * 3e-3, "warmup: {lrs:?}");
+    assert_eq!(lrs[7], 0.0, "cosine ends at 0 on the last step: {lrs:?}");
+    // The schedule, its length and the betas are recorded: another --steps or β2 is refused.
+    let mut longer = setup("longer");
+    (longer.steps, longer.adam_beta2, longer.resume) = (12, 0.999, r.resume.clone());
+    let e = train(&gpu, &longer).unwrap_err().to_string();
+    for want in ["lr_decay_steps: saved 8, given 12", "adam_beta2: saved 0.99, given 0.999"] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_loss_plot_is_rewritten_at_each_save_with_one_point_per_logged_step() {
+    let gpu = test_gpu();
+    let dir = std::env::temp_dir().join(format!("wgdit-plot-{}", std::process::id()));
+    write_dataset(&dir.join("data"), 1, 4);
+    let mut o = options(&dir.join("data"), &dir.join("out"), 3);
+    (o.save_every, o.checkpointing) = (2, false);
+    let mut t = wgdit::train::run::Trainer::new(&gpu, &o).unwrap();
+    let plot = dir.join("out/loss.svg");
+    t.step().unwrap();
+    assert!(!plot.exists(), "no save yet, no plot");
+    t.step().unwrap();
+    assert_eq!(svg_lines(&plot), [2, 2], "written with the checkpoint of step 2");
+    t.step().unwrap();
+    t.finish().unwrap();
+    assert_eq!(svg_lines(&plot), [3, 3], "rewritten at the end");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("rank 4") && svg.contains(">step<") && svg.contains(">loss<"), "{svg:.400}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
