@@ -3,7 +3,11 @@
 // API (common/coop16), f16 operands and f32 softmax and accumulation:
 //   S = Qs·Kᵀ with Qs = f16(Q·scale) (f32 product, then rounded: exact for Dh = 4^n),
 //   online softmax per row in f32 (m, l over the unrounded p = exp(S − m)),
-//   O += f16(p)·V rescaled by exp(m_old − m_new);  O /= l;  lse = m + log(l).
+//   O += f16(p)·V' rescaled by exp(m_old − m_new);  O = 2^−s_v·O/l;  lse = m + log(l).
+// V is staged as V' = f16(2^s_v·V), one power-of-two shift per K/V head, s_v = rowscale_shift of
+// max |V| over all S keys of the head (common/rowscale; found in a prologue of every workgroup),
+// so V' lies in f16's normal range whatever V's magnitude (activations reach ~2e7); the scalar
+// factors out of P·V exactly. Q·scale is post-RMSNorm and bounded: unscaled.
 // q: [B, H, S, Dh]; k, v: [B, Hkv, S, Dh] head-major (query head h reads K/V head h / (H / Hkv))
 // mask: [B, s_txt]   o: [B·S, H·Dh] stream-major joint rows   lse: [B, H, S].
 // Workgroup: WARPS subgroups of LANES invocations; subgroup w owns WR query rows (WR / FRAG
@@ -61,6 +65,7 @@ var<workgroup> coop_in: array<CoopElem, COOP_IN_LEN>;  // Q block, K tile, V til
 var<workgroup> coop_out: array<f32, COOP_OUT_LEN>;     // S tile; then each subgroup's O round
 var<workgroup> key_ok: array<f32, BC>;                  // 1 valid key, 0 masked or past the end
 var<workgroup> row_alpha: array<f32, BR>;               // exp(m_old − m_new) of this tile; at the end 1/l
+var<workgroup> head_amax: atomic<u32>;                  // f32 bits of max |V| over the K/V head
 
 fn joint_row(b: u32, s: u32) -> u32 {
     if (s < p.s_txt) { return b * p.s_txt + s; }
@@ -73,8 +78,21 @@ fn key_valid(b: u32, j: u32, s_all: u32) -> f32 {
     return 1.0;
 }
 
-// Keys [j0, j0 + BC) of K/V head row `kv_base` (zeros past the end) and their validity.
-fn stage_kv(kv_base: u32, j0: u32, s_all: u32, b: u32, lix: u32) {
+// s_v of the K/V head at row `kv_base`: coalesced reads of its S·DH values, one atomicMax per
+// invocation (non-negative f32 bits order as u32).
+fn v_shift(kv_base: u32, s_all: u32, lix: u32) -> i32 {
+    if (lix == 0u) { atomicStore(&head_amax, 0u); }
+    workgroupBarrier();
+    var mx = 0.0;
+    for (var e = lix; e < s_all * DH; e += WG) { mx = max(mx, abs(v[kv_base * DH + e])); }
+    atomicMax(&head_amax, bitcast<u32>(mx));
+    workgroupBarrier();
+    return rowscale_shift(atomicLoad(&head_amax));
+}
+
+// Keys [j0, j0 + BC) of K/V head row `kv_base` (zeros past the end; V as f16(2^sv·V)) and their
+// validity.
+fn stage_kv(kv_base: u32, j0: u32, s_all: u32, b: u32, lix: u32, sv: i32) {
     for (var e = lix; e < BC * DH; e += WG) {
         let c = e / DH;
         let d = e % DH;
@@ -86,7 +104,7 @@ fn stage_kv(kv_base: u32, j0: u32, s_all: u32, b: u32, lix: u32) {
             vx = v[(kv_base + j) * DH + d];
         }
         coop_in[K_OFF + c * LDD + d] = coop_elem(kx);
-        coop_in[V_OFF + c * LDD + d] = coop_elem(vx);
+        coop_in[V_OFF + c * LDD + d] = coop_elem(ldexp(vx, sv));
     }
     for (var c = lix; c < BC; c += WG) { key_ok[c] = key_valid(b, j0 + c, s_all); }
 }
@@ -141,6 +159,7 @@ fn flash(ids: CoopIds) {
     // Uniform key range: all keys, or up to the block's last row when causal.
     var j_end = s_all;
     if (p.causal != 0u) { j_end = min(s_all, row0 + BR); }
+    let sv = v_shift(kv_base, s_all, lix);
     for (var e = lix; e < BR * DH; e += WG) {
         let i = row0 + e / DH;
         var x = 0.0;
@@ -154,7 +173,7 @@ fn flash(ids: CoopIds) {
     var acc: array<f32, MAX_O>;
     for (var t = 0u; t < MAX_O; t += 1u) { acc[t] = 0.0; }
     for (var j0 = 0u; j0 < j_end; j0 += BC) {
-        stage_kv(kv_base, j0, s_all, b, lix);
+        stage_kv(kv_base, j0, s_all, b, lix, sv);
         workgroupBarrier();
         scores(warp);
         workgroupBarrier();
@@ -202,7 +221,7 @@ fn flash(ids: CoopIds) {
             let d = d0 + qx % BC;
             let i = row0 + r;
             if (i < s_all && d < DH) {
-                o[(joint_row(b, i) * p.heads + h) * DH + d] = acc[(d0 / BC) * PER_ROUND + e] * row_alpha[r];
+                o[(joint_row(b, i) * p.heads + h) * DH + d] = ldexp(acc[(d0 / BC) * PER_ROUND + e] * row_alpha[r], -sv);
             }
         }
     }

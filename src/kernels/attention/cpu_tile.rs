@@ -1,15 +1,54 @@
 //! f64 references of the tile programs (`attention::cpu::{tile_forward, tile_backward}`): the
 //! function of `attention::cpu` on the operands the tile programs multiply — f16(q·scale) with
-//! the f32 product, f16 k, v, dO — with P (forward: relative to the running max of each key tile
-//! of `bc` keys, as the kernel) and dS rounded to f16 where the kernel rounds them, so the GPU
-//! results differ from these by f32 summation order and rare one-ulp rounding flips only.
+//! the f32 product, f16 k, and v, dO rounded to f16 after the power-of-two shift of their
+//! (b, head) (`row_shift` of the head's max |x|, the shaders' headers) — with P (forward: relative
+//! to the running max of each key tile of `bc` keys, as the kernel) and the shifted dS rounded to
+//! f16 where the kernel rounds them, so the GPU results differ from these by f32 summation order
+//! and rare one-ulp rounding flips only.
 
 use super::cpu::Visibility;
-use crate::kernels::gemm::cpu::round_f16;
+use crate::kernels::gemm::cpu::{round_f16, row_shift};
 use crate::layout::JointShape;
+
+/// `DS_SHIFT` in flash_backward.wgsl: dS' = 2^(a+c−DS_SHIFT)·dS.
+const DS_SHIFT: i32 = 21;
 
 fn rounded(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| round_f16(v) as f64).collect()
+}
+
+/// f16(2^s·x) (the f32 product is exact) in f64, still shifted.
+fn shifted(x: f32, s: i32) -> f64 {
+    round_f16((x as f64 * 2f64.powi(s)) as f32) as f64
+}
+
+fn shift_of<'a>(xs: impl Iterator<Item = &'a f32>) -> i32 {
+    row_shift(xs.fold(0f32, |m, v| m.max(v.abs())))
+}
+
+/// A head-major tensor of heads of `head_len` values, each head shifted by its own `row_shift`
+/// and rounded: (the shifted operand, the shift per head).
+fn shifted_heads(x: &[f32], head_len: usize) -> (Vec<f64>, Vec<i32>) {
+    let shifts: Vec<i32> = x.chunks(head_len).map(|h| shift_of(h.iter())).collect();
+    let xs = x.chunks(head_len).zip(&shifts).flat_map(|(h, &s)| h.iter().map(move |&v| shifted(v, s))).collect();
+    (xs, shifts)
+}
+
+/// dO in stream-major joint rows, each (b, head) shifted by its own `row_shift` over its S rows
+/// and rounded: (the shifted operand, the shift per b·heads + h).
+fn shifted_d_o(sh: &JointShape, d_o: &[f32]) -> (Vec<f64>, Vec<i32>) {
+    let (dh, hd) = (sh.head_dim, sh.heads * sh.head_dim);
+    let rows = |b: usize, h: usize| (0..sh.seq()).map(move |i| sh.joint_row(b, i) * hd + h * dh);
+    let mut out = vec![0.0; d_o.len()];
+    let mut shifts = Vec::new();
+    for b in 0..sh.batch {
+        for h in 0..sh.heads {
+            let a = shift_of(rows(b, h).flat_map(|r| &d_o[r..r + dh]));
+            rows(b, h).for_each(|r| (r..r + dh).for_each(|x| out[x] = shifted(d_o[x], a)));
+            shifts.push(a);
+        }
+    }
+    (out, shifts)
 }
 
 /// f16(q·scale) (f32 product): the tile programs' Q operand.
@@ -32,13 +71,15 @@ pub fn tile_forward(
     bc: usize,
 ) -> (Vec<f64>, Vec<f64>) {
     let (s, dh, hd) = (sh.seq(), sh.head_dim, sh.heads * sh.head_dim);
-    let (qs, kr, vr) = (scaled_q(sh, q), rounded(k), rounded(v));
+    let (qs, kr) = (scaled_q(sh, q), rounded(k));
+    let (vr, v_shift) = shifted_heads(v, s * dh); // V' = f16(2^c·V) per K/V head
     let mut o = vec![0.0; sh.head_major_len()];
     let mut lse = vec![super::EMPTY_ROW_LSE as f64; sh.lse_len()];
     for b in 0..sh.batch {
         for h in 0..sh.heads {
             let base = (b * sh.heads + h) * s;
-            let kv_base = (b * vis.opts.kv_heads + h / vis.opts.group(sh)) * s;
+            let kv_head = b * vis.opts.kv_heads + h / vis.opts.group(sh);
+            let (kv_base, unshift) = (kv_head * s, 2f64.powi(-v_shift[kv_head]));
             for i in 0..s {
                 let qi = &qs[(base + i) * dh..][..dh];
                 let (mut m, mut l, mut acc) = (f64::NEG_INFINITY, 0.0, vec![0.0; dh]);
@@ -65,7 +106,7 @@ pub fn tile_forward(
                 }
                 if l > 0.0 {
                     let orow = sh.joint_row(b, i) * hd + h * dh;
-                    o[orow..orow + dh].iter_mut().zip(&acc).for_each(|(y, a)| *y = a / l);
+                    o[orow..orow + dh].iter_mut().zip(&acc).for_each(|(y, a)| *y = a / l * unshift);
                     lse[base + i] = m + l.ln();
                 }
             }
@@ -90,7 +131,8 @@ pub struct TileBackward<'a> {
 pub fn tile_backward(sh: &JointShape, a: &TileBackward) -> ([Vec<f64>; 3], Vec<f64>) {
     let (s, dh, hd) = (sh.seq(), sh.head_dim, sh.heads * sh.head_dim);
     let scale = 1.0 / (dh as f64).sqrt();
-    let (qs, kr, vr, dor) = (scaled_q(sh, a.q), rounded(a.k), rounded(a.v), rounded(a.d_o));
+    let (qs, kr) = (scaled_q(sh, a.q), rounded(a.k));
+    let ((vr, v_shift), (dor, do_shift)) = (shifted_heads(a.v, s * dh), shifted_d_o(sh, a.d_o));
     let vis = Visibility::full(sh, a.mask);
     let (mut dq, mut dk, mut dv) = (vec![0.0; qs.len()], vec![0.0; qs.len()], vec![0.0; qs.len()]);
     let mut delta = vec![0.0; sh.lse_len()];
@@ -98,6 +140,10 @@ pub fn tile_backward(sh: &JointShape, a: &TileBackward) -> ([Vec<f64>; 3], Vec<f
         for h in 0..sh.heads {
             let base = (b * sh.heads + h) * s;
             let row = |t: &[f64], i: usize| t[(base + i) * dh..][..dh].to_vec();
+            // dP' = 2^(a+c)·dP, dS' = f16(2^(a+c−DS_SHIFT)·dS), dV' = 2^a·dV (the shader's header)
+            let (a_do, c_v) = (do_shift[b * sh.heads + h], v_shift[b * sh.heads + h]);
+            let (d_up, ds_down) = (2f64.powi(a_do + c_v), 2f64.powi(-DS_SHIFT));
+            let (ds_unshift, dv_unshift) = (2f64.powi(DS_SHIFT - a_do - c_v), 2f64.powi(-a_do));
             for i in 0..s {
                 let jr = sh.joint_row(b, i) * hd + h * dh;
                 let di: f64 = (0..dh).map(|d| a.d_o[jr + d] as f64 * a.o[jr + d] as f64).sum();
@@ -106,12 +152,12 @@ pub fn tile_backward(sh: &JointShape, a: &TileBackward) -> ([Vec<f64>; 3], Vec<f
                 for j in (0..s).filter(|&j| vis.sees(sh, b, i, j)) {
                     let (kj, vj) = (row(&kr, j), row(&vr, j));
                     let p = (dot(&qi, &kj) - a.lse[base + i] as f64).exp();
-                    let ds = round_f16((p * (dot(&doi, &vj) - di)) as f32) as f64;
+                    let ds = round_f16((p * (dot(&doi, &vj) - di * d_up) * ds_down) as f32) as f64;
                     let pr = round_f16(p as f32) as f64;
                     for d in 0..dh {
-                        dq[(base + i) * dh + d] += ds * kj[d] * scale;
-                        dk[(base + j) * dh + d] += ds * qi[d];
-                        dv[(base + j) * dh + d] += pr * doi[d];
+                        dq[(base + i) * dh + d] += ds * kj[d] * scale * ds_unshift;
+                        dk[(base + j) * dh + d] += ds * qi[d] * ds_unshift;
+                        dv[(base + j) * dh + d] += pr * doi[d] * dv_unshift;
                     }
                 }
             }

@@ -76,10 +76,10 @@ impl FlashConfig {
         let (br, bc, eb) = (self.br(), self.bc, tiles.elem_bytes());
         let (ldd, ldp) = (dh + self.pad, bc + self.pad);
         match pass {
-            // Q, K, V, P; the S tile; key_ok, row_alpha
-            Pass::Forward => eb * (br * ldd + 2 * bc * ldd + br * ldp) + 4 * br * bc + 4 * (bc + br),
-            // K, V, Qs, dO, Pᵀ, dSᵀ; Sᵀ and dPᵀ; four row arrays
-            Pass::Backward => eb * (2 * br * ldd + 2 * bc * ldd + 2 * br * ldp) + 8 * br * bc + 8 * (bc + br),
+            // Q, K, V, P; the S tile; key_ok, row_alpha; the V max
+            Pass::Forward => eb * (br * ldd + 2 * bc * ldd + br * ldp) + 4 * br * bc + 4 * (bc + br) + 4,
+            // K, V, Qs, dO, Pᵀ, dSᵀ; Sᵀ and dPᵀ; four row arrays; the dO and V maxima
+            Pass::Backward => eb * (2 * br * ldd + 2 * bc * ldd + 2 * br * ldp) + 8 * br * bc + 8 * (bc + br) + 8,
         }
     }
 

@@ -25,7 +25,8 @@
 //! [`Tiles::of`]): the portable f32 kernels above (one row per invocation; the `portable` family,
 //! bit-identical to before the tile programs existed), and the tile programs
 //! `shaders/attention/flash.wgsl` / `flash_backward.wgsl` (FlashAttention-2 on the fragment API:
-//! f16 operands, f32 softmax and accumulation; the forward with causal and GQA, not segments) for
+//! f16 operands, V and dO shifted by a power of two per (b, head) into f16's range, f32 softmax
+//! and accumulation; the forward with causal and GQA, not segments) for
 //! the `coop`, `f16` and `coop-emulated` families, laid out by [`FlashConfig`] to fit the adapter's
 //! workgroup memory. `Auto` keeps the portable kernels for segments, a head_dim that is not a
 //! multiple of the fragment edge, or when no layout fits; `Tile` then returns `Error::TooLarge`.
