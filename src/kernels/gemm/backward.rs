@@ -115,7 +115,8 @@ pub fn launch_dx_variant(gpu: &Gpu, a: &DxArgs, variant: Variant) -> Result<Laun
     };
     let flag = if a.accumulate { 1.0 } else { 0.0 };
     let mut constants = vec![("DTYPE", a.weight.dtype.code()), ("ACCUMULATE", flag)];
-    let (kernel, groups) = match resolve_variant(gpu, variant, k)? {
+    let rows = a.problems.iter().map(|p| p.rows).max().unwrap_or(0);
+    let (kernel, groups) = match resolve_variant(gpu, variant, rows, k)? {
         Variant::TileWith(t, c) => {
             constants.extend(c.constants(gpu, t));
             let groups = grid2(k, a.problems, c.tn() as u32, c.tm() as u32, "gemm_dx_coop");

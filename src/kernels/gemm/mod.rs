@@ -30,7 +30,7 @@ pub const TILE_WG: u32 = 64;
 pub enum Variant {
     /// The device's kernel family (`gpu.kernel_choice()`): the tile program `gemm_coop` on its
     /// fragment backend for `coop`, `f16` and `coop-emulated` (except skinny GEMMs, N <
-    /// [`SKINNY_N`]: LoRA down-projections stay f32); for `portable`, `Registers` on CPU adapters
+    /// [`SKINNY_N`] or rows < [`SKINNY_M`]: LoRA down-projections and GEMVs stay f32); for `portable`, `Registers` on CPU adapters
     /// (lavapipe: barriers and workgroup memory are ~10x slower there, field-notes §2),
     /// `Workgroup` elsewhere.
     Auto,
@@ -47,6 +47,9 @@ pub enum Variant {
 /// Below this many output columns `Auto` keeps a mixed-precision device on the f32 kernels: a
 /// 64- or 128-column tile would be mostly idle (LoRA down-projections, N = rank).
 pub const SKINNY_N: usize = 64;
+/// Below this many rows likewise (the modulation and timestep GEMVs, M = batch): a 64- or
+/// 128-row tile would be mostly idle, and a GEMV is bound by reading W, not by FLOPs.
+pub const SKINNY_M: usize = 16;
 
 /// The tile of one `gemm_coop` workgroup: `warps_m × warps_n` subgroups, each owning a `wtm × wtn`
 /// warp tile (multiples of the fragment edge, at most 64), K staged `bk` at a time.
@@ -382,20 +385,20 @@ pub fn launch_forward(gpu: &Gpu, a: &GemmArgs) -> Result<Launch> {
     launch_variant(gpu, a, Variant::Auto)
 }
 
-/// What `Variant::Auto` runs for `n` output columns on this device.
-pub fn auto_variant(gpu: &Gpu, n: usize) -> Variant {
+/// What `Variant::Auto` runs for `rows` (the problems' largest) × `n` outputs on this device.
+pub fn auto_variant(gpu: &Gpu, rows: usize, n: usize) -> Variant {
     match Tiles::of(gpu.kernel_choice()) {
-        Some(t) if n >= SKINNY_N => Variant::Tile(t),
+        Some(t) if n >= SKINNY_N && rows >= SKINNY_M => Variant::Tile(t),
         _ if gpu.is_cpu() => Variant::Registers,
         _ => Variant::Workgroup,
     }
 }
 
 /// `Auto` and `Tile` resolved to a concrete entry point (`TileWith` checked against the
-/// adapter's workgroup memory) for `n` output columns.
-pub(crate) fn resolve_variant(gpu: &Gpu, variant: Variant, n: usize) -> Result<Variant> {
+/// adapter's workgroup memory) for `rows` × `n` outputs.
+pub(crate) fn resolve_variant(gpu: &Gpu, variant: Variant, rows: usize, n: usize) -> Result<Variant> {
     let variant = match variant {
-        Variant::Auto => auto_variant(gpu, n),
+        Variant::Auto => auto_variant(gpu, rows, n),
         v => v,
     };
     let max = gpu.limits().max_workgroup_storage as usize;
@@ -421,7 +424,8 @@ pub fn launch_variant(gpu: &Gpu, a: &GemmArgs, variant: Variant) -> Result<Launc
     check_weight("gemm", a.weight, a.n, a.x.shape[1], a.problems)?;
     crate::kernels::check_index("gemm", &[("x", a.x), ("y", a.y)])?;
     let mut tile_constants = Vec::new();
-    let (shader, entry, tile_m, tile_n) = match resolve_variant(gpu, variant, a.n)? {
+    let rows = a.problems.iter().map(|p| p.rows).max().unwrap_or(0);
+    let (shader, entry, tile_m, tile_n) = match resolve_variant(gpu, variant, rows, a.n)? {
         Variant::Registers => (&GEMM, "gemm", TILE, TILE),
         Variant::Workgroup => (&GEMM, "gemm_tiled", TILE_WG, TILE_WG),
         Variant::TileWith(t, c) => {
