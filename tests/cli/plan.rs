@@ -149,3 +149,39 @@ fn plan_refuses_references_on_a_text_to_image_model_and_an_unknown_type() {
     let (ok, log) = wgdit(&["plan", "--preset", "qwen-image", "--weights", "q9_k"]);
     assert!(!ok && log.contains("q4_k"), "{log}");
 }
+
+#[test]
+fn plan_train_rank_streams_frozen_blocks_past_the_budget_and_keeps_them_resident_when_they_fit() {
+    let run = |budget: &str| {
+        let (ok, log) = wgdit(&[
+            "plan",
+            "--preset",
+            "qwen-image",
+            "--train-rank",
+            "32",
+            "--weights",
+            "bf16",
+            "--vram-budget",
+            budget,
+            "--json",
+        ]);
+        assert!(ok, "{log}");
+        let v: serde_json::Value = serde_json::from_str(log.lines().find(|l| l.starts_with('{')).unwrap_or(&log))
+            .unwrap_or_else(|e| panic!("{e}: {log}"));
+        v["train"].clone()
+    };
+    let t = run("23.5G");
+    assert_eq!(t["fits"], true, "{t}");
+    let (resident, blocks) = (t["resident_blocks"].as_u64().unwrap(), t["blocks"].as_u64().unwrap());
+    assert!(resident > 0 && resident < blocks, "{t}");
+    assert!(
+        t["streamed_bytes_per_step"].as_u64().unwrap() > 0
+            && t["peak_bytes"].as_u64().unwrap() <= 23 * (1 << 30) + (1 << 29)
+    );
+    let t = run("79.5G");
+    assert_eq!(
+        (t["resident_blocks"].clone(), t["streamed_bytes_per_step"].clone()),
+        (t["blocks"].clone(), 0.into()),
+        "{t}"
+    );
+}

@@ -100,8 +100,15 @@ pub struct TrainPlan {
     pub lora_state_bytes: u64,
     pub activation_bytes: u64,
     pub weight_bytes: u64,
+    /// The peak with every block resident, or with the blocks past the budget streamed (as
+    /// `train --vram-budget` does: twice per step, forward and backward).
     pub peak_bytes: u64,
     pub fits: bool,
+    /// Blocks kept on the GPU (all when no budget is given or everything fits).
+    pub resident_blocks: usize,
+    pub blocks: usize,
+    /// Weight bytes uploaded per optimizer step (batch 1) for the streamed blocks.
+    pub streamed_bytes_per_step: u64,
 }
 
 /// The plan. `fits`, `peak_bytes`, `weight_bytes`, `resident_bytes` and
@@ -414,7 +421,14 @@ pub fn plan(r: &PlanRequest) -> Result<RunPlan> {
     };
     let at = phases.iter().position(|p| p.phase.starts_with("VAE decode")).unwrap_or(phases.len());
     phases.insert(at, loop_phase);
-    let train = r.train_rank.map(|rank| train_plan(cfg, &shape, r.mode, rank, total, r.budget, &wdtype)).transpose()?;
+    // Training computes the modulation inline: each block streams with its modulation weights.
+    let per_block_mod = modulation / n.max(1) as u64;
+    let train_blocks: Vec<u64> = blocks.iter().map(|b| b + per_block_mod).collect();
+    let train_other = total - train_blocks.iter().sum::<u64>();
+    let train = r
+        .train_rank
+        .map(|rank| train_plan(cfg, &shape, r.mode, rank, (&train_blocks, train_other), r.budget, &wdtype))
+        .transpose()?;
     let pre_chosen = chosen.modulation == Modulation::Precompute;
     Ok(RunPlan {
         fits,
@@ -497,10 +511,11 @@ fn train_plan(
     shape: &ForwardShape,
     mode: QkvMode,
     rank: usize,
-    weight_bytes: u64,
+    (block_bytes, other_bytes): (&[u64], u64),
     budget: Option<u64>,
     wdtype: &dyn Fn(&str) -> DType,
 ) -> Result<TrainPlan> {
+    let weight_bytes = other_bytes + block_bytes.iter().sum::<u64>();
     if rank == 0 {
         return Err(Error::input("--train-rank 0: a LoRA has rank 1 or more"));
     }
@@ -517,14 +532,26 @@ fn train_plan(
         .sum();
     let activation_bytes = crate::exec::memory::plan(g).peak_activation_bytes;
     let lora_state_bytes = 4 * 4 * lora_parameters as u64;
-    let peak = weight_bytes + activation_bytes + lora_state_bytes;
+    let fixed = activation_bytes + lora_state_bytes;
+    let n = block_bytes.len();
+    let all = crate::models::qwen_image::residency::residency(block_bytes, other_bytes, fixed, n);
+    let (r, fits) = match budget {
+        None => (all, true),
+        Some(b) => match crate::models::qwen_image::residency::plan_residency(block_bytes, other_bytes, fixed, b) {
+            Ok(r) => (r, true),
+            Err(_) => (all, false),
+        },
+    };
     Ok(TrainPlan {
         rank,
         lora_parameters,
         lora_state_bytes,
         activation_bytes,
         weight_bytes,
-        peak_bytes: peak,
-        fits: budget.is_none_or(|b| peak <= b),
+        peak_bytes: r.peak_bytes,
+        fits,
+        resident_blocks: r.resident_blocks,
+        blocks: n,
+        streamed_bytes_per_step: 2 * r.streamed_bytes_per_forward,
     })
 }

@@ -82,12 +82,22 @@ impl RunPlan {
         };
         if let Some(t) = &self.train {
             s += &format!(
-                "LoRA training, rank {} ({} params), checkpointing: weights {} + activations {} + LoRA/grad/AdamW {} = {}{}\n",
+                "LoRA training, rank {} ({} params), checkpointing: weights {} + activations {} + LoRA/grad/AdamW {}; {} = {}{}\n",
                 t.rank,
                 t.lora_parameters,
                 g(t.weight_bytes),
                 g(t.activation_bytes),
                 g(t.lora_state_bytes),
+                if t.resident_blocks == t.blocks {
+                    "every block resident".to_string()
+                } else {
+                    format!(
+                        "{} of {} blocks resident, {} streamed per step",
+                        t.resident_blocks,
+                        t.blocks,
+                        g(t.streamed_bytes_per_step)
+                    )
+                },
                 g(t.peak_bytes),
                 match (self.budget_bytes, t.fits) {
                     (None, _) => String::new(),
