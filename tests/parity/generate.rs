@@ -187,3 +187,25 @@ fn precomputed_modulation_makes_the_same_picture_as_inline_in_every_qkv_mode() {
         }
     }
 }
+
+#[test]
+fn a_lora_written_by_wgdit_train_makes_the_picture_diffusers_makes_with_load_lora_weights() {
+    // tests/fixtures/train/t2i_lora.case.safetensors (tools/gen_pipeline_lora_fixture.py): the
+    // t2i_cfg case run by diffusers' QwenImagePipeline after `pipe.load_lora_weights(t2i_lora)`.
+    let dir = TempDir::new("generate-lora");
+    let c = CASES.iter().find(|c| c.name == "t2i_cfg").unwrap();
+    let case_file = fixtures().join("train/t2i_lora.case.safetensors");
+    let fx = Fixture::read(&case_file);
+    let (want, base) = (fx.get("image"), fx.get("image_base"));
+    for mode in QkvMode::ALL {
+        let out = dir.path().join(format!("lora-{}.safetensors", mode.name()));
+        let mut o = options(c, &case_file, out.clone());
+        (o.qkv, o.loras) = (mode, vec![(fixtures().join("train/t2i_lora.safetensors"), 1.0)]);
+        generate(&test_gpu(), &o, &mut |_| {}).unwrap();
+        let got = image_of(&out);
+        let (s, moved) = (stats(&got, &want), stats(&got, &base).rel_l2);
+        println!("t2i_cfg + LoRA {}: image rel_l2 {:.2e} (the LoRA moves it by {moved:.3})", mode.name(), s.rel_l2);
+        assert!(s.rel_l2 <= IMAGE_REL_L2, "{mode:?}: image rel_l2 {:.3e} vs diffusers", s.rel_l2);
+        assert!(moved > 1e-2, "{mode:?}: the LoRA moves the picture by only {moved:.2e}");
+    }
+}

@@ -9,6 +9,7 @@ mod cache;
 mod checkpoint;
 mod data;
 mod init;
+mod learns;
 mod lora;
 mod optim;
 mod run;

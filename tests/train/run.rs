@@ -229,3 +229,35 @@ fn the_optimizer_step_is_three_dispatches_whatever_the_number_of_lora_tensors() 
     assert!(counts[1] > 2 * counts[0], "tensor counts {counts:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+#[ignore]
+fn step_time_and_planned_memory_per_mode() {
+    // docs/training.md, "Step time and planned memory per mode": `cargo test --test train -- --ignored
+    // step_time_and_planned_memory_per_mode --nocapture`.
+    let gpu = test_gpu();
+    let dir = std::env::temp_dir().join(format!("wgdit-modes-{}", std::process::id()));
+    let cfg = wgdit::models::qwen_image::DitConfig::from_file(&model_paths("tiny").0.join("config.json")).unwrap();
+    println!("| latents | batch | qkv | checkpointing | ms/step | dispatches/step | peak activations (KiB) |");
+    for hw in [8, 32] {
+        let data = dir.join(format!("data{hw}"));
+        wgdit::train::data::write_synthetic(&data, &cfg, 4, [hw, hw], 5, 3).unwrap();
+        for mode in wgdit::models::qwen_image::QkvMode::ALL {
+            for ckpt in [false, true] {
+                let out = dir.join(format!("out-{hw}-{}-{ckpt}", mode.name()));
+                let mut o = options(&data, &out, 10);
+                (o.qkv, o.checkpointing, o.batch_size) = (mode, ckpt, 4);
+                let r = train(&gpu, &o).unwrap();
+                println!(
+                    "| 4×{hw}×{hw} | 4 | {} | {} | {:.0} | {} | {:.1} |",
+                    mode.name(),
+                    if ckpt { "on" } else { "off" },
+                    r.mean_step_ms,
+                    r.dispatches_per_step,
+                    r.peak_activation_bytes as f64 / 1024.0
+                );
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
