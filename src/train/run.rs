@@ -382,7 +382,7 @@ impl Trainer {
         for _ in 0..accum {
             let batch = self.batcher.next().ok_or_else(|| Error::input("dataset yielded no batch"))?;
             let c = self.dataset.collate(&batch.samples)?;
-            let key = dataset_key(&self.dataset, &batch.samples);
+            let key = c.key(self.dataset.samples[batch.samples[0]].bucket());
             let (l, s) = self.model.micro_batch(&key, &c, &self.sched, &mut self.state.rng, o.sampling)?;
             loss += l / accum as f64;
             sigma += s / accum as f32;
@@ -483,10 +483,6 @@ pub fn train(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<TrainReport> {
     }
     bar.finish();
     t.finish()
-}
-
-fn dataset_key(d: &Dataset, samples: &[usize]) -> ShapeKey {
-    d.samples[samples[0]].shape_key()
 }
 
 fn download_lora(tr: &LoraModel, lora: &mut LoraParams) -> Result<()> {

@@ -264,3 +264,52 @@ fn collate_packs_a_batch_and_puts_references_after_each_target() {
     assert_eq!(fi.hidden[64..96], x_t[32..]);
     assert_eq!(fi.shape().img_shapes, c.img_shapes);
 }
+
+#[test]
+fn padded_prompts_in_one_batch_give_each_sample_its_own_output() {
+    // Prompts of 3, 7 and 5 tokens share a bucket (same latents): one batch, padded to 7 with a
+    // mask; the padded keys get no attention weight, so each sample's prediction equals its
+    // prediction alone (the DiT forward on the tiny model).
+    use wgdit::models::qwen_image::{open::open, runtime::Dit, QkvMode};
+    let dir = tmpdir("train-data-padded");
+    let (mp, _) = crate::diffusers_fixtures::model_paths("tiny");
+    let (cfg, _) = open(&mp, None).unwrap();
+    let mut rng = Rng::new(8);
+    let mut t = |s: usize, mask: Option<Vec<i64>>| {
+        let mut m = BTreeMap::new();
+        m.insert("latents".to_string(), raw(DType::F32, &[4, 8, 6], &mut rng));
+        m.insert("prompt_embeds".to_string(), raw(DType::F32, &[s, cfg.joint_attention_dim], &mut rng));
+        if let Some(v) = mask {
+            m.insert("prompt_mask".to_string(), mask_i64(&v));
+        }
+        m
+    };
+    let samples = vec![
+        ("a.safetensors", t(3, None)),
+        ("b.safetensors", t(7, None)),
+        ("c.safetensors", t(5, Some(vec![1, 1, 1, 1, 0]))),
+    ];
+    write_dataset(&dir, &samples, &[]);
+    let ds = Dataset::open(&dir, &cfg).unwrap();
+    assert_eq!(ds.groups(), vec![vec![0, 1, 2]], "one bucket whatever the prompt lengths");
+    let batch = ds.collate(&[0, 1, 2]).unwrap();
+    assert_eq!(batch.s_txt, 7);
+    let mask = batch.mask.clone().expect("padded prompts carry a mask");
+    assert_eq!(&mask[..7], &[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(&mask[14..], &[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
+    let gpu = wgdit::testing::test_gpu();
+    let (cfg, ckpt) = open(&mp, None).unwrap();
+    let mut dit = Dit::new(&gpu, cfg, Box::new(ckpt), QkvMode::Fused).unwrap();
+    let sigma = [0.3, 0.6, 0.9];
+    let run = |dit: &mut Dit, c: &wgdit::train::data::Collated, t: &[f32]| {
+        let inputs = c.forward_inputs(&c.x0, t);
+        dit.plan(&inputs.shape(), false).unwrap().forward(&inputs).unwrap()
+    };
+    let together = run(&mut dit, &batch, &sigma);
+    let per = together.len() / 3;
+    for i in 0..3 {
+        let alone = run(&mut dit, &ds.collate(&[i]).unwrap(), &sigma[i..i + 1]);
+        let s = wgdit::testing::stats(&together[i * per..(i + 1) * per], &alone);
+        assert!(s.rel_l2 < 1e-5, "sample {i}: padded batch vs alone rel_l2 {:.2e}", s.rel_l2);
+    }
+}

@@ -1,4 +1,5 @@
-//! Seeded, resumable batching of identically shaped samples.
+//! Seeded, resumable batching of the samples of one bucket (equal image shapes; prompts are
+//! padded in `Dataset::collate`).
 
 use super::dataset::Dataset;
 use crate::rng::Rng;
@@ -11,7 +12,7 @@ pub struct BatcherState {
     pub position: usize,
 }
 
-/// One batch: sample indices of identical shapes.
+/// One batch: sample indices of one bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     pub epoch: u64,
@@ -19,7 +20,7 @@ pub struct Batch {
     pub samples: Vec<usize>,
 }
 
-/// Yields batches of up to `max_batch` identically shaped samples. Each epoch shuffles the
+/// Yields batches of up to `max_batch` samples of one bucket. Each epoch shuffles the
 /// samples inside each shape group, cuts the groups into batches and shuffles the batch order,
 /// all from an `Rng` seeded by (seed, epoch) alone, so any (epoch, position) can be resumed.
 #[derive(Clone, Debug)]

@@ -39,9 +39,10 @@ pub struct SampleInfo {
 }
 
 impl SampleInfo {
-    /// Samples with equal keys can share a batch.
-    pub fn shape_key(&self) -> ShapeKey {
-        ShapeKey { latents: self.latents, refs: self.refs.clone(), txt_len: self.txt_len }
+    /// Samples with equal buckets can share a batch: the same target and reference shapes;
+    /// prompts of different lengths are padded to the batch's longest, with a mask.
+    pub fn bucket(&self) -> Bucket {
+        Bucket { latents: self.latents, refs: self.refs.clone() }
     }
     /// diffusers `img_shapes` of this sample: (frames, h/p, w/p) of the target, then of each reference.
     pub fn img_shapes(&self, patch: usize) -> Vec<(usize, usize, usize)> {
@@ -49,11 +50,20 @@ impl SampleInfo {
     }
 }
 
+/// The image shapes a batch shares.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ShapeKey {
+pub struct Bucket {
     pub latents: [usize; 3],
     pub refs: Vec<[usize; 3]>,
+}
+
+/// The full shape of a collated batch (one training plan each): its bucket, the padded prompt
+/// length and the number of samples.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShapeKey {
+    pub bucket: Bucket,
     pub txt_len: usize,
+    pub batch: usize,
 }
 
 /// One sample decoded to f32.
@@ -124,13 +134,13 @@ impl Dataset {
         decode(&SafeFile::open(&info.path)?, info)
     }
 
-    /// Batches of up to `max_batch` samples of identical shapes, in dataset order (groups in the
-    /// order their first sample appears).
+    /// The samples of each bucket, in dataset order (buckets in the order their first sample
+    /// appears).
     pub fn groups(&self) -> Vec<Vec<usize>> {
-        let mut order: Vec<ShapeKey> = Vec::new();
-        let mut by_key: BTreeMap<ShapeKey, Vec<usize>> = BTreeMap::new();
+        let mut order: Vec<Bucket> = Vec::new();
+        let mut by_key: BTreeMap<Bucket, Vec<usize>> = BTreeMap::new();
         for (i, s) in self.samples.iter().enumerate() {
-            let k = s.shape_key();
+            let k = s.bucket();
             if !by_key.contains_key(&k) {
                 order.push(k.clone());
             }
@@ -311,30 +321,35 @@ pub struct Collated {
     pub refs: Vec<f32>,
     /// [B, s_txt, joint_attention_dim]
     pub text: Vec<f32>,
-    /// [B, s_txt], 1 = valid; `None` when no sample of the batch has a mask.
+    /// [B, s_txt], 1 = valid; `None` when no sample of the batch has a mask and every prompt
+    /// has the batch's length (shorter prompts are padded with zero rows, masked out).
     pub mask: Option<Vec<f32>>,
     /// diffusers `img_shapes` (frames, h/p, w/p): target first, then each reference.
     pub img_shapes: Vec<[usize; 3]>,
 }
 
 impl Dataset {
-    /// Loads and packs the samples of one batch (all of one shape group).
+    /// Loads and packs the samples of one batch (all of one bucket), prompts padded to the
+    /// longest with a mask (the padded keys get no attention weight, so each sample's output is
+    /// its output alone: `padded_prompts_in_one_batch_give_each_sample_its_own_output`).
     pub fn collate(&self, samples: &[usize]) -> Result<Collated> {
         assert!(!samples.is_empty(), "collate: empty batch");
         let info = &self.samples[samples[0]];
-        let key = info.shape_key();
-        assert!(samples.iter().all(|&i| self.samples[i].shape_key() == key), "collate: mixed shapes in a batch");
+        let key = info.bucket();
+        assert!(samples.iter().all(|&i| self.samples[i].bucket() == key), "collate: mixed buckets in a batch");
+        let s_txt = samples.iter().map(|&i| self.samples[i].txt_len).max().expect("cannot fail: not empty");
+        let padded = samples.iter().any(|&i| self.samples[i].txt_len != s_txt);
         let p = self.patch_size;
         let tokens = |s: &[usize; 3]| (s[1] / p) * (s[2] / p);
         let mut c = Collated {
             batch: samples.len(),
             s_target: tokens(&info.latents),
             s_ref: info.refs.iter().map(tokens).sum(),
-            s_txt: info.txt_len,
+            s_txt,
             x0: Vec::new(),
             refs: Vec::new(),
             text: Vec::new(),
-            mask: samples.iter().any(|&i| self.samples[i].has_mask).then(Vec::new),
+            mask: (padded || samples.iter().any(|&i| self.samples[i].has_mask)).then(Vec::new),
             img_shapes: info.img_shapes(p).into_iter().map(|(f, h, w)| [f, h, w]).collect(),
         };
         for &i in samples {
@@ -343,9 +358,12 @@ impl Dataset {
             for (r, shape) in s.refs.iter().zip(&info.refs) {
                 c.refs.extend(pack(r, *shape, p));
             }
+            let len = s.prompt_mask.len();
             c.text.extend_from_slice(&s.prompt_embeds);
+            c.text.resize(c.text.len() + (s_txt - len) * (s.prompt_embeds.len() / len.max(1)), 0.0);
             if let Some(m) = c.mask.as_mut() {
                 m.extend(s.prompt_mask.iter().map(|&v| v as u8 as f32));
+                m.resize(m.len() + s_txt - len, 0.0);
             }
         }
         Ok(c)
@@ -353,6 +371,11 @@ impl Dataset {
 }
 
 impl Collated {
+    /// The shape of this batch (one training plan per key).
+    pub fn key(&self, bucket: Bucket) -> ShapeKey {
+        ShapeKey { bucket, txt_len: self.s_txt, batch: self.batch }
+    }
+
     /// The model inputs for noisy targets `x_t` [B, s_target, in_channels] at `timestep` [B]
     /// (σ in [0, 1], i.e. DiffSynth's t / 1000): per sample, the target tokens then the reference tokens.
     pub fn forward_inputs(&self, x_t: &[f32], timestep: &[f32]) -> crate::pipeline::inputs::ForwardInputs {
