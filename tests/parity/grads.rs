@@ -193,3 +193,57 @@ fn lora_gradients_in_mixed_precision_stay_within_f16_rounding_of_autograd() {
         }
     }
 }
+
+#[test]
+fn edit_2511_training_keeps_zero_cond_t_matches_diffusers_forward_and_trains_on_the_target_tokens() {
+    // Edit-pair training on an Edit-2511 model (zero_cond_t): the training graph's forward, with
+    // a fresh LoRA (B = 0), is diffusers' forward on the same target + reference tokens; and a
+    // loss gradient on the target rows only (the trainer's loss) reaches the LoRA (finite,
+    // nonzero dB).
+    let gpu = test_gpu();
+    let inputs_file = fixtures().join("dit/cases/zero_cond_t.inputs.safetensors");
+    let fx_in = Fixture::read(&inputs_file);
+    let (mp, cp) = model_paths(&fx_in.meta("model"));
+    let (cfg, ckpt) = open(&mp, cp.as_deref()).unwrap();
+    assert!(cfg.zero_cond_t, "the fixture model is an Edit-2511 config");
+    let inputs = ForwardInputs::from_file(&inputs_file, &cfg).unwrap();
+    assert!(inputs.img_shapes.len() > inputs.batch, "references are appended after the target");
+    let want = Fixture::read(&fixtures().join("dit/cases/zero_cond_t.expected.safetensors")).get("output");
+    let modules = wgdit::models::qwen_image::bench::diffsynth_modules(&cfg);
+    let train = TrainLora { modules, rank: 2, scale: 1.0, checkpointing: false };
+    let mut dit = Dit::new(&gpu, cfg.clone(), Box::new(ckpt), QkvMode::Fused).unwrap();
+    let tg = training::build(&dit, &inputs.shape(), &train);
+    let mut rng = Rng::new(4);
+    let mut extra = HashMap::new();
+    for (_, a, b) in &tg.fg.trainable {
+        let (sa, sb) = (tg.fg.graph.shape(*a).to_vec(), tg.fg.graph.shape(*b).to_vec());
+        let av = rng.vec_uniform(sa.iter().product(), -0.5, 0.5);
+        extra.insert(*a, Tensor::from_f32(&gpu, &av, &sa, DType::F32, "A").unwrap());
+        extra.insert(*b, Tensor::zeros(&gpu, &sb, DType::F32, "B").unwrap());
+    }
+    let (grads, d_out) = (tg.grads.clone(), tg.d_output);
+    zero_grads(&gpu, &tg, &mut extra);
+    let plan = dit.plan_graph(tg.fg, extra).unwrap();
+    plan.write_inputs(&inputs);
+    // dL/d(output) on the target tokens only, as the trainer's loss: reference rows get zero.
+    let tokens: Vec<usize> = inputs.img_shapes.iter().map(|s| s[0] * s[1] * s[2]).collect();
+    let (s_target, s_img): (usize, usize) = (tokens[0], tokens.iter().sum());
+    let f = cfg.out_features();
+    let mut dy = vec![0.0; inputs.batch * inputs.s_txt * f];
+    for _ in 0..inputs.batch {
+        dy.extend(rng.vec_uniform(s_target * f, -1.0, 1.0));
+        dy.extend(std::iter::repeat_n(0.0, (s_img - s_target) * f));
+    }
+    plan.plan.write_input(d_out, &dy);
+    plan.submit().unwrap();
+    let out = plan.image_rows(plan.graph.output).unwrap();
+    let s = stats(&out[..want.len()], &want);
+    assert!(s.rel_l2 <= REL_L2, "training forward with zero_cond_t vs diffusers: rel_l2 {:.3e}", s.rel_l2);
+    let mut nonzero = 0;
+    for (m, _, db) in &grads {
+        let g = plan.plan.read(*db).unwrap();
+        assert!(g.iter().all(|v| v.is_finite()), "{m}: non-finite dB");
+        nonzero += g.iter().any(|v| *v != 0.0) as usize;
+    }
+    assert!(nonzero > grads.len() / 2, "only {nonzero} of {} LoRA B gradients are nonzero", grads.len());
+}
