@@ -55,17 +55,6 @@ var<workgroup> v_tile: array<vec4<f32>, TILE>;
 var<workgroup> key_ok: array<f32, MAX_BK>; // 1 valid key, 0 masked or past the end
 
 // Row of token s of sample b in the stream-major joint layout.
-fn joint_row(b: u32, s: u32) -> u32 {
-    if (s < p.s_txt) { return b * p.s_txt + s; }
-    return p.batch * p.s_txt + b * p.s_img + (s - p.s_txt);
-}
-
-fn key_valid(b: u32, j: u32, s_all: u32) -> f32 {
-    if (j >= s_all) { return 0.0; }
-    if (p.has_mask != 0u && j < p.s_txt && mask[b * p.s_txt + j] == 0.0) { return 0.0; }
-    return 1.0;
-}
-
 // [start, end) of the segment holding joint position i: bounds[t] <= i < bounds[t + 1] found by binary
 // search for the last t < segments with bounds[t] <= i; the whole sequence without segments. Clamped
 // to S (boundaries that break the contract give wrong but in-bounds ranges).

@@ -50,17 +50,6 @@ var<workgroup> tile_b: array<vec4<f32>, TILE>; // dq pass: V rows;  dkdv pass: d
 var<workgroup> row_a: array<f32, MAX_BK>;      // dq pass: key valid (1/0);  dkdv pass: lse
 var<workgroup> row_b: array<f32, MAX_BK>;      // dkdv pass: D
 
-fn joint_row(b: u32, s: u32) -> u32 {
-    if (s < p.s_txt) { return b * p.s_txt + s; }
-    return p.batch * p.s_txt + b * p.s_img + (s - p.s_txt);
-}
-
-fn key_valid(b: u32, j: u32, s_all: u32) -> f32 {
-    if (j >= s_all) { return 0.0; }
-    if (p.has_mask != 0u && j < p.s_txt && mask[b * p.s_txt + j] == 0.0) { return 0.0; }
-    return 1.0;
-}
-
 // First vec4 of (b, h, token s) in the stream-major O / dO buffers.
 fn joint_index(b: u32, h: u32, s: u32) -> u32 {
     return (joint_row(b, s) * p.heads + h) * DH4;

@@ -67,17 +67,6 @@ var<workgroup> key_ok: array<f32, BC>;                  // 1 valid key, 0 masked
 var<workgroup> row_alpha: array<f32, BR>;               // exp(m_old − m_new) of this tile; at the end 1/l
 var<workgroup> head_amax: atomic<u32>;                  // f32 bits of max |V| over the K/V head
 
-fn joint_row(b: u32, s: u32) -> u32 {
-    if (s < p.s_txt) { return b * p.s_txt + s; }
-    return p.batch * p.s_txt + b * p.s_img + (s - p.s_txt);
-}
-
-fn key_valid(b: u32, j: u32, s_all: u32) -> f32 {
-    if (j >= s_all) { return 0.0; }
-    if (p.has_mask != 0u && j < p.s_txt && mask[b * p.s_txt + j] == 0.0) { return 0.0; }
-    return 1.0;
-}
-
 // s_v of the K/V head at row `kv_base`: coalesced reads of its S·DH values, one atomicMax per
 // invocation (non-negative f32 bits order as u32).
 fn v_shift(kv_base: u32, s_all: u32, lix: u32) -> i32 {
