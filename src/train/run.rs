@@ -75,6 +75,8 @@ pub struct TrainOptions {
     /// Device memory the frozen DiT may plan within (`--vram-budget`; `None`: the adapter's):
     /// blocks past the budget stream, twice per step (forward and backward).
     pub vram_budget: Option<u64>,
+    /// `--sample-every` and the other `--sample-*` flags (`train::samples`; `None`: no samples).
+    pub samples: Option<super::samples::SampleOptions>,
 }
 
 impl TrainOptions {
@@ -114,6 +116,7 @@ impl TrainOptions {
             resume_override: Vec::new(),
             allow_nonfinite: false,
             vram_budget: None,
+            samples: None,
         }
     }
 
@@ -271,6 +274,9 @@ impl Trainer {
     pub fn new(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<Trainer> {
         check_options(o)?;
         check_train_paths(o)?;
+        if let Some(s) = &o.samples {
+            super::samples::check(&o.model, s)?;
+        }
         let (cfg, base) = open_base(&o.model, o.config.as_deref(), &o.preset_loras)?;
         let dataset = Dataset::open(&o.data, &cfg)?;
         if dataset.is_empty() {
@@ -340,7 +346,7 @@ impl Trainer {
         let loss_path = o.output.join("loss.csv");
         let log =
             if resumed.is_some() { LossLog::resume(&loss_path, state.step)? } else { LossLog::create(&loss_path)? };
-        Ok(Trainer {
+        let mut t = Trainer {
             o: o.clone(),
             model,
             dataset,
@@ -354,7 +360,29 @@ impl Trainer {
             losses: Vec::new(),
             total_ms: 0.0,
             _lock: lock,
-        })
+        };
+        if t.state.step == 0 {
+            t.sample_if_due()?;
+        }
+        Ok(t)
+    }
+
+    /// Draws the `--sample-every` pictures of the current step when one is due.
+    fn sample_if_due(&mut self) -> Result<()> {
+        let Some(s) = self.o.samples.as_ref().filter(|s| s.due(self.state.step, self.o.steps)) else {
+            return Ok(());
+        };
+        download_lora(&self.model, &mut self.lora)?;
+        let o = &self.o;
+        let run = super::samples::SampleRun {
+            model: &o.model,
+            output: &o.output,
+            step: self.state.step,
+            presets: &o.preset_loras,
+            vram_budget: o.vram_budget,
+            qkv: o.qkv,
+        };
+        super::samples::draw(&self.model.gpu, s, &self.lora, &run).map(|_| ())
     }
 
     /// The optimizer (its dispatch count: `AdamW::dispatches`).
@@ -415,6 +443,7 @@ impl Trainer {
             save_checkpoint(&self.model, &self.adamw, &mut self.lora, &self.state, o)?;
             self.write_plot()?;
         }
+        self.sample_if_due()?;
         Ok(StepReport { step, loss, sigma, lr, ms })
     }
 

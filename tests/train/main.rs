@@ -12,4 +12,5 @@ mod init;
 mod lora;
 mod optim;
 mod run;
+mod samples;
 mod schedule;
