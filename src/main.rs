@@ -1462,6 +1462,9 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
         r.peak_activation_bytes as f64 / 1048576.0,
         gpu.info().name
     );
+    if o.samples.is_some() {
+        eprintln!("samples in {}", o.output.join(wgdit::train::samples::SAMPLES_DIR).display());
+    }
     print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
 }
