@@ -9,7 +9,7 @@
 
 use super::checkpoint::{checkpoint_dir, Checkpoint, LossLog, LossRow, TrainState};
 pub use super::checks::nothing_left;
-use super::checks::{check_lora_finite, check_options, check_resume, check_train_paths, last_good};
+use super::checks::{check_lora_finite, check_options, check_resume, check_train_paths, hyper_json, last_good};
 use super::data::{Batcher, Collated, Dataset, ShapeKey};
 use super::lora::{parse_targets, select, LoraConfig, LoraParams};
 use super::optim::{AdamW, AdamWOptions, LrSchedule};
@@ -452,7 +452,7 @@ impl Trainer {
         super::plot::write_loss_svg(
             &self.o.output.join(super::plot::PLOT_FILE),
             self.log.points(),
-            &plot_title(&self.o),
+            &super::plot::title(&self.o),
         )
     }
 
@@ -542,35 +542,6 @@ fn save_checkpoint(
     let dir = c.save(out)?;
     debug_assert_eq!(dir, checkpoint_dir(out, state.step));
     Ok(())
-}
-
-fn hyper_json(o: &TrainOptions) -> serde_json::Value {
-    let mut h = serde_json::json!({
-        "lr": o.lr, "weight_decay": o.weight_decay, "warmup": o.warmup, "batch_size": o.batch_size,
-        "grad_accum": o.grad_accum, "seed": o.seed, "qkv": o.qkv.name(), "checkpointing": o.checkpointing,
-        "sampling": format!("{:?}", o.sampling), "max_grad_norm": o.max_grad_norm,
-        "lr_schedule": o.lr_schedule, "adam_beta1": o.adam_beta1, "adam_beta2": o.adam_beta2, "adam_eps": o.adam_eps,
-    });
-    // A decaying schedule depends on the run's length: a resume with another --steps changes it.
-    if matches!(o.schedule(), Some(LrSchedule::Linear { .. } | LrSchedule::Cosine { .. })) {
-        h["lr_decay_steps"] = o.steps.into();
-    }
-    // The base the LoRA trains on; recorded only when there is one (older checkpoints have none).
-    if !o.preset_loras.is_empty() {
-        let files: Vec<String> = o.preset_loras.iter().map(|(p, s)| format!("{}:{s}", p.display())).collect();
-        h["preset_loras"] = files.into();
-    }
-    h
-}
-
-/// The run's key settings, for the loss plot's title.
-fn plot_title(o: &TrainOptions) -> String {
-    let warmup = if o.warmup > 0 { format!(", warmup {}", o.warmup) } else { String::new() };
-    let targets = super::lora::parse_targets(&o.targets).len();
-    format!(
-        "wgdit train: rank {}, alpha {}, lr {:e} {}{warmup}, batch {}×{}, {targets} target patterns, {:?} σ, {} steps",
-        o.rank, o.alpha, o.lr, o.lr_schedule, o.batch_size, o.grad_accum, o.sampling, o.steps
-    )
 }
 
 fn progress_bar(show: bool, steps: u64, done: u64) -> indicatif::ProgressBar {
