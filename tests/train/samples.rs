@@ -79,6 +79,27 @@ fn sample_settings_that_cannot_work_are_refused_before_training() {
     refused(&TrainOptions { model: bare, ..good.clone() }, "text_encoder/ and tokenizer/");
     let mut with_image = sampling(1, &["A cat"]);
     with_image.images.push(dir.join("x.png"));
-    refused(&TrainOptions { samples: Some(with_image), ..good }, "takes no --sample-image");
+    refused(&TrainOptions { samples: Some(with_image), ..good.clone() }, "takes no --sample-image");
+    let edit = text_pipeline("edit-plus").unwrap();
+    refused(&TrainOptions { model: edit, ..good }, "needs at least one --sample-image");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Slow on lavapipe (~6 min): the references are sized to `generate`'s 1024² area before the
+/// VAE encode and the vision tower, whatever `--sample-size` is.
+#[test]
+#[ignore]
+fn an_edit_pipeline_samples_with_its_reference_image() {
+    let gpu = test_gpu();
+    let dir = std::env::temp_dir().join(format!("wgdit-samples-edit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut s = sampling(1, &["Make it red"]);
+    s.images.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline/inputs/ref_a.png"));
+    let mut o = options(&dir, 1, s);
+    o.model = text_pipeline("edit-plus").unwrap();
+    train(&gpu, &o).unwrap();
+    for step in [0, 1] {
+        pixels(&sample_path(&o.output, step, 0), (32, 16));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
