@@ -700,6 +700,15 @@ fn parse_hw(s: &str) -> Result<(usize, usize), String> {
     }
 }
 
+/// A picture size `WxH` (or `N` for N×N), width first.
+fn parse_wh(s: &str) -> Result<(u32, u32), String> {
+    let num = |t: &str| t.trim().parse::<u32>().ok().filter(|&n| n > 0).ok_or(format!("`{s}`: expected WxH or N"));
+    match s.split_once(['x', 'X']) {
+        Some((w, h)) => Ok((num(w)?, num(h)?)),
+        None => num(s).map(|n| (n, n)),
+    }
+}
+
 /// `wgdit convert`: see docs/convert.md.
 #[derive(Args)]
 struct ForwardArgs {
@@ -834,6 +843,50 @@ struct TrainArgs {
     /// Default: the adapter's memory less a margin (or WGDIT_VRAM_BUDGET).
     #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
     vram_budget: Option<u64>,
+    #[command(flatten)]
+    samples: SampleArgs,
+}
+
+/// `train --sample-*`: pictures with the LoRA as it learns (docs/training.md, "Sample images").
+#[derive(Args)]
+struct SampleArgs {
+    /// Every K optimizer steps (and at step 0 and the last step) draw one picture per
+    /// --sample-prompt with the current LoRA into <output>/samples/step-<step:06>-<i>.png.
+    /// --model must be a pipeline folder with text_encoder/ and tokenizer/; the samples load a
+    /// second DiT copy (streamed within --vram-budget).
+    #[arg(long, value_name = "K")]
+    sample_every: Option<u64>,
+    /// A prompt to draw (repeatable: one picture each).
+    #[arg(long, value_name = "TEXT")]
+    sample_prompt: Vec<String>,
+    /// Reference image of an Edit pipeline, as `generate --image` (repeatable).
+    #[arg(long, value_name = "FILE")]
+    sample_image: Vec<PathBuf>,
+    /// Denoising steps of each sample.
+    #[arg(long, value_name = "N", default_value_t = wgdit::train::samples::DEFAULT_SAMPLE_STEPS)]
+    sample_steps: usize,
+    /// Sample size in pixels, `WxH` or `N` (default: the pipeline's, or the references').
+    #[arg(long, value_name = "WxH", value_parser = parse_wh)]
+    sample_size: Option<(u32, u32)>,
+    /// Seed of every sample's noise (the same at every step, so pictures compare).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    sample_seed: u64,
+}
+
+impl SampleArgs {
+    /// The options, or an error when --sample-* flags come without --sample-every.
+    fn options(self) -> wgdit::Result<Option<wgdit::train::samples::SampleOptions>> {
+        let Some(every) = self.sample_every else {
+            if !self.sample_prompt.is_empty() || !self.sample_image.is_empty() || self.sample_size.is_some() {
+                return Err(wgdit::Error::input("--sample-prompt/--sample-image/--sample-size need --sample-every K"));
+            }
+            return Ok(None);
+        };
+        let mut s = wgdit::train::samples::SampleOptions::new(every, self.sample_prompt);
+        (s.images, s.steps, s.size, s.seed) =
+            (self.sample_image, self.sample_steps, self.sample_size, self.sample_seed);
+        Ok(Some(s))
+    }
 }
 
 #[derive(Subcommand)]
@@ -1392,6 +1445,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     (o.lr_schedule, o.adam_beta1, o.adam_beta2, o.adam_eps) = (a.lr_schedule, a.adam_beta1, a.adam_beta2, a.adam_eps);
     o.format = a.format.format().lora();
     (o.resume_override, o.allow_nonfinite, o.vram_budget) = (a.resume_override, a.allow_nonfinite, a.vram_budget);
+    o.samples = a.samples.options()?;
     o.progress = true;
     let r = train(&gpu, &o)?;
     if let (Some(step), Some(dir)) = (r.up_to_date, &o.resume) {
@@ -1408,6 +1462,9 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
         r.peak_activation_bytes as f64 / 1048576.0,
         gpu.info().name
     );
+    if o.samples.is_some() {
+        eprintln!("samples in {}", o.output.join(wgdit::train::samples::SAMPLES_DIR).display());
+    }
     print_streaming(r.stream.iter(), a.vram_budget.is_some());
     Ok(())
 }

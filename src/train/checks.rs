@@ -172,3 +172,23 @@ pub(super) fn check_lora_finite(lora: &LoraParams, o: &TrainOptions) -> Result<(
     }
     Ok(())
 }
+
+/// The hyper-parameters a run records in `state.json` and a resume compares.
+pub(super) fn hyper_json(o: &TrainOptions) -> serde_json::Value {
+    let mut h = serde_json::json!({
+        "lr": o.lr, "weight_decay": o.weight_decay, "warmup": o.warmup, "batch_size": o.batch_size,
+        "grad_accum": o.grad_accum, "seed": o.seed, "qkv": o.qkv.name(), "checkpointing": o.checkpointing,
+        "sampling": format!("{:?}", o.sampling), "max_grad_norm": o.max_grad_norm,
+        "lr_schedule": o.lr_schedule, "adam_beta1": o.adam_beta1, "adam_beta2": o.adam_beta2, "adam_eps": o.adam_eps,
+    });
+    // A decaying schedule depends on the run's length: a resume with another --steps changes it.
+    if matches!(o.schedule(), Some(super::optim::LrSchedule::Linear { .. } | super::optim::LrSchedule::Cosine { .. })) {
+        h["lr_decay_steps"] = o.steps.into();
+    }
+    // The base the LoRA trains on; recorded only when there is one (older checkpoints have none).
+    if !o.preset_loras.is_empty() {
+        let files: Vec<String> = o.preset_loras.iter().map(|(p, s)| format!("{}:{s}", p.display())).collect();
+        h["preset_loras"] = files.into();
+    }
+    h
+}

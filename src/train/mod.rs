@@ -8,6 +8,7 @@
 //! - [`checkpoint`]: atomic `checkpoint-<step>/` folders and `loss.csv`;
 //! - [`preset`]: `--preset-lora`, LoRAs folded into the frozen base's weights;
 //! - [`plot`]: `loss.svg`, the loss curve (raw and smoothed) rewritten at each save;
+//! - [`samples`]: `--sample-every`, pictures with the LoRA of a step (`pipeline::generate`);
 //! - [`checks`]: flag ranges, outputs against inputs, a resume against its checkpoint, finite results;
 //! - [`run`]: `Trainer::{new, step, finish}`, the run of `wgdit train` step by step, and `train`.
 
@@ -20,4 +21,5 @@ pub mod optim;
 pub mod plot;
 pub mod preset;
 pub mod run;
+pub mod samples;
 pub mod schedule;

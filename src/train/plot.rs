@@ -137,6 +137,16 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// The run's key settings, for the loss plot's title.
+pub(super) fn title(o: &super::run::TrainOptions) -> String {
+    let warmup = if o.warmup > 0 { format!(", warmup {}", o.warmup) } else { String::new() };
+    let targets = super::lora::parse_targets(&o.targets).len();
+    format!(
+        "wgdit train: rank {}, alpha {}, lr {:e} {}{warmup}, batch {}×{}, {targets} target patterns, {:?} σ, {} steps",
+        o.rank, o.alpha, o.lr, o.lr_schedule, o.batch_size, o.grad_accum, o.sampling, o.steps
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 
 use super::checkpoint::{checkpoint_dir, Checkpoint, LossLog, LossRow, TrainState};
 pub use super::checks::nothing_left;
-use super::checks::{check_lora_finite, check_options, check_resume, check_train_paths, last_good};
+use super::checks::{check_lora_finite, check_options, check_resume, check_train_paths, hyper_json, last_good};
 use super::data::{Batcher, Collated, Dataset, ShapeKey};
 use super::lora::{parse_targets, select, LoraConfig, LoraParams};
 use super::optim::{AdamW, AdamWOptions, LrSchedule};
@@ -75,6 +75,8 @@ pub struct TrainOptions {
     /// Device memory the frozen DiT may plan within (`--vram-budget`; `None`: the adapter's):
     /// blocks past the budget stream, twice per step (forward and backward).
     pub vram_budget: Option<u64>,
+    /// `--sample-every` and the other `--sample-*` flags (`train::samples`; `None`: no samples).
+    pub samples: Option<super::samples::SampleOptions>,
 }
 
 impl TrainOptions {
@@ -114,6 +116,7 @@ impl TrainOptions {
             resume_override: Vec::new(),
             allow_nonfinite: false,
             vram_budget: None,
+            samples: None,
         }
     }
 
@@ -271,6 +274,9 @@ impl Trainer {
     pub fn new(gpu: &Arc<Gpu>, o: &TrainOptions) -> Result<Trainer> {
         check_options(o)?;
         check_train_paths(o)?;
+        if let Some(s) = &o.samples {
+            super::samples::check(&o.model, s)?;
+        }
         let (cfg, base) = open_base(&o.model, o.config.as_deref(), &o.preset_loras)?;
         let dataset = Dataset::open(&o.data, &cfg)?;
         if dataset.is_empty() {
@@ -340,7 +346,7 @@ impl Trainer {
         let loss_path = o.output.join("loss.csv");
         let log =
             if resumed.is_some() { LossLog::resume(&loss_path, state.step)? } else { LossLog::create(&loss_path)? };
-        Ok(Trainer {
+        let mut t = Trainer {
             o: o.clone(),
             model,
             dataset,
@@ -354,7 +360,29 @@ impl Trainer {
             losses: Vec::new(),
             total_ms: 0.0,
             _lock: lock,
-        })
+        };
+        if t.state.step == 0 {
+            t.sample_if_due()?;
+        }
+        Ok(t)
+    }
+
+    /// Draws the `--sample-every` pictures of the current step when one is due.
+    fn sample_if_due(&mut self) -> Result<()> {
+        let Some(s) = self.o.samples.as_ref().filter(|s| s.due(self.state.step, self.o.steps)) else {
+            return Ok(());
+        };
+        download_lora(&self.model, &mut self.lora)?;
+        let o = &self.o;
+        let run = super::samples::SampleRun {
+            model: &o.model,
+            output: &o.output,
+            step: self.state.step,
+            presets: &o.preset_loras,
+            vram_budget: o.vram_budget,
+            qkv: o.qkv,
+        };
+        super::samples::draw(&self.model.gpu, s, &self.lora, &run).map(|_| ())
     }
 
     /// The optimizer (its dispatch count: `AdamW::dispatches`).
@@ -415,6 +443,7 @@ impl Trainer {
             save_checkpoint(&self.model, &self.adamw, &mut self.lora, &self.state, o)?;
             self.write_plot()?;
         }
+        self.sample_if_due()?;
         Ok(StepReport { step, loss, sigma, lr, ms })
     }
 
@@ -423,7 +452,7 @@ impl Trainer {
         super::plot::write_loss_svg(
             &self.o.output.join(super::plot::PLOT_FILE),
             self.log.points(),
-            &plot_title(&self.o),
+            &super::plot::title(&self.o),
         )
     }
 
@@ -509,35 +538,6 @@ fn save_checkpoint(
     let dir = c.save(out)?;
     debug_assert_eq!(dir, checkpoint_dir(out, state.step));
     Ok(())
-}
-
-fn hyper_json(o: &TrainOptions) -> serde_json::Value {
-    let mut h = serde_json::json!({
-        "lr": o.lr, "weight_decay": o.weight_decay, "warmup": o.warmup, "batch_size": o.batch_size,
-        "grad_accum": o.grad_accum, "seed": o.seed, "qkv": o.qkv.name(), "checkpointing": o.checkpointing,
-        "sampling": format!("{:?}", o.sampling), "max_grad_norm": o.max_grad_norm,
-        "lr_schedule": o.lr_schedule, "adam_beta1": o.adam_beta1, "adam_beta2": o.adam_beta2, "adam_eps": o.adam_eps,
-    });
-    // A decaying schedule depends on the run's length: a resume with another --steps changes it.
-    if matches!(o.schedule(), Some(LrSchedule::Linear { .. } | LrSchedule::Cosine { .. })) {
-        h["lr_decay_steps"] = o.steps.into();
-    }
-    // The base the LoRA trains on; recorded only when there is one (older checkpoints have none).
-    if !o.preset_loras.is_empty() {
-        let files: Vec<String> = o.preset_loras.iter().map(|(p, s)| format!("{}:{s}", p.display())).collect();
-        h["preset_loras"] = files.into();
-    }
-    h
-}
-
-/// The run's key settings, for the loss plot's title.
-fn plot_title(o: &TrainOptions) -> String {
-    let warmup = if o.warmup > 0 { format!(", warmup {}", o.warmup) } else { String::new() };
-    let targets = super::lora::parse_targets(&o.targets).len();
-    format!(
-        "wgdit train: rank {}, alpha {}, lr {:e} {}{warmup}, batch {}×{}, {targets} target patterns, {:?} σ, {} steps",
-        o.rank, o.alpha, o.lr, o.lr_schedule, o.batch_size, o.grad_accum, o.sampling, o.steps
-    )
 }
 
 fn progress_bar(show: bool, steps: u64, done: u64) -> indicatif::ProgressBar {

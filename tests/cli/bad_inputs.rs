@@ -372,6 +372,11 @@ fn train_refuses_bad_hyper_parameters_and_bad_samples_before_writing() {
         &[&out.join("lora.safetensors")],
         "ref_latents.00",
     );
+    // --sample-every: a prompt, and a pipeline folder (this model is a transformer folder).
+    let with = |extra: &[&'static str]| [&train(s(&model), s(&data), s(&out), "1")[..], extra].concat();
+    refused(&with(&["--sample-every", "1"]), &[&model, &data], &[&out], "--sample-prompt");
+    refused(&with(&["--sample-every", "1", "--sample-prompt", "x"]), &[&model, &data], &[&out], "model_index.json");
+    refused(&with(&["--sample-prompt", "x"]), &[&model, &data], &[&out], "need --sample-every");
 }
 
 fn first_sample(data: &Path) -> String {

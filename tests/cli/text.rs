@@ -123,3 +123,23 @@ fn a_single_file_text_encoder_replaces_the_folders_and_without_a_config_is_check
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the same embeddings file");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn train_with_sample_every_draws_pictures_of_the_requested_size_at_each_due_step() {
+    let folder = text_pipeline("t2i").unwrap();
+    let (data, out) = (tmp("sample-data"), tmp("sample-out"));
+    let cfg = wgdit::models::qwen_image::DitConfig::from_file(&folder.join("transformer/config.json")).unwrap();
+    wgdit::train::data::write_synthetic(&data, &cfg, 1, [8, 8], 5, 3).unwrap();
+    let args = ["train", "--model", s(&folder), "--data", s(&data), "--output", s(&out), "--steps", "1"];
+    let samples = ["--rank", "4", "--sample-every", "1", "--sample-prompt", "A cat", "--sample-steps", "2"];
+    let (ok, log) = wgdit(&[&args[..], &samples[..], &["--sample-size", "24x16", "--sample-seed", "5"]].concat());
+    assert!(ok && log.contains("samples in"), "{log}");
+    for step in ["000000", "000001"] {
+        let p = out.join(format!("samples/step-{step}-0.png"));
+        let img = image::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!((img.width(), img.height()), (24, 16), "--sample-size is WxH");
+    }
+    for p in [data, out] {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}

@@ -13,4 +13,5 @@ mod learns;
 mod lora;
 mod optim;
 mod run;
+mod samples;
 mod schedule;

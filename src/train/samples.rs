@@ -1,0 +1,136 @@
+//! `--sample-every K`: pictures made with the LoRA as it is at steps 0, K, 2K, … and the last
+//! step, so a user sees it learn (docs/training.md, "Sample images").
+//!
+//! Each sample is one `pipeline::generate` run of the `--model` pipeline folder with a fixed
+//! seed, the run's `--preset-lora`s and the current LoRA at strength 1, written (atomically, as
+//! every `generate` output) to `<output>/samples/step-<step:06>-<i>.png`. The LoRA is exported
+//! to a temporary file in `samples/` for the run and removed after. `generate` opens its own
+//! text encoder, DiT and VAE beside the trainer's DiT (under the run's `--vram-budget`), and
+//! releases them on return. Samples never touch the trainer's state, so they do not affect the
+//! training, and a resume may change them freely.
+
+use super::lora::LoraParams;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::pipeline::folder::PipelineFolder;
+use crate::pipeline::generate::{generate, GenerateOptions, Noise, Prompt};
+use crate::weights::lora::LoraFormat;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Default denoising steps of a sample (fewer than `generate`'s 50: samples are previews).
+pub const DEFAULT_SAMPLE_STEPS: usize = 20;
+/// The folder under `--output` the samples go to.
+pub const SAMPLES_DIR: &str = "samples";
+
+/// `--sample-*`: what to draw and how often.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleOptions {
+    /// Every this many optimizer steps (and at step 0 and the last step).
+    pub every: u64,
+    /// One picture per prompt.
+    pub prompts: Vec<String>,
+    /// Reference images of an Edit pipeline (as `generate --image`).
+    pub images: Vec<PathBuf>,
+    pub steps: usize,
+    /// `--sample-size WxH` (`None`: the pipeline's default, or the references' for Edit).
+    pub size: Option<(u32, u32)>,
+    pub seed: u64,
+}
+
+impl SampleOptions {
+    /// Samples every `every` steps of `prompts`, with the defaults (20 steps, seed 0).
+    pub fn new(every: u64, prompts: Vec<String>) -> SampleOptions {
+        SampleOptions { every, prompts, images: Vec::new(), steps: DEFAULT_SAMPLE_STEPS, size: None, seed: 0 }
+    }
+
+    /// Whether a sample is due after `step` of a run of `total` steps.
+    pub fn due(&self, step: u64, total: u64) -> bool {
+        step == 0 || step == total || (self.every > 0 && step % self.every == 0)
+    }
+}
+
+/// `<output>/samples/step-<step:06>-<i>.png`.
+pub fn sample_path(output: &Path, step: u64, i: usize) -> PathBuf {
+    output.join(SAMPLES_DIR).join(format!("step-{step:06}-{i}.png"))
+}
+
+/// Refuses sample settings that cannot work, before training starts: no prompt, K = 0, no
+/// sample steps, or a `--model` that is not a pipeline folder with a text encoder and tokenizer.
+pub fn check(model: &Path, s: &SampleOptions) -> Result<()> {
+    if s.every == 0 {
+        return Err(Error::input("--sample-every 0: must be at least 1 (leave it out for no samples)"));
+    }
+    if s.prompts.is_empty() {
+        return Err(Error::input("--sample-every needs at least one --sample-prompt TEXT"));
+    }
+    if s.steps == 0 {
+        return Err(Error::input("--sample-steps 0: must be at least 1"));
+    }
+    let hint = "--sample-every draws with the model's pipeline: pass the diffusers pipeline folder as --model";
+    let folder = PipelineFolder::open(model).map_err(|e| Error::input(format!("{e}; {hint}")))?;
+    let missing: Vec<&str> = [("text_encoder/", &folder.text_encoder), ("tokenizer/", &folder.tokenizer)]
+        .into_iter()
+        .filter(|(_, p)| p.is_none())
+        .map(|(n, _)| n)
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::input(format!(
+            "--sample-every: the pipeline folder {} has no {} (needed to encode --sample-prompt)",
+            model.display(),
+            missing.join(" and ")
+        )));
+    }
+    match (folder.class.is_edit(), s.images.is_empty()) {
+        (true, true) => Err(Error::input(format!(
+            "{} is a {}: --sample-every needs at least one --sample-image to edit",
+            model.display(),
+            folder.class.class_name()
+        ))),
+        (false, false) => {
+            Err(Error::input(format!("{} is a text-to-image pipeline: it takes no --sample-image", model.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What one sample step draws with.
+pub struct SampleRun<'a> {
+    pub model: &'a Path,
+    pub output: &'a Path,
+    pub step: u64,
+    /// The run's `--preset-lora`s (applied after the trained LoRA).
+    pub presets: &'a [(PathBuf, f32)],
+    pub vram_budget: Option<u64>,
+    pub qkv: crate::models::qwen_image::QkvMode,
+}
+
+/// Exports `lora` to a temporary file, draws one picture per prompt with it, removes the file;
+/// returns the pictures' paths.
+pub fn draw(gpu: &Arc<Gpu>, s: &SampleOptions, lora: &LoraParams, r: &SampleRun<'_>) -> Result<Vec<PathBuf>> {
+    let dir = r.output.join(SAMPLES_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let file = dir.join(format!(".lora-step-{}-{}.safetensors", r.step, std::process::id()));
+    lora.save(&file, LoraFormat::Diffusers, DType::F32)?;
+    let written = draw_with(gpu, s, &file, r);
+    let _ = std::fs::remove_file(&file);
+    written
+}
+
+fn draw_with(gpu: &Arc<Gpu>, s: &SampleOptions, lora: &Path, r: &SampleRun<'_>) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (i, prompt) in s.prompts.iter().enumerate() {
+        let path = sample_path(r.output, r.step, i);
+        let mut g = GenerateOptions::new(r.model.to_path_buf(), Prompt::Text(prompt.clone()), path.clone());
+        g.images = s.images.clone();
+        g.steps = s.steps;
+        (g.width, g.height) = (s.size.map(|z| z.0), s.size.map(|z| z.1));
+        g.noise = Noise::Seed(s.seed);
+        g.loras = std::iter::once((lora.to_path_buf(), 1.0)).chain(r.presets.iter().cloned()).collect();
+        (g.vram_budget, g.qkv) = (r.vram_budget, r.qkv);
+        generate(gpu, &g, &mut |_| {}).map_err(|e| Error::input(format!("sample {} at step {}: {e}", i, r.step)))?;
+        written.push(path);
+    }
+    Ok(written)
+}
