@@ -691,22 +691,25 @@ fn parse_area(s: &str) -> Result<u64, String> {
     }
 }
 
-/// `N` or `HxW` (positive integers).
-fn parse_hw(s: &str) -> Result<(usize, usize), String> {
-    let num = |t: &str| t.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or(format!("`{s}`: expected N or HxW"));
+/// `N` or `AxB` (positive integers, in the order written; `form` names them in the error).
+fn parse_pair<T: std::str::FromStr + Copy + Default + PartialOrd>(s: &str, form: &str) -> Result<(T, T), String> {
+    let num = |t: &str| {
+        t.trim().parse::<T>().ok().filter(|n| *n > T::default()).ok_or(format!("`{s}`: expected N or {form}"))
+    };
     match s.split_once(['x', 'X']) {
-        Some((h, w)) => Ok((num(h)?, num(w)?)),
+        Some((a, b)) => Ok((num(a)?, num(b)?)),
         None => num(s).map(|n| (n, n)),
     }
 }
 
+/// `N` or `HxW` (positive integers).
+fn parse_hw(s: &str) -> Result<(usize, usize), String> {
+    parse_pair(s, "HxW")
+}
+
 /// A picture size `WxH` (or `N` for N×N), width first.
 fn parse_wh(s: &str) -> Result<(u32, u32), String> {
-    let num = |t: &str| t.trim().parse::<u32>().ok().filter(|&n| n > 0).ok_or(format!("`{s}`: expected WxH or N"));
-    match s.split_once(['x', 'X']) {
-        Some((w, h)) => Ok((num(w)?, num(h)?)),
-        None => num(s).map(|n| (n, n)),
-    }
+    parse_pair(s, "WxH")
 }
 
 /// `wgdit convert`: see docs/convert.md.
