@@ -257,14 +257,15 @@ impl LossLog {
             let s: u64 = cols.next().unwrap_or("").trim().parse().map_err(|_| {
                 Error::file(path, format!("line {}: `{line}` does not start with a step number", i + 1))
             })?;
-            let loss: f64 =
-                cols.next().unwrap_or("").trim().parse().map_err(|_| {
-                    Error::file(path, format!("line {}: `{line}` has no loss in its second column", i + 1))
-                })?;
-            if s <= step {
-                keep.push(line.to_string());
-                points.push((s, loss));
+            if s > step {
+                continue; // written after the checkpoint (possibly cut short by a crash): dropped
             }
+            let loss: f64 =
+                cols.next().unwrap_or("").trim().parse().ok().filter(|l: &f64| l.is_finite()).ok_or_else(|| {
+                    Error::file(path, format!("line {}: `{line}` has no finite loss in its second column", i + 1))
+                })?;
+            keep.push(line.to_string());
+            points.push((s, loss));
         }
         let mut log = LossLog::rewrite(path, &keep)?;
         log.points = points;

@@ -261,3 +261,21 @@ fn step_time_and_planned_memory_per_mode() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_resume_refuses_a_loss_csv_with_a_non_finite_loss_naming_the_line() {
+    // loss.csv is read back on resume (its rows feed loss.svg): an edited NaN/inf loss is a clear
+    // error, never a NaN coordinate in the plot.
+    let dir = std::env::temp_dir().join(format!("wgdit-train-lossnan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("loss.csv");
+    std::fs::write(&path, "step,loss,sigma,lr,step_ms\n1,2.5,0.5,1e-4,10\n2,NaN,0.5,1e-4,10\n").unwrap();
+    let Err(e) = wgdit::train::checkpoint::LossLog::resume(&path, 2) else { panic!("a NaN loss was accepted") };
+    let e = e.to_string();
+    assert!(e.contains("line 3") && e.contains("finite loss"), "{e}");
+    // A row after the checkpoint is dropped unread (a crash can cut it short).
+    std::fs::write(&path, "step,loss,sigma,lr,step_ms\n1,2.5,0.5,1e-4,10\n2,in").unwrap();
+    let log = wgdit::train::checkpoint::LossLog::resume(&path, 1).unwrap();
+    assert_eq!(log.points(), &[(1, 2.5)]);
+    std::fs::remove_dir_all(&dir).ok();
+}
