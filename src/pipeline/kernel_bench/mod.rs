@@ -4,8 +4,8 @@
 //!
 //! Variants are kernel families ([`Family`]): `portable` is what `Variant::Auto` runs for the
 //! portable family (`Registers` on CPU adapters, `Workgroup` elsewhere), `f16`, `coop` and
-//! `coop-emulated` the tile program on that fragment backend ([`tiles_for`]). Attention has only
-//! the portable kernel so far; its tile variants plug into [`attention_launcher`].
+//! `coop-emulated` the tile program on that fragment backend ([`tiles_for`]), for the GEMMs and
+//! attention ([`attention_launcher`]); a layout that does not fit the adapter is noted and skipped.
 
 pub mod cases;
 pub mod peaks;
@@ -83,12 +83,12 @@ pub type AttnLauncher = Box<dyn Fn(&Gpu, &AttnTensors) -> Result<Vec<Launch>>>;
 /// The attention kernels of a variant: the portable kernels, or the flash tile programs on a
 /// fragment backend (`attention::Variant::Tile`; a layout that does not fit is `TooLarge`,
 /// which the bench notes and skips).
-pub fn attention_launcher(tiles: Option<Tiles>) -> std::result::Result<AttnLauncher, String> {
+pub fn attention_launcher(tiles: Option<Tiles>) -> AttnLauncher {
     let variant = match tiles {
         None => attention::Variant::Portable,
         Some(t) => attention::Variant::Tile(t),
     };
-    Ok(Box::new(move |gpu, t| t.launches(gpu, variant)))
+    Box::new(move |gpu, t| t.launches(gpu, variant))
 }
 
 /// The operands of one GEMM row: uniform random x and bf16 W in [-1, 1], bias, y.
@@ -201,11 +201,11 @@ impl Operands {
         })
     }
 
-    /// The variant's launches, or `None` when it has no kernel for this row.
-    fn launches(&self, gpu: &Gpu, tiles: Option<Tiles>) -> Option<Result<Vec<Launch>>> {
+    /// The variant's launches.
+    fn launches(&self, gpu: &Gpu, tiles: Option<Tiles>) -> Result<Vec<Launch>> {
         match self {
-            Operands::Gemm(g) => Some(g.launch(gpu, gemm_variant(gpu, tiles)).map(|l| vec![l])),
-            Operands::Attention(a) => attention_launcher(tiles).ok().map(|launch| launch(gpu, a)),
+            Operands::Gemm(g) => g.launch(gpu, gemm_variant(gpu, tiles)).map(|l| vec![l]),
+            Operands::Attention(a) => attention_launcher(tiles)(gpu, a),
         }
     }
 }
@@ -234,18 +234,12 @@ pub fn measure(gpu: &Gpu, bound: &[Bound], iters: usize) -> Result<(f64, &'stati
     Ok((ms[ms.len() / 2], source))
 }
 
-/// The variants that run here, each with its backend; a note for every one that cannot (and
-/// for attention rows a variant has no kernel for).
+/// The variants that run here, each with its backend; a note for every one that cannot.
 fn plan_variants(gpu: &Gpu, b: &KernelBench, sink: &mut dyn FnMut(Event)) -> Vec<(Family, Option<Tiles>)> {
     let mut v = Vec::new();
     for &f in &b.variants {
         match tiles_for(gpu, f) {
-            Ok(t) => {
-                if let Err(why) = attention_launcher(t) {
-                    sink(Event::Note(format!("variant {}: attention rows skipped: {why}", f.name())));
-                }
-                v.push((f, t));
-            }
+            Ok(t) => v.push((f, t)),
             Err(why) => sink(Event::Note(format!("variant {} skipped: {why}", f.name()))),
         }
     }
@@ -276,8 +270,7 @@ pub fn run(gpu: &Gpu, b: &KernelBench, sink: &mut dyn FnMut(Event)) -> Result<Ve
         let operands = Operands::new(gpu, &case)?;
         let mut rows = Vec::new();
         for &(family, tiles) in &variants {
-            let Some(launches) = operands.launches(gpu, tiles) else { continue }; // noted by plan_variants
-            let launches = match launches {
+            let launches = match operands.launches(gpu, tiles) {
                 Ok(l) => l,
                 Err(e @ crate::Error::TooLarge(_)) => {
                     sink(Event::Note(format!("{} {} {}: skipped: {e}", case.name(), case.shape(), family.name())));
