@@ -269,6 +269,16 @@ fn fixture_lora() -> &'static crate::train::lora::LoraParams {
     })
 }
 
+/// `loss.csv` as `--resume` reads it back (its rows feed `loss.svg`): parsed up to a step taken
+/// from the first byte, the kept points plotted.
+pub fn train_loss_log(data: &[u8]) {
+    let step = data.first().map_or(0, |&b| b as u64);
+    let text = String::from_utf8_lossy(data.get(1..).unwrap_or(&[]));
+    if let Ok((_, points)) = crate::train::checkpoint::LossLog::kept_rows(Path::new("loss.csv"), &text, step) {
+        let _ = crate::train::plot::loss_svg(&points, "fuzz");
+    }
+}
+
 /// A training checkpoint's `state.json` as `--resume` reads it: parsed, its LoRA settings checked
 /// against the fixture LoRA, its data position resumed on a small batcher, its hyper-parameters
 /// compared.
@@ -425,6 +435,7 @@ pub const TARGETS: &[(&str, EntryPoint)] = &[
     ("dataset_csv", dataset_csv),
     ("train_sample", train_sample),
     ("train_state", train_state),
+    ("train_loss_log", train_loss_log),
     ("train_moments", train_moments),
     ("tokenizer_json", tokenizer_json),
     ("tokenizer_slow", tokenizer_slow),
@@ -511,6 +522,7 @@ mod tests {
         sweep(super::dataset_csv, &fixture("fuzz/seeds/metadata.csv"), 3000, 34);
         sweep(super::train_sample, &fixture("fuzz/seeds/train_sample.safetensors"), 2000, 21);
         sweep(super::train_state, &fixture("fuzz/seeds/state.json"), 2000, 22);
+        sweep(super::train_loss_log, &fixture("fuzz/seeds/loss.csv"), 2000, 35);
         sweep(super::train_moments, &fixture("fuzz/seeds/optimizer.safetensors"), 1000, 23);
         // the small seeds whole (the sweep mutates the first 4 KB), the gguf-py fixture's header
         sweep(super::gguf, &fixture("fuzz/gguf/q4k.gguf"), 1000, 30);

@@ -235,6 +235,9 @@ pub struct LossLog {
     points: Vec<(u64, f64)>,
 }
 
+/// The rows of a log kept on resume and their (step, loss) points.
+pub type KeptRows = (Vec<String>, Vec<(u64, f64)>);
+
 pub const LOSS_HEADER: &str = "step,loss,sigma,lr,step_ms";
 
 impl LossLog {
@@ -251,6 +254,16 @@ impl LossLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(Error::io(path, e)),
         };
+        let (keep, points) = LossLog::kept_rows(path, &text, step)?;
+        let mut log = LossLog::rewrite(path, &keep)?;
+        log.points = points;
+        Ok(log)
+    }
+
+    /// The rows of a log's `text` up to `step` and their (step, loss): the rows of later steps
+    /// (written after the checkpoint, possibly cut short by a crash) are dropped unread; a kept
+    /// row without a step or a finite loss is an error naming its line.
+    pub fn kept_rows(path: &Path, text: &str, step: u64) -> Result<KeptRows> {
         let (mut keep, mut points) = (Vec::new(), Vec::new());
         for (i, line) in text.lines().enumerate().skip(1) {
             let mut cols = line.split(',');
@@ -267,9 +280,7 @@ impl LossLog {
             keep.push(line.to_string());
             points.push((s, loss));
         }
-        let mut log = LossLog::rewrite(path, &keep)?;
-        log.points = points;
-        Ok(log)
+        Ok((keep, points))
     }
 
     /// (step, loss) of every row of the log, in order.
