@@ -219,18 +219,35 @@ fn list_files(dir: &std::path::Path) -> crate::Result<Vec<String>> {
 /// unpacked `text/text_encoder/`, `text/tokenizer/` and `processor/` (the tokenizer files + the
 /// image processor config), assembled once into the fixture cache (tests/fixtures/text/README.md).
 pub fn text_pipeline(name: &str) -> crate::Result<std::path::PathBuf> {
+    assemble_pipeline(name, None)
+}
+
+/// `text_pipeline(name)` with the VAE of the training proof in place of its random one:
+/// `tests/fixtures/train/learn/vae/`, a VAE of the real architecture whose constructed weights make
+/// it a colour-faithful 4×4 box filter (tools/gen_learn_fixture.py), so that a picture's colour
+/// can be measured after decoding.
+pub fn learn_pipeline(name: &str) -> crate::Result<std::path::PathBuf> {
+    let vae = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train/learn/vae");
+    assemble_pipeline(name, Some(&vae))
+}
+
+fn assemble_pipeline(name: &str, vae: Option<&std::path::Path>) -> crate::Result<std::path::PathBuf> {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let te = unpacked_fixture("text/text_encoder")?;
     let tok = unpacked_fixture("text/tokenizer")?;
     let src = fixtures.join("pipeline").join(name);
     let processor = fixtures.join("text/processor");
-    // Keyed by every source: the pipeline folder and the processor config by content, the
-    // unpacked encoder and tokenizer by their folder names (which carry their content keys).
-    let key =
+    // Keyed by every source: the pipeline folder, the processor config and the VAE by content,
+    // the unpacked encoder and tokenizer by their folder names (which carry their content keys).
+    let mut key =
         content_key(&src, &list_files(&src)?)? ^ content_key(&processor, &list_files(&processor)?)?.rotate_left(1);
+    if let Some(v) = vae {
+        key ^= content_key(v, &list_files(v)?)?.rotate_left(2);
+    }
     let name_of = |d: &std::path::Path| d.file_name().expect("cannot fail: a folder").to_string_lossy().into_owned();
+    let label = if vae.is_some() { format!("{name}+vae") } else { name.to_string() };
     let dest = te.parent().expect("cannot fail: under the cache").join(format!(
-        "pipeline-{name}-{key:016x}-{}-{}",
+        "pipeline-{label}-{key:016x}-{}-{}",
         name_of(&te),
         name_of(&tok)
     ));
@@ -245,7 +262,14 @@ pub fn text_pipeline(name: &str) -> crate::Result<std::path::PathBuf> {
         std::fs::copy(from, &to).map_err(|e| crate::Error::io(from, e)).map(|_| ())
     };
     for f in list_files(&src)? {
-        copy(&src.join(&f), &f)?;
+        if vae.is_none() || !f.starts_with("vae/") {
+            copy(&src.join(&f), &f)?;
+        }
+    }
+    if let Some(v) = vae {
+        for f in list_files(v)? {
+            copy(&v.join(&f), &format!("vae/{f}"))?;
+        }
     }
     for f in list_files(&te)? {
         copy(&te.join(&f), &format!("text_encoder/{f}"))?;

@@ -1,27 +1,47 @@
-//! A learnable signal end to end, Rust only: kohya-style pictures of one colour with the trigger
-//! word `zq` → `wgdit cache` (the tiny t2i pipeline with its text encoder) → `train` → the held-out
-//! loss falls, a picture generated from the trigger caption with the LoRA moves toward the colour,
-//! a resumed run repeats the uninterrupted one exactly, and an unreadable picture is named.
+//! A learnable signal end to end, from the pictures of tests/fixtures/train/learn
+//! (tools/gen_learn_fixture.py) through the tiny pipelines with a colour-faithful VAE
+//! (`testing::learn_pipeline`):
+//! - text to image: kohya-style pictures of one colour with the trigger word `zq` → `wgdit cache` →
+//!   `train` → the held-out loss falls, a picture generated from the trigger caption with the LoRA
+//!   moves toward the colour, a resumed run repeats the uninterrupted one exactly, and an
+//!   unreadable picture is named;
+//! - edit pairs (DiffSynth layout): "invert the colours" → `cache` → `train` → the loss on a pair
+//!   never trained on falls, and the edit of that pair's input moves toward its inverse.
 
 use std::path::Path;
 use wgdit::pipeline::generate::{generate, GenerateOptions, Noise, Prompt};
-use wgdit::testing::{test_gpu, text_pipeline, TempDir};
+use wgdit::testing::{learn_pipeline, test_gpu, TempDir};
 use wgdit::train::run::{eval_loss, train, TrainOptions};
 use wgdit::train::schedule::Sampling;
 
 /// The colour every training picture has (plus a ±24 noise pattern), in [0, 1].
 const TARGET: [f32; 3] = [0.86, 0.16, 0.16];
 
-fn pictures(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut rng = wgdit::rng::Rng::new(21);
-    for i in 0..4 {
-        let img = ::image::RgbImage::from_fn(32, 32, |_, _| {
-            ::image::Rgb(TARGET.map(|c| (c * 255.0 + (rng.next_u64() % 49) as f32 - 24.0).clamp(0.0, 255.0) as u8))
-        });
-        img.save(dir.join(format!("p{i}.png"))).unwrap();
-        std::fs::write(dir.join(format!("p{i}.txt")), format!("zq picture {i}")).unwrap();
+/// A copy of `tests/fixtures/train/learn/<rel>` under `dir` (tests add bad entries to it).
+fn learn_data(rel: &str, dir: &Path) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train/learn").join(rel);
+    let dest = dir.join(rel);
+    let mut stack = vec![src.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let to = dest.join(p.strip_prefix(&src).unwrap());
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::copy(&p, &to).unwrap();
+            }
+        }
     }
+    dest
+}
+
+/// Mean RGB of a picture file in [0, 1].
+fn png_colour(path: &Path) -> [f32; 3] {
+    let img = ::image::open(path).unwrap().to_rgb8();
+    let n = (img.width() * img.height()) as f32;
+    [0, 1, 2].map(|c| img.pixels().map(|p| p[c] as f32 / 255.0).sum::<f32>() / n)
 }
 
 /// Mean RGB of a generated `image` [1, 3, H, W] in [0, 1].
@@ -102,18 +122,17 @@ fn rel_distance(a: &[f32], b: &[f32]) -> f32 {
 fn a_trigger_word_dataset_cached_from_pictures_is_learned_and_moves_the_picture_toward_its_colour() {
     let gpu = test_gpu();
     let dir = TempDir::new("learns");
-    let (data, cache) = (dir.path().join("data"), dir.path().join("cache"));
-    pictures(&data);
-    std::fs::write(data.join("broken.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
-    std::fs::write(data.join("broken.txt"), "zq broken").unwrap();
-    let model = text_pipeline("t2i").unwrap();
+    let (data, cache) = (learn_data("kohya", dir.path()), dir.path().join("cache"));
+    std::fs::write(data.join("2_zq/broken.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
+    std::fs::write(data.join("2_zq/broken.txt"), "zq broken").unwrap();
+    let model = learn_pipeline("t2i").unwrap();
     let mut c = wgdit::train::cache::CacheOptions::new(model.clone(), data.clone(), cache.clone());
     c.resolution = 32 * 32;
     let e = wgdit::train::cache::cache(&gpu, &c).unwrap_err().to_string();
     assert!(e.contains("broken.png: unreadable image"), "the bad entry is named: {e}");
     c.skip_bad = true;
     let r = wgdit::train::cache::cache(&gpu, &c).unwrap();
-    assert_eq!((r.samples, r.skipped.len()), (4, 1));
+    assert_eq!((r.samples, r.lines, r.skipped.len()), (4, 8, 1), "4 pictures, each twice (2_zq)");
 
     let steps = 40;
     let setup = |out: &str| {
@@ -145,11 +164,84 @@ fn a_trigger_word_dataset_cached_from_pictures_is_learned_and_moves_the_picture_
     );
     assert!(after < 0.7 * before, "held-out loss did not fall clearly: {before:.4} → {after:.4}");
     assert!(z1 < 0.8 * z0, "the LoRA picture's latents are not closer to the data: {z0:.3} → {z1:.3}");
-    // No assertion on the colour: the tiny VAE has random weights and renders every latent as
-    // much the same grey (docs/training.md, "A learnable signal end to end"); the numbers are printed.
+    assert!(distance(data, TARGET) < 0.02, "the VAE renders the data's colour: {data:.3?} vs {TARGET:?}");
+    assert!(t1 < 0.6 * t0, "the LoRA picture's colour is not closer to the pictures': {t0:.3} → {t1:.3}");
 
     let mut r = setup("resumed");
     r.resume = Some(dir.path().join(format!("run/checkpoint-{}", steps / 2)));
     let resumed = train(&gpu, &r).unwrap();
     assert_eq!(resumed.losses, full.losses[steps as usize / 2..].to_vec(), "a resumed run repeats the losses");
+}
+
+/// Reference and vision areas of the edit test (the references stay 32×32).
+const EDIT_AREA: u64 = 32 * 32;
+
+/// The edit of `image` by the tiny Edit pipeline (seed 5, 8 steps, no CFG) with an optional LoRA:
+/// its mean colour.
+fn edited(model: &Path, image: &Path, lora: Option<&Path>, out: &Path) -> [f32; 3] {
+    let mut o = GenerateOptions::new(model.to_path_buf(), Prompt::Text("invert the colours".into()), out.to_path_buf());
+    (o.steps, o.noise, o.true_cfg) = (8, Noise::Seed(5), 1.0);
+    (o.images, o.ref_area, o.condition_area) = (vec![image.to_path_buf()], EDIT_AREA, EDIT_AREA);
+    o.loras = lora.map(|l| vec![(l.to_path_buf(), 1.0)]).unwrap_or_default();
+    generate(&test_gpu(), &o, &mut |_| {}).unwrap();
+    mean_colour(out)
+}
+
+#[test]
+fn an_edit_pair_dataset_is_learned_and_the_edit_of_an_unseen_picture_moves_toward_its_transformation() {
+    let gpu = test_gpu();
+    let dir = TempDir::new("learns-edit");
+    let data = learn_data("edit", dir.path());
+    let model = learn_pipeline("edit").unwrap();
+    let cache_of = |data: &Path, out: &str| {
+        let mut c = wgdit::train::cache::CacheOptions::new(model.clone(), data.to_path_buf(), dir.path().join(out));
+        (c.resolution, c.ref_area, c.condition_area) = (32 * 32, EDIT_AREA, EDIT_AREA);
+        let r = wgdit::train::cache::cache(&gpu, &c).unwrap();
+        (dir.path().join(out), r.samples)
+    };
+    let (train_cache, n) = cache_of(&data, "cache");
+    assert_eq!(n, 8);
+    // The held-out pair, in a dataset of its own.
+    let held = dir.path().join("heldout");
+    std::fs::create_dir_all(&held).unwrap();
+    for f in ["in.png", "out.png"] {
+        std::fs::copy(data.join("heldout").join(f), held.join(f)).unwrap();
+    }
+    std::fs::write(held.join("metadata.csv"), "image,prompt,edit_image\nout.png,invert the colours,in.png\n").unwrap();
+    let (held_cache, _) = cache_of(&held, "heldout-cache");
+
+    // Fewer steps learn the mean target only (the edit ignores its input): at 200 steps the edit is
+    // as far from the inverse as from the targets' mean (docs/training.md).
+    let steps = 400;
+    let mut o = TrainOptions::new(model.join("transformer"), train_cache, dir.path().join("run"), steps);
+    (o.rank, o.alpha, o.lr, o.seed, o.batch_size) = (8, 8.0, 2e-2, 1, 4);
+    (o.sampling, o.weight_decay, o.checkpointing) = (Sampling::Uniform, 0.0, false);
+    o.targets = format!("{},proj_out,norm_out.linear,img_mlp.net.0.proj", wgdit::train::lora::DIFFSYNTH_TARGETS);
+    let mut on_held = o.clone();
+    on_held.data = held_cache;
+    let sigmas = [0.2, 0.4, 0.6, 0.8];
+    let before = eval_loss(&gpu, &on_held, None, &sigmas, 11).unwrap();
+    let run = train(&gpu, &o).unwrap();
+    let after = eval_loss(&gpu, &on_held, Some(&run.lora_file), &sigmas, 11).unwrap();
+
+    let input = data.join("heldout/in.png");
+    let want = png_colour(&data.join("heldout/out.png"));
+    let base = edited(&model, &input, None, &dir.path().join("base.safetensors"));
+    let tuned = edited(&model, &input, Some(&run.lora_file), &dir.path().join("lora.safetensors"));
+    // What a LoRA that ignored its input would aim at: the mean of the training targets.
+    let targets: Vec<[f32; 3]> = (0..8).map(|i| png_colour(&data.join(format!("out/p{i}.png")))).collect();
+    let mean_target = [0, 1, 2].map(|c| targets.iter().map(|t| t[c]).sum::<f32>() / 8.0);
+    let (t0, t1) = (distance(base, want), distance(tuned, want));
+    println!(
+        "held-out pair loss {before:.4} → {after:.4} in {steps} steps ({:.0} ms/step); the edit of the held-out \
+         input {:.3?}: {base:.3?} → {tuned:.3?}, to its inverse {want:.3?} {t0:.3} → {t1:.3} (to the training \
+         targets' mean {mean_target:.3?}: {:.3})",
+        run.mean_step_ms,
+        png_colour(&input),
+        distance(tuned, mean_target)
+    );
+    assert!(after < 0.7 * before, "the held-out pair's loss did not fall clearly: {before:.4} → {after:.4}");
+    assert!(t1 < 0.6 * t0, "the edit is not closer to the inverse of its input: {t0:.3} → {t1:.3}");
+    let m = distance(tuned, mean_target);
+    assert!(t1 < 0.7 * m, "the edit follows the training targets' mean ({m:.3}), not its input ({t1:.3})");
 }
