@@ -855,8 +855,8 @@ struct TrainArgs {
 struct SampleArgs {
     /// Every K optimizer steps (and at step 0 and the last step) draw one picture per
     /// --sample-prompt with the current LoRA into <output>/samples/step-<step:06>-<i>.png.
-    /// --model must be a pipeline folder with text_encoder/ and tokenizer/; the samples load a
-    /// second DiT copy (streamed within --vram-budget).
+    /// --model must be a pipeline folder with text_encoder/ and tokenizer/; the samples run on
+    /// the trained DiT itself (no second copy), the prompts are encoded once.
     #[arg(long, value_name = "K")]
     sample_every: Option<u64>,
     /// A prompt to draw (repeatable: one picture each).
@@ -874,20 +874,32 @@ struct SampleArgs {
     /// Seed of every sample's noise (the same at every step, so pictures compare).
     #[arg(long, value_name = "S", default_value_t = 0)]
     sample_seed: u64,
+    /// Area in pixels of the samples' VAE reference images, as `generate --ref-area` (default:
+    /// the --ref-area `wgdit cache` recorded in --data, else 1024·1024).
+    #[arg(long, value_name = "PIXELS")]
+    sample_ref_area: Option<u64>,
+    /// Area in pixels of the samples' vision-encoder images, as `generate --condition-area`
+    /// (default: the --condition-area `wgdit cache` recorded in --data, else 384·384).
+    #[arg(long, value_name = "PIXELS")]
+    sample_condition_area: Option<u64>,
 }
 
 impl SampleArgs {
     /// The options, or an error when --sample-* flags come without --sample-every.
     fn options(self) -> wgdit::Result<Option<wgdit::train::samples::SampleOptions>> {
         let Some(every) = self.sample_every else {
-            if !self.sample_prompt.is_empty() || !self.sample_image.is_empty() || self.sample_size.is_some() {
-                return Err(wgdit::Error::input("--sample-prompt/--sample-image/--sample-size need --sample-every K"));
+            let areas = self.sample_ref_area.is_some() || self.sample_condition_area.is_some();
+            if !self.sample_prompt.is_empty() || !self.sample_image.is_empty() || self.sample_size.is_some() || areas {
+                return Err(wgdit::Error::input(
+                    "--sample-prompt/--sample-image/--sample-size/--sample-*-area need --sample-every K",
+                ));
             }
             return Ok(None);
         };
         let mut s = wgdit::train::samples::SampleOptions::new(every, self.sample_prompt);
         (s.images, s.steps, s.size, s.seed) =
             (self.sample_image, self.sample_steps, self.sample_size, self.sample_seed);
+        (s.ref_area, s.condition_area) = (self.sample_ref_area, self.sample_condition_area);
         Ok(Some(s))
     }
 }

@@ -44,6 +44,12 @@ pub const DEFAULT_SAMPLE_SIZE: u32 = 128;
 pub enum Prompt {
     Text(String),
     Embeds(PathBuf),
+    /// Embeddings in memory (the trainer's samples encode each prompt once: [`encode_prompts`]),
+    /// with the text they encode (for the picture's metadata).
+    Encoded {
+        text: String,
+        embeds: PromptEmbeds,
+    },
 }
 
 /// Where the initial noise comes from.
@@ -238,11 +244,30 @@ fn open_transformer(folder: &PipelineFolder, file: Option<&Path>) -> Result<(Dit
 
 /// Runs the pipeline; `on_step` sees every denoising step (the CLI's progress bar).
 pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&StepInfo<'_>)) -> Result<GenerateReport> {
+    generate_with(gpu, o, None, on_step)
+}
+
+/// [`generate`], with the denoising loop on a DiT the caller holds (`lent`: the trainer's, so a
+/// sample during training needs no second copy of the weights) instead of one opened from the
+/// folder. The lent DiT keeps its own weights, budget and modulation; `o.loras` replace its runtime
+/// LoRAs for the run, and its own are back on return. `o.transformer` is ignored with it.
+pub fn generate_with(
+    gpu: &Arc<Gpu>,
+    o: &GenerateOptions,
+    lent: Option<&mut Dit>,
+    on_step: &mut dyn FnMut(&StepInfo<'_>),
+) -> Result<GenerateReport> {
     let kind = OutputKind::of(&o.output)?;
     check_generate_paths(o)?;
     let folder = PipelineFolder::open(&o.model)?;
     check_arguments(&folder, o)?;
-    let (dcfg, ckpt) = open_transformer(&folder, o.transformer.as_deref())?;
+    let (dcfg, ckpt) = match &lent {
+        Some(d) => (d.cfg.clone(), None),
+        None => {
+            let (c, k) = open_transformer(&folder, o.transformer.as_deref())?;
+            (c, Some(k))
+        }
+    };
     let sched_cfg = SchedulerConfig::from_file(&folder.scheduler_config)?;
     // The text encoder runs first and is dropped before the DiT and the VAE are loaded.
     let t_text = std::time::Instant::now();
@@ -315,10 +340,6 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
 
     // The loop.
     let loras = LoraSet::load(&o.loras, &dcfg)?;
-    let mut dit = Dit::new(gpu, dcfg, Box::new(ckpt), o.qkv)?;
-    dit.set_loras(loras);
-    dit.set_vram_budget(o.vram_budget);
-    dit.set_modulation(o.modulation);
     let s = Sampling {
         prompt: &prompt,
         negative: negative.as_ref(),
@@ -327,10 +348,26 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
         references: &references,
         schedule: &schedule,
     };
-    let (latents, report) = sample(&mut dit, &s, pack(&noise, [z_dim, lh, lw], patch), on_step)?;
-    // The DiT's weights leave the GPU before the decode needs its memory.
-    let weight_bytes = dit.weight_bytes();
-    drop(dit);
+    let x = pack(&noise, [z_dim, lh, lw], patch);
+    let (latents, report, weight_bytes) = match (lent, ckpt) {
+        (Some(dit), _) => {
+            let own = dit.replace_loras(loras);
+            let run = sample(dit, &s, x, on_step);
+            dit.replace_loras(own);
+            let (latents, report) = run?;
+            (latents, report, dit.weight_bytes())
+        }
+        (None, Some(ckpt)) => {
+            let mut dit = Dit::new(gpu, dcfg, Box::new(ckpt), o.qkv)?;
+            dit.set_loras(loras);
+            dit.set_vram_budget(o.vram_budget);
+            dit.set_modulation(o.modulation);
+            let (latents, report) = sample(&mut dit, &s, x, on_step)?;
+            // The DiT's weights leave the GPU before the decode needs its memory.
+            (latents, report, dit.weight_bytes())
+        }
+        (None, None) => unreachable!("cannot fail: the checkpoint is opened when no DiT is lent"),
+    };
     let mut z = unpack(&latents, [z_dim, lh, lw], patch);
     if !o.allow_nonfinite {
         check_finite("the final latents", &z, &[1, z_dim, 1, lh, lw], NONFINITE_OUTPUT_HINT)?;
@@ -424,6 +461,14 @@ fn check_arguments(folder: &PipelineFolder, o: &GenerateOptions) -> Result<()> {
 
 /// The prompt and negative prompt as embeddings: files read, text encoded with the folder's text
 /// encoder (opened once for both, and released on return).
+/// The prompt (and negative) embeddings `generate` computes for `o`, without running it: the text
+/// encoder (and for Edit, the vision tower on `o.images`) as `generate` runs them.
+pub fn encode_prompts(gpu: &Arc<Gpu>, o: &GenerateOptions) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
+    let folder = PipelineFolder::open(&o.model)?;
+    let (dcfg, _) = open_transformer(&folder, o.transformer.as_deref())?;
+    read_prompts(gpu, &folder, o, dcfg.joint_attention_dim)
+}
+
 fn read_prompts(
     gpu: &Arc<Gpu>,
     folder: &PipelineFolder,
@@ -437,6 +482,13 @@ fn read_prompts(
     let mut read = |p: &Prompt, negative: bool| -> Result<PromptEmbeds> {
         let text = match p {
             Prompt::Embeds(path) => return PromptEmbeds::from_file(path, dim, negative),
+            Prompt::Encoded { embeds, .. } if embeds.dim != dim => {
+                return Err(Error::input(format!(
+                    "the prompt embeddings are {} wide; the transformer's joint_attention_dim is {dim}",
+                    embeds.dim
+                )))
+            }
+            Prompt::Encoded { embeds, .. } => return Ok(embeds.clone()),
             Prompt::Text(t) => t,
         };
         if encoder.is_none() {
@@ -508,7 +560,7 @@ pub fn noise_from_bytes(bytes: &[u8], [c, h, w]: [usize; 3]) -> Result<Vec<f32>>
 /// The settings recorded in PNG text chunks and safetensors metadata.
 fn metadata(folder: &PipelineFolder, o: &GenerateOptions, size: Size, steps: usize) -> BTreeMap<String, String> {
     let prompt = |p: &Prompt| match p {
-        Prompt::Text(t) => t.clone(),
+        Prompt::Text(t) | Prompt::Encoded { text: t, .. } => t.clone(),
         Prompt::Embeds(f) => format!("embeds:{}", f.display()),
     };
     let mut m = BTreeMap::new();

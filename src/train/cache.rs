@@ -301,6 +301,7 @@ impl Run<'_> {
                 image: &s.entry.name,
                 bucket: [s.target.width, s.target.height],
                 repeats: s.entry.repeats,
+                areas: self.folder.class.is_edit().then_some((self.rules.ref_area, self.rules.condition_area)),
             })
             .collect();
         store::write_metadata(&self.o.output, &lines)?;

@@ -266,6 +266,8 @@ pub struct Trainer {
     lr_sched: LrSchedule,
     losses: Vec<f64>,
     total_ms: f64,
+    /// The `--sample-every` prompts' embeddings, once encoded.
+    sample_prompts: super::samples::EncodedPrompts,
     /// The output folder's lock, released on drop.
     _lock: RunLock,
 }
@@ -346,6 +348,14 @@ impl Trainer {
         let loss_path = o.output.join("loss.csv");
         let log =
             if resumed.is_some() { LossLog::resume(&loss_path, state.step)? } else { LossLog::create(&loss_path)? };
+        let mut o = o.clone();
+        if let Some(s) = &mut o.samples {
+            // Edit samples see their references as `wgdit cache` prepared the training pairs.
+            if let Some((ra, ca)) = crate::train::data::cache_areas(&o.data)? {
+                s.ref_area = s.ref_area.or(Some(ra));
+                s.condition_area = s.condition_area.or(Some(ca));
+            }
+        }
         let mut t = Trainer {
             o: o.clone(),
             model,
@@ -359,6 +369,7 @@ impl Trainer {
             lr_sched: o.schedule().expect("cannot fail: check_options checked the name"),
             losses: Vec::new(),
             total_ms: 0.0,
+            sample_prompts: Default::default(),
             _lock: lock,
         };
         if t.state.step == 0 {
@@ -374,15 +385,9 @@ impl Trainer {
         };
         download_lora(&self.model, &mut self.lora)?;
         let o = &self.o;
-        let run = super::samples::SampleRun {
-            model: &o.model,
-            output: &o.output,
-            step: self.state.step,
-            presets: &o.preset_loras,
-            vram_budget: o.vram_budget,
-            qkv: o.qkv,
-        };
-        super::samples::draw(&self.model.gpu, s, &self.lora, &run).map(|_| ())
+        let run = super::samples::SampleRun { model: &o.model, output: &o.output, step: self.state.step };
+        super::samples::draw(&self.model.gpu, s, &self.lora, &run, &mut self.model.dit, &mut self.sample_prompts)
+            .map(|_| ())
     }
 
     /// The optimizer (its dispatch count: `AdamW::dispatches`).

@@ -1,20 +1,24 @@
 //! `--sample-every K`: pictures made with the LoRA as it is at steps 0, K, 2K, … and the last
 //! step, so a user sees it learn (docs/training.md, "Sample images").
 //!
-//! Each sample is one `pipeline::generate` run of the `--model` pipeline folder with a fixed
-//! seed, the run's `--preset-lora`s and the current LoRA at strength 1, written (atomically, as
-//! every `generate` output) to `<output>/samples/step-<step:06>-<i>.png`. The LoRA is exported
-//! to a temporary file in `samples/` for the run and removed after. `generate` opens its own
-//! text encoder, DiT and VAE beside the trainer's DiT (under the run's `--vram-budget`), and
-//! releases them on return. Samples never touch the trainer's state, so they do not affect the
-//! training, and a resume may change them freely.
+//! Each sample is one `pipeline::generate_with` run of the `--model` pipeline folder with a fixed
+//! seed on the trainer's own DiT (its base, with the `--preset-lora`s folded in, so no second
+//! copy of the weights) with the current LoRA at strength 1 as a runtime LoRA, written
+//! (atomically, as every `generate` output) to `<output>/samples/step-<step:06>-<i>.png`. The
+//! LoRA is exported to a temporary file in `samples/` for the run and removed after. The prompts
+//! are encoded once, at the first sample (the text encoder is loaded then and dropped); the VAE
+//! is opened for each sample and released on return. Samples leave the trainer's state alone
+//! (the DiT gets its runtime LoRAs back), so they do not affect the training, and a resume may
+//! change them freely.
 
 use super::lora::LoraParams;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::models::qwen_image::runtime::Dit;
+use crate::pipeline::embeds::PromptEmbeds;
 use crate::pipeline::folder::PipelineFolder;
-use crate::pipeline::generate::{generate, GenerateOptions, Noise, Prompt};
+use crate::pipeline::generate::{encode_prompts, generate_with, GenerateOptions, Noise, Prompt};
 use crate::weights::lora::LoraFormat;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,12 +41,27 @@ pub struct SampleOptions {
     /// `--sample-size WxH` (`None`: the pipeline's default, or the references' for Edit).
     pub size: Option<(u32, u32)>,
     pub seed: u64,
+    /// `--sample-ref-area` / `--sample-condition-area`: the Edit references' areas, as
+    /// `generate --ref-area/--condition-area`. `None`: the areas `wgdit cache` recorded in
+    /// `--data` (`cache_areas`; the samples then see their references as training did), else
+    /// generate's defaults.
+    pub ref_area: Option<u64>,
+    pub condition_area: Option<u64>,
 }
 
 impl SampleOptions {
     /// Samples every `every` steps of `prompts`, with the defaults (20 steps, seed 0).
     pub fn new(every: u64, prompts: Vec<String>) -> SampleOptions {
-        SampleOptions { every, prompts, images: Vec::new(), steps: DEFAULT_SAMPLE_STEPS, size: None, seed: 0 }
+        SampleOptions {
+            every,
+            prompts,
+            images: Vec::new(),
+            steps: DEFAULT_SAMPLE_STEPS,
+            size: None,
+            seed: 0,
+            ref_area: None,
+            condition_area: None,
+        }
     }
 
     /// Whether a sample is due after `step` of a run of `total` steps.
@@ -100,37 +119,68 @@ pub struct SampleRun<'a> {
     pub model: &'a Path,
     pub output: &'a Path,
     pub step: u64,
-    /// The run's `--preset-lora`s (applied after the trained LoRA).
-    pub presets: &'a [(PathBuf, f32)],
-    pub vram_budget: Option<u64>,
-    pub qkv: crate::models::qwen_image::QkvMode,
 }
 
-/// Exports `lora` to a temporary file, draws one picture per prompt with it, removes the file;
-/// returns the pictures' paths.
-pub fn draw(gpu: &Arc<Gpu>, s: &SampleOptions, lora: &LoraParams, r: &SampleRun<'_>) -> Result<Vec<PathBuf>> {
+/// The sample prompts' embeddings, encoded at the first sample and kept for the run (the text
+/// encoder is loaded once, not at every sample).
+#[derive(Default)]
+pub struct EncodedPrompts(Option<Vec<PromptEmbeds>>);
+
+/// Draws one picture per prompt with the trainer's DiT (`dit`, the base with any
+/// `--preset-lora` folded in) and `lora` at strength 1 as its runtime LoRA, exported to a
+/// temporary file for `LoraSet::load` and removed after; returns the pictures' paths.
+pub fn draw(
+    gpu: &Arc<Gpu>,
+    s: &SampleOptions,
+    lora: &LoraParams,
+    r: &SampleRun<'_>,
+    dit: &mut Dit,
+    encoded: &mut EncodedPrompts,
+) -> Result<Vec<PathBuf>> {
     let dir = r.output.join(SAMPLES_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let file = dir.join(format!(".lora-step-{}-{}.safetensors", r.step, std::process::id()));
     lora.save(&file, LoraFormat::Diffusers, DType::F32)?;
-    let written = draw_with(gpu, s, &file, r);
+    let written = draw_with(gpu, s, &file, r, dit, encoded);
     let _ = std::fs::remove_file(&file);
     written
 }
 
-fn draw_with(gpu: &Arc<Gpu>, s: &SampleOptions, lora: &Path, r: &SampleRun<'_>) -> Result<Vec<PathBuf>> {
+fn options(s: &SampleOptions, r: &SampleRun<'_>, i: usize, prompt: Prompt) -> GenerateOptions {
+    let mut g = GenerateOptions::new(r.model.to_path_buf(), prompt, sample_path(r.output, r.step, i));
+    g.images = s.images.clone();
+    g.steps = s.steps;
+    (g.width, g.height) = (s.size.map(|z| z.0), s.size.map(|z| z.1));
+    g.noise = Noise::Seed(s.seed);
+    g.ref_area = s.ref_area.unwrap_or(g.ref_area);
+    g.condition_area = s.condition_area.unwrap_or(g.condition_area);
+    g
+}
+
+fn draw_with(
+    gpu: &Arc<Gpu>,
+    s: &SampleOptions,
+    lora: &Path,
+    r: &SampleRun<'_>,
+    dit: &mut Dit,
+    encoded: &mut EncodedPrompts,
+) -> Result<Vec<PathBuf>> {
+    let at = |i: usize, e: Error| Error::input(format!("sample {} at step {}: {e}", i, r.step));
+    if encoded.0.is_none() {
+        let mut all = Vec::new();
+        for (i, prompt) in s.prompts.iter().enumerate() {
+            let (e, _) = encode_prompts(gpu, &options(s, r, i, Prompt::Text(prompt.clone()))).map_err(|e| at(i, e))?;
+            all.push(e);
+        }
+        encoded.0 = Some(all);
+    }
+    let embeds = encoded.0.as_ref().expect("cannot fail: encoded above");
     let mut written = Vec::new();
-    for (i, prompt) in s.prompts.iter().enumerate() {
-        let path = sample_path(r.output, r.step, i);
-        let mut g = GenerateOptions::new(r.model.to_path_buf(), Prompt::Text(prompt.clone()), path.clone());
-        g.images = s.images.clone();
-        g.steps = s.steps;
-        (g.width, g.height) = (s.size.map(|z| z.0), s.size.map(|z| z.1));
-        g.noise = Noise::Seed(s.seed);
-        g.loras = std::iter::once((lora.to_path_buf(), 1.0)).chain(r.presets.iter().cloned()).collect();
-        (g.vram_budget, g.qkv) = (r.vram_budget, r.qkv);
-        generate(gpu, &g, &mut |_| {}).map_err(|e| Error::input(format!("sample {} at step {}: {e}", i, r.step)))?;
-        written.push(path);
+    for (i, (text, e)) in s.prompts.iter().zip(embeds).enumerate() {
+        let mut g = options(s, r, i, Prompt::Encoded { text: text.clone(), embeds: e.clone() });
+        g.loras = vec![(lora.to_path_buf(), 1.0)];
+        generate_with(gpu, &g, Some(&mut *dit), &mut |_| {}).map_err(|e| at(i, e))?;
+        written.push(g.output);
     }
     Ok(written)
 }

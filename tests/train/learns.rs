@@ -12,6 +12,7 @@ use std::path::Path;
 use wgdit::pipeline::generate::{generate, GenerateOptions, Noise, Prompt};
 use wgdit::testing::{learn_pipeline, test_gpu, TempDir};
 use wgdit::train::run::{eval_loss, train, TrainOptions};
+use wgdit::train::samples::{sample_path, SampleOptions};
 use wgdit::train::schedule::Sampling;
 
 /// The colour every training picture has (plus a ±24 noise pattern), in [0, 1].
@@ -201,6 +202,8 @@ fn an_edit_pair_dataset_is_learned_and_the_edit_of_an_unseen_picture_moves_towar
     };
     let (train_cache, n) = cache_of(&data, "cache");
     assert_eq!(n, 8);
+    let recorded = wgdit::train::data::cache_areas(&train_cache).unwrap();
+    assert_eq!(recorded, Some((EDIT_AREA, EDIT_AREA)), "the cache records its reference areas");
     // The held-out pair, in a dataset of its own.
     let held = dir.path().join("heldout");
     std::fs::create_dir_all(&held).unwrap();
@@ -213,10 +216,14 @@ fn an_edit_pair_dataset_is_learned_and_the_edit_of_an_unseen_picture_moves_towar
     // Fewer steps learn the mean target only (the edit ignores its input): at 200 steps the edit is
     // as far from the inverse as from the targets' mean (docs/training.md).
     let steps = 400;
-    let mut o = TrainOptions::new(model.join("transformer"), train_cache, dir.path().join("run"), steps);
+    let mut o = TrainOptions::new(model.clone(), train_cache, dir.path().join("run"), steps);
     (o.rank, o.alpha, o.lr, o.seed, o.batch_size) = (8, 8.0, 2e-2, 1, 4);
     (o.sampling, o.weight_decay, o.checkpointing) = (Sampling::Uniform, 0.0, false);
     o.targets = format!("{},proj_out,norm_out.linear,img_mlp.net.0.proj", wgdit::train::lora::DIFFSYNTH_TARGETS);
+    // Samples of the held-out input at steps 0, 200 and 400, with the areas the cache recorded.
+    let mut samples = SampleOptions::new(200, vec!["invert the colours".into()]);
+    (samples.images, samples.steps, samples.seed) = (vec![data.join("heldout/in.png")], 8, 5);
+    o.samples = Some(samples);
     let mut on_held = o.clone();
     on_held.data = held_cache;
     let sigmas = [0.2, 0.4, 0.6, 0.8];
@@ -240,6 +247,12 @@ fn an_edit_pair_dataset_is_learned_and_the_edit_of_an_unseen_picture_moves_towar
         png_colour(&input),
         distance(tuned, mean_target)
     );
+    // The last sample (drawn on the trained DiT, references sized as the cache sized them) is the
+    // picture generate makes with the final LoRA, to the 8-bit rounding of the PNG.
+    let sample = png_colour(&sample_path(&o.output, steps, 0));
+    assert!(distance(sample, tuned) < 4e-3, "the last sample {sample:.4?} differs from generate's {tuned:.4?}");
+    let first = png_colour(&sample_path(&o.output, 0, 0));
+    assert!(distance(first, base) < 4e-3, "the step-0 sample {first:.4?} is not the base model's {base:.4?}");
     assert!(after < 0.7 * before, "the held-out pair's loss did not fall clearly: {before:.4} → {after:.4}");
     assert!(t1 < 0.6 * t0, "the edit is not closer to the inverse of its input: {t0:.3} → {t1:.3}");
     let m = distance(tuned, mean_target);

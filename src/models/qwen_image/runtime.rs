@@ -74,6 +74,11 @@ impl Dit {
         self.lora = lora;
     }
 
+    /// [`set_loras`](Self::set_loras), returning the ones set before (to put back after a run).
+    pub fn replace_loras(&mut self, lora: LoraSet) -> LoraSet {
+        std::mem::replace(&mut self.lora, lora)
+    }
+
     /// The device memory the plans made from now on may use (`--vram-budget`): weights,
     /// activations and what wgdit already holds. `None`: the adapter's device memory less a
     /// margin, or WGDIT_VRAM_BUDGET; when neither is known every block stays resident.

@@ -106,15 +106,22 @@ pub struct Line<'a> {
     pub image: &'a str,
     pub bucket: [u32; 2],
     pub repeats: u32,
+    /// Edit samples: `--ref-area` and `--condition-area` (`ref_area`, `condition_area` keys;
+    /// `train --sample-every` sizes its references by them).
+    pub areas: Option<(u64, u64)>,
 }
 
 /// Rewrites `<output>/metadata.jsonl` atomically: each sample `repeats` times.
 pub fn write_metadata(output: &Path, lines: &[Line]) -> Result<()> {
     let mut text = String::new();
     for l in lines {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "file": format!("{SAMPLES}/{}", l.file), "caption": l.caption, "image": l.image, "bucket": l.bucket,
         });
+        if let Some((ra, ca)) = l.areas {
+            v["ref_area"] = ra.into();
+            v["condition_area"] = ca.into();
+        }
         for _ in 0..l.repeats {
             text += &v.to_string();
             text.push('\n');

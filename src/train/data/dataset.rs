@@ -167,6 +167,28 @@ pub(crate) fn decode(f: &SafeFile, info: &SampleInfo) -> Result<Sample> {
 }
 
 /// The `file` value of one metadata line.
+/// The `ref_area` / `condition_area` that `wgdit cache` recorded on the edit samples of
+/// `<dir>/metadata.jsonl`, when every line that has them agrees (`None`: no line has them, e.g.
+/// a text-to-image cache or pre-made tensors, or they differ).
+pub fn cache_areas(dir: &Path) -> Result<Option<(u64, u64)>> {
+    let meta = dir.join(METADATA);
+    let text = std::fs::read_to_string(&meta).map_err(|e| Error::io(&meta, e))?;
+    let mut found: Option<(u64, u64)> = None;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(ra), Some(ca)) =
+            (v.get("ref_area").and_then(|x| x.as_u64()), v.get("condition_area").and_then(|x| x.as_u64()))
+        else {
+            continue;
+        };
+        match found {
+            Some(f) if f != (ra, ca) => return Ok(None),
+            _ => found = Some((ra, ca)),
+        }
+    }
+    Ok(found)
+}
+
 pub(crate) fn file_entry(line: &str) -> std::result::Result<String, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
     let file = v.get("file").ok_or("no \"file\" key")?;

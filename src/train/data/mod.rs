@@ -11,5 +11,5 @@ pub mod sources;
 pub mod synthetic;
 
 pub use batch::{Batch, Batcher, BatcherState};
-pub use dataset::{Bucket, Collated, Dataset, Sample, SampleInfo, ShapeKey, METADATA};
+pub use dataset::{cache_areas, Bucket, Collated, Dataset, Sample, SampleInfo, ShapeKey, METADATA};
 pub use synthetic::{write_synthetic, write_synthetic_with, LatentKind};
