@@ -189,6 +189,40 @@ fn precomputed_modulation_makes_the_same_picture_as_inline_in_every_qkv_mode() {
 }
 
 #[test]
+fn the_trigger_word_lora_of_the_training_proof_draws_the_picture_diffusers_draws_from_the_prompt() {
+    // tests/fixtures/train/learn/zq_lora.case.safetensors (tools/gen_learned_lora_fixture.py): the
+    // LoRA `wgdit cache` + `wgdit train` made from train/learn/kohya, loaded by diffusers'
+    // `load_lora_weights` into the same tiny pipeline (colour-faithful VAE, tiny text encoder),
+    // which encodes "zq picture" itself: 32×32, 8 steps, seed 5, no CFG.
+    let dir = TempDir::new("generate-learned-lora");
+    let fx = Fixture::read(&fixtures().join("train/learn/zq_lora.case.safetensors"));
+    let model = wgdit::testing::learn_pipeline("t2i").unwrap();
+    let draw = |lora: bool, out: &str| {
+        let out = dir.path().join(out);
+        let mut o = GenerateOptions::new(model.clone(), Prompt::Text("zq picture".into()), out.clone());
+        (o.steps, o.noise, o.true_cfg, o.width, o.height) = (8, Noise::Seed(5), 1.0, Some(32), Some(32));
+        if lora {
+            o.loras = vec![(fixtures().join("train/learn/zq_lora.safetensors"), 1.0)];
+        }
+        generate(&test_gpu(), &o, &mut |_| {}).unwrap();
+        image_of(&out)
+    };
+    let (base, tuned) = (draw(false, "base.safetensors"), draw(true, "lora.safetensors"));
+    let (sb, st) = (stats(&base, &fx.get("image_base")), stats(&tuned, &fx.get("image")));
+    let colour = |v: &[f32]| [0, 1, 2].map(|c| v[c * 1024..(c + 1) * 1024].iter().sum::<f32>() / 1024.0);
+    println!(
+        "learned LoRA vs diffusers: base rel_l2 {:.2e}, with the LoRA {:.2e}; mean colour {:.3?} → {:.3?}",
+        sb.rel_l2,
+        st.rel_l2,
+        colour(&base),
+        colour(&tuned)
+    );
+    assert!(sb.rel_l2 <= IMAGE_REL_L2, "base picture rel_l2 {:.3e} vs diffusers", sb.rel_l2);
+    assert!(st.rel_l2 <= IMAGE_REL_L2, "LoRA picture rel_l2 {:.3e} vs diffusers", st.rel_l2);
+    assert!(stats(&tuned, &base).rel_l2 > 0.1, "the LoRA moves the picture");
+}
+
+#[test]
 fn a_lora_written_by_wgdit_train_makes_the_picture_diffusers_makes_with_load_lora_weights() {
     // tests/fixtures/train/t2i_lora.case.safetensors (tools/gen_pipeline_lora_fixture.py): the
     // t2i_cfg case run by diffusers' QwenImagePipeline after `pipe.load_lora_weights(t2i_lora)`.
