@@ -3,6 +3,7 @@
 
 mod bad_inputs;
 mod bench_kernels;
+mod fine_tune;
 mod forward;
 mod generate;
 mod plan;
