@@ -759,6 +759,12 @@ struct TrainArgs {
     model: PathBuf,
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The frozen base from another file than the pipeline folder's transformer/: a GGUF
+    /// quantization (Q8_0, Q4_K, …), an fp8 or bf16 safetensors file or a diffusers folder, as
+    /// `generate --transformer` (--model is then the pipeline folder; its config is --config, the
+    /// one beside the file, or the folder's transformer/config.json).
+    #[arg(long, value_name = "PATH")]
+    transformer: Option<PathBuf>,
     /// Dataset folder: metadata.jsonl + one .safetensors sample per line (docs/training.md).
     #[arg(long)]
     data: PathBuf,
@@ -1436,7 +1442,7 @@ fn train(a: TrainArgs) -> wgdit::Result<()> {
     use wgdit::train::schedule::Sampling;
     let gpu = gpu::Gpu::new(&a.gpu.options())?;
     let mut o = TrainOptions::new(a.model, a.data, a.output, a.steps);
-    o.config = a.config;
+    (o.config, o.transformer) = (a.config, a.transformer);
     // --init-lora without --rank/--alpha takes the file's.
     let file = match &a.init_lora {
         Some(p) if a.rank.is_none() || a.alpha.is_none() => {

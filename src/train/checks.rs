@@ -67,6 +67,7 @@ pub(super) fn check_options(o: &TrainOptions) -> Result<()> {
 pub(super) fn check_train_paths(o: &TrainOptions) -> Result<()> {
     let mut inputs: Vec<&std::path::Path> = vec![&o.model, &o.data];
     inputs.extend(o.config.as_deref());
+    inputs.extend(o.transformer.as_deref());
     inputs.extend(o.resume.as_deref());
     inputs.extend(o.init_lora.as_deref());
     inputs.extend(o.preset_loras.iter().map(|p| p.0.as_path()));

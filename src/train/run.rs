@@ -35,6 +35,12 @@ use std::sync::Arc;
 pub struct TrainOptions {
     pub model: PathBuf,
     pub config: Option<PathBuf>,
+    /// `--transformer`: the frozen base from another file than the pipeline folder's
+    /// `transformer/` (a GGUF quantization, an fp8 or bf16 safetensors file, a diffusers folder),
+    /// as `generate --transformer`; `--model` then is the pipeline folder (its VAE and text
+    /// encoder draw the samples). Its config: `--config`, else the one beside it, else the
+    /// folder's `transformer/config.json`.
+    pub transformer: Option<PathBuf>,
     pub data: PathBuf,
     pub output: PathBuf,
     pub steps: u64,
@@ -87,6 +93,7 @@ impl TrainOptions {
         TrainOptions {
             model,
             config: None,
+            transformer: None,
             data,
             output,
             steps,
@@ -279,7 +286,7 @@ impl Trainer {
         if let Some(s) = &o.samples {
             super::samples::check(&o.model, s)?;
         }
-        let (cfg, base) = open_base(&o.model, o.config.as_deref(), &o.preset_loras)?;
+        let (cfg, base) = open_train_base(o)?;
         let dataset = Dataset::open(&o.data, &cfg)?;
         if dataset.is_empty() {
             return Err(Error::input(format!("dataset {} has no samples", o.data.display())));
@@ -557,6 +564,27 @@ fn progress_bar(show: bool, steps: u64, done: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// The frozen base of a run: `--model` (its `transformer/` for a pipeline folder) or, with
+/// `--transformer`, that file with the config `TrainOptions::transformer` names; the
+/// `--preset-lora`s folded in.
+fn open_train_base(
+    o: &TrainOptions,
+) -> Result<(crate::models::qwen_image::DitConfig, Box<dyn crate::models::qwen_image::load::TensorSource>)> {
+    let Some(file) = &o.transformer else { return open_base(&o.model, o.config.as_deref(), &o.preset_loras) };
+    let folder = crate::models::qwen_image::open::transformer_of(&o.model).ok_or_else(|| {
+        Error::file(
+            &o.model,
+            "--transformer replaces a pipeline folder's transformer/: pass the diffusers pipeline folder as --model \
+             (or the transformer file itself as --model, without --transformer)",
+        )
+    })?;
+    let config = match &o.config {
+        Some(c) => c.clone(),
+        None => crate::models::qwen_image::open::config_path(file, None).unwrap_or_else(|_| folder.join("config.json")),
+    };
+    open_base(file, Some(&config), &o.preset_loras)
+}
+
 /// The flow-matching loss of a model (its `--preset-lora`s folded in; optionally with a LoRA file
 /// applied at strength 1) over
 /// every sample of a dataset at fixed noise levels `sigmas`, with noise drawn from `seed`: the
@@ -568,7 +596,7 @@ pub fn eval_loss(
     sigmas: &[f32],
     seed: u64,
 ) -> Result<f64> {
-    let (cfg, base) = open_base(&o.model, o.config.as_deref(), &o.preset_loras)?;
+    let (cfg, base) = open_train_base(o)?;
     let dataset = Dataset::open(&o.data, &cfg)?;
     let mut dit = Dit::new(gpu, cfg.clone(), base, o.qkv)?;
     dit.set_vram_budget(o.vram_budget);

@@ -128,3 +128,48 @@ fn samples_run_on_the_trained_dit_without_changing_the_training_and_match_genera
     assert_eq!(pixels(&sample_path(&with.output, 3, 0), (32, 16)), pixels(&png, (32, 16)));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_quantized_transformer_file_is_the_frozen_base_and_the_samples_draw_with_it() {
+    use wgdit::convert::quantize::{quantize, QuantizeOptions};
+    let gpu = test_gpu();
+    let dir = std::env::temp_dir().join(format!("wgdit-samples-fp8-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fp8 = dir.join("transformer-fp8.safetensors");
+    let pipeline = text_pipeline("t2i").unwrap();
+    let q = QuantizeOptions {
+        input: pipeline.join("transformer"),
+        output: fp8.clone(),
+        target: wgdit::dtype::DType::F8E4M3,
+        keep: vec![],
+        scaled: false,
+        threads: 2,
+        progress: false,
+    };
+    quantize(&q).unwrap();
+    let on_fp8 =
+        TrainOptions { transformer: Some(fp8.clone()), ..options(&dir.join("fp8"), 3, sampling(3, &["A cat"])) };
+    let on_f32 = options(&dir.join("f32"), 3, sampling(3, &["A cat"]));
+    let (a, b) = (train(&gpu, &on_fp8).unwrap(), train(&gpu, &on_f32).unwrap());
+    println!("losses on the fp8 base {:?}, on the f32 base {:?}", a.losses, b.losses);
+    assert!(a.losses.iter().all(|l| l.is_finite()) && a.losses != b.losses, "the fp8 file is the base");
+    // The last sample is `generate --transformer <fp8> --lora <final LoRA>`.
+    let png = dir.join("generated.png");
+    let mut g = wgdit::pipeline::generate::GenerateOptions::new(
+        pipeline.clone(),
+        wgdit::pipeline::generate::Prompt::Text("A cat".into()),
+        png.clone(),
+    );
+    (g.steps, g.width, g.height, g.transformer) = (2, Some(32), Some(16), Some(fp8.clone()));
+    g.noise = wgdit::pipeline::generate::Noise::Seed(7);
+    g.loras = vec![(a.lora_file.clone(), 1.0)];
+    wgdit::pipeline::generate::generate(&gpu, &g, &mut |_| {}).unwrap();
+    assert_eq!(pixels(&sample_path(&on_fp8.output, 3, 0), (32, 16)), pixels(&png, (32, 16)));
+    // --transformer needs the pipeline folder as --model.
+    let bad = TrainOptions { model: pipeline.join("transformer"), ..on_fp8.clone() };
+    let bad = TrainOptions { samples: None, output: dir.join("bad"), ..bad };
+    let e = train(&gpu, &bad).err().unwrap_or_else(|| panic!("refused")).to_string();
+    assert!(e.contains("--transformer replaces a pipeline folder's transformer/"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
