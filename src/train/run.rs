@@ -392,7 +392,12 @@ impl Trainer {
         };
         download_lora(&self.model, &mut self.lora)?;
         let o = &self.o;
-        let run = super::samples::SampleRun { model: &o.model, output: &o.output, step: self.state.step };
+        let run = super::samples::SampleRun {
+            model: &o.model,
+            output: &o.output,
+            step: self.state.step,
+            vram_budget: o.vram_budget,
+        };
         super::samples::draw(&self.model.gpu, s, &self.lora, &run, &mut self.model.dit, &mut self.sample_prompts)
             .map(|_| ())
     }

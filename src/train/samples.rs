@@ -119,6 +119,9 @@ pub struct SampleRun<'a> {
     pub model: &'a Path,
     pub output: &'a Path,
     pub step: u64,
+    /// The run's `--vram-budget`: the text encoder streams its layers when they do not fit in it
+    /// beside the trainer's DiT (as in `generate`).
+    pub vram_budget: Option<u64>,
 }
 
 /// The sample prompts' embeddings, encoded at the first sample and kept for the run (the text
@@ -152,6 +155,7 @@ fn options(s: &SampleOptions, r: &SampleRun<'_>, i: usize, prompt: Prompt) -> Ge
     g.steps = s.steps;
     (g.width, g.height) = (s.size.map(|z| z.0), s.size.map(|z| z.1));
     g.noise = Noise::Seed(s.seed);
+    g.vram_budget = r.vram_budget;
     g.ref_area = s.ref_area.unwrap_or(g.ref_area);
     g.condition_area = s.condition_area.unwrap_or(g.condition_area);
     g
