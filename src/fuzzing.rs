@@ -220,11 +220,14 @@ pub fn lora_keys(data: &[u8]) {
     let _ = crate::weights::lora::detect_format(Path::new("keys"), text.lines(), &QwenImageNames);
 }
 
-/// `metadata.jsonl` of a training dataset: every non-blank line's `file` entry.
+/// `metadata.jsonl` of a training dataset: every non-blank line's `file` entry, and the reference
+/// areas `wgdit cache` records (`train::data::areas_of`).
 pub fn train_metadata(data: &[u8]) {
-    for line in String::from_utf8_lossy(data).lines().filter(|l| !l.trim().is_empty()) {
+    let text = String::from_utf8_lossy(data);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let _ = crate::train::data::dataset::file_entry(line);
     }
+    let _ = crate::train::data::dataset::areas_of(&text);
 }
 
 /// A DiffSynth `metadata.csv` of `wgdit cache --data`: the CSV reader, the `image` / `prompt`

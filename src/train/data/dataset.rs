@@ -173,20 +173,23 @@ pub(crate) fn decode(f: &SafeFile, info: &SampleInfo) -> Result<Sample> {
 pub fn cache_areas(dir: &Path) -> Result<Option<(u64, u64)>> {
     let meta = dir.join(METADATA);
     let text = std::fs::read_to_string(&meta).map_err(|e| Error::io(&meta, e))?;
+    Ok(areas_of(&text))
+}
+
+/// [`cache_areas`] of metadata.jsonl's text (the fuzz entry point): unreadable lines are left to
+/// `Dataset::open`, which reports them.
+pub fn areas_of(text: &str) -> Option<(u64, u64)> {
     let mut found: Option<(u64, u64)> = None;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let (Some(ra), Some(ca)) =
-            (v.get("ref_area").and_then(|x| x.as_u64()), v.get("condition_area").and_then(|x| x.as_u64()))
-        else {
-            continue;
-        };
+        let area = |k: &str| v.get(k).and_then(|x| x.as_u64());
+        let (Some(ra), Some(ca)) = (area("ref_area"), area("condition_area")) else { continue };
         match found {
-            Some(f) if f != (ra, ca) => return Ok(None),
+            Some(f) if f != (ra, ca) => return None,
             _ => found = Some((ra, ca)),
         }
     }
-    Ok(found)
+    found
 }
 
 pub(crate) fn file_entry(line: &str) -> std::result::Result<String, String> {
@@ -418,5 +421,20 @@ impl Collated {
             timestep: timestep.to_vec(),
             img_shapes: self.img_shapes.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::areas_of;
+
+    #[test]
+    fn the_recorded_reference_areas_are_taken_when_every_line_agrees() {
+        let line = |ra: u64, ca: u64| format!(r#"{{"file":"samples/a","ref_area":{ra},"condition_area":{ca}}}"#);
+        assert_eq!(areas_of(r#"{"file":"samples/a"}"#), None, "a text-to-image cache records none");
+        let two = format!("{}\n\n{}\nnot json\n{{\"file\":\"b\"}}\n", line(1024, 4096), line(1024, 4096));
+        assert_eq!(areas_of(&two), Some((1024, 4096)));
+        assert_eq!(areas_of(&format!("{}\n{}\n", line(1024, 4096), line(2048, 4096))), None, "they differ");
+        assert_eq!(areas_of(r#"{"file":"a","ref_area":-1,"condition_area":"x"}"#), None, "not areas");
     }
 }
