@@ -82,28 +82,32 @@ fn the_readme_commands_take_captioned_pictures_to_a_lora_that_generate_and_comfy
     let s: Vec<[f32; 3]> =
         [0, 20, 40].iter().map(|k| colour(&dir.join(format!("run/samples/step-{k:06}-0.png")))).collect();
     assert!(distance(s[2], target) < 0.6 * distance(s[0], target), "samples {s:?} do not move toward {target:?}");
-    run(&[
-        "generate",
-        "--model",
-        &m,
-        "--lora",
-        &p("run/lora.safetensors"),
-        "--prompt",
-        "zq picture",
-        "--width",
-        "32",
-        "--height",
-        "32",
-        "--steps",
-        "8",
-        "--seed",
-        "5",
-        "--true-cfg",
-        "1",
-        "--output",
-        &p("picture.png"),
-    ]);
-    let picture = colour(&dir.join("picture.png"));
+    // generate with a LoRA file: the trigger prompt at the samples' settings.
+    let draw = |lora: &str, out: &str| {
+        run(&[
+            "generate",
+            "--model",
+            &m,
+            "--lora",
+            &p(lora),
+            "--prompt",
+            "zq picture",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--steps",
+            "8",
+            "--seed",
+            "5",
+            "--true-cfg",
+            "1",
+            "--output",
+            &p(out),
+        ]);
+        colour(&dir.join(out))
+    };
+    let picture = draw("run/lora.safetensors", "picture.png");
     assert!(distance(picture, s[2]) < 4e-3, "generate --lora {picture:?} vs the last sample {:?}", s[2]);
     run(&[
         "convert",
@@ -120,28 +124,7 @@ fn the_readme_commands_take_captioned_pictures_to_a_lora_that_generate_and_comfy
     let bytes = std::fs::read(dir.join("comfyui.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert!(st.names().iter().all(|k| k.starts_with("diffusion_model.")), "{:?}", st.names());
-    run(&[
-        "generate",
-        "--model",
-        &m,
-        "--lora",
-        &p("comfyui.safetensors"),
-        "--prompt",
-        "zq picture",
-        "--width",
-        "32",
-        "--height",
-        "32",
-        "--steps",
-        "8",
-        "--seed",
-        "5",
-        "--true-cfg",
-        "1",
-        "--output",
-        &p("comfyui.png"),
-    ]);
-    assert!(distance(colour(&dir.join("comfyui.png")), picture) < 4e-3);
+    assert!(distance(draw("comfyui.safetensors", "comfyui.png"), picture) < 4e-3);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -22,6 +22,17 @@ fn sampling(every: u64, prompts: &[&str]) -> SampleOptions {
     s
 }
 
+/// `generate` of "A cat" as `sampling` draws it (2 steps, 32×16, seed 7) with `lora` (and
+/// `transformer` in place of the folder's): its RGB pixels.
+fn generated(model: &Path, transformer: Option<&Path>, lora: &Path, png: &Path) -> Vec<u8> {
+    use wgdit::pipeline::generate::{generate, GenerateOptions, Noise, Prompt};
+    let mut g = GenerateOptions::new(model.to_path_buf(), Prompt::Text("A cat".into()), png.to_path_buf());
+    (g.steps, g.width, g.height, g.noise) = (2, Some(32), Some(16), Noise::Seed(7));
+    (g.transformer, g.loras) = (transformer.map(Path::to_path_buf), vec![(lora.to_path_buf(), 1.0)]);
+    generate(&test_gpu(), &g, &mut |_| {}).unwrap();
+    pixels(&png.to_path_buf(), (32, 16))
+}
+
 /// The RGB pixels of a PNG, checking its size.
 fn pixels(path: &PathBuf, wh: (u32, u32)) -> Vec<u8> {
     let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
@@ -115,17 +126,8 @@ fn samples_run_on_the_trained_dit_without_changing_the_training_and_match_genera
     assert_eq!(a.losses, b.losses, "drawing samples on the trained DiT leaves the training as it was");
     assert_eq!(std::fs::read(&a.lora_file).unwrap(), std::fs::read(&b.lora_file).unwrap());
     // The last sample is the picture `generate --lora <the final LoRA>` makes on its own DiT.
-    let png = dir.join("generated.png");
-    let mut g = wgdit::pipeline::generate::GenerateOptions::new(
-        with.model.clone(),
-        wgdit::pipeline::generate::Prompt::Text("A cat".into()),
-        png.clone(),
-    );
-    (g.steps, g.width, g.height) = (2, Some(32), Some(16));
-    g.noise = wgdit::pipeline::generate::Noise::Seed(7);
-    g.loras = vec![(a.lora_file.clone(), 1.0)];
-    wgdit::pipeline::generate::generate(&gpu, &g, &mut |_| {}).unwrap();
-    assert_eq!(pixels(&sample_path(&with.output, 3, 0), (32, 16)), pixels(&png, (32, 16)));
+    let png = generated(&with.model, None, &a.lora_file, &dir.join("generated.png"));
+    assert_eq!(pixels(&sample_path(&with.output, 3, 0), (32, 16)), png);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -155,17 +157,8 @@ fn a_quantized_transformer_file_is_the_frozen_base_and_the_samples_draw_with_it(
     println!("losses on the fp8 base {:?}, on the f32 base {:?}", a.losses, b.losses);
     assert!(a.losses.iter().all(|l| l.is_finite()) && a.losses != b.losses, "the fp8 file is the base");
     // The last sample is `generate --transformer <fp8> --lora <final LoRA>`.
-    let png = dir.join("generated.png");
-    let mut g = wgdit::pipeline::generate::GenerateOptions::new(
-        pipeline.clone(),
-        wgdit::pipeline::generate::Prompt::Text("A cat".into()),
-        png.clone(),
-    );
-    (g.steps, g.width, g.height, g.transformer) = (2, Some(32), Some(16), Some(fp8.clone()));
-    g.noise = wgdit::pipeline::generate::Noise::Seed(7);
-    g.loras = vec![(a.lora_file.clone(), 1.0)];
-    wgdit::pipeline::generate::generate(&gpu, &g, &mut |_| {}).unwrap();
-    assert_eq!(pixels(&sample_path(&on_fp8.output, 3, 0), (32, 16)), pixels(&png, (32, 16)));
+    let png = generated(&pipeline, Some(&fp8), &a.lora_file, &dir.join("generated.png"));
+    assert_eq!(pixels(&sample_path(&on_fp8.output, 3, 0), (32, 16)), png);
     // --transformer needs the pipeline folder as --model.
     let bad = TrainOptions { model: pipeline.join("transformer"), ..on_fp8.clone() };
     let bad = TrainOptions { samples: None, output: dir.join("bad"), ..bad };
