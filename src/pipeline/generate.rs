@@ -459,16 +459,15 @@ fn check_arguments(folder: &PipelineFolder, o: &GenerateOptions) -> Result<()> {
     }
 }
 
-/// The prompt and negative prompt as embeddings: files read, text encoded with the folder's text
-/// encoder (opened once for both, and released on return).
 /// The prompt (and negative) embeddings `generate` computes for `o`, without running it: the text
-/// encoder (and for Edit, the vision tower on `o.images`) as `generate` runs them.
-pub fn encode_prompts(gpu: &Arc<Gpu>, o: &GenerateOptions) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
-    let folder = PipelineFolder::open(&o.model)?;
-    let (dcfg, _) = open_transformer(&folder, o.transformer.as_deref())?;
-    read_prompts(gpu, &folder, o, dcfg.joint_attention_dim)
+/// encoder (and for Edit, the vision tower on `o.images`) as `generate` runs them, checked against
+/// the transformer's `joint_attention_dim` (`dim`; the caller holds the transformer).
+pub fn encode_prompts(gpu: &Arc<Gpu>, o: &GenerateOptions, dim: usize) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
+    read_prompts(gpu, &PipelineFolder::open(&o.model)?, o, dim)
 }
 
+/// The prompt and negative prompt as embeddings: files read, text encoded with the folder's text
+/// encoder (opened once for both, and released on return).
 fn read_prompts(
     gpu: &Arc<Gpu>,
     folder: &PipelineFolder,

@@ -173,7 +173,8 @@ fn draw_with(
     if encoded.0.is_none() {
         let mut all = Vec::new();
         for (i, prompt) in s.prompts.iter().enumerate() {
-            let (e, _) = encode_prompts(gpu, &options(s, r, i, Prompt::Text(prompt.clone()))).map_err(|e| at(i, e))?;
+            let g = options(s, r, i, Prompt::Text(prompt.clone()));
+            let (e, _) = encode_prompts(gpu, &g, dit.cfg.joint_attention_dim).map_err(|e| at(i, e))?;
             all.push(e);
         }
         encoded.0 = Some(all);
