@@ -215,6 +215,21 @@ fn list_files(dir: &std::path::Path) -> crate::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Copies the folder `from` (recursively) to `to`, leaving out the files whose relative path
+/// (with `/` separators) starts with `skip`.
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path, skip: Option<&str>) -> crate::Result<()> {
+    for f in list_files(from)? {
+        if skip.is_some_and(|s| f.starts_with(s)) {
+            continue;
+        }
+        let dest = to.join(&f);
+        std::fs::create_dir_all(dest.parent().expect("cannot fail: under `to`"))
+            .map_err(|e| crate::Error::io(&dest, e))?;
+        std::fs::copy(from.join(&f), &dest).map_err(|e| crate::Error::io(from.join(&f), e))?;
+    }
+    Ok(())
+}
+
 /// A tiny pipeline folder with its text encoder: `tests/fixtures/pipeline/<name>/` plus the
 /// unpacked `text/text_encoder/`, `text/tokenizer/` and `processor/` (the tokenizer files + the
 /// image processor config), assembled once into the fixture cache (tests/fixtures/text/README.md).

@@ -21,21 +21,8 @@ const TARGET: [f32; 3] = [0.86, 0.16, 0.16];
 /// A copy of `tests/fixtures/train/learn/<rel>` under `dir` (tests add bad entries to it).
 fn learn_data(rel: &str, dir: &Path) -> std::path::PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train/learn").join(rel);
-    let dest = dir.join(rel);
-    let mut stack = vec![src.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let to = dest.join(p.strip_prefix(&src).unwrap());
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-                std::fs::copy(&p, &to).unwrap();
-            }
-        }
-    }
-    dest
+    wgdit::testing::copy_tree(&src, &dir.join(rel), None).unwrap();
+    dir.join(rel)
 }
 
 /// Mean RGB of a picture file in [0, 1].

@@ -33,24 +33,6 @@ fn generated(model: &Path, transformer: Option<&Path>, lora: &Path, png: &Path) 
     pixels(&png.to_path_buf(), (32, 16))
 }
 
-/// A copy of the folder `from` at `to`, without the files whose relative path starts with `skip`.
-fn copy_except(from: &Path, to: &Path, skip: &str) {
-    let mut stack = vec![from.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(from).unwrap().to_path_buf();
-            if p.is_dir() {
-                stack.push(p);
-            } else if !rel.to_string_lossy().starts_with(skip) {
-                std::fs::create_dir_all(to.join(&rel).parent().unwrap()).unwrap();
-                std::fs::copy(&p, to.join(&rel)).unwrap();
-            }
-        }
-    }
-    assert!(to.join("transformer/config.json").is_file());
-}
-
 /// The RGB pixels of a PNG, checking its size.
 fn pixels(path: &PathBuf, wh: (u32, u32)) -> Vec<u8> {
     let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
@@ -170,7 +152,8 @@ fn a_quantized_transformer_file_is_the_frozen_base_and_the_samples_draw_with_it(
     quantize(&q).unwrap();
     // The pipeline folder's transformer/ holds its config only: the base is the fp8 file.
     let stripped = dir.join("pipeline");
-    copy_except(&pipeline, &stripped, "transformer/diffusion_pytorch_model");
+    wgdit::testing::copy_tree(&pipeline, &stripped, Some("transformer/diffusion_pytorch_model")).unwrap();
+    assert!(stripped.join("transformer/config.json").is_file());
     let on_fp8 = TrainOptions {
         model: stripped.clone(),
         transformer: Some(fp8.clone()),
