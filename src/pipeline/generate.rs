@@ -14,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::image::{pixels, resize};
 use crate::models::qwen_image::latents::{pack, unpack};
-use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::open::open;
 use crate::models::qwen_image::runtime::Dit;
 use crate::models::qwen_image::{DitConfig, Modulation, QkvMode};
@@ -249,8 +248,9 @@ pub fn generate(gpu: &Arc<Gpu>, o: &GenerateOptions, on_step: &mut dyn FnMut(&St
 
 /// [`generate`], with the denoising loop on a DiT the caller holds (`lent`: the trainer's, so a
 /// sample during training needs no second copy of the weights) instead of one opened from the
-/// folder. The lent DiT keeps its own weights, budget and modulation; `o.loras` replace its runtime
-/// LoRAs for the run, and its own are back on return. `o.transformer` is ignored with it.
+/// folder. The lent DiT keeps its own weights, budget, modulation and runtime LoRAs; `o.loras`
+/// are added to those for the run, and its own set is back on return. `o.transformer`, `o.qkv`,
+/// `o.vram_budget` and `o.modulation` are the lent DiT's business.
 pub fn generate_with(
     gpu: &Arc<Gpu>,
     o: &GenerateOptions,
@@ -261,13 +261,20 @@ pub fn generate_with(
     check_generate_paths(o)?;
     let folder = PipelineFolder::open(&o.model)?;
     check_arguments(&folder, o)?;
-    let (dcfg, ckpt) = match &lent {
-        Some(d) => (d.cfg.clone(), None),
+    // Weights upload with the first plan, so the text encoder below still runs before the DiT
+    // takes its memory.
+    let mut opened: Option<Dit> = None;
+    let dit: &mut Dit = match lent {
+        Some(d) => d,
         None => {
             let (c, k) = open_transformer(&folder, o.transformer.as_deref())?;
-            (c, Some(k))
+            let d = opened.insert(Dit::new(gpu, c, Box::new(k), o.qkv)?);
+            d.set_vram_budget(o.vram_budget);
+            d.set_modulation(o.modulation);
+            d
         }
     };
+    let dcfg = dit.cfg.clone();
     let sched_cfg = SchedulerConfig::from_file(&folder.scheduler_config)?;
     // The text encoder runs first and is dropped before the DiT and the VAE are loaded.
     let t_text = std::time::Instant::now();
@@ -339,7 +346,7 @@ pub fn generate_with(
     };
 
     // The loop.
-    let loras = LoraSet::load(&o.loras, &dcfg)?;
+    let loras = if o.loras.is_empty() { None } else { Some(dit.loras().clone().with_files(&o.loras, &dcfg)?) };
     let s = Sampling {
         prompt: &prompt,
         negative: negative.as_ref(),
@@ -349,25 +356,15 @@ pub fn generate_with(
         schedule: &schedule,
     };
     let x = pack(&noise, [z_dim, lh, lw], patch);
-    let (latents, report, weight_bytes) = match (lent, ckpt) {
-        (Some(dit), _) => {
-            let own = dit.replace_loras(loras);
-            let run = sample(dit, &s, x, on_step);
-            dit.replace_loras(own);
-            let (latents, report) = run?;
-            (latents, report, dit.weight_bytes())
-        }
-        (None, Some(ckpt)) => {
-            let mut dit = Dit::new(gpu, dcfg, Box::new(ckpt), o.qkv)?;
-            dit.set_loras(loras);
-            dit.set_vram_budget(o.vram_budget);
-            dit.set_modulation(o.modulation);
-            let (latents, report) = sample(&mut dit, &s, x, on_step)?;
-            // The DiT's weights leave the GPU before the decode needs its memory.
-            (latents, report, dit.weight_bytes())
-        }
-        (None, None) => unreachable!("cannot fail: the checkpoint is opened when no DiT is lent"),
-    };
+    let own = loras.map(|l| dit.replace_loras(l));
+    let run = sample(dit, &s, x, on_step);
+    if let Some(own) = own {
+        dit.replace_loras(own);
+    }
+    let (latents, report) = run?;
+    let weight_bytes = dit.weight_bytes();
+    // An opened DiT's weights leave the GPU before the decode needs its memory.
+    drop(opened);
     let mut z = unpack(&latents, [z_dim, lh, lw], patch);
     if !o.allow_nonfinite {
         check_finite("the final latents", &z, &[1, z_dim, 1, lh, lw], NONFINITE_OUTPUT_HINT)?;
@@ -459,11 +456,13 @@ fn check_arguments(folder: &PipelineFolder, o: &GenerateOptions) -> Result<()> {
     }
 }
 
-/// The prompt (and negative) embeddings `generate` computes for `o`, without running it: the text
-/// encoder (and for Edit, the vision tower on `o.images`) as `generate` runs them, checked against
-/// the transformer's `joint_attention_dim` (`dim`; the caller holds the transformer).
-pub fn encode_prompts(gpu: &Arc<Gpu>, o: &GenerateOptions, dim: usize) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
-    read_prompts(gpu, &PipelineFolder::open(&o.model)?, o, dim)
+/// The embeddings `generate` would compute for each of `texts` as its prompt, without running it:
+/// the text encoder (and for Edit, the vision tower on `o.images`), opened once for all, as
+/// `generate` runs them, checked against the transformer's `joint_attention_dim` (`dim`; the caller
+/// holds the transformer).
+pub fn encode_prompts(gpu: &Arc<Gpu>, o: &GenerateOptions, texts: &[String], dim: usize) -> Result<Vec<PromptEmbeds>> {
+    let prompts: Vec<(Prompt, bool)> = texts.iter().map(|t| (Prompt::Text(t.clone()), false)).collect();
+    read_prompt_list(gpu, &PipelineFolder::open(&o.model)?, o, dim, &prompts)
 }
 
 /// The prompt and negative prompt as embeddings: files read, text encoded with the folder's text
@@ -474,9 +473,25 @@ fn read_prompts(
     o: &GenerateOptions,
     dim: usize,
 ) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
+    let mut list = vec![(o.prompt.clone(), false)];
+    list.extend(o.negative.clone().map(|n| (n, true)));
+    let mut e = read_prompt_list(gpu, folder, o, dim, &list)?.into_iter();
+    let prompt = e.next().expect("cannot fail: one per prompt");
+    Ok((prompt, e.next()))
+}
+
+/// Each (prompt, is-negative) as embeddings, the text encoder (and the vision features of
+/// `o.images`) opened once for all and released on return.
+fn read_prompt_list(
+    gpu: &Arc<Gpu>,
+    folder: &PipelineFolder,
+    o: &GenerateOptions,
+    dim: usize,
+    prompts: &[(Prompt, bool)],
+) -> Result<Vec<PromptEmbeds>> {
     use crate::pipeline::prompt::PromptEncoder;
     let mut encoder: Option<PromptEncoder> = None;
-    // The Edit pipelines' pictures through the vision tower, once for both prompts.
+    // The Edit pipelines' pictures through the vision tower, once for every prompt.
     let mut features: Option<crate::pipeline::prompt::ImageFeatures> = None;
     let mut read = |p: &Prompt, negative: bool| -> Result<PromptEmbeds> {
         let text = match p {
@@ -526,9 +541,7 @@ fn read_prompts(
         }
         Ok(e)
     };
-    let prompt = read(&o.prompt, false)?;
-    let negative = o.negative.as_ref().map(|p| read(p, true)).transpose()?;
-    Ok((prompt, negative))
+    prompts.iter().map(|(p, negative)| read(p, *negative)).collect()
 }
 
 /// `noise` [1, 1, C, h, w] f32 of a safetensors file.

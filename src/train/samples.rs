@@ -3,9 +3,9 @@
 //!
 //! Each sample is one `pipeline::generate_with` run of the `--model` pipeline folder with a fixed
 //! seed on the trainer's own DiT (its base, with the `--preset-lora`s folded in, so no second
-//! copy of the weights) with the current LoRA at strength 1 as a runtime LoRA, written
-//! (atomically, as every `generate` output) to `<output>/samples/step-<step:06>-<i>.png`. The
-//! LoRA is exported to a temporary file in `samples/` for the run and removed after. The prompts
+//! copy of the weights) with the current LoRA at strength 1 as a runtime LoRA (built in memory
+//! from the downloaded parameters), written (atomically, as every `generate` output) to
+//! `<output>/samples/step-<step:06>-<i>.png`. The prompts
 //! are encoded once, at the first sample (the text encoder is loaded then and dropped); the VAE
 //! is opened for each sample and released on return. Samples leave the trainer's state alone
 //! (the DiT gets its runtime LoRAs back), so they do not affect the training, and a resume may
@@ -15,11 +15,11 @@ use super::lora::LoraParams;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::models::qwen_image::lora::LoraSet;
 use crate::models::qwen_image::runtime::Dit;
 use crate::pipeline::embeds::PromptEmbeds;
 use crate::pipeline::folder::PipelineFolder;
 use crate::pipeline::generate::{encode_prompts, generate_with, GenerateOptions, Noise, Prompt};
-use crate::weights::lora::LoraFormat;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -130,8 +130,8 @@ pub struct SampleRun<'a> {
 pub struct EncodedPrompts(Option<Vec<PromptEmbeds>>);
 
 /// Draws one picture per prompt with the trainer's DiT (`dit`, the base with any
-/// `--preset-lora` folded in) and `lora` at strength 1 as its runtime LoRA, exported to a
-/// temporary file for `LoraSet::load` and removed after; returns the pictures' paths.
+/// `--preset-lora` folded in) and `lora` at strength 1 as its runtime LoRA, built in memory and
+/// taken off again after; returns the pictures' paths.
 pub fn draw(
     gpu: &Arc<Gpu>,
     s: &SampleOptions,
@@ -142,10 +142,11 @@ pub fn draw(
 ) -> Result<Vec<PathBuf>> {
     let dir = r.output.join(SAMPLES_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let file = dir.join(format!(".lora-step-{}-{}.safetensors", r.step, std::process::id()));
-    lora.save(&file, LoraFormat::Diffusers, DType::F32)?;
-    let written = draw_with(gpu, s, &file, r, dit, encoded);
-    let _ = std::fs::remove_file(&file);
+    let name = format!("the LoRA at step {}", r.step);
+    let set = LoraSet::of(Path::new(&name), &lora.to_lora(DType::F32), 1.0, &dit.cfg)?;
+    let own = dit.replace_loras(set);
+    let written = draw_with(gpu, s, r, dit, encoded);
+    dit.replace_loras(own);
     written
 }
 
@@ -164,26 +165,21 @@ fn options(s: &SampleOptions, r: &SampleRun<'_>, i: usize, prompt: Prompt) -> Ge
 fn draw_with(
     gpu: &Arc<Gpu>,
     s: &SampleOptions,
-    lora: &Path,
     r: &SampleRun<'_>,
     dit: &mut Dit,
     encoded: &mut EncodedPrompts,
 ) -> Result<Vec<PathBuf>> {
     let at = |i: usize, e: Error| Error::input(format!("sample {} at step {}: {e}", i, r.step));
     if encoded.0.is_none() {
-        let mut all = Vec::new();
-        for (i, prompt) in s.prompts.iter().enumerate() {
-            let g = options(s, r, i, Prompt::Text(prompt.clone()));
-            let (e, _) = encode_prompts(gpu, &g, dit.cfg.joint_attention_dim).map_err(|e| at(i, e))?;
-            all.push(e);
-        }
+        let g = options(s, r, 0, Prompt::Text(String::new()));
+        let all = encode_prompts(gpu, &g, &s.prompts, dit.cfg.joint_attention_dim)
+            .map_err(|e| Error::input(format!("the sample prompts: {e}")))?;
         encoded.0 = Some(all);
     }
     let embeds = encoded.0.as_ref().expect("cannot fail: encoded above");
     let mut written = Vec::new();
     for (i, (text, e)) in s.prompts.iter().zip(embeds).enumerate() {
-        let mut g = options(s, r, i, Prompt::Encoded { text: text.clone(), embeds: e.clone() });
-        g.loras = vec![(lora.to_path_buf(), 1.0)];
+        let g = options(s, r, i, Prompt::Encoded { text: text.clone(), embeds: e.clone() });
         generate_with(gpu, &g, Some(&mut *dit), &mut |_| {}).map_err(|e| at(i, e))?;
         written.push(g.output);
     }

@@ -52,11 +52,23 @@ impl LoraSet {
     /// Reads every file and resolves its modules against the config; unknown modules and shape
     /// mismatches are reported together.
     pub fn load(files: &[(PathBuf, f32)], cfg: &DitConfig) -> Result<LoraSet> {
+        LoraSet::default().with_files(files, cfg)
+    }
+
+    /// This set and the LoRAs of `files` (read and resolved as [`load`](Self::load) does).
+    pub fn with_files(mut self, files: &[(PathBuf, f32)], cfg: &DitConfig) -> Result<LoraSet> {
         let shapes = linear_shapes(cfg);
-        let mut set = LoraSet::default();
         for (path, strength) in files {
-            set.add(path, &read_lora(path)?, *strength, &shapes)?;
+            self.add(path, &read_lora(path)?, *strength, &shapes)?;
         }
+        Ok(self)
+    }
+
+    /// One LoRA held in memory (the trainer's, for its samples) at `strength`; `name` stands for
+    /// its file in errors.
+    pub fn of(name: &Path, lora: &crate::weights::Lora, strength: f32, cfg: &DitConfig) -> Result<LoraSet> {
+        let mut set = LoraSet::default();
+        set.add(name, lora, strength, &linear_shapes(cfg))?;
         Ok(set)
     }
 

@@ -74,6 +74,11 @@ impl Dit {
         self.lora = lora;
     }
 
+    /// The runtime LoRAs the plans made from now on apply.
+    pub fn loras(&self) -> &LoraSet {
+        &self.lora
+    }
+
     /// [`set_loras`](Self::set_loras), returning the ones set before (to put back after a run).
     pub fn replace_loras(&mut self, lora: LoraSet) -> LoraSet {
         std::mem::replace(&mut self.lora, lora)
