@@ -271,29 +271,15 @@ fn assemble_pipeline(name: &str, vae: Option<&std::path::Path>) -> crate::Result
     }
     let tmp = dest.with_extension(format!("{}.tmp", unique_suffix()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let copy = |from: &std::path::Path, rel: &str| -> crate::Result<()> {
-        let to = tmp.join(rel);
-        std::fs::create_dir_all(to.parent().expect("cannot fail: under tmp")).map_err(|e| crate::Error::io(&to, e))?;
-        std::fs::copy(from, &to).map_err(|e| crate::Error::io(from, e)).map(|_| ())
-    };
-    for f in list_files(&src)? {
-        if vae.is_none() || !f.starts_with("vae/") {
-            copy(&src.join(&f), &f)?;
-        }
-    }
+    copy_tree(&src, &tmp, vae.map(|_| "vae/"))?;
     if let Some(v) = vae {
-        for f in list_files(v)? {
-            copy(&v.join(&f), &format!("vae/{f}"))?;
-        }
+        copy_tree(v, &tmp.join("vae"), None)?;
     }
-    for f in list_files(&te)? {
-        copy(&te.join(&f), &format!("text_encoder/{f}"))?;
-    }
-    for f in list_files(&tok)? {
-        copy(&tok.join(&f), &format!("tokenizer/{f}"))?;
-        copy(&tok.join(&f), &format!("processor/{f}"))?;
-    }
-    copy(&processor.join("preprocessor_config.json"), "processor/preprocessor_config.json")?;
+    copy_tree(&te, &tmp.join("text_encoder"), None)?;
+    copy_tree(&tok, &tmp.join("tokenizer"), None)?;
+    copy_tree(&tok, &tmp.join("processor"), None)?;
+    let config = processor.join("preprocessor_config.json");
+    std::fs::copy(&config, tmp.join("processor/preprocessor_config.json")).map_err(|e| crate::Error::io(&config, e))?;
     if std::fs::rename(&tmp, &dest).is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }

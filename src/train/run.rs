@@ -363,8 +363,9 @@ impl Trainer {
                 s.condition_area = s.condition_area.or(Some(ca));
             }
         }
+        let lr_sched = o.schedule().expect("cannot fail: check_options checked the name");
         let mut t = Trainer {
-            o: o.clone(),
+            o,
             model,
             dataset,
             batcher,
@@ -373,7 +374,7 @@ impl Trainer {
             adamw,
             log,
             sched: TrainSchedule::qwen_image(),
-            lr_sched: o.schedule().expect("cannot fail: check_options checked the name"),
+            lr_sched,
             losses: Vec::new(),
             total_ms: 0.0,
             sample_prompts: Default::default(),
